@@ -1,0 +1,43 @@
+"""Typed errors: every user mistake surfaces as a subclass of `LivevlmError`, never a deep torch traceback."""
+
+from __future__ import annotations
+
+
+class LivevlmError(Exception):
+    """Base class of every error livevlm raises on purpose."""
+
+
+class ConfigError(LivevlmError, ValueError):
+    """A configuration that cannot work, refused at construction."""
+
+
+class SourceError(LivevlmError):
+    """A video source could not be opened or read (missing file, not a video, bad URL)."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """The file or device named by a source does not exist."""
+
+
+class NotAVideoError(SourceError):
+    """The input exists but holds no decodable video stream."""
+
+
+class EmptyVideoError(SourceError):
+    """The video decoded to zero usable frames."""
+
+
+class FrameError(LivevlmError, ValueError):
+    """A frame array has the wrong shape, dtype or timestamp."""
+
+
+class ModelLoadError(LivevlmError):
+    """A model path or hub id could not be loaded, or its architecture is not supported."""
+
+
+class ContextOverflowError(LivevlmError):
+    """The stream plus the question do not fit the model's context window."""
+
+
+class QuestionError(LivevlmError, ValueError):
+    """A question that cannot be asked (empty, not a string)."""

@@ -1,0 +1,136 @@
+"""Adapters for the Qwen2-VL and Qwen2.5-VL families (transformers' own modules, no patching).
+
+The seam: we compute video embeddings ourselves and feed the language model `inputs_embeds` with explicit
+M-RoPE positions, so later stages can drop or reuse visual tokens while keeping their (t, h, w) places.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import ChunkPlace, VisualChunk
+from .preprocess import VisionGeometry, frames_to_patches, target_size
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+class QwenVLAdapter:
+    """Qwen2.5-VL (and, via the subclass, Qwen2-VL): vision tower, M-RoPE positions, cached LLM steps."""
+
+    family = "qwen2_5_vl"
+
+    def __init__(self, model: Any, tokenizer: Any, *, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        cfg = model.config
+        vcfg = cfg.vision_config
+        overrides = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+        self.geometry = VisionGeometry.from_vision_config(vcfg, **overrides)
+        self.frames_per_chunk = self.geometry.temporal_patch_size
+        self.merge = self.geometry.merge_size
+        self.video_token_id = int(cfg.video_token_id)
+        text_cfg = cfg.get_text_config()
+        self.max_context = int(text_cfg.max_position_embeddings)
+        eos = text_cfg.eos_token_id if text_cfg.eos_token_id is not None else cfg.eos_token_id
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        eos_ids |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+        self.eos_token_ids = frozenset(int(i) for i in eos_ids if i is not None and i >= 0)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self._embed = model.get_input_embeddings()
+        self._lm = model.model.language_model
+        self._lm_head = model.lm_head
+
+    # -- vision ---------------------------------------------------------------------------------------
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        return target_size(height, width, self.geometry)
+
+    def tokens_per_chunk(self, size: tuple[int, int]) -> int:
+        """Visual tokens one temporal patch of frames resized to `size` turns into."""
+        f = self.geometry.factor
+        return (size[0] // f) * (size[1] // f)
+
+    def time_interval(self, seconds_per_chunk: float) -> torch.Tensor:
+        """M-RoPE temporal step between consecutive chunks (Qwen2.5-VL: tokens_per_second x seconds)."""
+        tps = getattr(self.model.config.vision_config, "tokens_per_second", None)
+        if tps is None:
+            return torch.tensor(1.0)
+        return torch.tensor(float(tps)) * torch.tensor(seconds_per_chunk, dtype=torch.float32)
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray, size: tuple[int, int], place: ChunkPlace) -> VisualChunk:
+        start = time.perf_counter()
+        pixels, grid = frames_to_patches(frames, self.geometry, size=size)
+        if grid[0] != 1:
+            raise ValueError(f"one chunk is one temporal patch, got grid {grid}")
+        grid_t = torch.tensor([grid], dtype=torch.long, device=self.device)
+        out = self.model.model.get_video_features(pixels.to(self.device), grid_t, return_dict=True)
+        embeds = out.pooler_output[0].to(self.dtype)
+        h, w = grid[1] // self.merge, grid[2] // self.merge
+        positions = self.video_positions(place, h, w)
+        return VisualChunk(embeds=embeds, positions=positions, grid_thw=(1, h, w), pts_seconds=(),
+                           encode_seconds=time.perf_counter() - start)
+
+    def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
+        """(3, h*w) M-RoPE ids of chunk `place.index`: the same values HF's get_rope_index gives it."""
+        t = (torch.tensor(place.index) * self.time_interval(place.seconds_per_chunk)).long()
+        hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        pos = torch.stack([t.expand(h * w), hh.reshape(-1), ww.reshape(-1)]) + place.offset
+        return pos.to(self.device)
+
+    def text_start_after_video(self, place: ChunkPlace, num_chunks: int, grid_hw: tuple[int, int]) -> int:
+        """Ask the model's own `get_rope_index` where text resumes after `num_chunks` chunks of video."""
+        if num_chunks == 0:
+            return place.offset
+        h, w = grid_hw
+        n = num_chunks * h * w
+        ids = torch.full((1, n + 1), self.video_token_id, dtype=torch.long)
+        ids[0, -1] = 0
+        types = torch.full((1, n + 1), 2, dtype=torch.int)
+        types[0, -1] = 0
+        grid = torch.tensor([[num_chunks, h * self.merge, w * self.merge]])
+        kwargs = {}
+        if getattr(self.model.config.vision_config, "tokens_per_second", None) is not None:
+            kwargs["second_per_grid_ts"] = torch.tensor([place.seconds_per_chunk])
+        pos, _ = self.model.model.get_rope_index(ids, types, video_grid_thw=grid, **kwargs)
+        return place.offset + int(pos[0, 0, -1])
+
+    # -- text -----------------------------------------------------------------------------------------
+    def prefix_ids(self, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+        text = f"<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def suffix_ids(self, question: str) -> list[int]:
+        text = f"<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._embed(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # -- language model -------------------------------------------------------------------------------
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config.get_text_config())
+
+    @torch.inference_mode()
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self._lm(inputs_embeds=embeds[None].to(self.dtype), position_ids=positions[:, None, :],
+                       cache=cache, use_cache=True)
+        return self._lm_head(out.last_hidden_state[0, -1]).float()
+
+
+class Qwen2VLAdapter(QwenVLAdapter):
+    """Qwen2-VL: same seam; the temporal M-RoPE step is one per chunk (no tokens_per_second)."""
+
+    family = "qwen2_vl"

