@@ -31,28 +31,32 @@ from livevlm import Session, SessionConfig, load_model
 from livevlm.stream import probe
 
 QUESTION = "What is happening in the video?"
-TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-                 vision_end_token_id=151653)
-_TEXT = dict(vocab_size=151936, hidden_act="silu", rms_norm_eps=1e-6, bos_token_id=151643, eos_token_id=151645,
-             tie_word_embeddings=True, use_sliding_window=False, sliding_window=32768,
-             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]})
+TOKEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+             "vision_end_token_id": 151653}
+_TEXT = {"vocab_size": 151936, "hidden_act": "silu", "rms_norm_eps": 1e-6, "bos_token_id": 151643,
+         "eos_token_id": 151645, "tie_word_embeddings": True, "use_sliding_window": False, "sliding_window": 32768,
+         "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}}
 # config.json of Qwen/Qwen2-VL-2B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (architecture fields only).
 SHAPES: dict[str, dict[str, Any]] = {
-    "qwen2-vl-2b": dict(
-        family="qwen2_vl",
-        text=dict(_TEXT, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                  num_key_value_heads=2, max_position_embeddings=32768, max_window_layers=28),
-        vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, hidden_act="quick_gelu",
-                    in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-    ),
-    "qwen2.5-vl-3b": dict(
-        family="qwen2_5_vl",
-        text=dict(_TEXT, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                  num_key_value_heads=2, max_position_embeddings=128000, max_window_layers=70),
-        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                    hidden_act="silu", in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                    window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-    ),
+    "qwen2-vl-2b": {
+        "family": "qwen2_vl",
+        "text": {**_TEXT, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                 "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+                 "max_window_layers": 28},
+        "vision": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4, "hidden_size": 1536,
+                   "hidden_act": "quick_gelu", "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2,
+                   "temporal_patch_size": 2},
+    },
+    "qwen2.5-vl-3b": {
+        "family": "qwen2_5_vl",
+        "text": {**_TEXT, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+                 "num_attention_heads": 16, "num_key_value_heads": 2, "max_position_embeddings": 128000,
+                 "max_window_layers": 70},
+        "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                   "out_hidden_size": 2048, "hidden_act": "silu", "in_channels": 3, "patch_size": 14,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                   "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2},
+    },
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -71,6 +75,7 @@ def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> Non
     torch.set_default_dtype(DTYPES[dtype])
     with torch.device(device), no_init_weights():  # skip torch's + HF's init passes over billions of weights
         model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
+    model.tie_weights()  # no_init_weights also skips the embedding <-> lm_head tying
     with torch.no_grad():  # one cheap pass instead; values do not change the cost, NaN/denormal garbage might
         for name, p in model.named_parameters():
             p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)

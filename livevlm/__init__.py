@@ -1,9 +1,9 @@
 """livevlm: a streaming runtime for video language models.
 
-    from livevlm import Session
-    session = Session("path/or/hub-id")        # None: the bundled default model
-    session.ingest("clip.mp4")                 # or session.push(frame_array) from your own loop
-    print("".join(session.ask("What happened?")))
+from livevlm import Session
+session = Session("path/or/hub-id")        # None: the bundled default model
+session.ingest("clip.mp4")                 # or session.push(frame_array) from your own loop
+print("".join(session.ask("What happened?")))
 """
 
 from .errors import (
@@ -25,7 +25,22 @@ from .stream import FileSource, FileSourceConfig, Frame
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "ContextOverflowError", "EmptyVideoError", "FileSource", "FileSourceConfig", "Frame",
-    "FrameError", "LivevlmError", "ModelLoadError", "NotAVideoError", "QuestionError", "Session",
-    "SessionConfig", "SessionStats", "SourceError", "SourceNotFoundError", "load_model", "__version__",
+    "ConfigError",
+    "ContextOverflowError",
+    "EmptyVideoError",
+    "FileSource",
+    "FileSourceConfig",
+    "Frame",
+    "FrameError",
+    "LivevlmError",
+    "ModelLoadError",
+    "NotAVideoError",
+    "QuestionError",
+    "Session",
+    "SessionConfig",
+    "SessionStats",
+    "SourceError",
+    "SourceNotFoundError",
+    "__version__",
+    "load_model",
 ]

@@ -44,8 +44,14 @@ def _ask(args: argparse.Namespace) -> int:
     from .stream import probe
 
     probe(args.video)  # a missing or broken file fails here, before a model is loaded
-    config = SessionConfig(model=args.model, fps=args.fps, max_frames=args.max_frames,
-                           max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype)
+    config = SessionConfig(
+        model=args.model,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        dtype=args.dtype,
+    )
     if args.model is None:
         print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
     if args.no_progress:

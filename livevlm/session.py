@@ -1,9 +1,9 @@
 """`Session`: one stream, one model, the uncompressed loop.
 
-    push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
-                      encode (ViT) ─► VisualChunk(embeds, (t,h,w) positions) ─► prefill into StreamKV
-    ask(question) ─► [pending odd frame, padded] + question tokens at the positions after the video
-                  ─► greedy decode over the cache ─► yields text ─► rollback: the stream KV is unchanged
+push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
+                  encode (ViT) ─► VisualChunk(embeds, (t,h,w) positions) ─► prefill into StreamKV
+ask(question) ─► [pending odd frame, padded] + question tokens at the positions after the video
+              ─► greedy decode over the cache ─► yields text ─► rollback: the stream KV is unchanged
 """
 
 from __future__ import annotations
@@ -81,15 +81,17 @@ class SessionStats:
 class Session:
     """Watches one stream with one model; `ask()` answers over everything ingested so far."""
 
-    def __init__(self, model: str | Path | VideoLMAdapter | None = None,
-                 config: SessionConfig | None = None) -> None:
+    def __init__(
+        self, model: str | Path | VideoLMAdapter | None = None, config: SessionConfig | None = None
+    ) -> None:
         config = config or SessionConfig()
         if model is not None and not isinstance(model, (str, Path)):
             self.adapter: VideoLMAdapter = model
         else:
             config = replace(config, model=str(model)) if model is not None else config
-            self.adapter = load_model(config.model, device=config.device, dtype=config.dtype,
-                                      max_pixels=config.max_pixels)
+            self.adapter = load_model(
+                config.model, device=config.device, dtype=config.dtype, max_pixels=config.max_pixels
+            )
         self.config = config
         self._lock = threading.RLock()
         self._kv = StreamKV(self.adapter.new_cache())
@@ -167,7 +169,7 @@ class Session:
             if text.endswith("\ufffd"):  # an unfinished multi-byte character
                 continue
             if len(text) > len(emitted):
-                yield text[len(emitted):]
+                yield text[len(emitted) :]
                 emitted = text
 
     def ask_ids(self, question: str, max_new_tokens: int | None = None) -> Iterator[int]:
@@ -185,7 +187,8 @@ class Session:
             if needed > self.adapter.max_context:
                 raise ContextOverflowError(
                     f"context of {self._kv.tokens} stream tokens + {len(suffix)} question tokens + "
-                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}")
+                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
+                )
             try:
                 chunks, max_pos = self._stats.chunks, self._max_position
                 if self._pending:  # a half-filled temporal patch: padded like the HF processor does
@@ -244,7 +247,9 @@ class Session:
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
         if pts_seconds is None:
-            pts_seconds = frame.pts_seconds if isinstance(frame, Frame) else self._stats.frames_seen / self.config.fps
+            pts_seconds = (
+                frame.pts_seconds if isinstance(frame, Frame) else self._stats.frames_seen / self.config.fps
+            )
         frame = Frame(frame.data if isinstance(frame, Frame) else frame, float(pts_seconds))
         if self._frame_shape is None:
             self._frame_shape = (frame.height, frame.width)

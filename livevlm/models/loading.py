@@ -50,8 +50,9 @@ def _resolve_dtype(dtype: str, device: str):
         raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
-def load_model(name_or_path: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto",
-               **adapter_kwargs: Any):
+def load_model(
+    name_or_path: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto", **adapter_kwargs: Any
+):
     """Load `name_or_path` (None: the bundled default) and wrap it in its family's adapter."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
@@ -63,7 +64,9 @@ def load_model(name_or_path: str | Path | None = None, *, device: str = "cpu", d
     try:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        hint = "no such directory" if not Path(name).exists() and name.startswith(("/", ".", "~")) else str(exc)
+        hint = (
+            "no such directory" if not Path(name).exists() and name.startswith(("/", ".", "~")) else str(exc)
+        )
         raise ModelLoadError(f"cannot load model config from {name!r}: {hint}") from exc
     if config.model_type not in _FAMILIES:
         raise ModelLoadError(

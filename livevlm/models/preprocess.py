@@ -38,10 +38,16 @@ class VisionGeometry:
     @classmethod
     def from_vision_config(cls, vision_config: Any, **overrides: Any) -> VisionGeometry:
         """Geometry read from a HF Qwen2/2.5-VL `vision_config`, so patches match the checkpoint's encoder."""
-        fields = {"patch_size": "patch_size", "temporal_patch_size": "temporal_patch_size",
-                  "merge_size": "spatial_merge_size"}
-        kwargs = {name: int(getattr(vision_config, attr)) for name, attr in fields.items()
-                  if getattr(vision_config, attr, None) is not None}
+        fields = {
+            "patch_size": "patch_size",
+            "temporal_patch_size": "temporal_patch_size",
+            "merge_size": "spatial_merge_size",
+        }
+        kwargs = {
+            name: int(getattr(vision_config, attr))
+            for name, attr in fields.items()
+            if getattr(vision_config, attr, None) is not None
+        }
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -56,8 +62,10 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     if height <= 0 or width <= 0:
         raise FrameError(f"frame size must be positive, got {height}x{width}")
     if max(height, width) / min(height, width) > 200:
-        raise FrameError(f"absolute aspect ratio must be at most 200, got {height}x{width} "
-                         f"(ratio {max(height, width) / min(height, width):.1f})")
+        raise FrameError(
+            f"absolute aspect ratio must be at most 200, got {height}x{width} "
+            f"(ratio {max(height, width) / min(height, width):.1f})"
+        )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:

@@ -24,8 +24,9 @@ class QwenVLAdapter:
 
     family = "qwen2_5_vl"
 
-    def __init__(self, model: Any, tokenizer: Any, *, min_pixels: int | None = None,
-                 max_pixels: int | None = None) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         cfg = model.config
@@ -74,8 +75,13 @@ class QwenVLAdapter:
         embeds = out.pooler_output[0].to(self.dtype)
         h, w = grid[1] // self.merge, grid[2] // self.merge
         positions = self.video_positions(place, h, w)
-        return VisualChunk(embeds=embeds, positions=positions, grid_thw=(1, h, w), pts_seconds=(),
-                           encode_seconds=time.perf_counter() - start)
+        return VisualChunk(
+            embeds=embeds,
+            positions=positions,
+            grid_thw=(1, h, w),
+            pts_seconds=(),
+            encode_seconds=time.perf_counter() - start,
+        )
 
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
         """(3, h*w) M-RoPE ids of chunk `place.index`: the same values HF's get_rope_index gives it."""
@@ -125,8 +131,12 @@ class QwenVLAdapter:
 
     @torch.inference_mode()
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        out = self._lm(inputs_embeds=embeds[None].to(self.dtype), position_ids=positions[:, None, :],
-                       cache=cache, use_cache=True)
+        out = self._lm(
+            inputs_embeds=embeds[None].to(self.dtype),
+            position_ids=positions[:, None, :],
+            cache=cache,
+            use_cache=True,
+        )
         return self._lm_head(out.last_hidden_state[0, -1]).float()
 
 

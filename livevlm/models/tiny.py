@@ -22,42 +22,62 @@ TINY_INIT_STD = 0.3
 
 def tiny_config(family: str = "qwen2_5_vl", hidden: int = 64, layers: int = 2):
     """A real Qwen-VL config at toy size: LLM hidden `hidden`, `layers` layers, 2-block ViT of width 32."""
-    text = dict(
-        vocab_size=QWEN2_VOCAB,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
-        tie_word_embeddings=True,
-        initializer_range=TINY_INIT_STD,
-    )
-    vision = dict(depth=2, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                  in_channels=3, initializer_range=TINY_INIT_STD)
+    text = {
+        "vocab_size": QWEN2_VOCAB,
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+        "tie_word_embeddings": True,
+        "initializer_range": TINY_INIT_STD,
+    }
+    vision = {
+        "depth": 2,
+        "num_heads": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "in_channels": 3,
+        "initializer_range": TINY_INIT_STD,
+    }
     if family == "qwen2_5_vl":
         from transformers import Qwen2_5_VLConfig as Config
 
-        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden, window_size=56,
-                      fullatt_block_indexes=[1], tokens_per_second=2)
+        vision.update(
+            hidden_size=32,
+            intermediate_size=64,
+            out_hidden_size=hidden,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
+        )
     elif family == "qwen2_vl":
         from transformers import Qwen2VLConfig as Config
 
         vision.update(embed_dim=32, mlp_ratio=2, hidden_size=hidden)
     else:
         raise ConfigError(f"unknown tiny family {family!r}; choose one of {TINY_FAMILIES}")
-    return Config(text_config=text, vision_config=vision, tie_word_embeddings=True,
-                  image_token_id=151655, video_token_id=151656,
-                  vision_start_token_id=151652, vision_end_token_id=151653,
-                  initializer_range=TINY_INIT_STD)
+    return Config(
+        text_config=text,
+        vision_config=vision,
+        tie_word_embeddings=True,
+        image_token_id=151655,
+        video_token_id=151656,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        initializer_range=TINY_INIT_STD,
+    )
 
 
-def build_tiny_checkpoint(path: str | os.PathLike, family: str = "qwen2_5_vl", seed: int = 0,
-                          hidden: int = 64, layers: int = 2) -> Path:
+def build_tiny_checkpoint(
+    path: str | os.PathLike, family: str = "qwen2_5_vl", seed: int = 0, hidden: int = 64, layers: int = 2
+) -> Path:
     """Build a seeded tiny random-weight model and save it (weights, config, tokenizer) to `path`."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
