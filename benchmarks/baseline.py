@@ -21,14 +21,16 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import torch
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
-from livevlm.stream import probe
+from livevlm.stream import FileSource, FileSourceConfig
 
 QUESTION = "What is happening in the video?"
 TOKEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
@@ -116,6 +118,7 @@ def synchronizing(adapter: Any) -> None:
 
 
 def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]  # other work on the machine skews CPU timings; recorded to spot that
     cuda = args.device.startswith("cuda")
     sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
@@ -123,20 +126,32 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     if cuda:
         synchronizing(adapter)
-    config = SessionConfig(device=args.device, dtype=args.dtype, fps=args.fps, max_frames=args.frames,
-                           max_new_tokens=args.new_tokens, max_pixels=args.max_pixels)
-    if cuda or args.warmup:  # one chunk + 2 answer tokens in a throwaway session: kernel selection, caches
-        warm = Session(adapter, SessionConfig(fps=args.fps, max_frames=adapter.frames_per_chunk))
+    fpc = adapter.frames_per_chunk
+    if args.warmup:  # kernel selection/compilation, and first touch of the (mmapped) weights
+        warm = Session(adapter, SessionConfig(fps=args.fps, max_frames=fpc))
         warm.ingest(args.video)
         list(warm.ask_ids(QUESTION, 2))
         del warm
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    session = Session(adapter, config)
-    s0 = session.stats
+    session = Session(adapter, SessionConfig(device=args.device, dtype=args.dtype, fps=args.fps,
+                                             max_new_tokens=args.new_tokens, max_pixels=args.max_pixels))
+    s0 = prev = session.stats
+    vit: list[float] = []  # per chunk: ViT seconds per frame, prefill seconds per visual token
+    prefill: list[float] = []
+    frames, size = 0, (0, 0)
     sync()
     t0 = time.perf_counter()
-    frames = session.ingest(args.video)
+    with FileSource(FileSourceConfig(args.video, fps=args.fps, max_frames=args.frames)) as source:
+        for frame in source:  # what Session.ingest does, with the counters read after every chunk
+            size = size if frames else adapter.target_size(frame.height, frame.width)
+            chunk = session.push(frame)
+            frames += 1
+            if chunk is not None:
+                s = session.stats
+                vit.append((s.seconds.vit - prev.seconds.vit) / fpc)
+                prefill.append((s.seconds.prefill - prev.seconds.prefill) / chunk.num_tokens)
+                prev = s
     sync()
     ingest_s = time.perf_counter() - t0
     s1 = session.stats
@@ -145,11 +160,10 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     for _ in session.ask_ids(QUESTION, args.new_tokens):
         sync()
         stamps.append(time.perf_counter())
-    s2 = session.stats
-    info = probe(args.video)
+    gaps = [b - a for a, b in pairwise(stamps)]
 
-    encoded = s1.chunks * adapter.frames_per_chunk  # frames through the ViT during ingest (an odd last one waits)
-    n_tok = len(stamps)
+    encoded = s1.chunks * fpc  # frames through the ViT during ingest (an odd last frame waits for ask)
+    ms = 1e3
     metrics: dict[str, Any] = {
         "frames": frames,
         "chunks": s1.chunks,
@@ -158,27 +172,29 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         "kv_tokens": s1.kv_tokens,
         "kv_bytes_per_frame": (s1.kv_bytes - s0.kv_bytes) / encoded,
         "kv_mib": s1.kv_bytes / 2**20,
-        "vit_ms_per_frame": 1e3 * s1.seconds.vit / encoded,
-        "prefill_ms_per_token": 1e3 * s1.seconds.prefill / s1.visual_tokens,
-        "ingest_ms_per_frame": 1e3 * ingest_s / frames,
-        "ttft_ms": 1e3 * (stamps[0] - t0),
-        "decode_ms_per_token": 1e3 * (stamps[-1] - stamps[0]) / (n_tok - 1) if n_tok > 1 else None,
-        "answer_tokens": n_tok,
+        "vit_ms_per_frame": ms * median(vit),
+        "vit_ms_per_frame_mean": ms * s1.seconds.vit / encoded,
+        "prefill_ms_per_token": ms * median(prefill),
+        "prefill_ms_per_token_mean": ms * s1.seconds.prefill / s1.visual_tokens,
+        "ingest_ms_per_frame": ms * ingest_s / frames,
+        "ttft_ms": ms * (stamps[0] - t0),
+        "decode_ms_per_token": ms * median(gaps) if gaps else None,
+        "decode_ms_per_token_mean": ms * sum(gaps) / len(gaps) if gaps else None,
+        "answer_tokens": len(stamps),
         "question_tokens": len(adapter.suffix_ids(QUESTION)),
         "stream_seconds_per_second": frames / args.fps / ingest_s,
         "load_seconds": load_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }
-    assert s2.answer_tokens == n_tok
     return {
         "shape": args.shape, "device": args.device, "dtype": str(adapter.dtype).removeprefix("torch."),
         "family": adapter.family, "torch": torch.__version__, "transformers": _version("transformers"),
         "livevlm": livevlm.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "loadavg_1m_before": load_before,
         "gpu": torch.cuda.get_device_name() if cuda else None,
-        "video": str(args.video), "fps": args.fps, "frame_size": list(adapter.target_size(info.height, info.width)),
-        "max_pixels": args.max_pixels, "new_tokens": args.new_tokens, "metrics": metrics,
+        "video": str(args.video), "fps": args.fps, "frame_size": list(size), "max_pixels": args.max_pixels,
+        "new_tokens": args.new_tokens, "question": QUESTION, "metrics": metrics,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -214,11 +230,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=["auto", *DTYPES], default=None,
                    help="default: bfloat16 (full shapes), auto (tiny)")
-    p.add_argument("--warmup", action="store_true", help="warm up on CPU too (always done on CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run one chunk + 2 tokens in a throwaway session first (default: on)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path; default: benchmarks/results/baseline-<shape>-<device>.json")
     args = p.parse_args()
     full = args.shape != "tiny"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.video = args.video or default_video()
     args.frames = args.frames or (8 if full else 16)
     args.max_pixels = args.max_pixels or (224 * 224 if full else None)

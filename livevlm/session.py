@@ -1,9 +1,11 @@
-"""`Session`: one stream, one model, the uncompressed loop.
+"""`Session`: one stream, one model, the loop.
 
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
-                  encode (ViT) ─► VisualChunk(embeds, (t,h,w) positions) ─► prefill into StreamKV
-ask(question) ─► [pending odd frame, padded] + question tokens at the positions after the video
-              ─► greedy decode over the cache ─► yields text ─► rollback: the stream KV is unchanged
+    1. encode  (ViT, through the per-stream feature cache) ─► VisualChunk(embeds, (t,h,w) positions)
+    2. prune   (strategy keeps the salient tokens, original positions kept)
+    3. prefill the kept tokens into the stream's KV context
+ask(question) ─► snapshot of the KV ─► [pending odd frame, padded] + question tokens at the positions
+              after the video ─► greedy decode on the snapshot ─► yields text; the stream is untouched
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .cache import StreamKV
+from .cache.vit_cache import build_feature_cache
 from .errors import ConfigError, ContextOverflowError, FrameError, QuestionError
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .models.qwen_vl import DEFAULT_SYSTEM_PROMPT
+from .prune import PruneStats, build_pruner
 from .stream import Frame
 
 
 @dataclass
 class SessionConfig:
-    """How a session loads its model and samples its stream."""
+    """How a session loads its model, samples its stream and compresses what it keeps."""
 
     model: str | None = None
     """Local path or hub id of a supported checkpoint; None = the bundled default model."""
@@ -41,6 +46,10 @@ class SessionConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_pixels: int | None = None
     """Cap on pixels per frame after resizing (None: the model's video default)."""
+    vit_cache: Any = "none"
+    """ViT feature cache: a preset name or a config from `livevlm.cache.vit_cache` ("none" = full encode)."""
+    prune: Any = "none"
+    """Token pruner: a strategy name or a config from `livevlm.prune` ("none" = keep every token)."""
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -51,6 +60,7 @@ class SessionConfig:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_pixels is not None and self.max_pixels < 28 * 28:
             raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
+        build_pruner(self.prune)  # an unknown strategy or a bad budget is refused here
 
 
 @dataclass
@@ -64,22 +74,26 @@ class StageSeconds:
 
 @dataclass
 class SessionStats:
-    """What the loop has done so far."""
+    """What the loop has done so far; each compression stage adds its own record."""
 
     frames_seen: int = 0
     frames_rejected: int = 0
     chunks: int = 0
     visual_tokens: int = 0
+    """Visual tokens the encoder produced (before pruning)."""
     kv_tokens: int = 0
     kv_bytes: int = 0
     questions: int = 0
     answer_tokens: int = 0
     last_pts_seconds: float | None = None
     seconds: StageSeconds = field(default_factory=StageSeconds)
+    prune: PruneStats = field(default_factory=PruneStats)
+    vit_cache: Any = None
+    """The feature cache's stats record (None when the cache is off)."""
 
 
 class Session:
-    """Watches one stream with one model; `ask()` answers over everything ingested so far."""
+    """Watches one stream with one model; `ask()` answers over everything ingested so far. Thread-safe."""
 
     def __init__(
         self, model: str | Path | VideoLMAdapter | None = None, config: SessionConfig | None = None
@@ -95,6 +109,8 @@ class Session:
         self.config = config
         self._lock = threading.RLock()
         self._kv = StreamKV(self.adapter.new_cache())
+        self._feature_cache = build_feature_cache(config.vit_cache, self.adapter)
+        self._pruner = build_pruner(config.prune)
         self._pending: list[Frame] = []
         self._frame_shape: tuple[int, int] | None = None
         self._size: tuple[int, int] | None = None
@@ -106,7 +122,7 @@ class Session:
 
     # -- ingestion ------------------------------------------------------------------------------------
     def push(self, frame: Frame | np.ndarray, pts_seconds: float | None = None) -> VisualChunk | None:
-        """Add one RGB uint8 (H, W, 3) frame; returns the chunk it completed, if any. Thread-safe."""
+        """Add one RGB uint8 (H, W, 3) frame; returns the (pruned) chunk it completed, if any."""
         with self._lock:
             try:
                 frame = self._as_frame(frame, pts_seconds)
@@ -119,20 +135,22 @@ class Session:
             return self.step() if len(self._pending) == self.adapter.frames_per_chunk else None
 
     def step(self) -> VisualChunk:
-        """Encode the pending temporal patch and append its visual tokens to the KV context."""
+        """Encode the pending temporal patch, prune it and append the kept tokens to the KV context."""
         with self._lock:
-            chunk = self._encode(self._pending, self._stats.chunks)  # 1. vision encoder
+            chunk = self._encode(self._pending, self._stats.chunks, self._feature_cache)  # 1. encode
+            self._max_position = max(self._max_position, int(chunk.positions.max()))
+            kept = self._pruner(chunk)  # 2. prune
             start = time.perf_counter()
-            self.adapter.forward(chunk.embeds, chunk.positions, self._kv.cache)  # 2. prefill
-            self._stats.seconds.prefill += time.perf_counter() - start
+            if kept.num_tokens:  # 3. prefill
+                self.adapter.forward(kept.embeds, kept.positions, self._kv.cache)
             self._kv.commit()
             self._pending = []
-            self._max_position = max(self._max_position, int(chunk.positions.max()))
-            s = self._stats  # 3. bookkeeping
+            s = self._stats
+            s.seconds.prefill += time.perf_counter() - start
             s.chunks += 1
             s.visual_tokens += chunk.num_tokens
             s.kv_tokens, s.kv_bytes = self._kv.tokens, self._kv.nbytes()
-            return chunk
+            return kept
 
     def ingest(self, source: str | Path | Iterable[Frame], progress: bool = False) -> int:
         """Push every frame of a video file (sampled at `config.fps`) or an iterable of frames."""
@@ -149,13 +167,15 @@ class Session:
         else:
             frames_iter = source
         count = 0
-        with tqdm(total=total, unit="frame", desc="ingest", disable=not progress, leave=False) as bar:
-            for frame in frames_iter:
-                self.push(frame)
-                count += 1
-                bar.update(1)
-        if hasattr(frames_iter, "close"):
-            frames_iter.close()
+        try:
+            with tqdm(total=total, unit="frame", desc="ingest", disable=not progress, leave=False) as bar:
+                for frame in frames_iter:
+                    self.push(frame)
+                    count += 1
+                    bar.update(1)
+        finally:
+            if hasattr(frames_iter, "close"):
+                frames_iter.close()
         return count
 
     # -- questions ------------------------------------------------------------------------------------
@@ -177,52 +197,63 @@ class Session:
         if not isinstance(question, str) or not question.strip():
             raise QuestionError("the question must be a non-empty string")
         budget = max_new_tokens or self.config.max_new_tokens
-        return self._answer(question, budget)
-
-    def _answer(self, question: str, budget: int) -> Iterator[int]:
-        with self._lock:
+        with self._lock:  # a consistent snapshot: ingestion may go on while we answer
             suffix = self.adapter.suffix_ids(question)
-            pending = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
-            needed = self._kv.tokens + pending + len(suffix) + budget
+            extra = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
+            needed = self._kv.tokens + extra + len(suffix) + budget
             if needed > self.adapter.max_context:
                 raise ContextOverflowError(
-                    f"context of {self._kv.tokens} stream tokens + {len(suffix)} question tokens + "
+                    f"context of {self._kv.tokens + extra} stream tokens + {len(suffix)} question tokens + "
                     f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
                 )
-            try:
-                chunks, max_pos = self._stats.chunks, self._max_position
-                if self._pending:  # a half-filled temporal patch: padded like the HF processor does
-                    chunk = self._encode(self._pending, chunks)
-                    self.adapter.forward(chunk.embeds, chunk.positions, self._kv.cache)
-                    chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
-                start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
-                positions = torch.arange(start, start + len(suffix)).expand(3, -1)
-                t0 = time.perf_counter()
-                logits = self.adapter.forward(self.adapter.embed_ids(suffix), positions, self._kv.cache)
-                self._stats.seconds.prefill += time.perf_counter() - t0
-                next_pos = max(max_pos, start + len(suffix) - 1) + 1
-                self._stats.questions += 1
-                for _ in range(budget):
-                    token = int(torch.argmax(logits))
-                    self._stats.answer_tokens += 1
-                    yield token
-                    if token in self.adapter.eos_token_ids:
-                        break
-                    t0 = time.perf_counter()
-                    pos = torch.full((3, 1), next_pos, dtype=torch.long)
-                    logits = self.adapter.forward(self.adapter.embed_ids([token]), pos, self._kv.cache)
-                    self._stats.seconds.decode += time.perf_counter() - t0
-                    next_pos += 1
-            finally:
-                self._kv.rollback()
+            cache, chunks, max_pos = self._kv.snapshot(), self._stats.chunks, self._max_position
+            pending = list(self._pending)
+            self._stats.questions += 1
+        return self._answer(cache, pending, chunks, max_pos, suffix, budget)
+
+    def _answer(
+        self, cache: Any, pending: list[Frame], chunks: int, max_pos: int, suffix: list[int], budget: int
+    ) -> Iterator[int]:
+        if pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
+            chunk = self._encode(pending, chunks, None)
+            self.adapter.forward(chunk.embeds, chunk.positions, cache)
+            chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
+        start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
+        positions = torch.arange(start, start + len(suffix)).expand(3, -1)
+        t0 = time.perf_counter()
+        logits = self.adapter.forward(self.adapter.embed_ids(suffix), positions, cache)
+        prefill = time.perf_counter() - t0
+        next_pos = max(max_pos, start + len(suffix) - 1) + 1
+        produced, t0 = 0, time.perf_counter()
+        try:
+            for _ in range(budget):
+                token = int(torch.argmax(logits))
+                produced += 1
+                yield token
+                if token in self.adapter.eos_token_ids:
+                    break
+                pos = torch.full((3, 1), next_pos, dtype=torch.long)
+                logits = self.adapter.forward(self.adapter.embed_ids([token]), pos, cache)
+                next_pos += 1
+        finally:
+            with self._lock:
+                self._stats.answer_tokens += produced
+                self._stats.seconds.prefill += prefill
+                self._stats.seconds.decode += time.perf_counter() - t0
 
     # -- helpers --------------------------------------------------------------------------------------
     @property
     def stats(self) -> SessionStats:
         """A copy of the counters, safe to keep."""
         with self._lock:
-            s = replace(self._stats, seconds=replace(self._stats.seconds))
-        return s
+            s = self._stats
+            vit = getattr(self._feature_cache, "stats", None)
+            return replace(
+                s,
+                seconds=replace(s.seconds),
+                prune=replace(self._pruner.stats),
+                vit_cache=replace(vit) if vit is not None else None,
+            )
 
     def _start_prompt(self) -> None:
         ids = self.adapter.prefix_ids(self.config.system_prompt)
@@ -233,16 +264,17 @@ class Session:
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
         self._stats.kv_tokens, self._stats.kv_bytes = self._kv.tokens, self._kv.nbytes()
 
-    def _encode(self, frames: list[Frame], index: int) -> VisualChunk:
+    def _encode(self, frames: list[Frame], index: int, feature_cache: Any) -> VisualChunk:
         batch = np.stack([f.data for f in frames])
         if len(frames) < self.adapter.frames_per_chunk:
             pad = self.adapter.frames_per_chunk - len(frames)
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
         place = replace(self._place0, index=index)
-        chunk = self.adapter.encode(batch, self._size, place)
+        chunk = self.adapter.encode(batch, self._size, place, feature_cache=feature_cache)
         chunk.pts_seconds = tuple(f.pts_seconds for f in frames)
-        self._grid_hw = chunk.grid_thw[1:]
-        self._stats.seconds.vit += chunk.encode_seconds
+        with self._lock:
+            self._grid_hw = chunk.grid_thw[1:]
+            self._stats.seconds.vit += chunk.encode_seconds
         return chunk
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:

@@ -1,11 +1,13 @@
 """The uncompressed KV context of a stream: one transformers `Cache`, grown chunk by chunk.
 
-Question tokens are appended after the stream's tokens and cut off again once the answer is done, so the
-stream context is the same before and after every question.
+A question is answered on a `snapshot()`: a cache that shares the stream's key/value tensors (transformers'
+`DynamicLayer.update` concatenates into new tensors, never writes in place), so the answer's tokens never
+reach the stream context and ingestion can go on while a question is answered.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,12 @@ class StreamKV:
     def commit(self) -> None:
         """Everything now in the cache belongs to the stream."""
         self.stream_tokens = self.tokens
+
+    def snapshot(self) -> Any:
+        """A cache holding the stream's KV as of now; appending to it leaves the stream untouched."""
+        snap = copy.copy(self.cache)
+        snap.layers = [copy.copy(layer) for layer in self.cache.layers]
+        return snap
 
     def rollback(self) -> None:
         """Drop whatever was appended since the last `commit` (a question and its answer)."""

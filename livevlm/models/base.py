@@ -42,7 +42,9 @@ class VideoLMAdapter(Protocol):
     eos_token_ids: frozenset[int]
     max_context: int
 
-    def encode(self, frames: np.ndarray, size: tuple[int, int], place: ChunkPlace) -> VisualChunk:
+    def encode(
+        self, frames: np.ndarray, size: tuple[int, int], place: ChunkPlace, feature_cache: Any = None
+    ) -> VisualChunk:
         """Frames (T, H, W, 3) uint8 of one temporal patch, resized to `size` -> tokens placed by `place`."""
         ...
 

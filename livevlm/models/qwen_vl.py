@@ -65,14 +65,19 @@ class QwenVLAdapter:
         return torch.tensor(float(tps)) * torch.tensor(seconds_per_chunk, dtype=torch.float32)
 
     @torch.inference_mode()
-    def encode(self, frames: np.ndarray, size: tuple[int, int], place: ChunkPlace) -> VisualChunk:
+    def encode(
+        self, frames: np.ndarray, size: tuple[int, int], place: ChunkPlace, feature_cache: Any = None
+    ) -> VisualChunk:
+        """One temporal patch -> visual tokens; a per-stream `feature_cache` may reuse earlier work."""
         start = time.perf_counter()
         pixels, grid = frames_to_patches(frames, self.geometry, size=size)
         if grid[0] != 1:
             raise ValueError(f"one chunk is one temporal patch, got grid {grid}")
-        grid_t = torch.tensor([grid], dtype=torch.long, device=self.device)
-        out = self.model.model.get_video_features(pixels.to(self.device), grid_t, return_dict=True)
-        embeds = out.pooler_output[0].to(self.dtype)
+        pixels = pixels.to(self.device)
+        if feature_cache is not None:
+            embeds = feature_cache.encode(self, pixels, grid).to(self.dtype)
+        else:
+            embeds = self.vision_features(pixels, grid)
         h, w = grid[1] // self.merge, grid[2] // self.merge
         positions = self.video_positions(place, h, w)
         return VisualChunk(
@@ -82,6 +87,13 @@ class QwenVLAdapter:
             pts_seconds=(),
             encode_seconds=time.perf_counter() - start,
         )
+
+    @torch.inference_mode()
+    def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The model's own full vision encode of one temporal patch: (h*w/merge^2, D) merged tokens."""
+        grid_t = torch.tensor([grid], dtype=torch.long, device=self.device)
+        out = self.model.model.get_video_features(pixels, grid_t, return_dict=True)
+        return out.pooler_output[0].to(self.dtype)
 
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
         """(3, h*w) M-RoPE ids of chunk `place.index`: the same values HF's get_rope_index gives it."""
