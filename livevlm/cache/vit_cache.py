@@ -13,7 +13,11 @@ VIT_CACHE_PRESETS = ("none",)
 
 
 def build_feature_cache(spec: Any, adapter: Any) -> Any | None:
-    """The per-stream feature cache for `spec` (a preset name), or None for a full encode every time."""
+    """The per-stream feature cache for `spec` (a preset name), or None for a full encode every time.
+
+    A feature cache has `encode(adapter, pixels, grid) -> (embeds (N, D), changed (N,) bool | None)` and a
+    dataclass `stats`; the adapter calls it in place of the model's full vision encode.
+    """
     name = spec if isinstance(spec, str) else getattr(spec, "preset", None)
     if name == "none":
         return None

@@ -19,6 +19,8 @@ class VisualChunk:
     grid_thw: tuple[int, int, int]  # LLM-side grid (t=1, h, w) after spatial merge
     pts_seconds: tuple[float, ...]  # timestamps of the frames it covers
     encode_seconds: float = 0.0
+    changed: torch.Tensor | None = None  # (N,) bool from the feature cache: token recomputed (None: all new)
+    kept_index: torch.Tensor | None = None  # (N_kept,) long, set by a pruner: rows kept of the full chunk
 
     @property
     def num_tokens(self) -> int:

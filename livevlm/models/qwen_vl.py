@@ -74,8 +74,10 @@ class QwenVLAdapter:
         if grid[0] != 1:
             raise ValueError(f"one chunk is one temporal patch, got grid {grid}")
         pixels = pixels.to(self.device)
+        changed = None
         if feature_cache is not None:
-            embeds = feature_cache.encode(self, pixels, grid).to(self.dtype)
+            embeds, changed = feature_cache.encode(self, pixels, grid)
+            embeds = embeds.to(self.dtype)
         else:
             embeds = self.vision_features(pixels, grid)
         h, w = grid[1] // self.merge, grid[2] // self.merge
