@@ -88,6 +88,7 @@ class QwenVLAdapter:
             grid_thw=(1, h, w),
             pts_seconds=(),
             encode_seconds=time.perf_counter() - start,
+            changed=changed,
         )
 
     @torch.inference_mode()
