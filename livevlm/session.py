@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import StreamKV
+from .cache import KVStats, available_kv_policies, build_kv_store
 from .cache.vit_cache import build_feature_cache
 from .errors import ConfigError, ContextOverflowError, FrameError, QuestionError
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
@@ -50,6 +50,8 @@ class SessionConfig:
     """ViT feature cache: a preset name or a config from `livevlm.cache.vit_cache` ("none" = full encode)."""
     prune: Any = "none"
     """Token pruner: a strategy name or a config from `livevlm.prune` ("none" = keep every token)."""
+    kv: Any = "full"
+    """KV policy: a name or a config from `livevlm.cache` ("full" = every token kept, unbounded)."""
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -61,6 +63,9 @@ class SessionConfig:
         if self.max_pixels is not None and self.max_pixels < 28 * 28:
             raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
         build_pruner(self.prune)  # an unknown strategy or a bad budget is refused here
+        kv_name = self.kv if isinstance(self.kv, str) else getattr(self.kv, "policy", None)
+        if kv_name not in available_kv_policies():
+            raise ConfigError(f"unknown KV policy {kv_name!r}; choose one of {', '.join(available_kv_policies())}")
 
 
 @dataclass
@@ -90,6 +95,8 @@ class SessionStats:
     prune: PruneStats = field(default_factory=PruneStats)
     vit_cache: Any = None
     """The feature cache's stats record (None when the cache is off)."""
+    kv: KVStats = field(default_factory=KVStats)
+    """The KV policy's stats record (tokens, bytes, and what the policy adds)."""
 
 
 class Session:
@@ -108,7 +115,7 @@ class Session:
             )
         self.config = config
         self._lock = threading.RLock()
-        self._kv = StreamKV(self.adapter.new_cache())
+        self._kv = build_kv_store(config.kv, self.adapter)
         self._feature_cache = build_feature_cache(config.vit_cache, self.adapter)
         self._pruner = build_pruner(config.prune)
         self._pending: list[Frame] = []
@@ -141,15 +148,14 @@ class Session:
             self._max_position = max(self._max_position, int(chunk.positions.max()))
             kept = self._pruner(chunk)  # 2. prune
             start = time.perf_counter()
-            if kept.num_tokens:  # 3. prefill
-                self.adapter.forward(kept.embeds, kept.positions, self._kv.cache)
-            self._kv.commit()
+            if kept.num_tokens:  # 3. prefill into the KV store
+                self._kv.append(self.adapter, kept.embeds, kept.positions, pts_seconds=chunk.pts_seconds)
             self._pending = []
             s = self._stats
             s.seconds.prefill += time.perf_counter() - start
             s.chunks += 1
             s.visual_tokens += chunk.num_tokens
-            s.kv_tokens, s.kv_bytes = self._kv.tokens, self._kv.nbytes()
+            s.kv_tokens, s.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
             return kept
 
     def ingest(self, source: str | Path | Iterable[Frame], progress: bool = False) -> int:
@@ -200,20 +206,21 @@ class Session:
         with self._lock:  # a consistent snapshot: ingestion may go on while we answer
             suffix = self.adapter.suffix_ids(question)
             extra = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
-            needed = self._kv.tokens + extra + len(suffix) + budget
+            needed = self._kv.stats.tokens + extra + len(suffix) + budget
             if needed > self.adapter.max_context:
                 raise ContextOverflowError(
-                    f"context of {self._kv.tokens + extra} stream tokens + {len(suffix)} question tokens + "
+                    f"context of {self._kv.stats.tokens + extra} stream tokens + {len(suffix)} question tokens + "
                     f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
                 )
-            cache, chunks, max_pos = self._kv.snapshot(), self._stats.chunks, self._max_position
+            snapshot, chunks, max_pos = self._kv.snapshot(), self._stats.chunks, self._max_position
             pending = list(self._pending)
             self._stats.questions += 1
-        return self._answer(cache, pending, chunks, max_pos, suffix, budget)
+        return self._answer(snapshot, pending, chunks, max_pos, suffix, budget)
 
     def _answer(
-        self, cache: Any, pending: list[Frame], chunks: int, max_pos: int, suffix: list[int], budget: int
+        self, snapshot: Any, pending: list[Frame], chunks: int, max_pos: int, suffix: list[int], budget: int
     ) -> Iterator[int]:
+        cache = self._kv.answer_cache(snapshot, self.adapter, suffix)  # query-time KV selection
         if pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
             chunk = self._encode(pending, chunks, None)
             self.adapter.forward(chunk.embeds, chunk.positions, cache)
@@ -253,16 +260,16 @@ class Session:
                 seconds=replace(s.seconds),
                 prune=replace(self._pruner.stats),
                 vit_cache=replace(vit) if vit is not None else None,
+                kv=replace(self._kv.stats),
             )
 
     def _start_prompt(self) -> None:
         ids = self.adapter.prefix_ids(self.config.system_prompt)
         positions = torch.arange(len(ids)).expand(3, -1)
-        self.adapter.forward(self.adapter.embed_ids(ids), positions, self._kv.cache)
-        self._kv.commit()
+        self._kv.append(self.adapter, self.adapter.embed_ids(ids), positions, is_prompt=True)
         self._max_position = len(ids) - 1
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
-        self._stats.kv_tokens, self._stats.kv_bytes = self._kv.tokens, self._kv.nbytes()
+        self._stats.kv_tokens, self._stats.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
 
     def _encode(self, frames: list[Frame], index: int, feature_cache: Any) -> VisualChunk:
         batch = np.stack([f.data for f in frames])

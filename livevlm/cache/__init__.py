@@ -1,5 +1,5 @@
-"""Caches: the stream's KV context (and, later, the ViT feature cache)."""
+"""Caches: the stream's KV context (policies behind `KVStore`) and the ViT feature cache."""
 
-from .kv import KVStats, StreamKV
+from .kv import FullKV, KVStats, KVStore, available_kv_policies, build_kv_store, register_kv_policy
 
-__all__ = ["KVStats", "StreamKV"]
+__all__ = ["FullKV", "KVStats", "KVStore", "available_kv_policies", "build_kv_store", "register_kv_policy"]
