@@ -46,6 +46,8 @@ class SessionConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_pixels: int | None = None
     """Cap on pixels per frame after resizing (None: the model's video default)."""
+    min_pixels: int | None = None
+    """Floor on pixels per frame after resizing (None: the model's video default, 128 x 28 x 28)."""
     vit_cache: Any = "none"
     """ViT feature cache: a preset name or a config from `livevlm.cache.vit_cache` ("none" = full encode)."""
     prune: Any = "none"
@@ -62,10 +64,14 @@ class SessionConfig:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_pixels is not None and self.max_pixels < 28 * 28:
             raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
+        if self.min_pixels is not None and not 28 * 28 <= self.min_pixels <= (self.max_pixels or 2**62):
+            raise ConfigError(f"min_pixels must be in [784, max_pixels], got {self.min_pixels}")
         build_pruner(self.prune)  # an unknown strategy or a bad budget is refused here
         kv_name = self.kv if isinstance(self.kv, str) else getattr(self.kv, "policy", None)
         if kv_name not in available_kv_policies():
-            raise ConfigError(f"unknown KV policy {kv_name!r}; choose one of {', '.join(available_kv_policies())}")
+            raise ConfigError(
+                f"unknown KV policy {kv_name!r}; choose one of {', '.join(available_kv_policies())}"
+            )
 
 
 @dataclass
@@ -110,9 +116,7 @@ class Session:
             self.adapter: VideoLMAdapter = model
         else:
             config = replace(config, model=str(model)) if model is not None else config
-            self.adapter = load_model(
-                config.model, device=config.device, dtype=config.dtype, max_pixels=config.max_pixels
-            )
+            self.adapter = load_model(config.model, device=config.device, dtype=config.dtype)
         self.config = config
         self._lock = threading.RLock()
         self._kv = build_kv_store(config.kv, self.adapter)
@@ -292,7 +296,12 @@ class Session:
         frame = Frame(frame.data if isinstance(frame, Frame) else frame, float(pts_seconds))
         if self._frame_shape is None:
             self._frame_shape = (frame.height, frame.width)
-            self._size = self.adapter.target_size(frame.height, frame.width)
+            self._size = self.adapter.target_size(
+                frame.height,
+                frame.width,
+                min_pixels=self.config.min_pixels,
+                max_pixels=self.config.max_pixels,
+            )
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame

