@@ -95,5 +95,5 @@ def test_pixel_bounds_are_per_session(tiny_adapters):
     small.ingest(frames)
     default = Session(adapter)
     default.ingest(frames)
-    assert small.stats.visual_tokens == 4  # 56x56 after resize: a 2x2 grid of merged tokens
+    assert 1 <= small.stats.visual_tokens <= 4  # at most 3136 pixels: at most 2x2 merged tokens
     assert default.stats.visual_tokens > 4 * small.stats.visual_tokens
