@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import importlib.util
 import json
 import multiprocessing
@@ -33,11 +34,13 @@ from livevlm import Session, SessionConfig, load_model
 from livevlm.stream import FileSource, FileSourceConfig
 
 QUESTION = "What is happening in the video?"
+UNCOMPRESSED = {"vit_cache": "none", "prune": "none", "kv": "full"}  # every stage at its baseline setting
 TOKEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
              "vision_end_token_id": 151653}
 _TEXT = {"vocab_size": 151936, "hidden_act": "silu", "rms_norm_eps": 1e-6, "bos_token_id": 151643,
-         "eos_token_id": 151645, "tie_word_embeddings": True, "use_sliding_window": False, "sliding_window": 32768,
-         "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}}
+         "eos_token_id": 151645, "tie_word_embeddings": True, "use_sliding_window": False,
+         "sliding_window": 32768,
+         "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}}
 # config.json of Qwen/Qwen2-VL-2B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (architecture fields only).
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen2-vl-2b": {
@@ -99,22 +102,20 @@ def default_video() -> Path:
 
 def synchronizing(adapter: Any) -> None:
     """On CUDA, make `encode`/`forward` return only when the GPU is done, so Session's timers are exact."""
-    encode, forward = adapter.encode, adapter.forward
 
-    def timed_encode(*args: Any, **kwargs: Any) -> Any:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        chunk = encode(*args, **kwargs)
-        torch.cuda.synchronize()
-        chunk.encode_seconds = time.perf_counter() - start
-        return chunk
+    def synced(fn: Callable[..., Any], sets_encode_seconds: bool) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            torch.cuda.synchronize()
+            if sets_encode_seconds:
+                out.encode_seconds = time.perf_counter() - start
+            return out
 
-    def synced_forward(*args: Any, **kwargs: Any) -> Any:
-        out = forward(*args, **kwargs)
-        torch.cuda.synchronize()
-        return out
+        return call
 
-    adapter.encode, adapter.forward = timed_encode, synced_forward
+    adapter.encode, adapter.forward = synced(adapter.encode, True), synced(adapter.forward, False)
 
 
 def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
@@ -128,14 +129,15 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         synchronizing(adapter)
     fpc = adapter.frames_per_chunk
     if args.warmup:  # kernel selection/compilation, and first touch of the (mmapped) weights
-        warm = Session(adapter, SessionConfig(fps=args.fps, max_frames=fpc))
+        warm = Session(adapter, SessionConfig(fps=args.fps, max_frames=fpc, **UNCOMPRESSED))
         warm.ingest(args.video)
         list(warm.ask_ids(QUESTION, 2))
         del warm
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     session = Session(adapter, SessionConfig(device=args.device, dtype=args.dtype, fps=args.fps,
-                                             max_new_tokens=args.new_tokens, max_pixels=args.max_pixels))
+                                             max_new_tokens=args.new_tokens, max_pixels=args.max_pixels,
+                                             **UNCOMPRESSED))
     s0 = prev = session.stats
     vit: list[float] = []  # per chunk: ViT seconds per frame, prefill seconds per visual token
     prefill: list[float] = []
@@ -154,6 +156,8 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
                 prev = s
     sync()
     ingest_s = time.perf_counter() - t0
+    if not vit:
+        raise SystemExit(f"{args.video} gave {frames} frame(s) at {args.fps} fps; need {fpc} for one chunk")
     s1 = session.stats
     stamps: list[float] = []
     t0 = time.perf_counter()
@@ -189,33 +193,24 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
     }
     return {
         "shape": args.shape, "device": args.device, "dtype": str(adapter.dtype).removeprefix("torch."),
-        "family": adapter.family, "torch": torch.__version__, "transformers": _version("transformers"),
-        "livevlm": livevlm.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "loadavg_1m_before": load_before,
-        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "family": adapter.family, "torch": torch.__version__, "livevlm": livevlm.__version__,
+        "transformers": importlib.metadata.version("transformers"), "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "loadavg_1m_before": load_before, "gpu": torch.cuda.get_device_name() if cuda else None,
         "video": str(args.video), "fps": args.fps, "frame_size": list(size), "max_pixels": args.max_pixels,
         "new_tokens": args.new_tokens, "question": QUESTION, "metrics": metrics,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _version(module: str) -> str:
-    return __import__(module).__version__
-
-
 def print_table(result: dict[str, Any]) -> None:
-    head = {k: result[k] for k in ("shape", "device", "dtype", "video", "frame_size")}
-    rows = [(k, v if isinstance(v, str) else str(v)) for k, v in head.items()]
-    rows[3] = ("video", Path(result["video"]).name)
-    for key, value in result["metrics"].items():
-        text = "-" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:,.3f}"
-        rows.append((key, text))
-    width = max(len(k) for k, _ in rows)
-    vwidth = max(len(v) for _, v in rows)
-    print(f"{'metric':<{width}}  {'value':>{vwidth}}")
-    print(f"{'-' * width}  {'-' * vwidth}")
-    for key, text in rows:
-        print(f"{key:<{width}}  {text:>{vwidth}}")
+    rows = [(k, str(result[k])) for k in ("shape", "device", "dtype", "frame_size")]
+    rows.insert(3, ("video", Path(result["video"]).name))
+    rows += [(k, "-" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:,.3f}")
+             for k, v in result["metrics"].items()]
+    kw, vw = max(len(k) for k, _ in rows), max(len(v) for _, v in rows)
+    print(f"{'metric':<{kw}}  {'value':>{vw}}\n{'-' * kw}  {'-' * vw}")
+    print("\n".join(f"{k:<{kw}}  {v:>{vw}}" for k, v in rows))
 
 
 def main() -> None:
@@ -230,21 +225,22 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=["auto", *DTYPES], default=None,
                    help="default: bfloat16 (full shapes), auto (tiny)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads; default: 1 for tiny (ops too small to share), torch's choice")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run one chunk + 2 tokens in a throwaway session first (default: on)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path; default: benchmarks/results/baseline-<shape>-<device>.json")
     args = p.parse_args()
     full = args.shape != "tiny"
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or not full:  # one thread: tiny's timings stay steady when other work shares the cores
+        torch.set_num_threads(args.threads or 1)
     args.video = args.video or default_video()
     args.frames = args.frames or (8 if full else 16)
     args.max_pixels = args.max_pixels or (224 * 224 if full else None)
     args.dtype = args.dtype or ("bfloat16" if full else "auto")
-    device_tag = args.device.split(":")[0]
-    args.out = args.out or Path(__file__).resolve().parent / "results" / f"baseline-{args.shape}-{device_tag}.json"
+    name = f"baseline-{args.shape}-{args.device.split(':')[0]}.json"
+    args.out = args.out or Path(__file__).resolve().parent / "results" / name
 
     with tempfile.TemporaryDirectory(prefix="livevlm-bench-") as tmp:
         if full:  # built in a child so its copy of the weights never counts toward this process's peak RSS
