@@ -9,24 +9,29 @@ print("".join(session.ask("What happened?")))
 from .errors import (
     ConfigError,
     ContextOverflowError,
+    DeviceNotFoundError,
     EmptyVideoError,
     FrameError,
     LivevlmError,
     ModelLoadError,
     NotAVideoError,
     QuestionError,
+    SourceConnectionError,
+    SourceDisconnectedError,
     SourceError,
     SourceNotFoundError,
+    SourceTimeoutError,
 )
 from .models import load_model
 from .session import Session, SessionConfig, SessionStats
-from .stream import FileSource, FileSourceConfig, Frame
+from .stream import FileSource, FileSourceConfig, Frame, PushSource, open_source
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
     "ContextOverflowError",
+    "DeviceNotFoundError",
     "EmptyVideoError",
     "FileSource",
     "FileSourceConfig",
@@ -35,12 +40,17 @@ __all__ = [
     "LivevlmError",
     "ModelLoadError",
     "NotAVideoError",
+    "PushSource",
     "QuestionError",
     "Session",
     "SessionConfig",
     "SessionStats",
+    "SourceConnectionError",
+    "SourceDisconnectedError",
     "SourceError",
     "SourceNotFoundError",
+    "SourceTimeoutError",
     "__version__",
     "load_model",
+    "open_source",
 ]

@@ -1,4 +1,4 @@
-"""The `livevlm` command: `livevlm ask VIDEO QUESTION` streams an answer about a video file."""
+"""The `livevlm` command: `ask VIDEO QUESTION` answers about a file; `watch SOURCE` answers while watching."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .cli_watch import add_watch_parser, run_watch
 from .errors import LivevlmError
 
 DEFAULT_MODEL_NOTICE = (
@@ -29,6 +30,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ask.add_argument("--stats", action="store_true", help="print the session's stats to stderr at the end")
     ask.add_argument("--no-progress", action="store_true", help="hide the ingestion progress bar")
+
+    add_watch_parser(sub)
 
     sub.add_parser("sample", help="print the path of the bundled sample clip")
 
@@ -74,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ask":
             return _ask(args)
+        if args.command == "watch":
+            if args.model is None:
+                print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
+            return run_watch(args)
         if args.command == "sample":
             from .assets import sample_video_path
 

@@ -41,3 +41,19 @@ class ContextOverflowError(LivevlmError):
 
 class QuestionError(LivevlmError, ValueError):
     """A question that cannot be asked (empty, not a string)."""
+
+
+class DeviceNotFoundError(SourceNotFoundError):
+    """A camera index or name that no capture device answers to."""
+
+
+class SourceTimeoutError(SourceError, TimeoutError):
+    """Opening or reading a source did not finish within its timeout."""
+
+
+class SourceConnectionError(SourceError, ConnectionError):
+    """A stream URL could not be connected to (refused, unreachable, bad response)."""
+
+
+class SourceDisconnectedError(SourceError):
+    """A live source was lost and every reconnect attempt allowed by its config failed."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .models.qwen_vl import DEFAULT_SYSTEM_PROMPT
 from .prune import PruneStats, build_pruner
 from .stream import Frame
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 @dataclass
@@ -103,6 +106,8 @@ class SessionStats:
     """The feature cache's stats record (None when the cache is off)."""
     kv: KVStats = field(default_factory=KVStats)
     """The KV policy's stats record (tokens, bytes, and what the policy adds)."""
+    stream: Any = None
+    """The watched source's `IngestStats` (frames in, dropped, corrupt, reconnects, gaps); None if not watching."""
 
 
 class Session:
@@ -128,6 +133,7 @@ class Session:
         self._grid_hw: tuple[int, int] = (0, 0)
         self._max_position = -1
         self._stats = SessionStats()
+        self._ingestor: Any = None
         self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
         self._start_prompt()
 
@@ -187,6 +193,18 @@ class Session:
             if hasattr(frames_iter, "close"):
                 frames_iter.close()
         return count
+
+    def watch(self, source: Any, reader: Any = None) -> Any:
+        """Ingest a live source (URL, 'webcam:0', 'lavfi:...', file, config, Source) on a background thread.
+
+        Returns the running `livevlm.stream.Ingestor` (`stop()`, `wait()`, `stats`); `ask()` keeps working.
+        """
+        from .stream import Ingestor, open_source
+
+        ingestor = Ingestor(open_source(source, fps=self.config.fps), self.push, reader).start()
+        with self._lock:
+            self._ingestor = ingestor
+        return ingestor
 
     # -- questions ------------------------------------------------------------------------------------
     def ask(self, question: str, max_new_tokens: int | None = None) -> Iterator[str]:
@@ -252,10 +270,24 @@ class Session:
                 self._stats.seconds.prefill += prefill
                 self._stats.seconds.decode += time.perf_counter() - t0
 
+    def close(self) -> None:
+        """Stop a watched source and release the KV store (a disk tier's files are deleted); the session is done."""
+        if self._ingestor is not None:
+            self._ingestor.stop()
+        with self._lock:
+            self._kv.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- helpers --------------------------------------------------------------------------------------
     @property
     def stats(self) -> SessionStats:
         """A copy of the counters, safe to keep."""
+        stream = self._ingestor.stats if self._ingestor is not None else None
         with self._lock:
             s = self._stats
             vit = getattr(self._feature_cache, "stats", None)
@@ -265,6 +297,7 @@ class Session:
                 prune=replace(self._pruner.stats),
                 vit_cache=replace(vit) if vit is not None else None,
                 kv=replace(self._kv.stats),
+                stream=stream,
             )
 
     def _start_prompt(self) -> None:

@@ -110,3 +110,48 @@ def make_vfr_clip(path: str | Path, times: list[float], size: tuple[int, int] = 
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return Path(path)
+
+
+def make_stream_clip(
+    path: str | Path, seconds: float = 30.0, fps: int = 15, size: tuple[int, int] = (320, 240)
+) -> Path:
+    """A quick-to-encode H.264 mp4 of `testsrc2` (keyframe every second, index first) for RTSP serving."""
+    w, h = size
+    with (
+        av.open(f"testsrc2=size={w}x{h}:rate={fps}", format="lavfi") as src,
+        av.open(str(path), "w", options={"movflags": "+faststart"}) as dst,
+    ):
+        stream = dst.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(fps), "bf": "0"}
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= round(seconds * fps):
+                break
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            dst.mux(stream.encode(frame))
+        dst.mux(stream.encode(None))
+    return Path(path)
+
+
+def make_wrapping_ts_clip(
+    path: str | Path, seconds: float = 3.0, fps: int = 10, before_wrap: float = 1.0
+) -> Path:
+    """An MPEG-TS clip whose 33-bit 90 kHz timestamps wrap around `before_wrap` seconds after its start."""
+    tb = Fraction(1, 90000)
+    start = 2**33 - round(before_wrap * 90000)
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = tb
+        stream.codec_context.time_base = tb
+        stream.options = {"preset": "ultrafast", "bf": "0"}
+        for i in range(round(seconds * fps)):
+            img = np.full((48, 64, 3), (i * 8) % 256, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = start + i * 90000 // fps, tb
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return Path(path)

@@ -1,6 +1,59 @@
-"""Video sources and the `Frame` dataclass they yield."""
+"""Video sources (file, URL/RTSP, webcam, lavfi, push), the `Frame` dataclasses, sampling and live reading.
 
-from .file import FileSource, FileSourceConfig, SourceStats, VideoInfo, probe, read_frames
-from .frame import Frame
+Configs live in `livevlm.stream.config` and import no backend; decord is imported only when selected.
+"""
 
-__all__ = ["FileSource", "FileSourceConfig", "Frame", "SourceStats", "VideoInfo", "probe", "read_frames"]
+from .base import Source, SourceStats
+from .buffer import BufferStats, FrameBuffer
+from .config import (
+    FileSourceConfig,
+    LavfiConfig,
+    ReaderConfig,
+    ReconnectConfig,
+    UrlSourceConfig,
+    WebcamConfig,
+)
+from .file import FileSource, VideoInfo, probe, read_frames
+from .frame import Frame, FrameBatch
+from .ingest import Ingestor, IngestStats
+from .lavfi import LavfiSource
+from .live import AVLiveSource
+from .push import PushSource
+from .reader import LiveReader, ReaderStats
+from .sampler import Pacer, Sampler, Timeline
+from .sources import open_source
+from .url import UrlSource
+from .webcam import WebcamSource, webcam_spec
+
+__all__ = [
+    "AVLiveSource",
+    "BufferStats",
+    "FileSource",
+    "FileSourceConfig",
+    "Frame",
+    "FrameBatch",
+    "FrameBuffer",
+    "IngestStats",
+    "Ingestor",
+    "LavfiConfig",
+    "LavfiSource",
+    "LiveReader",
+    "Pacer",
+    "PushSource",
+    "ReaderConfig",
+    "ReaderStats",
+    "ReconnectConfig",
+    "Sampler",
+    "Source",
+    "SourceStats",
+    "Timeline",
+    "UrlSource",
+    "UrlSourceConfig",
+    "VideoInfo",
+    "WebcamConfig",
+    "WebcamSource",
+    "open_source",
+    "probe",
+    "read_frames",
+    "webcam_spec",
+]

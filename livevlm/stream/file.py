@@ -1,70 +1,30 @@
-"""`FileSource`: decode a video file with PyAV and yield RGB `Frame`s sampled at a target fps.
+"""`FileSource`: decode a video file and yield RGB `Frame`s sampled at a target fps.
 
-path ─► av.open ─► demux(best video stream) ─► decode ─► keep at t0 + k/fps ─► Frame(rgb24, pts)
+path ─► av.open ─► demux(best video stream) ─► decode ─► Sampler: t0 + k/fps ─► Pacer ─► Frame(rgb24, pts)
                      damaged packets are skipped and counted in `stats.frames_corrupt`
+backend='decord': the frame index gives every timestamp, the Sampler picks, decord decodes only those.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import av
 
-from ..errors import ConfigError, EmptyVideoError, NotAVideoError, SourceError, SourceNotFoundError
+from ..errors import EmptyVideoError, NotAVideoError, SourceError, SourceNotFoundError
+from . import _decord
+from .base import Source, SourceStats
+from .config import FileSourceConfig
 from .frame import Frame
+from .sampler import Pacer, Sampler
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+__all__ = ["FileSource", "FileSourceConfig", "SourceStats", "VideoInfo", "probe", "read_frames"]
 
-_EPS = 1e-6  # seconds of float slack when comparing a pts to a sampling instant
 _MAX_DEMUX_RETRIES = 8  # consecutive container read errors before giving up
-
-
-@dataclass(frozen=True)
-class FileSourceConfig:
-    """What to read from a video file and how densely to sample it."""
-
-    path: str | os.PathLike[str]
-    fps: float | None = 2.0
-    """Target sampling rate in frames per second; None keeps every decoded frame."""
-    max_frames: int | None = None
-    """Stop after yielding this many frames; None reads to the end."""
-    start_seconds: float = 0.0
-    """Skip frames whose presentation time is before this."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.path, (str, os.PathLike)) or not str(self.path):
-            raise ConfigError(f"FileSourceConfig.path must be a non-empty path, got {self.path!r}")
-        object.__setattr__(self, "path", Path(self.path))
-        if self.fps is not None and not (isinstance(self.fps, (int, float)) and 0 < self.fps < math.inf):
-            raise ConfigError(f"FileSourceConfig.fps must be a positive number or None, got {self.fps!r}")
-        if self.max_frames is not None and (
-            not isinstance(self.max_frames, int) or isinstance(self.max_frames, bool) or self.max_frames < 1
-        ):
-            raise ConfigError(
-                f"FileSourceConfig.max_frames must be an int >= 1 or None, got {self.max_frames!r}"
-            )
-        if not (isinstance(self.start_seconds, (int, float)) and 0 <= self.start_seconds < math.inf):
-            raise ConfigError(
-                f"FileSourceConfig.start_seconds must be finite and >= 0, got {self.start_seconds!r}"
-            )
-
-
-@dataclass
-class SourceStats:
-    """Counters a source keeps while it runs."""
-
-    frames_decoded: int = 0
-    frames_yielded: int = 0
-    frames_corrupt: int = 0
-    """Packets that failed to decode (or container reads that failed) and were skipped."""
-    last_pts_seconds: float | None = None
-    """Presentation time of the last decoded frame."""
 
 
 @dataclass(frozen=True)
@@ -117,39 +77,33 @@ def _stream_rate(stream: av.VideoStream, average: bool = False) -> float | None:
     return float(rate) if rate else None
 
 
-class FileSource:
+class FileSource(Source):
     """Iterate sampled RGB frames of a video file: `with FileSource(cfg) as src: for f in src: ...`."""
 
     def __init__(self, config: FileSourceConfig) -> None:
+        super().__init__(str(config.path))
         self.config = config
         self.path: Path = Path(config.path)
-        self.stats = SourceStats()
-        self._container, self._stream = _open(self.path)
-        self._rate = _stream_rate(self._stream)
+        backend = config.backend
+        if backend == "auto":
+            backend = "decord" if _decord.available() else "av"
+        self.backend = backend
+        self.live = config.realtime  # a file paced in real time stands in for a camera
+        self._stream: Any = None
+        if backend == "decord":
+            if not self.path.exists():
+                raise SourceNotFoundError(f"video file not found: {self.path}")
+            self._container: Any = _decord.open_reader(self.path)
+        else:
+            self._container, self._stream = _open(self.path)
+            self._rate = _stream_rate(self._stream)
         self._anchor = (0.0, 0)  # (seconds, frame index) of the last frame that had a pts
-        self._frames: Iterator[Frame] | None = self._run()
-        self._closed = False
+        self._pacer = Pacer(config.realtime, self._stop)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> Frame:
-        if self._closed:
-            raise SourceError(f"FileSource for {self.path} is closed")
-        return next(self._frames)
-
-    def close(self) -> None:
-        """Release the decoder and the file; safe to call more than once."""
-        if not self._closed:
-            self._closed = True
-            self._frames = None
+    def _release(self) -> None:
+        if self.backend == "av":
             self._container.close()
+        self._container = None
 
     def _packets(self) -> Iterator[av.Packet]:
         """Demux the video stream, resuming after a failed container read (counted as corrupt)."""
@@ -194,29 +148,35 @@ class FileSource:
 
     def _run(self) -> Iterator[Frame]:
         cfg, start = self.config, float(self.config.start_seconds)
-        if start > 0 and self._stream.time_base is not None:
-            try:
-                self._container.seek(int(start / self._stream.time_base), stream=self._stream)
-            except (av.FFmpegError, OSError) as e:
-                raise SourceError(f"cannot seek {self.path} to {start}s ({e})") from e
-        t0: float | None = None
-        next_t = -math.inf
-        for t, frame in self._decoded():
-            if t + _EPS < max(start, next_t):
-                continue
-            if cfg.fps is not None:  # keep the first frame at or after each instant t0 + k / fps
-                t0 = t if t0 is None else t0
-                next_t = t0 + (math.floor((t - t0) * cfg.fps + _EPS) + 1) / cfg.fps
-            self.stats.frames_yielded += 1
-            yield Frame(frame.to_ndarray(format="rgb24"), t, str(self.path))
-            if cfg.max_frames is not None and self.stats.frames_yielded >= cfg.max_frames:
-                return
-        if self.stats.frames_yielded == 0:
+        sampler = Sampler(cfg.fps, start if start > 0 else None)
+        if self.backend == "decord":
+            yield from _decord.decord_frames(
+                self._container, self.path, sampler, self.stats, cfg.max_frames, self._pacer.wait
+            )
+        else:
+            yield from self._run_av(sampler, start)
+        if self.stats.frames_yielded == 0 and not self.stopped:
             where = f" at or after start_seconds={start}" if start > 0 else ""
             raise EmptyVideoError(
                 f"empty video: {self.path} yielded no frames{where} "
                 f"(decoded {self.stats.frames_decoded}, corrupt packets {self.stats.frames_corrupt})"
             )
+
+    def _run_av(self, sampler: Sampler, start: float) -> Iterator[Frame]:
+        if start > 0 and self._stream.time_base is not None:
+            try:
+                self._container.seek(int(start / self._stream.time_base), stream=self._stream)
+            except (av.FFmpegError, OSError) as e:
+                raise SourceError(f"cannot seek {self.path} to {start}s ({e})") from e
+        for t, frame in self._decoded():
+            if not sampler.keep(t):
+                continue
+            if not self._pacer.wait(t):
+                return
+            self.stats.frames_yielded += 1
+            yield Frame(frame.to_ndarray(format="rgb24"), t, str(self.path))
+            if self.config.max_frames is not None and self.stats.frames_yielded >= self.config.max_frames:
+                return
 
 
 def read_frames(

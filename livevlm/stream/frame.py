@@ -1,12 +1,30 @@
-"""`Frame`: one decoded video frame as data (uint8 RGB, HWC) with its presentation time."""
+"""`Frame` and `FrameBatch`: decoded video as data (uint8 RGB, channels last) with presentation times.
+
+Layout: `data` is always HWC (`Frame`) or NHWC (`FrameBatch`), RGB, uint8. `chw()` returns the channels-first
+view and `from_chw()` accepts channels-first input, so both layouts are served without ambiguity.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import FrameError
+
+
+def _check_pixels(data: object, ndim: int, what: str) -> np.ndarray:
+    if not isinstance(data, np.ndarray):
+        raise FrameError(f"{what}.data must be a numpy array, got {type(data).__name__}")
+    if data.dtype != np.uint8:
+        raise FrameError(f"{what}.data must be uint8, got {data.dtype}")
+    layout = "(H, W, 3)" if ndim == 3 else "(N, H, W, 3)"
+    if data.ndim != ndim or data.shape[-1] != 3:
+        raise FrameError(f"{what}.data must have shape {layout} RGB, got {tuple(data.shape)}")
+    if data.shape[-3] < 1 or data.shape[-2] < 1:
+        raise FrameError(f"{what}.data has an empty side: {tuple(data.shape)}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -18,17 +36,24 @@ class Frame:
     source_id: str = ""
 
     def __post_init__(self) -> None:
-        d = self.data
-        if not isinstance(d, np.ndarray):
-            raise FrameError(f"Frame.data must be a numpy array, got {type(d).__name__}")
-        if d.dtype != np.uint8:
-            raise FrameError(f"Frame.data must be uint8, got {d.dtype}")
-        if d.ndim != 3 or d.shape[2] != 3:
-            raise FrameError(f"Frame.data must have shape (H, W, 3) RGB, got {tuple(d.shape)}")
-        if d.shape[0] < 1 or d.shape[1] < 1:
-            raise FrameError(f"Frame.data has an empty side: {tuple(d.shape)}")
-        if not np.isfinite(self.pts_seconds):
-            raise FrameError(f"Frame.pts_seconds must be finite, got {self.pts_seconds}")
+        _check_pixels(self.data, 3, "Frame")
+        try:
+            finite = bool(np.isfinite(self.pts_seconds))
+        except TypeError:
+            finite = False
+        if not finite:
+            raise FrameError(f"Frame.pts_seconds must be a finite number, got {self.pts_seconds!r}")
+
+    @classmethod
+    def from_chw(cls, data: np.ndarray, pts_seconds: float, source_id: str = "") -> Frame:
+        """Build a frame from a channels-first uint8 (3, H, W) array."""
+        if not isinstance(data, np.ndarray) or data.ndim != 3 or data.shape[0] != 3:
+            raise FrameError(f"from_chw needs a (3, H, W) array, got {getattr(data, 'shape', type(data))}")
+        return cls(np.ascontiguousarray(data.transpose(1, 2, 0)), pts_seconds, source_id)
+
+    def chw(self) -> np.ndarray:
+        """The pixels as a channels-first (3, H, W) view (no copy)."""
+        return self.data.transpose(2, 0, 1)
 
     @property
     def height(self) -> int:
@@ -41,3 +66,54 @@ class Frame:
     def __repr__(self) -> str:
         src = f", source_id={self.source_id!r}" if self.source_id else ""
         return f"Frame(shape={tuple(self.data.shape)}, pts_seconds={self.pts_seconds:.3f}{src})"
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """N frames of one size: `data` uint8 (N, H, W, 3), `pts_seconds` float64 (N,), non-decreasing."""
+
+    data: np.ndarray
+    pts_seconds: np.ndarray
+    source_id: str = ""
+
+    def __post_init__(self) -> None:
+        _check_pixels(self.data, 4, "FrameBatch")
+        pts = np.asarray(self.pts_seconds, dtype=np.float64)
+        if pts.shape != (self.data.shape[0],):
+            raise FrameError(
+                f"FrameBatch.pts_seconds must have shape ({self.data.shape[0]},), got {pts.shape}"
+            )
+        if not np.all(np.isfinite(pts)):
+            raise FrameError("FrameBatch.pts_seconds must be finite")
+        if np.any(np.diff(pts) < 0):
+            raise FrameError("FrameBatch.pts_seconds must be non-decreasing")
+        object.__setattr__(self, "pts_seconds", pts)
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Frame]) -> FrameBatch:
+        """Stack frames of one size (in time order) into a batch."""
+        if not frames:
+            raise FrameError("FrameBatch.from_frames needs at least one frame")
+        shapes = {f.data.shape for f in frames}
+        if len(shapes) > 1:
+            raise FrameError(f"FrameBatch frames must share one shape, got {sorted(shapes)}")
+        data = np.stack([f.data for f in frames])
+        return cls(data, np.array([f.pts_seconds for f in frames]), frames[0].source_id)
+
+    def chw(self) -> np.ndarray:
+        """The pixels as a channels-first (N, 3, H, W) view (no copy)."""
+        return self.data.transpose(0, 3, 1, 2)
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, index: int) -> Frame:
+        return Frame(self.data[index], float(self.pts_seconds[index]), self.source_id)
+
+    def __iter__(self) -> Iterator[Frame]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        span = f"{self.pts_seconds[0]:.3f}..{self.pts_seconds[-1]:.3f}" if len(self) else "empty"
+        src = f", source_id={self.source_id!r}" if self.source_id else ""
+        return f"FrameBatch(shape={tuple(self.data.shape)}, pts_seconds={span}{src})"

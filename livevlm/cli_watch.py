@@ -1,0 +1,164 @@
+"""`livevlm watch SOURCE`: ingest a live source in the background, answer questions typed on stdin.
+
+stdin thread ─► questions queue ─► main loop ─► session.ask (streams the answer to stdout)
+source ─► LiveReader (bounded, keep-latest) ─► Ingestor thread ─► session.push
+main loop, every --status-every s ─► stderr: fps in | fps processed | dropped | corrupt | reconnects | context
+The loop ends at --duration, on 'quit', on Ctrl-C, or once the source has ended and stdin is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+_QUIT = ("quit", "exit", ":q")
+
+
+def add_watch_parser(sub: Any) -> None:
+    """Register the `watch` subcommand on the CLI's subparsers."""
+    w = sub.add_parser("watch", help="watch a live source and answer questions typed on stdin")
+    w.add_argument("source", help="file, URL (rtsp://, http(s)://, ...), webcam:N / webcam:NAME, lavfi:GRAPH")
+    w.add_argument("--model", default=None, help="local path or hub id (default: the bundled model)")
+    w.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
+    w.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    w.add_argument("--max-new-tokens", type=int, default=64)
+    w.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    w.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    w.add_argument("--transport", default="tcp", choices=["tcp", "udp"], help="RTSP transport (default tcp)")
+    w.add_argument("--fast", action="store_true", help="read a file as fast as possible, not in real time")
+    w.add_argument("--buffer", type=int, default=8, help="frames buffered before dropping the oldest")
+    w.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines (0: off)")
+
+
+class StatusLine:
+    """Rates between two calls, from the ingestion and session counters."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, int, int] | None = None
+
+    def __call__(self, session: Any) -> str:
+        s = session.stats
+        ing = s.stream
+        now = time.monotonic()
+        decoded = ing.source.frames_decoded if ing else 0
+        processed = ing.frames_processed if ing else 0
+        t0, d0, p0 = self._last or (now - (ing.seconds if ing else 0.0), 0, 0)
+        self._last = (now, decoded, processed)
+        dt = max(now - t0, 1e-9)
+        parts = [
+            f"t={ing.seconds:.1f}s" if ing else "t=0.0s",
+            f"in {(decoded - d0) / dt:.1f} fps",
+            f"processed {(processed - p0) / dt:.1f} fps",
+            f"dropped {ing.buffer.frames_dropped if ing else 0}",
+            f"corrupt {ing.source.frames_corrupt if ing else 0}",
+            f"reconnects {ing.source.reconnects if ing else 0}",
+            f"context {s.kv_tokens} tokens",
+        ]
+        return "[watch] " + " | ".join(parts)
+
+
+def _summary(session: Any) -> str:
+    """Totals at the end of a watch."""
+    s = session.stats
+    ing = s.stream
+    return (
+        f"[watch] done after {ing.seconds:.1f}s: frames in {ing.source.frames_decoded}, "
+        f"processed {ing.frames_processed}, dropped {ing.buffer.frames_dropped}, "
+        f"corrupt {ing.source.frames_corrupt}, reconnects {ing.source.reconnects}, "
+        f"questions {s.questions}, context {s.kv_tokens} tokens"
+    )
+
+
+def _read_stdin(questions: queue.Queue[str | None]) -> None:
+    for line in sys.stdin:
+        questions.put(line.strip())
+    questions.put(None)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    """The `watch` command; returns the exit status."""
+    from .session import Session, SessionConfig
+    from .stream import FileSource, LiveReader, ReaderConfig, open_source
+
+    # the source opens first: a bad URL or device fails before a model is loaded; a camera or stream is read
+    # at once (what arrives while the model loads is dropped by the bounded buffer); a file waits for the model
+    source = open_source(args.source, fps=args.fps, realtime=not args.fast, transport=args.transport)
+    reader = LiveReader(source, ReaderConfig(capacity=args.buffer))
+    if source.live and not isinstance(source, FileSource):
+        reader.start()
+    ingestor = None
+    status = StatusLine()
+    try:
+        config = SessionConfig(
+            model=args.model,
+            fps=args.fps,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+            dtype=args.dtype,
+        )
+        session = Session(config=config)
+        ingestor = session.watch(reader)
+        questions: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_read_stdin, args=(questions,), name="livevlm-stdin", daemon=True).start()
+        print(f"[watch] watching {source.source_id}; type a question and press Enter", file=sys.stderr)
+        _loop(session, ingestor, questions, status, args)
+    finally:
+        if ingestor is not None:
+            ingestor.stop()
+        else:
+            reader.close()
+    if ingestor is not None:
+        print(_summary(session), file=sys.stderr)
+        if ingestor.error is not None:
+            print(f"livevlm: error: {ingestor.error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _loop(
+    session: Any, ingestor: Any, questions: queue.Queue[str | None], status: StatusLine, args: Any
+) -> None:
+    start = time.monotonic()
+    deadline = None if args.duration is None else start + args.duration
+    every = args.status_every if args.status_every > 0 else None
+    next_status = start + every if every else None
+    stdin_open = True
+    status(session)  # rates start from here, not from before the model was loaded
+    while True:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return
+        if not ingestor.running and not stdin_open:
+            return
+        if next_status is not None and now >= next_status:
+            print(status(session), file=sys.stderr, flush=True)
+            next_status = now + every
+        waits = [t - now for t in (deadline, next_status) if t is not None]
+        try:  # a bounded wait: the deadline, the next status line or a question, whichever comes first
+            question = questions.get(timeout=max(0.01, min(waits, default=1.0)))
+        except queue.Empty:
+            continue
+        if question is None:
+            stdin_open = False
+        elif question.lower() in _QUIT:
+            return
+        elif question:
+            _answer(session, question)
+
+
+def _answer(session: Any, question: str) -> None:
+    """Stream one answer to stdout; a refused question is reported and watching goes on."""
+    from .errors import LivevlmError
+
+    try:
+        for piece in session.ask(question):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except LivevlmError as e:
+        print(f"livevlm: cannot answer: {e}", file=sys.stderr)
+    sys.stdout.write("\n")
+    sys.stdout.flush()

@@ -1,0 +1,98 @@
+"""`Source`: the one small interface every frame source implements, and the counters it keeps."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import SourceError
+from .frame import Frame
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+@dataclass
+class SourceStats:
+    """Counters a source keeps while it runs."""
+
+    frames_decoded: int = 0
+    frames_yielded: int = 0
+    frames_corrupt: int = 0
+    """Packets that failed to decode (or container reads that failed) and were skipped."""
+    last_pts_seconds: float | None = None
+    """Presentation time of the last decoded frame."""
+    disconnects: int = 0
+    """Live connections lost (read error, read timeout, or the end of a live stream)."""
+    reconnects: int = 0
+    """Connections re-established after a loss."""
+    gap_seconds: float = 0.0
+    """Stream time missing across reconnects: the sum of the jumps in `pts_seconds` they caused."""
+    last_gap: tuple[float, float] | None = None
+    """(last time before, first time after) the most recent reconnect."""
+    last_error: str | None = None
+    """Why the last connection was lost or the last reconnect attempt failed."""
+
+
+class Source:
+    """A stream of RGB `Frame`s: iterate it, then `close()` it (or use `with`).
+
+    Subclasses implement `_run()` (a generator of frames) and `_release()`. `live` sources run in real time
+    (cameras, streams); others (files) can be read as fast as the consumer wants. `stop()` may be called
+    from any thread and makes the iteration end at the next frame or wait; `close()` releases the backend
+    and must not race an iteration in progress (a `LiveReader` closes its source on its own thread).
+    """
+
+    live: bool = False
+
+    def __init__(self, source_id: str) -> None:
+        self.source_id = source_id
+        self.stats = SourceStats()
+        self._stop = threading.Event()
+        self._frames: Iterator[Frame] | None = None
+        self._closed = False
+
+    def _run(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free the backend (decoder, connection); called once by `close()`."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> Frame:
+        if self._closed:
+            raise SourceError(f"{type(self).__name__} for {self.source_id} is closed")
+        if self._frames is None:
+            self._frames = self._run()
+        return next(self._frames)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the iteration to end soon; thread-safe, releases nothing."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Release the backend; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._stop.set()
+            frames, self._frames = self._frames, None
+            if frames is not None and hasattr(frames, "close"):
+                frames.close()
+            self._release()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source_id!r})"

@@ -1,0 +1,223 @@
+"""`AVLiveSource`: frames from anything FFmpeg opens by name (URL, device, lavfi); timeouts, reconnects.
+
+open (fail fast, typed error) ─► demux ─► decode ─► Timeline ─► Sampler ─► Pacer ─► Frame
+   ▲                               │ read error / read timeout / end of a live stream
+   └── backoff + jitter ◄──────────┘ (stats: disconnects, reconnects, gap_seconds; gives up after max_retries)
+
+Every blocking FFmpeg call runs under PyAV's interrupt timeout (`open_timeout`, `read_timeout`); every wait
+is on the source's stop event, so `stop()` from another thread ends the iteration within one read timeout.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+
+from ..errors import (
+    ConfigError,
+    NotAVideoError,
+    SourceConnectionError,
+    SourceDisconnectedError,
+    SourceError,
+    SourceNotFoundError,
+    SourceTimeoutError,
+)
+from .base import Source
+from .config import ReconnectConfig
+from .file import _stream_rate
+from .frame import Frame
+from .sampler import Pacer, Sampler, Timeline
+
+_TS_WRAP_SECONDS = 2**33 / 90_000  # MPEG-TS 33-bit 90 kHz timestamps wrap every ~26.5 h
+
+
+@dataclass(frozen=True)
+class OpenSpec:
+    """What `av.open` gets: a name, an optional input format and options."""
+
+    file: str
+    format: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+class AVLiveSource(Source):
+    """A PyAV input read frame by frame; live inputs reconnect after a loss and rebase their timestamps."""
+
+    _open_error: type[SourceError] = SourceError
+    """The error for an input that fails to open for another reason than a timeout or a missing name."""
+
+    def __init__(
+        self,
+        spec: OpenSpec,
+        *,
+        source_id: str,
+        fps: float | None,
+        live: bool,
+        open_timeout: float,
+        read_timeout: float,
+        reconnect: ReconnectConfig | None = None,
+        realtime: bool = False,
+        max_frames: int | None = None,
+        duration_seconds: float | None = None,
+    ) -> None:
+        super().__init__(source_id)
+        self.spec = spec
+        self.live = live
+        self.timeouts = (open_timeout, read_timeout)
+        self.reconnect = reconnect if live else None
+        self.max_frames = max_frames
+        self.duration_seconds = duration_seconds
+        self._rng = random.Random()
+        self._sampler = Sampler(fps)
+        self._pacer = Pacer(realtime, self._stop)
+        self._timeline = Timeline(start=0.0 if live else None)
+        self._wall0: float | None = None  # monotonic clock at the first frame
+        self._rebase_pending = False
+        self._container, self._stream = self._open()  # fail fast: a bad URL or device is reported now
+
+    # -- opening --------------------------------------------------------------------------------------
+    def _not_found(self, error: Exception) -> SourceError:
+        """The error for an input that does not exist (a device source says which devices do)."""
+        return SourceNotFoundError(f"cannot open {self.source_id}: not found ({error})")
+
+    def _open(self) -> tuple[Any, Any]:
+        """Open the input and pick its best video stream, mapping PyAV failures to typed errors."""
+        spec, (open_timeout, _) = self.spec, self.timeouts
+        start = time.monotonic()
+        try:
+            container = av.open(
+                spec.file, format=spec.format, options=dict(spec.options), timeout=self.timeouts
+            )
+        except (FileNotFoundError, av.error.HTTPNotFoundError) as e:
+            raise self._not_found(e) from e
+        except ConnectionError as e:
+            raise SourceConnectionError(f"cannot connect to {self.source_id}: {e}") from e
+        except av.error.LookupError as e:  # a protocol, filter or demuxer this FFmpeg does not have
+            raise ConfigError(f"cannot open {self.source_id}: {e}") from e
+        except (av.FFmpegError, OSError) as e:
+            if isinstance(e, av.ExitError) or time.monotonic() - start >= 0.9 * open_timeout:
+                raise SourceTimeoutError(
+                    f"cannot open {self.source_id}: no answer within open_timeout={open_timeout}s ({e})"
+                ) from e
+            raise self._open_error(f"cannot open {self.source_id}: {e}") from e
+        except ValueError as e:  # PyAV: an unknown input format name
+            raise ConfigError(f"cannot open {self.source_id}: {e}") from e
+        stream = container.streams.best("video")
+        if stream is None:
+            kinds = ", ".join(s.type for s in container.streams) or "none"
+            container.close()
+            raise NotAVideoError(f"not a video: {self.source_id} has no video stream (streams: {kinds})")
+        if container.format is not None and container.format.name.startswith("mpegts"):
+            self._timeline.wrap_seconds = _TS_WRAP_SECONDS
+        rate = _stream_rate(stream)
+        self._timeline.period = 1 / rate if rate else self._timeline.period
+        return container, stream
+
+    def _release(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    # -- reading --------------------------------------------------------------------------------------
+    def _run(self) -> Iterator[Frame]:
+        failures = 0
+        while not self.stopped:
+            decoded_before = self.stats.frames_decoded
+            try:
+                for frame in self._read_connection():
+                    yield frame
+                    if self._done():
+                        return
+                if self.reconnect is None:
+                    return
+                cause = "the stream ended"
+            except (av.FFmpegError, OSError) as e:
+                timed_out = isinstance(e, av.ExitError)
+                cause = (
+                    f"no data within read_timeout={self.timeouts[1]}s" if timed_out else f"read failed: {e}"
+                )
+                if self.reconnect is None:
+                    cls = SourceTimeoutError if timed_out else SourceError
+                    raise cls(f"cannot read {self.source_id}: {cause}") from e
+            if self.stopped:
+                return
+            self.stats.disconnects += 1
+            self.stats.last_error = cause
+            self._release()
+            failures = 0 if self.stats.frames_decoded > decoded_before else failures  # it worked for a while
+            failures = self._reconnect(failures, cause)
+
+    def _done(self) -> bool:
+        s = self.stats
+        if self.max_frames is not None and s.frames_yielded >= self.max_frames:
+            return True
+        return self.duration_seconds is not None and (s.last_pts_seconds or 0.0) >= self.duration_seconds
+
+    def _read_connection(self) -> Iterator[Frame]:
+        """Frames of the current connection; damaged packets are skipped and counted."""
+        anchor: tuple[float, int] | None = None  # (raw seconds, index) of the last frame with a pts
+        index = 0
+        for packet in self._container.demux(self._stream):
+            if self.stopped:
+                return
+            try:
+                decoded = packet.decode()
+            except (av.FFmpegError, OSError):  # damaged data (or a lost UDP packet): skip, keep going
+                self.stats.frames_corrupt += 1
+                continue
+            for frame in decoded:
+                if frame.pts is not None and frame.time_base is not None:
+                    anchor = (float(frame.pts * frame.time_base), index)
+                raw = anchor[0] + (index - anchor[1]) * self._timeline.period if anchor else None
+                index += 1
+                t = self._clock(raw)
+                self.stats.frames_decoded += 1
+                self.stats.last_pts_seconds = t
+                if not self._sampler.keep(t):
+                    continue
+                if not self._pacer.wait(t):
+                    return
+                self.stats.frames_yielded += 1
+                yield Frame(frame.to_ndarray(format="rgb24"), t, self.source_id)
+
+    def _clock(self, raw: float | None) -> float:
+        """Stream time of a frame (raw None: no pts yet); a reconnect restarts at the wall-clock time."""
+        now = time.monotonic()
+        self._wall0 = now if self._wall0 is None else self._wall0
+        before = None
+        if self._rebase_pending:
+            self._rebase_pending = False
+            before = self._timeline.last
+            self._timeline.rebase(now - self._wall0)
+        t = self._timeline.tick() if raw is None else self._timeline(raw)
+        if before is not None:
+            self.stats.gap_seconds += max(0.0, t - before - self._timeline.period)
+            self.stats.last_gap = (before, t)
+        return t
+
+    def _reconnect(self, failures: int, cause: str) -> int:
+        """Reopen with exponential backoff and jitter; returns the failure count, raises when out of tries."""
+        cfg = self.reconnect or ReconnectConfig(max_retries=0)
+        first_loss = time.monotonic()
+        while True:
+            if failures >= cfg.max_retries:
+                raise SourceDisconnectedError(
+                    f"lost {self.source_id} ({cause}); gave up after {failures} failed reconnect attempts "
+                    f"over {time.monotonic() - first_loss:.1f}s (last error: {self.stats.last_error})"
+                )
+            if self._stop.wait(cfg.delay(failures, self._rng)):
+                return failures
+            try:
+                self._container, self._stream = self._open()
+            except SourceError as e:
+                failures += 1
+                self.stats.last_error = str(e)
+                continue
+            self.stats.reconnects += 1
+            self._rebase_pending = True
+            return failures + 1

@@ -1,0 +1,70 @@
+"""`PushSource`: frames pushed from your own loop (a robot's control loop), consumed like any other source."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from .base import Source, SourceStats
+from .buffer import FrameBuffer
+from .frame import Frame
+
+
+class PushSource(Source):
+    """A bounded buffer fed by `push()` (thread-safe, never blocks with policy 'latest'); iterate to consume.
+
+    `end()` says no more frames will come: iteration finishes after the frames still queued.
+    """
+
+    live = True
+
+    def __init__(self, capacity: int = 8, policy: str = "latest", source_id: str = "push") -> None:
+        super().__init__(source_id)
+        self.buffer = FrameBuffer(capacity, policy)
+        self._lock = threading.Lock()
+        self._t0: float | None = None
+
+    @property
+    def stats(self) -> SourceStats:
+        """Counters; `frames_yielded` is what the consumer has taken from the buffer."""
+        self._stats.frames_yielded = self.buffer.stats.frames_out
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: SourceStats) -> None:
+        self._stats = value
+
+    def push(self, frame: Frame | np.ndarray, pts_seconds: float | None = None) -> bool:
+        """Queue one RGB uint8 (H, W, 3) frame; pts defaults to seconds since the first push.
+
+        A malformed frame raises `FrameError`; returns False once the source has ended.
+        """
+        with self._lock:
+            now = time.monotonic()
+            self._t0 = now if self._t0 is None else self._t0
+            if pts_seconds is None:
+                pts_seconds = frame.pts_seconds if isinstance(frame, Frame) else now - self._t0
+        data = frame.data if isinstance(frame, Frame) else frame
+        frame = Frame(data, float(pts_seconds), self.source_id)
+        with self._lock:
+            self._stats.frames_decoded += 1
+            self._stats.last_pts_seconds = frame.pts_seconds
+        return self.buffer.put(frame)
+
+    def end(self) -> None:
+        """No more frames will be pushed."""
+        self.buffer.close()
+
+    def stop(self) -> None:
+        super().stop()
+        self.buffer.close()
+
+    def _release(self) -> None:
+        self.buffer.close()
+
+    def _run(self) -> Iterator[Frame]:
+        while (frame := self.buffer.get()) is not None:  # wakes on push, end() or stop()
+            yield frame

@@ -1,0 +1,58 @@
+"""`open_source`: from a user's string (path, URL, device, lavfi graph) or a config to a running source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Source
+from .config import FileSourceConfig, LavfiConfig, UrlSourceConfig, WebcamConfig
+from .file import FileSource
+from .lavfi import LavfiSource
+from .reader import LiveReader
+from .url import UrlSource
+from .webcam import WebcamSource
+
+SOURCES: dict[type, type[Source]] = {
+    FileSourceConfig: FileSource,
+    UrlSourceConfig: UrlSource,
+    WebcamConfig: WebcamSource,
+    LavfiConfig: LavfiSource,
+}
+"""Which source class each config builds."""
+
+
+def open_source(
+    source: Any, *, fps: float | None = 2.0, realtime: bool = False, transport: str | None = "tcp"
+) -> Source | LiveReader:
+    """Open `source`, sampled at `fps`; a Source, LiveReader or config passes through or is built as is.
+
+    'clip.mp4' or 'file:///...'     a video file (`realtime` paces it like a camera)
+    'rtsp://...', 'https://...'    any stream FFmpeg opens by URL (`transport` for RTSP: tcp or udp)
+    'webcam:0', 'webcam:NAME', 0   a local camera by index or name; '/dev/video2' on Linux
+    'lavfi:testsrc2=size=640x480:rate=30'   an FFmpeg test source, paced in real time
+    """
+    if isinstance(source, (Source, LiveReader)):
+        return source
+    if type(source) in SOURCES:
+        return SOURCES[type(source)](source)
+    if isinstance(source, int) and not isinstance(source, bool):
+        return WebcamSource(WebcamConfig(source, fps=fps))
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        raise ConfigError(f"cannot open {source!r}: give a path, URL, 'webcam:N', 'lavfi:GRAPH' or a config")
+    text = str(source)
+    if isinstance(source, str) and not Path(text).exists():
+        kind, _, rest = text.partition(":")
+        if kind == "lavfi" and rest:
+            return LavfiSource(LavfiConfig(rest, fps=fps))
+        if kind in ("webcam", "camera") and rest:
+            return WebcamSource(WebcamConfig(int(rest) if rest.isdigit() else rest, fps=fps))
+        if text.startswith("/dev/video"):
+            return WebcamSource(WebcamConfig(text, fps=fps))
+        if text.startswith("file://"):
+            text = text[len("file://") :]
+        elif "://" in text:
+            return UrlSource(UrlSourceConfig(text, fps=fps, transport=transport))
+    return FileSource(FileSourceConfig(text, fps=fps, realtime=realtime))

@@ -1,0 +1,40 @@
+"""`UrlSource`: RTSP, HTTP(S), RTMP, UDP, SRT or any other stream FFmpeg opens by URL."""
+
+from __future__ import annotations
+
+from ..errors import SourceConnectionError
+from .config import UrlSourceConfig
+from .live import AVLiveSource, OpenSpec
+
+_RTSP_SCHEMES = ("rtsp", "rtsps")
+
+
+def url_spec(config: UrlSourceConfig) -> OpenSpec:
+    """The `av.open` arguments for `config` (transport applies to RTSP URLs only)."""
+    options = dict(config.options)
+    if config.scheme in _RTSP_SCHEMES and config.transport is not None:
+        options.setdefault("rtsp_transport", config.transport)
+    return OpenSpec(config.url, config.format, options)
+
+
+class UrlSource(AVLiveSource):
+    """Sampled frames from a stream URL; live URLs reconnect with backoff when the connection drops.
+
+    The first connection is made in the constructor: a refused, silent or unknown URL raises a typed
+    `SourceError` at once (`SourceConnectionError`, `SourceTimeoutError`, ...).
+    """
+
+    _open_error = SourceConnectionError
+
+    def __init__(self, config: UrlSourceConfig) -> None:
+        self.config = config
+        super().__init__(
+            url_spec(config),
+            source_id=config.url,
+            fps=config.fps,
+            live=config.is_live,
+            open_timeout=config.open_timeout,
+            read_timeout=config.read_timeout,
+            reconnect=config.reconnect,
+            max_frames=config.max_frames,
+        )
