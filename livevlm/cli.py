@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .cli_common import add_compression_args, compression_kwargs
 from .cli_watch import add_watch_parser, run_watch
 from .errors import LivevlmError
 
@@ -30,6 +31,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ask.add_argument("--stats", action="store_true", help="print the session's stats to stderr at the end")
     ask.add_argument("--no-progress", action="store_true", help="hide the ingestion progress bar")
+    add_compression_args(ask)
 
     add_watch_parser(sub)
 
@@ -54,6 +56,7 @@ def _ask(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         device=args.device,
         dtype=args.dtype,
+        **compression_kwargs(args),
     )
     if args.model is None:
         print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
@@ -61,14 +64,14 @@ def _ask(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    session = Session(config=config)
-    session.ingest(args.video, progress=not args.no_progress)
-    for piece in session.ask(args.question):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    if args.stats:
-        print(session.stats, file=sys.stderr)
+    with Session(config=config) as session:  # closing deletes a disk tier's spill files
+        session.ingest(args.video, progress=not args.no_progress)
+        for piece in session.ask(args.question):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if args.stats:
+            print(session.stats, file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any
 
+from .cli_common import add_compression_args, compression_kwargs
+
 _QUIT = ("quit", "exit", ":q")
 
 
@@ -32,6 +34,7 @@ def add_watch_parser(sub: Any) -> None:
     w.add_argument("--fast", action="store_true", help="read a file as fast as possible, not in real time")
     w.add_argument("--buffer", type=int, default=8, help="frames buffered before dropping the oldest")
     w.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines (0: off)")
+    add_compression_args(w)
 
 
 class StatusLine:
@@ -99,6 +102,7 @@ def run_watch(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             device=args.device,
             dtype=args.dtype,
+            **compression_kwargs(args),
         )
         session = Session(config=config)
         ingestor = session.watch(reader)
@@ -113,6 +117,7 @@ def run_watch(args: argparse.Namespace) -> int:
             reader.close()
     if ingestor is not None:
         print(_summary(session), file=sys.stderr)
+        session.close()
         if ingestor.error is not None:
             print(f"livevlm: error: {ingestor.error}", file=sys.stderr)
             return 2

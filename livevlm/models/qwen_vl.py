@@ -48,6 +48,7 @@ class QwenVLAdapter:
         self._embed = model.get_input_embeddings()
         self._lm = model.model.language_model
         self._lm_head = model.lm_head
+        self._vision_runner: Any = None
 
     # -- vision ---------------------------------------------------------------------------------------
     def target_size(
@@ -107,6 +108,16 @@ class QwenVLAdapter:
         out = self.model.model.get_video_features(pixels, grid_t, return_dict=True)
         return out.pooler_output[0].to(self.dtype)
 
+    def vision_runner(self) -> Any:
+        """The vision tower run block by block in our own loop, for a feature cache's partial recompute.
+
+        One per model, shared by its sessions: it holds no stream state, only weights prepacked on first use."""
+        if self._vision_runner is None:
+            from .qwen_vision import QwenVisionRunner
+
+            self._vision_runner = QwenVisionRunner(self.model.model.visual)
+        return self._vision_runner
+
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
         """(3, h*w) M-RoPE ids of chunk `place.index`: the same values HF's get_rope_index gives it."""
         t = (torch.tensor(place.index) * self.time_interval(place.seconds_per_chunk)).long()
@@ -157,7 +168,7 @@ class QwenVLAdapter:
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         out = self._lm(
             inputs_embeds=embeds[None].to(self.dtype),
-            position_ids=positions[:, None, :],
+            position_ids=positions.to(self.device)[:, None, :],
             cache=cache,
             use_cache=True,
         )

@@ -1,0 +1,245 @@
+"""KV policies on a long stream: time-to-first-token, ingest cost per chunk and memory vs stream length.
+
+    python benchmarks/kv_store.py                          # tiny random Qwen2.5-VL, CPU: 100 / 1k / 10k frames
+    python benchmarks/kv_store.py --shape qwen2-vl-2b --frames 100 1000 --dtype bfloat16   # by hand (slow)
+    python benchmarks/kv_store.py --soak 100000            # bilevel, RSS every 5000 frames, disk tier, cleanup
+
+Frames are synthetic (a pool of noise frames pushed as fast as the loop takes them) at a small size, so the
+numbers are about the KV store, not the ViT. Each (policy, frames) point runs in its own process: its peak RSS
+is its own. Ratios are against the 100-frame point of the same policy. The tiny model is built with a large
+`max_position_embeddings` so that `full` can answer over 10k frames at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+import torch
+
+from livevlm import Session, SessionConfig, load_model
+from livevlm.cache import kv_config
+from livevlm.models import ChunkPlace
+
+POLICIES = ("full", "sink_window", "retrieval", "bilevel")
+QUESTIONS = ("What happened at the very start?", "What is on the screen now?", "Was there a red light?")
+
+
+def build_tiny(path: str, family: str) -> None:
+    """The tests' tiny random Qwen-VL with room for long streams (max_position_embeddings 2**20)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    from livevlm.models.tiny import tiny_config
+    from livevlm.models.tokenizer import build_qwen2_tokenizer
+
+    config = tiny_config(family)
+    config.text_config.max_position_embeddings = 2**20
+    cls = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
+    torch.manual_seed(0)
+    cls(config).eval().save_pretrained(path)
+    build_qwen2_tokenizer().save_pretrained(path)
+
+
+def build_model(args: argparse.Namespace, path: str) -> None:
+    if args.shape == "tiny":
+        build_tiny(path, "qwen2_5_vl")
+        return
+    sys.path.insert(0, str(Path(__file__).parent))
+    from baseline import build_full_checkpoint  # the released architecture configs, random weights
+
+    build_full_checkpoint(args.shape, path, args.dtype, "cpu")
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def session_for(args: argparse.Namespace, policy: str, model_dir: str) -> Session:
+    adapter = load_model(model_dir, device=args.device, dtype=args.dtype)
+    pixels = args.size * args.size
+    config = SessionConfig(kv=kv_config(policy, args.kv_budget if policy != "full" else None),
+                           min_pixels=pixels, max_pixels=pixels, device=args.device, dtype=args.dtype,
+                           vit_cache=args.vit_cache)
+    return Session(adapter, config)
+
+
+def frame_pool(size: int, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def measure(args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> dict[str, Any]:
+    """One point, in a fresh process: ingest `frames`, then time the first token of a few questions."""
+    torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    session = session_for(args, policy, model_dir)
+    pool = frame_pool(args.size, args.pool)
+    per_chunk: list[float] = []
+    prev = session.stats.seconds.prefill
+    t0 = time.perf_counter()
+    for i in range(frames):
+        if session.push(pool[i % len(pool)]) is not None:
+            now = session.stats.seconds.prefill
+            per_chunk.append(now - prev)
+            prev = now
+    sync()
+    ingest_s = time.perf_counter() - t0
+    ttft = []
+    for question in QUESTIONS:
+        t0 = time.perf_counter()
+        next(iter(session.ask_ids(question, 1)))
+        sync()
+        ttft.append(time.perf_counter() - t0)
+    kv = session.stats.kv
+    adapter = session.adapter  # the session's own O(stream) position lookup, timed apart from the store
+    place = ChunkPlace(0, len(adapter.prefix_ids(session.config.system_prompt)), adapter.frames_per_chunk / 2.0)
+    t0 = time.perf_counter()
+    adapter.text_start_after_video(place, len(per_chunk), (args.size // 28, args.size // 28))
+    rope_index_s = time.perf_counter() - t0
+    edge = max(1, len(per_chunk) // 10)
+    out = {
+        "policy": policy, "frames": frames, "chunks": len(per_chunk),
+        "ttft_ms": 1e3 * median(ttft),
+        "select_ms": 1e3 * getattr(kv, "last_select_seconds", 0.0),
+        "session_rope_index_ms": 1e3 * rope_index_s,
+        "ingest_ms_per_chunk_first10pct": 1e3 * median(per_chunk[1 : edge + 1] or per_chunk),
+        "ingest_ms_per_chunk_last10pct": 1e3 * median(per_chunk[-edge:]),
+        "ingest_s": ingest_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        "kv": {k: v for k, v in vars(kv).items() if k != "last_scores"},
+    }
+    session.close()
+    return out
+
+
+def soak(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
+    """Push `args.soak` frames through `bilevel` with a small budget; RSS every `args.every` frames."""
+    torch.set_num_threads(args.threads)
+    session = session_for(args, "bilevel", model_dir)
+    pool = frame_pool(args.size, args.pool)
+    rows, t0 = [], time.perf_counter()
+    for i in range(args.soak):
+        session.push(pool[i % len(pool)])
+        if (i + 1) % args.every == 0:
+            kv = session.stats.kv
+            rows.append({"frames": i + 1, "rss_mib": rss_mib(), "seconds": time.perf_counter() - t0,
+                         "device_bytes": kv.device_bytes, "cpu_bytes": kv.cpu_bytes, "disk_bytes": kv.disk_bytes,
+                         "chunks_disk": kv.chunks_disk, "ingest_context_tokens": kv.ingest_context_tokens})
+            print(json.dumps(rows[-1]), flush=True)
+    ttft_t0 = time.perf_counter()
+    next(iter(session.ask_ids(QUESTIONS[0], 1)))
+    ttft = time.perf_counter() - ttft_t0
+    spill = session._kv.store.disk_dir  # private: to check the cleanup below
+    session.close()
+    after = [r["rss_mib"] for r in rows[max(1, len(rows) // 10) :]]
+    budget = kv_config("bilevel", args.kv_budget).tiers
+    return {
+        "rows": rows, "ttft_ms_at_end": 1e3 * ttft, "spill_dir": spill,
+        "spill_dir_removed_on_close": spill is not None and not os.path.exists(spill),
+        "rss_after_warmup_min_mib": min(after), "rss_after_warmup_max_mib": max(after),
+        "rss_spread_vs_min": max(after) / min(after) - 1,
+        "device_within_budget": all(r["device_bytes"] <= budget.device_bytes for r in rows),
+        "cpu_within_budget": all(r["cpu_bytes"] <= budget.cpu_bytes for r in rows),
+    }
+
+
+def _child(conn: Any, args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> None:
+    conn.send(measure(args, policy, frames, model_dir))
+
+
+def run_isolated(args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(child, args, policy, frames, model_dir))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """One row per point; ratios against the smallest stream of the same policy."""
+    base = {r["policy"]: r for r in runs if r["frames"] == min(x["frames"] for x in runs if x["policy"] == r["policy"])}
+    head = (f"{'policy':<12}{'frames':>7}{'TTFT ms':>9}{'x':>6}{'select ms':>10}{'pos ms':>8}"
+            f"{'ingest ms/chunk first→last':>28}{'ctx tok':>8}{'KV mem KiB':>11}{'disk KiB':>9}{'peak RSS MiB':>13}")
+    lines = [head]
+    for r in runs:
+        b, kv = base[r["policy"]], r["kv"]
+        lines.append(
+            f"{r['policy']:<12}{r['frames']:>7}{r['ttft_ms']:>9.1f}{r['ttft_ms'] / b['ttft_ms']:>6.2f}"
+            f"{r.get('select_ms', 0):>10.1f}{r.get('session_rope_index_ms', 0):>8.1f}"
+            f"{r['ingest_ms_per_chunk_first10pct']:>16.2f} → {r['ingest_ms_per_chunk_last10pct']:<9.2f}"
+            f"{kv.get('last_context_tokens') or kv['tokens']:>8}{kv['bytes'] // 1024:>11}"
+            f"{kv.get('disk_bytes', 0) // 1024:>9}{r['peak_rss_mib']:>13.0f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="tiny", choices=["tiny", "qwen2-vl-2b", "qwen2.5-vl-3b"])
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--frames", nargs="+", type=int, default=[100, 1000, 10000])
+    parser.add_argument("--size", type=int, default=56, help="frame side in pixels (56: 4 visual tokens/chunk)")
+    parser.add_argument("--kv-budget", default="4M", help="in-memory KV budget of the bounded policies")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--pool", type=int, default=16, help="distinct noise frames cycled (2: every chunk equal)")
+    parser.add_argument("--vit-cache", default="none", help="ViT feature cache preset (lossless: skip repeats)")
+    parser.add_argument("--soak", type=int, default=0, help="frames for the RSS soak (0: no soak)")
+    parser.add_argument("--every", type=int, default=5000, help="soak: frames between RSS samples")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kv_store-<shape>.json)")
+    parser.add_argument("--show", default=None, help="print the table of a saved result JSON and exit")
+    args = parser.parse_args()
+    if args.show:
+        print(table(json.loads(Path(args.show).read_text())["runs"]))
+        return
+    results = Path(__file__).parent / "results"
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = os.path.join(tmp, args.shape)
+        build_model(args, model_dir)
+        meta = {"shape": args.shape, "device": args.device, "dtype": args.dtype, "size": args.size,
+                "vit_cache": args.vit_cache, "pool": args.pool,
+                "kv_budget": args.kv_budget, "threads": args.threads, "torch": torch.__version__,
+                "python": platform.python_version(), "loadavg_1m_before": os.getloadavg()[0],
+                "cpu_count": os.cpu_count(), "host": platform.node(),
+                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+        if args.soak:
+            out = Path(args.out or results / f"kv_store-soak-{args.shape}.json")
+            report = {**meta, "soak_frames": args.soak, **soak(args, model_dir)}
+            print({k: v for k, v in report.items() if k != "rows"})
+        else:
+            out = Path(args.out or results / f"kv_store-{args.shape}.json")
+            runs: list[dict[str, Any]] = []
+            for policy in args.policies:
+                for frames in sorted(args.frames):
+                    runs.append(run_isolated(args, policy, frames, model_dir))
+                    print(json.dumps({k: v for k, v in runs[-1].items() if k != "kv"}), flush=True)
+                    write(out, {**meta, "runs": runs})  # kept as it goes: long runs may be cut short
+            print(table(runs))
+            report = {**meta, "runs": runs}
+    write(out, report)
+    print(f"wrote {out}")
+
+
+def write(out: Path, report: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

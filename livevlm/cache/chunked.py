@@ -1,0 +1,157 @@
+"""Chunked KV stores: the sink, bounded-cost chunked prefill on gathered views, and the `sink_window` policy.
+
+    append(chunk) ─► ChunkView(sink | context) ─► adapter.forward(chunk) ─► the chunk's KV ─► keep (policy)
+    ask ─► snapshot ─► answer_cache: ChunkView(sink | what the policy selects) ─► session prefills + decodes
+
+A new chunk attends only to what its policy gathers (real sparsity: the attention runs over the gathered
+tokens, not a mask over everything), so ingest cost is flat once the context is full. Keys are stored rotated
+at their absolute positions; questions and new chunks are placed at their true positions, so gathered keys
+need no re-rotation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .kv import register_kv_policy
+from .kv_configs import ChunkedKVStats, SinkWindowConfig
+from .view import ChunkView
+
+
+def kv_layout(adapter: Any) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of the adapter's language model."""
+    text = adapter.model.config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return int(text.num_hidden_layers), int(text.num_key_value_heads), int(head_dim)
+
+
+class ChunkedKV:
+    """Shared machinery: the sink (system prompt), ingestion on a gathered view, stats."""
+
+    name = ""
+
+    def __init__(self, adapter: Any, config: Any) -> None:
+        self.config = config
+        self.layout = kv_layout(adapter)
+        self.num_layers = self.layout[0]
+        self.device, self.dtype = adapter.device, adapter.dtype
+        self.sink: torch.Tensor | None = None
+        self.next_position = 0
+        self.chunk_tokens = 0  # the largest chunk so far (for context bounds)
+        self.stats = ChunkedKVStats()
+
+    # -- ingestion ------------------------------------------------------------------------------------
+    def append(
+        self,
+        adapter: Any,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        *,
+        is_prompt: bool = False,
+        pts_seconds: Sequence[float] = (),
+    ) -> None:
+        context = [] if is_prompt else self._ingest_context()
+        view = ChunkView.gather(self._with_sink(context), self.num_layers)
+        past = view.get_seq_length()
+        adapter.forward(embeds, positions, view)
+        kv = view.tail(int(embeds.shape[0]))
+        self.next_position = max(self.next_position, int(positions.max()) + 1)
+        if is_prompt:
+            self.sink = kv if self.sink is None else torch.cat([self.sink, kv], 3)
+        else:
+            self.chunk_tokens = max(self.chunk_tokens, int(kv.shape[3]))
+            self._keep(kv, tuple(pts_seconds))
+            self.stats.ingest_context_tokens = past
+        self._update_stats()
+
+    def _with_sink(self, parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return ([self.sink] if self.sink is not None else []) + list(parts)
+
+    @property
+    def sink_tokens(self) -> int:
+        return int(self.sink.shape[3]) if self.sink is not None else 0
+
+    def _ingest_context(self) -> list[torch.Tensor]:
+        """What a new chunk attends to besides the sink."""
+        raise NotImplementedError
+
+    def _keep(self, kv: torch.Tensor, pts_seconds: tuple[float, ...]) -> None:
+        raise NotImplementedError
+
+    def _update_stats(self) -> None:
+        raise NotImplementedError
+
+    def _record_answer(self, dense: Sequence[int], pooled: int, scores: Any, context: int, start: float) -> None:
+        s = self.stats
+        s.last_dense, s.last_pooled, s.last_context_tokens = tuple(sorted(dense)), pooled, context
+        s.last_scores = tuple(scores.tolist()) if scores is not None else ()
+        s.last_select_seconds = time.perf_counter() - start
+
+    def close(self) -> None:
+        self.sink = None
+
+
+@dataclass(frozen=True)
+class _WindowSnapshot:
+    sink: torch.Tensor | None
+    window: tuple[torch.Tensor, ...]
+    indices: tuple[int, ...]
+
+
+@register_kv_policy("sink_window")
+class SinkWindowKV(ChunkedKV):
+    """StreamingVLM-like: sink + the newest `window` chunks (bounded by `tiers.device_bytes`); older dropped.
+
+    Positions stay absolute (no re-compaction): RoPE sees the true distances inside the window."""
+
+    name = "sink_window"
+
+    def __init__(self, adapter: Any, config: SinkWindowConfig | None = None) -> None:
+        super().__init__(adapter, config or SinkWindowConfig())
+        self._window: deque[tuple[int, torch.Tensor]] = deque()
+        self._count = 0
+
+    def _ingest_context(self) -> list[torch.Tensor]:
+        return [kv for _, kv in self._window]
+
+    def _keep(self, kv: torch.Tensor, pts_seconds: tuple[float, ...]) -> None:
+        self._window.append((self._count, kv))
+        self._count += 1
+        limit, budget = self.config.window, self.config.tiers.device_bytes
+        while self._window and limit is not None and len(self._window) > limit:
+            self._window.popleft()
+        while len(self._window) > 1 and budget is not None and self._bytes() > budget:
+            self._window.popleft()
+
+    def _bytes(self) -> int:
+        return sum(kv.nbytes for _, kv in self._window) + (self.sink.nbytes if self.sink is not None else 0)
+
+    def _update_stats(self) -> None:
+        s = self.stats
+        tokens = self.sink_tokens + sum(int(kv.shape[3]) for _, kv in self._window)
+        s.tokens = s.stored_tokens = tokens
+        s.bytes = s.device_bytes = self._bytes()
+        s.chunks, s.chunks_device = self._count, len(self._window)
+        s.chunks_dropped = self._count - len(self._window)
+
+    def snapshot(self) -> _WindowSnapshot:
+        return _WindowSnapshot(
+            self.sink, tuple(kv for _, kv in self._window), tuple(i for i, _ in self._window)
+        )
+
+    def answer_cache(self, snapshot: _WindowSnapshot, adapter: Any, question_ids: Sequence[int]) -> ChunkView:
+        start = time.perf_counter()
+        parts = ([snapshot.sink] if snapshot.sink is not None else []) + list(snapshot.window)
+        view = ChunkView.gather(parts, self.num_layers)
+        self._record_answer(snapshot.indices, 0, None, view.get_seq_length(), start)
+        return view
+
+    def close(self) -> None:
+        super().close()
+        self._window.clear()

@@ -1,0 +1,147 @@
+"""Configs of the chunked KV policies, their stats record, and the CLI's `--kv`/`--kv-budget` mapping."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import ConfigError
+from .kv import KVStats
+from .tiers import KVTiers
+
+REST_MODES = ("pooled", "summary", "drop")
+
+
+def _check_count(owner: str, name: str, value: Any, minimum: int = 0) -> None:
+    if value is not None and not (isinstance(value, int) and value >= minimum):
+        raise ConfigError(f"{owner}.{name} must be an int >= {minimum} or None, got {value!r}")
+
+
+@dataclass
+class SinkWindowConfig:
+    """StreamingVLM-like: the system prompt (the attention sink) and the newest chunks; older ones are dropped."""
+
+    policy: str = "sink_window"
+    window: int | None = 16
+    """Chunks kept behind the sink; each new chunk and each question attend to exactly these. None = all."""
+    tiers: KVTiers = field(default_factory=lambda: KVTiers(device_bytes=None))
+    """Only `device_bytes` applies: the window shrinks to the newest chunks that fit in it."""
+
+    def __post_init__(self) -> None:
+        _check_count("SinkWindowConfig", "window", self.window)
+
+
+@dataclass
+class RetrievalConfig:
+    """ReKV-like: ingestion sees the sink and the last `window` chunks; every chunk's KV is kept (offloaded
+    down the tiers); per layer, a question reads the `top_k` older chunks whose mean key best matches its
+    mean query, plus the window."""
+
+    policy: str = "retrieval"
+    window: int | None = 4
+    """Newest chunks attended to in full, during ingestion and by every question. None = all (exact)."""
+    top_k: int | None = 8
+    """Older chunks each layer reads dense for a question (by relevance; equal token counts across layers,
+    the last chunk cut if chunk sizes differ). None = all (exact)."""
+    tiers: KVTiers = field(default_factory=KVTiers)
+    """Byte budgets of the device / host / disk tiers."""
+
+    def __post_init__(self) -> None:
+        _check_count("RetrievalConfig", "window", self.window)
+        _check_count("RetrievalConfig", "top_k", self.top_k)
+
+
+@dataclass
+class BilevelConfig:
+    """Video-XL-2-like: ingestion sees the sink, the last `window` chunks in full and the `summaries` chunks
+    before them as one summary token each; a question scores every chunk inside the model (its queries
+    against the chunks' summary keys, all layers), reads the `top_k` most relevant dense and the others
+    pooled. `BilevelConfig(window=None, top_k=None)` is exactly the `full` baseline."""
+
+    policy: str = "bilevel"
+    window: int | None = 4
+    """Previous chunks a new chunk attends to in full. None = all (exact, unbounded ingest cost)."""
+    summaries: int | None = 256
+    """Chunks before the window a new chunk sees through their summary token. None = all (cost grows)."""
+    top_k: int | None = 8
+    """Chunks a question reads dense, by relevance. None = all (exact)."""
+    rest: str = "pooled"
+    """How a question reads the other chunks: pooled (`pool` tokens averaged into one), summary (one token
+    per chunk), drop (not at all)."""
+    pool: int = 4
+    """Tokens averaged into one for rest='pooled' (Video-XL-2: 4)."""
+    rest_max: int | None = 64
+    """At most this many other chunks are read (pooled/summary), the most relevant first; the rest are
+    dropped for this question. Keeps time-to-first-token flat in stream length. None = all."""
+    tiers: KVTiers = field(default_factory=KVTiers)
+    """Byte budgets of the device / host / disk tiers."""
+
+    def __post_init__(self) -> None:
+        for name in ("window", "summaries", "top_k", "rest_max"):
+            _check_count("BilevelConfig", name, getattr(self, name))
+        _check_count("BilevelConfig", "pool", self.pool, minimum=1)
+        if self.rest not in REST_MODES:
+            raise ConfigError(f"BilevelConfig.rest must be one of {', '.join(REST_MODES)}, got {self.rest!r}")
+
+
+@dataclass
+class ChunkedKVStats(KVStats):
+    """A chunked store: `tokens` = the most a question attends to, `bytes` = KV held in memory (device + host)."""
+
+    stored_tokens: int = 0
+    """Tokens whose dense KV is held in some tier (sink included)."""
+    device_bytes: int = 0
+    cpu_bytes: int = 0
+    """Host bytes: offloaded chunks plus the summary index held in RAM."""
+    disk_bytes: int = 0
+    """Bytes in the spill file: chunks plus spilled summary blocks."""
+    summary_bytes: int = 0
+    """Bytes of the per-chunk summary index (RAM and disk)."""
+    chunks: int = 0
+    chunks_device: int = 0
+    chunks_cpu: int = 0
+    chunks_disk: int = 0
+    chunks_dropped: int = 0
+    """Chunks whose dense KV is gone (out of the window, or past the disk budget)."""
+    ingest_context_tokens: int = 0
+    """Tokens the last chunk attended to besides itself: flat once the window is full."""
+    last_dense: tuple[int, ...] = ()
+    """Chunks (store order) the last question read dense; for `retrieval` those read by any layer."""
+    last_pooled: int = 0
+    """Chunks the last question read pooled or as a summary token."""
+    last_scores: tuple[float, ...] = ()
+    """Relevance of every scored chunk to the last question (attention mass, mean over layers and heads)."""
+    last_context_tokens: int = 0
+    """Tokens of the context the last question was answered on (before the question itself)."""
+    last_select_seconds: float = 0.0
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str | int) -> int:
+    """'1073741824', '512M', '1.5GiB' -> bytes (K/M/G/T are powers of 1024)."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ConfigError(f"not a byte size: {text!r} (examples: 268435456, 256M, 1.5G)")
+    return int(float(match.group(1)) * 1024 ** "_kmgt".index((match.group(2) or "_").lower()))
+
+
+def kv_config(spec: Any, budget: int | str | None = None) -> Any:
+    """What `--kv POLICY --kv-budget BYTES` mean: a policy name or config, with `budget` bytes of KV in memory
+    (sink_window: all on the device; retrieval/bilevel: 1/4 device, 3/4 host, older chunks spill to disk).
+    Without a budget, `spec` is returned unchanged."""
+    if budget is None:
+        return spec
+    name = spec if isinstance(spec, str) else getattr(spec, "policy", None)
+    config = {"sink_window": SinkWindowConfig, "retrieval": RetrievalConfig, "bilevel": BilevelConfig}.get(name)
+    if config is None:
+        raise ConfigError(f"a KV budget needs a bounded policy (sink_window, retrieval, bilevel), not {name!r}")
+    total = parse_bytes(budget)
+    tiers = KVTiers(device_bytes=total) if name == "sink_window" else KVTiers(total // 4, total - total // 4)
+    if isinstance(spec, str):
+        return config(tiers=tiers)
+    return replace(spec, tiers=replace(tiers, cpu_bits=spec.tiers.cpu_bits, spill_dir=spec.tiers.spill_dir))

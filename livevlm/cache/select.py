@@ -1,0 +1,255 @@
+"""Query-time KV selection over a tiered chunk store: the `retrieval` (ReKV-like) and `bilevel` (Video-XL-2-like)
+policies.
+
+    answer_cache(snapshot, question):
+      1. score    the question runs once on the ingestion view (sink | summaries | window), queries probed:
+                  each layer's mean query against every chunk's summary key -> attention mass per chunk
+      2. select   retrieval: per layer, the top_k older chunks (+ the window);
+                  bilevel:   top_k chunks by mass averaged over layers, the others pooled / summary / dropped
+      3. load     the selected chunks' dense KV from their tiers, gathered into a fresh ChunkView
+The store is only read: later questions see it unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .chunked import ChunkedKV
+from .chunks import SUMMARY_BLOCK, ChunkStore
+from .kv import register_kv_policy
+from .kv_configs import BilevelConfig, RetrievalConfig
+from .probe import enable_query_probe, probe_queries
+from .tiers import ChunkRecord
+from .view import ChunkView, pool_tokens
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    sink: torch.Tensor | None
+    records: tuple[ChunkRecord, ...]
+    next_position: int
+
+
+class _TieredKV(ChunkedKV):
+    """Every chunk kept down the tiers, one summary row per chunk, questions scored inside the model."""
+
+    summaries_in_ingest: int | None = 0
+
+    def __init__(self, adapter: Any, config: Any) -> None:
+        super().__init__(adapter, config)
+        enable_query_probe(adapter)
+        self.store = ChunkStore(config.tiers, self.layout, self.dtype, self.device)
+
+    def _ingest_context(self, records: Sequence[ChunkRecord] | None = None) -> list[torch.Tensor]:
+        """Summary rows of the `summaries_in_ingest` chunks before the window, then the window dense."""
+        records = self.store.records if records is None else records
+        n = len(records)
+        first = n - (n if self.config.window is None else min(self.config.window, n))
+        parts = []
+        s = self.summaries_in_ingest
+        if first and s != 0:
+            parts.append(self.store.summary_rows(0 if s is None else max(0, first - s), first))
+        parts += [kv for kv in (self.store.load(rec) for rec in records[first:]) if kv is not None]
+        return parts
+
+    def append(self, adapter: Any, embeds: torch.Tensor, positions: torch.Tensor, **kwargs: Any) -> None:
+        sink_bytes = self.sink.nbytes if self.sink is not None else 0
+        super().append(adapter, embeds, positions, **kwargs)
+        if self.sink is not None and self.sink.nbytes != sink_bytes:
+            self.store.pin(self.sink.nbytes - sink_bytes)
+            self._update_stats()
+
+    def _keep(self, kv: torch.Tensor, pts_seconds: tuple[float, ...]) -> None:
+        self.store.add(kv, pts_seconds)
+
+    def _answer_bound(self, n: int) -> int:
+        raise NotImplementedError
+
+    def _update_stats(self) -> None:
+        s, st = self.stats, self.store
+        log = st.summaries
+        counts = st.counts()
+        n = len(st.records)
+        s.chunks, s.chunks_dropped = n, st.dropped
+        s.chunks_device, s.chunks_cpu, s.chunks_disk = counts["device"], counts["cpu"], counts["disk"]
+        s.device_bytes = st.bytes["device"]  # the sink is pinned there
+        s.cpu_bytes = st.bytes["cpu"] + (log.ram_bytes if log else 0)
+        s.disk_bytes = st.bytes["disk"] + (log.disk_bytes if log else 0)
+        s.summary_bytes = (log.ram_bytes + log.disk_bytes) if log else 0
+        s.bytes = s.device_bytes + s.cpu_bytes
+        s.stored_tokens = self.sink_tokens + st.tokens
+        s.tokens = self.sink_tokens + self._answer_bound(n)
+
+    def snapshot(self) -> _Snapshot:
+        with self.store.lock:
+            return _Snapshot(self.sink, tuple(self.store.records), self.next_position)
+
+    def _question_queries(self, snap: _Snapshot, adapter: Any, question_ids: Sequence[int]) -> torch.Tensor:
+        """(layers, heads, head_dim): each layer's query states averaged over the question's tokens, with the
+        question placed right after the newest stored token and attending to the ingestion view."""
+        parts = ([snap.sink] if snap.sink is not None else []) + self._ingest_context(snap.records)
+        view = ChunkView.gather(parts, self.num_layers)
+        ids = list(question_ids)
+        positions = torch.arange(snap.next_position, snap.next_position + len(ids), device=self.device)
+        with probe_queries() as queries:
+            adapter.forward(adapter.embed_ids(ids), positions.expand(3, -1), view)
+        return torch.stack([queries[layer][0].float().mean(1) for layer in range(self.num_layers)])
+
+    def _relevance(self, queries: torch.Tensor, stop: int) -> torch.Tensor:
+        """(layers, stop): attention mass each layer's mean query puts on chunks [0, stop) through their summary
+        keys (softmax over chunks per head, averaged over heads)."""
+        layers, heads, dim = queries.shape
+        q = queries.view(layers, self.layout[1], heads // self.layout[1], dim)
+        logits = []
+        for lo in range(0, stop, SUMMARY_BLOCK):
+            keys = self.store.summary_rows(lo, min(stop, lo + SUMMARY_BLOCK))[:, 0].float()
+            logits.append(torch.einsum("lkgd,lknd->lkgn", q, keys))
+        return (torch.cat(logits, -1) * dim**-0.5).softmax(-1).mean((1, 2))
+
+    def _summaries_of(self, indices: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Summary rows of the given chunks as one-token KV (layers, 2, kv_heads, 1, head_dim)."""
+        out: dict[int, torch.Tensor] = {}
+        by_block: dict[int, list[int]] = {}
+        for i in indices:
+            by_block.setdefault(i // SUMMARY_BLOCK, []).append(i)
+        for block, members in by_block.items():
+            lo = block * SUMMARY_BLOCK
+            rows = self.store.summary_rows(lo, lo + SUMMARY_BLOCK)
+            out.update({i: rows[:, :, :, i - lo : i - lo + 1] for i in members})
+        return out
+
+    def close(self) -> None:
+        super().close()
+        self.store.close()
+
+
+@register_kv_policy("retrieval")
+class RetrievalKV(_TieredKV):
+    """ReKV-like: sliding-window ingestion; per layer, a question reads its top_k older chunks + the window."""
+
+    name = "retrieval"
+
+    def __init__(self, adapter: Any, config: RetrievalConfig | None = None) -> None:
+        super().__init__(adapter, config or RetrievalConfig())
+
+    def _answer_bound(self, n: int) -> int:
+        window, top_k = self.config.window, self.config.top_k
+        held = n if window is None or top_k is None else min(n, window + top_k)
+        return held * self.chunk_tokens
+
+    def answer_cache(self, snap: _Snapshot, adapter: Any, question_ids: Sequence[int]) -> ChunkView:
+        start = time.perf_counter()
+        n = len(snap.records)
+        first = n - (n if self.config.window is None else min(self.config.window, n))
+        older = snap.records[:first]
+        choice: list[dict[int, int]] = [{} for _ in range(self.num_layers)]
+        scores = None
+        if older:
+            rel = self._relevance(self._question_queries(snap, adapter, question_ids), first)
+            scores = rel.mean(0)
+            sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
+            order = rel.argsort(-1, descending=True).tolist()
+            k = first if self.config.top_k is None else min(self.config.top_k, first)
+            budget = max(sum(sizes[i] for i in row[:k]) for row in order)
+            for layer, row in enumerate(order):  # equal token counts across layers keep one mask valid
+                left = budget
+                for i in row:
+                    if left <= 0:
+                        break
+                    if sizes[i]:
+                        choice[layer][i] = min(sizes[i], left)
+                        left -= choice[layer][i]
+        loaded = {i: self.store.load(older[i]) for i in set().union(*choice)}
+        window = [kv for kv in (self.store.load(rec) for rec in snap.records[first:]) if kv is not None]
+        per_layer = []
+        for layer in range(self.num_layers):
+            parts = [snap.sink[layer]] if snap.sink is not None else []
+            for i in sorted(choice[layer]):
+                kv = loaded[i]
+                if kv is not None:
+                    parts.append(kv[layer, :, :, : choice[layer][i]])
+            per_layer.append(parts + [kv[layer] for kv in window])
+        per_layer = _equal_lengths(per_layer)
+        view = ChunkView.gather_per_layer(per_layer, self.num_layers)
+        dense = {i for c in choice for i in c} | set(range(first, n))
+        self._record_answer(dense, 0, scores, view.get_seq_length(), start)
+        return view
+
+
+def _equal_lengths(per_layer: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Cut every layer's parts to the shortest layer's token count (only differs if a chunk vanished)."""
+    lengths = [sum(int(p.shape[2]) for p in parts) for parts in per_layer]
+    target = min(lengths)
+    if all(n == target for n in lengths):
+        return per_layer
+    out = []
+    for parts in per_layer:
+        kept, left = [], target
+        for p in parts:
+            if left > 0:
+                kept.append(p[:, :, :left])
+                left -= min(left, int(p.shape[2]))
+        out.append(kept)
+    return out
+
+
+@register_kv_policy("bilevel")
+class BilevelKV(_TieredKV):
+    """Video-XL-2-like: window + summary ingestion; a question reads its top_k chunks dense, others pooled."""
+
+    name = "bilevel"
+
+    def __init__(self, adapter: Any, config: BilevelConfig | None = None) -> None:
+        super().__init__(adapter, config or BilevelConfig())
+        self.summaries_in_ingest = self.config.summaries
+
+    def _rest_tokens(self) -> int:
+        rest = self.config.rest
+        return 0 if rest == "drop" else 1 if rest == "summary" else -(-self.chunk_tokens // self.config.pool)
+
+    def _answer_bound(self, n: int) -> int:
+        k = n if self.config.top_k is None else min(self.config.top_k, n)
+        rest = n - k if self.config.rest_max is None else min(n - k, self.config.rest_max)
+        return k * self.chunk_tokens + rest * self._rest_tokens()
+
+    def answer_cache(self, snap: _Snapshot, adapter: Any, question_ids: Sequence[int]) -> ChunkView:
+        start = time.perf_counter()
+        cfg, n = self.config, len(snap.records)
+        scores = self._relevance(self._question_queries(snap, adapter, question_ids), n).mean(0) if n else None
+        order = scores.argsort(descending=True).tolist() if scores is not None else []
+        k = n if cfg.top_k is None else min(cfg.top_k, n)
+        dense = set(order[:k])
+        rest = [] if cfg.rest == "drop" else order[k:] if cfg.rest_max is None else order[k : k + cfg.rest_max]
+        summaries = self._summaries_of(rest) if cfg.rest == "summary" else {}
+        chosen: dict[int, torch.Tensor | None] = {}
+        for i in dense.union(rest if cfg.rest == "pooled" else ()):
+            chosen[i] = self.store.load(snap.records[i])
+        pooled = _pool_all({i: chosen[i] for i in rest if i in chosen}, cfg.pool)
+        fallback = [i for i in dense.union(rest) if chosen.get(i) is None and i not in summaries]
+        summaries.update(self._summaries_of(fallback))
+        parts = [snap.sink] if snap.sink is not None else []
+        for i in sorted(dense.union(rest)):  # chronological, like the stream
+            kv = chosen.get(i) if i in dense else pooled.get(i)
+            parts.append(kv if kv is not None else summaries[i])
+        view = ChunkView.gather(parts, self.num_layers)
+        read_dense = [i for i in dense if chosen.get(i) is not None]  # a dropped chunk was read as its summary
+        self._record_answer(read_dense, len(rest) + len(dense) - len(read_dense), scores, view.get_seq_length(), start)
+        return view
+
+
+def _pool_all(kvs: dict[int, torch.Tensor | None], factor: int) -> dict[int, torch.Tensor]:
+    """`pool_tokens` of many chunks, batched by token count (one op per distinct chunk size)."""
+    by_size: dict[int, list[int]] = {}
+    for i, kv in kvs.items():
+        if kv is not None:
+            by_size.setdefault(int(kv.shape[3]), []).append(i)
+    out: dict[int, torch.Tensor] = {}
+    for members in by_size.values():
+        pooled = pool_tokens(torch.stack([kvs[i] for i in members]), factor)  # type: ignore[misc]
+        out.update(zip(members, pooled.unbind(0)))
+    return out

@@ -1,0 +1,145 @@
+"""Where a chunked KV store keeps its chunks: device (active), host RAM (optionally low-bit), a spill file.
+
+    ChunkStore.add(kv) ─► device tier ──(device_bytes full: oldest first)──► host tier (raw or 8/4-bit)
+                          ──(cpu_bytes full)──► disk tier (one spill file) ──(disk_bytes full)──► dropped
+    ChunkStore.load(record) ─► the chunk's dense KV on the compute device, from whichever tier holds it
+
+A chunk's KV is one tensor (layers, 2, kv_heads, tokens, head_dim): keys (already rotated) and values. Every
+tier change and every load happens under the store's lock, so a question may read while ingestion goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ConfigError
+
+TIERS = ("device", "cpu", "disk", "dropped")
+
+
+@dataclass
+class KVTiers:
+    """Byte budgets of the tiers a chunked KV store keeps its chunks in; the oldest chunks move down first."""
+
+    device_bytes: int | None = 256 * 2**20
+    """Dense chunk KV (and the sink) kept on the model's device: the newest chunks. None = no limit."""
+    cpu_bytes: int | None = 2 * 2**30
+    """Chunk KV and the per-chunk summary index kept in host RAM; beyond it chunks spill to disk. None = no limit."""
+    cpu_bits: int = 0
+    """Bits per value of chunks moved off the device: 0 = the model's dtype (lossless), 8 or 4 = quantized
+    per (layer, head, token) row with a float32 scale and minimum."""
+    disk_bytes: int | None = None
+    """Chunk KV kept in the spill file; beyond it the oldest chunks are dropped (their summaries stay).
+    0 = no disk tier; None = no limit."""
+    spill_dir: str | None = None
+    """Where the spill file's private directory is made (removed on close); None = the system temp dir."""
+
+    def __post_init__(self) -> None:
+        for name in ("device_bytes", "cpu_bytes", "disk_bytes"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 0):
+                raise ConfigError(f"KVTiers.{name} must be an int >= 0 or None, got {value!r}")
+        if self.cpu_bits not in (0, 4, 8):
+            raise ConfigError(f"KVTiers.cpu_bits must be 0 (lossless), 8 or 4, got {self.cpu_bits!r}")
+
+
+def to_bytes(kv: torch.Tensor, bits: int) -> torch.Tensor:
+    """`kv` as a flat uint8 host tensor: raw (bits=0) or [float32 (scale, min) per row | 8/4-bit codes]."""
+    if not bits:
+        return kv.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
+    rows = kv.detach().to("cpu", torch.float32).reshape(-1, kv.shape[-1])
+    lo = rows.amin(-1, keepdim=True)
+    scale = ((rows.amax(-1, keepdim=True) - lo) / (2**bits - 1)).clamp_min(1e-12)
+    codes = ((rows - lo) / scale).round_().clamp_(0, 2**bits - 1).to(torch.uint8)
+    if bits == 4:
+        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    meta = torch.cat([scale, lo], -1).contiguous().view(-1).view(torch.uint8)
+    return torch.cat([meta, codes.reshape(-1)])
+
+
+def from_bytes(
+    buf: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, bits: int, device: torch.device | str
+) -> torch.Tensor:
+    """The inverse of `to_bytes`: a tensor of `shape` and `dtype` on `device`."""
+    if not bits:
+        return buf.view(dtype).view(tuple(shape)).to(device)
+    width = shape[-1]
+    rows = buf.numel() // (8 + width * bits // 8)
+    meta = buf[: rows * 8].view(torch.float32).view(rows, 2)
+    codes = buf[rows * 8 :].view(rows, width * bits // 8)
+    if bits == 4:
+        codes = torch.stack([codes & 15, codes >> 4], -1).view(rows, width)
+    values = codes.float() * meta[:, :1] + meta[:, 1:]
+    return values.view(tuple(shape)).to(device, dtype)
+
+
+class DiskTier:
+    """Byte blobs in one spill file inside a private temp directory; freed slots are reused; removed on close."""
+
+    def __init__(self, parent: str | None = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="livevlm-kv-", dir=parent)
+        self._fd = os.open(os.path.join(self.dir, "chunks.bin"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._end = 0
+        self._free: dict[int, list[int]] = {}
+        self.bytes = 0
+        self._finalizer = weakref.finalize(self, _remove, self._fd, self.dir)
+
+    def put(self, buf: torch.Tensor) -> int:
+        """Write `buf` (flat uint8) to a free slot of its size or the file's end; returns its offset."""
+        n = buf.numel()
+        slots = self._free.get(n)
+        offset = slots.pop() if slots else self._end
+        if offset == self._end:
+            self._end += n
+        view, done = memoryview(buf.numpy()), 0
+        while done < n:
+            done += os.pwrite(self._fd, view[done:], offset + done)
+        self.bytes += n
+        return offset
+
+    def get(self, offset: int, n: int) -> torch.Tensor:
+        out = torch.empty(n, dtype=torch.uint8)
+        view, done = memoryview(out.numpy()), 0
+        while done < n:
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise OSError(f"short read from the KV spill file at {offset + done}")
+            done += got
+        return out
+
+    def free(self, offset: int, n: int) -> None:
+        self._free.setdefault(n, []).append(offset)
+        self.bytes -= n
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _remove(fd: int, path: str) -> None:
+    os.close(fd)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass(eq=False, slots=True)
+class ChunkRecord:
+    """One chunk of the stream: where its KV lives now, its size and the timestamps of its frames."""
+
+    index: int
+    tokens: int
+    pts_seconds: tuple[float, ...] = ()
+    tier: str = "device"
+    kv: torch.Tensor | None = field(default=None, repr=False)
+    """Device tier: the dense KV (layers, 2, kv_heads, tokens, head_dim)."""
+    blob: torch.Tensor | None = field(default=None, repr=False)
+    """Host tier: `to_bytes` of the KV."""
+    offset: int = -1
+    """Disk tier: offset of the blob in the spill file."""
+    nbytes: int = 0
+    """Bytes the chunk takes in its current tier."""
