@@ -7,10 +7,29 @@ from typing import Any
 
 
 def add_compression_args(parser: argparse.ArgumentParser) -> None:
-    """--kv / --kv-budget (and the other stages' flags) on a subcommand."""
+    """--vit-cache, --prune/--budget and --kv/--kv-budget on a subcommand."""
     from .cache import available_kv_policies
+    from .cache.vit_cache import VIT_CACHE_PRESETS
+    from .prune import available_pruners
 
-    g = parser.add_argument_group("compression")
+    g = parser.add_argument_group("compression (every stage defaults to its uncompressed baseline)")
+    g.add_argument(
+        "--vit-cache",
+        default="none",
+        choices=list(VIT_CACHE_PRESETS),
+        help="ViT feature cache preset: reuse encoder work on similar frames (default none)",
+    )
+    g.add_argument(
+        "--prune",
+        default="none",
+        choices=available_pruners(),
+        help="visual token pruning strategy (default none)",
+    )
+    g.add_argument(
+        "--budget",
+        default=None,
+        help="pruning budget: tokens per frame (64), a ratio (0.25) or tokens per second (32/s)",
+    )
     g.add_argument(
         "--kv",
         default="full",
@@ -27,4 +46,11 @@ def add_compression_args(parser: argparse.ArgumentParser) -> None:
 
 def compression_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The `SessionConfig` fields the compression flags set."""
-    return {"kv": args.kv, "kv_budget": args.kv_budget}
+    from .prune import parse_prune_spec
+
+    return {
+        "vit_cache": args.vit_cache,
+        "prune": parse_prune_spec(args.prune, args.budget),
+        "kv": args.kv,
+        "kv_budget": args.kv_budget,
+    }

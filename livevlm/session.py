@@ -130,7 +130,10 @@ class Session:
         self._lock = threading.RLock()
         self._kv = build_kv_store(kv_config(config.kv, config.kv_budget), self.adapter)
         self._feature_cache = build_feature_cache(config.vit_cache, self.adapter)
-        self._pruner = build_pruner(config.prune)
+        prune = config.prune
+        if not isinstance(prune, str) and hasattr(prune, "fps"):
+            prune = replace(prune, fps=config.fps)  # per-second budgets fall back to the stream's rate
+        self._pruner = build_pruner(prune)
         self._pending: list[Frame] = []
         self._frame_shape: tuple[int, int] | None = None
         self._size: tuple[int, int] | None = None

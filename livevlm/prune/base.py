@@ -1,22 +1,44 @@
-"""The pruner protocol, its stats record and the strategy registry."""
+"""The pruner protocol, its stats record, the strategy registry and the shared `BasePruner` loop.
+
+    chunk (N tokens, (3, N) positions, changed mask) ─► BudgetMeter.allowance ─► k
+        ─► strategy.select(chunk, k) ─► kept rows (ascending) ─► [merge dropped rows]
+        ─► chunk of the kept rows, with their ORIGINAL (t, h, w) positions and `kept_index`
+
+Every decision reads only the current chunk and state built from earlier ones (live streams have no
+future). One pruner object per stream: all state lives in it.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Protocol
+
+import torch
 
 from ..errors import ConfigError
 from ..models.base import VisualChunk
+from ._ops import merge_dropped
+from .config import BudgetMeter, PrunerConfig, parse_budget
 
 
 @dataclass
 class PruneStats:
-    """Visual tokens that reached the pruner and how many it let through."""
+    """Visual tokens that reached the pruner and what became of them."""
 
+    strategy: str = "none"
+    budget: str = "1.0"
+    """The budget as `parse_budget` reads it: "64" tokens per chunk, "0.25" of them, "32/s"."""
     chunks: int = 0
     tokens_in: int = 0
     tokens_kept: int = 0
+    tokens_dropped: int = 0
+    """Tokens that did not enter the LLM (merged ones included)."""
+    tokens_merged: int = 0
+    """Dropped tokens averaged into a kept token instead of discarded."""
+    seconds: float = 0.0
+    """Wall time spent deciding (and merging)."""
 
     @property
     def kept_ratio(self) -> float:
@@ -32,14 +54,15 @@ class Pruner(Protocol):
     def __call__(self, chunk: VisualChunk) -> VisualChunk: ...
 
 
-_PRUNERS: dict[str, Callable[..., Pruner]] = {}
+_PRUNERS: dict[str, Any] = {}
 
 
-def register_pruner(name: str) -> Callable[[Callable[..., Pruner]], Callable[..., Pruner]]:
-    """Class decorator: make a strategy available as `name` in configs and on the CLI."""
+def register_pruner(name: str) -> Callable[[Any], Any]:
+    """Class decorator: make a strategy (a class with a `config_class`) available as `name`."""
 
-    def deco(cls: Callable[..., Pruner]) -> Callable[..., Pruner]:
+    def deco(cls: Any) -> Any:
         _PRUNERS[name] = cls
+        cls.name = name
         return cls
 
     return deco
@@ -49,25 +72,86 @@ def available_pruners() -> list[str]:
     return sorted(_PRUNERS)
 
 
-def build_pruner(spec: Any = "none") -> Pruner:
-    """A fresh pruner (strategies keep per-stream state) from a strategy name."""
-    name = spec if isinstance(spec, str) else getattr(spec, "strategy", None)
+def _strategy(name: Any) -> Any:
     if name not in _PRUNERS:
         raise ConfigError(f"unknown pruner {name!r}; choose one of {', '.join(available_pruners())}")
-    return _PRUNERS[name]() if isinstance(spec, str) else _PRUNERS[name](spec)
+    return _PRUNERS[name]
+
+
+def build_pruner(spec: Any = "none") -> Pruner:
+    """A fresh pruner (strategies keep per-stream state) from a strategy name or a config with `.strategy`.
+
+    A name takes the strategy's default config; a generic `PrunerConfig` is turned into the strategy's own
+    config class (shared fields kept, the rest default). Bad names and bad budgets raise `ConfigError`."""
+    if spec is None or isinstance(spec, str):
+        cls = _strategy(spec or "none")
+        return cls(cls.config_class())
+    cls = _strategy(getattr(spec, "strategy", None))
+    return cls(cls.config_class.from_config(spec))
+
+
+def parse_prune_spec(strategy: str, budget: str | None = None) -> PrunerConfig:
+    """The config for `--prune STRATEGY --budget N` (budget None: the strategy's default)."""
+    cls = _strategy(strategy)
+    config = cls.config_class()
+    if budget is not None:
+        config = replace(config, budget=parse_budget(budget))
+    return config
+
+
+class BasePruner:
+    """Budget, stats, slicing and merging; a strategy implements `select(chunk, k)` (and its own state)."""
+
+    name: ClassVar[str] = "base"
+    config_class: ClassVar[type[PrunerConfig]] = PrunerConfig
+
+    def __init__(self, config: PrunerConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        self.stats = PruneStats(strategy=self.name, budget=str(self.config.budget))
+        self._meter = BudgetMeter(self.config.budget, self.config.fps)
+
+    def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
+        """Ascending (n_kept,) long indices of the rows to keep; at most `k` of them."""
+        raise NotImplementedError
+
+    def __call__(self, chunk: VisualChunk) -> VisualChunk:
+        start = time.perf_counter()
+        n = chunk.num_tokens
+        k = self._meter.allowance(n, chunk.pts_seconds)
+        keep = self.select(chunk, k).to(device=chunk.embeds.device, dtype=torch.long)
+        merged = 0
+        if keep.numel() == n:
+            kept = replace(chunk, kept_index=keep)
+        else:
+            if self.config.merge != "none":
+                embeds, merged = merge_dropped(chunk.embeds, keep, self.config.merge, chunk.grid_thw[1:])
+            else:
+                embeds = chunk.embeds[keep]
+            changed = chunk.changed[keep] if chunk.changed is not None else None
+            kept = replace(
+                chunk, embeds=embeds, positions=chunk.positions[:, keep], changed=changed, kept_index=keep
+            )
+        s = self.stats
+        s.chunks += 1
+        s.tokens_in += n
+        s.tokens_kept += keep.numel()
+        s.tokens_dropped += n - keep.numel()
+        s.tokens_merged += merged
+        s.seconds += time.perf_counter() - start
+        return kept
 
 
 @register_pruner("none")
-class NoPruner:
-    """The baseline: every visual token enters the LLM."""
+class NoPruner(BasePruner):
+    """The baseline: every visual token enters the LLM (the budget is ignored)."""
 
-    name = "none"
-
-    def __init__(self, config: Any = None) -> None:
-        self.stats = PruneStats()
+    def __init__(self, config: PrunerConfig | None = None) -> None:
+        super().__init__(config)
+        self.stats.budget = "1.0"
 
     def __call__(self, chunk: VisualChunk) -> VisualChunk:
+        n = chunk.num_tokens
         self.stats.chunks += 1
-        self.stats.tokens_in += chunk.num_tokens
-        self.stats.tokens_kept += chunk.num_tokens
-        return chunk
+        self.stats.tokens_in += n
+        self.stats.tokens_kept += n
+        return replace(chunk, kept_index=torch.arange(n, device=chunk.embeds.device))
