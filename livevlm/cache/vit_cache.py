@@ -1,24 +1,200 @@
 """ViT feature cache: per-stream reuse of vision-encoder work on temporally similar frames.
 
-Only the `none` policy (always a full encode, the baseline) exists so far.
+    SessionConfig.vit_cache ─► build_feature_cache(spec, adapter) ─► a per-stream cache (or None: full encode)
+    adapter.encode ─► cache.encode(adapter, pixels, grid) ─► (embeds (M, D), changed (M,) bool | None)
+
+Policies (registry, `register_vit_policy`):
+  none   the model's own full encode every chunk (the baseline)
+  frame  reuse a whole chunk's features when no patch moved more than `threshold` (0: bit-identical only;
+         exact then) — model-agnostic, needs only `adapter.vision_features`
+  token  partial recompute inside the ViT (`livevlm.cache._token_cache`): per block, only tokens whose
+         input moved are recomputed; full refresh on age, drift and scene cuts
+
+Presets bundle a policy with its knobs: none, lossless (exact), balanced, fast.
+All state lives in the object `build_feature_cache` returns: two sessions on one model never share any.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
+
+import torch
 
 from ..errors import ConfigError
 
-VIT_CACHE_PRESETS = ("none",)
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {"policy": "none"},
+    "lossless": {"policy": "frame", "threshold": 0.0},
+    "balanced": {"policy": "token", "threshold": 0.3, "budget": 0.6, "max_age": 8, "drift_limit": 0.9},
+    "fast": {"policy": "token", "threshold": 0.5, "budget": 0.4, "max_age": 16, "drift_limit": 1.0},
+}
+VIT_CACHE_PRESETS = tuple(PRESETS)
+_DEFAULTS: dict[str, Any] = {
+    "policy": "none",
+    "threshold": 0.0,
+    "budget": 1.0,
+    "max_age": 0,
+    "drift_limit": 1.0,
+    "cut_change": 0.8,
+    "cut_fraction": 0.5,
+}
+
+
+@dataclass
+class ViTCacheConfig:
+    """How a stream's ViT feature cache reuses work. Knobs left None take the preset's value."""
+
+    preset: str = "balanced"
+    """Named defaults: none, lossless, balanced, fast."""
+    policy: str | None = None
+    """Registered reuse policy: none (full encode), frame (whole-chunk reuse), token (partial recompute)."""
+    threshold: float | None = None
+    """token: a token is recomputed in a block when its input moved more than this since it was last
+    computed there (L2 norm of the change / L2 norm of that input). frame: a chunk is reused when no patch's
+    mean |pixel change| (normalized units) exceeds this. 0 = only bit-identical input is reused."""
+    budget: float | None = None
+    """token: at most this fraction of tokens is recomputed per block (the largest changes first)."""
+    max_age: int | None = None
+    """token: full encode (refresh) once this many chunks passed since the last one; 0 = never by age."""
+    drift_limit: float | None = None
+    """token: refresh once more than this fraction of tokens moved over `threshold` since the last refresh."""
+    cut_change: float | None = None
+    """token: a token counts as cut when its patch embedding moved more than this (relative) at once."""
+    cut_fraction: float | None = None
+    """token: a scene cut (refresh) when more than this fraction of tokens is cut in one chunk."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown ViT cache preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        base = {**_DEFAULTS, **PRESETS[self.preset]}
+        for f in fields(self):
+            if f.name != "preset" and getattr(self, f.name) is None:
+                setattr(self, f.name, base[f.name])
+        if self.policy not in _POLICIES:
+            raise ConfigError(
+                f"unknown ViT cache policy {self.policy!r}; choose one of {', '.join(_POLICIES)}"
+            )
+        for name in ("threshold", "cut_change"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"ViTCacheConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("budget", "drift_limit", "cut_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"ViTCacheConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not (isinstance(self.max_age, int) and self.max_age >= 0):
+            raise ConfigError(f"ViTCacheConfig.max_age must be an int >= 0, got {self.max_age!r}")
+
+
+@dataclass
+class ViTCacheStats:
+    """What the feature cache did so far (chunk = one temporal patch of frames)."""
+
+    policy: str = ""
+    chunks: int = 0
+    full_encodes: int = 0
+    """Chunks encoded in full (the first one, refreshes and scene cuts included)."""
+    refreshes: int = 0
+    """Full encodes forced after the first: age, drift, scene cut or a new frame size."""
+    scene_cuts: int = 0
+    chunks_reused: int = 0
+    """Chunks whose features were reused entirely (nothing recomputed)."""
+    chunks_partial: int = 0
+    """Chunks where only some tokens were recomputed."""
+    tokens: int = 0
+    """Token-block slots seen: patch tokens x blocks (frame policy: patch tokens)."""
+    tokens_recomputed: int = 0
+    """Of those, the ones actually computed."""
+    recomputed_per_layer: tuple[int, ...] = ()
+    """Tokens recomputed in each block, summed over chunks (token policy)."""
+    last_recomputed_per_layer: tuple[int, ...] = ()
+    """Tokens recomputed in each block for the last chunk (token policy)."""
+    last_event: str = ""
+    """What the last chunk did: full:<why> (start, grid, cut, age, drift, changed), reuse or partial."""
+    seconds: float = 0.0
+    """Wall time inside the cache's encode, summed."""
+    last_seconds: float = 0.0
+
+    @property
+    def recompute_fraction(self) -> float:
+        """Share of token-block work done (1.0 = a full encode every chunk)."""
+        return self.tokens_recomputed / self.tokens if self.tokens else 1.0
+
+
+class FeatureCacheBase:
+    """Shared by the policies: the stats record and timing; subclasses implement `_encode`."""
+
+    def __init__(self, config: ViTCacheConfig, adapter: Any) -> None:
+        self.config = config
+        self.stats = ViTCacheStats(policy=str(config.policy))
+
+    def encode(
+        self, adapter: Any, pixels: torch.Tensor, grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One temporal patch (HF-layout patches, grid (1, gh, gw)) -> (merged embeds, changed mask | None)."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            embeds, changed = self._encode(adapter, pixels, (int(grid[0]), int(grid[1]), int(grid[2])))
+        seconds = time.perf_counter() - start
+        s = self.stats
+        s.chunks += 1
+        s.seconds += seconds
+        s.last_seconds = seconds
+        return embeds, changed
+
+    def _encode(
+        self, adapter: Any, pixels: torch.Tensor, grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+_POLICIES: dict[str, Callable[[], Any]] = {}
+
+
+def register_vit_policy(name: str, factory: Callable[[], Any]) -> None:
+    """Register a lazily imported policy class: `factory()` returns a class built as `cls(config, adapter)`."""
+    _POLICIES[name] = factory
+
+
+def _frame() -> Any:
+    from ._frame_cache import FrameReuseCache
+
+    return FrameReuseCache
+
+
+def _token() -> Any:
+    from ._token_cache import TokenRecomputeCache
+
+    return TokenRecomputeCache
+
+
+register_vit_policy("none", lambda: None)
+register_vit_policy("frame", _frame)
+register_vit_policy("token", _token)
+
+
+def resolve_vit_cache(spec: Any) -> ViTCacheConfig:
+    """A `ViTCacheConfig` from a preset name or a config (any object with `.preset` and the same knobs)."""
+    if isinstance(spec, ViTCacheConfig):
+        return spec
+    if isinstance(spec, str):
+        return ViTCacheConfig(preset=spec)
+    if spec is None:
+        return ViTCacheConfig(preset="none")
+    preset = getattr(spec, "preset", None)
+    if not isinstance(preset, str):
+        raise ConfigError(f"vit_cache must be a preset name or a ViTCacheConfig, got {spec!r}")
+    knobs = {f.name: getattr(spec, f.name) for f in fields(ViTCacheConfig) if hasattr(spec, f.name)}
+    return ViTCacheConfig(**knobs)
 
 
 def build_feature_cache(spec: Any, adapter: Any) -> Any | None:
-    """The per-stream feature cache for `spec` (a preset name), or None for a full encode every time.
+    """The per-stream feature cache for `spec` (a preset name or a config), or None for a full encode.
 
     A feature cache has `encode(adapter, pixels, grid) -> (embeds (N, D), changed (N,) bool | None)` and a
     dataclass `stats`; the adapter calls it in place of the model's full vision encode.
     """
-    name = spec if isinstance(spec, str) else getattr(spec, "preset", None)
-    if name == "none":
-        return None
-    raise ConfigError(f"unknown ViT cache preset {name!r}; choose one of {', '.join(VIT_CACHE_PRESETS)}")
+    config = resolve_vit_cache(spec)
+    cls = _POLICIES[config.policy]()
+    return None if cls is None else cls(config, adapter)

