@@ -16,8 +16,16 @@ from .kv_configs import (
 )
 from .select import BilevelKV, RetrievalKV
 from .tiers import KVTiers
+from .vit_cache import (
+    VIT_CACHE_PRESETS,
+    ViTCacheConfig,
+    ViTCacheStats,
+    build_feature_cache,
+    register_vit_policy,
+)
 
 __all__ = [
+    "VIT_CACHE_PRESETS",
     "BilevelConfig",
     "BilevelKV",
     "ChunkedKVStats",
@@ -29,9 +37,13 @@ __all__ = [
     "RetrievalKV",
     "SinkWindowConfig",
     "SinkWindowKV",
+    "ViTCacheConfig",
+    "ViTCacheStats",
     "available_kv_policies",
+    "build_feature_cache",
     "build_kv_store",
     "kv_config",
     "parse_bytes",
     "register_kv_policy",
+    "register_vit_policy",
 ]
