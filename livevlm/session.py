@@ -161,13 +161,13 @@ class Session:
     def step(self) -> VisualChunk:
         """Encode the pending temporal patch, prune it and append the kept tokens to the KV context."""
         with self._lock:
-            chunk = self._encode(self._pending, self._stats.chunks, self._feature_cache)  # 1. encode
+            frames, self._pending = self._pending, []  # a failed encode must not leave a stuck, overfull patch
+            chunk = self._encode(frames, self._stats.chunks, self._feature_cache)  # 1. encode
             self._max_position = max(self._max_position, int(chunk.positions.max()))
             kept = self._pruner(chunk)  # 2. prune
             start = time.perf_counter()
             if kept.num_tokens:  # 3. prefill into the KV store
                 self._kv.append(self.adapter, kept.embeds, kept.positions, pts_seconds=chunk.pts_seconds)
-            self._pending = []
             s = self._stats
             s.seconds.prefill += time.perf_counter() - start
             s.chunks += 1
