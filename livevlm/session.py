@@ -48,9 +48,9 @@ class SessionConfig:
     max_new_tokens: int = 64
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_pixels: int | None = None
-    """Cap on pixels per frame after resizing (None: the model's video default)."""
+    """Cap on pixels per frame after resizing (None: the checkpoint's video processor config, else 768 x 28 x 28)."""
     min_pixels: int | None = None
-    """Floor on pixels per frame after resizing (None: the model's video default, 128 x 28 x 28)."""
+    """Floor on pixels per frame after resizing (None: the checkpoint's video processor config, else 128 x 28 x 28)."""
     vit_cache: Any = "none"
     """ViT feature cache: a preset name or a config from `livevlm.cache.vit_cache` ("none" = full encode)."""
     prune: Any = "none"

@@ -50,15 +50,54 @@ def _resolve_dtype(dtype: str, device: str):
         raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
+def default_model_path() -> Path:
+    """The bundled default: the yardstick Qwen2.5-VL trained on the synthetic shapes world (livevlm.yardstick)."""
+    path = Path(__file__).resolve().parent.parent / "assets" / "yardstick"
+    if not (path / "model.safetensors").exists():
+        raise ModelLoadError(
+            f"the bundled default model is missing from {path} (a broken install?); reinstall livevlm, "
+            "pass a checkpoint with --model, or rebuild it with `python -m livevlm.yardstick.train`"
+        )
+    return path
+
+
+def checkpoint_pixel_bounds(name: str) -> dict[str, int]:
+    """min/max pixels per frame from the checkpoint's `video_preprocessor_config.json`, as HF's Qwen2-VL video
+    processor reads them (`size.shortest_edge/longest_edge`, or the older `min_pixels/max_pixels`); {} if absent."""
+    import json
+
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(
+            name, "video_preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+        )
+    except OSError:
+        return {}
+    if path is None:
+        return {}
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"unreadable video_preprocessor_config.json in {name!r}: {exc}") from exc
+    size = cfg.get("size") or {}
+    bounds = {
+        "min_pixels": size.get("shortest_edge", cfg.get("min_pixels")),
+        "max_pixels": size.get("longest_edge", cfg.get("max_pixels")),
+    }
+    return {k: int(v) for k, v in bounds.items() if v is not None}
+
+
 def load_model(
     name_or_path: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto", **adapter_kwargs: Any
 ):
-    """Load `name_or_path` (None: the bundled default) and wrap it in its family's adapter."""
+    """Load `name_or_path` (None: the bundled default) and wrap it in its family's adapter.
+
+    Frame pixel bounds come from the checkpoint's video processor config when it has one; `min_pixels` /
+    `max_pixels` in `adapter_kwargs` override them."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
     if name_or_path is None:
-        from .tiny import default_model_path
-
         name_or_path = default_model_path()
     name = str(name_or_path)
     try:
@@ -80,4 +119,5 @@ def load_model(
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load weights or tokenizer of {name!r}: {exc}") from exc
     adapter_cls = _FAMILIES[config.model_type]()
+    adapter_kwargs = {**checkpoint_pixel_bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
     return adapter_cls(model, tokenizer, **adapter_kwargs)

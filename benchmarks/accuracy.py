@@ -1,0 +1,153 @@
+"""Accuracy retention of every compression setting on the yardstick world's test split.
+
+    python benchmarks/accuracy.py                          # bundled yardstick model, 30 questions per type
+    python benchmarks/accuracy.py --per-type 1 --settings baseline,prune:temporal:0.5   # a CI-sized subset
+
+Each setting answers the same test questions through `livevlm.Session` (frames pushed one by one, a fresh
+session per question, one loaded model). Reported per setting: accuracy per question type, retention =
+accuracy / baseline accuracy, visual tokens kept, context tokens a question attends to, and ViT / prefill /
+time-to-first-token seconds, each also as a ratio to the baseline of the same run. Needle questions are
+asked after streams of 200-260 frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import livevlm
+from livevlm import SessionConfig, load_model
+from livevlm.cache import available_kv_policies
+from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
+from livevlm.prune import available_pruners, parse_prune_spec
+from livevlm.yardstick.evaluate import as_rows, evaluate, summarize
+from livevlm.yardstick.world import QUESTION_TYPES, example_set
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PRUNE_BUDGETS = ("0.5", "0.25")
+
+
+def all_settings() -> list[str]:
+    """baseline, every ViT cache preset, every pruner at each budget, every bounded KV policy."""
+    out = ["baseline"]
+    out += [f"vit:{p}" for p in VIT_CACHE_PRESETS if p != "none"]
+    out += [f"prune:{s}:{b}" for s in available_pruners() if s != "none" for b in PRUNE_BUDGETS]
+    out += [f"kv:{k}" for k in available_kv_policies() if k != "full"]
+    return out
+
+
+def setting_config(name: str) -> SessionConfig:
+    """'baseline' | 'vit:PRESET' | 'prune:STRATEGY:BUDGET' | 'kv:POLICY' -> the session config."""
+    kind, _, rest = name.partition(":")
+    if kind == "baseline":
+        return SessionConfig()
+    if kind == "vit":
+        return SessionConfig(vit_cache=rest)
+    if kind == "prune":
+        strategy, _, budget = rest.partition(":")
+        return SessionConfig(prune=parse_prune_spec(strategy, budget or None))
+    if kind == "kv":
+        return SessionConfig(kv=rest)
+    raise SystemExit(
+        f"unknown setting {name!r}: use baseline, vit:PRESET, prune:STRATEGY:BUDGET or kv:POLICY"
+    )
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    adapter = load_model(args.model, dtype=args.dtype)
+    types = args.types.split(",") if args.types else list(QUESTION_TYPES)
+    examples = example_set(args.per_type, "test", types)
+    settings = args.settings.split(",") if args.settings else all_settings()
+    if "baseline" not in settings:
+        settings.insert(0, "baseline")
+    report: dict[str, Any] = {
+        "benchmark": "accuracy",
+        "model": str(args.model or "bundled yardstick"),
+        "per_type": args.per_type,
+        "types": types,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "livevlm": livevlm.__version__,
+        "dtype": str(adapter.dtype),
+        "settings": {},
+    }
+    for name in settings:
+        results = evaluate(adapter, examples, setting_config(name), progress=not args.quiet)
+        report["settings"][name] = {
+            **summarize(results),
+            "answers": as_rows(results) if args.answers else None,
+        }
+    base = report["settings"]["baseline"]
+    for entry in report["settings"].values():
+        acc, tot, btot = entry["accuracy"], entry["totals"], base["totals"]
+        entry["retention"] = {t: ratio(acc[t], base["accuracy"][t]) for t in acc}
+        entry["ratios"] = {
+            "kept_tokens": ratio(tot["kept_tokens"], btot["kept_tokens"]),
+            "context_tokens": ratio(tot["context_tokens"], btot["context_tokens"]),
+            "vit_seconds": ratio(tot["vit_seconds"], btot["vit_seconds"]),
+            "prefill_seconds": ratio(tot["prefill_seconds"], btot["prefill_seconds"]),
+            "ttft_seconds": ratio(tot["ttft_seconds"], btot["ttft_seconds"]),
+        }
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    types = [*report["types"], "overall"]
+    head = ["setting", *types, "retention", "kept tok", "ctx tok", "ViT s", "prefill s", "TTFT"]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for name, e in report["settings"].items():
+        r = e["ratios"]
+        cells = [name, *(f"{e['accuracy'].get(t, float('nan')):.2f}" for t in types)]
+        cells.append(_fmt(e["retention"]["overall"]))
+        cells += [
+            _fmt(r[k])
+            for k in ("kept_tokens", "context_tokens", "vit_seconds", "prefill_seconds", "ttft_seconds")
+        ]
+        lines.append(" | ".join(cells))
+    return "\n".join(f"| {line} |" for line in lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="checkpoint path (default: the bundled yardstick)")
+    parser.add_argument("--per-type", type=int, default=30, help="test questions per type (default 30)")
+    parser.add_argument(
+        "--types", default=None, help=f"comma list of {','.join(QUESTION_TYPES)} (default all)"
+    )
+    parser.add_argument("--settings", default=None, help="comma list (default: every setting; see --list)")
+    parser.add_argument("--list", action="store_true", help="print the settings and exit")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--answers", action="store_true", help="keep every reply in the JSON")
+    parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(all_settings()))
+        return
+    report = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(table(report))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Train the yardstick model on the procedural world, on CPU, and save it as a Hugging Face checkpoint.
+
+    python -m livevlm.yardstick.train --out livevlm/assets/yardstick
+
+Sequences are laid out by the same adapter code `Session` uses (system prompt, video tokens, question,
+assistant turn), and pixels go through the same preprocessing, so what the model learns is what it is asked.
+The run is a fixed number of seeded steps, so the same machine reproduces it; a JSON log holds the curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models.preprocess import frames_to_patches
+from ..models.qwen_vl import QwenVLAdapter
+from .model import build_config, build_tokenizer, write_video_processor_config
+from .world import COLOURS, FPS, QUESTION_TYPES, SHAPES, Example, make_example
+
+TOKEN_PIXELS = 28  # one merged visual token covers 28 x 28 pixels of 2 frames
+MIN_OBJECT_SHARE = 0.08
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of one training run (defaults: the committed model's run)."""
+
+    out: str = "livevlm/assets/yardstick"
+    steps: int = 2400
+    batch: int = 16
+    long_batch: int = 2
+    long_every: int = 4
+    """Every `long_every`-th step trains on `long_batch` needle streams of 64-260 frames."""
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    eval_every: int = 400
+    eval_per_type: int = 12
+    threads: int = 0
+    """torch threads (0: all cores)."""
+    aux_weight: float = 1.0
+    """Weight of the dense auxiliary loss: every visual token classifies the colour and shape drawn in it
+    (renderer ground truth). Without it the tower learns too slowly for a 2-hour CPU budget."""
+    save_dtype: str = "bfloat16"
+    device: str = "cpu"
+
+
+class Batcher:
+    """Turns world examples into model inputs laid out exactly as a `Session` lays them out."""
+
+    def __init__(self, adapter: QwenVLAdapter) -> None:
+        self.adapter = adapter
+        self.prefix = adapter.prefix_ids()
+        tok = adapter.tokenizer
+        self.end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad = tok.convert_tokens_to_ids("<|endoftext|>")
+
+    def encode(self, ex: Example) -> tuple[list[int], int, torch.Tensor, tuple[int, int, int]]:
+        pixels, grid = frames_to_patches(ex.frames, self.adapter.geometry)
+        n_video = grid[0] * grid[1] * grid[2] // self.adapter.merge**2
+        answer = list(self.adapter.tokenizer(ex.answer, add_special_tokens=False).input_ids) + [self.end]
+        ids = (
+            self.prefix
+            + [self.adapter.video_token_id] * n_video
+            + self.adapter.suffix_ids(ex.question)
+            + answer
+        )
+        return ids, len(answer), pixels, grid
+
+    def __call__(self, examples: list[Example], targets: bool = False) -> dict[str, torch.Tensor]:
+        enc = [self.encode(ex) for ex in examples]
+        length = max(len(ids) for ids, *_ in enc)
+        input_ids = torch.full((len(enc), length), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), length), dtype=torch.long)
+        labels = torch.full((len(enc), length), -100, dtype=torch.long)
+        for i, (ids, n_answer, _, _) in enumerate(enc):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1
+            labels[i, len(ids) - n_answer : len(ids)] = torch.tensor(ids[-n_answer:])
+        extra = {"token_targets": torch.cat([token_targets(ex.labels) for ex in examples])} if targets else {}
+        return {
+            **extra,
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "pixel_values_videos": torch.cat([p for _, _, p, _ in enc]),
+            "video_grid_thw": torch.tensor([g for *_, g in enc]),
+            "second_per_grid_ts": torch.full((len(enc),), self.adapter.frames_per_chunk / FPS),
+        }
+
+
+def token_targets(labels: np.ndarray) -> torch.Tensor:
+    """(tokens, 2) colour / shape class of each merged visual token (last class: no object) from pixel labels."""
+    if labels.shape[0] % 2:
+        labels = np.concatenate([labels, labels[-1:]])
+    t, h, w = labels.shape[0] // 2, labels.shape[1] // TOKEN_PIXELS, labels.shape[2] // TOKEN_PIXELS
+    out = []
+    for k, n in ((0, len(COLOURS)), (1, len(SHAPES))):
+        onehot = np.eye(n + 1, dtype=np.float32)[labels[..., k].astype(np.int64) + 1]
+        counts = (
+            onehot.reshape(t, 2, h, TOKEN_PIXELS, w, TOKEN_PIXELS, n + 1).sum((1, 3, 5)).reshape(-1, n + 1)
+        )
+        share = counts[:, 1:].sum(1) / (2 * TOKEN_PIXELS**2)
+        out.append(np.where(share >= MIN_OBJECT_SHARE, counts[:, 1:].argmax(1), n))
+    return torch.from_numpy(np.stack(out, axis=1))
+
+
+class AuxHeads(torch.nn.Module):
+    """Linear colour and shape classifiers on the visual tokens; used while training only, never saved."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.colour = torch.nn.Linear(hidden, len(COLOURS) + 1)
+        self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        ce = torch.nn.functional.cross_entropy
+        return ce(self.colour(features), targets[:, 0]) + ce(self.shape(features), targets[:, 1])
+
+
+def exact_match(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per example: does greedy decoding reproduce the whole answer (teacher-forced argmax == labels)?"""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits[:, :-1]
+    target = batch["labels"][:, 1:]
+    hit = (logits.argmax(-1) == target) | (target == -100)
+    return hit.all(dim=1)
+
+
+def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[Example]:
+    if cfg.long_every and step % cfg.long_every == cfg.long_every - 1:
+        return [
+            make_example("train", int(rng.integers(2**40)), "needle", needle_frames=(64, 260))
+            for _ in range(cfg.long_batch)
+        ]
+    out = []
+    for _ in range(cfg.batch):
+        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+        out.append(make_example("train", int(rng.integers(2**40)), qtype, needle_frames=(16, 64)))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: Any, batcher: Batcher, examples: list[Example]) -> dict[str, float]:
+    """Exact-match accuracy per question type (teacher-forced, equal to greedy decoding's)."""
+    model.eval()
+    hits: dict[str, list[bool]] = {}
+    for i in range(0, len(examples), 4):
+        chunk = examples[i : i + 4]
+        ok = exact_match(model, {k: v.to(model.device) for k, v in batcher(chunk).items()})
+        for ex, good in zip(chunk, ok.tolist()):
+            hits.setdefault(ex.qtype, []).append(good)
+    model.train()
+    acc = {t: float(np.mean(v)) for t, v in hits.items()}
+    acc["overall"] = float(np.mean([g for v in hits.values() for g in v]))
+    return acc
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the training, save the checkpoint to `cfg.out` and return the log (also written as train_log.json)."""
+    from tqdm.auto import tqdm
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tokenizer = build_tokenizer()
+    model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).float().to(cfg.device).train()
+    batcher = Batcher(QwenVLAdapter(model, tokenizer, min_pixels=84 * 84, max_pixels=84 * 84))
+    model.train()
+    val = [make_example("val", i, t) for t in QUESTION_TYPES for i in range(cfg.eval_per_type)]
+    aux = AuxHeads(model.config.vision_config.out_hidden_size).to(cfg.device)
+    features: dict[str, torch.Tensor] = {}
+    model.model.visual.register_forward_hook(lambda _m, _i, out: features.__setitem__("v", out.pooler_output))
+    params = list(model.named_parameters()) + list(aux.named_parameters())
+    decay = [p for n, p in params if p.ndim >= 2]
+    no_decay = [p for n, p in params if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    log: dict[str, Any] = {
+        "config": asdict(cfg),
+        "params": sum(p.numel() for p in model.parameters()),
+        "curve": [],
+    }
+    start, losses = time.perf_counter(), []
+    bar = tqdm(range(cfg.steps), desc="train", unit="step")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = {k: v.to(cfg.device) for k, v in batcher(sample_batch(rng, step, cfg), targets=True).items()}
+        targets = batch.pop("token_targets")
+        loss = model(**batch).loss
+        aux_loss = aux(features["v"], targets) if cfg.aux_weight else torch.zeros(())
+        opt.zero_grad(set_to_none=True)
+        (loss + cfg.aux_weight * aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", aux=f"{aux_loss.item():.3f}")
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            acc = evaluate(model, batcher, val)
+            point = {
+                "step": step + 1,
+                "minutes": (time.perf_counter() - start) / 60,
+                "loss": float(np.mean(losses[-50:])),
+            }
+            log["curve"].append({**point, "val": acc})
+            bar.write(json.dumps(log["curve"][-1]))
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)
+            Path(cfg.out, "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    log["train_minutes"] = (time.perf_counter() - start) / 60
+    save(model, tokenizer, Path(cfg.out), cfg.save_dtype)
+    Path(cfg.out, "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return log
+
+
+def save(model: Any, tokenizer: Any, out: Path, dtype: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.to("cpu", getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_video_processor_config(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = TrainConfig()
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args(argv)
+    log = train(TrainConfig(**vars(args)))
+    print(json.dumps(log["curve"][-1]))
+
+
+if __name__ == "__main__":
+    main()
