@@ -66,8 +66,8 @@ def test_bundled_sample() -> None:
     path = sample_video_path()
     assert path.is_file() and path.stat().st_size < 150_000
     frames = read_frames(path)
-    assert [f.pts_seconds for f in frames] == pytest.approx([0.5 * k for k in range(8)])
-    assert frames[0].data.shape == (240, 320, 3)
+    assert [f.pts_seconds for f in frames] == pytest.approx([0.5 * k for k in range(16)])
+    assert frames[0].data.shape == (336, 336, 3)
     assert not np.array_equal(frames[0].data, frames[-1].data)
 
 
@@ -103,7 +103,7 @@ def test_start_seconds_past_end_is_empty() -> None:
 
 def test_missing_pts_falls_back_to_index_over_rate(tmp_path: Path) -> None:
     raw = make_raw_h264_copy(sample_video_path(), tmp_path / "raw.h264")  # Annex-B: no timestamps
-    assert [f.pts_seconds for f in read_frames(raw, fps=2.0)] == pytest.approx([0.5 * k for k in range(8)])
+    assert [f.pts_seconds for f in read_frames(raw, fps=2.0)] == pytest.approx([0.5 * k for k in range(16)])
 
 
 def test_variable_frame_rate(tmp_path: Path) -> None:

@@ -8,5 +8,5 @@ __all__ = ["sample_video_path"]
 
 
 def sample_video_path() -> Path:
-    """Path of the bundled 4 s, 320x240, 10 fps H.264 `testsrc2` clip (`sample.mp4`)."""
+    """Path of the bundled 8 s, 336x336, 2 fps H.264 clip of coloured shapes (`sample.mp4`, see `make_sample`)."""
     return Path(__file__).resolve().parent / "sample.mp4"

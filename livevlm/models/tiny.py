@@ -1,4 +1,4 @@
-"""Tiny random-weight Qwen2-VL / Qwen2.5-VL checkpoints of the real architectures, for tests and the default.
+"""Tiny random-weight Qwen2-VL / Qwen2.5-VL checkpoints of the real architectures, for tests.
 
 They are saved with `save_pretrained` (safetensors) next to the real Qwen2 tokenizer, so loading them goes
 through exactly the path a user's real checkpoint takes.
@@ -95,8 +95,9 @@ def build_tiny_checkpoint(
     return out
 
 
-def default_model_path() -> Path:
-    """Where the bundled default (tiny random Qwen2.5-VL, until a trained one ships) is built on first use."""
+def tiny_random_model_path() -> Path:
+    """A tiny random Qwen2.5-VL built once under $LIVEVLM_HOME (default ~/.cache/livevlm), for tests and demos
+    that need the architecture without trained weights."""
     root = Path(os.environ.get("LIVEVLM_HOME", Path.home() / ".cache" / "livevlm"))
     path = root / "tiny-random-qwen2.5-vl"
     if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():

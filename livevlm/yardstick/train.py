@@ -1,6 +1,8 @@
 """Train the yardstick model on the procedural world, on CPU, and save it as a Hugging Face checkpoint.
 
-    python -m livevlm.yardstick.train --out livevlm/assets/yardstick
+    python -m livevlm.yardstick.train --out /tmp/ys-stage1          # stage 1: 2400 steps, ~65 min on 2 cores
+    python -m livevlm.yardstick.train --init /tmp/ys-stage1 --out livevlm/assets/yardstick --steps 1200 --lr 0.0005 --warmup 50 --seed 1
+                                                                    # stage 2: ~32 min, the bundled model
 
 Sequences are laid out by the same adapter code `Session` uses (system prompt, video tokens, question,
 assistant turn), and pixels go through the same preprocessing, so what the model learns is what it is asked.
@@ -52,6 +54,8 @@ class TrainConfig:
     (renderer ground truth). Without it the tower learns too slowly for a 2-hour CPU budget."""
     save_dtype: str = "bfloat16"
     device: str = "cpu"
+    init: str = ""
+    """Continue from this saved yardstick checkpoint (a second stage) instead of random weights."""
 
 
 class Batcher:
@@ -87,8 +91,12 @@ class Batcher:
             mask[i, : len(ids)] = 1
             labels[i, len(ids) - n_answer : len(ids)] = torch.tensor(ids[-n_answer:])
         extra = {"token_targets": torch.cat([token_targets(ex.labels) for ex in examples])} if targets else {}
+        # which tokens are video (2): without it transformers gives every token a 1-D text position, while a
+        # Session places video tokens at their (t, h, w) M-RoPE positions
+        types = (input_ids == self.adapter.video_token_id).to(torch.int) * 2
         return {
             **extra,
+            "mm_token_type_ids": types,
             "input_ids": input_ids,
             "attention_mask": mask,
             "labels": labels,
@@ -182,7 +190,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tokenizer = build_tokenizer()
-    model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).float().to(cfg.device).train()
+    if cfg.init:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.init, dtype=torch.float32)
+    else:
+        model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).float()
+    model = model.to(cfg.device).train()
     batcher = Batcher(QwenVLAdapter(model, tokenizer, min_pixels=84 * 84, max_pixels=84 * 84))
     model.train()
     val = [make_example("val", i, t) for t in QUESTION_TYPES for i in range(cfg.eval_per_type)]

@@ -1,0 +1,187 @@
+"""The yardstick: the procedural world, its training script, and the bundled model it produced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from livevlm import Session, SessionConfig, load_model
+from livevlm.models.loading import default_model_path
+from livevlm.yardstick.evaluate import answer_example, evaluate, summarize
+from livevlm.yardstick.model import build_tokenizer
+from livevlm.yardstick.train import Batcher, TrainConfig, token_targets, train
+from livevlm.yardstick.world import (
+    COLOURS,
+    NEEDLE_TEST_FRAMES,
+    NUMBERS,
+    QUESTION_TYPES,
+    SHAPES,
+    example_set,
+    make_example,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def yardstick():
+    """The bundled default model, loaded in float32 through the normal path (no special casing)."""
+    return load_model(None, dtype="float32")
+
+
+# -- the world ------------------------------------------------------------------------------------------
+def test_examples_are_reproducible_and_splits_differ() -> None:
+    a, b = make_example("test", 3, "colour"), make_example("test", 3, "colour")
+    assert np.array_equal(a.frames, b.frames) and a.question == b.question and a.answer == b.answer
+    other = make_example("train", 3, "colour")
+    assert not np.array_equal(a.frames[0], other.frames[0])
+    with pytest.raises(ValueError, match="unknown split"):
+        make_example("dev", 0)
+    with pytest.raises(ValueError, match="unknown question type"):
+        make_example("test", 0, "weather")
+
+
+def _target(example) -> tuple[int, int]:
+    words = example.question.rstrip("?").split()
+    return list(COLOURS).index(words[-3]), SHAPES.index(words[-2])
+
+
+def test_answers_agree_with_the_rendered_pixels() -> None:
+    for i in range(40):
+        ex = make_example("val", i, "count")  # appearances = visible runs of the target in the pixel labels
+        colour, shape = _target(ex)
+        seen = ((ex.labels[..., 0] == colour) & (ex.labels[..., 1] == shape)).any(axis=(1, 2))
+        runs = int(seen[0]) + int((seen[1:] & ~seen[:-1]).sum())
+        assert NUMBERS[runs] == ex.answer
+        ex = make_example("val", i, "colour")  # the asked-about shape is drawn in the answer's colour
+        shape = SHAPES.index(ex.question.rstrip("?").split()[-1])
+        drawn = ex.labels[..., 0][ex.labels[..., 1] == shape]
+        assert drawn.size and np.bincount(drawn).argmax() == list(COLOURS).index(ex.answer)
+        ex = make_example("val", i, "needle")  # a brief event, far back in a long stream
+        shape = SHAPES.index(ex.question.split()[-3])
+        visible = np.flatnonzero((ex.labels[..., 1] == shape).any(axis=(1, 2)))
+        assert NEEDLE_TEST_FRAMES[0] <= ex.num_frames <= NEEDLE_TEST_FRAMES[1]
+        assert 1 <= len(visible) <= 3 and visible[-1] < ex.num_frames // 2
+
+
+def test_count_clip_length_does_not_give_the_answer_away() -> None:
+    lengths = {n: [] for n in NUMBERS[1:]}
+    for i in range(150):
+        ex = make_example("train", i, "count")
+        lengths[ex.answer].append(ex.num_frames)
+    means = [np.mean(v) for v in lengths.values()]
+    assert max(means) - min(means) < 2.0  # frames are drawn before the appearances are laid out
+
+
+def test_tokenizer_has_qwen_special_tokens_and_whole_words() -> None:
+    tok = build_tokenizer()
+    assert (
+        tok.convert_tokens_to_ids("<|endoftext|>") == 0 and tok.convert_tokens_to_ids("<|video_pad|>") == 13
+    )
+    for word in [*COLOURS, *SHAPES, *NUMBERS]:
+        assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
+    text = "Which appears first, the red circle or the blue square?"
+    assert tok.decode(tok(text).input_ids) == text
+    assert tok.decode(tok("anything at all, even émoji 🙂").input_ids) == "anything at all, even émoji 🙂"
+
+
+def test_token_targets_follow_the_merged_token_grid() -> None:
+    ex = make_example("train", 0, "colour")
+    targets = token_targets(ex.labels)
+    chunks = -(-ex.num_frames // 2)
+    assert targets.shape == (chunks * 9, 2)
+    assert set(targets[:, 0].tolist()) <= set(range(len(COLOURS) + 1))
+    assert (targets[:, 0] < len(COLOURS)).any() and (targets[:, 0] == len(COLOURS)).any()
+
+
+# -- training -------------------------------------------------------------------------------------------
+def test_training_script_saves_a_checkpoint_the_normal_loader_and_session_use(tmp_path: Path) -> None:
+    out = tmp_path / "ys"
+    cfg = TrainConfig(
+        out=str(out), steps=2, batch=2, long_batch=1, long_every=2, eval_every=2, eval_per_type=1
+    )
+    log = train(cfg)
+    assert [p["step"] for p in log["curve"]] == [2] and set(log["curve"][0]["val"]) >= set(QUESTION_TYPES)
+    assert json.loads((out / "train_log.json").read_text())["params"] == log["params"]
+    adapter = load_model(out)
+    assert (adapter.geometry.min_pixels, adapter.geometry.max_pixels) == (84 * 84, 84 * 84)
+    result = answer_example(adapter, make_example("test", 0, "shape"), SessionConfig())
+    assert result.visual_tokens == 9 * -(-result.frames // 2)  # frames stay at 84 x 84: 3 x 3 tokens a chunk
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    """Same seed, same machine: bit-identical weights (what lets a clean checkout reproduce the bundled model)."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for run in ("a", "b"):
+        cfg = TrainConfig(
+            out=str(tmp_path / run), steps=3, batch=2, long_batch=1, long_every=3, eval_per_type=1
+        )
+        train(cfg)
+        weights.append(load_file(tmp_path / run / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_training_layout_gives_the_session_logits(tiny_adapters) -> None:
+    """One HF forward over the training layout == the Session's chunked prefill (video at M-RoPE positions)."""
+    adapter = tiny_adapters[
+        "qwen2_5_vl"
+    ]  # random weights drawn wide: every position shift changes the logits
+    batcher = Batcher(adapter)
+    for qtype in QUESTION_TYPES[:5]:
+        ex = make_example("test", 1, qtype)
+        ex = replace(ex, frames=ex.frames[:7])  # an odd frame count: the last temporal patch is padded
+        batch = batcher([ex])
+        n_answer = int((batch["labels"][0] != -100).sum())
+        with torch.no_grad():
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            want = adapter.model(**inputs).logits[0, -n_answer - 1].float()
+        with Session(adapter) as session:
+            for i, frame in enumerate(ex.frames):
+                session.push(frame, pts_seconds=i / 2.0)
+            first = next(iter(session.ask_ids(ex.question, max_new_tokens=1)))
+        assert first == int(want.argmax()), qtype
+
+
+# -- the bundled model ----------------------------------------------------------------------------------
+def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
+    path = default_model_path()
+    assert (path / "model.safetensors").stat().st_size < 12_000_000  # a few MB, committed
+    assert yardstick.model.config.model_type == "qwen2_5_vl"
+    log = json.loads((path / "train_log.json").read_text())
+    assert log["curve"][-1]["step"] == log["config"]["steps"]
+
+
+def test_accuracy_benchmark_subset(tmp_path: Path) -> None:
+    out = tmp_path / "acc.json"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "accuracy.py"),
+        "--per-type",
+        "2",
+        "--types",
+        "colour,shape",
+        "--settings",
+        "prune:temporal:0.5,vit:lossless,kv:bilevel",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert list(report["settings"]) == ["baseline", "prune:temporal:0.5", "vit:lossless", "kv:bilevel"]
+    base, pruned = report["settings"]["baseline"], report["settings"]["prune:temporal:0.5"]
+    assert base["n"] == 4 and base["ratios"]["kept_tokens"] == 1.0
+    assert pruned["ratios"]["kept_tokens"] < 0.6  # half the tokens (rounded up per chunk) entered the LLM
+    assert report["settings"]["vit:lossless"]["accuracy"] == base["accuracy"]  # lossless is exact
+    assert "| baseline |" in res.stdout
