@@ -14,7 +14,7 @@ import torch
 
 from livevlm import Session, SessionConfig, load_model
 from livevlm.models.loading import default_model_path
-from livevlm.yardstick.evaluate import answer_example, evaluate, summarize
+from livevlm.yardstick.evaluate import answer_example
 from livevlm.yardstick.model import build_tokenizer
 from livevlm.yardstick.train import Batcher, TrainConfig, token_targets, train
 from livevlm.yardstick.world import (
@@ -23,7 +23,6 @@ from livevlm.yardstick.world import (
     NUMBERS,
     QUESTION_TYPES,
     SHAPES,
-    example_set,
     make_example,
 )
 
