@@ -215,7 +215,7 @@ class _FlakyDemux:
 def test_container_read_errors_are_retried_then_reported() -> None:
     src = FileSource(FileSourceConfig(sample_video_path(), fps=None))
     src._container = _FlakyDemux(src._container, fail=3)
-    assert len(list(src)) == 40 and src.stats.frames_corrupt == 3
+    assert len(list(src)) == 16 and src.stats.frames_corrupt == 3
     src = FileSource(FileSourceConfig(sample_video_path(), fps=None))
     src._container = _FlakyDemux(src._container, fail=100)
     with pytest.raises(SourceError, match="container read errors in a row") as info:
@@ -233,11 +233,11 @@ def test_probe() -> None:
     assert info.fps == pytest.approx(29.97, abs=1e-3) and info.duration_seconds == pytest.approx(4.004)
     info = probe(sample_video_path())
     assert (info.width, info.height, info.fps, info.frame_count, info.duration_seconds) == (
-        320,
-        240,
-        10.0,
-        40,
-        4.0,
+        336,
+        336,
+        2.0,
+        16,
+        8.0,
     )
 
 
