@@ -93,15 +93,3 @@ def build_tiny_checkpoint(
     model.save_pretrained(out, safe_serialization=True)
     build_qwen2_tokenizer().save_pretrained(out)
     return out
-
-
-def tiny_random_model_path() -> Path:
-    """A tiny random Qwen2.5-VL built once under $LIVEVLM_HOME (default ~/.cache/livevlm), for tests and demos
-    that need the architecture without trained weights."""
-    root = Path(os.environ.get("LIVEVLM_HOME", Path.home() / ".cache" / "livevlm"))
-    path = root / "tiny-random-qwen2.5-vl"
-    if not (path / "config.json").exists() or not (path / "tokenizer.json").exists():
-        tmp = root / f".building-{os.getpid()}"
-        build_tiny_checkpoint(tmp, "qwen2_5_vl", seed=0)
-        tmp.replace(path) if not path.exists() else None
-    return path

@@ -25,7 +25,7 @@ import torch
 from ..models.preprocess import frames_to_patches
 from ..models.qwen_vl import QwenVLAdapter
 from .model import build_config, build_tokenizer, write_video_processor_config
-from .world import COLOURS, FPS, QUESTION_TYPES, SHAPES, Example, make_example
+from .world import COLOURS, FPS, FRAME_SIZE, QUESTION_TYPES, SHAPES, Example, make_example
 
 TOKEN_PIXELS = 28  # one merged visual token covers 28 x 28 pixels of 2 frames
 MIN_OBJECT_SHARE = 0.08
@@ -195,8 +195,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     else:
         model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).float()
     model = model.to(cfg.device).train()
-    batcher = Batcher(QwenVLAdapter(model, tokenizer, min_pixels=84 * 84, max_pixels=84 * 84))
-    model.train()
+    batcher = Batcher(QwenVLAdapter(model, tokenizer, min_pixels=FRAME_SIZE**2, max_pixels=FRAME_SIZE**2))
+    model.train()  # the adapter put it in eval mode
     val = [make_example("val", i, t) for t in QUESTION_TYPES for i in range(cfg.eval_per_type)]
     aux = AuxHeads(model.config.vision_config.out_hidden_size).to(cfg.device)
     features: dict[str, torch.Tensor] = {}
