@@ -16,7 +16,7 @@ from livevlm import Session, SessionConfig, load_model
 from livevlm.models.loading import default_model_path
 from livevlm.yardstick.evaluate import answer_example
 from livevlm.yardstick.model import build_tokenizer
-from livevlm.yardstick.train import Batcher, TrainConfig, token_targets, train
+from livevlm.yardstick.train import Batcher, TrainConfig, _names, pick_turns, token_targets, train
 from livevlm.yardstick.world import (
     COLOURS,
     NEEDLE_TEST_FRAMES,
@@ -68,6 +68,48 @@ def test_answers_agree_with_the_rendered_pixels() -> None:
         visible = np.flatnonzero((ex.labels[..., 1] == shape).any(axis=(1, 2)))
         assert NEEDLE_TEST_FRAMES[0] <= ex.num_frames <= NEEDLE_TEST_FRAMES[1]
         assert 1 <= len(visible) <= 3 and visible[-1] < ex.num_frames // 2
+
+
+def test_extra_questions_agree_with_the_rendered_pixels() -> None:
+    checked = 0
+    for qtype in QUESTION_TYPES:
+        for i in range(12):
+            ex = make_example("val", i, qtype, needle_frames=(16, 64))
+            assert all(q != ex.question for q, _ in ex.extra)
+            for question, answer in ex.extra:
+                words = question.rstrip("?").split()
+                colour_of, shape_of = ex.labels[..., 0], ex.labels[..., 1]
+                if question.startswith("What colour is the") and words[-2:] in (
+                    ["the", "start"],
+                    ["the", "end"],
+                ):
+                    frame = 0 if words[-1] == "start" else -1  # the colour drawn on the first / last frame
+                    drawn = colour_of[frame][shape_of[frame] == SHAPES.index(words[-4])]
+                    assert np.bincount(drawn).argmax() == list(COLOURS).index(answer), question
+                elif question.startswith("What shape is visible"):
+                    frame = 0 if words[-1] == "start" else -1
+                    assert set(shape_of[frame][shape_of[frame] >= 0].tolist()) == {SHAPES.index(answer)}
+                elif question.startswith("What colour is the"):  # every pixel of that shape has one colour
+                    drawn = colour_of[shape_of == SHAPES.index(words[-1])]
+                    assert set(drawn.tolist()) == {list(COLOURS).index(answer)}, question
+                else:  # "What shape is the <colour> object?": every pixel of that colour belongs to one shape
+                    assert question.startswith("What shape is the"), question
+                    drawn = shape_of[colour_of == list(COLOURS).index(words[-2])]
+                    assert set(drawn.tolist()) == {SHAPES.index(answer)}, question
+                checked += 1
+    assert checked > 100
+
+
+def test_extra_turns_never_repeat_what_was_said() -> None:
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        ex = make_example("train", i, None, needle_frames=(16, 64))
+        turns = pick_turns(ex, rng, 3)
+        assert len(turns) <= 3 and set(turns) <= set(ex.extra)
+        said = _names(f"{ex.question} {ex.answer}")
+        for question, answer in turns:  # each turn names an object or value not yet in the text
+            assert not _names(f"{question} {answer}") <= said
+            said |= _names(f"{question} {answer}")
 
 
 def test_count_clip_length_does_not_give_the_answer_away() -> None:
@@ -149,6 +191,23 @@ def test_training_layout_gives_the_session_logits(tiny_adapters) -> None:
                 session.push(frame, pts_seconds=i / 2.0)
             first = next(iter(session.ask_ids(ex.question, max_new_tokens=1)))
         assert first == int(want.argmax()), qtype
+
+
+def test_extra_turns_follow_the_session_layout_and_every_answer_is_a_target(tiny_adapters) -> None:
+    adapter = tiny_adapters["qwen2_5_vl"]
+    batcher, tok = Batcher(adapter), adapter.tokenizer
+    ex = make_example("train", 4, "colour")
+    turns = ex.extra[:2]
+    assert len(turns) == 2
+    alone, more = batcher([ex]), batcher([ex], extra=[turns])
+    n = alone["input_ids"].shape[1]
+    assert torch.equal(more["input_ids"][0, :n], alone["input_ids"][0])  # the first turn is the Session's
+    targets = more["labels"][0][more["labels"][0] != -100]
+    assert tok.decode(targets) == "".join(f"{a}<|im_end|>" for a in [ex.answer] + [a for _, a in turns])
+    text = tok.decode(more["input_ids"][0, n:])
+    assert text == "".join(
+        f"\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>" for q, a in turns
+    )
 
 
 # -- the bundled model ----------------------------------------------------------------------------------

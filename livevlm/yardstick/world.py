@@ -67,6 +67,8 @@ class Example:
     labels: np.ndarray | None = None
     """(T, H, W, 2) int8 per pixel: colour index and shape index of the object drawn there, -1 for background
     (the renderer's ground truth, for dense auxiliary supervision while training)."""
+    extra: list[tuple[str, str]] = field(default_factory=list)
+    """Further (question, answer) pairs that are also true of this clip; training asks them as more turns."""
 
     @property
     def num_frames(self) -> int:
@@ -252,7 +254,27 @@ def make_example(
     else:
         raise ValueError(f"unknown question type {qtype!r}; choose one of {', '.join(QUESTION_TYPES)}")
     pixels, owner = render(tracks, frames, rng)
-    return Example(pixels, q, a, qtype, seed, _pixel_labels(tracks, owner))
+    extra = [(eq, ea) for eq, ea in _extra_questions(tracks, qtype) if eq != q]
+    return Example(pixels, q, a, qtype, seed, _pixel_labels(tracks, owner), extra)
+
+
+def _extra_questions(tracks: Sequence[Track], qtype: str) -> Iterator[tuple[str, str]]:
+    """Questions the clip answers besides its own: each object's colour / shape where that names it uniquely,
+    and the other end of a start / end question (no randomness)."""
+    shapes = [tr.shape for tr in tracks]
+    colours = [c for tr in tracks for c in {tr.colour, tr.colour_at(10**9)}]
+    for tr in tracks:
+        if tr.recolour is None and shapes.count(tr.shape) == 1:
+            yield f"What colour is the {tr.shape}?", tr.colour
+        if tr.recolour is None and colours.count(tr.colour) == 1:
+            yield f"What shape is the {tr.colour} object?", tr.shape
+    if qtype == "when" and len(tracks) == 1:
+        tr = tracks[0]
+        yield f"What colour is the {tr.shape} at the start?", tr.colour
+        yield f"What colour is the {tr.shape} at the end?", tr.colour_at(10**9)
+    elif qtype == "when":
+        yield "What shape is visible at the start?", tracks[0].shape
+        yield "What shape is visible at the end?", tracks[1].shape
 
 
 def _pixel_labels(tracks: Sequence[Track], owner: np.ndarray) -> np.ndarray:
