@@ -16,7 +16,15 @@ from livevlm import Session, SessionConfig, load_model
 from livevlm.models.loading import default_model_path
 from livevlm.yardstick.evaluate import answer_example
 from livevlm.yardstick.model import build_tokenizer
-from livevlm.yardstick.train import Batcher, TrainConfig, _names, pick_turns, token_targets, train
+from livevlm.yardstick.train import (
+    Batcher,
+    TrainConfig,
+    _names,
+    attention_target,
+    pick_turns,
+    token_targets,
+    train,
+)
 from livevlm.yardstick.world import (
     COLOURS,
     NEEDLE_TEST_FRAMES,
@@ -142,13 +150,41 @@ def test_token_targets_follow_the_merged_token_grid() -> None:
     assert (targets[:, 0] < len(COLOURS)).any() and (targets[:, 0] == len(COLOURS)).any()
 
 
+def test_attention_targets_are_the_tokens_the_question_is_about() -> None:
+    for i in range(10):
+        ex = make_example("val", i, "colour")  # every targeted token shows the asked-about shape
+        tt = token_targets(ex.labels)
+        about = attention_target(ex.question, tt, 9)
+        shape = SHAPES.index(ex.question.rstrip("?").split()[-1])
+        assert about.any() and bool((tt[about, 1] == shape).all())
+        assert int(about.sum()) == int((tt[:, 1] == shape).sum())
+        for qtype in (
+            "order",
+            "when",
+        ):  # one temporal chunk: where the first of them shows / the start or end
+            ex = make_example("val", i, qtype)
+            about = attention_target(ex.question, token_targets(ex.labels), 9).view(-1, 9)
+            chunks = about.any(dim=1).nonzero().squeeze(1).tolist()
+            assert len(chunks) <= 1
+            if chunks and ex.question.endswith("start?"):
+                assert chunks[0] <= 1
+    assert not attention_target("What colour is the circle?", torch.tensor([[0, 1]] * 9), 9).any()
+
+
 # -- training -------------------------------------------------------------------------------------------
 def test_training_script_saves_a_checkpoint_the_normal_loader_and_session_use(tmp_path: Path) -> None:
     out = tmp_path / "ys"
     cfg = TrainConfig(
-        out=str(out), steps=2, batch=2, long_batch=1, long_every=2, eval_every=2, eval_per_type=1
+        out=str(out),
+        steps=2,
+        batch=2,
+        long_batch=1,
+        long_every=2,
+        eval_every=2,
+        eval_per_type=1,
+        attn_weight=1.0,
     )
-    log = train(cfg)
+    log = train(cfg)  # the attention-supervision path trains with eager attention and saves sdpa's config
     assert [p["step"] for p in log["curve"]] == [2] and set(log["curve"][0]["val"]) >= set(QUESTION_TYPES)
     assert json.loads((out / "train_log.json").read_text())["params"] == log["params"]
     adapter = load_model(out)

@@ -56,6 +56,10 @@ class TrainConfig:
     device: str = "cpu"
     init: str = ""
     """Continue from this saved yardstick checkpoint (a second stage) instead of random weights."""
+    attn_weight: float = 0.0
+    """Weight of an attention-supervision loss: head 0 of the last two LLM layers, at the position that
+    predicts the first answer token, is pulled onto the visual tokens the question is about (renderer ground
+    truth, `attention_target`). Off in the committed recipe; an experiment towards faster binding."""
     extra_turns: int = 4
     """After the Session-layout question, ask up to this many more true questions about the same clip as
     further chat turns (`Example.extra`, shuffled): more answers to learn from per encoded clip."""
@@ -102,12 +106,12 @@ class Batcher:
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
             labels[i, : len(ids)] = torch.where(torch.tensor(target), torch.tensor(ids), -100)
-        extra = {"token_targets": torch.cat([token_targets(ex.labels) for ex in examples])} if targets else {}
+        aux = self._targets(examples, input_ids, labels) if targets else {}
         # which tokens are video (2): without it transformers gives every token a 1-D text position, while a
         # Session places video tokens at their (t, h, w) M-RoPE positions
         types = (input_ids == self.adapter.video_token_id).to(torch.int) * 2
         return {
-            **extra,
+            **aux,
             "mm_token_type_ids": types,
             "input_ids": input_ids,
             "attention_mask": mask,
@@ -116,6 +120,61 @@ class Batcher:
             "video_grid_thw": torch.tensor([g for *_, g in enc]),
             "second_per_grid_ts": torch.full((len(enc),), self.adapter.frames_per_chunk / FPS),
         }
+
+    def _targets(
+        self, examples: list[Example], input_ids: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Dense targets: each visual token's colour / shape, and per row the position that predicts the first
+        answer token with the visual positions its question is about (for `TrainConfig.attn_weight`)."""
+        per_token = [token_targets(ex.labels) for ex in examples]
+        query = (labels != -100).int().argmax(dim=1) - 1
+        about = torch.zeros(input_ids.shape, dtype=torch.bool)
+        for i, (ex, tt) in enumerate(zip(examples, per_token)):
+            video = (input_ids[i] == self.adapter.video_token_id).nonzero().squeeze(1)
+            about[i, video] = attention_target(ex.question, tt, len(tt) // -(-ex.num_frames // 2))
+        return {"token_targets": torch.cat(per_token), "attn_query": query, "attn_about": about}
+
+
+def attention_target(question: str, targets: torch.Tensor, per_chunk: int) -> torch.Tensor:
+    """(tokens,) bool: the visual tokens `question` is about, from `token_targets` (all False if none is)."""
+    colour, shape = targets[:, 0], targets[:, 1]
+    words = question.rstrip("?").replace(",", "").split()
+    colours = [list(COLOURS).index(w) for w in words if w in COLOURS]
+    shapes = [SHAPES.index(w) for w in words if w in SHAPES]
+    if words[:3] == ["Which", "appears", "first"]:  # either object, where the first of them shows
+        mask = torch.zeros_like(shape, dtype=torch.bool)
+        for c, sh in zip(colours, shapes):
+            mask |= (colour == c) & (shape == sh)
+        return _edge_chunk(mask, per_chunk, "start")
+    mask = shape < len(SHAPES)  # any object
+    for c in colours:
+        mask &= colour == c
+    for sh in shapes:
+        mask &= shape == sh
+    return _edge_chunk(mask, per_chunk, words[-1]) if words[-1] in ("start", "end") else mask
+
+
+def _edge_chunk(mask: torch.Tensor, per_chunk: int, edge: str) -> torch.Tensor:
+    """Keep `mask` only in the first (edge "start") or last temporal chunk where it has any token."""
+    rows = mask.view(-1, per_chunk)
+    hit = rows.any(dim=1).nonzero().squeeze(1)
+    out = torch.zeros_like(rows)
+    if len(hit):
+        k = int(hit[0] if edge == "start" else hit[-1])
+        out[k] = rows[k]
+    return out.view(-1)
+
+
+def attention_loss(
+    attentions: tuple[torch.Tensor, ...], query: torch.Tensor, about: torch.Tensor
+) -> torch.Tensor:
+    """-log of the attention mass head 0 of the last two layers puts on the tokens a question is about."""
+    rows = about.any(dim=1)
+    if not rows.any():
+        return torch.zeros((), device=about.device)
+    index = torch.arange(len(query), device=query.device)
+    mass = torch.stack([(layer[index, 0, query] * about).sum(-1) for layer in attentions[-2:]])
+    return -torch.log(mass[:, rows] + 1e-6).mean()
 
 
 def token_targets(labels: np.ndarray) -> torch.Tensor:
@@ -226,6 +285,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = model.to(cfg.device).train()
     batcher = Batcher(QwenVLAdapter(model, tokenizer, min_pixels=FRAME_SIZE**2, max_pixels=FRAME_SIZE**2))
     model.train()  # the adapter put it in eval mode
+    if cfg.attn_weight:
+        model.set_attn_implementation({"text_config": "eager"})  # sdpa returns no attention weights
     val = [make_example("val", i, t) for t in QUESTION_TYPES for i in range(cfg.eval_per_type)]
     aux = AuxHeads(model.config.vision_config.out_hidden_size).to(cfg.device)
     features: dict[str, torch.Tensor] = {}
@@ -251,15 +312,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         examples = sample_batch(rng, step, cfg)
         extra = [pick_turns(ex, rng, cfg.extra_turns) for ex in examples]
         batch = {k: v.to(cfg.device) for k, v in batcher(examples, targets=True, extra=extra).items()}
-        targets = batch.pop("token_targets")
-        loss = model(**batch).loss
+        targets, query, about = batch.pop("token_targets"), batch.pop("attn_query"), batch.pop("attn_about")
+        out = model(**batch, output_attentions=bool(cfg.attn_weight))
+        loss = out.loss
         aux_loss = aux(features["v"], targets) if cfg.aux_weight else torch.zeros(())
+        attn_loss = attention_loss(out.attentions, query, about) if cfg.attn_weight else torch.zeros(())
         opt.zero_grad(set_to_none=True)
-        (loss + cfg.aux_weight * aux_loss).backward()
+        (loss + cfg.aux_weight * aux_loss + cfg.attn_weight * attn_loss).backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", aux=f"{aux_loss.item():.3f}")
+        bar.set_postfix(
+            loss=f"{np.mean(losses[-50:]):.3f}", aux=f"{aux_loss.item():.3f}", attn=f"{attn_loss.item():.2f}"
+        )
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             acc = evaluate(model, batcher, val)
             point = {
@@ -279,6 +344,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def save(model: Any, tokenizer: Any, out: Path, dtype: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    model.set_attn_implementation({"text_config": "sdpa"})  # what a loader gets by default
     model.to("cpu", getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_video_processor_config(out)
