@@ -95,7 +95,11 @@ class Batcher:
         return ids, target, pixels, grid
 
     def __call__(
-        self, examples: list[Example], targets: bool = False, extra: list[list[tuple[str, str]]] | None = None
+        self,
+        examples: list[Example],
+        targets: bool = False,
+        extra: list[list[tuple[str, str]]] | None = None,
+        attention: bool = False,
     ) -> dict[str, torch.Tensor]:
         enc = [self.encode(ex, turns) for ex, turns in zip(examples, extra or [[]] * len(examples))]
         length = max(len(ids) for ids, *_ in enc)
@@ -106,7 +110,7 @@ class Batcher:
             input_ids[i, : len(ids)] = torch.tensor(ids)
             mask[i, : len(ids)] = 1
             labels[i, : len(ids)] = torch.where(torch.tensor(target), torch.tensor(ids), -100)
-        aux = self._targets(examples, input_ids, labels) if targets else {}
+        aux = self._targets(examples, input_ids, labels, attention) if targets else {}
         # which tokens are video (2): without it transformers gives every token a 1-D text position, while a
         # Session places video tokens at their (t, h, w) M-RoPE positions
         types = (input_ids == self.adapter.video_token_id).to(torch.int) * 2
@@ -122,11 +126,13 @@ class Batcher:
         }
 
     def _targets(
-        self, examples: list[Example], input_ids: torch.Tensor, labels: torch.Tensor
+        self, examples: list[Example], input_ids: torch.Tensor, labels: torch.Tensor, attention: bool
     ) -> dict[str, torch.Tensor]:
-        """Dense targets: each visual token's colour / shape, and per row the position that predicts the first
-        answer token with the visual positions its question is about (for `TrainConfig.attn_weight`)."""
+        """Dense targets: each visual token's colour / shape and, with `attention`, per row the position that
+        predicts the first answer token with the visual positions its question is about (`attn_weight`)."""
         per_token = [token_targets(ex.labels) for ex in examples]
+        if not attention:
+            return {"token_targets": torch.cat(per_token)}
         query = (labels != -100).int().argmax(dim=1) - 1
         about = torch.zeros(input_ids.shape, dtype=torch.bool)
         for i, (ex, tt) in enumerate(zip(examples, per_token)):
@@ -311,8 +317,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             group["lr"] = lr_at(step, cfg)
         examples = sample_batch(rng, step, cfg)
         extra = [pick_turns(ex, rng, cfg.extra_turns) for ex in examples]
-        batch = {k: v.to(cfg.device) for k, v in batcher(examples, targets=True, extra=extra).items()}
-        targets, query, about = batch.pop("token_targets"), batch.pop("attn_query"), batch.pop("attn_about")
+        inputs = batcher(examples, targets=True, extra=extra, attention=bool(cfg.attn_weight))
+        batch = {k: v.to(cfg.device) for k, v in inputs.items()}
+        targets, query, about = (
+            batch.pop("token_targets"),
+            batch.pop("attn_query", None),
+            batch.pop("attn_about", None),
+        )
         out = model(**batch, output_attentions=bool(cfg.attn_weight))
         loss = out.loss
         aux_loss = aux(features["v"], targets) if cfg.aux_weight else torch.zeros(())
