@@ -27,6 +27,11 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three")
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "count", "order", "when", "needle")
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+OUTLINE = (250, 250, 250)
+"""Every object is drawn with a 2-pixel light rim: a shape edge that looks the same whatever the object's colour.
+Without it a linear patch embedding sees shape only entangled with colour and a small tower learns shapes
+several times slower (object-token shape accuracy 0.32 against 0.76 after 500 tower-only steps)."""
+OUTLINE_WIDTH = 2.0
 NEEDLE_TEST_FRAMES = (200, 260)
 """Needle streams in validation/test are this long (frames); training also sees shorter ones."""
 
@@ -118,7 +123,8 @@ def _background(rng: np.random.Generator, frames: int) -> Iterator[np.ndarray]:
 
 
 def render(tracks: Sequence[Track], frames: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `tracks` over a random background (objects bounce off the edges); also which track owns each pixel."""
+    """Draw `tracks` over a random background (objects bounce off the edges, each with a light rim); also which
+    track owns each pixel (the rim counts as background)."""
     out = np.empty((frames, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
     owner = np.full((frames, FRAME_SIZE, FRAME_SIZE), -1, np.int8)
     pos = [np.array(tr.xy, np.float32) for tr in tracks]
@@ -130,6 +136,7 @@ def render(tracks: Sequence[Track], frames: int, rng: np.random.Generator) -> tu
             if tr.visible(t):
                 rgb = np.clip(np.array(COLOURS[tr.colour_at(t)]) + jitter[i], 0, 255).astype(np.uint8)
                 mask = _mask(tr.shape, pos[i][0], pos[i][1], tr.radius)
+                frame[_mask(tr.shape, pos[i][0], pos[i][1], tr.radius + OUTLINE_WIDTH)] = OUTLINE
                 frame[mask] = rgb
                 owner[t][mask] = i
             lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
