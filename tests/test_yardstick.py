@@ -15,12 +15,15 @@ import torch
 from livevlm import Session, SessionConfig, load_model
 from livevlm.models.loading import default_model_path
 from livevlm.yardstick.evaluate import answer_example
-from livevlm.yardstick.model import build_tokenizer
+from livevlm.yardstick.model import build_config, build_tokenizer
 from livevlm.yardstick.train import (
+    AuxHeads,
     Batcher,
     TrainConfig,
     _names,
     attention_target,
+    batch_vision_attention,
+    parse_args,
     pick_turns,
     token_targets,
     train,
@@ -169,6 +172,53 @@ def test_attention_targets_are_the_tokens_the_question_is_about() -> None:
             if chunks and ex.question.endswith("start?"):
                 assert chunks[0] <= 1
     assert not attention_target("What colour is the circle?", torch.tensor([[0, 1]] * 9), 9).any()
+
+
+def test_word_space_aux_heads_score_visual_tokens_against_the_words_that_name_them() -> None:
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    embedding = torch.nn.Embedding(build_config(tokenizer).text_config.vocab_size, 256)
+    torch.nn.init.normal_(embedding.weight, std=0.02)  # the model's initializer_range
+    heads = AuxHeads(256, (embedding, tokenizer))
+    ids = tokenizer(["green", " green", "cross", " cross"], add_special_tokens=False).input_ids
+    green, cross = (embedding.weight[ids[i][0]] + embedding.weight[ids[i + 1][0]] for i in (0, 2))
+    colour, shape = heads.logits(torch.stack([green, cross]).detach())
+    assert int(colour[0].argmax()) == list(COLOURS).index("green")
+    assert int(shape[1].argmax()) == SHAPES.index("cross")
+    # the loss moves the word embeddings too (both sides align), and only the rows of the words it scores
+    heads(0.02 * torch.randn(4, 256), torch.tensor([[0, 1]] * 4)).backward()
+    moved = embedding.weight.grad.abs().sum(1).nonzero().squeeze(1)
+    words = [form for w in (*COLOURS, *SHAPES) for form in (w, f" {w}")]
+    named = {i for word in tokenizer(words, add_special_tokens=False).input_ids for i in word}
+    assert set(moved.tolist()) == named
+
+
+@pytest.mark.parametrize("grids", [[[4, 6, 6], [2, 6, 6]], [[1, 6, 6], [1, 4, 4]]])
+def test_batched_vision_attention_is_transformers_maths(grids) -> None:
+    """Same features and same gradients as transformers' per-sequence loop (equal-length sequences are batched;
+    unequal ones fall back to the loop)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(build_config(build_tokenizer())).float()
+    grid = torch.tensor(grids)
+    pixels = torch.randn(int(grid.prod(dim=1).sum()), 3 * 2 * 14 * 14)
+    runs = []
+    for batched in (False, True):
+        if batched:
+            batch_vision_attention(model)
+        model.zero_grad()
+        features = model.model.visual(pixels, grid_thw=grid).pooler_output
+        (features**2).sum().backward()
+        runs.append([features.detach(), *(p.grad.clone() for p in model.model.visual.parameters())])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(*runs))
+
+
+def test_training_flags_parse_into_the_config() -> None:
+    assert parse_args([]) == TrainConfig()
+    cfg = parse_args(["--steps", "7", "--aux-words", "--attn-weight", "0.5"])
+    assert (cfg.steps, cfg.aux_words, cfg.attn_weight) == (7, True, 0.5)
+    assert parse_args(["--no-aux-words"]).aux_words is False
 
 
 # -- training -------------------------------------------------------------------------------------------
