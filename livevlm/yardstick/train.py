@@ -212,12 +212,9 @@ class AuxHeads(torch.nn.Module):
 
     def __init__(self, hidden: int, words: tuple[torch.nn.Embedding, Any] | None = None) -> None:
         super().__init__()
-        self.embedding = words[0] if words else None
+        self._words = words[:1] if words else ()  # a tuple: the embedding is the model's, not registered here
         if words:
-            ids = [
-                [words[1].convert_tokens_to_ids(words[1].tokenize(w)) for w in (n, f" {n}")]
-                for n in (*COLOURS, *SHAPES)
-            ]
+            ids = [words[1]([n, f" {n}"], add_special_tokens=False).input_ids for n in (*COLOURS, *SHAPES)]
             if any(len(pair) != 1 for word in ids for pair in word):
                 raise ValueError("word-space aux heads need every colour and shape to be one token")
             self.register_buffer("ids", torch.tensor([[a[0], b[0]] for a, b in ids]), persistent=False)
@@ -229,9 +226,9 @@ class AuxHeads(torch.nn.Module):
             self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
 
     def logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.embedding is None:
+        if not self._words:
             return self.colour(features), self.shape(features)
-        word = self.embedding.weight[self.ids].sum(1)  # (classes, hidden)
+        word = self._words[0].weight[self.ids].sum(1)  # (classes, hidden)
         n = len(COLOURS)
         colour = torch.cat([word[:n], self.none[:1]]) * self.scale
         shape = torch.cat([word[n:], self.none[1:]]) * self.scale
@@ -353,8 +350,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     aux = AuxHeads(model.config.vision_config.out_hidden_size, words).to(cfg.device)
     features: dict[str, torch.Tensor] = {}
     model.model.visual.register_forward_hook(lambda _m, _i, out: features.__setitem__("v", out.pooler_output))
-    params = list(model.named_parameters())
-    params += [(n, p) for n, p in aux.named_parameters() if not n.startswith("embedding.")]
+    params = list(model.named_parameters()) + list(aux.named_parameters())
     decay = [p for n, p in params if p.ndim >= 2]
     no_decay = [p for n, p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
