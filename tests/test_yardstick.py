@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -233,10 +234,12 @@ def test_training_script_saves_a_checkpoint_the_normal_loader_and_session_use(tm
         eval_every=2,
         eval_per_type=1,
         attn_weight=1.0,
+        tower_steps=2,
     )
     log = train(cfg)  # the attention-supervision path trains with eager attention and saves sdpa's config
     assert [p["step"] for p in log["curve"]] == [2] and set(log["curve"][0]["val"]) >= set(QUESTION_TYPES)
     assert json.loads((out / "train_log.json").read_text())["params"] == log["params"]
+    assert math.isfinite(log["tower_aux_loss"])  # the tower-only stage ran first
     adapter = load_model(out)
     assert (adapter.geometry.min_pixels, adapter.geometry.max_pixels) == (84 * 84, 84 * 84)
     result = answer_example(adapter, make_example("test", 0, "shape"), SessionConfig())
@@ -244,13 +247,21 @@ def test_training_script_saves_a_checkpoint_the_normal_loader_and_session_use(tm
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
-    """Same seed, same machine: bit-identical weights (what lets a clean checkout reproduce the bundled model)."""
+    """Same seed, same machine: bit-identical weights (what lets a clean checkout reproduce the bundled model),
+    whether batches are rendered in the training process or in worker processes."""
     from safetensors.torch import load_file
 
     weights = []
-    for run in ("a", "b"):
+    for run, workers in (("a", 0), ("b", 2)):
         cfg = TrainConfig(
-            out=str(tmp_path / run), steps=3, batch=2, long_batch=1, long_every=3, eval_per_type=1
+            out=str(tmp_path / run),
+            steps=3,
+            batch=2,
+            long_batch=1,
+            long_every=3,
+            eval_per_type=1,
+            workers=workers,
+            tower_steps=2,
         )
         train(cfg)
         weights.append(load_file(tmp_path / run / "model.safetensors"))
@@ -329,3 +340,29 @@ def test_accuracy_benchmark_subset(tmp_path: Path) -> None:
     assert pruned["ratios"]["kept_tokens"] < 0.6  # half the tokens (rounded up per chunk) entered the LLM
     assert report["settings"]["vit:lossless"]["accuracy"] == base["accuracy"]  # lossless is exact
     assert "| baseline |" in res.stdout
+
+
+def test_tower_stage_trains_the_vision_tower_and_leaves_the_llm_alone() -> None:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from livevlm.models.qwen_vl import QwenVLAdapter
+    from livevlm.yardstick.model import build_config, build_tokenizer
+    from livevlm.yardstick.train import StepBatches, _loader, train_tower
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = Qwen2_5_VLForConditionalGeneration(build_config(tokenizer)).float().train()
+    batcher = Batcher(QwenVLAdapter(model, tokenizer, min_pixels=84 * 84, max_pixels=84 * 84))
+    cfg = TrainConfig(batch=2, long_batch=1, long_every=3, tower_steps=3)
+    aux = AuxHeads(model.config.vision_config.out_hidden_size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = train_tower(model, aux, _loader(StepBatches(batcher, cfg, stage=1), cfg), cfg)
+    after = model.state_dict()
+    assert math.isfinite(loss)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".visual." in f".{k}" for k in changed)
+    assert any("merger" in k for k in changed)  # the tokens the LLM reads are trained too
+    # the tower stage draws other data than the main stage for the same step
+    main = StepBatches(batcher, cfg)[0]["pixel_values_videos"]
+    tower = StepBatches(batcher, cfg, stage=1)[0]["pixel_values_videos"]
+    assert main.shape != tower.shape or not torch.equal(main, tower)
