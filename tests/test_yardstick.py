@@ -194,6 +194,22 @@ def test_word_space_aux_heads_score_visual_tokens_against_the_words_that_name_th
     assert set(moved.tolist()) == named
 
 
+def test_cosine_aux_heads_score_the_token_direction_with_a_fixed_scale() -> None:
+    torch.manual_seed(0)
+    heads = AuxHeads(256, cosine=10.0)
+    tokens = torch.randn(5, 256)
+    colour, shape = heads.logits(tokens)
+    assert colour.shape == (5, len(COLOURS) + 1) and shape.shape == (5, len(SHAPES) + 1)
+    assert colour.abs().max() <= 10.0 and shape.abs().max() <= 10.0  # bias starts at 0: |cos| <= 1
+    # only the direction counts: a louder token scores the same, so a class cannot hide in a quiet direction
+    assert torch.allclose(heads.logits(7.0 * tokens)[1], shape, atol=1e-5)
+    # a token along a class vector scores that class highest
+    along = heads.shape.weight[2].detach().clone()
+    assert int(heads.logits(along[None])[1].argmax()) == 2
+    with pytest.raises(ValueError, match="not both"):
+        AuxHeads(256, (torch.nn.Embedding(8, 256), build_tokenizer()), cosine=10.0)
+
+
 @pytest.mark.parametrize("grids", [[[4, 6, 6], [2, 6, 6]], [[1, 6, 6], [1, 4, 4]]])
 def test_batched_vision_attention_is_transformers_maths(grids) -> None:
     """Same features and same gradients as transformers' per-sequence loop (equal-length sequences are batched;
