@@ -324,7 +324,8 @@ class StepBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.cfg.seed, step, self.stage][: 3 if self.stage else 2])
         examples = sample_batch(rng, step, self.cfg)
         extra = [pick_turns(ex, rng, self.cfg.extra_turns) for ex in examples]
-        return self.batcher(examples, targets=True, extra=extra, attention=bool(self.cfg.attn_weight))
+        attention = bool(self.cfg.attn_weight) and not self.stage  # the tower stage runs no LLM attention
+        return self.batcher(examples, targets=True, extra=extra, attention=attention)
 
 
 def _names(text: str) -> set[str]:
@@ -461,7 +462,7 @@ def train_tower(model: Any, aux: AuxHeads, batches: torch.utils.data.DataLoader,
     50 steps' mean aux loss."""
     from tqdm.auto import tqdm
 
-    params = [p for p in (*model.model.visual.parameters(), *aux.parameters())]
+    params = [*model.model.visual.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     losses: list[float] = []
     bar = tqdm(batches, desc="tower", unit="step")
