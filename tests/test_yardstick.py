@@ -22,6 +22,7 @@ from livevlm.yardstick.train import (
     Batcher,
     TrainConfig,
     _names,
+    attention_loss,
     attention_target,
     batch_vision_attention,
     parse_args,
@@ -321,6 +322,42 @@ def test_extra_turns_follow_the_session_layout_and_every_answer_is_a_target(tiny
     assert text == "".join(
         f"\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>" for q, a in turns
     )
+
+
+def test_attention_supervision_covers_every_answer_turn(yardstick) -> None:
+    """With `all_turns`, one supervised row per answer: its query predicts that answer's first token and its
+    targets are the visual tokens of that turn's question; without, the first answer only (same row)."""
+    adapter = yardstick  # 84 x 84 frames: 9 visual tokens per temporal patch, as the targets assume
+    batcher, tok = Batcher(adapter), adapter.tokenizer
+    examples = [make_example("train", i, "colour") for i in (4, 5)]
+    turns = [ex.extra[:2] for ex in examples]
+    first = batcher(examples, targets=True, extra=turns, attention=True)
+    every = batcher(examples, targets=True, extra=turns, attention=True, all_turns=True)
+    assert first["attn_row"].tolist() == [0, 1]
+    assert every["attn_row"].tolist() == [0] * (1 + len(turns[0])) + [1] * (1 + len(turns[1]))
+    ids, video = every["input_ids"], adapter.video_token_id
+    for k, (row, query) in enumerate(zip(every["attn_row"].tolist(), every["attn_query"].tolist())):
+        ex, j = examples[row], k - (0 if row == 0 else 1 + len(turns[0]))
+        question, answer = [(ex.question, ex.answer), *turns[row]][j]
+        assert tok.decode(ids[row, query - 4 : query + 1]).endswith("<|im_start|>assistant\n")
+        assert tok.decode(every["labels"][row, query + 1]) == tok.decode(tok(answer).input_ids[0])
+        about = every["attn_about"][k]
+        tt = token_targets(ex.labels)
+        want = attention_target(question, tt, len(tt) // -(-ex.num_frames // 2))
+        assert about[ids[row] != video].sum() == 0 and torch.equal(about[ids[row] == video], want)
+    for key in ("attn_query", "attn_about"):  # the first answer's row is the same either way
+        assert torch.equal(every[key][[0, 1 + len(turns[0])]], first[key])
+    # the loss: -log of head 0's mass on the targets, in the last two layers, at each row's query
+    length = ids.shape[1]
+    attn = torch.full((2, 3, length, length), 1e-9)
+    attn[0, 0, :, 0] = attn[1, 0, :, 1] = 1.0  # head 0 looks at token 0 in sequence 0, token 1 in sequence 1
+    about = torch.zeros(3, length, dtype=torch.bool)
+    about[0, 0] = about[1, 0] = about[2, 2] = True
+    row, query = torch.tensor([0, 0, 1]), torch.tensor([5, 6, 5])
+    loss = attention_loss((attn, attn, attn), row, query, about)
+    assert loss == pytest.approx(
+        -2 * math.log(1e-9 + 1e-6) / 6, rel=1e-4
+    )  # rows 0 and 1 are hit, row 2 missed
 
 
 # -- the bundled model ----------------------------------------------------------------------------------
