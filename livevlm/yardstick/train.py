@@ -173,7 +173,9 @@ class Batcher:
             for pos, question in zip(starts[i].nonzero().squeeze(1).tolist(), questions):
                 mask = torch.zeros(input_ids.shape[1], dtype=torch.bool)
                 mask[video] = attention_target(question, tt, len(tt) // -(-ex.num_frames // 2))
-                rows.append(i), query.append(pos - 1), about.append(mask)
+                rows.append(i)
+                query.append(pos - 1)
+                about.append(mask)
         return {
             "token_targets": torch.cat(per_token),
             "attn_row": torch.tensor(rows),
