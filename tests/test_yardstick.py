@@ -6,7 +6,7 @@ import json
 import math
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from livevlm.yardstick.train import (
     batch_vision_attention,
     parse_args,
     pick_turns,
+    sample_batch,
     token_targets,
     train,
 )
@@ -239,6 +240,32 @@ def test_training_flags_parse_into_the_config() -> None:
     assert parse_args(["--no-aux-words"]).aux_words is False
 
 
+def test_question_mix_weights_the_short_batches_and_the_uniform_draws_stay_the_base_runs() -> None:
+    weighted = TrainConfig(batch=60, mix="count=5, shape=0")
+    types = [ex.qtype for step in (0, 1) for ex in sample_batch(np.random.default_rng(step), step, weighted)]
+    assert "shape" not in types and types.count("count") > 0.35 * len(types)  # expected 0.5 of 120
+    # no mix: the same (type, index) draws as before the knob existed, so the base run still reproduces
+    rng, expected = np.random.default_rng([0, 0]), []
+    for _ in range(4):
+        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+        expected.append(make_example("train", int(rng.integers(2**40)), qtype, needle_frames=(16, 64)).seed)
+    uniform = sample_batch(np.random.default_rng([0, 0]), 0, TrainConfig(batch=4))
+    assert [ex.seed for ex in uniform] == expected
+    for bad, words in (
+        ("cnt=2", "not a question type"),
+        ("count=x", "not a number"),
+        ("count=-1", "negative"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            TrainConfig(mix=bad)
+        with pytest.raises(ValueError, match=words):
+            TrainConfig(polish_mix=bad)
+    TrainConfig(polish_mix="cnt=2", polish_steps=0)  # no polish stage, nothing to refuse
+    with pytest.raises(ValueError, match="polish_steps"):
+        TrainConfig(polish_steps=-1)
+    assert parse_args(["--mix", "count=3,colour=2"]).type_weights()[2] == pytest.approx(3 / 9)
+
+
 # -- training -------------------------------------------------------------------------------------------
 def test_training_script_saves_a_checkpoint_the_normal_loader_and_session_use(tmp_path: Path) -> None:
     out = tmp_path / "ys"
@@ -252,11 +279,14 @@ def test_training_script_saves_a_checkpoint_the_normal_loader_and_session_use(tm
         eval_per_type=1,
         attn_weight=1.0,
         tower_steps=2,
+        polish_steps=1,
     )
     log = train(cfg)  # the attention-supervision path trains with eager attention and saves sdpa's config
-    assert [p["step"] for p in log["curve"]] == [2] and set(log["curve"][0]["val"]) >= set(QUESTION_TYPES)
-    assert json.loads((out / "train_log.json").read_text())["params"] == log["params"]
-    assert math.isfinite(log["tower_aux_loss"])  # the tower-only stage ran first
+    assert [p["step"] for p in log["curve"]] == [1] and set(log["curve"][0]["val"]) >= set(QUESTION_TYPES)
+    assert json.loads((out / "train_log.json").read_text()) == log
+    assert math.isfinite(log["base"]["tower_aux_loss"])  # the tower-only stage ran first
+    assert [p["step"] for p in log["base"]["curve"]] == [2]  # then the base run, then the polish stage
+    assert log["base"]["config"]["polish_steps"] == 0 and log["config"] == asdict(cfg)
     adapter = load_model(out)
     assert (adapter.geometry.min_pixels, adapter.geometry.max_pixels) == (84 * 84, 84 * 84)
     result = answer_example(adapter, make_example("test", 0, "shape"), SessionConfig())
@@ -279,6 +309,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
             eval_per_type=1,
             workers=workers,
             tower_steps=2,
+            polish_steps=1,
         )
         train(cfg)
         weights.append(load_file(tmp_path / run / "model.safetensors"))
@@ -364,8 +395,10 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     path = default_model_path()
     assert (path / "model.safetensors").stat().st_size < 12_000_000  # a few MB, committed
     assert yardstick.model.config.model_type == "qwen2_5_vl"
-    log = json.loads((path / "train_log.json").read_text())
-    assert log["curve"][-1]["step"] == log["config"]["steps"]
+    log = json.loads((path / "train_log.json").read_text())  # the script's defaults made it, in two runs
+    assert log["config"] == asdict(TrainConfig())
+    assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]
+    assert log["curve"][-1]["step"] == log["config"]["polish_steps"]
 
 
 def test_accuracy_benchmark_subset(tmp_path: Path) -> None:
