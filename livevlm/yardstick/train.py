@@ -1,6 +1,6 @@
 """Train the yardstick model on the procedural world, on CPU, and save it as a Hugging Face checkpoint.
 
-    python -m livevlm.yardstick.train    # 800 tower + 3000 + 1000 polish steps, ~115 min on 2 cores: the bundled model
+    python -m livevlm.yardstick.train  # the bundled model: 800 tower + 3000 + 1000 polish steps, 115 min
 
 Sequences are laid out by the same adapter code `Session` uses (system prompt, video tokens, question,
 assistant turn), and pixels go through the same preprocessing, so what the model learns is what it is asked.
