@@ -101,21 +101,19 @@ def default_video() -> Path:
 
 
 def synchronizing(adapter: Any) -> None:
-    """On CUDA, make `encode`/`forward` return only when the GPU is done, so Session's timers are exact."""
+    """On CUDA, make the vision encode and `forward` return only when the GPU is done, so Session's timers
+    are exact."""
 
-    def synced(fn: Callable[..., Any], sets_encode_seconds: bool) -> Callable[..., Any]:
+    def synced(fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             torch.cuda.synchronize()
-            start = time.perf_counter()
             out = fn(*args, **kwargs)
             torch.cuda.synchronize()
-            if sets_encode_seconds:
-                out.encode_seconds = time.perf_counter() - start
             return out
 
         return call
 
-    adapter.encode, adapter.forward = synced(adapter.encode, True), synced(adapter.forward, False)
+    adapter.vision_features, adapter.forward = synced(adapter.vision_features), synced(adapter.forward)
 
 
 def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:

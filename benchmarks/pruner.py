@@ -33,8 +33,8 @@ import torch
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
-from livevlm.models import VisualChunk
 from livevlm.prune import DEFAULT_BUDGET, available_pruners, parse_prune_spec
+from livevlm.records import VisionEncoder
 from livevlm.stream import read_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,18 +48,26 @@ ACCURACY_NOTE = "needs the trained yardstick model (issue 7): pass --yardstick P
 
 
 class ReplayVision:
-    """An adapter whose `encode` replays precomputed features of chunk `place.index` (the rest delegates)."""
+    """An adapter whose vision encoder replays precomputed features, chunk after chunk (the rest delegates)."""
 
     def __init__(self, adapter: Any, features: list[torch.Tensor], grid: tuple[int, int, int]) -> None:
         self._adapter, self.features, self.grid = adapter, features, grid
+        self._next = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._adapter, name)
 
-    def encode(self, frames: Any, size: Any, place: Any, feature_cache: Any = None) -> VisualChunk:
+    def preprocess(self, frames: Any, size: Any) -> tuple[torch.Tensor, tuple[int, int, int]]:
         _, h, w = self.grid
-        positions = self._adapter.video_positions(place, h, w)
-        return VisualChunk(self.features[place.index], positions, self.grid, ())
+        merge = self._adapter.merge
+        return torch.empty(0), (1, h * merge, w * merge)  # the tower is never run
+
+    def vision_encoder(self) -> VisionEncoder:
+        return VisionEncoder(full=self._replay, family="replay")
+
+    def _replay(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        self._next += 1
+        return self.features[self._next - 1]
 
 
 def clip_path(name: str) -> Path:
@@ -120,9 +128,8 @@ def run_pass(adapter: Any, clips: list[dict[str, Any]], specs: dict[str, Any], f
     }
     step = adapter.frames_per_chunk
     for clip in clips:
-        replay = ReplayVision(adapter, clip["features"], clip["grid"])
-        sessions = {
-            n: Session(replay, SessionConfig(fps=fps, prune=spec, max_new_tokens=1))
+        sessions = {  # one replay per session: each replays the clip's chunks in order
+            n: Session(ReplayVision(adapter, clip["features"], clip["grid"]), SessionConfig(fps=fps, prune=spec, max_new_tokens=1))
             for n, spec in specs.items()
         }
         for i in range(0, len(clip["frames"]), step):

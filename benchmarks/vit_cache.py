@@ -32,6 +32,7 @@ import livevlm
 from livevlm.cache.vit_cache import build_feature_cache
 from livevlm.models.preprocess import VisionGeometry, frames_to_patches, target_size
 from livevlm.models.qwen_vision import QwenVisionRunner
+from livevlm.records import VisionEncoder
 from livevlm.stream import read_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,6 +58,10 @@ class VisionTower:
 
     def vision_runner(self) -> QwenVisionRunner:
         return self._runner
+
+    def vision_encoder(self) -> VisionEncoder:
+        """What a feature cache wraps: this tower's full encode and its block runner."""
+        return VisionEncoder(full=self.vision_features, runner=self.vision_runner, family=self.family)
 
 
 def build_tower(
@@ -135,7 +140,7 @@ def load_clip(name: str, frames: int, tmp: Path) -> np.ndarray:
 def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[str, Any]:
     """Full encode and every preset, chunk by chunk, interleaved; returns per-preset aggregates."""
     size = target_size(*clip.shape[1:3], tower.geometry)
-    caches = {p: build_feature_cache(p, tower) for p in presets}
+    caches = {p: build_feature_cache(p, tower.vision_encoder()) for p in presets}
     full_s: list[float] = []
     full_cpu: list[float] = []
     stale: list[float] = []  # cosine of simply re-using the previous chunk's features: the reference point
@@ -152,7 +157,7 @@ def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[s
                 if run == "full":
                     results[run] = tower.vision_features(pixels, grid).float()
                 else:
-                    results[run] = caches[run].encode(tower, pixels, grid)[0].float()
+                    results[run] = caches[run].encode(pixels, grid)[0].float()
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 if run == "full":
                     full_s.append(wall)

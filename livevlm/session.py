@@ -1,11 +1,14 @@
-"""`Session`: one stream, one model, the loop.
+"""`Session`: one stream, one model, the loop. Every model call is here; caches and stores only store.
 
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
-    1. encode  (ViT, through the per-stream feature cache) ─► VisualChunk(embeds, (t,h,w) positions)
-    2. prune   (strategy keeps the salient tokens, original positions kept)
-    3. prefill the kept tokens into the stream's KV context
-ask(question) ─► snapshot of the KV ─► [pending odd frame, padded] + question tokens at the positions
-              after the video ─► greedy decode on the snapshot ─► yields text; the stream is untouched
+    1. encode   adapter.preprocess ─► ViT cache (wraps the model's vision encoder) ─► embeds
+                adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions)
+    2. prune    the strategy keeps the salient tokens at their original positions
+    3. forward  adapter.forward(kept tokens) on kv.ingest_view(): what the policy lets a chunk attend to
+    4. commit   kv.commit(view): the store keeps the chunk's KV (tiers, summaries, window)
+ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv.probe_view(snapshot)]
+    ─► kv.answer_view(snapshot, queries) ─► prefill [pending odd frame] + question ─► greedy decode
+    ─► yields text; the stream context is untouched
 """
 
 from __future__ import annotations
@@ -13,105 +16,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .cache import KVStats, available_kv_policies, build_kv_store, kv_config
-from .cache.vit_cache import build_feature_cache
-from .errors import ConfigError, ContextOverflowError, FrameError, QuestionError
+from .cache import build_feature_cache, build_kv_store
+from .errors import ContextOverflowError, FrameError, QuestionError
+from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
-from .models.qwen_vl import DEFAULT_SYSTEM_PROMPT
-from .prune import PruneStats, build_pruner
+from .prune import build_pruner
+from .session_config import SessionConfig, SessionStats
 from .stream import Frame
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-
-@dataclass
-class SessionConfig:
-    """How a session loads its model, samples its stream and compresses what it keeps."""
-
-    model: str | None = None
-    """Local path or hub id of a supported checkpoint; None = the bundled default model."""
-    device: str = "cpu"
-    dtype: str = "auto"
-    """auto (the checkpoint's), float32, bfloat16 or float16."""
-    fps: float = 2.0
-    """Frames per second sampled from files, and the time base of the temporal positions."""
-    max_frames: int | None = None
-    """Stop ingesting a file after this many sampled frames."""
-    max_new_tokens: int = 64
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_pixels: int | None = None
-    """Cap on pixels per frame after resizing (None: the checkpoint's video processor config, else 768 x 28 x 28)."""
-    min_pixels: int | None = None
-    """Floor on pixels per frame after resizing (None: the checkpoint's video processor config, else 128 x 28 x 28)."""
-    vit_cache: Any = "none"
-    """ViT feature cache: a preset name or a config from `livevlm.cache.vit_cache` ("none" = full encode)."""
-    prune: Any = "none"
-    """Token pruner: a strategy name or a config from `livevlm.prune` ("none" = keep every token)."""
-    kv: Any = "full"
-    """KV policy: a name or a config from `livevlm.cache` ("full" = every token kept, unbounded)."""
-    kv_budget: int | str | None = None
-    """Bytes of KV a bounded policy keeps in memory (e.g. 268435456, '256M'; retrieval/bilevel: 1/4 on the
-    device, 3/4 in host RAM, older chunks spill to disk); None = the policy config's own tiers."""
-
-    def __post_init__(self) -> None:
-        if not self.fps > 0:
-            raise ConfigError(f"fps must be > 0, got {self.fps}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ConfigError(f"max_frames must be >= 1 or None, got {self.max_frames}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.max_pixels is not None and self.max_pixels < 28 * 28:
-            raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
-        if self.min_pixels is not None and not 28 * 28 <= self.min_pixels <= (self.max_pixels or 2**62):
-            raise ConfigError(f"min_pixels must be in [784, max_pixels], got {self.min_pixels}")
-        build_pruner(self.prune)  # an unknown strategy or a bad budget is refused here
-        kv_name = self.kv if isinstance(self.kv, str) else getattr(self.kv, "policy", None)
-        if kv_name not in available_kv_policies():
-            raise ConfigError(
-                f"unknown KV policy {kv_name!r}; choose one of {', '.join(available_kv_policies())}"
-            )
-        kv_config(self.kv, self.kv_budget)  # a budget for `full` or an unreadable size is refused here
-
-
-@dataclass
-class StageSeconds:
-    """Wall time spent per stage since the session started."""
-
-    vit: float = 0.0
-    prefill: float = 0.0
-    decode: float = 0.0
-
-
-@dataclass
-class SessionStats:
-    """What the loop has done so far; each compression stage adds its own record."""
-
-    frames_seen: int = 0
-    frames_rejected: int = 0
-    chunks: int = 0
-    visual_tokens: int = 0
-    """Visual tokens the encoder produced (before pruning)."""
-    kv_tokens: int = 0
-    kv_bytes: int = 0
-    questions: int = 0
-    answer_tokens: int = 0
-    last_pts_seconds: float | None = None
-    seconds: StageSeconds = field(default_factory=StageSeconds)
-    prune: PruneStats = field(default_factory=PruneStats)
-    vit_cache: Any = None
-    """The feature cache's stats record (None when the cache is off)."""
-    kv: KVStats = field(default_factory=KVStats)
-    """The KV policy's stats record (tokens, bytes, and what the policy adds)."""
-    stream: Any = None
-    """The watched source's `IngestStats` (frames in, dropped, corrupt, reconnects, gaps); None if not watching."""
+__all__ = ["Session", "SessionConfig", "SessionStats"]
 
 
 class Session:
@@ -128,17 +51,17 @@ class Session:
             self.adapter = load_model(config.model, device=config.device, dtype=config.dtype)
         self.config = config
         self._lock = threading.RLock()
-        self._kv = build_kv_store(kv_config(config.kv, config.kv_budget), self.adapter)
-        self._feature_cache = build_feature_cache(config.vit_cache, self.adapter)
-        prune = config.prune
-        if not isinstance(prune, str) and hasattr(prune, "fps"):
-            prune = replace(prune, fps=config.fps)  # per-second budgets fall back to the stream's rate
-        self._pruner = build_pruner(prune)
+        self._kv = build_kv_store(config.kv, self.adapter.kv_layout())
+        if self._kv.needs_queries:
+            self.adapter.enable_query_probe()  # refused here if the model's attention cannot be probed
+        self._feature_cache = build_feature_cache(config.vit_cache, self.adapter.vision_encoder())
+        self._pruner = build_pruner(config.prune)
         self._pending: list[Frame] = []
         self._frame_shape: tuple[int, int] | None = None
         self._size: tuple[int, int] | None = None
         self._grid_hw: tuple[int, int] = (0, 0)
-        self._max_position = -1
+        self._max_position = -1  # the highest position of any visual token, kept or not
+        self._stored_end = 0  # one past the highest position stored in the KV context
         self._stats = SessionStats()
         self._ingestor: Any = None
         self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
@@ -165,15 +88,23 @@ class Session:
             chunk = self._encode(frames, self._stats.chunks, self._feature_cache)  # 1. encode
             self._max_position = max(self._max_position, int(chunk.positions.max()))
             kept = self._pruner(chunk)  # 2. prune
-            start = time.perf_counter()
-            if kept.num_tokens:  # 3. prefill into the KV store
-                self._kv.append(self.adapter, kept.embeds, kept.positions, pts_seconds=chunk.pts_seconds)
+            if kept.num_tokens:  # 3. forward on the store's view, 4. commit
+                self._prefill(kept.embeds, kept.positions, pts_seconds=chunk.pts_seconds)
             s = self._stats
-            s.seconds.prefill += time.perf_counter() - start
             s.chunks += 1
             s.visual_tokens += chunk.num_tokens
-            s.kv_tokens, s.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
             return kept
+
+    def _prefill(self, embeds: torch.Tensor, positions: torch.Tensor, **commit: Any) -> None:
+        """Run `embeds` at `positions` on the store's ingestion view and commit their KV to the stream."""
+        start = time.perf_counter()
+        view = self._kv.ingest_view()
+        self.adapter.forward(embeds, positions, view)
+        self._kv.commit(view, int(embeds.shape[0]), **commit)
+        self._stored_end = max(self._stored_end, int(positions.max()) + 1)
+        s = self._stats
+        s.seconds.prefill += time.perf_counter() - start
+        s.kv_tokens, s.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
 
     def ingest(self, source: str | Path | Iterable[Frame], progress: bool = False) -> int:
         """Push every frame of a video file (sampled at `config.fps`) or an iterable of frames."""
@@ -241,25 +172,17 @@ class Session:
                     f"context of {self._kv.stats.tokens + extra} stream tokens + {len(suffix)} question tokens + "
                     f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
                 )
-            snapshot, chunks, max_pos = self._kv.snapshot(), self._stats.chunks, self._max_position
-            pending = list(self._pending)
+            state = _AskState(
+                self._kv.snapshot(), list(self._pending), self._stats.chunks, self._max_position, self._stored_end
+            )
             self._stats.questions += 1
-        return self._answer(snapshot, pending, chunks, max_pos, suffix, budget)
+        return self._answer(state, suffix, budget)
 
-    def _answer(
-        self, snapshot: Any, pending: list[Frame], chunks: int, max_pos: int, suffix: list[int], budget: int
-    ) -> Iterator[int]:
-        cache = self._kv.answer_cache(snapshot, self.adapter, suffix)  # query-time KV selection
-        if pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
-            chunk = self._encode(pending, chunks, None)
-            self.adapter.forward(chunk.embeds, chunk.positions, cache)
-            chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
-        start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
-        positions = torch.arange(start, start + len(suffix)).expand(3, -1)
+    def _answer(self, state: _AskState, suffix: list[int], budget: int) -> Iterator[int]:
+        """prefill the question on the selected context, then decode greedily (like gpt-fast's generate)."""
         t0 = time.perf_counter()
-        logits = self.adapter.forward(self.adapter.embed_ids(suffix), positions, cache)
+        logits, cache, next_pos = self._prefill_question(state, suffix)
         prefill = time.perf_counter() - t0
-        next_pos = max(max_pos, start + len(suffix) - 1) + 1
         produced, t0 = 0, time.perf_counter()
         try:
             for _ in range(budget):
@@ -268,7 +191,7 @@ class Session:
                 yield token
                 if token in self.adapter.eos_token_ids:
                     break
-                pos = torch.full((3, 1), next_pos, dtype=torch.long)
+                pos = self.adapter.text_positions(next_pos, 1)
                 logits = self.adapter.forward(self.adapter.embed_ids([token]), pos, cache)
                 next_pos += 1
         finally:
@@ -276,6 +199,24 @@ class Session:
                 self._stats.answer_tokens += produced
                 self._stats.seconds.prefill += prefill
                 self._stats.seconds.decode += time.perf_counter() - t0
+
+    def _prefill_question(self, state: _AskState, suffix: list[int]) -> tuple[torch.Tensor, Any, int]:
+        """Select the context for the question (probing its queries if the policy reads them), prefill a
+        pending odd frame and the question on it; returns (logits, cache, next decode position)."""
+        question = self.adapter.embed_ids(suffix)
+        queries = None
+        if self._kv.needs_queries:  # the question runs once on the ingestion view, right after the stream
+            probe_at = self.adapter.text_positions(state.stored_end, len(suffix))
+            queries = self.adapter.question_queries(question, probe_at, self._kv.probe_view(state.snapshot))
+        cache = self._kv.answer_view(state.snapshot, queries)  # query-time KV selection
+        chunks, max_pos = state.chunks, state.max_position
+        if state.pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
+            chunk = self._encode(state.pending, chunks, None)
+            self.adapter.forward(chunk.embeds, chunk.positions, cache)
+            chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
+        start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
+        logits = self.adapter.forward(question, self.adapter.text_positions(start, len(suffix)), cache)
+        return logits, cache, max(max_pos, start + len(suffix) - 1) + 1
 
     def close(self) -> None:
         """Stop a watched source and release the KV store (a disk tier's files are deleted); the session is done."""
@@ -305,24 +246,45 @@ class Session:
                 vit_cache=replace(vit) if vit is not None else None,
                 kv=replace(self._kv.stats),
                 stream=stream,
+                kernels={op: str(choice) for op, choice in self._kernels().items()},
             )
+
+    def _kernels(self) -> dict[str, Any]:
+        """The backend each kernel runs for this model; the ViT cache's linear reports what it really ran."""
+        choices: dict[str, Any] = kernel_backends(self.adapter.dtype, str(self.adapter.device))
+        runner = getattr(self._feature_cache, "runner", None)
+        if runner is not None:
+            choices["linear"] = runner.linear.choice
+        return choices
 
     def _start_prompt(self) -> None:
         ids = self.adapter.prefix_ids(self.config.system_prompt)
-        positions = torch.arange(len(ids)).expand(3, -1)
-        self._kv.append(self.adapter, self.adapter.embed_ids(ids), positions, is_prompt=True)
+        self._prefill(self.adapter.embed_ids(ids), self.adapter.text_positions(0, len(ids)), is_prompt=True)
         self._max_position = len(ids) - 1
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
-        self._stats.kv_tokens, self._stats.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
+        self._stats.seconds.prefill = 0.0  # the system prompt is set-up, not stream work
 
     def _encode(self, frames: list[Frame], index: int, feature_cache: Any) -> VisualChunk:
         batch = np.stack([f.data for f in frames])
         if len(frames) < self.adapter.frames_per_chunk:
             pad = self.adapter.frames_per_chunk - len(frames)
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
-        place = replace(self._place0, index=index)
-        chunk = self.adapter.encode(batch, self._size, place, feature_cache=feature_cache)
-        chunk.pts_seconds = tuple(f.pts_seconds for f in frames)
+        start = time.perf_counter()
+        pixels, grid = self.adapter.preprocess(batch, self._size)
+        if feature_cache is not None:
+            embeds, changed = feature_cache.encode(pixels, grid)
+        else:
+            embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
+        h, w = self.adapter.merged_grid(grid)
+        positions = self.adapter.video_positions(replace(self._place0, index=index), h, w)
+        chunk = VisualChunk(
+            embeds=embeds.to(self.adapter.dtype),
+            positions=positions,
+            grid_thw=(1, h, w),
+            pts_seconds=tuple(f.pts_seconds for f in frames),
+            encode_seconds=time.perf_counter() - start,
+            changed=changed,
+        )
         with self._lock:
             self._grid_hw = chunk.grid_thw[1:]
             self._stats.seconds.vit += chunk.encode_seconds
@@ -345,6 +307,17 @@ class Session:
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame
+
+
+@dataclass(frozen=True)
+class _AskState:
+    """What a question is answered over, taken under the lock so ingestion can go on meanwhile."""
+
+    snapshot: Any
+    pending: list[Frame]
+    chunks: int
+    max_position: int
+    stored_end: int
 
 
 def _expected_frames(duration: float | None, config: SessionConfig) -> int | None:

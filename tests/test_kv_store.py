@@ -22,8 +22,9 @@ from livevlm.cache import (
     parse_bytes,
 )
 from livevlm.cache.chunks import ChunkStore
-from livevlm.cache.probe import enable_query_probe, probe_queries
-from livevlm.cache.tiers import DiskTier, from_bytes, to_bytes
+from livevlm.cache.tiers import DiskTier
+from livevlm.kernels.quant import from_bytes, to_bytes
+from livevlm.models.query_probe import probe_queries
 from livevlm.stream import read_frames
 
 TINY = 28 * 28 * 4  # pixels per frame: 56x56, 2x2 merged = 4 visual tokens per chunk
@@ -230,7 +231,7 @@ def test_query_probe_reads_the_models_own_queries_and_changes_nothing(tiny_adapt
     embeds, positions = adapter.embed_ids(ids), torch.arange(len(ids)).expand(3, -1)
     lm.set_attn_implementation("sdpa")
     ref = adapter.forward(embeds, positions, adapter.new_cache())
-    enable_query_probe(adapter)
+    adapter.enable_query_probe()
     with probe_queries() as queries:
         out = adapter.forward(embeds, positions, adapter.new_cache())
     assert torch.equal(out, ref)

@@ -45,9 +45,9 @@ def test_lossless_and_threshold_zero_equal_full_encode(tiny_adapters, family, sp
     adapter = tiny_adapters[family]
     frames = clip_frames("carphone_pristine", 6)
     frames = np.concatenate([frames, frames[-2:], frames[-2:]])  # the last chunk twice more: reused exactly
-    cache = build_feature_cache(spec, adapter)
+    cache = build_feature_cache(spec, adapter.vision_encoder())
     for pixels, grid in chunks_of(adapter, frames):
-        embeds, _ = cache.encode(adapter, pixels, grid)
+        embeds, _ = cache.encode(pixels, grid)
         assert torch.equal(embeds, full_encode(adapter, pixels, grid))
     assert cache.stats.chunks_reused == 2
     assert cache.stats.full_encodes == 3
@@ -69,9 +69,9 @@ def test_vision_runner_full_pass_is_the_towers_forward(tiny_adapters, family):
 def test_identical_chunk_costs_nothing(tiny_adapters, family, preset):
     adapter = tiny_adapters[family]
     (pixels, grid), _ = chunks_of(adapter, clip_frames("bigbuckbunny", 4))
-    cache = build_feature_cache(preset, adapter)
-    first, _ = cache.encode(adapter, pixels, grid)
-    again, changed = cache.encode(adapter, pixels.clone(), grid)
+    cache = build_feature_cache(preset, adapter.vision_encoder())
+    first, _ = cache.encode(pixels, grid)
+    again, changed = cache.encode(pixels.clone(), grid)
     s = cache.stats
     assert torch.equal(again, first)
     assert not changed.any() and changed.shape == (first.shape[0],)
@@ -80,7 +80,7 @@ def test_identical_chunk_costs_nothing(tiny_adapters, family, preset):
     assert s.tokens_recomputed == pixels.shape[0] * adapter.vision_runner().depth  # the first chunk only
     with torch.inference_mode():
         first[0] += 1  # the features handed out are copies: the cache's reference is untouched
-    assert torch.equal(cache.encode(adapter, pixels, grid)[0], again)
+    assert torch.equal(cache.encode(pixels, grid)[0], again)
 
 
 def paste_square(frames: np.ndarray, top: int, left: int, side: int, seed: int = 0) -> np.ndarray:
@@ -99,11 +99,11 @@ def test_region_change_recomputes_only_that_region(tiny_adapters, family):
     unit = adapter.geometry.factor  # 28 px: one merged token
     top, left = 2 * unit, 3 * unit  # merged token (2, 3), a 1x1-token square
     changed_frames = paste_square(resized, top, left, unit)
-    cache = build_feature_cache(ViTCacheConfig("balanced", threshold=0.01, budget=1.0), adapter)
+    cache = build_feature_cache(ViTCacheConfig("balanced", threshold=0.01, budget=1.0), adapter.vision_encoder())
     ((p0, grid),) = chunks_of(adapter, resized, size)
     ((p1, _),) = chunks_of(adapter, changed_frames, size)
-    cache.encode(adapter, p0, grid)
-    embeds, changed = cache.encode(adapter, p1, grid)
+    cache.encode(p0, grid)
+    embeds, changed = cache.encode(p1, grid)
 
     gh, gw = grid[1] // 2, grid[2] // 2
     expected = torch.zeros(gh * gw, dtype=torch.bool)
@@ -128,11 +128,11 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def test_budget_caps_tokens_per_block(tiny_adapters, family):
     adapter = tiny_adapters[family]
     cfg = ViTCacheConfig("balanced", threshold=0.0001, budget=0.1, drift_limit=1.0, cut_fraction=1.0)
-    cache = build_feature_cache(cfg, adapter)
+    cache = build_feature_cache(cfg, adapter.vision_encoder())
     chunks = chunks_of(adapter, clip_frames("bikes", 6))
     cap = int(np.ceil(0.1 * chunks[0][0].shape[0]))
     for pixels, grid in chunks:
-        cache.encode(adapter, pixels, grid)
+        cache.encode(pixels, grid)
     assert cache.stats.chunks_partial == 2
     assert max(cache.stats.last_recomputed_per_layer) == cap
 
@@ -155,15 +155,15 @@ def test_age_and_drift_refresh(tiny_adapters, family):
     adapter = tiny_adapters[family]
     chunks = chunks_of(adapter, clip_frames("carphone_pristine", 8))
     events = []
-    cache = build_feature_cache(ViTCacheConfig("fast", max_age=2, drift_limit=1.0, cut_fraction=1.0), adapter)
+    cache = build_feature_cache(ViTCacheConfig("fast", max_age=2, drift_limit=1.0, cut_fraction=1.0), adapter.vision_encoder())
     for pixels, grid in chunks:
-        cache.encode(adapter, pixels, grid)
+        cache.encode(pixels, grid)
         events.append(cache.stats.last_event)
     assert events[0] == "full:start" and events[3] == "full:age"
     assert "full" not in events[1] + events[2]
-    drifting = build_feature_cache(ViTCacheConfig("fast", drift_limit=0.0, cut_fraction=1.0), adapter)
+    drifting = build_feature_cache(ViTCacheConfig("fast", drift_limit=0.0, cut_fraction=1.0), adapter.vision_encoder())
     for pixels, grid in chunks[:2]:
-        drifting.encode(adapter, pixels, grid)
+        drifting.encode(pixels, grid)
     assert drifting.stats.last_event == "full:drift" and drifting.stats.refreshes == 1
 
 
@@ -227,13 +227,13 @@ def test_frame_policy_reuses_near_identical_chunks(tiny_adapters):
     frames = clip_frames("bigbuckbunny", 2)
     noisy = np.clip(frames.astype(int) + np.random.default_rng(0).integers(-1, 2, frames.shape), 0, 255)
     (p0, grid), (p1, _) = chunks_of(adapter, np.concatenate([frames, noisy.astype(np.uint8)]))
-    cache = build_feature_cache(ViTCacheConfig("lossless", threshold=0.05), adapter)
-    first, _ = cache.encode(adapter, p0, grid)
-    second, changed = cache.encode(adapter, p1, grid)
+    cache = build_feature_cache(ViTCacheConfig("lossless", threshold=0.05), adapter.vision_encoder())
+    first, _ = cache.encode(p0, grid)
+    second, changed = cache.encode(p1, grid)
     assert torch.equal(first, second) and not changed.any() and cache.stats.chunks_reused == 1
-    exact = build_feature_cache("lossless", adapter)
-    exact.encode(adapter, p0, grid)
-    assert torch.equal(exact.encode(adapter, p1, grid)[0], full_encode(adapter, p1, grid))
+    exact = build_feature_cache("lossless", adapter.vision_encoder())
+    exact.encode(p0, grid)
+    assert torch.equal(exact.encode(p1, grid)[0], full_encode(adapter, p1, grid))
 
 
 @pytest.mark.parametrize("prepack", [True, False], ids=["onednn", "torch"])
@@ -244,8 +244,8 @@ def test_partial_recompute_backends_agree(tiny_checkpoints, prepack):
     adapter = load_model(tiny_checkpoints["qwen2_vl"], max_pixels=160 * 28 * 28)
     adapter._vision_runner = QwenVisionRunner(adapter.model.model.visual, prepack=prepack)
     assert adapter.vision_runner().linear.backend == ("onednn" if prepack else "torch")
-    cache = build_feature_cache(ViTCacheConfig("fast", cut_fraction=1.0, drift_limit=1.0), adapter)
+    cache = build_feature_cache(ViTCacheConfig("fast", cut_fraction=1.0, drift_limit=1.0), adapter.vision_encoder())
     for pixels, grid in chunks_of(adapter, clip_frames("carphone_pristine", 6)):
-        embeds, _ = cache.encode(adapter, pixels, grid)
+        embeds, _ = cache.encode(pixels, grid)
         assert float(cosine(embeds, full_encode(adapter, pixels, grid)).mean()) > 0.9
     assert cache.stats.chunks_partial == 2

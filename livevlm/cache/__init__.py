@@ -1,35 +1,52 @@
-"""Caches: the stream's KV context (policies behind `KVStore`) and the ViT feature cache.
+"""Caches that only store: the stream's KV context (policies behind `KVStore`) and the ViT feature cache.
 
-KV policies: full (baseline, unbounded), sink_window (StreamingVLM-like), retrieval (ReKV-like),
-bilevel (Video-XL-2-like); the last three keep chunks across device / host / disk tiers (`KVTiers`).
+KV policies (`KV_POLICIES`): full (baseline, unbounded), sink_window (StreamingVLM-like), retrieval
+(ReKV-like), bilevel (Video-XL-2-like); the last three keep chunks across device / host / disk tiers
+(`KVTiers`). ViT cache policies (`VIT_CACHES`): none, frame, token; presets none, lossless, balanced, fast.
+Neither calls the model: the loop runs every forward on the views and encoders they are given.
 """
 
 from .chunked import SinkWindowKV
-from .kv import FullKV, KVStats, KVStore, available_kv_policies, build_kv_store, register_kv_policy
+from .kv import (
+    KV_POLICIES,
+    FullKV,
+    KVStore,
+    available_kv_policies,
+    build_kv_store,
+    kv_config,
+    kv_config_of,
+    register_kv_policy,
+)
 from .kv_configs import (
     BilevelConfig,
     ChunkedKVStats,
+    FullKVConfig,
+    KVStats,
     RetrievalConfig,
     SinkWindowConfig,
-    kv_config,
     parse_bytes,
 )
 from .select import BilevelKV, RetrievalKV
 from .tiers import KVTiers
 from .vit_cache import (
     VIT_CACHE_PRESETS,
+    VIT_CACHES,
     ViTCacheConfig,
     ViTCacheStats,
     build_feature_cache,
     register_vit_policy,
+    resolve_vit_cache,
 )
 
 __all__ = [
+    "KV_POLICIES",
+    "VIT_CACHES",
     "VIT_CACHE_PRESETS",
     "BilevelConfig",
     "BilevelKV",
     "ChunkedKVStats",
     "FullKV",
+    "FullKVConfig",
     "KVStats",
     "KVStore",
     "KVTiers",
@@ -43,7 +60,9 @@ __all__ = [
     "build_feature_cache",
     "build_kv_store",
     "kv_config",
+    "kv_config_of",
     "parse_bytes",
     "register_kv_policy",
     "register_vit_policy",
+    "resolve_vit_cache",
 ]

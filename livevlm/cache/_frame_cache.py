@@ -6,8 +6,6 @@ With threshold 0 only bit-identical pixels are reused and the features equal a f
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .vit_cache import FeatureCacheBase
@@ -20,9 +18,7 @@ class FrameReuseCache(FeatureCacheBase):
     _grid: tuple[int, int, int] | None = None
     _embeds: torch.Tensor | None = None
 
-    def _encode(
-        self, adapter: Any, pixels: torch.Tensor, grid: tuple[int, int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         s = self.stats
         s.tokens += pixels.shape[0]
         if self._embeds is not None and grid == self._grid and self._similar(pixels):
@@ -37,7 +33,7 @@ class FrameReuseCache(FeatureCacheBase):
             s.last_event, s.refreshes = "full:grid", s.refreshes + 1
         else:
             s.last_event = "full:changed"
-        embeds = adapter.vision_features(pixels, grid)
+        embeds = self.encoder.full(pixels, grid)
         self._pixels, self._grid, self._embeds = pixels.clone(), grid, embeds.clone()
         s.full_encodes += 1
         s.tokens_recomputed += pixels.shape[0]

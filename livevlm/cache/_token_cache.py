@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import ConfigError
+from ..records import VisionEncoder
 from .vit_cache import FeatureCacheBase, ViTCacheConfig
 
 
@@ -102,20 +103,17 @@ def select_tokens(change: torch.Tensor, threshold: float, cap: int) -> torch.Ten
 class TokenRecomputeCache(FeatureCacheBase):
     """Per-stream partial ViT recompute against per-token, per-block reference state."""
 
-    def __init__(self, config: ViTCacheConfig, adapter: Any) -> None:
-        super().__init__(config, adapter)
-        make_runner = getattr(adapter, "vision_runner", None)
-        if make_runner is None:
+    def __init__(self, config: ViTCacheConfig, encoder: VisionEncoder) -> None:
+        super().__init__(config, encoder)
+        if encoder.runner is None:
             raise ConfigError(
-                f"the token ViT cache needs a vision runner, which {getattr(adapter, 'family', adapter)!r} "
-                "lacks; use the 'lossless' preset (frame policy) or 'none'"
+                f"the token ViT cache needs a vision block runner, which {encoder.family!r} lacks; "
+                "use the 'lossless' preset (frame policy) or 'none'"
             )
-        self.runner: VisionRunner = make_runner()
+        self.runner: VisionRunner = encoder.runner()
         self._ref: _Reference | None = None
 
-    def _encode(
-        self, adapter: Any, pixels: torch.Tensor, grid: tuple[int, int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         ref = self._ref
         same_grid = ref is not None and ref.grid == grid
         if same_grid and torch.equal(pixels, ref.pixels):

@@ -1,7 +1,7 @@
 """Chunked KV stores: the sink, bounded-cost chunked prefill on gathered views, and the `sink_window` policy.
 
-    append(chunk) ─► ChunkView(sink | context) ─► adapter.forward(chunk) ─► the chunk's KV ─► keep (policy)
-    ask ─► snapshot ─► answer_cache: ChunkView(sink | what the policy selects) ─► session prefills + decodes
+    ingest_view() ─► ChunkView(sink | context) ─► [session: forward(chunk)] ─► commit(view) ─► keep (policy)
+    ask ─► snapshot ─► answer_view: ChunkView(sink | what the policy selects) ─► session prefills + decodes
 
 A new chunk attends only to what its policy gathers (real sparsity: the attention runs over the gathered
 tokens, not a mask over everything), so ingest cost is flat once the context is full. Keys are stored rotated
@@ -19,55 +19,41 @@ from typing import Any
 
 import torch
 
-from .kv import register_kv_policy
+from ..records import KVLayout
 from .kv_configs import ChunkedKVStats, SinkWindowConfig
 from .view import ChunkView
-
-
-def kv_layout(adapter: Any) -> tuple[int, int, int]:
-    """(layers, kv_heads, head_dim) of the adapter's language model."""
-    text = adapter.model.config.get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return int(text.num_hidden_layers), int(text.num_key_value_heads), int(head_dim)
 
 
 class ChunkedKV:
     """Shared machinery: the sink (system prompt), ingestion on a gathered view, stats."""
 
     name = ""
+    needs_queries = False
 
-    def __init__(self, adapter: Any, config: Any) -> None:
+    def __init__(self, layout: KVLayout, config: Any) -> None:
         self.config = config
-        self.layout = kv_layout(adapter)
-        self.num_layers = self.layout[0]
-        self.device, self.dtype = adapter.device, adapter.dtype
+        self.layout = layout.shape3
+        self.num_layers = layout.layers
+        self.device, self.dtype = layout.device, layout.dtype
         self.sink: torch.Tensor | None = None
-        self.next_position = 0
         self.chunk_tokens = 0  # the largest chunk so far (for context bounds)
         self.stats = ChunkedKVStats()
 
     # -- ingestion ------------------------------------------------------------------------------------
-    def append(
-        self,
-        adapter: Any,
-        embeds: torch.Tensor,
-        positions: torch.Tensor,
-        *,
-        is_prompt: bool = False,
-        pts_seconds: Sequence[float] = (),
+    def ingest_view(self) -> ChunkView:
+        """Sink + what the policy lets a new chunk attend to."""
+        return ChunkView.gather(self._with_sink(self._ingest_context()), self.num_layers)
+
+    def commit(
+        self, view: Any, tokens: int, *, is_prompt: bool = False, pts_seconds: Sequence[float] = ()
     ) -> None:
-        context = [] if is_prompt else self._ingest_context()
-        view = ChunkView.gather(self._with_sink(context), self.num_layers)
-        past = view.get_seq_length()
-        adapter.forward(embeds, positions, view)
-        kv = view.tail(int(embeds.shape[0]))
-        self.next_position = max(self.next_position, int(positions.max()) + 1)
+        kv = view.tail(tokens)
         if is_prompt:
             self.sink = kv if self.sink is None else torch.cat([self.sink, kv], 3)
         else:
             self.chunk_tokens = max(self.chunk_tokens, int(kv.shape[3]))
             self._keep(kv, tuple(pts_seconds))
-            self.stats.ingest_context_tokens = past
+            self.stats.ingest_context_tokens = view.get_seq_length() - tokens
         self._update_stats()
 
     def _with_sink(self, parts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -104,7 +90,6 @@ class _WindowSnapshot:
     indices: tuple[int, ...]
 
 
-@register_kv_policy("sink_window")
 class SinkWindowKV(ChunkedKV):
     """StreamingVLM-like: sink + the newest `window` chunks (bounded by `tiers.device_bytes`); older dropped.
 
@@ -112,8 +97,8 @@ class SinkWindowKV(ChunkedKV):
 
     name = "sink_window"
 
-    def __init__(self, adapter: Any, config: SinkWindowConfig | None = None) -> None:
-        super().__init__(adapter, config or SinkWindowConfig())
+    def __init__(self, layout: KVLayout, config: SinkWindowConfig | None = None) -> None:
+        super().__init__(layout, config or SinkWindowConfig())
         self._window: deque[tuple[int, torch.Tensor]] = deque()
         self._count = 0
 
@@ -145,7 +130,10 @@ class SinkWindowKV(ChunkedKV):
             self.sink, tuple(kv for _, kv in self._window), tuple(i for i, _ in self._window)
         )
 
-    def answer_cache(self, snapshot: _WindowSnapshot, adapter: Any, question_ids: Sequence[int]) -> ChunkView:
+    def probe_view(self, snapshot: _WindowSnapshot) -> ChunkView:
+        return self.answer_view(snapshot, None)
+
+    def answer_view(self, snapshot: _WindowSnapshot, queries: torch.Tensor | None) -> ChunkView:
         start = time.perf_counter()
         parts = ([snapshot.sink] if snapshot.sink is not None else []) + list(snapshot.window)
         view = ChunkView.gather(parts, self.num_layers)

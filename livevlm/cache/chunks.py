@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .tiers import ChunkRecord, DiskTier, KVTiers, from_bytes, to_bytes
+from ..kernels.quant import from_bytes, to_bytes
+from .tiers import ChunkRecord, DiskTier, KVTiers
 
 SUMMARY_BLOCK = 256
 

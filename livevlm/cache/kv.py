@@ -1,83 +1,107 @@
-"""The stream's KV context behind a small store interface, with a policy registry.
+"""The stream's KV context behind a small store interface that only stores, with a policy registry.
 
-`full` (the baseline) keeps every token in one transformers `DynamicCache`. A question is answered on a
-cache built from a `snapshot()`: for `full` it shares the stream's key/value tensors (transformers'
-`DynamicLayer.update` concatenates into new tensors, never writes in place), so the answer's tokens never
-reach the stream context and ingestion can go on while a question is answered.
+    ingest:  view = store.ingest_view()  ─► [loop] forward(chunk, view) ─► store.commit(view, tokens)
+    answer:  snap = store.snapshot()     ─► [queries = the question probed on store.probe_view(snap)]
+             ─► view = store.answer_view(snap, queries) ─► the session prefills the question and decodes on it
+
+The store never calls the model: the loop (`Session`) runs every forward on the views the store hands out.
+`full` (the baseline) keeps every token in one cache; a view is a shallow copy whose layers append by
+concatenation into new tensors, so what a forward adds reaches the stream only through `commit`, and a
+question's tokens never reach it at all.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from ..errors import ConfigError
-
-
-@dataclass
-class KVStats:
-    """Size of the stream's cached context."""
-
-    tokens: int = 0
-    bytes: int = 0
+from ..records import KVLayout
+from ..registry import Registry
+from .kv_configs import FullKVConfig, KVStats, parse_bytes
+from .view import ChunkView
 
 
 class KVStore(Protocol):
-    """What `Session` needs from a KV policy: append chunks, snapshot, build a cache to answer on."""
+    """What `Session` needs from a KV policy; every method only reads or writes stored tensors."""
 
     name: str
     stats: KVStats
+    needs_queries: bool
+    """True when `answer_view` selects by the question's queries (the session then probes them)."""
 
-    def append(
-        self,
-        adapter: Any,
-        embeds: torch.Tensor,
-        positions: torch.Tensor,
-        *,
-        is_prompt: bool = False,
-        pts_seconds: Sequence[float] = (),
+    def ingest_view(self) -> Any:
+        """A transformers `Cache` holding what the next chunk attends to; the forward appends into it."""
+        ...
+
+    def commit(
+        self, view: Any, tokens: int, *, is_prompt: bool = False, pts_seconds: Sequence[float] = ()
     ) -> None:
-        """Prefill `embeds` at `positions` into the stream context (the system prompt or a visual chunk)."""
+        """Keep the last `tokens` of `view` (the system prompt, or a visual chunk) in the stream context."""
         ...
 
     def snapshot(self) -> Any:
         """An immutable view of the stream context as of now (cheap; taken under the session lock)."""
         ...
 
-    def answer_cache(self, snapshot: Any, adapter: Any, question_ids: Sequence[int]) -> Any:
-        """A transformers `Cache` to prefill the question into and decode on; never the stream's own."""
+    def probe_view(self, snapshot: Any) -> Any:
+        """A throwaway cache a question's queries are probed on (only when `needs_queries`)."""
+        ...
+
+    def answer_view(self, snapshot: Any, queries: torch.Tensor | None) -> Any:
+        """A fresh cache to prefill the question into and decode on; never the stream's own."""
         ...
 
     def close(self) -> None: ...
 
 
-_POLICIES: dict[str, Callable[..., KVStore]] = {}
+KV_POLICIES: Registry = Registry("KV policy")
+"""name -> store class built as `cls(layout, config)`, with its config dataclass."""
+KV_POLICIES.register("full", "livevlm.cache.kv:FullKV", config=FullKVConfig)
+KV_POLICIES.register(
+    "sink_window", "livevlm.cache.chunked:SinkWindowKV", config="livevlm.cache.kv_configs:SinkWindowConfig"
+)
+KV_POLICIES.register("retrieval", "livevlm.cache.select:RetrievalKV", config="livevlm.cache.kv_configs:RetrievalConfig")
+KV_POLICIES.register("bilevel", "livevlm.cache.select:BilevelKV", config="livevlm.cache.kv_configs:BilevelConfig")
 
 
-def register_kv_policy(name: str) -> Callable[[Callable[..., KVStore]], Callable[..., KVStore]]:
-    """Class decorator: make a KV policy available as `name` in configs and on the CLI."""
-
-    def deco(cls: Callable[..., KVStore]) -> Callable[..., KVStore]:
-        _POLICIES[name] = cls
-        return cls
-
-    return deco
+def register_kv_policy(name: str, config: Any = None) -> Callable[[Any], Any]:
+    """Class decorator: make a KV store class (built as `cls(layout, config)`) available as `name`."""
+    return KV_POLICIES.register(name, config=config)
 
 
 def available_kv_policies() -> list[str]:
-    return sorted(_POLICIES)
+    return KV_POLICIES.names()
 
 
-def build_kv_store(spec: Any, adapter: Any) -> KVStore:
-    """A fresh per-stream store from a policy name or a config object with a `.policy` attribute."""
-    name = spec if isinstance(spec, str) else getattr(spec, "policy", None)
-    if name not in _POLICIES:
-        raise ConfigError(f"unknown KV policy {name!r}; choose one of {', '.join(available_kv_policies())}")
-    return _POLICIES[name](adapter) if isinstance(spec, str) else _POLICIES[name](adapter, spec)
+def build_kv_store(config: Any, layout: KVLayout) -> KVStore:
+    """A fresh per-stream store from a policy config (see `kv_config`) and the model's KV layout."""
+    config = kv_config_of(config)
+    return KV_POLICIES.load(config.policy)(layout, config)
+
+
+def kv_config_of(spec: Any) -> Any:
+    """A policy config from a policy name or a config with a registered `.policy`."""
+    if isinstance(spec, str):
+        return KV_POLICIES.config_class(spec)()
+    entry = KV_POLICIES.get(getattr(spec, "policy", None))
+    return spec if isinstance(spec, entry.config_class()) else entry.config_class()(**vars(spec))
+
+
+def kv_config(spec: Any, budget: int | str | None = None) -> Any:
+    """What `--kv POLICY --kv-budget BYTES` mean: the policy's config, holding `budget` bytes of KV in memory
+    (sink_window: all on the device; retrieval/bilevel: 1/4 device, 3/4 host, older chunks spill to disk).
+    Without a budget, `spec` is returned unchanged (after checking its policy is registered)."""
+    config = kv_config_of(spec)
+    if budget is None:
+        return spec
+    if not hasattr(config, "with_budget"):
+        bounded = [n for n in KV_POLICIES.names() if hasattr(KV_POLICIES.config_class(n), "with_budget")]
+        raise ConfigError(f"a KV budget needs a bounded policy ({', '.join(bounded)}), not {config.policy!r}")
+    return config.with_budget(parse_bytes(budget))
 
 
 def cache_nbytes(cache: Any) -> int:
@@ -97,33 +121,33 @@ def share_cache(cache: Any) -> Any:
     return snap
 
 
-@register_kv_policy("full")
 class FullKV:
     """The baseline: every token of the stream stays in one dense cache (unbounded)."""
 
     name = "full"
+    needs_queries = False
 
-    def __init__(self, adapter: Any, config: Any = None) -> None:
-        self.cache = adapter.new_cache()
+    def __init__(self, layout: KVLayout, config: FullKVConfig | None = None) -> None:
+        self.cache: Any = ChunkView(None, layout.layers)
         self.stats = KVStats()
 
-    def append(
-        self,
-        adapter: Any,
-        embeds: torch.Tensor,
-        positions: torch.Tensor,
-        *,
-        is_prompt: bool = False,
-        pts_seconds: Sequence[float] = (),
+    def ingest_view(self) -> Any:
+        return share_cache(self.cache)
+
+    def commit(
+        self, view: Any, tokens: int, *, is_prompt: bool = False, pts_seconds: Sequence[float] = ()
     ) -> None:
-        adapter.forward(embeds, positions, self.cache)
-        self.stats.tokens = int(self.cache.get_seq_length())
-        self.stats.bytes = cache_nbytes(self.cache)
+        self.cache = view  # the view is the stream's cache plus the new tokens
+        self.stats.tokens = int(view.get_seq_length())
+        self.stats.bytes = cache_nbytes(view)
 
     def snapshot(self) -> Any:
         return share_cache(self.cache)
 
-    def answer_cache(self, snapshot: Any, adapter: Any, question_ids: Sequence[int]) -> Any:
+    def probe_view(self, snapshot: Any) -> Any:
+        return share_cache(snapshot)
+
+    def answer_view(self, snapshot: Any, queries: torch.Tensor | None) -> Any:
         return snapshot
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Configs of the chunked KV policies, their stats record, and the CLI's `--kv`/`--kv-budget` mapping."""
+"""Configs of the KV policies and their stats records; `with_budget` is what `--kv-budget BYTES` means for each."""
 
 from __future__ import annotations
 
@@ -7,10 +7,29 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError
-from .kv import KVStats
 from .tiers import KVTiers
 
 REST_MODES = ("pooled", "summary", "drop")
+
+
+@dataclass
+class KVStats:
+    """Size of the stream's cached context."""
+
+    tokens: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class FullKVConfig:
+    """The baseline: every token of the stream kept in one dense cache on the device (unbounded)."""
+
+    policy: str = "full"
+
+
+def _split_budget(tiers: KVTiers, total: int) -> KVTiers:
+    """1/4 of `total` on the device, 3/4 in host RAM; bits and spill settings kept."""
+    return replace(tiers, device_bytes=total // 4, cpu_bytes=total - total // 4, disk_bytes=tiers.disk_bytes)
 
 
 def _check_count(owner: str, name: str, value: Any, minimum: int = 0) -> None:
@@ -31,6 +50,10 @@ class SinkWindowConfig:
     def __post_init__(self) -> None:
         _check_count("SinkWindowConfig", "window", self.window)
 
+    def with_budget(self, total: int) -> SinkWindowConfig:
+        """All `total` bytes on the device: the window shrinks to the newest chunks that fit."""
+        return replace(self, tiers=replace(self.tiers, device_bytes=total))
+
 
 @dataclass
 class RetrievalConfig:
@@ -50,6 +73,9 @@ class RetrievalConfig:
     def __post_init__(self) -> None:
         _check_count("RetrievalConfig", "window", self.window)
         _check_count("RetrievalConfig", "top_k", self.top_k)
+
+    def with_budget(self, total: int) -> RetrievalConfig:
+        return replace(self, tiers=_split_budget(self.tiers, total))
 
 
 @dataclass
@@ -83,6 +109,9 @@ class BilevelConfig:
         _check_count("BilevelConfig", "pool", self.pool, minimum=1)
         if self.rest not in REST_MODES:
             raise ConfigError(f"BilevelConfig.rest must be one of {', '.join(REST_MODES)}, got {self.rest!r}")
+
+    def with_budget(self, total: int) -> BilevelConfig:
+        return replace(self, tiers=_split_budget(self.tiers, total))
 
 
 @dataclass
@@ -128,20 +157,3 @@ def parse_bytes(text: str | int) -> int:
     if not match:
         raise ConfigError(f"not a byte size: {text!r} (examples: 268435456, 256M, 1.5G)")
     return int(float(match.group(1)) * 1024 ** "_kmgt".index((match.group(2) or "_").lower()))
-
-
-def kv_config(spec: Any, budget: int | str | None = None) -> Any:
-    """What `--kv POLICY --kv-budget BYTES` mean: a policy name or config, with `budget` bytes of KV in memory
-    (sink_window: all on the device; retrieval/bilevel: 1/4 device, 3/4 host, older chunks spill to disk).
-    Without a budget, `spec` is returned unchanged."""
-    if budget is None:
-        return spec
-    name = spec if isinstance(spec, str) else getattr(spec, "policy", None)
-    config = {"sink_window": SinkWindowConfig, "retrieval": RetrievalConfig, "bilevel": BilevelConfig}.get(name)
-    if config is None:
-        raise ConfigError(f"a KV budget needs a bounded policy (sink_window, retrieval, bilevel), not {name!r}")
-    total = parse_bytes(budget)
-    tiers = KVTiers(device_bytes=total) if name == "sink_window" else KVTiers(total // 4, total - total // 4)
-    if isinstance(spec, str):
-        return config(tiers=tiers)
-    return replace(spec, tiers=replace(tiers, cpu_bits=spec.tiers.cpu_bits, spill_dir=spec.tiers.spill_dir))

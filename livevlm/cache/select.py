@@ -1,9 +1,9 @@
 """Query-time KV selection over a tiered chunk store: the `retrieval` (ReKV-like) and `bilevel` (Video-XL-2-like)
 policies.
 
-    answer_cache(snapshot, question):
-      1. score    the question runs once on the ingestion view (sink | summaries | window), queries probed:
-                  each layer's mean query against every chunk's summary key -> attention mass per chunk
+    answer_view(snapshot, queries):   (queries: the session ran the question once on `probe_view(snapshot)`,
+                                       the ingestion view sink | summaries | window, and probed each layer's)
+      1. score    each layer's mean query against every chunk's summary key -> attention mass per chunk
       2. select   retrieval: per layer, the top_k older chunks (+ the window);
                   bilevel:   top_k chunks by mass averaged over layers, the others pooled / summary / dropped
       3. load     the selected chunks' dense KV from their tiers, gathered into a fresh ChunkView
@@ -19,30 +19,30 @@ from typing import Any
 
 import torch
 
+from ..kernels.pool import pool_tokens
+from ..kernels.relevance import chunk_logits
+from ..records import KVLayout
 from .chunked import ChunkedKV
 from .chunks import SUMMARY_BLOCK, ChunkStore
-from .kv import register_kv_policy
 from .kv_configs import BilevelConfig, RetrievalConfig
-from .probe import enable_query_probe, probe_queries
 from .tiers import ChunkRecord
-from .view import ChunkView, pool_tokens
+from .view import ChunkView
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     sink: torch.Tensor | None
     records: tuple[ChunkRecord, ...]
-    next_position: int
 
 
 class _TieredKV(ChunkedKV):
     """Every chunk kept down the tiers, one summary row per chunk, questions scored inside the model."""
 
     summaries_in_ingest: int | None = 0
+    needs_queries = True
 
-    def __init__(self, adapter: Any, config: Any) -> None:
-        super().__init__(adapter, config)
-        enable_query_probe(adapter)
+    def __init__(self, layout: KVLayout, config: Any) -> None:
+        super().__init__(layout, config)
         self.store = ChunkStore(config.tiers, self.layout, self.dtype, self.device)
 
     def _ingest_context(self, records: Sequence[ChunkRecord] | None = None) -> list[torch.Tensor]:
@@ -57,9 +57,9 @@ class _TieredKV(ChunkedKV):
         parts += [kv for kv in (self.store.load(rec) for rec in records[first:]) if kv is not None]
         return parts
 
-    def append(self, adapter: Any, embeds: torch.Tensor, positions: torch.Tensor, **kwargs: Any) -> None:
+    def commit(self, view: Any, tokens: int, **kwargs: Any) -> None:
         sink_bytes = self.sink.nbytes if self.sink is not None else 0
-        super().append(adapter, embeds, positions, **kwargs)
+        super().commit(view, tokens, **kwargs)
         if self.sink is not None and self.sink.nbytes != sink_bytes:
             self.store.pin(self.sink.nbytes - sink_bytes)
             self._update_stats()
@@ -87,18 +87,12 @@ class _TieredKV(ChunkedKV):
 
     def snapshot(self) -> _Snapshot:
         with self.store.lock:
-            return _Snapshot(self.sink, tuple(self.store.records), self.next_position)
+            return _Snapshot(self.sink, tuple(self.store.records))
 
-    def _question_queries(self, snap: _Snapshot, adapter: Any, question_ids: Sequence[int]) -> torch.Tensor:
-        """(layers, heads, head_dim): each layer's query states averaged over the question's tokens, with the
-        question placed right after the newest stored token and attending to the ingestion view."""
+    def probe_view(self, snap: _Snapshot) -> ChunkView:
+        """The ingestion view as of `snap`: what the question is run on to probe its queries."""
         parts = ([snap.sink] if snap.sink is not None else []) + self._ingest_context(snap.records)
-        view = ChunkView.gather(parts, self.num_layers)
-        ids = list(question_ids)
-        positions = torch.arange(snap.next_position, snap.next_position + len(ids), device=self.device)
-        with probe_queries() as queries:
-            adapter.forward(adapter.embed_ids(ids), positions.expand(3, -1), view)
-        return torch.stack([queries[layer][0].float().mean(1) for layer in range(self.num_layers)])
+        return ChunkView.gather(parts, self.num_layers)
 
     def _relevance(self, queries: torch.Tensor, stop: int) -> torch.Tensor:
         """(layers, stop): attention mass each layer's mean query puts on chunks [0, stop) through their summary
@@ -107,9 +101,9 @@ class _TieredKV(ChunkedKV):
         q = queries.view(layers, self.layout[1], heads // self.layout[1], dim)
         logits = []
         for lo in range(0, stop, SUMMARY_BLOCK):
-            keys = self.store.summary_rows(lo, min(stop, lo + SUMMARY_BLOCK))[:, 0].float()
-            logits.append(torch.einsum("lkgd,lknd->lkgn", q, keys))
-        return (torch.cat(logits, -1) * dim**-0.5).softmax(-1).mean((1, 2))
+            keys = self.store.summary_rows(lo, min(stop, lo + SUMMARY_BLOCK))[:, 0]
+            logits.append(chunk_logits(q, keys))
+        return torch.cat(logits, -1).softmax(-1).mean((1, 2))
 
     def _summaries_of(self, indices: Sequence[int]) -> dict[int, torch.Tensor]:
         """Summary rows of the given chunks as one-token KV (layers, 2, kv_heads, 1, head_dim)."""
@@ -128,21 +122,20 @@ class _TieredKV(ChunkedKV):
         self.store.close()
 
 
-@register_kv_policy("retrieval")
 class RetrievalKV(_TieredKV):
     """ReKV-like: sliding-window ingestion; per layer, a question reads its top_k older chunks + the window."""
 
     name = "retrieval"
 
-    def __init__(self, adapter: Any, config: RetrievalConfig | None = None) -> None:
-        super().__init__(adapter, config or RetrievalConfig())
+    def __init__(self, layout: KVLayout, config: RetrievalConfig | None = None) -> None:
+        super().__init__(layout, config or RetrievalConfig())
 
     def _answer_bound(self, n: int) -> int:
         window, top_k = self.config.window, self.config.top_k
         held = n if window is None or top_k is None else min(n, window + top_k)
         return held * self.chunk_tokens
 
-    def answer_cache(self, snap: _Snapshot, adapter: Any, question_ids: Sequence[int]) -> ChunkView:
+    def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
         start = time.perf_counter()
         n = len(snap.records)
         first = n - (n if self.config.window is None else min(self.config.window, n))
@@ -150,7 +143,7 @@ class RetrievalKV(_TieredKV):
         choice: list[dict[int, int]] = [{} for _ in range(self.num_layers)]
         scores = None
         if older:
-            rel = self._relevance(self._question_queries(snap, adapter, question_ids), first)
+            rel = self._relevance(_need(queries), first)
             scores = rel.mean(0)
             sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
             order = rel.argsort(-1, descending=True).tolist()
@@ -181,6 +174,12 @@ class RetrievalKV(_TieredKV):
         return view
 
 
+def _need(queries: torch.Tensor | None) -> torch.Tensor:
+    if queries is None:
+        raise ValueError("a query-aware KV policy needs the question's queries; the session probes them when needs_queries is set")
+    return queries
+
+
 def _equal_lengths(per_layer: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
     """Cut every layer's parts to the shortest layer's token count (only differs if a chunk vanished)."""
     lengths = [sum(int(p.shape[2]) for p in parts) for parts in per_layer]
@@ -198,14 +197,13 @@ def _equal_lengths(per_layer: list[list[torch.Tensor]]) -> list[list[torch.Tenso
     return out
 
 
-@register_kv_policy("bilevel")
 class BilevelKV(_TieredKV):
     """Video-XL-2-like: window + summary ingestion; a question reads its top_k chunks dense, others pooled."""
 
     name = "bilevel"
 
-    def __init__(self, adapter: Any, config: BilevelConfig | None = None) -> None:
-        super().__init__(adapter, config or BilevelConfig())
+    def __init__(self, layout: KVLayout, config: BilevelConfig | None = None) -> None:
+        super().__init__(layout, config or BilevelConfig())
         self.summaries_in_ingest = self.config.summaries
 
     def _rest_tokens(self) -> int:
@@ -217,10 +215,10 @@ class BilevelKV(_TieredKV):
         rest = n - k if self.config.rest_max is None else min(n - k, self.config.rest_max)
         return k * self.chunk_tokens + rest * self._rest_tokens()
 
-    def answer_cache(self, snap: _Snapshot, adapter: Any, question_ids: Sequence[int]) -> ChunkView:
+    def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
         start = time.perf_counter()
         cfg, n = self.config, len(snap.records)
-        scores = self._relevance(self._question_queries(snap, adapter, question_ids), n).mean(0) if n else None
+        scores = self._relevance(_need(queries), n).mean(0) if n else None
         order = scores.argsort(descending=True).tolist() if scores is not None else []
         k = n if cfg.top_k is None else min(cfg.top_k, n)
         dense = set(order[:k])

@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,36 +47,6 @@ class KVTiers:
                 raise ConfigError(f"KVTiers.{name} must be an int >= 0 or None, got {value!r}")
         if self.cpu_bits not in (0, 4, 8):
             raise ConfigError(f"KVTiers.cpu_bits must be 0 (lossless), 8 or 4, got {self.cpu_bits!r}")
-
-
-def to_bytes(kv: torch.Tensor, bits: int) -> torch.Tensor:
-    """`kv` as a flat uint8 host tensor: raw (bits=0) or [float32 (scale, min) per row | 8/4-bit codes]."""
-    if not bits:
-        return kv.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
-    rows = kv.detach().to("cpu", torch.float32).reshape(-1, kv.shape[-1])
-    lo = rows.amin(-1, keepdim=True)
-    scale = ((rows.amax(-1, keepdim=True) - lo) / (2**bits - 1)).clamp_min(1e-12)
-    codes = ((rows - lo) / scale).round_().clamp_(0, 2**bits - 1).to(torch.uint8)
-    if bits == 4:
-        codes = codes[:, 0::2] | (codes[:, 1::2] << 4)
-    meta = torch.cat([scale, lo], -1).contiguous().view(-1).view(torch.uint8)
-    return torch.cat([meta, codes.reshape(-1)])
-
-
-def from_bytes(
-    buf: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, bits: int, device: torch.device | str
-) -> torch.Tensor:
-    """The inverse of `to_bytes`: a tensor of `shape` and `dtype` on `device`."""
-    if not bits:
-        return buf.view(dtype).view(tuple(shape)).to(device)
-    width = shape[-1]
-    rows = buf.numel() // (8 + width * bits // 8)
-    meta = buf[: rows * 8].view(torch.float32).view(rows, 2)
-    codes = buf[rows * 8 :].view(rows, width * bits // 8)
-    if bits == 4:
-        codes = torch.stack([codes & 15, codes >> 4], -1).view(rows, width)
-    values = codes.float() * meta[:, :1] + meta[:, 1:]
-    return values.view(tuple(shape)).to(device, dtype)
 
 
 class DiskTier:

@@ -1,12 +1,13 @@
 """ViT feature cache: per-stream reuse of vision-encoder work on temporally similar frames.
 
-    SessionConfig.vit_cache ─► build_feature_cache(spec, adapter) ─► a per-stream cache (or None: full encode)
-    adapter.encode ─► cache.encode(adapter, pixels, grid) ─► (embeds (M, D), changed (M,) bool | None)
+    SessionConfig.vit_cache ─► build_feature_cache(config, the model's vision encoder) ─► a per-stream cache
+    Session._encode ─► cache.encode(pixels, grid) ─► (embeds (M, D), changed (M,) bool | None)
 
-Policies (registry, `register_vit_policy`):
+The cache wraps the `VisionEncoder` it was given (the model's full encode and, for `token`, its block
+runner) and calls nothing else. Policies (`VIT_CACHES` registry):
   none   the model's own full encode every chunk (the baseline)
   frame  reuse a whole chunk's features when no patch moved more than `threshold` (0: bit-identical only;
-         exact then) — model-agnostic, needs only `adapter.vision_features`
+         exact then) — model-agnostic, needs only the encoder's full encode
   token  partial recompute inside the ViT (`livevlm.cache._token_cache`): per block, only tokens whose
          input moved are recomputed; full refresh on age, drift and scene cuts
 
@@ -17,13 +18,14 @@ All state lives in the object `build_feature_cache` returns: two sessions on one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from ..records import VisionEncoder
+from ..registry import Registry
 
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {"policy": "none"},
@@ -73,10 +75,7 @@ class ViTCacheConfig:
         for f in fields(self):
             if f.name != "preset" and getattr(self, f.name) is None:
                 setattr(self, f.name, base[f.name])
-        if self.policy not in _POLICIES:
-            raise ConfigError(
-                f"unknown ViT cache policy {self.policy!r}; choose one of {', '.join(_POLICIES)}"
-            )
+        VIT_CACHES.get(self.policy)  # an unknown policy raises, listing the registered ones
         for name in ("threshold", "cut_change"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"ViTCacheConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -123,19 +122,18 @@ class ViTCacheStats:
 
 
 class FeatureCacheBase:
-    """Shared by the policies: the stats record and timing; subclasses implement `_encode`."""
+    """Shared by the policies: the encoder, the stats record and timing; subclasses implement `_encode`."""
 
-    def __init__(self, config: ViTCacheConfig, adapter: Any) -> None:
+    def __init__(self, config: ViTCacheConfig, encoder: VisionEncoder) -> None:
         self.config = config
+        self.encoder = encoder
         self.stats = ViTCacheStats(policy=str(config.policy))
 
-    def encode(
-        self, adapter: Any, pixels: torch.Tensor, grid: tuple[int, int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One temporal patch (HF-layout patches, grid (1, gh, gw)) -> (merged embeds, changed mask | None)."""
         start = time.perf_counter()
         with torch.inference_mode():
-            embeds, changed = self._encode(adapter, pixels, (int(grid[0]), int(grid[1]), int(grid[2])))
+            embeds, changed = self._encode(pixels, (int(grid[0]), int(grid[1]), int(grid[2])))
         seconds = time.perf_counter() - start
         s = self.stats
         s.chunks += 1
@@ -143,35 +141,20 @@ class FeatureCacheBase:
         s.last_seconds = seconds
         return embeds, changed
 
-    def _encode(
-        self, adapter: Any, pixels: torch.Tensor, grid: tuple[int, int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
 
-_POLICIES: dict[str, Callable[[], Any]] = {}
+VIT_CACHES: Registry = Registry("ViT cache policy")
+"""Reuse policies: name -> class built as `cls(config, encoder)`; "none" builds nothing (full encode)."""
+VIT_CACHES.register("none", lambda config, encoder: None, config=ViTCacheConfig)
+VIT_CACHES.register("frame", "livevlm.cache._frame_cache:FrameReuseCache", config=ViTCacheConfig)
+VIT_CACHES.register("token", "livevlm.cache._token_cache:TokenRecomputeCache", config=ViTCacheConfig)
 
 
-def register_vit_policy(name: str, factory: Callable[[], Any]) -> None:
-    """Register a lazily imported policy class: `factory()` returns a class built as `cls(config, adapter)`."""
-    _POLICIES[name] = factory
-
-
-def _frame() -> Any:
-    from ._frame_cache import FrameReuseCache
-
-    return FrameReuseCache
-
-
-def _token() -> Any:
-    from ._token_cache import TokenRecomputeCache
-
-    return TokenRecomputeCache
-
-
-register_vit_policy("none", lambda: None)
-register_vit_policy("frame", _frame)
-register_vit_policy("token", _token)
+def register_vit_policy(name: str, target: Any) -> None:
+    """Register a policy class (or "module:attr"), built as `cls(config, encoder)`."""
+    VIT_CACHES.register(name, target, config=ViTCacheConfig)
 
 
 def resolve_vit_cache(spec: Any) -> ViTCacheConfig:
@@ -189,12 +172,9 @@ def resolve_vit_cache(spec: Any) -> ViTCacheConfig:
     return ViTCacheConfig(**knobs)
 
 
-def build_feature_cache(spec: Any, adapter: Any) -> Any | None:
-    """The per-stream feature cache for `spec` (a preset name or a config), or None for a full encode.
-
-    A feature cache has `encode(adapter, pixels, grid) -> (embeds (N, D), changed (N,) bool | None)` and a
-    dataclass `stats`; the adapter calls it in place of the model's full vision encode.
-    """
+def build_feature_cache(spec: Any, encoder: VisionEncoder) -> Any | None:
+    """The per-stream feature cache for `spec` (a preset name or a config) around `encoder`, or None for
+    the plain full encode. It has `encode(pixels, grid) -> (embeds (N, D), changed (N,) bool | None)` and a
+    dataclass `stats`."""
     config = resolve_vit_cache(spec)
-    cls = _POLICIES[config.policy]()
-    return None if cls is None else cls(config, adapter)
+    return VIT_CACHES.load(config.policy)(config, encoder)

@@ -1,11 +1,16 @@
-"""Model adapters: one per Hugging Face family, behind the `VideoLMAdapter` protocol."""
+"""Model adapters: one per Hugging Face family, behind the `VideoLMAdapter` protocol and `MODEL_FAMILIES`."""
 
-from .base import ChunkPlace, VideoLMAdapter, VisualChunk
-from .loading import load_model, register_model_family, supported_families
+from ..records import ChunkPlace, KVLayout, VisionEncoder, VisualChunk
+from .base import DEFAULT_SYSTEM_PROMPT, VideoLMAdapter
+from .loading import MODEL_FAMILIES, load_model, register_model_family, supported_families
 
 __all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "MODEL_FAMILIES",
     "ChunkPlace",
+    "KVLayout",
     "VideoLMAdapter",
+    "VisionEncoder",
     "VisualChunk",
     "load_model",
     "register_model_family",

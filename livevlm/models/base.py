@@ -1,75 +1,86 @@
-"""The adapter protocol every model family implements, and the typed records its stages return."""
+"""The adapter protocol every model family implements: the only code that calls a model or builds positions.
+
+The loop (`Session`) calls these; caches and stores receive plain tensors, views and layout values.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..records import ChunkPlace, KVLayout, VisionEncoder, VisualChunk
 
-@dataclass
-class VisualChunk:
-    """Visual tokens of one temporal patch (`frames_per_chunk` frames) with their 3D (t, h, w) positions."""
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-    embeds: torch.Tensor  # (N, D) in the LLM's embedding space
-    positions: torch.Tensor  # (3, N) long: M-RoPE (t, h, w) ids, absolute in the stream
-    grid_thw: tuple[int, int, int]  # LLM-side grid (t=1, h, w) after spatial merge
-    pts_seconds: tuple[float, ...]  # timestamps of the frames it covers
-    encode_seconds: float = 0.0
-    changed: torch.Tensor | None = None  # (N,) bool from the feature cache: token recomputed (None: all new)
-    kept_index: torch.Tensor | None = None  # (N_kept,) long, set by a pruner: rows kept of the full chunk
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.embeds.shape[0])
-
-
-@dataclass(frozen=True)
-class ChunkPlace:
-    """Where a chunk sits: its index in the stream, the video's start position, seconds per chunk."""
-
-    index: int
-    offset: int
-    seconds_per_chunk: float
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "ChunkPlace", "VideoLMAdapter", "VisualChunk"]
 
 
 class VideoLMAdapter(Protocol):
-    """What `Session` needs from a model family: encode frames, embed text, run the LLM on a cache."""
+    """What `Session` needs from a model family: preprocess and encode frames, place tokens, run the LLM."""
 
     family: str
     frames_per_chunk: int
     eos_token_ids: frozenset[int]
     max_context: int
+    device: torch.device
+    dtype: torch.dtype
 
-    def encode(
-        self, frames: np.ndarray, size: tuple[int, int], place: ChunkPlace, feature_cache: Any = None
-    ) -> VisualChunk:
-        """Frames (T, H, W, 3) uint8 of one temporal patch, resized to `size` -> tokens placed by `place`."""
-        ...
-
+    # vision
     def target_size(
         self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None
     ) -> tuple[int, int]: ...
 
     def tokens_per_chunk(self, size: tuple[int, int]) -> int: ...
 
-    def prefix_ids(self, system_prompt: str) -> list[int]: ...
+    def preprocess(self, frames: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """Frames (T, H, W, 3) uint8 of one temporal patch resized to `size` -> (patches on device, grid)."""
+        ...
 
-    def suffix_ids(self, question: str) -> list[int]: ...
+    def vision_encoder(self) -> VisionEncoder:
+        """The vision tower as a ViT feature cache wraps it (full encode, optional block runner)."""
+        ...
 
-    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor: ...
+    def merged_grid(self, grid: tuple[int, int, int]) -> tuple[int, int]:
+        """(h, w) of the LLM-side token grid of a patch grid (after spatial merge)."""
+        ...
+
+    # positions: the only place they are built
+    def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
+        """(3, h*w) position ids of the visual tokens of the chunk at `place`."""
+        ...
+
+    def text_positions(self, start: int, count: int) -> torch.Tensor:
+        """Position ids of `count` text tokens starting at `start`."""
+        ...
 
     def text_start_after_video(self, place: ChunkPlace, num_chunks: int, grid_hw: tuple[int, int]) -> int:
         """Position id of the first text token after `num_chunks` chunks of video placed at `offset`."""
         ...
 
-    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """Append (L, D) embeds at (3, L) positions to `cache`; return the last position's logits (V,)."""
-        ...
+    # text
+    def prefix_ids(self, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]: ...
 
-    def new_cache(self) -> Any: ...
+    def suffix_ids(self, question: str) -> list[int]: ...
+
+    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor: ...
 
     def decode_text(self, ids: Sequence[int]) -> str: ...
+
+    # language model
+    def kv_layout(self) -> KVLayout: ...
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Append (L, D) embeds at `positions` to `cache`; return the last position's logits (V,)."""
+        ...
+
+    def enable_query_probe(self) -> None:
+        """Make `question_queries` possible (a query-aware KV policy is in use); idempotent."""
+        ...
+
+    def question_queries(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """(layers, heads, head_dim): each layer's query states over `embeds`, averaged over its tokens, with
+        `cache` as the past. The cache is a throwaway view: what the forward appends to it is discarded."""
+        ...

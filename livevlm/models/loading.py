@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError
+from ..registry import Registry
 
 logger = logging.getLogger(__name__)
 
-_FAMILIES: dict[str, Callable[[], type]] = {}
+MODEL_FAMILIES: Registry = Registry("model family", error=ModelLoadError)
+"""transformers `model_type` -> the adapter class for that family (imported on first use)."""
+MODEL_FAMILIES.register("qwen2_5_vl", "livevlm.models.qwen_vl:QwenVLAdapter")
+MODEL_FAMILIES.register("qwen2_vl", "livevlm.models.qwen_vl:Qwen2VLAdapter")
 
 
-def register_model_family(model_type: str, adapter: Callable[[], type]) -> None:
-    """Register a lazily imported adapter class for a transformers `model_type`."""
-    _FAMILIES[model_type] = adapter
-
-
-def _qwen25() -> type:
-    from .qwen_vl import QwenVLAdapter
-
-    return QwenVLAdapter
-
-
-def _qwen2() -> type:
-    from .qwen_vl import Qwen2VLAdapter
-
-    return Qwen2VLAdapter
-
-
-register_model_family("qwen2_5_vl", _qwen25)
-register_model_family("qwen2_vl", _qwen2)
+def register_model_family(model_type: str, adapter: Any) -> None:
+    """Register an adapter class (or "module:attr") for a transformers `model_type`."""
+    MODEL_FAMILIES.register(model_type, adapter)
 
 
 def supported_families() -> list[str]:
-    return sorted(_FAMILIES)
+    return MODEL_FAMILIES.names()
 
 
 def _resolve_dtype(dtype: str, device: str):
@@ -107,7 +94,7 @@ def load_model(
             "no such directory" if not Path(name).exists() and name.startswith(("/", ".", "~")) else str(exc)
         )
         raise ModelLoadError(f"cannot load model config from {name!r}: {hint}") from exc
-    if config.model_type not in _FAMILIES:
+    if config.model_type not in MODEL_FAMILIES:
         raise ModelLoadError(
             f"model {name!r} has model_type {config.model_type!r}; supported: {', '.join(supported_families())}"
         )
@@ -118,6 +105,6 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load weights or tokenizer of {name!r}: {exc}") from exc
-    adapter_cls = _FAMILIES[config.model_type]()
+    adapter_cls = MODEL_FAMILIES.load(config.model_type)
     adapter_kwargs = {**checkpoint_pixel_bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
     return adapter_cls(model, tokenizer, **adapter_kwargs)

@@ -13,19 +13,20 @@ the tower's submodules (norms, qkv, proj, mlp, merger) and its own attention dis
 Partial passes multiply few rows by every weight matrix of a block. On CPU, oneDNN's bf16 matmul re-lays
 out the whole weight on every call (measured here, 12 rows x 1280x5120: 1.06 ms vs 0.64 ms prepacked on one
 thread, ~20 ms vs ~4 ms on two busy threads), so partial passes run the block linears on weights prepacked
-once per model (`PackedLinears`, backend "onednn"; "torch" elsewhere). Full passes always use the modules
+once per model (`livevlm.kernels.PackedLinears`: "onednn" where the CPU supports the prepack, else "torch"). Full passes always use the modules
 themselves, so they stay bit-exact.
 """
 
 from __future__ import annotations
 
 import importlib
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from ..kernels.linear import PackedLinears
 
 
 @dataclass(frozen=True)
@@ -66,37 +67,6 @@ class FullPass:
     inputs: list[torch.Tensor]
     outputs: list[torch.Tensor]
     blocks: list[BlockState]
-
-
-class PackedLinears:
-    """`nn.Linear` forwards with the weight prepacked once for oneDNN (CPU, fp32/bf16); F.linear otherwise.
-
-    The packed copy (one more copy of each packed weight) is made on first use, shared by every stream of the
-    model. `backend` says which path runs: "onednn" or "torch"."""
-
-    def __init__(self, device: torch.device, dtype: torch.dtype, enabled: bool = True) -> None:
-        ops = torch.ops.mkldnn
-        usable = (
-            device.type == "cpu"
-            and dtype in (torch.float32, torch.bfloat16)
-            and torch.backends.mkldnn.is_available()
-            and hasattr(ops, "_reorder_linear_weight")
-            and hasattr(ops, "_linear_pointwise")
-        )
-        self.backend = "onednn" if enabled and usable else "torch"
-        self._packed: dict[torch.nn.Module, torch.Tensor] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        if self.backend == "torch":
-            return linear(x)
-        weight = self._packed.get(linear)
-        if weight is None:
-            with self._lock, torch.inference_mode():
-                weight = self._packed.setdefault(
-                    linear, torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-                )
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, linear.bias, "none", [], "")
 
 
 class QwenVisionRunner:

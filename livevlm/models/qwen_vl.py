@@ -7,17 +7,16 @@ M-RoPE positions, so later stages can drop or reuse visual tokens while keeping 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .base import ChunkPlace, VisualChunk
+from ..records import ChunkPlace, KVLayout, VisionEncoder
+from .base import DEFAULT_SYSTEM_PROMPT
 from .preprocess import VisionGeometry, frames_to_patches, target_size
-
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+from .query_probe import enable_query_probe, probe_queries
 
 
 class QwenVLAdapter:
@@ -74,32 +73,19 @@ class QwenVLAdapter:
             return torch.tensor(1.0)
         return torch.tensor(float(tps)) * torch.tensor(seconds_per_chunk, dtype=torch.float32)
 
-    @torch.inference_mode()
-    def encode(
-        self, frames: np.ndarray, size: tuple[int, int], place: ChunkPlace, feature_cache: Any = None
-    ) -> VisualChunk:
-        """One temporal patch -> visual tokens; a per-stream `feature_cache` may reuse earlier work."""
-        start = time.perf_counter()
+    def preprocess(self, frames: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """One temporal patch of frames -> (HF-layout patches on the model's device, grid (1, gh, gw))."""
         pixels, grid = frames_to_patches(frames, self.geometry, size=size)
         if grid[0] != 1:
             raise ValueError(f"one chunk is one temporal patch, got grid {grid}")
-        pixels = pixels.to(self.device)
-        changed = None
-        if feature_cache is not None:
-            embeds, changed = feature_cache.encode(self, pixels, grid)
-            embeds = embeds.to(self.dtype)
-        else:
-            embeds = self.vision_features(pixels, grid)
-        h, w = grid[1] // self.merge, grid[2] // self.merge
-        positions = self.video_positions(place, h, w)
-        return VisualChunk(
-            embeds=embeds,
-            positions=positions,
-            grid_thw=(1, h, w),
-            pts_seconds=(),
-            encode_seconds=time.perf_counter() - start,
-            changed=changed,
-        )
+        return pixels.to(self.device), (int(grid[0]), int(grid[1]), int(grid[2]))
+
+    def merged_grid(self, grid: tuple[int, int, int]) -> tuple[int, int]:
+        return grid[1] // self.merge, grid[2] // self.merge
+
+    def vision_encoder(self) -> VisionEncoder:
+        """The tower for a ViT feature cache: the model's own full encode and the block runner."""
+        return VisionEncoder(full=self.vision_features, runner=self.vision_runner, family=self.family)
 
     @torch.inference_mode()
     def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -124,6 +110,10 @@ class QwenVLAdapter:
         hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         pos = torch.stack([t.expand(h * w), hh.reshape(-1), ww.reshape(-1)]) + place.offset
         return pos.to(self.device)
+
+    def text_positions(self, start: int, count: int) -> torch.Tensor:
+        """(3, count) M-RoPE ids of text tokens: the same id on t, h and w, counting up from `start`."""
+        return torch.arange(start, start + count, device=self.device).expand(3, -1)
 
     def text_start_after_video(self, place: ChunkPlace, num_chunks: int, grid_hw: tuple[int, int]) -> int:
         """Ask the model's own `get_rope_index` where text resumes after `num_chunks` chunks of video."""
@@ -163,6 +153,24 @@ class QwenVLAdapter:
         from transformers import DynamicCache
 
         return DynamicCache(config=self.model.config.get_text_config())
+
+    def kv_layout(self) -> KVLayout:
+        """(layers, kv_heads, head_dim), device and dtype of the language model's KV, as values for a store."""
+        text = self.model.config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        return KVLayout(
+            int(text.num_hidden_layers), int(text.num_key_value_heads), int(head_dim), self.device, self.dtype
+        )
+
+    def enable_query_probe(self) -> None:
+        enable_query_probe(self.model.get_decoder())
+
+    def question_queries(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """(layers, heads, head_dim) mean query states of the question over `cache` (one probed forward)."""
+        with probe_queries() as queries:
+            self.forward(embeds, positions, cache)
+        layers = self.kv_layout().layers
+        return torch.stack([queries[layer][0].float().mean(1) for layer in range(layers)])
 
     @torch.inference_mode()
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:

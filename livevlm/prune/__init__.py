@@ -10,6 +10,7 @@ Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says whi
 
 from .adaptive import AdaptiveConfig, AdaptivePruner
 from .base import (
+    PRUNERS,
     BasePruner,
     NoPruner,
     Pruner,
@@ -17,6 +18,7 @@ from .base import (
     available_pruners,
     build_pruner,
     parse_prune_spec,
+    prune_config,
     register_pruner,
 )
 from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
@@ -26,6 +28,7 @@ from .uniform import UniformConfig, UniformPruner
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "PRUNERS",
     "AdaptiveConfig",
     "AdaptivePruner",
     "BasePruner",
@@ -44,5 +47,6 @@ __all__ = [
     "build_pruner",
     "parse_budget",
     "parse_prune_spec",
+    "prune_config",
     "register_pruner",
 ]

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models.base import VisualChunk
-from ._ops import top_k
+from ..kernels.similarity import top_k
+from ..records import VisualChunk
 from .base import register_pruner
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
 

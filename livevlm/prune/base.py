@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from ..errors import ConfigError
-from ..models.base import VisualChunk
-from ._ops import merge_dropped
+from ..kernels.similarity import merge_dropped
+from ..records import VisualChunk
+from ..registry import Registry
 from .config import BudgetMeter, PrunerConfig, parse_budget
 
 
@@ -54,28 +54,22 @@ class Pruner(Protocol):
     def __call__(self, chunk: VisualChunk) -> VisualChunk: ...
 
 
-_PRUNERS: dict[str, Any] = {}
+PRUNERS: Registry = Registry("pruner")
+"""Strategy name -> pruner class (built as `cls(config)`), carrying its `config_class`."""
 
 
 def register_pruner(name: str) -> Callable[[Any], Any]:
     """Class decorator: make a strategy (a class with a `config_class`) available as `name`."""
 
     def deco(cls: Any) -> Any:
-        _PRUNERS[name] = cls
         cls.name = name
-        return cls
+        return PRUNERS.register(name, config=cls.config_class)(cls)
 
     return deco
 
 
 def available_pruners() -> list[str]:
-    return sorted(_PRUNERS)
-
-
-def _strategy(name: Any) -> Any:
-    if name not in _PRUNERS:
-        raise ConfigError(f"unknown pruner {name!r}; choose one of {', '.join(available_pruners())}")
-    return _PRUNERS[name]
+    return PRUNERS.names()
 
 
 def build_pruner(spec: Any = "none") -> Pruner:
@@ -83,17 +77,20 @@ def build_pruner(spec: Any = "none") -> Pruner:
 
     A name takes the strategy's default config; a generic `PrunerConfig` is turned into the strategy's own
     config class (shared fields kept, the rest default). Bad names and bad budgets raise `ConfigError`."""
+    config = prune_config(spec)
+    return PRUNERS.load(config.strategy)(config)
+
+
+def prune_config(spec: Any = "none") -> PrunerConfig:
+    """The strategy's own config from a name (its defaults) or any config with a registered `.strategy`."""
     if spec is None or isinstance(spec, str):
-        cls = _strategy(spec or "none")
-        return cls(cls.config_class())
-    cls = _strategy(getattr(spec, "strategy", None))
-    return cls(cls.config_class.from_config(spec))
+        return PRUNERS.config_class(spec or "none")()
+    return PRUNERS.config_class(getattr(spec, "strategy", None)).from_config(spec)
 
 
 def parse_prune_spec(strategy: str, budget: str | None = None) -> PrunerConfig:
     """The config for `--prune STRATEGY --budget N` (budget None: the strategy's default)."""
-    cls = _strategy(strategy)
-    config = cls.config_class()
+    config = PRUNERS.config_class(strategy)()
     if budget is not None:
         config = replace(config, budget=parse_budget(budget))
     return config

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models.base import VisualChunk
-from ._ops import top_k, unit_rows
+from ..kernels.similarity import top_k, unit_rows
+from ..records import VisualChunk
 from .base import BasePruner, register_pruner
 from .config import PrunerConfig
 

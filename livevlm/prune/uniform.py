@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.base import VisualChunk
-from ._ops import dither_rank, top_k
+from ..kernels.similarity import dither_rank, top_k
+from ..records import VisualChunk
 from .base import BasePruner, register_pruner
 from .config import PrunerConfig
 

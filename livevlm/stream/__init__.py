@@ -21,11 +21,12 @@ from .live import AVLiveSource
 from .push import PushSource
 from .reader import LiveReader, ReaderStats
 from .sampler import Pacer, Sampler, Timeline
-from .sources import open_source
+from .sources import SOURCES, build_source, open_source
 from .url import UrlSource
 from .webcam import WebcamSource, webcam_spec
 
 __all__ = [
+    "SOURCES",
     "AVLiveSource",
     "BufferStats",
     "FileSource",
@@ -52,6 +53,7 @@ __all__ = [
     "VideoInfo",
     "WebcamConfig",
     "WebcamSource",
+    "build_source",
     "open_source",
     "probe",
     "read_frames",

@@ -7,21 +7,23 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .base import Source
 from .config import FileSourceConfig, LavfiConfig, UrlSourceConfig, WebcamConfig
-from .file import FileSource
-from .lavfi import LavfiSource
 from .reader import LiveReader
-from .url import UrlSource
-from .webcam import WebcamSource
 
-SOURCES: dict[type, type[Source]] = {
-    FileSourceConfig: FileSource,
-    UrlSourceConfig: UrlSource,
-    WebcamConfig: WebcamSource,
-    LavfiConfig: LavfiSource,
-}
-"""Which source class each config builds."""
+SOURCES: Registry = Registry("source")
+"""Source kind -> class built as `cls(config)`, with its config dataclass (imported on first use)."""
+SOURCES.register("file", "livevlm.stream.file:FileSource", config=FileSourceConfig)
+SOURCES.register("url", "livevlm.stream.url:UrlSource", config=UrlSourceConfig)
+SOURCES.register("webcam", "livevlm.stream.webcam:WebcamSource", config=WebcamConfig)
+SOURCES.register("lavfi", "livevlm.stream.lavfi:LavfiSource", config=LavfiConfig)
+SOURCES.register("push", "livevlm.stream.push:PushSource")
+
+
+def build_source(kind: str, config: Any) -> Source:
+    """A source of a registered kind from its config."""
+    return SOURCES.load(kind)(config)
 
 
 def open_source(
@@ -36,23 +38,24 @@ def open_source(
     """
     if isinstance(source, (Source, LiveReader)):
         return source
-    if type(source) in SOURCES:
-        return SOURCES[type(source)](source)
+    entry = SOURCES.for_config(source)
+    if entry is not None:
+        return entry.load()(source)
     if isinstance(source, int) and not isinstance(source, bool):
-        return WebcamSource(WebcamConfig(source, fps=fps))
+        return build_source("webcam", WebcamConfig(source, fps=fps))
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ConfigError(f"cannot open {source!r}: give a path, URL, 'webcam:N', 'lavfi:GRAPH' or a config")
     text = str(source)
     if isinstance(source, str) and not Path(text).exists():
         kind, _, rest = text.partition(":")
         if kind == "lavfi" and rest:
-            return LavfiSource(LavfiConfig(rest, fps=fps))
+            return build_source("lavfi", LavfiConfig(rest, fps=fps))
         if kind in ("webcam", "camera") and rest:
-            return WebcamSource(WebcamConfig(int(rest) if rest.isdigit() else rest, fps=fps))
+            return build_source("webcam", WebcamConfig(int(rest) if rest.isdigit() else rest, fps=fps))
         if text.startswith("/dev/video"):
-            return WebcamSource(WebcamConfig(text, fps=fps))
+            return build_source("webcam", WebcamConfig(text, fps=fps))
         if text.startswith("file://"):
             text = text[len("file://") :]
         elif "://" in text:
-            return UrlSource(UrlSourceConfig(text, fps=fps, transport=transport))
-    return FileSource(FileSourceConfig(text, fps=fps, realtime=realtime))
+            return build_source("url", UrlSourceConfig(text, fps=fps, transport=transport))
+    return build_source("file", FileSourceConfig(text, fps=fps, realtime=realtime))

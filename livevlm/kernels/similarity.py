@@ -1,4 +1,6 @@
-"""Tensor helpers the strategies share: unit rows, deterministic top-k, a spatial dither order, merging."""
+"""Similarity ops the pruners share: unit rows, deterministic top-k, a spatial dither order, merging dropped rows.
+
+Torch reference implementations (the only backend so far); `livevlm.kernels.backend()` reports it."""
 
 from __future__ import annotations
 

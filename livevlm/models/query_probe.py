@@ -1,10 +1,11 @@
 """Read a question's attention queries inside the model, through transformers' attention dispatch table.
 
-`enable_query_probe(adapter)` registers `livevlm_probe_<impl>` in `AttentionInterface` (and its mask
+`enable_query_probe(lm)` registers `livevlm_probe_<impl>` in `AttentionInterface` (and its mask
 function in `AttentionMaskInterface`) as a thin wrapper of the language model's current implementation
 `<impl>`, and selects it on the language model only. The wrapper calls the original function with the same
 arguments, so outputs are bit-identical; while `probe_queries()` is open in the current thread/context it also
-keeps each layer's (rotated) query states. Nothing in transformers is patched.
+keeps each layer's (rotated) query states. Nothing in transformers is patched. Adapters use it for
+`question_queries`, which query-aware KV policies (retrieval, bilevel) read.
 """
 
 from __future__ import annotations
@@ -43,13 +44,12 @@ def _wrap(base: Callable[..., Any]) -> Callable[..., Any]:
     return attention
 
 
-def enable_query_probe(adapter: Any) -> None:
-    """Route the adapter's language-model attention through the recording wrapper (idempotent)."""
+def enable_query_probe(lm: Any) -> None:
+    """Route the language model `lm`'s attention through the recording wrapper (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    lm = adapter.model.get_decoder()
     current = lm.config._attn_implementation
     if current.startswith(PREFIX):
         return

@@ -1,0 +1,111 @@
+"""`SessionConfig` (what a session loads, samples and compresses) and `SessionStats` (what it has done).
+
+Each compression field takes a registered name or that stage's config dataclass and is validated once,
+here: after construction `vit_cache`, `prune` and `kv` hold the resolved configs the session builds from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .cache import (
+    BilevelConfig,
+    FullKVConfig,
+    KVStats,
+    RetrievalConfig,
+    SinkWindowConfig,
+    ViTCacheConfig,
+    ViTCacheStats,
+    kv_config,
+    kv_config_of,
+    resolve_vit_cache,
+)
+from .errors import ConfigError
+from .models import DEFAULT_SYSTEM_PROMPT
+from .prune import PrunerConfig, PruneStats, prune_config
+
+KVPolicyConfig = FullKVConfig | SinkWindowConfig | RetrievalConfig | BilevelConfig
+
+
+@dataclass
+class SessionConfig:
+    """How a session loads its model, samples its stream and compresses what it keeps."""
+
+    model: str | None = None
+    """Local path or hub id of a supported checkpoint; None = the bundled default model."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1, ..."""
+    dtype: str = "auto"
+    """auto (the checkpoint's), float32, bfloat16 or float16."""
+    fps: float = 2.0
+    """Frames per second sampled from files, and the time base of the temporal positions."""
+    max_frames: int | None = None
+    """Stop ingesting a file after this many sampled frames."""
+    max_new_tokens: int = 64
+    """Most tokens an answer may have."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_pixels: int | None = None
+    """Cap on pixels per frame after resizing (None: the checkpoint's video processor config, else 768 x 28 x 28)."""
+    min_pixels: int | None = None
+    """Floor on pixels per frame after resizing (None: the checkpoint's video processor config, else 128 x 28 x 28)."""
+    vit_cache: str | ViTCacheConfig = "none"
+    """ViT feature cache: a preset (none, lossless, balanced, fast) or a `ViTCacheConfig`; none = full encode."""
+    prune: str | PrunerConfig = "none"
+    """Token pruner: a strategy name or its config (`livevlm.prune`); none = keep every token."""
+    kv: str | KVPolicyConfig = "full"
+    """KV policy: a name or its config (`livevlm.cache`); full = every token kept, unbounded."""
+    kv_budget: int | str | None = None
+    """Bytes of KV a bounded policy keeps in memory (e.g. 268435456, '256M'; retrieval/bilevel: 1/4 on the
+    device, 3/4 in host RAM, older chunks spill to disk); None = the policy config's own tiers."""
+
+    def __post_init__(self) -> None:
+        if not self.fps > 0:
+            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames must be >= 1 or None, got {self.max_frames}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_pixels is not None and self.max_pixels < 28 * 28:
+            raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
+        if self.min_pixels is not None and not 28 * 28 <= self.min_pixels <= (self.max_pixels or 2**62):
+            raise ConfigError(f"min_pixels must be in [784, max_pixels], got {self.min_pixels}")
+        self.vit_cache = resolve_vit_cache(self.vit_cache)
+        prune = prune_config(self.prune)  # an unknown strategy or a bad budget is refused here
+        self.prune = replace(prune, fps=self.fps)  # per-second budgets fall back to the stream's rate
+        self.kv = kv_config_of(kv_config(self.kv, self.kv_budget))  # unknown policies, budgets for `full`: refused
+
+
+@dataclass
+class StageSeconds:
+    """Wall time spent per stage since the session started."""
+
+    vit: float = 0.0
+    prefill: float = 0.0
+    decode: float = 0.0
+
+
+@dataclass
+class SessionStats:
+    """What the loop has done so far; each compression stage adds its own record."""
+
+    frames_seen: int = 0
+    frames_rejected: int = 0
+    chunks: int = 0
+    visual_tokens: int = 0
+    """Visual tokens the encoder produced (before pruning)."""
+    kv_tokens: int = 0
+    kv_bytes: int = 0
+    questions: int = 0
+    answer_tokens: int = 0
+    last_pts_seconds: float | None = None
+    seconds: StageSeconds = field(default_factory=StageSeconds)
+    prune: PruneStats = field(default_factory=PruneStats)
+    vit_cache: ViTCacheStats | None = None
+    """The feature cache's stats record (None when the cache is off)."""
+    kv: KVStats = field(default_factory=KVStats)
+    """The KV policy's stats record (tokens, bytes, and what the policy adds)."""
+    stream: Any = None
+    """The watched source's `IngestStats` (frames in, dropped, corrupt, reconnects, gaps); None if not watching."""
+    kernels: dict[str, str] = field(default_factory=dict)
+    """Backend each low-level op runs on, with the reason (e.g. linear: "onednn: ...")."""
