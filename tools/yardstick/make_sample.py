@@ -1,7 +1,7 @@
-"""Generate the bundled sample clip with PyAV: `python -m livevlm.assets.make_sample OUT`.
+"""Generate the bundled sample clip with PyAV: `python -m tools.yardstick.make_sample OUT`.
 
-The sample is a scene of the yardstick world (livevlm.yardstick), the one the bundled model was trained on,
-upscaled 4x and encoded to H.264 yuv420p mp4 at 2 fps. `encode_lavfi` encodes FFmpeg test sources (tests).
+The sample is a scene of the yardstick world (tools.yardstick), the one the bundled model was trained on,
+upscaled 4x and encoded to H.264 yuv420p mp4 at 2 fps.
 """
 
 from __future__ import annotations
@@ -13,40 +13,6 @@ from pathlib import Path
 import av
 import numpy as np
 
-
-def encode_lavfi(
-    out: str | Path,
-    *,
-    seconds: float = 4.0,
-    fps: int = 10,
-    size: tuple[int, int] = (320, 240),
-    source: str = "testsrc2",
-    crf: int = 32,
-    faststart: bool = False,
-) -> Path:
-    """Encode `seconds` of lavfi `source` at `fps` and `size` (w, h) to an H.264 mp4 at `out`.
-
-    `faststart` moves the mp4 index (moov atom) before the media data, as streaming servers want.
-    """
-    out = Path(out)
-    w, h = size
-    n_frames = max(1, round(seconds * fps))
-    spec = f"{source}=size={w}x{h}:rate={fps}"  # no `duration`: not every lavfi source accepts it
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(spec, format="lavfi") as src, av.open(str(out), "w", options=options) as dst:
-        stream = dst.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "slow", "g": str(2 * fps)}
-        for i, frame in enumerate(src.decode(video=0)):
-            if i >= n_frames:
-                break
-            frame = frame.reformat(format="yuv420p")
-            frame.pts, frame.time_base = i, Fraction(1, fps)  # constant frame rate from 0
-            dst.mux(stream.encode(frame))
-        dst.mux(stream.encode(None))
-    return out
-
-
 SAMPLE_QUESTIONS = {
     "What colour is the circle?": "red",
     "What shape is the blue object?": "square",
@@ -57,7 +23,7 @@ SAMPLE_QUESTIONS = {
 
 def sample_scene() -> np.ndarray:
     """The sample's frames: a red circle and a blue square drift for 8 s; a green triangle joins at 4 s."""
-    from ..yardstick.world import Track, render
+    from tools.yardstick.world import Track, render
 
     frames = 16
     tracks = [

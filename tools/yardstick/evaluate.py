@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..session import Session, SessionConfig
-from .world import FPS, Example
+from livevlm.session import Session, SessionConfig
+from tools.yardstick.world import FPS, Example
 
 
 @dataclass

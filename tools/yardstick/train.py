@@ -1,6 +1,6 @@
 """Train the yardstick model on the procedural world, on CPU, and save it as a Hugging Face checkpoint.
 
-    python -m livevlm.yardstick.train  # the bundled model: 800 tower + 3000 + 1000 polish steps, 115 min
+    python -m tools.yardstick.train  # the bundled model: 800 tower + 3000 + 1000 polish steps, 115 min
 
 Sequences are laid out by the same adapter code `Session` uses (system prompt, video tokens, question,
 assistant turn), and pixels go through the same preprocessing, so what the model learns is what it is asked.
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..models.preprocess import frames_to_patches
-from ..models.qwen_vl import QwenVLAdapter
-from .model import build_config, build_tokenizer, write_video_processor_config
-from .world import COLOURS, FPS, FRAME_SIZE, QUESTION_TYPES, SHAPES, Example, make_example
+from livevlm.models.preprocess import frames_to_patches
+from livevlm.models.qwen_vl import QwenVLAdapter
+from tools.yardstick.model import build_config, build_tokenizer, write_video_processor_config
+from tools.yardstick.world import COLOURS, FPS, FRAME_SIZE, QUESTION_TYPES, SHAPES, Example, make_example
 
 TOKEN_PIXELS = 28  # one merged visual token covers 28 x 28 pixels of 2 frames
 MIN_OBJECT_SHARE = 0.08
