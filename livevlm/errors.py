@@ -35,6 +35,10 @@ class ModelLoadError(LivevlmError):
     """A model path or hub id could not be loaded, or its architecture is not supported."""
 
 
+class DeviceUnavailableError(LivevlmError):
+    """The requested torch device (cuda, cuda:1, mps, ...) is not available on this machine."""
+
+
 class ContextOverflowError(LivevlmError):
     """The stream plus the question do not fit the model's context window."""
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from ..registry import Registry
+from .devices import check_device
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +27,14 @@ def supported_families() -> list[str]:
     return MODEL_FAMILIES.names()
 
 
-def _resolve_dtype(dtype: str, device: str):
+def _resolve_dtype(dtype: str):
     import torch
 
     if dtype == "auto":
         return "auto"
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
@@ -76,20 +77,41 @@ def checkpoint_pixel_bounds(name: str) -> dict[str, int]:
     return {k: int(v) for k, v in bounds.items() if v is not None}
 
 
-def load_model(
-    name_or_path: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto", **adapter_kwargs: Any
-):
-    """Load `name_or_path` (None: the bundled default) and wrap it in its family's adapter.
+def _read_json(name: str, filename: str) -> dict:
+    """`filename` of checkpoint `name` as a dict; {} when absent or unreadable (the loader reports that)."""
+    import json
 
-    Frame pixel bounds come from the checkpoint's video processor config when it has one; `min_pixels` /
-    `max_pixels` in `adapter_kwargs` override them."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+    from transformers.utils import cached_file
 
-    if name_or_path is None:
-        name_or_path = default_model_path()
-    name = str(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(name)
+        path = cached_file(name, filename, _raise_exceptions_for_missing_entries=False)
+        data = json.loads(Path(path).read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _refuse_own_code(name: str) -> None:
+    """Refuse, before transformers parses it, an unsupported checkpoint whose config.json names its own code."""
+    raw = _read_json(name, "config.json")
+    model_type = raw.get("model_type")
+    if model_type in MODEL_FAMILIES:
+        if "auto_map" in raw:
+            logger.warning("%s: ignoring auto_map; loading transformers' own %s code", name, model_type)
+        return
+    if "auto_map" in raw:
+        raise ModelLoadError(
+            f"model {name!r} has model_type {model_type!r} and ships its own code (auto_map in config.json); "
+            f"livevlm never runs a checkpoint's own code; supported: {', '.join(supported_families())}"
+        )
+
+
+def _load_config(name: str):
+    from transformers import AutoConfig
+
+    _refuse_own_code(name)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         hint = (
             "no such directory" if not Path(name).exists() and name.startswith(("/", ".", "~")) else str(exc)
@@ -99,13 +121,96 @@ def load_model(
         raise ModelLoadError(
             f"model {name!r} has model_type {config.model_type!r}; supported: {', '.join(supported_families())}"
         )
+    return config
+
+
+def _check_tokenizer_files(name: str) -> None:
+    """A local checkpoint must ship tokenizer.json, or vocab.json and merges.txt."""
+    folder = Path(name)
+    if not folder.is_dir() or (folder / "tokenizer.json").is_file():
+        return
+    slow = ("vocab.json", "merges.txt")
+    missing = [f for f in slow if not (folder / f).is_file()]
+    if len(missing) == len(slow):
+        raise ModelLoadError(
+            f"no tokenizer in {str(folder)!r}: missing tokenizer.json (or vocab.json and merges.txt); "
+            "copy the tokenizer files of the model it was trained from into that directory"
+        )
+    if missing:
+        (have,) = set(slow) - set(missing)
+        raise ModelLoadError(
+            f"incomplete tokenizer in {str(folder)!r}: has {have} but missing {missing[0]} (and no tokenizer.json)"
+        )
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return [folder / "model.safetensors"]
+    shards = _read_json(str(folder), index.name).get("weight_map", {}).values()
+    return [folder / shard for shard in sorted(set(shards))]
+
+
+def _check_weight_files(name: str) -> None:
+    """Open the header of each safetensors file of a local checkpoint: a damaged one is named, not traced back."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(name)
+    if not folder.is_dir():
+        return  # a hub id: checked as it loads
+    for path in _weight_files(folder):
+        if not path.is_file():
+            continue  # from_pretrained says what is missing
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except SafetensorError as exc:
+            raise ModelLoadError(
+                f"{str(path)!r} is corrupt or truncated ({exc}); re-download or re-save the checkpoint"
+            ) from exc
+
+
+def _load_weights(name: str, config, dtype, device: str):
+    from safetensors import SafetensorError
+    from transformers import AutoModelForImageTextToText
+
+    _check_weight_files(name)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            name, dtype=_resolve_dtype(dtype, device), use_safetensors=True
+            name, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False
         ).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+    except SafetensorError as exc:
+        raise ModelLoadError(f"the weights of {name!r} are corrupt or truncated: {exc}") from exc
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load weights or tokenizer of {name!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load the weights of {name!r}: {exc}") from exc
+    return model
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {exc}") from exc
+
+
+def load_model(
+    name_or_path: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto", **adapter_kwargs: Any
+):
+    """Load `name_or_path` (None: the bundled default) and wrap it in its family's adapter.
+
+    Never runs code shipped with a checkpoint and never reads stdin. The device and dtype are checked first,
+    then the config, tokenizer files and safetensors headers, and only then are the weights read.
+    Frame pixel bounds come from the checkpoint's video processor config when it has one; `min_pixels` /
+    `max_pixels` in `adapter_kwargs` override them."""
+    torch_dtype = _resolve_dtype(dtype)
+    check_device(device)
+    name = str(default_model_path() if name_or_path is None else name_or_path)
+    config = _load_config(name)
+    _check_tokenizer_files(name)
+    model = _load_weights(name, config, torch_dtype, device)
+    tokenizer = _load_tokenizer(name)
     adapter_cls = MODEL_FAMILIES.load(config.model_type)
     adapter_kwargs = {**checkpoint_pixel_bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
     return adapter_cls(model, tokenizer, **adapter_kwargs)
