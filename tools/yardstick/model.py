@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from livevlm.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from livevlm.models.qwen_vl import DEFAULT_SYSTEM_PROMPT
+from livevlm.models import DEFAULT_SYSTEM_PROMPT
 from livevlm.models.tokenizer import QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_SPECIAL_TOKENS
 from tools.yardstick.world import FPS, FRAME_SIZE, corpus_lines
 
