@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from livevlm.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from livevlm.models import DEFAULT_SYSTEM_PROMPT
+from livevlm.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from livevlm.models.tokenizer import QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_SPECIAL_TOKENS
 from tools.yardstick.world import FPS, FRAME_SIZE, corpus_lines
 

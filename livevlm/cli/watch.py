@@ -15,26 +15,21 @@ import threading
 import time
 from typing import Any
 
-from .cli_common import add_compression_args, compression_kwargs
+from .flags import add_session_args, session_config
 
 _QUIT = ("quit", "exit", ":q")
 
 
-def add_watch_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     """Register the `watch` subcommand on the CLI's subparsers."""
     w = sub.add_parser("watch", help="watch a live source and answer questions typed on stdin")
     w.add_argument("source", help="file, URL (rtsp://, http(s)://, ...), webcam:N / webcam:NAME, lavfi:GRAPH")
-    w.add_argument("--model", default=None, help="local path or hub id (default: the bundled model)")
-    w.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default 2)")
     w.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    w.add_argument("--max-new-tokens", type=int, default=64)
-    w.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    w.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     w.add_argument("--transport", default="tcp", choices=["tcp", "udp"], help="RTSP transport (default tcp)")
     w.add_argument("--fast", action="store_true", help="read a file as fast as possible, not in real time")
     w.add_argument("--buffer", type=int, default=8, help="frames buffered before dropping the oldest")
     w.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines (0: off)")
-    add_compression_args(w)
+    add_session_args(w)
 
 
 class StatusLine:
@@ -82,10 +77,12 @@ def _read_stdin(questions: queue.Queue[str | None]) -> None:
     questions.put(None)
 
 
-def run_watch(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """The `watch` command; returns the exit status."""
-    from .session import Session, SessionConfig
-    from .stream import FileSource, LiveReader, ReaderConfig, open_source
+    from ..session import Session
+    from ..stream import FileSource, LiveReader, ReaderConfig, open_source
+
+    config = session_config(args)  # bad flags fail before a source is opened
 
     # the source opens first: a bad URL or device fails before a model is loaded; a camera or stream is read
     # at once (what arrives while the model loads is dropped by the bounded buffer); a file waits for the model
@@ -96,14 +93,6 @@ def run_watch(args: argparse.Namespace) -> int:
     ingestor = None
     status = StatusLine()
     try:
-        config = SessionConfig(
-            model=args.model,
-            fps=args.fps,
-            max_new_tokens=args.max_new_tokens,
-            device=args.device,
-            dtype=args.dtype,
-            **compression_kwargs(args),
-        )
         session = Session(config=config)
         ingestor = session.watch(reader)
         questions: queue.Queue[str | None] = queue.Queue()
@@ -157,7 +146,7 @@ def _loop(
 
 def _answer(session: Any, question: str) -> None:
     """Stream one answer to stdout; a refused question is reported and watching goes on."""
-    from .errors import LivevlmError
+    from ..errors import LivevlmError
 
     try:
         for piece in session.ask(question):

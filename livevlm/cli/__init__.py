@@ -1,0 +1,59 @@
+"""The `livevlm` command: `ask VIDEO QUESTION` answers about a file; `watch SOURCE` answers while watching.
+
+Each subcommand lives in its own module with `add_parser(sub)` and `run(args)`; the session flags are
+generated once from `SessionConfig` (`livevlm.cli.flags`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import LivevlmError
+from . import ask, watch
+
+DEFAULT_MODEL_NOTICE = (
+    "note: no --model given, using the bundled default: a 4.9M-parameter Qwen2.5-VL trained on synthetic "
+    "clips of coloured shapes; it answers questions about colours, shapes, counts and order of such shapes "
+    "(see README) and nothing else"
+)
+COMMANDS = {"ask": ask, "watch": watch}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livevlm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS.values():
+        command.add_parser(sub)
+    sub.add_parser("sample", help="print the path of the bundled sample clip")
+    tiny = sub.add_parser("build-tiny", help="save a tiny random-weight checkpoint (for tests and demos)")
+    tiny.add_argument("out")
+    tiny.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen2_vl"])
+    tiny.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command in COMMANDS:
+            if args.model is None:
+                print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
+            return COMMANDS[args.command].run(args)
+        if args.command == "sample":
+            from ..assets import sample_video_path
+
+            print(sample_video_path())
+            return 0
+        if args.command == "build-tiny":
+            from ..models.tiny import build_tiny_checkpoint
+
+            print(build_tiny_checkpoint(args.out, args.family, seed=args.seed))
+            return 0
+    except LivevlmError as exc:
+        print(f"livevlm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1

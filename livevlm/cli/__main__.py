@@ -1,0 +1,7 @@
+"""`python -m livevlm.cli ...`: the `livevlm` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
