@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .tiers import ChunkRecord, DiskTier, KVTiers, from_bytes, to_bytes
+from .disk import DiskTier
+from .tiers import ChunkRecord, KVTiers, from_bytes, to_bytes
 
 SUMMARY_BLOCK = 256
 
