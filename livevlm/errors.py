@@ -61,3 +61,7 @@ class SourceConnectionError(SourceError, ConnectionError):
 
 class SourceDisconnectedError(SourceError):
     """A live source was lost and every reconnect attempt allowed by its config failed."""
+
+
+class SessionClosedError(LivevlmError):
+    """A session, or a store it owns, was used after `close()`."""

@@ -22,7 +22,7 @@ from livevlm.cache import (
     parse_bytes,
 )
 from livevlm.cache.chunks import ChunkStore
-from livevlm.cache.tiers import DiskTier
+from livevlm.cache.disk import DiskTier
 from livevlm.kernels.quant import from_bytes, to_bytes
 from livevlm.models.query_probe import probe_queries
 from livevlm.stream import read_frames

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 
 from ..kernels.quant import from_bytes, to_bytes
-from .tiers import ChunkRecord, DiskTier, KVTiers
+from .disk import DiskTier
+from .tiers import ChunkRecord, KVTiers
 
 SUMMARY_BLOCK = 256
 
@@ -168,13 +169,24 @@ class ChunkStore:
         ram = self.summaries.ram_bytes if self.summaries is not None else 0
         while tiers.cpu_bytes is not None and self.bytes["cpu"] + ram > tiers.cpu_bytes:
             if queues["cpu"]:
-                self._move(queues["cpu"].popleft(), "dropped" if tiers.disk_bytes == 0 else "disk")
+                rec = queues["cpu"].popleft()
+                self._move(rec, "disk" if self._disk_room(rec.nbytes) else "dropped")
             elif self.summaries is not None and tiers.disk_bytes != 0 and self.summaries.spill(self._disk_tier()):
                 ram = self.summaries.ram_bytes
             else:
                 break
-        while tiers.disk_bytes is not None and self.bytes["disk"] > tiers.disk_bytes and queues["disk"]:
-            self._move(queues["disk"].popleft(), "dropped")
+
+    def _disk_room(self, nbytes: int) -> bool:
+        """Drop the oldest disk chunks until `nbytes` more fit under `disk_bytes`, in bytes and in the spill file
+        (chunks + summary blocks), so the file never outgrows the cap; False when they cannot fit at all."""
+        cap = self.tiers.disk_bytes
+        if cap is None or nbytes > cap:
+            return cap is None
+        disk, limit = self._disk_tier(), cap + (self.summaries.disk_bytes if self.summaries is not None else 0)
+        queue = self._queues["disk"]
+        while (self.bytes["disk"] + nbytes > cap or not disk.fits(nbytes, limit)) and queue:
+            self._move(queue.popleft(), "dropped")
+        return self.bytes["disk"] + nbytes <= cap and disk.fits(nbytes, limit)
 
     def _move(self, rec: ChunkRecord, to: str) -> None:
         self.bytes[rec.tier] -= rec.nbytes
