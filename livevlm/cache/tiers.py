@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError
-from .disk import DiskTier  # noqa: F401  (moved to .disk; re-exported for old imports)
 
 TIERS = ("device", "cpu", "disk", "dropped")
 
