@@ -7,7 +7,9 @@ generated once from `SessionConfig` (`livevlm.cli.flags`).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from ..errors import LivevlmError
@@ -34,8 +36,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: sources stop, sessions close, spill files are removed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command in COMMANDS:
             if args.model is None:
@@ -54,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LivevlmError as exc:
         print(f"livevlm: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143
     except KeyboardInterrupt:
         return 130
     return 1

@@ -99,17 +99,16 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=_read_stdin, args=(questions,), name="livevlm-stdin", daemon=True).start()
         print(f"[watch] watching {source.source_id}; type a question and press Enter", file=sys.stderr)
         _loop(session, ingestor, questions, status, args)
-    finally:
+    finally:  # also on Ctrl-C / SIGTERM: stop the source, say what was done, close (spill files go)
         if ingestor is not None:
             ingestor.stop()
+            print(_summary(session), file=sys.stderr)
+            session.close()
         else:
             reader.close()
-    if ingestor is not None:
-        print(_summary(session), file=sys.stderr)
-        session.close()
-        if ingestor.error is not None:
-            print(f"livevlm: error: {ingestor.error}", file=sys.stderr)
-            return 2
+    if ingestor.error is not None:
+        print(f"livevlm: error: {ingestor.error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,8 +17,11 @@ from ._backend import Choice, cpu_flags, forced_torch
 BF16_PACK_FLAGS = ("avx512bw", "avx_ne_convert", "amx_bf16")
 
 
-def linear_choice(device: torch.device, dtype: torch.dtype, enabled: bool = True) -> Choice:
-    """Which backend `PackedLinears` runs for weights of `dtype` on `device`, and why."""
+def linear_choice(
+    device: torch.device, dtype: torch.dtype, enabled: bool = True, flags: frozenset[str] | None = None
+) -> Choice:
+    """Which backend `PackedLinears` runs for weights of `dtype` on `device`, and why (`flags`: the CPU's
+    feature flags, read from /proc/cpuinfo when None)."""
     if forced_torch():
         return Choice("torch", "forced by LIVEVLM_KERNELS=torch")
     if not enabled:
@@ -30,7 +33,8 @@ def linear_choice(device: torch.device, dtype: torch.dtype, enabled: bool = True
     ops = torch.ops.mkldnn
     if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")):
         return Choice("torch", "torch built without oneDNN linear prepack")
-    if dtype == torch.bfloat16 and not any(f in cpu_flags() for f in BF16_PACK_FLAGS):
+    flags = cpu_flags() if flags is None else flags
+    if dtype == torch.bfloat16 and not any(f in flags for f in BF16_PACK_FLAGS):
         return Choice("torch", "cpu lacks avx512bw / avx_ne_convert / amx_bf16 for bf16 prepack")
     return Choice("onednn", f"prepacked {str(dtype).removeprefix('torch.')} weights on this cpu")
 
