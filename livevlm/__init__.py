@@ -23,6 +23,7 @@ from .errors import (
     SourceError,
     SourceNotFoundError,
     SourceTimeoutError,
+    UnboundedSourceError,
 )
 from .models import load_model
 from .session import Session, SessionConfig, SessionStats
@@ -54,6 +55,7 @@ __all__ = [
     "SourceError",
     "SourceNotFoundError",
     "SourceTimeoutError",
+    "UnboundedSourceError",
     "__version__",
     "load_model",
     "open_source",

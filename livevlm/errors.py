@@ -65,3 +65,8 @@ class SourceDisconnectedError(SourceError):
 
 class SessionClosedError(LivevlmError):
     """A session, or a store it owns, was used after `close()`."""
+
+
+class UnboundedSourceError(SourceError, ConfigError):
+    """A source that never ends (a camera, a live stream, a lavfi graph) where one that ends is needed:
+    `livevlm ask` reads its source to the end before answering (give it --max-frames, or use `livevlm watch`)."""

@@ -29,7 +29,7 @@ from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
 from .session_config import SessionConfig, SessionStats
-from .stream import Frame
+from .stream import Frame, fit_frame
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -295,7 +295,7 @@ class Session:
             pts_seconds = (
                 frame.pts_seconds if isinstance(frame, Frame) else self._stats.frames_seen / self.config.fps
             )
-        frame = Frame(frame.data if isinstance(frame, Frame) else frame, float(pts_seconds))
+        frame = Frame(fit_frame(frame.data if isinstance(frame, Frame) else frame), float(pts_seconds))
         if self._frame_shape is None:
             self._frame_shape = (frame.height, frame.width)
             self._size = self.adapter.target_size(

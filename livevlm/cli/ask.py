@@ -1,8 +1,15 @@
-"""`livevlm ask VIDEO QUESTION`: ingest a video file, then stream the answer to a question."""
+"""`livevlm ask SOURCE QUESTION`: ingest a video to its end, then stream the answer to a question.
+
+SOURCE is anything `open_source` opens that ends: a file, a URL to a file (http(s)://...), a camera, a live
+stream or a lavfi graph with --max-frames. A source that never ends is refused (use `livevlm watch`). Frames
+are read as fast as the source allows. A file or download that was damaged or cut short is still answered
+over what could be read, with one warning line on stderr saying what was skipped or missed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -11,8 +18,12 @@ from .flags import add_session_args, session_config
 
 def add_parser(sub: Any) -> None:
     """Register the `ask` subcommand."""
-    ask = sub.add_parser("ask", help="ingest a video file and stream the answer to a question")
-    ask.add_argument("video", help="path of a video file")
+    ask = sub.add_parser("ask", help="ingest a video to its end and stream the answer to a question")
+    ask.add_argument(
+        "video",
+        help="video file or URL to one (http(s)://...); a camera (webcam:N), live stream (rtsp://...) or "
+        "lavfi:GRAPH never ends and needs --max-frames",
+    )
     ask.add_argument("question")
     ask.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
     ask.add_argument("--stats", action="store_true", help="print the session's stats to stderr at the end")
@@ -20,23 +31,49 @@ def add_parser(sub: Any) -> None:
     add_session_args(ask)
 
 
+def _expected_frames(duration: float | None, fps: float, max_frames: int | None) -> int | None:
+    """How many frames sampling `duration` seconds at `fps` gives (for the progress bar)."""
+    if duration is None:
+        return max_frames
+    n = max(1, math.ceil(duration * fps))
+    return min(n, max_frames) if max_frames else n
+
+
 def run(args: argparse.Namespace) -> int:
     """The `ask` command; returns the exit status."""
+    from tqdm.auto import tqdm
+
+    from ..errors import UnboundedSourceError
     from ..session import Session
-    from ..stream import probe
+    from ..stream import open_source
 
-    config = session_config(args, max_frames=args.max_frames)  # bad flags fail before any file is read
-    probe(args.video)  # a missing or broken file fails here, before a model is loaded
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
+    config = session_config(args, max_frames=args.max_frames)  # bad flags fail before any source is read
+    # opened before a model is loaded: a missing file, a broken one or a refused URL fails at once
+    source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames)
+    with source:
+        if source.endless:
+            raise UnboundedSourceError(
+                f"{args.video} never ends (a camera, a live stream or a lavfi graph): `livevlm ask` reads "
+                "its source to the end before answering; give --max-frames N to answer over the first N "
+                f"sampled frames, or use `livevlm watch {args.video}` to ask while it plays"
+            )
+        if args.no_progress:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-    with Session(config=config) as session:  # closing deletes a disk tier's spill files
-        session.ingest(args.video, progress=not args.no_progress)
-        for piece in session.ask(args.question):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        if args.stats:
-            print(session.stats, file=sys.stderr)
+            hf_logging.disable_progress_bar()
+        with Session(config=config) as session:  # closing deletes a disk tier's spill files
+            total = _expected_frames(source.declared_duration, config.fps, args.max_frames)
+            bar = tqdm(
+                source, total=total, unit="frame", desc="ingest", disable=args.no_progress, leave=False
+            )
+            session.ingest(bar)  # closes the bar; the source is closed by `with source`
+            shortfall = source.shortfall()
+            if shortfall is not None:
+                print(f"livevlm: warning: {args.video}: {shortfall}", file=sys.stderr, flush=True)
+            for piece in session.ask(args.question):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            if args.stats:
+                print(session.stats, file=sys.stderr)
     return 0

@@ -80,15 +80,16 @@ def _read_stdin(questions: queue.Queue[str | None]) -> None:
 def run(args: argparse.Namespace) -> int:
     """The `watch` command; returns the exit status."""
     from ..session import Session
-    from ..stream import FileSource, LiveReader, ReaderConfig, open_source
+    from ..stream import LiveReader, ReaderConfig, open_source
 
     config = session_config(args)  # bad flags fail before a source is opened
 
     # the source opens first: a bad URL or device fails before a model is loaded; a camera or stream is read
-    # at once (what arrives while the model loads is dropped by the bounded buffer); a file waits for the model
+    # at once (what arrives while the model loads is dropped by the bounded buffer); a file (local or by URL)
+    # waits for the model
     source = open_source(args.source, fps=args.fps, realtime=not args.fast, transport=args.transport)
     reader = LiveReader(source, ReaderConfig(capacity=args.buffer))
-    if source.live and not isinstance(source, FileSource):
+    if source.live and source.endless:
         reader.start()
     ingestor = None
     status = StatusLine()
@@ -106,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
             session.close()
         else:
             reader.close()
+    shortfall = source.shortfall()  # a damaged file, a download cut short
+    if shortfall is not None:
+        print(f"livevlm: warning: {args.source}: {shortfall}", file=sys.stderr)
     if ingestor.error is not None:
         print(f"livevlm: error: {ingestor.error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Configs live in `livevlm.stream.config` and import no backend; decord is importe
 from .base import Source, SourceStats
 from .buffer import BufferStats, FrameBuffer
 from .config import (
+    MAX_INPUT_PIXELS,
     FileSourceConfig,
     LavfiConfig,
     ReaderConfig,
@@ -14,7 +15,7 @@ from .config import (
     WebcamConfig,
 )
 from .file import FileSource, VideoInfo, probe, read_frames
-from .frame import Frame, FrameBatch
+from .frame import Frame, FrameBatch, fit_frame, fit_size
 from .ingest import Ingestor, IngestStats
 from .lavfi import LavfiSource
 from .live import AVLiveSource
@@ -26,6 +27,7 @@ from .url import UrlSource
 from .webcam import WebcamSource, webcam_spec
 
 __all__ = [
+    "MAX_INPUT_PIXELS",
     "SOURCES",
     "AVLiveSource",
     "BufferStats",
@@ -54,6 +56,8 @@ __all__ = [
     "WebcamConfig",
     "WebcamSource",
     "build_source",
+    "fit_frame",
+    "fit_size",
     "open_source",
     "probe",
     "read_frames",

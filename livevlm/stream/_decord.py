@@ -23,14 +23,15 @@ def available() -> bool:
     return importlib.util.find_spec("decord") is not None
 
 
-def open_reader(path: Path) -> Any:
-    """Open `path` with decord, mapping its failures to livevlm errors."""
+def open_reader(path: Path, size: tuple[int, int] | None = None) -> Any:
+    """Open `path` with decord (frames scaled to `size` = (height, width) if given), mapping its failures."""
     try:
         import decord
     except ImportError as e:
         raise ConfigError("backend='decord' needs decord: pip install 'livevlm[decord]'") from e
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        h, w = size if size is not None else (-1, -1)
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, width=w, height=h)
     except (decord.DECORDError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NotAVideoError(f"not a video: decord cannot open {path} ({first})") from e
@@ -43,8 +44,12 @@ def decord_frames(
     stats: SourceStats,
     max_frames: int | None,
     wait: Callable[[float], bool],
+    downscaled: bool = False,
 ) -> Iterator[Frame]:
-    """Yield the sampled frames of `reader`; frames decord fails to decode are skipped and counted."""
+    """Yield the sampled frames of `reader`; frames decord fails to decode are skipped and counted.
+
+    `downscaled`: the reader was opened at a reduced size (each frame counts in `stats.frames_downscaled`).
+    """
     import decord
 
     times = [float(t) for t in reader.get_frame_timestamp(range(len(reader)))[:, 0]]
@@ -71,4 +76,5 @@ def decord_frames(
             if not wait(times[i]):
                 return
             stats.frames_yielded += 1
+            stats.frames_downscaled += int(downscaled)
             yield Frame(data, times[i], str(path))

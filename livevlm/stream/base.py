@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import SourceError
 from .frame import Frame
+from .sampler import Pacer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -34,6 +35,8 @@ class SourceStats:
     """(last time before, first time after) the most recent reconnect."""
     last_error: str | None = None
     """Why the last connection was lost or the last reconnect attempt failed."""
+    frames_downscaled: int = 0
+    """Frames larger than the source's `max_input_pixels`, scaled down before they were yielded."""
 
 
 class Source:
@@ -46,13 +49,46 @@ class Source:
     """
 
     live: bool = False
+    pacer: Pacer | None = None
+    """Holds each frame back to its timestamp when `pacer.realtime` (None: a source that is never paced)."""
 
     def __init__(self, source_id: str) -> None:
         self.source_id = source_id
         self.stats = SourceStats()
+        self.declared_duration: float | None = None
+        """Duration the input's headers declare, in seconds (None: none, e.g. a camera or a live stream)."""
+        self.frame_period: float | None = None
+        """Seconds per frame of the input's nominal frame rate (None: unknown)."""
         self._stop = threading.Event()
         self._frames: Iterator[Frame] | None = None
         self._closed = False
+        self._exhausted = False  # set by subclasses when the input itself ran out (not a limit, not stop())
+
+    @property
+    def endless(self) -> bool:
+        """Whether the iteration may never end by itself: a camera, a live stream, an unbounded synthetic
+        source, a push source until `end()`. Sources with `max_frames` or a declared duration end."""
+        return self.live
+
+    def shortfall(self) -> str | None:
+        """What the read so far skipped or missed, as one line; None when nothing is known to be missing.
+
+        'N corrupt packets skipped' (damaged data, stepped over) and/or 'stopped at A s of B s' when the input
+        ran out more than a frame (and 0.1 s) before the duration its headers declare (a truncated file or
+        download). A read ended by `max_frames` or `stop()` has stopped early on purpose: no 'stopped at'.
+        """
+        s = self.stats
+        stopped = None
+        if self._exhausted and self.declared_duration is not None and s.last_pts_seconds is not None:
+            period = self.frame_period or 0.0
+            end = s.last_pts_seconds + period
+            if self.declared_duration - end > max(period, 0.1):
+                stopped = f"stopped at {end:.1f} s of {self.declared_duration:.1f} s"
+        n = s.frames_corrupt
+        corrupt = f"{n} corrupt packet{'' if n == 1 else 's'} skipped" if n else None
+        if stopped and corrupt:
+            return f"{stopped} ({corrupt})"
+        return stopped or corrupt
 
     def _run(self) -> Iterator[Frame]:
         raise NotImplementedError

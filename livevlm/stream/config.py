@@ -15,6 +15,14 @@ TRANSPORTS = ("tcp", "udp", "udp_multicast", "http")
 BUFFER_POLICIES = ("latest", "block")
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp")
 
+MAX_INPUT_PIXELS = 4096 * 4096
+"""Default cap on the pixels of one input frame (16.7 MP: 4K UHD and DCI 4K pass untouched).
+
+A larger frame is downscaled as early as possible: decoded video in FFmpeg's reformat to RGB (aspect kept,
+the full-size RGB array never exists), pushed arrays by a block average (`livevlm.stream.fit_frame`).
+Sources count such frames in `SourceStats.frames_downscaled`; the model resizes to its own size later anyway.
+"""
+
 
 def _check_fps(owner: str, fps: float | None) -> None:
     if fps is not None and not (isinstance(fps, (int, float)) and 0 < fps < math.inf):
@@ -82,6 +90,8 @@ class FileSourceConfig:
     """'av' (PyAV, skips and counts damaged packets), 'decord' (random access), 'auto' (decord if installed)."""
     realtime: bool = False
     """Yield frames at the pace of their timestamps, like a camera; False reads as fast as possible."""
+    max_input_pixels: int | None = MAX_INPUT_PIXELS
+    """Frames with more pixels are downscaled (aspect kept) in the decoder; None: no cap."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, (str, os.PathLike)) or not str(self.path):
@@ -89,6 +99,7 @@ class FileSourceConfig:
         object.__setattr__(self, "path", Path(self.path))
         _check_fps("FileSourceConfig", self.fps)
         _check_count("FileSourceConfig", "max_frames", self.max_frames)
+        _check_count("FileSourceConfig", "max_input_pixels", self.max_input_pixels)
         if not (isinstance(self.start_seconds, (int, float)) and 0 <= self.start_seconds < math.inf):
             raise ConfigError(
                 f"FileSourceConfig.start_seconds must be finite and >= 0, got {self.start_seconds!r}"
@@ -122,6 +133,11 @@ class UrlSourceConfig:
     """Force an FFmpeg input format (e.g. 'mpegts'); None lets FFmpeg probe."""
     options: dict[str, str] = field(default_factory=dict)
     """Extra FFmpeg demuxer/protocol options, e.g. {'buffer_size': '1048576'}."""
+    realtime: bool = False
+    """Yield a URL to a file at the pace of its timestamps; False reads it as fast as the network allows.
+    A live stream (see `live`) arrives in real time whatever this says: no pacing is added on top."""
+    max_input_pixels: int | None = MAX_INPUT_PIXELS
+    """Frames with more pixels are downscaled (aspect kept) in the decoder; None: no cap."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or "://" not in self.url:
@@ -134,6 +150,7 @@ class UrlSourceConfig:
         _check_seconds("UrlSourceConfig", "open_timeout", self.open_timeout)
         _check_seconds("UrlSourceConfig", "read_timeout", self.read_timeout)
         _check_count("UrlSourceConfig", "max_frames", self.max_frames)
+        _check_count("UrlSourceConfig", "max_input_pixels", self.max_input_pixels)
 
     @property
     def scheme(self) -> str:
@@ -167,6 +184,10 @@ class WebcamConfig:
     """Seconds without a frame before the camera counts as lost (then it is reopened)."""
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     """Retry policy when the camera vanishes (unplugged, driver reset)."""
+    max_frames: int | None = None
+    """Stop after yielding this many frames; None runs until closed."""
+    max_input_pixels: int | None = MAX_INPUT_PIXELS
+    """Frames with more pixels are downscaled (aspect kept) in the decoder; None: no cap."""
 
     def __post_init__(self) -> None:
         if (
@@ -187,6 +208,8 @@ class WebcamConfig:
             raise ConfigError(f"WebcamConfig.platform must be linux, darwin or win32, got {self.platform!r}")
         _check_seconds("WebcamConfig", "open_timeout", self.open_timeout)
         _check_seconds("WebcamConfig", "read_timeout", self.read_timeout)
+        _check_count("WebcamConfig", "max_frames", self.max_frames)
+        _check_count("WebcamConfig", "max_input_pixels", self.max_input_pixels)
 
 
 @dataclass(frozen=True)
@@ -203,6 +226,8 @@ class LavfiConfig:
     """Stop after yielding this many frames; None runs until closed."""
     duration_seconds: float | None = None
     """Stop at this stream time; None runs until closed."""
+    max_input_pixels: int | None = MAX_INPUT_PIXELS
+    """Frames with more pixels are downscaled (aspect kept) in the decoder; None: no cap."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.graph, str) or not self.graph.strip():
@@ -210,6 +235,7 @@ class LavfiConfig:
         _check_fps("LavfiConfig", self.fps)
         _check_count("LavfiConfig", "max_frames", self.max_frames)
         _check_seconds("LavfiConfig", "duration_seconds", self.duration_seconds, optional=True)
+        _check_count("LavfiConfig", "max_input_pixels", self.max_input_pixels)
 
 
 @dataclass(frozen=True)

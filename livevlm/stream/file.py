@@ -3,6 +3,8 @@
 path ─► av.open ─► demux(best video stream) ─► decode ─► Sampler: t0 + k/fps ─► Pacer ─► Frame(rgb24, pts)
                      damaged packets are skipped and counted in `stats.frames_corrupt`
 backend='decord': the frame index gives every timestamp, the Sampler picks, decord decodes only those.
+Frames above `max_input_pixels` are scaled down in the conversion to RGB (`rgb_array`), never decoded to a
+full-size RGB array. After the read, `shortfall()` says what the file promised and the read did not give.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 
 from ..errors import EmptyVideoError, NotAVideoError, SourceError, SourceNotFoundError
 from . import _decord
 from .base import Source, SourceStats
 from .config import FileSourceConfig
-from .frame import Frame
+from .frame import Frame, fit_size
 from .sampler import Pacer, Sampler
 
 __all__ = ["FileSource", "FileSourceConfig", "SourceStats", "VideoInfo", "probe", "read_frames"]
@@ -65,6 +68,28 @@ def _open(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
     return container, stream
 
 
+def rgb_array(frame: av.VideoFrame, max_pixels: int | None, stats: SourceStats) -> np.ndarray:
+    """The frame as uint8 RGB (H, W, 3); above `max_pixels`, scaled (area) by FFmpeg in the same conversion."""
+    size = fit_size(frame.height, frame.width, max_pixels)
+    if size == (frame.height, frame.width):
+        return frame.to_ndarray(format="rgb24")
+    stats.frames_downscaled += 1
+    return frame.to_ndarray(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
+
+
+def declared_duration(container: Any, stream: Any, video_only: bool = True) -> float | None:
+    """The duration the headers declare for `stream`, in seconds; None if none.
+
+    When the stream declares none (Matroska, WebM), the container's duration is used: with `video_only`, only
+    if the video is its only stream (another, e.g. a longer audio track, would overstate the video's).
+    """
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and (not video_only or len(container.streams) == 1):
+        return container.duration / av.time_base
+    return None
+
+
 def _stream_rate(stream: av.VideoStream, average: bool = False) -> float | None:
     """FFmpeg's guessed (or, with `average`, mean) frame rate of `stream`; None when unknown.
 
@@ -90,15 +115,27 @@ class FileSource(Source):
         self.backend = backend
         self.live = config.realtime  # a file paced in real time stands in for a camera
         self._stream: Any = None
+        self._decord_downscale = False
         if backend == "decord":
             if not self.path.exists():
                 raise SourceNotFoundError(f"video file not found: {self.path}")
-            self._container: Any = _decord.open_reader(self.path)
+            info = probe(self.path)
+            size = fit_size(info.height, info.width, config.max_input_pixels)
+            self._decord_downscale = size != (info.height, info.width)
+            self._container: Any = _decord.open_reader(self.path, size if self._decord_downscale else None)
+            self.declared_duration, self._rate = info.duration_seconds, info.fps
         else:
             self._container, self._stream = _open(self.path)
             self._rate = _stream_rate(self._stream)
+            self.declared_duration = declared_duration(self._container, self._stream)
+        self.frame_period = 1 / self._rate if self._rate else None
         self._anchor = (0.0, 0)  # (seconds, frame index) of the last frame that had a pts
-        self._pacer = Pacer(config.realtime, self._stop)
+        self.pacer = Pacer(config.realtime, self._stop)
+
+    @property
+    def endless(self) -> bool:
+        """A file always ends (even paced in real time)."""
+        return False
 
     def _release(self) -> None:
         if self.backend == "av":
@@ -136,6 +173,7 @@ class FileSource(Source):
                 self.stats.frames_decoded += 1
                 self.stats.last_pts_seconds = t
                 yield t, frame
+        self._exhausted = True  # the demuxer reached the end of the data
 
     def _seconds(self, frame: av.VideoFrame) -> float:
         """The frame's pts in seconds; without pts, the last real pts plus frames since then / stream rate."""
@@ -151,7 +189,16 @@ class FileSource(Source):
         sampler = Sampler(cfg.fps, start if start > 0 else None)
         if self.backend == "decord":
             yield from _decord.decord_frames(
-                self._container, self.path, sampler, self.stats, cfg.max_frames, self._pacer.wait
+                self._container,
+                self.path,
+                sampler,
+                self.stats,
+                cfg.max_frames,
+                self.pacer.wait,
+                self._decord_downscale,
+            )
+            self._exhausted = not self.stopped and (
+                cfg.max_frames is None or self.stats.frames_yielded < cfg.max_frames
             )
         else:
             yield from self._run_av(sampler, start)
@@ -171,10 +218,10 @@ class FileSource(Source):
         for t, frame in self._decoded():
             if not sampler.keep(t):
                 continue
-            if not self._pacer.wait(t):
+            if not self.pacer.wait(t):
                 return
             self.stats.frames_yielded += 1
-            yield Frame(frame.to_ndarray(format="rgb24"), t, str(self.path))
+            yield Frame(rgb_array(frame, self.config.max_input_pixels, self.stats), t, str(self.path))
             if self.config.max_frames is not None and self.stats.frames_yielded >= self.config.max_frames:
                 return
 
@@ -192,12 +239,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     container, stream = _open(Path(path))
     try:
         fps = _stream_rate(stream, average=True)
-        if stream.duration is not None and stream.time_base is not None:
-            duration: float | None = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = None
+        duration = declared_duration(container, stream, video_only=False)
         count = stream.frames or (round(duration * fps) if duration and fps else None)
         return VideoInfo(duration, fps, stream.codec_context.width, stream.codec_context.height, count)
     finally:

@@ -2,16 +2,23 @@
 
 Layout: `data` is always HWC (`Frame`) or NHWC (`FrameBatch`), RGB, uint8. `chw()` returns the channels-first
 view and `from_chw()` accepts channels-first input, so both layouts are served without ambiguity.
+
+Size: `fit_frame(data, max_pixels)` downscales an array above the input cap (`MAX_INPUT_PIXELS` by default)
+by a block average, without any full-size copy; `fit_size` is the size the decoders scale to.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import FrameError
+from . import config as _config
+
+_BLOCK_BYTES = 8 << 20  # working memory of one slab of fit_frame's block average
 
 
 def _check_pixels(data: object, ndim: int, what: str) -> np.ndarray:
@@ -117,3 +124,64 @@ class FrameBatch:
         span = f"{self.pts_seconds[0]:.3f}..{self.pts_seconds[-1]:.3f}" if len(self) else "empty"
         src = f", source_id={self.source_id!r}" if self.source_id else ""
         return f"FrameBatch(shape={tuple(self.data.shape)}, pts_seconds={span}{src})"
+
+
+def fit_size(height: int, width: int, max_pixels: int | None) -> tuple[int, int]:
+    """The (height, width) a decoder scales a frame to so it has at most `max_pixels`, aspect kept.
+
+    Unchanged when it already fits (or `max_pixels` is None).
+    """
+    if max_pixels is None or height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    h = max(1, min(height, int(height * scale)))
+    w = max(1, min(width, int(width * scale), max_pixels // h))
+    return h, w
+
+
+def _block_factors(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """Integer (rows, columns) per output pixel so that (height // ky) * (width // kx) <= max_pixels."""
+    k = math.ceil(math.sqrt(height * width / max_pixels))
+    ky, kx = min(k, height), min(k, width)
+    if ky == height:  # one output row left: the columns take the rest of the reduction
+        kx = max(kx, math.ceil(width / max_pixels))
+    if kx == width:
+        ky = max(ky, math.ceil(height / max_pixels))
+    return ky, kx
+
+
+def fit_frame(data: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
+    """`data` (uint8 RGB (H, W, 3)) itself when it has at most `max_pixels` pixels, else a downscaled copy.
+
+    The copy averages blocks of the smallest integer factor that fits (area resampling; trailing rows or
+    columns that do not fill a block are dropped), slab by slab: the extra memory is the output plus a few
+    MB, never a full-size copy or float conversion. `max_pixels` None: `MAX_INPUT_PIXELS` (read at the call).
+    A malformed array raises `FrameError`.
+    """
+    data = _check_pixels(data, 3, "Frame")
+    cap = _config.MAX_INPUT_PIXELS if max_pixels is None else int(max_pixels)
+    if cap < 1:
+        raise FrameError(f"fit_frame: max_pixels must be >= 1, got {max_pixels!r}")
+    height, width = data.shape[:2]
+    if height * width <= cap:
+        return data
+    ky, kx = _block_factors(height, width, cap)
+    oh, ow = height // ky, width // kx
+    out = np.empty((oh, ow, 3), dtype=np.uint8)
+    area = ky * kx
+    acc_type = np.uint16 if area <= 256 else np.uint32  # 256 * 255 + 128 fits in 16 bits
+    rows = max(1, _BLOCK_BYTES // (ow * 3 * np.dtype(acc_type).itemsize))  # output rows per slab
+    for r in range(0, oh, rows):
+        n = min(rows, oh - r)
+        slab = data[r * ky : (r + n) * ky, : ow * kx].reshape(n, ky, ow, kx, 3)  # a view: no copy
+        if area <= 64:  # the common case: one strided add per offset in the block is fastest
+            sums = np.zeros((n, ow, 3), dtype=acc_type)
+            for i in range(ky):
+                for j in range(kx):
+                    sums += slab[:, i, :, j, :]
+        else:  # a frame over 64x the cap (or a thin strip): one reduction
+            sums = slab.sum(axis=(1, 3), dtype=acc_type)
+        sums += area // 2  # round to nearest
+        sums //= area
+        out[r : r + n] = sums
+    return out

@@ -21,5 +21,6 @@ class LavfiSource(AVLiveSource):
             realtime=config.realtime,
             max_frames=config.max_frames,
             duration_seconds=config.duration_seconds,
+            max_input_pixels=config.max_input_pixels,
         )
-        self.live = config.realtime
+        self.live = config.realtime  # paced, it stands in for a camera; unpaced, a consumer may make it wait

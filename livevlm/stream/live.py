@@ -28,8 +28,8 @@ from ..errors import (
     SourceTimeoutError,
 )
 from .base import Source
-from .config import ReconnectConfig
-from .file import _stream_rate
+from .config import MAX_INPUT_PIXELS, ReconnectConfig
+from .file import _stream_rate, declared_duration, rgb_array
 from .frame import Frame
 from .sampler import Pacer, Sampler, Timeline
 
@@ -64,6 +64,7 @@ class AVLiveSource(Source):
         realtime: bool = False,
         max_frames: int | None = None,
         duration_seconds: float | None = None,
+        max_input_pixels: int | None = MAX_INPUT_PIXELS,
     ) -> None:
         super().__init__(source_id)
         self.spec = spec
@@ -72,12 +73,14 @@ class AVLiveSource(Source):
         self.reconnect = reconnect if live else None
         self.max_frames = max_frames
         self.duration_seconds = duration_seconds
+        self.max_input_pixels = max_input_pixels
         self._rng = random.Random()
         self._sampler = Sampler(fps)
-        self._pacer = Pacer(realtime, self._stop)
+        self.pacer = Pacer(realtime, self._stop)
         self._timeline = Timeline(start=0.0 if live else None)
         self._wall0: float | None = None  # monotonic clock at the first frame
         self._rebase_pending = False
+        self._declares_end = False  # the input's headers declare a duration (set by `_open`)
         self._container, self._stream = self._open()  # fail fast: a bad URL or device is reported now
 
     # -- opening --------------------------------------------------------------------------------------
@@ -116,6 +119,9 @@ class AVLiveSource(Source):
             self._timeline.wrap_seconds = _TS_WRAP_SECONDS
         rate = _stream_rate(stream)
         self._timeline.period = 1 / rate if rate else self._timeline.period
+        self.frame_period = self._timeline.period
+        self.declared_duration = declared_duration(container, stream)
+        self._declares_end = container.duration is not None or self.declared_duration is not None
         return container, stream
 
     def _release(self) -> None:
@@ -134,6 +140,7 @@ class AVLiveSource(Source):
                     if self._done():
                         return
                 if self.reconnect is None:
+                    self._exhausted = not self.stopped
                     return
                 cause = "the stream ended"
             except (av.FFmpegError, OSError) as e:
@@ -151,6 +158,14 @@ class AVLiveSource(Source):
             self._release()
             failures = 0 if self.stats.frames_decoded > decoded_before else failures  # it worked for a while
             failures = self._reconnect(failures, cause)
+
+    @property
+    def endless(self) -> bool:
+        """Endless unless bounded by `max_frames` or `duration_seconds`, or not live and of a declared duration
+        (a URL to a file). A lavfi graph declares none: it counts as endless even if the graph itself ends."""
+        if self.max_frames is not None or self.duration_seconds is not None:
+            return False
+        return self.reconnect is not None or not self._declares_end
 
     def _done(self) -> bool:
         s = self.stats
@@ -180,10 +195,10 @@ class AVLiveSource(Source):
                 self.stats.last_pts_seconds = t
                 if not self._sampler.keep(t):
                     continue
-                if not self._pacer.wait(t):
+                if not self.pacer.wait(t):
                     return
                 self.stats.frames_yielded += 1
-                yield Frame(frame.to_ndarray(format="rgb24"), t, self.source_id)
+                yield Frame(rgb_array(frame, self.max_input_pixels, self.stats), t, self.source_id)
 
     def _clock(self, raw: float | None) -> float:
         """Stream time of a frame (raw None: no pts yet); a reconnect restarts at the wall-clock time."""

@@ -10,19 +10,28 @@ import numpy as np
 
 from .base import Source, SourceStats
 from .buffer import FrameBuffer
-from .frame import Frame
+from .config import MAX_INPUT_PIXELS
+from .frame import Frame, fit_frame
 
 
 class PushSource(Source):
     """A bounded buffer fed by `push()` (thread-safe, never blocks with policy 'latest'); iterate to consume.
 
-    `end()` says no more frames will come: iteration finishes after the frames still queued.
+    `end()` says no more frames will come: iteration finishes after the frames still queued. A frame of more
+    than `max_input_pixels` pixels (None: no cap) is downscaled by `fit_frame` as it is pushed.
     """
 
     live = True
 
-    def __init__(self, capacity: int = 8, policy: str = "latest", source_id: str = "push") -> None:
+    def __init__(
+        self,
+        capacity: int = 8,
+        policy: str = "latest",
+        source_id: str = "push",
+        max_input_pixels: int | None = MAX_INPUT_PIXELS,
+    ) -> None:
         super().__init__(source_id)
+        self.max_input_pixels = max_input_pixels
         self.buffer = FrameBuffer(capacity, policy)
         self._lock = threading.Lock()
         self._t0: float | None = None
@@ -48,8 +57,10 @@ class PushSource(Source):
             if pts_seconds is None:
                 pts_seconds = frame.pts_seconds if isinstance(frame, Frame) else now - self._t0
         data = frame.data if isinstance(frame, Frame) else frame
-        frame = Frame(data, float(pts_seconds), self.source_id)
+        fitted = data if self.max_input_pixels is None else fit_frame(data, self.max_input_pixels)
+        frame = Frame(fitted, float(pts_seconds), self.source_id)
         with self._lock:
+            self._stats.frames_downscaled += int(fitted is not data)
             self._stats.frames_decoded += 1
             self._stats.last_pts_seconds = frame.pts_seconds
         return self.buffer.put(frame)

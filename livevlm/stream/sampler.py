@@ -116,6 +116,8 @@ class Pacer:
     def __init__(self, realtime: bool, stop: threading.Event | None = None, speed: float = 1.0) -> None:
         self.realtime = realtime
         self.speed = speed
+        self.waits = 0
+        """Frames held back because they were early (always 0 when not `realtime`)."""
         self._stop = stop or threading.Event()
         self._anchor: tuple[float, float] | None = None  # (stream time, monotonic clock)
 
@@ -127,4 +129,7 @@ class Pacer:
         if self._anchor is None or t < self._anchor[0]:
             self._anchor = (t, now)
         due = self._anchor[1] + (t - self._anchor[0]) / self.speed
-        return not self._stop.wait(due - now) if due > now else not self._stop.is_set()
+        if due <= now:
+            return not self._stop.is_set()
+        self.waits += 1
+        return not self._stop.wait(due - now)

@@ -27,35 +27,52 @@ def build_source(kind: str, config: Any) -> Source:
 
 
 def open_source(
-    source: Any, *, fps: float | None = 2.0, realtime: bool = False, transport: str | None = "tcp"
+    source: Any,
+    *,
+    fps: float | None = 2.0,
+    realtime: bool | None = None,
+    transport: str | None = "tcp",
+    max_frames: int | None = None,
 ) -> Source | LiveReader:
-    """Open `source`, sampled at `fps`; a Source, LiveReader or config passes through or is built as is.
+    """Open `source`, sampled at `fps`; a Source, LiveReader or config passes through as is (its own settings).
 
-    'clip.mp4' or 'file:///...'     a video file (`realtime` paces it like a camera)
+    'clip.mp4' or 'file:///...'     a video file
     'rtsp://...', 'https://...'    any stream FFmpeg opens by URL (`transport` for RTSP: tcp or udp)
     'webcam:0', 'webcam:NAME', 0   a local camera by index or name; '/dev/video2' on Linux
-    'lavfi:testsrc2=size=640x480:rate=30'   an FFmpeg test source, paced in real time
+    'lavfi:testsrc2=size=640x480:rate=30'   an FFmpeg test source
+
+    `realtime`: True yields frames at the pace of their timestamps, False as fast as they can be read, None
+    as the source goes by default: a file or a URL to a file as fast as possible, a lavfi graph in real time.
+    A camera or a live stream (rtsp, rtmp, udp, srt, ...) arrives in real time whatever `realtime` says
+    (`source.live` is True; no pacing is added). `max_frames`: stop after this many frames (None: no limit).
     """
     if isinstance(source, (Source, LiveReader)):
         return source
     entry = SOURCES.for_config(source)
     if entry is not None:
         return entry.load()(source)
+    fast = realtime is False
     if isinstance(source, int) and not isinstance(source, bool):
-        return build_source("webcam", WebcamConfig(source, fps=fps))
+        return build_source("webcam", WebcamConfig(source, fps=fps, max_frames=max_frames))
     if not isinstance(source, (str, os.PathLike)) or not str(source):
         raise ConfigError(f"cannot open {source!r}: give a path, URL, 'webcam:N', 'lavfi:GRAPH' or a config")
     text = str(source)
     if isinstance(source, str) and not Path(text).exists():
         kind, _, rest = text.partition(":")
         if kind == "lavfi" and rest:
-            return build_source("lavfi", LavfiConfig(rest, fps=fps))
+            return build_source("lavfi", LavfiConfig(rest, fps=fps, realtime=not fast, max_frames=max_frames))
         if kind in ("webcam", "camera") and rest:
-            return build_source("webcam", WebcamConfig(int(rest) if rest.isdigit() else rest, fps=fps))
+            device = int(rest) if rest.isdigit() else rest
+            return build_source("webcam", WebcamConfig(device, fps=fps, max_frames=max_frames))
         if text.startswith("/dev/video"):
-            return build_source("webcam", WebcamConfig(text, fps=fps))
+            return build_source("webcam", WebcamConfig(text, fps=fps, max_frames=max_frames))
         if text.startswith("file://"):
             text = text[len("file://") :]
         elif "://" in text:
-            return build_source("url", UrlSourceConfig(text, fps=fps, transport=transport))
-    return build_source("file", FileSourceConfig(text, fps=fps, realtime=realtime))
+            cfg = UrlSourceConfig(
+                text, fps=fps, transport=transport, realtime=bool(realtime), max_frames=max_frames
+            )
+            return build_source("url", cfg)
+    return build_source(
+        "file", FileSourceConfig(text, fps=fps, realtime=bool(realtime), max_frames=max_frames)
+    )

@@ -21,7 +21,8 @@ class UrlSource(AVLiveSource):
     """Sampled frames from a stream URL; live URLs reconnect with backoff when the connection drops.
 
     The first connection is made in the constructor: a refused, silent or unknown URL raises a typed
-    `SourceError` at once (`SourceConnectionError`, `SourceTimeoutError`, ...).
+    `SourceError` at once (`SourceConnectionError`, `SourceTimeoutError`, ...). A URL to a file is read as fast
+    as the network allows unless `config.realtime`; a live stream arrives in real time whatever it says.
     """
 
     _open_error = SourceConnectionError
@@ -37,4 +38,7 @@ class UrlSource(AVLiveSource):
             read_timeout=config.read_timeout,
             reconnect=config.reconnect,
             max_frames=config.max_frames,
+            realtime=config.realtime and not config.is_live,  # a live stream is paced by its sender
+            max_input_pixels=config.max_input_pixels,
         )
+        self.live = config.is_live or config.realtime  # paced, a URL to a file stands in for a camera

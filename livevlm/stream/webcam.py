@@ -94,6 +94,8 @@ class WebcamSource(AVLiveSource):
             open_timeout=config.open_timeout,
             read_timeout=config.read_timeout,
             reconnect=config.reconnect,
+            max_frames=config.max_frames,
+            max_input_pixels=config.max_input_pixels,
         )
 
     def _not_found(self, error: Exception) -> SourceError:
