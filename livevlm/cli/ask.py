@@ -22,21 +22,44 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The `ask` command; returns the exit status."""
+    from ..context_fit import expected_frames
+    from ..guards import check_question
     from ..session import Session
     from ..stream import probe
 
+    question = check_question(args.question)  # an empty or undecodable question fails before anything loads
     config = session_config(args, max_frames=args.max_frames)  # bad flags fail before any file is read
-    probe(args.video)  # a missing or broken file fails here, before a model is loaded
+    info = probe(args.video)  # a missing or broken file fails here, before a model is loaded
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     with Session(config=config) as session:  # closing deletes a disk tier's spill files
+        frames = expected_frames(info.duration_seconds, config.fps, config.max_frames, info.fps)
+        if frames:  # a video the context cannot hold fails now, not after ingesting it all
+            session.check_fits(frames, (info.height, info.width), question)
         session.ingest(args.video, progress=not args.no_progress)
-        for piece in session.ask(args.question):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        print_answer(session.ask(question))
+        floored = session.stats.prune.chunks_floored
+        if floored:
+            print(
+                f"note: the pruning budget rounded to 0 tokens in {floored} chunks; each kept 1",
+                file=sys.stderr,
+            )
         if args.stats:
             print(session.stats, file=sys.stderr)
     return 0
+
+
+def print_answer(pieces: Any) -> None:
+    """Stream an answer to stdout, ended by a newline; an empty one prints '(no answer)' on stderr instead."""
+    text = ""
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        text += piece
+    if text:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if not text.strip():
+        print("(no answer)", file=sys.stderr, flush=True)
