@@ -9,6 +9,8 @@ push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
 ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv.probe_view(snapshot)]
     ─► kv.answer_view(snapshot, queries) ─► prefill [pending odd frame] + question ─► greedy decode
     ─► yields text; the stream context is untouched
+Input checks live in `guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`,
+the up-front context estimate in `context_fit`. After `close()` every method but `stats` raises.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .answer_stop import AnswerStop, Penalties, answer_text, generation_eos
 from .cache import build_feature_cache, build_kv_store
-from .errors import ContextOverflowError, FrameError, QuestionError
+from .context_fit import check_stream_fits, expected_frames
+from .errors import ContextOverflowError, FrameError, LivevlmError, SessionClosedError
+from .guards import SegmentPush, check_pts, check_question
 from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
@@ -64,13 +69,23 @@ class Session:
         self._stored_end = 0  # one past the highest position stored in the KV context
         self._stats = SessionStats()
         self._ingestor: Any = None
+        self._closed = False
+        self._prompt_ids: list[int] = []
         self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
         self._start_prompt()
 
     # -- ingestion ------------------------------------------------------------------------------------
     def push(self, frame: Frame | np.ndarray, pts_seconds: float | None = None) -> VisualChunk | None:
-        """Add one RGB uint8 (H, W, 3) frame; returns the (pruned) chunk it completed, if any."""
+        """Add one RGB uint8 (H, W, 3) frame; returns the (pruned) chunk it completed, if any.
+
+        `pts_seconds` (None: the `Frame`'s own, or for an array the next 1/fps instant after the last frame) is
+        seconds since the stream's start: a finite number in [0, 1e9], greater than the previous accepted
+        frame's. Anything else (a string, NaN, inf, negative, a duplicate or backwards time) raises
+        `FrameError` and is counted in `stats.frames_rejected`, like a malformed frame; the stream goes on.
+        `ingest()` and `watch()` shift a source that starts before the stream's time (a second file, a restart)
+        so it follows it."""
         with self._lock:
+            self._check_open()
             try:
                 frame = self._as_frame(frame, pts_seconds)
             except FrameError:
@@ -84,6 +99,7 @@ class Session:
     def step(self) -> VisualChunk:
         """Encode the pending temporal patch, prune it and append the kept tokens to the KV context."""
         with self._lock:
+            self._check_open()
             frames, self._pending = self._pending, []  # a failed encode must not leave a stuck, overfull patch
             chunk = self._encode(frames, self._stats.chunks, self._feature_cache)  # 1. encode
             self._max_position = max(self._max_position, int(chunk.positions.max()))
@@ -107,24 +123,30 @@ class Session:
         s.kv_tokens, s.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
 
     def ingest(self, source: str | Path | Iterable[Frame], progress: bool = False) -> int:
-        """Push every frame of a video file (sampled at `config.fps`) or an iterable of frames."""
+        """Push every frame of a video file (sampled at `config.fps`) or an iterable of frames.
+
+        One call is one segment: if its first frame is not after the stream's last (a second file, frames
+        restarting at 0), the segment's times are shifted to follow on. `check_fits()` tells beforehand
+        whether a file fits the model's context."""
         from tqdm.auto import tqdm
 
         from .stream import FileSource, FileSourceConfig, probe
 
+        self._check_open()
         total = None
         if isinstance(source, (str, Path)):
             cfg = FileSourceConfig(str(source), fps=self.config.fps, max_frames=self.config.max_frames)
             frames_iter: Iterable[Frame] = FileSource(cfg)
             if progress:
-                total = _expected_frames(probe(source).duration_seconds, self.config)
+                info = probe(source)
+                total = expected_frames(info.duration_seconds, self.config.fps, self.config.max_frames, info.fps)
         else:
             frames_iter = source
-        count = 0
+        count, push = 0, self._segment()
         try:
             with tqdm(total=total, unit="frame", desc="ingest", disable=not progress, leave=False) as bar:
                 for frame in frames_iter:
-                    self.push(frame)
+                    push(frame)
                     count += 1
                     bar.update(1)
         finally:
@@ -139,31 +161,34 @@ class Session:
         """
         from .stream import Ingestor, open_source
 
-        ingestor = Ingestor(open_source(source, fps=self.config.fps), self.push, reader).start()
+        self._check_open()
+        ingestor = Ingestor(open_source(source, fps=self.config.fps), self._segment(), reader).start()
         with self._lock:
             self._ingestor = ingestor
         return ingestor
 
+    def _segment(self) -> SegmentPush:
+        """`push` for one source (an ingest() or watch()): shifted, once, to follow the stream's last frame."""
+        return SegmentPush(self.push, lambda: self._stats.last_pts_seconds, self.config.fps)
+
     # -- questions ------------------------------------------------------------------------------------
     def ask(self, question: str, max_new_tokens: int | None = None) -> Iterator[str]:
-        """Stream the answer's text over the context so far; the stream context is left unchanged."""
-        ids: list[int] = []
-        emitted = ""
-        for token in self.ask_ids(question, max_new_tokens):
-            ids.append(token)
-            text = self.adapter.decode_text(ids)
-            if text.endswith("\ufffd"):  # an unfinished multi-byte character
-                continue
-            if len(text) > len(emitted):
-                yield text[len(emitted) :]
-                emitted = text
+        """Stream the answer's text over the context so far; the stream context is left unchanged.
+
+        Refused at the call (not at the first piece) like `ask_ids`; an answer may be empty."""
+        return answer_text(self.ask_ids(question, max_new_tokens), self.adapter.decode_text)
 
     def ask_ids(self, question: str, max_new_tokens: int | None = None) -> Iterator[int]:
-        """Greedy token ids of the answer (the end-of-turn token included when reached)."""
-        if not isinstance(question, str) or not question.strip():
-            raise QuestionError("the question must be a non-empty string")
+        """Greedy token ids of the answer (the end-of-turn token included when reached).
+
+        The question must be non-empty UTF-8 text (`QuestionError`). Decoding follows the checkpoint's
+        generation config (end tokens, repetition_penalty, no_repeat_ngram_size) and stops on a clear loop
+        (`config.stop_repeats`), keeping one copy (`stats.answers_stopped_repeating`). If the session is
+        closed before the answer ends, its next token raises `SessionClosedError`."""
+        question = check_question(question)
         budget = max_new_tokens or self.config.max_new_tokens
         with self._lock:  # a consistent snapshot: ingestion may go on while we answer
+            self._check_open()
             suffix = self.adapter.suffix_ids(question)
             extra = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
             needed = self._kv.stats.tokens + extra + len(suffix) + budget
@@ -176,27 +201,40 @@ class Session:
                 self._kv.snapshot(), list(self._pending), self._stats.chunks, self._max_position, self._stored_end
             )
             self._stats.questions += 1
-        return self._answer(state, suffix, budget)
+            gen = self.adapter.model.generation_config
+            visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra
+            penalties = Penalties(gen, self._prompt_ids, self.adapter.video_token_id, visual, suffix)
+        stop = AnswerStop(self.adapter.eos_token_ids | generation_eos(gen), self.config.stop_repeats)
+        return self._answer(state, suffix, budget, stop, penalties)
 
-    def _answer(self, state: _AskState, suffix: list[int], budget: int) -> Iterator[int]:
+    def _answer(
+        self, state: _AskState, suffix: list[int], budget: int, stop: AnswerStop, penalties: Penalties
+    ) -> Iterator[int]:
         """prefill the question on the selected context, then decode greedily (like gpt-fast's generate)."""
-        t0 = time.perf_counter()
-        logits, cache, next_pos = self._prefill_question(state, suffix)
-        prefill = time.perf_counter() - t0
-        produced, t0 = 0, time.perf_counter()
+        produced, prefill, t0 = 0, 0.0, time.perf_counter()
         try:
+            self._check_open()
+            logits, cache, next_pos = self._prefill_question(state, suffix)
+            prefill, t0 = time.perf_counter() - t0, time.perf_counter()
             for _ in range(budget):
-                token = int(torch.argmax(logits))
+                token = int(torch.argmax(penalties(logits, stop.ids)))
                 produced += 1
-                yield token
-                if token in self.adapter.eos_token_ids:
+                yield from stop.push(token)
+                if stop.done:
                     break
+                self._check_open()
                 pos = self.adapter.text_positions(next_pos, 1)
                 logits = self.adapter.forward(self.adapter.embed_ids([token]), pos, cache)
                 next_pos += 1
+            yield from stop.flush()
+        except Exception as e:  # the session closed under a running step: say so, not what broke
+            if self._closed and not isinstance(e, LivevlmError):
+                raise SessionClosedError("the session was closed while this answer was being decoded") from e
+            raise
         finally:
             with self._lock:
                 self._stats.answer_tokens += produced
+                self._stats.answers_stopped_repeating += stop.looped
                 self._stats.seconds.prefill += prefill
                 self._stats.seconds.decode += time.perf_counter() - t0
 
@@ -218,12 +256,38 @@ class Session:
         logits = self.adapter.forward(question, self.adapter.text_positions(start, len(suffix)), cache)
         return logits, cache, max(max_pos, start + len(suffix) - 1) + 1
 
+    def check_fits(self, num_frames: int, frame_hw: tuple[int, int], question: str = "") -> None:
+        """Refuse up front (`ContextOverflowError`, naming the remedy: `kv="bilevel"` or the `max_frames` that
+        fit) `num_frames` more frames of `frame_hw` (height, width) that `kv="full"` cannot answer `question`
+        over within the model's context. An estimate from the budget: bounded KV policies and pruners whose
+        kept count depends on the content are not refused here (`ask` still checks)."""
+        with self._lock:
+            self._check_open()
+            if self.config.kv.policy != "full" or num_frames < 1:
+                return
+            size = self._size or self.adapter.target_size(
+                *frame_hw, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels
+            )
+            check_stream_fits(
+                self.adapter, self._pruner, used=self._kv.stats.tokens, pending=len(self._pending),
+                num_frames=num_frames, size=size, question=question, max_new_tokens=self.config.max_new_tokens,
+            )  # fmt: skip
+
     def close(self) -> None:
-        """Stop a watched source and release the KV store (a disk tier's files are deleted); the session is done."""
+        """Stop a watched source and release the KV store (a disk tier's files are deleted); the session is done.
+
+        Afterwards every method but `stats` raises `SessionClosedError`, and so does the next token of an answer
+        still being decoded (what it yielded stands). Closing twice is harmless."""
         if self._ingestor is not None:
             self._ingestor.stop()
         with self._lock:
-            self._kv.close()
+            if not self._closed:
+                self._closed = True
+                self._kv.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosedError("this session is closed (close() was called): start a new Session")
 
     def __enter__(self) -> Self:
         return self
@@ -234,7 +298,7 @@ class Session:
     # -- helpers --------------------------------------------------------------------------------------
     @property
     def stats(self) -> SessionStats:
-        """A copy of the counters, safe to keep."""
+        """A copy of the counters, safe to keep; still readable after `close()`."""
         stream = self._ingestor.stats if self._ingestor is not None else None
         with self._lock:
             s = self._stats
@@ -258,7 +322,7 @@ class Session:
         return choices
 
     def _start_prompt(self) -> None:
-        ids = self.adapter.prefix_ids(self.config.system_prompt)
+        ids = self._prompt_ids = self.adapter.prefix_ids(self.config.system_prompt)
         self._prefill(self.adapter.embed_ids(ids), self.adapter.text_positions(0, len(ids)), is_prompt=True)
         self._max_position = len(ids) - 1
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
@@ -291,11 +355,14 @@ class Session:
         return chunk
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
-        if pts_seconds is None:
-            pts_seconds = (
-                frame.pts_seconds if isinstance(frame, Frame) else self._stats.frames_seen / self.config.fps
-            )
-        frame = Frame(fit_frame(frame.data if isinstance(frame, Frame) else frame), float(pts_seconds))
+        last = self._stats.last_pts_seconds
+        if pts_seconds is None and isinstance(frame, Frame):
+            pts_seconds = frame.pts_seconds
+        elif pts_seconds is None:  # the next sampling instant after the last frame
+            pts_seconds = self._stats.frames_seen / self.config.fps
+            pts_seconds = pts_seconds if last is None or pts_seconds > last else last + 1 / self.config.fps
+        pts = check_pts(pts_seconds, last)
+        frame = Frame(fit_frame(frame.data if isinstance(frame, Frame) else frame), pts)
         if self._frame_shape is None:
             self._frame_shape = (frame.height, frame.width)
             self._size = self.adapter.target_size(
@@ -318,14 +385,6 @@ class _AskState:
     chunks: int
     max_position: int
     stored_end: int
-
-
-def _expected_frames(duration: float | None, config: SessionConfig) -> int | None:
-    """How many frames sampling a file of `duration` seconds will give (for the progress bar)."""
-    if duration is None:
-        return config.max_frames
-    n = max(1, int(np.ceil(duration * config.fps)))
-    return min(n, config.max_frames) if config.max_frames else n
 
 
 def _resize_uint8(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:

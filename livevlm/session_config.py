@@ -44,6 +44,9 @@ class SessionConfig:
     """Stop ingesting a file after this many sampled frames."""
     max_new_tokens: int = 64
     """Most tokens an answer may have."""
+    stop_repeats: int = 3
+    """An answer stops when its tail is this many copies in a row of a unit of 1-8 tokens spanning at least 8
+    tokens (a loop like 'blueblueblue'); one copy is kept. 0 = off (only the end token and max_new_tokens)."""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_pixels: int | None = None
     """Cap on pixels per frame after resizing (None: the checkpoint's video processor config, else 768 x 28 x 28)."""
@@ -66,6 +69,8 @@ class SessionConfig:
             raise ConfigError(f"max_frames must be >= 1 or None, got {self.max_frames}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.stop_repeats != 0 and self.stop_repeats < 2:
+            raise ConfigError(f"stop_repeats must be 0 (off) or >= 2, got {self.stop_repeats}")
         if self.max_pixels is not None and self.max_pixels < 28 * 28:
             raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
         if self.min_pixels is not None and not 28 * 28 <= self.min_pixels <= (self.max_pixels or 2**62):
@@ -98,6 +103,9 @@ class SessionStats:
     kv_bytes: int = 0
     questions: int = 0
     answer_tokens: int = 0
+    """Tokens decoded for answers (a loop's trimmed copies included)."""
+    answers_stopped_repeating: int = 0
+    """Answers stopped on a loop (`SessionConfig.stop_repeats`), their repeated copies trimmed."""
     last_pts_seconds: float | None = None
     seconds: StageSeconds = field(default_factory=StageSeconds)
     prune: PruneStats = field(default_factory=PruneStats)

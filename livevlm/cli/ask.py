@@ -9,10 +9,10 @@ over what could be read, with one warning line on stderr saying what was skipped
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any
 
+from ..context_fit import expected_frames
 from .flags import add_session_args, session_config
 
 
@@ -31,22 +31,29 @@ def add_parser(sub: Any) -> None:
     add_session_args(ask)
 
 
-def _expected_frames(duration: float | None, fps: float, max_frames: int | None) -> int | None:
-    """How many frames sampling `duration` seconds at `fps` gives (for the progress bar)."""
-    if duration is None:
-        return max_frames
-    n = max(1, math.ceil(duration * fps))
-    return min(n, max_frames) if max_frames else n
+def _check_fits(session: Any, source: Any, args: argparse.Namespace, question: str) -> None:
+    """A local video the context cannot hold (with `--kv full`) fails now, not after ingesting all of it."""
+    from ..stream import FileSource, probe
+
+    if not isinstance(source, FileSource):
+        return  # URLs and bounded live sources: checked when the question is asked
+    info = probe(args.video)
+    frames = expected_frames(info.duration_seconds, session.config.fps, args.max_frames, info.fps)
+    if frames:
+        session.check_fits(frames, (info.height, info.width), question)
 
 
 def run(args: argparse.Namespace) -> int:
     """The `ask` command; returns the exit status."""
     from tqdm.auto import tqdm
 
+    from ..context_fit import expected_frames
     from ..errors import UnboundedSourceError
+    from ..guards import check_question
     from ..session import Session
     from ..stream import open_source
 
+    question = check_question(args.question)  # an empty or undecodable question fails before anything loads
     config = session_config(args, max_frames=args.max_frames)  # bad flags fail before any source is read
     # opened before a model is loaded: a missing file, a broken one or a refused URL fails at once
     source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames)
@@ -62,18 +69,31 @@ def run(args: argparse.Namespace) -> int:
 
             hf_logging.disable_progress_bar()
         with Session(config=config) as session:  # closing deletes a disk tier's spill files
-            total = _expected_frames(source.declared_duration, config.fps, args.max_frames)
-            bar = tqdm(
-                source, total=total, unit="frame", desc="ingest", disable=args.no_progress, leave=False
-            )
+            _check_fits(session, source, args, question)
+            total = expected_frames(source.declared_duration, config.fps, args.max_frames)
+            bar = tqdm(source, total=total, unit="frame", desc="ingest", disable=args.no_progress, leave=False)
             session.ingest(bar)  # closes the bar; the source is closed by `with source`
             shortfall = source.shortfall()
             if shortfall is not None:
                 print(f"livevlm: warning: {args.video}: {shortfall}", file=sys.stderr, flush=True)
-            for piece in session.ask(args.question):
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
+            print_answer(session.ask(question))
+            floored = session.stats.prune.chunks_floored
+            if floored:
+                print(f"note: the pruning budget rounded to 0 tokens in {floored} chunks; each kept 1", file=sys.stderr)
             if args.stats:
                 print(session.stats, file=sys.stderr)
     return 0
+
+
+def print_answer(pieces: Any) -> None:
+    """Stream an answer to stdout, ended by a newline; an empty one prints '(no answer)' on stderr instead."""
+    text = ""
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        text += piece
+    if text:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if not text.strip():
+        print("(no answer)", file=sys.stderr, flush=True)

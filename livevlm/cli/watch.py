@@ -65,14 +65,18 @@ def _summary(session: Any) -> str:
     ing = s.stream
     return (
         f"[watch] done after {ing.seconds:.1f}s: frames in {ing.source.frames_decoded}, "
-        f"processed {ing.frames_processed}, dropped {ing.buffer.frames_dropped}, "
+        f"processed {ing.frames_processed}, rejected {ing.frames_rejected}, dropped {ing.buffer.frames_dropped}, "
         f"corrupt {ing.source.frames_corrupt}, reconnects {ing.source.reconnects}, "
         f"questions {s.questions}, context {s.kv_tokens} tokens"
     )
 
 
 def _read_stdin(questions: queue.Queue[str | None]) -> None:
-    for line in sys.stdin:
+    """Queue the lines typed on stdin. Read as bytes: a line that is not UTF-8 keeps its bad bytes (as
+    surrogates) and is refused by the session with a message, instead of killing this reader."""
+    raw = getattr(sys.stdin, "buffer", None)
+    lines = (line.decode("utf-8", "surrogateescape") for line in raw) if raw is not None else sys.stdin
+    for line in lines:
         questions.put(line.strip())
     questions.put(None)
 
@@ -148,14 +152,11 @@ def _loop(
 
 
 def _answer(session: Any, question: str) -> None:
-    """Stream one answer to stdout; a refused question is reported and watching goes on."""
+    """Stream one answer to stdout; a refused question is reported on stderr and watching goes on."""
     from ..errors import LivevlmError
+    from .ask import print_answer
 
     try:
-        for piece in session.ask(question):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        print_answer(session.ask(question))
     except LivevlmError as e:
-        print(f"livevlm: cannot answer: {e}", file=sys.stderr)
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+        print(f"livevlm: cannot answer: {e}", file=sys.stderr, flush=True)

@@ -57,6 +57,7 @@ class AdaptivePruner(DualAnchorPruner):
 
     config_class = AdaptiveConfig
     config: AdaptiveConfig
+    exact = False  # a chunk's share of the budget follows its uniqueness
 
     def __init__(self, config: AdaptiveConfig | None = None) -> None:
         super().__init__(config)

@@ -37,6 +37,8 @@ class PruneStats:
     """Tokens that did not enter the LLM (merged ones included)."""
     tokens_merged: int = 0
     """Dropped tokens averaged into a kept token instead of discarded."""
+    chunks_floored: int = 0
+    """Chunks whose budget (a ratio or rate) rounded to 0 tokens: each kept 1 token instead of none."""
     seconds: float = 0.0
     """Wall time spent deciding (and merging)."""
 
@@ -101,6 +103,8 @@ class BasePruner:
 
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[PrunerConfig]] = PrunerConfig
+    exact: ClassVar[bool] = True
+    """`select` keeps exactly the budget's k tokens; False: the content decides (at most k, or a share)."""
 
     def __init__(self, config: PrunerConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -110,6 +114,13 @@ class BasePruner:
     def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
         """Ascending (n_kept,) long indices of the rows to keep; at most `k` of them."""
         raise NotImplementedError
+
+    def planned_tokens(self, num_tokens: int, chunks: int) -> list[int] | None:
+        """Tokens each of the next `chunks` chunks of `num_tokens` would keep (None: the content decides)."""
+        if not self.exact:
+            return None
+        meter = BudgetMeter(self.config.budget, self.config.fps)
+        return [meter.allowance(num_tokens) for _ in range(chunks)]
 
     def __call__(self, chunk: VisualChunk) -> VisualChunk:
         start = time.perf_counter()
@@ -134,6 +145,7 @@ class BasePruner:
         s.tokens_kept += keep.numel()
         s.tokens_dropped += n - keep.numel()
         s.tokens_merged += merged
+        s.chunks_floored = self._meter.floored
         s.seconds += time.perf_counter() - start
         return kept
 
@@ -145,6 +157,9 @@ class NoPruner(BasePruner):
     def __init__(self, config: PrunerConfig | None = None) -> None:
         super().__init__(config)
         self.stats.budget = "1.0"
+
+    def planned_tokens(self, num_tokens: int, chunks: int) -> list[int] | None:
+        return [num_tokens] * chunks
 
     def __call__(self, chunk: VisualChunk) -> VisualChunk:
         n = chunk.num_tokens

@@ -3,11 +3,13 @@
 A "frame" for budget purposes is one chunk: the temporal patch of `frames_per_chunk` (2) frames that the
 vision encoder turns into one grid of tokens. Budget strings, as on the CLI (`--budget`):
 
-    "64"    64 tokens per chunk (at most the chunk's own count)
+    "64"    64 tokens per chunk (at most the chunk's own count); "0" is refused: it would drop every token
     "0.25"  a quarter of each chunk's tokens (rounded down: never over the ratio); "1.0" keeps everything
     "32/s"  32 tokens per second of video: a chunk's duration is read from its frames' timestamps
             (`len(pts) / (len(pts) - 1) * (pts[-1] - pts[0])`), or `frames_per_chunk / fps` when they cannot
             tell it; the fractional remainder carries over, so over a stream the rate is exact
+A chunk is never left with 0 tokens: a ratio or rate that rounds to 0 for a chunk keeps 1 token of it, and
+the chunk is counted (`PruneStats.chunks_floored`), so a stream is never answered blind.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ class Budget:
         v = self.value
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise ConfigError(f"budget value must be a finite number, got {v!r}")
-        if self.unit == "tokens" and (v < 0 or v != int(v)):
-            raise ConfigError(f"a budget in tokens per chunk must be an integer >= 0, got {v}")
+        if self.unit == "tokens" and v != int(v):
+            raise ConfigError(f"a budget in tokens per chunk must be an integer, got {v}")
+        if self.unit == "tokens" and v < 1:
+            raise ConfigError(
+                f"a budget of {v:g} tokens per chunk would drop every visual token (the model would answer blind): "
+                "keep at least 1 (e.g. --budget 64, a ratio --budget 0.25, a rate --budget 32/s) or prune nothing"
+            )
         if self.unit == "ratio" and not 0 < v <= 1:
             raise ConfigError(f"a budget ratio must be in (0, 1], got {v}")
         if self.unit == "per_second" and not v > 0:
@@ -129,18 +136,24 @@ class BudgetMeter:
         self.fps = fps
         self.frames_per_chunk = frames_per_chunk
         self._credit = 0.0  # tokens-per-second budgets: the fractional token carried to the next chunk
+        self.floored = 0
+        """Chunks whose budget rounded to 0 tokens and kept 1."""
 
     def allowance(self, num_tokens: int, pts_seconds: Sequence[float] = ()) -> int:
-        """Tokens this chunk of `num_tokens` may keep (never more than it has)."""
+        """Tokens this chunk of `num_tokens` may keep (never more than it has, at least 1 when it has any)."""
         b = self.budget
         if b.unit == "tokens":
-            return min(num_tokens, int(b.value))
-        if b.unit == "ratio":
-            return min(num_tokens, math.floor(b.value * num_tokens + 1e-9))
-        self._credit += b.value * self.chunk_seconds(pts_seconds)
-        whole = math.floor(self._credit + 1e-9)
-        self._credit -= whole  # what a chunk of fewer tokens than its share cannot use is not banked
-        return min(num_tokens, whole)
+            k = int(b.value)
+        elif b.unit == "ratio":
+            k = math.floor(b.value * num_tokens + 1e-9)
+        else:
+            self._credit += b.value * self.chunk_seconds(pts_seconds)
+            k = math.floor(self._credit + 1e-9)
+            self._credit -= k  # what a chunk of fewer tokens than its share cannot use is not banked
+        if k < 1 and num_tokens > 0:  # the floor: a chunk is never dropped whole by rounding
+            self.floored += 1
+            return 1
+        return min(num_tokens, k)
 
     def chunk_seconds(self, pts: Sequence[float]) -> float:
         """Duration of a chunk from its frames' timestamps, else `frames_per_chunk / fps`."""

@@ -54,6 +54,7 @@ class TemporalPruner(BasePruner):
 
     config_class = TemporalConfig
     config: TemporalConfig
+    exact = False  # a threshold or reused tokens drop more than the budget asks
 
     def __init__(self, config: TemporalConfig | None = None) -> None:
         super().__init__(config)

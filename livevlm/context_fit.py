@@ -1,0 +1,68 @@
+"""Will a stream fit the model's context? An estimate made before ingesting, so that `kv="full"` over a file
+too long for the model fails at once, naming the remedy, instead of after decoding the whole file.
+
+    frames ─► chunks (frames_per_chunk each) ─► tokens per chunk at the stream's size ─► the pruner's budget
+        ─► + the context so far + the question + max_new_tokens  vs  the model's max_context
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .errors import ContextOverflowError
+
+
+def expected_frames(
+    duration: float | None, fps: float, max_frames: int | None, video_fps: float | None = None
+) -> int | None:
+    """How many frames sampling `duration` seconds at `fps` gives (a slower video gives one per frame)."""
+    if duration is None:
+        return max_frames
+    rate = min(fps, video_fps) if video_fps else fps
+    n = max(1, math.ceil(duration * rate - 1e-9))
+    return min(n, max_frames) if max_frames else n
+
+
+def check_stream_fits(
+    adapter: Any,
+    pruner: Any,
+    *,
+    used: int,
+    pending: int,
+    num_frames: int,
+    size: tuple[int, int],
+    question: str,
+    max_new_tokens: int,
+) -> None:
+    """Raise `ContextOverflowError` if `num_frames` more frames (after `pending` ones, over `used` context
+    tokens) cannot be answered with `question` and `max_new_tokens` within `adapter.max_context`.
+
+    Nothing is refused when the pruner's kept count depends on the content (it may keep fewer)."""
+    fpc = adapter.frames_per_chunk
+    per_chunk = adapter.tokens_per_chunk(size)
+    kept = pruner.planned_tokens(per_chunk, math.ceil((pending + num_frames) / fpc))
+    if kept is None:
+        return
+    asked = len(adapter.suffix_ids(question))
+    room = adapter.max_context - used - asked - max_new_tokens
+    if sum(kept) <= room:
+        return
+    total, fit = 0, 0
+    for k in kept:
+        if total + k > room:
+            break
+        total, fit = total + k, fit + 1
+    frames = fit * fpc - pending
+    need = (
+        f"{num_frames} frames of {size[1]}x{size[0]} need {sum(kept)} visual tokens ({per_chunk} per {fpc} frames"
+        f"{', as pruned' if sum(kept) < per_chunk * len(kept) else ''}), but the model's context of "
+        f"{adapter.max_context} leaves {max(room, 0)} after {used} tokens already in it, {asked} of question and "
+        f"{max_new_tokens} of answer"
+    )
+    if frames < 1:
+        raise ContextOverflowError(f"{need}: shorten the question or lower --max-new-tokens")
+    raise ContextOverflowError(
+        f"{need}: use --kv bilevel (each question reads a bounded part of the stream) or --max-frames {frames} "
+        "(the most that fit; SessionConfig(kv=..., max_frames=...) in Python)"
+    )

@@ -1,0 +1,81 @@
+"""Input checks of the session's public methods: questions, timestamps, the stream's time across segments.
+
+Every refusal is a typed `LivevlmError` with the reason and the fix; nothing here touches the model.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+from .errors import FrameError, QuestionError
+from .stream import Frame
+
+MAX_PTS_SECONDS = 1e9
+"""Largest timestamp accepted (about 31 years): a bigger one is an epoch time or a unit mix-up."""
+
+
+def check_question(question: object) -> str:
+    """The question if it is non-empty UTF-8 text, else `QuestionError` saying what is wrong."""
+    if isinstance(question, (bytes, bytearray)):
+        raise QuestionError(
+            "the question must be text (str), got bytes: decode it first, e.g. q.decode('utf-8')"
+        )
+    if not isinstance(question, str):
+        raise QuestionError(f"the question must be a non-empty string, got {type(question).__name__}")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates: undecodable bytes from argv or a lenient decode
+        raise QuestionError(
+            f"the question is not valid UTF-8 text (undecodable bytes at character {e.start}); "
+            "check the terminal's or the file's encoding"
+        ) from None
+    if not question.strip():
+        raise QuestionError("the question must be a non-empty string, got an empty or blank one")
+    return question
+
+
+def check_pts(pts: object, last: float | None) -> float:
+    """`pts` in seconds if it is a finite number in [0, 1e9] after `last`; else `FrameError`."""
+    if isinstance(pts, bool) or not isinstance(pts, numbers.Real):
+        raise FrameError(f"pts_seconds must be a number of seconds, got {type(pts).__name__} {pts!r}")
+    value = float(pts)
+    if not math.isfinite(value):
+        raise FrameError(f"pts_seconds must be finite, got {value}")
+    if not 0.0 <= value <= MAX_PTS_SECONDS:
+        raise FrameError(
+            f"pts_seconds must be seconds since the stream's start, in [0, {MAX_PTS_SECONDS:g}], got {value:g}"
+            + (" (an epoch time? subtract the first frame's)" if value > MAX_PTS_SECONDS else "")
+        )
+    if last is not None and value <= last:
+        raise FrameError(
+            f"pts_seconds must be after the previous frame's ({last:g} s), got {value:g}: "
+            "timestamps of one stream increase (ingest() / watch() shift a source that restarts)"
+        )
+    return value
+
+
+def segment_offset(first_pts: float, last_pts: float | None, fps: float) -> float:
+    """Shift for a segment (one ingest() or watch()) whose first frame is at `first_pts`, so that it follows
+    the stream: 0 when it already starts after the last frame, else what moves it one period after it."""
+    start = 0.0 if last_pts is None else last_pts + 1.0 / fps
+    return start - first_pts if first_pts < start else 0.0
+
+
+class SegmentPush:
+    """Pushes one source's frames (one `ingest()` or `watch()`) with their times shifted, once, at its first
+    frame, by `segment_offset`: a second file or a source restarting at 0 follows the stream instead of being
+    refused frame by frame. Arrays without a time are pushed as they are."""
+
+    def __init__(self, push: Callable[..., Any], last_pts: Callable[[], float | None], fps: float) -> None:
+        self._push, self._last_pts, self._fps = push, last_pts, fps
+        self.offset: float | None = None
+
+    def __call__(self, frame: Any) -> Any:
+        if not isinstance(frame, Frame):
+            return self._push(frame)
+        if self.offset is None:
+            self.offset = segment_offset(frame.pts_seconds, self._last_pts(), self._fps)
+        return self._push(frame, frame.pts_seconds + self.offset)
