@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_info
 
 import livevlm
 from livevlm import SessionConfig, load_model
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "per_type": args.per_type,
         "types": types,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "cpu": cpu_info()},
         "livevlm": livevlm.__version__,
         "dtype": str(adapter.dtype),
         "settings": {},

@@ -28,6 +28,7 @@ from statistics import median
 from typing import Any
 
 import torch
+from _machine import cpu_info
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         "shape": args.shape, "device": args.device, "dtype": str(adapter.dtype).removeprefix("torch."),
         "family": adapter.family, "torch": torch.__version__, "livevlm": livevlm.__version__,
         "transformers": importlib.metadata.version("transformers"), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "cpu": cpu_info(), "torch_threads": torch.get_num_threads(),
         "loadavg_1m_before": load_before, "gpu": torch.cuda.get_device_name() if cuda else None,
         "video": str(args.video), "fps": args.fps, "frame_size": list(size), "max_pixels": args.max_pixels,
         "new_tokens": args.new_tokens, "question": QUESTION, "metrics": metrics,

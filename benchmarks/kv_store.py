@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _machine import cpu_info
 
 from livevlm import Session, SessionConfig, load_model
 from livevlm.cache import kv_config
@@ -216,7 +217,7 @@ def main() -> None:
                 "vit_cache": args.vit_cache, "pool": args.pool,
                 "kv_budget": args.kv_budget, "threads": args.threads, "torch": torch.__version__,
                 "python": platform.python_version(), "loadavg_1m_before": os.getloadavg()[0],
-                "cpu_count": os.cpu_count(), "host": platform.node(),
+                "cpu_count": os.cpu_count(), "cpu": cpu_info(), "host": platform.node(),
                 "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
         if args.soak:
             out = Path(args.out or results / f"kv_store-soak-{args.shape}.json")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_info
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
@@ -246,6 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "livevlm": livevlm.__version__,
         "python": platform.python_version(),
+        "cpu": cpu_info(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_1m_before": load_before,
         "loadavg_1m_after": os.getloadavg()[0],

@@ -27,6 +27,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
+from _machine import cpu_info
 
 import livevlm
 from livevlm.cache.vit_cache import build_feature_cache
@@ -280,6 +281,7 @@ def main() -> None:
         "livevlm": livevlm.__version__,
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_1m_before": load_before,
         "loadavg_1m_after": os.getloadavg()[0],

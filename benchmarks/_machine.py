@@ -1,0 +1,28 @@
+"""The CPU a benchmark ran on, recorded in its JSON: speed ratios of the fast paths depend on it."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+
+from livevlm.kernels import backend, cpu_flags
+
+SIMD_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx_ne_convert", "amx_bf16", "neon", "asimd")
+
+
+def cpu_info(dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
+    """CPU model, torch's ISA level, the SIMD flags that choose kernels, and each kernel's backend."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "model": model or platform.processor(),
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "simd_flags": sorted(f for f in SIMD_FLAGS if f in cpu_flags()),
+        "kernels": {op: str(choice) for op, choice in backend(dtype).items()},
+    }
