@@ -20,7 +20,8 @@ def test_backend_reports_every_op_with_a_reason():
         assert choice.backend in ("torch", "onednn") and choice.reason
 
 
-def test_bf16_prepack_is_not_chosen_on_a_cpu_without_avx512():
+def test_bf16_prepack_is_not_chosen_on_a_cpu_without_avx512(monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
     # an AMD EPYC without AVX-512 (the crash of issue 17): no avx512bw, avx_ne_convert or amx_bf16
     epyc = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
     choice = linear_choice(torch.device("cpu"), torch.bfloat16, flags=epyc)
