@@ -70,3 +70,7 @@ class SessionClosedError(LivevlmError):
 class UnboundedSourceError(SourceError, ConfigError):
     """A source that never ends (a camera, a live stream, a lavfi graph) where one that ends is needed:
     `livevlm ask` reads its source to the end before answering (give it --max-frames, or use `livevlm watch`)."""
+
+
+class AnswerDeadlineError(LivevlmError, TimeoutError):
+    """An answer's deadline passed before it had anything to give (no token decoded, choices not all scored)."""

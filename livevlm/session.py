@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .answer_stop import AnswerStop, Penalties, answer_text, generation_eos
 from .cache import build_feature_cache, build_kv_store
-from .context_fit import check_stream_fits, expected_frames
-from .errors import ContextOverflowError, FrameError, LivevlmError, SessionClosedError
-from .guards import SegmentPush, check_pts, check_question
+from .context_fit import expected_frames
+from .errors import FrameError, SessionClosedError
+from .guards import SegmentPush, check_pts
 from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
+from .questions import QuestionsMixin
 from .session_config import SessionConfig, SessionStats
 from .stream import Frame, fit_frame
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionConfig", "SessionStats"]
 
 
-class Session:
+class Session(QuestionsMixin):
     """Watches one stream with one model; `ask()` answers over everything ingested so far. Thread-safe."""
 
     def __init__(
@@ -69,14 +69,22 @@ class Session:
         self._stored_end = 0  # one past the highest position stored in the KV context
         self._stats = SessionStats()
         self._ingestor: Any = None
+        self._feed: Any = None  # the PushSource behind push(block=False)
+        self._chunk_done = threading.Condition(self._lock)
         self._closed = False
         self._prompt_ids: list[int] = []
         self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
         self._start_prompt()
 
     # -- ingestion ------------------------------------------------------------------------------------
-    def push(self, frame: Frame | np.ndarray, pts_seconds: float | None = None) -> VisualChunk | None:
+    def push(
+        self, frame: Frame | np.ndarray, pts_seconds: float | None = None, *, block: bool = True
+    ) -> VisualChunk | None:
         """Add one RGB uint8 (H, W, 3) frame; returns the (pruned) chunk it completed, if any.
+
+        `block=False` never waits for the model: the frame goes to a bounded buffer (8 frames, the oldest
+        dropped first, as the live reader does) that a background thread ingests; drops show in
+        `stats.stream` and the call returns None. Its `pts_seconds` default to seconds since the first such push.
 
         `pts_seconds` (None: the `Frame`'s own, or for an array the next 1/fps instant after the last frame) is
         seconds since the stream's start: a finite number in [0, 1e9], greater than the previous accepted
@@ -84,6 +92,9 @@ class Session:
         `FrameError` and is counted in `stats.frames_rejected`, like a malformed frame; the stream goes on.
         `ingest()` and `watch()` shift a source that starts before the stream's time (a second file, a restart)
         so it follows it."""
+        if not block:
+            self._feeder().push(frame, pts_seconds)
+            return None
         with self._lock:
             self._check_open()
             try:
@@ -109,7 +120,26 @@ class Session:
             s = self._stats
             s.chunks += 1
             s.visual_tokens += chunk.num_tokens
+            self._chunk_done.notify_all()
             return kept
+
+    def wait_for_chunk(self, after: int, timeout: float | None = None) -> int:
+        """Wait until more than `after` chunks were ingested (or `timeout` seconds, or close); returns the
+        number of chunks ingested so far. What standing queries wake on."""
+        with self._chunk_done:
+            self._chunk_done.wait_for(lambda: self._stats.chunks > after or self._closed, timeout)
+            return self._stats.chunks
+
+    def _feeder(self) -> Any:
+        """The bounded, keep-latest PushSource behind `push(block=False)`, watched on first use."""
+        from .stream import PushSource
+
+        with self._lock:
+            self._check_open()
+            if self._feed is None:
+                self._feed = PushSource(capacity=8, policy="latest", source_id="push(block=False)")
+                self.watch(self._feed)
+            return self._feed
 
     def _prefill(self, embeds: torch.Tensor, positions: torch.Tensor, **commit: Any) -> None:
         """Run `embeds` at `positions` on the store's ingestion view and commit their KV to the stream."""
@@ -171,108 +201,6 @@ class Session:
         """`push` for one source (an ingest() or watch()): shifted, once, to follow the stream's last frame."""
         return SegmentPush(self.push, lambda: self._stats.last_pts_seconds, self.config.fps)
 
-    # -- questions ------------------------------------------------------------------------------------
-    def ask(self, question: str, max_new_tokens: int | None = None) -> Iterator[str]:
-        """Stream the answer's text over the context so far; the stream context is left unchanged.
-
-        Refused at the call (not at the first piece) like `ask_ids`; an answer may be empty."""
-        return answer_text(self.ask_ids(question, max_new_tokens), self.adapter.decode_text)
-
-    def ask_ids(self, question: str, max_new_tokens: int | None = None) -> Iterator[int]:
-        """Greedy token ids of the answer (the end-of-turn token included when reached).
-
-        The question must be non-empty UTF-8 text (`QuestionError`). Decoding follows the checkpoint's
-        generation config (end tokens, repetition_penalty, no_repeat_ngram_size) and stops on a clear loop
-        (`config.stop_repeats`), keeping one copy (`stats.answers_stopped_repeating`). If the session is
-        closed before the answer ends, its next token raises `SessionClosedError`."""
-        question = check_question(question)
-        budget = max_new_tokens or self.config.max_new_tokens
-        with self._lock:  # a consistent snapshot: ingestion may go on while we answer
-            self._check_open()
-            suffix = self.adapter.suffix_ids(question)
-            extra = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
-            needed = self._kv.stats.tokens + extra + len(suffix) + budget
-            if needed > self.adapter.max_context:
-                raise ContextOverflowError(
-                    f"context of {self._kv.stats.tokens + extra} stream tokens + {len(suffix)} question tokens + "
-                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
-                )
-            state = _AskState(
-                self._kv.snapshot(), list(self._pending), self._stats.chunks, self._max_position, self._stored_end
-            )
-            self._stats.questions += 1
-            gen = self.adapter.model.generation_config
-            visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra
-            penalties = Penalties(gen, self._prompt_ids, self.adapter.video_token_id, visual, suffix)
-        stop = AnswerStop(self.adapter.eos_token_ids | generation_eos(gen), self.config.stop_repeats)
-        return self._answer(state, suffix, budget, stop, penalties)
-
-    def _answer(
-        self, state: _AskState, suffix: list[int], budget: int, stop: AnswerStop, penalties: Penalties
-    ) -> Iterator[int]:
-        """prefill the question on the selected context, then decode greedily (like gpt-fast's generate)."""
-        produced, prefill, t0 = 0, 0.0, time.perf_counter()
-        try:
-            self._check_open()
-            logits, cache, next_pos = self._prefill_question(state, suffix)
-            prefill, t0 = time.perf_counter() - t0, time.perf_counter()
-            for _ in range(budget):
-                token = int(torch.argmax(penalties(logits, stop.ids)))
-                produced += 1
-                yield from stop.push(token)
-                if stop.done:
-                    break
-                self._check_open()
-                pos = self.adapter.text_positions(next_pos, 1)
-                logits = self.adapter.forward(self.adapter.embed_ids([token]), pos, cache)
-                next_pos += 1
-            yield from stop.flush()
-        except Exception as e:  # the session closed under a running step: say so, not what broke
-            if self._closed and not isinstance(e, LivevlmError):
-                raise SessionClosedError("the session was closed while this answer was being decoded") from e
-            raise
-        finally:
-            with self._lock:
-                self._stats.answer_tokens += produced
-                self._stats.answers_stopped_repeating += stop.looped
-                self._stats.seconds.prefill += prefill
-                self._stats.seconds.decode += time.perf_counter() - t0
-
-    def _prefill_question(self, state: _AskState, suffix: list[int]) -> tuple[torch.Tensor, Any, int]:
-        """Select the context for the question (probing its queries if the policy reads them), prefill a
-        pending odd frame and the question on it; returns (logits, cache, next decode position)."""
-        question = self.adapter.embed_ids(suffix)
-        queries = None
-        if self._kv.needs_queries:  # the question runs once on the ingestion view, right after the stream
-            probe_at = self.adapter.text_positions(state.stored_end, len(suffix))
-            queries = self.adapter.question_queries(question, probe_at, self._kv.probe_view(state.snapshot))
-        cache = self._kv.answer_view(state.snapshot, queries)  # query-time KV selection
-        chunks, max_pos = state.chunks, state.max_position
-        if state.pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
-            chunk = self._encode(state.pending, chunks, None)
-            self.adapter.forward(chunk.embeds, chunk.positions, cache)
-            chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
-        start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
-        logits = self.adapter.forward(question, self.adapter.text_positions(start, len(suffix)), cache)
-        return logits, cache, max(max_pos, start + len(suffix) - 1) + 1
-
-    def check_fits(self, num_frames: int, frame_hw: tuple[int, int], question: str = "") -> None:
-        """Refuse up front (`ContextOverflowError`, naming the remedy: `kv="bilevel"` or the `max_frames` that
-        fit) `num_frames` more frames of `frame_hw` (height, width) that `kv="full"` cannot answer `question`
-        over within the model's context. An estimate from the budget: bounded KV policies and pruners whose
-        kept count depends on the content are not refused here (`ask` still checks)."""
-        with self._lock:
-            self._check_open()
-            if self.config.kv.policy != "full" or num_frames < 1:
-                return
-            size = self._size or self.adapter.target_size(
-                *frame_hw, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels
-            )
-            check_stream_fits(
-                self.adapter, self._pruner, used=self._kv.stats.tokens, pending=len(self._pending),
-                num_frames=num_frames, size=size, question=question, max_new_tokens=self.config.max_new_tokens,
-            )  # fmt: skip
-
     def close(self) -> None:
         """Stop a watched source and release the KV store (a disk tier's files are deleted); the session is done.
 
@@ -284,6 +212,7 @@ class Session:
             if not self._closed:
                 self._closed = True
                 self._kv.close()
+            self._chunk_done.notify_all()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -374,17 +303,6 @@ class Session:
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame
-
-
-@dataclass(frozen=True)
-class _AskState:
-    """What a question is answered over, taken under the lock so ingestion can go on meanwhile."""
-
-    snapshot: Any
-    pending: list[Frame]
-    chunks: int
-    max_position: int
-    stored_end: int
 
 
 def _resize_uint8(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -104,6 +104,8 @@ class SessionStats:
     questions: int = 0
     answer_tokens: int = 0
     """Tokens decoded for answers (a loop's trimmed copies included)."""
+    answers_cut_by_deadline: int = 0
+    """Answers that stopped at their `deadline_s` with what they had."""
     answers_stopped_repeating: int = 0
     """Answers stopped on a loop (`SessionConfig.stop_repeats`), their repeated copies trimmed."""
     last_pts_seconds: float | None = None

@@ -72,8 +72,15 @@ class VideoLMAdapter(Protocol):
     # language model
     def kv_layout(self) -> KVLayout: ...
 
-    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """Append (L, D) embeds at `positions` to `cache`; return the last position's logits (V,)."""
+    def forward(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, all_logits: bool = False
+    ) -> torch.Tensor:
+        """Append (L, D) embeds at `positions` to `cache`; return the last position's logits (V,), or every
+        position's (L, V) with `all_logits`."""
+        ...
+
+    def answer_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as an answer, ended by the end-of-turn token (scoring answer choices)."""
         ...
 
     def enable_query_probe(self) -> None:

@@ -42,6 +42,8 @@ class QwenVLAdapter:
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         eos_ids |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
         self.eos_token_ids = frozenset(int(i) for i in eos_ids if i is not None and i >= 0)
+        self.end_of_turn_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        self.vocab_size = int(text_cfg.vocab_size)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._embed = model.get_input_embeddings()
@@ -173,14 +175,21 @@ class QwenVLAdapter:
         return torch.stack([queries[layer][0].float().mean(1) for layer in range(layers)])
 
     @torch.inference_mode()
-    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+    def forward(
+        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, all_logits: bool = False
+    ) -> torch.Tensor:
         out = self._lm(
             inputs_embeds=embeds[None].to(self.dtype),
             position_ids=positions.to(self.device)[:, None, :],
             cache=cache,
             use_cache=True,
         )
-        return self._lm_head(out.last_hidden_state[0, -1]).float()
+        hidden = out.last_hidden_state[0] if all_logits else out.last_hidden_state[0, -1]
+        return self._lm_head(hidden).float()
+
+    def answer_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as the start of an answer, ended by the end-of-turn token (for scoring)."""
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids) + [self.end_of_turn_id]
 
 
 class Qwen2VLAdapter(QwenVLAdapter):

@@ -1,0 +1,216 @@
+"""The question side of `Session`: ask (free text, regex / JSON-constrained), choose (scored choices), deadlines.
+
+    ask / ask_ids / choose ─► _begin: snapshot of the KV store under the lock (waits at most to the deadline)
+        ─► _prefill_question: [probe queries] ─► kv.answer_view ─► [pending odd frame] ─► the question
+        ─► generate.decode_tokens (greedy, penalties, loop stop, constraint)  |  generate.score_choices
+Ingestion goes on meanwhile: an answer holds the lock only while it takes its snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .answer_stop import AnswerStop, Penalties, answer_text, generation_eos
+from .context_fit import check_stream_fits
+from .errors import AnswerDeadlineError, ContextOverflowError, LivevlmError, QuestionError, SessionClosedError
+from .generate import AnswerPlan, decode_tokens, score_choices
+from .guards import check_question
+
+
+@dataclass(frozen=True)
+class AskState:
+    """What a question is answered over, taken under the lock so ingestion can go on meanwhile."""
+
+    snapshot: Any
+    pending: list[Any]
+    chunks: int
+    max_position: int
+    stored_end: int
+
+
+@dataclass(frozen=True)
+class ChoiceAnswer:
+    """The best of the given choices, with every choice's probability (softmax of their log-likelihoods)."""
+
+    choice: str
+    probabilities: dict[str, float]
+    log_likelihoods: dict[str, float]
+    pts_seconds: float | None
+    """Stream time of the last frame the answer saw."""
+
+
+class QuestionsMixin:
+    """`ask`, `ask_ids`, `choose` and `check_fits` of `Session` (which holds the state they read)."""
+
+    def ask(
+        self,
+        question: str,
+        max_new_tokens: int | None = None,
+        *,
+        choices: Sequence[str] | None = None,
+        regex: str | None = None,
+        json_schema: dict | str | None = None,
+        deadline_s: float | None = None,
+    ) -> Iterator[str]:
+        """Stream the answer's text over the context so far; the stream context is left unchanged.
+
+        `choices`: the best choice's text (see `choose`); `regex` / `json_schema`: the answer is decoded under
+        that constraint; `deadline_s`: no token is decoded after that many seconds (what came stands; none at
+        all raises `AnswerDeadlineError`). Refused at the call (not at the first piece) like `ask_ids`."""
+        if choices is not None:
+            return iter([self.choose(question, choices, deadline_s=deadline_s).choice])
+        ids = self.ask_ids(question, max_new_tokens, regex=regex, json_schema=json_schema, deadline_s=deadline_s)
+        return answer_text(ids, self.adapter.decode_text)
+
+    def ask_ids(
+        self,
+        question: str,
+        max_new_tokens: int | None = None,
+        *,
+        regex: str | None = None,
+        json_schema: dict | str | None = None,
+        deadline_s: float | None = None,
+    ) -> Iterator[int]:
+        """Greedy token ids of the answer (the end-of-turn token included when reached).
+
+        The question must be non-empty UTF-8 text (`QuestionError`). Decoding follows the checkpoint's
+        generation config (end tokens, repetition_penalty, no_repeat_ngram_size) and stops on a clear loop
+        (`config.stop_repeats`), keeping one copy (`stats.answers_stopped_repeating`). If the session is
+        closed before the answer ends, its next token raises `SessionClosedError`."""
+        deadline = _deadline(deadline_s)
+        constraint = self._constraint(regex, json_schema)
+        budget = max_new_tokens or self.config.max_new_tokens
+        question = check_question(question)
+        state, suffix, penalties = self._begin(question, budget, deadline)
+        stop = AnswerStop(self.adapter.eos_token_ids | generation_eos(self.adapter.model.generation_config),
+                          self.config.stop_repeats if constraint is None else 0)  # fmt: skip
+        plan = AnswerPlan(budget, stop, penalties, constraint, deadline)
+        return self._answer(state, suffix, plan)
+
+    def choose(self, question: str, choices: Sequence[str], *, deadline_s: float | None = None) -> ChoiceAnswer:
+        """Score each of `choices` as the answer (log-likelihood of its tokens and the end of the turn, one
+        forward per choice on a copy of the question's cache) and return the best with the probabilities."""
+        deadline = _deadline(deadline_s)
+        question = check_question(question)
+        options = [str(c) for c in choices or ()]
+        if len(options) < 2 or len(set(options)) != len(options) or not all(c.strip() for c in options):
+            raise QuestionError(f"choices must be at least two distinct non-empty strings, got {list(choices or ())!r}")
+        ids = [self.adapter.answer_ids(c) for c in options]
+        state, suffix, _ = self._begin(question, max(len(i) for i in ids), deadline)
+        t0 = time.perf_counter()
+        try:
+            logits, cache, next_pos = self._prefill_question(state, suffix)
+            scores = score_choices(self.adapter, logits, cache, next_pos, ids, deadline)
+        finally:
+            with self._lock:
+                self._stats.seconds.prefill += time.perf_counter() - t0
+        probs = torch.softmax(scores, 0)
+        best = int(torch.argmax(scores))
+        return ChoiceAnswer(
+            options[best],
+            {c: float(p) for c, p in zip(options, probs)},
+            {c: float(s) for c, s in zip(options, scores)},
+            self._stats.last_pts_seconds,
+        )
+
+    def _constraint(self, regex: str | None, json_schema: dict | str | None) -> Any:
+        if regex is None and json_schema is None:
+            return None
+        from .constrain import build_constraint
+
+        return build_constraint(self.adapter.tokenizer, self.adapter.vocab_size, self.adapter.eos_token_ids,
+                                regex=regex, json_schema=json_schema)  # fmt: skip
+
+    def _begin(self, question: str, budget: int, deadline: float | None) -> tuple[AskState, list[int], Penalties]:
+        """The snapshot an answer is given (under the lock, waited for at most until the deadline)."""
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise AnswerDeadlineError("the deadline passed while ingestion held the session")
+        try:
+            self._check_open()
+            suffix = self.adapter.suffix_ids(question)
+            extra = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
+            if self._kv.stats.tokens + extra + len(suffix) + budget > self.adapter.max_context:
+                raise ContextOverflowError(
+                    f"context of {self._kv.stats.tokens + extra} stream tokens + {len(suffix)} question tokens + "
+                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
+                )
+            state = AskState(
+                self._kv.snapshot(), list(self._pending), self._stats.chunks, self._max_position, self._stored_end
+            )
+            self._stats.questions += 1
+            visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra
+            gen = self.adapter.model.generation_config
+            penalties = Penalties(gen, self._prompt_ids, self.adapter.video_token_id, visual, suffix)
+            return state, suffix, penalties
+        finally:
+            self._lock.release()
+
+    def _answer(self, state: AskState, suffix: list[int], plan: AnswerPlan) -> Iterator[int]:
+        """prefill the question on the selected context, then decode greedily (like gpt-fast's generate)."""
+        prefill, t0 = 0.0, time.perf_counter()
+        try:
+            self._check_open()
+            logits, cache, next_pos = self._prefill_question(state, suffix)
+            prefill, t0 = time.perf_counter() - t0, time.perf_counter()
+            yield from decode_tokens(self.adapter, logits, cache, next_pos, plan, self._check_open)
+        except Exception as e:  # the session closed under a running step: say so, not what broke
+            if self._closed and not isinstance(e, LivevlmError):
+                raise SessionClosedError("the session was closed while this answer was being decoded") from e
+            raise
+        finally:
+            with self._lock:
+                s = self._stats
+                s.answer_tokens += plan.produced
+                s.answers_stopped_repeating += plan.stop.looped
+                s.answers_cut_by_deadline += plan.cut_by_deadline
+                s.seconds.prefill += prefill
+                s.seconds.decode += time.perf_counter() - t0
+
+    def _prefill_question(self, state: AskState, suffix: list[int]) -> tuple[torch.Tensor, Any, int]:
+        """Select the context for the question (probing its queries if the policy reads them), prefill a
+        pending odd frame and the question on it; returns (logits, cache, next decode position)."""
+        question = self.adapter.embed_ids(suffix)
+        queries = None
+        if self._kv.needs_queries:  # the question runs once on the ingestion view, right after the stream
+            probe_at = self.adapter.text_positions(state.stored_end, len(suffix))
+            queries = self.adapter.question_queries(question, probe_at, self._kv.probe_view(state.snapshot))
+        cache = self._kv.answer_view(state.snapshot, queries)  # query-time KV selection
+        chunks, max_pos = state.chunks, state.max_position
+        if state.pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
+            chunk = self._encode(state.pending, chunks, None)
+            self.adapter.forward(chunk.embeds, chunk.positions, cache)
+            chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
+        start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
+        logits = self.adapter.forward(question, self.adapter.text_positions(start, len(suffix)), cache)
+        return logits, cache, max(max_pos, start + len(suffix) - 1) + 1
+
+    def check_fits(self, num_frames: int, frame_hw: tuple[int, int], question: str = "") -> None:
+        """Refuse up front (`ContextOverflowError`, naming the remedy: `kv="bilevel"` or the `max_frames` that
+        fit) `num_frames` more frames of `frame_hw` (height, width) that `kv="full"` cannot answer `question`
+        over within the model's context. An estimate from the budget: bounded KV policies and pruners whose
+        kept count depends on the content are not refused here (`ask` still checks)."""
+        with self._lock:
+            self._check_open()
+            if self.config.kv.policy != "full" or num_frames < 1:
+                return
+            size = self._size or self.adapter.target_size(
+                *frame_hw, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels
+            )
+            check_stream_fits(
+                self.adapter, self._pruner, used=self._kv.stats.tokens, pending=len(self._pending),
+                num_frames=num_frames, size=size, question=question, max_new_tokens=self.config.max_new_tokens,
+            )  # fmt: skip
+
+
+def _deadline(seconds: float | None) -> float | None:
+    if seconds is None:
+        return None
+    if not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise QuestionError(f"deadline_s must be a number of seconds > 0, got {seconds!r}")
+    return time.monotonic() + float(seconds)
