@@ -1,0 +1,121 @@
+"""Answers an app can branch on: scored choices, deadlines, non-blocking push, waiting for chunks."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from livevlm import Session, load_model
+from livevlm.errors import AnswerDeadlineError, QuestionError
+from livevlm.questions import ChoiceAnswer
+from tools.yardstick.evaluate import normalize
+from tools.yardstick.world import COLOURS, FPS, NUMBERS, SHAPES, example_set
+
+OPTIONS = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(NUMBERS), "when": None}
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model()
+
+
+def _fed(adapter, frames) -> Session:
+    session = Session(adapter)
+    for i, frame in enumerate(frames):
+        session.push(frame, pts_seconds=i / FPS)
+    return session
+
+
+def test_choices_are_calibrated_and_at_least_as_right_as_free_answers(bundled):
+    examples = example_set(4, "test", ["colour", "shape", "count", "when"])
+    chosen = free = 0
+    for ex in examples:
+        options = OPTIONS[ex.qtype] or (list(COLOURS) if "colour" in ex.question else list(SHAPES))
+        with _fed(bundled, ex.frames) as session:
+            answer = session.choose(ex.question, options)
+            reply = "".join(session.ask(ex.question, max_new_tokens=6))
+            assert isinstance(answer, ChoiceAnswer) and answer.choice in options
+            assert math.isclose(sum(answer.probabilities.values()), 1.0, rel_tol=1e-5)
+            assert answer.choice == max(answer.probabilities, key=answer.probabilities.get)
+            assert answer.pts_seconds == (len(ex.frames) - 1) / FPS
+            assert "".join(session.ask(ex.question, choices=options)) == answer.choice
+        chosen += answer.choice == ex.answer
+        free += normalize(reply) == normalize(ex.answer)
+    assert chosen >= free  # the choice is never worse than the free answer it constrains
+    assert chosen >= 0.75 * len(examples)  # the yardstick's level (0.91 over all types through Session)
+
+
+def test_scoring_leaves_the_stream_context_unchanged(bundled):
+    ex = example_set(1, "test", ["colour"])[0]
+    with _fed(bundled, ex.frames) as session:
+        before = list(session.ask_ids(ex.question, max_new_tokens=6))
+        session.choose(ex.question, list(COLOURS))
+        assert list(session.ask_ids(ex.question, max_new_tokens=6)) == before
+        kv = session.stats.kv_tokens
+        session.choose("What shape is the red object?", list(SHAPES))
+        assert session.stats.kv_tokens == kv
+
+
+@pytest.mark.parametrize("bad", [["red"], ["red", "red"], ["red", " "], []])
+def test_bad_choices_are_refused(bundled, bad):
+    with Session(bundled) as session, pytest.raises(QuestionError):
+        session.choose("What colour is the circle?", bad)
+
+
+def test_deadline_returns_what_it_has_or_a_typed_timeout(bundled):
+    ex = example_set(1, "test", ["colour"])[0]
+    with _fed(bundled, ex.frames) as session:
+        full = list(session.ask_ids(ex.question, max_new_tokens=40))
+        with pytest.raises(AnswerDeadlineError):
+            list(session.ask_ids(ex.question, max_new_tokens=40, deadline_s=1e-6))
+        with pytest.raises(AnswerDeadlineError):
+            session.choose(ex.question, list(COLOURS), deadline_s=1e-6)
+        start = time.monotonic()
+        got = list(session.ask_ids(ex.question, max_new_tokens=40, deadline_s=30.0))
+        assert got == full  # a deadline that is not reached changes nothing
+        assert time.monotonic() - start >= 0  # (no speed assertion: the deadline is an upper bound only)
+        with pytest.raises(QuestionError):
+            session.ask(ex.question, deadline_s=0)
+        assert session.stats.answers_cut_by_deadline >= 1
+
+
+def test_deadline_cuts_a_long_answer_after_some_tokens(tiny_adapters):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    with Session(adapter) as session:
+        for i in range(4):
+            session.push(np.full((56, 56, 3), 40 * i, np.uint8))
+        session.config.stop_repeats = 0  # random weights loop: let the answer run to its budget
+        first = time.monotonic()
+        ids = []
+        try:
+            for token in session.ask_ids("Describe it.", max_new_tokens=3500, deadline_s=2.0):
+                ids.append(token)
+        except AnswerDeadlineError:
+            pytest.skip("this machine could not decode a single token within the deadline")
+        elapsed = time.monotonic() - first
+        assert 0 < len(ids) < 3500
+        assert elapsed >= 2.0  # it ran until the deadline (a lower bound, not a speed limit)
+        assert session.stats.answers_cut_by_deadline == 1
+
+
+def test_non_blocking_push_feeds_the_session_in_the_background(tiny_adapters):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    rng = np.random.default_rng(0)
+    with Session(adapter) as session:
+        for i in range(40):
+            assert session.push(rng.integers(0, 256, (56, 56, 3), np.uint8), i / 2, block=False) is None
+        chunks = session.wait_for_chunk(0, timeout=120)
+        assert chunks >= 1
+        stream = session.stats.stream
+        assert stream.source.frames_decoded == 40
+        assert stream.frames_processed + stream.buffer.frames_dropped <= 40
+        assert "".join(session.ask("What is it?", max_new_tokens=2)) is not None
+
+
+def test_wait_for_chunk_wakes_on_close(tiny_adapters):
+    session = Session(tiny_adapters["qwen2_5_vl"])
+    session.close()
+    assert session.wait_for_chunk(5, timeout=60) == 0
