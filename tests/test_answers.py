@@ -89,12 +89,7 @@ def test_deadline_cuts_a_long_answer_after_some_tokens(tiny_adapters):
             session.push(np.full((56, 56, 3), 40 * i, np.uint8))
         session.config.stop_repeats = 0  # random weights loop: let the answer run to its budget
         first = time.monotonic()
-        ids = []
-        try:
-            for token in session.ask_ids("Describe it.", max_new_tokens=3500, deadline_s=2.0):
-                ids.append(token)
-        except AnswerDeadlineError:
-            pytest.skip("this machine could not decode a single token within the deadline")
+        ids = list(session.ask_ids("Describe it.", max_new_tokens=3500, deadline_s=2.0))
         elapsed = time.monotonic() - first
         assert 0 < len(ids) < 3500
         assert elapsed >= 2.0  # it ran until the deadline (a lower bound, not a speed limit)
