@@ -114,3 +114,27 @@ def test_wait_for_chunk_wakes_on_close(tiny_adapters):
     session = Session(tiny_adapters["qwen2_5_vl"])
     session.close()
     assert session.wait_for_chunk(5, timeout=60) == 0
+
+
+def test_cli_choices_and_deadline(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from livevlm.assets import sample_video_path
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "livevlm.cli", "ask", str(sample_video_path()), "What colour is the circle?",
+               "--no-progress", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
+                              env={**os.environ, "HOME": str(tmp_path)})
+
+    chose = run("--choices", "red, green,blue")
+    assert chose.returncode == 0 and chose.stdout.strip() == "red", chose.stderr
+    line = next(ln for ln in chose.stderr.splitlines() if ln.startswith("choices: "))
+    probs = dict(part.split("=") for part in line.removeprefix("choices: ").split(", "))
+    assert set(probs) == {"red", "green", "blue"} and math.isclose(sum(map(float, probs.values())), 1, abs_tol=2e-3)
+    late = run("--deadline", "0.000001")
+    assert late.returncode == 2 and "deadline" in late.stderr and "Traceback" not in late.stderr
+    bad = run("--json-schema", "{not json")
+    assert bad.returncode == 2 and "--json-schema" in bad.stderr

@@ -9,6 +9,7 @@ over what could be read, with one warning line on stderr saying what was skipped
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -28,6 +29,14 @@ def add_parser(sub: Any) -> None:
     ask.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
     ask.add_argument("--stats", action="store_true", help="print the session's stats to stderr at the end")
     ask.add_argument("--no-progress", action="store_true", help="hide the ingestion progress bar")
+    a = ask.add_argument_group("answer form")
+    a.add_argument("--choices", default=None, help="comma-separated answers to choose from (scored by the model; "
+                   "the probabilities go to stderr)")  # fmt: skip
+    a.add_argument("--regex", default=None, help="decode the answer under this regular expression")
+    a.add_argument("--json-schema", default=None, metavar="JSON_OR_FILE",
+                   help="decode the answer as JSON valid against this schema (inline JSON or a file)")  # fmt: skip
+    a.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="stop decoding after this many seconds and print what there is")  # fmt: skip
     add_session_args(ask)
 
 
@@ -55,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     question = check_question(args.question)  # an empty or undecodable question fails before anything loads
     config = session_config(args, max_frames=args.max_frames)  # bad flags fail before any source is read
+    schema = _schema(args.json_schema)
     # opened before a model is loaded: a missing file, a broken one or a refused URL fails at once
     source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames)
     with source:
@@ -76,13 +86,41 @@ def run(args: argparse.Namespace) -> int:
             shortfall = source.shortfall()
             if shortfall is not None:
                 print(f"livevlm: warning: {args.video}: {shortfall}", file=sys.stderr, flush=True)
-            print_answer(session.ask(question))
+            _answer(session, question, args, schema)
             floored = session.stats.prune.chunks_floored
             if floored:
                 print(f"note: the pruning budget rounded to 0 tokens in {floored} chunks; each kept 1", file=sys.stderr)
             if args.stats:
                 print(session.stats, file=sys.stderr)
     return 0
+
+
+def _answer(session: Any, question: str, args: argparse.Namespace, schema: Any) -> None:
+    """The answer in the form the flags ask for: a scored choice, a constrained or a free answer."""
+    if args.choices is not None:
+        answer = session.choose(question, [c.strip() for c in args.choices.split(",")], deadline_s=args.deadline)
+        print(answer.choice, flush=True)
+        probs = ", ".join(f"{c}={p:.3f}" for c, p in answer.probabilities.items())
+        print(f"choices: {probs}", file=sys.stderr)
+        return
+    print_answer(session.ask(question, regex=args.regex, json_schema=schema, deadline_s=args.deadline))
+
+
+def _schema(text: str | None) -> Any:
+    """--json-schema: inline JSON, or the path of a file holding it."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    if text is None:
+        return None
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.is_file():
+        text = path.read_text()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--json-schema is neither JSON nor a JSON file: {exc}") from None
 
 
 def print_answer(pieces: Any) -> None:
