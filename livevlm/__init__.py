@@ -27,6 +27,7 @@ from .errors import (
 )
 from .models import load_model
 from .session import Session, SessionConfig, SessionStats
+from .standing import StandingEvent, StandingQuery
 from .stream import FileSource, FileSourceConfig, Frame, PushSource, open_source
 
 __version__ = "0.1.0"
@@ -55,6 +56,8 @@ __all__ = [
     "SourceError",
     "SourceNotFoundError",
     "SourceTimeoutError",
+    "StandingEvent",
+    "StandingQuery",
     "UnboundedSourceError",
     "__version__",
     "load_model",

@@ -37,6 +37,16 @@ def check_question(question: object) -> str:
     return question
 
 
+def check_choices(choices: object) -> list[str]:
+    """`choices` as a list of strings if there are at least two, distinct and non-empty; else `QuestionError`."""
+    if isinstance(choices, (str, bytes)):
+        raise QuestionError(f"choices must be a list of strings, got one string {choices!r}")
+    options = [str(c) for c in choices or ()]  # type: ignore[union-attr]
+    if len(options) < 2 or len(set(options)) != len(options) or not all(c.strip() for c in options):
+        raise QuestionError(f"choices must be at least two distinct non-empty strings, got {options!r}")
+    return options
+
+
 def check_pts(pts: object, last: float | None) -> float:
     """`pts` in seconds if it is a finite number in [0, 1e9] after `last`; else `FrameError`."""
     if isinstance(pts, bool) or not isinstance(pts, numbers.Real):

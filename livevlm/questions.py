@@ -19,7 +19,7 @@ from .answer_stop import AnswerStop, Penalties, answer_text, generation_eos
 from .context_fit import check_stream_fits
 from .errors import AnswerDeadlineError, ContextOverflowError, LivevlmError, QuestionError, SessionClosedError
 from .generate import AnswerPlan, decode_tokens, score_choices
-from .guards import check_question
+from .guards import check_choices, check_question
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class AskState:
     chunks: int
     max_position: int
     stored_end: int
+    pts_seconds: float | None
+    """Stream time of the last frame ingested (pushed) when the snapshot was taken."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class ChoiceAnswer:
     log_likelihoods: dict[str, float]
     pts_seconds: float | None
     """Stream time of the last frame the answer saw."""
+    chunks: int
+    """Chunks ingested when the question was asked (what the answer saw, a pending odd frame aside)."""
 
 
 class QuestionsMixin:
@@ -97,9 +101,7 @@ class QuestionsMixin:
         forward per choice on a copy of the question's cache) and return the best with the probabilities."""
         deadline = _deadline(deadline_s)
         question = check_question(question)
-        options = [str(c) for c in choices or ()]
-        if len(options) < 2 or len(set(options)) != len(options) or not all(c.strip() for c in options):
-            raise QuestionError(f"choices must be at least two distinct non-empty strings, got {list(choices or ())!r}")
+        options = check_choices(choices)
         ids = [self.adapter.answer_ids(c) for c in options]
         state, suffix, _ = self._begin(question, max(len(i) for i in ids), deadline)
         t0 = time.perf_counter()
@@ -115,7 +117,8 @@ class QuestionsMixin:
             options[best],
             {c: float(p) for c, p in zip(options, probs)},
             {c: float(s) for c, s in zip(options, scores)},
-            self._stats.last_pts_seconds,
+            state.pts_seconds,
+            state.chunks,
         )
 
     def _constraint(self, regex: str | None, json_schema: dict | str | None) -> Any:
@@ -140,9 +143,9 @@ class QuestionsMixin:
                     f"context of {self._kv.stats.tokens + extra} stream tokens + {len(suffix)} question tokens + "
                     f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
                 )
-            state = AskState(
-                self._kv.snapshot(), list(self._pending), self._stats.chunks, self._max_position, self._stored_end
-            )
+            s = self._stats
+            state = AskState(self._kv.snapshot(), list(self._pending), s.chunks, self._max_position,
+                             self._stored_end, s.last_pts_seconds)  # fmt: skip
             self._stats.questions += 1
             visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra
             gen = self.adapter.model.generation_config

@@ -10,7 +10,8 @@ ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv
     ─► kv.answer_view(snapshot, queries) ─► prefill [pending odd frame] + question ─► greedy decode
     ─► yields text; the stream context is untouched
 Input checks live in `guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`,
-the up-front context estimate in `context_fit`. After `close()` every method but `stats` raises.
+the up-front context estimate in `context_fit`, standing queries (`watch_for`: a thread that re-asks a question
+at each chunk and calls back on a change) in `standing`. After `close()` every method but `stats` raises.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
 from .questions import QuestionsMixin
 from .session_config import SessionConfig, SessionStats
+from .standing import StandingMixin, StandingQueries
 from .stream import Frame, fit_frame
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionConfig", "SessionStats"]
 
 
-class Session(QuestionsMixin):
+class Session(QuestionsMixin, StandingMixin):
     """Watches one stream with one model; `ask()` answers over everything ingested so far. Thread-safe."""
 
     def __init__(
@@ -72,6 +74,7 @@ class Session(QuestionsMixin):
         self._feed: Any = None  # the PushSource behind push(block=False)
         self._chunk_done = threading.Condition(self._lock)
         self._closed = False
+        self._standing = StandingQueries()  # watch_for's queries (standing.py)
         self._prompt_ids: list[int] = []
         self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
         self._start_prompt()
@@ -202,7 +205,7 @@ class Session(QuestionsMixin):
         return SegmentPush(self.push, lambda: self._stats.last_pts_seconds, self.config.fps)
 
     def close(self) -> None:
-        """Stop a watched source and release the KV store (a disk tier's files are deleted); the session is done.
+        """Stop a watched source and the standing queries, release the KV store (a disk tier's files are deleted).
 
         Afterwards every method but `stats` raises `SessionClosedError`, and so does the next token of an answer
         still being decoded (what it yielded stands). Closing twice is harmless."""
@@ -213,6 +216,7 @@ class Session(QuestionsMixin):
                 self._closed = True
                 self._kv.close()
             self._chunk_done.notify_all()
+        self._standing.cancel_all()  # outside the lock: their threads wake on it
 
     def _check_open(self) -> None:
         if self._closed:
@@ -240,6 +244,7 @@ class Session(QuestionsMixin):
                 kv=replace(self._kv.stats),
                 stream=stream,
                 kernels={op: str(choice) for op, choice in self._kernels().items()},
+                standing=self._standing.stats(),
             )
 
     def _kernels(self) -> dict[str, Any]:

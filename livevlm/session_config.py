@@ -24,6 +24,7 @@ from .cache import (
 from .errors import ConfigError
 from .models import DEFAULT_SYSTEM_PROMPT
 from .prune import PrunerConfig, PruneStats, prune_config
+from .standing import StandingStats
 
 KVPolicyConfig = FullKVConfig | SinkWindowConfig | RetrievalConfig | BilevelConfig
 
@@ -119,3 +120,5 @@ class SessionStats:
     """The watched source's `IngestStats` (frames in, dropped, corrupt, reconnects, gaps); None if not watching."""
     kernels: dict[str, str] = field(default_factory=dict)
     """Backend each low-level op runs on, with the reason (e.g. linear: "onednn: ...")."""
+    standing: StandingStats = field(default_factory=StandingStats)
+    """The standing queries (`Session.watch_for`): active now, started, runs, changes, errors, seconds."""
