@@ -7,6 +7,8 @@ print("".join(session.ask("What happened?")))
 """
 
 from .errors import (
+    AnswerDeadlineError,
+    AnswerIncompleteError,
     ConfigError,
     ContextOverflowError,
     DeviceNotFoundError,
@@ -33,6 +35,8 @@ from .stream import FileSource, FileSourceConfig, Frame, PushSource, open_source
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerDeadlineError",
+    "AnswerIncompleteError",
     "ConfigError",
     "ContextOverflowError",
     "DeviceNotFoundError",

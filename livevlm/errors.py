@@ -74,3 +74,7 @@ class UnboundedSourceError(SourceError, ConfigError):
 
 class AnswerDeadlineError(LivevlmError, TimeoutError):
     """An answer's deadline passed before it had anything to give (no token decoded, choices not all scored)."""
+
+
+class AnswerIncompleteError(LivevlmError):
+    """A constrained answer (regex / JSON schema) ran out of tokens before its text was complete."""

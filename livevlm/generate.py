@@ -18,7 +18,7 @@ import torch
 
 from .answer_stop import AnswerStop, Penalties
 from .cache.kv import share_cache
-from .errors import AnswerDeadlineError
+from .errors import AnswerDeadlineError, AnswerIncompleteError
 
 
 @dataclass
@@ -65,6 +65,11 @@ def decode_tokens(
         logits = adapter.forward(adapter.embed_ids([token]), adapter.text_positions(next_pos, 1), cache)
         next_pos += 1
     yield from plan.stop.flush()
+    if plan.constraint is not None and not (plan.constraint.done() or plan.stop.done or plan.cut_by_deadline):
+        raise AnswerIncompleteError(
+            f"the answer used all {plan.budget} tokens before it completed its regex / JSON schema (the text so "
+            "far was yielded): raise max_new_tokens, or bound the pattern (e.g. maximum, maxLength, {1,3})"
+        )
 
 
 def _masked(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -138,3 +138,27 @@ def test_cli_choices_and_deadline(tmp_path):
     assert late.returncode == 2 and "deadline" in late.stderr and "Traceback" not in late.stderr
     bad = run("--json-schema", "{not json")
     assert bad.returncode == 2 and "--json-schema" in bad.stderr
+
+
+def test_constrained_answers_through_the_session(bundled):
+    import json
+    import re
+
+    from livevlm.errors import AnswerIncompleteError, ConfigError
+
+    ex = example_set(1, "test", ["colour"])[0]
+    with _fed(bundled, ex.frames) as session:
+        pattern = "(red|green|blue|yellow|purple|orange) (circle|square|triangle|cross)"
+        text = "".join(session.ask(ex.question, regex=pattern, max_new_tokens=12))
+        assert re.fullmatch(pattern, text), text
+        schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": list(COLOURS)}},
+                  "required": ["colour"]}
+        reply = json.loads("".join(session.ask(ex.question, json_schema=schema, max_new_tokens=40)))
+        assert set(reply) == {"colour"} and reply["colour"] in COLOURS
+        unbounded = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        pieces = []
+        with pytest.raises(AnswerIncompleteError):  # 3 tokens cannot close an object: said, not returned as JSON
+            pieces.extend(session.ask(ex.question, json_schema=unbounded, max_new_tokens=3))
+        assert "".join(pieces).startswith("{")
+        with pytest.raises(ConfigError):
+            session.ask(ex.question, regex="(unclosed")
