@@ -7,6 +7,7 @@ generated once from `SessionConfig` (`livevlm.cli.flags`).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -46,8 +47,22 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        return _run(args)
+    except Terminated:
+        # every session and source was closed while unwinding (spill files removed); exit now rather than
+        # let interpreter shutdown race native threads (FFmpeg, torch) a stopped source may still be leaving
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command in COMMANDS:
             if args.model is None:
@@ -66,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LivevlmError as exc:
         print(f"livevlm: error: {exc}", file=sys.stderr)
         return 2
-    except Terminated:
-        return 143
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            raise
         return 130
     return 1
