@@ -73,10 +73,8 @@ def test_deadline_returns_what_it_has_or_a_typed_timeout(bundled):
             list(session.ask_ids(ex.question, max_new_tokens=40, deadline_s=1e-6))
         with pytest.raises(AnswerDeadlineError):
             session.choose(ex.question, list(COLOURS), deadline_s=1e-6)
-        start = time.monotonic()
         got = list(session.ask_ids(ex.question, max_new_tokens=40, deadline_s=30.0))
         assert got == full  # a deadline that is not reached changes nothing
-        assert time.monotonic() - start >= 0  # (no speed assertion: the deadline is an upper bound only)
         with pytest.raises(QuestionError):
             session.ask(ex.question, deadline_s=0)
         assert session.stats.answers_cut_by_deadline >= 1
