@@ -31,6 +31,7 @@ class AskState:
     chunks: int
     max_position: int
     stored_end: int
+    first_pts_seconds: float | None
     pts_seconds: float | None
     """Stream time of the last frame ingested (pushed) when the snapshot was taken."""
 
@@ -46,6 +47,52 @@ class ChoiceAnswer:
     """Stream time of the last frame the answer saw."""
     chunks: int
     """Chunks ingested when the question was asked (what the answer saw, a pending odd frame aside)."""
+    first_pts_seconds: float | None = None
+    """Stream time of the stream's first frame."""
+
+    @property
+    def pts_range(self) -> tuple[float | None, float | None]:
+        """(first, last) stream time of the frames the answer was asked over."""
+        return (self.first_pts_seconds, self.pts_seconds)
+
+
+class AnswerStream(Iterator[str]):
+    """The text pieces of one answer, with what it was asked over; `close()` stops decoding early."""
+
+    def __init__(
+        self, pieces: Iterator[str], pts_range: tuple[float | None, float | None], chunks: int, plan: Any
+    ) -> None:
+        self._pieces = pieces
+        self.pts_range = pts_range
+        """(first, last) stream time of the frames ingested when the question was asked."""
+        self.chunks = chunks
+        """Chunks ingested when the question was asked."""
+        self._plan = plan
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens decoded so far."""
+        return self._plan.produced if self._plan is not None else 0
+
+    @property
+    def finish_reason(self) -> str:
+        """Why the answer ended: "stop" (end token, loop or a choice), "length" (max_new_tokens) or
+        "deadline" (deadline_s); "running" while tokens may still come."""
+        plan = self._plan
+        if plan is None or plan.stop.done:
+            return "stop"
+        if plan.cut_by_deadline:
+            return "deadline"
+        return "length" if plan.produced >= plan.budget else "running"
+
+    def close(self) -> None:
+        """Stop decoding (the session's counters still record what was decoded)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
 
 
 class QuestionsMixin:
@@ -60,16 +107,21 @@ class QuestionsMixin:
         regex: str | None = None,
         json_schema: dict | str | None = None,
         deadline_s: float | None = None,
-    ) -> Iterator[str]:
+    ) -> AnswerStream:
         """Stream the answer's text over the context so far; the stream context is left unchanged.
+
+        The returned `AnswerStream` iterates the text pieces and says what the answer was asked over
+        (`pts_range`, `chunks`) and, once finished, why it ended (`finish_reason`) and its `tokens`.
 
         `choices`: the best choice's text (see `choose`); `regex` / `json_schema`: the answer is decoded under
         that constraint; `deadline_s`: no token is decoded after that many seconds (what came stands; none at
         all raises `AnswerDeadlineError`). Refused at the call (not at the first piece) like `ask_ids`."""
         if choices is not None:
-            return iter([self.choose(question, choices, deadline_s=deadline_s).choice])
-        ids = self.ask_ids(question, max_new_tokens, regex=regex, json_schema=json_schema, deadline_s=deadline_s)
-        return answer_text(ids, self.adapter.decode_text)
+            chosen = self.choose(question, choices, deadline_s=deadline_s)
+            return AnswerStream(iter([chosen.choice]), chosen.pts_range, chosen.chunks, None)
+        state, suffix, plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s)
+        text = answer_text(self._answer(state, suffix, plan), self.adapter.decode_text)
+        return AnswerStream(text, (state.first_pts_seconds, state.pts_seconds), state.chunks, plan)
 
     def ask_ids(
         self,
@@ -86,6 +138,17 @@ class QuestionsMixin:
         generation config (end tokens, repetition_penalty, no_repeat_ngram_size) and stops on a clear loop
         (`config.stop_repeats`), keeping one copy (`stats.answers_stopped_repeating`). If the session is
         closed before the answer ends, its next token raises `SessionClosedError`."""
+        return self._answer(*self._plan(question, max_new_tokens, regex, json_schema, deadline_s))
+
+    def _plan(
+        self,
+        question: str,
+        max_new_tokens: int | None,
+        regex: str | None,
+        json_schema: dict | str | None,
+        deadline_s: float | None,
+    ) -> tuple[AskState, list[int], AnswerPlan]:
+        """Check the request, take the snapshot and plan the decoding (everything `ask` refuses at the call)."""
         deadline = _deadline(deadline_s)
         constraint = self._constraint(regex, json_schema)
         budget = max_new_tokens or self.config.max_new_tokens
@@ -93,8 +156,7 @@ class QuestionsMixin:
         state, suffix, penalties = self._begin(question, budget, deadline)
         stop = AnswerStop(self.adapter.eos_token_ids | generation_eos(self.adapter.model.generation_config),
                           self.config.stop_repeats if constraint is None else 0)  # fmt: skip
-        plan = AnswerPlan(budget, stop, penalties, constraint, deadline)
-        return self._answer(state, suffix, plan)
+        return state, suffix, AnswerPlan(budget, stop, penalties, constraint, deadline)
 
     def choose(self, question: str, choices: Sequence[str], *, deadline_s: float | None = None) -> ChoiceAnswer:
         """Score each of `choices` as the answer (log-likelihood of its tokens and the end of the turn, one
@@ -119,6 +181,7 @@ class QuestionsMixin:
             {c: float(s) for c, s in zip(options, scores)},
             state.pts_seconds,
             state.chunks,
+            state.first_pts_seconds,
         )
 
     def _constraint(self, regex: str | None, json_schema: dict | str | None) -> Any:
@@ -145,7 +208,7 @@ class QuestionsMixin:
                 )
             s = self._stats
             state = AskState(self._kv.snapshot(), list(self._pending), s.chunks, self._max_position,
-                             self._stored_end, s.last_pts_seconds)  # fmt: skip
+                             self._stored_end, s.first_pts_seconds, s.last_pts_seconds)  # fmt: skip
             self._stats.questions += 1
             visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra
             gen = self.adapter.model.generation_config

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,7 @@ class Session(QuestionsMixin, StandingMixin):
         self._feature_cache = build_feature_cache(config.vit_cache, self.adapter.vision_encoder())
         self._pruner = build_pruner(config.prune)
         self._pending: list[Frame] = []
+        self._latest: Frame | None = None
         self._frame_shape: tuple[int, int] | None = None
         self._size: tuple[int, int] | None = None
         self._grid_hw: tuple[int, int] = (0, 0)
@@ -106,8 +108,11 @@ class Session(QuestionsMixin, StandingMixin):
                 self._stats.frames_rejected += 1
                 raise
             self._pending.append(frame)
+            self._latest = frame
             self._stats.frames_seen += 1
             self._stats.last_pts_seconds = frame.pts_seconds
+            if self._stats.first_pts_seconds is None:
+                self._stats.first_pts_seconds = frame.pts_seconds
             return self.step() if len(self._pending) == self.adapter.frames_per_chunk else None
 
     def step(self) -> VisualChunk:
@@ -187,15 +192,21 @@ class Session(QuestionsMixin, StandingMixin):
                 frames_iter.close()
         return count
 
-    def watch(self, source: Any, reader: Any = None) -> Any:
+    def watch(
+        self, source: Any, reader: Any = None, *, turn: Callable[[], AbstractContextManager[Any]] | None = None
+    ) -> Any:
         """Ingest a live source (URL, 'webcam:0', 'lavfi:...', file, config, Source) on a background thread.
 
         Returns the running `livevlm.stream.Ingestor` (`stop()`, `wait()`, `stats`); `ask()` keeps working.
+        `turn`: each frame is pushed inside `with turn():` -- how a scheduler sharing one model between
+        sessions (`livevlm.serve.ModelScheduler`) interleaves their ingestion.
         """
         from .stream import Ingestor, open_source
 
         self._check_open()
-        ingestor = Ingestor(open_source(source, fps=self.config.fps), self._segment(), reader).start()
+        push = self._segment()
+        sink = push if turn is None else _in_turn(push, turn)
+        ingestor = Ingestor(open_source(source, fps=self.config.fps), sink, reader).start()
         with self._lock:
             self._ingestor = ingestor
         return ingestor
@@ -229,6 +240,11 @@ class Session(QuestionsMixin, StandingMixin):
         self.close()
 
     # -- helpers --------------------------------------------------------------------------------------
+    @property
+    def latest_frame(self) -> Frame | None:
+        """The last frame accepted (at the session's frame size): what a viewer of the stream shows."""
+        return self._latest
+
     @property
     def stats(self) -> SessionStats:
         """A copy of the counters, safe to keep; still readable after `close()`."""
@@ -308,6 +324,16 @@ class Session(QuestionsMixin, StandingMixin):
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame
+
+
+def _in_turn(push: Callable[[Any], Any], turn: Callable[[], AbstractContextManager[Any]]) -> Callable[[Any], Any]:
+    """`push` wrapped so that every call runs inside `turn()`."""
+
+    def pushed_in_turn(frame: Any) -> Any:
+        with turn():
+            return push(frame)
+
+    return pushed_in_turn
 
 
 def _resize_uint8(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:

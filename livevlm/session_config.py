@@ -109,7 +109,10 @@ class SessionStats:
     """Answers that stopped at their `deadline_s` with what they had."""
     answers_stopped_repeating: int = 0
     """Answers stopped on a loop (`SessionConfig.stop_repeats`), their repeated copies trimmed."""
+    first_pts_seconds: float | None = None
+    """Stream time of the first frame accepted."""
     last_pts_seconds: float | None = None
+    """Stream time of the latest frame accepted."""
     seconds: StageSeconds = field(default_factory=StageSeconds)
     prune: PruneStats = field(default_factory=PruneStats)
     vit_cache: ViTCacheStats | None = None

@@ -1,4 +1,5 @@
-"""The `livevlm` command: `ask VIDEO QUESTION` answers about a file; `watch SOURCE` answers while watching.
+"""The `livevlm` command: `ask VIDEO QUESTION` answers about a file; `watch SOURCE` answers while watching;
+`serve` answers over HTTP for many streams.
 
 Each subcommand lives in its own module with `add_parser(sub)` and `run(args)`; the session flags are
 generated once from `SessionConfig` (`livevlm.cli.flags`).
@@ -14,14 +15,14 @@ import threading
 from collections.abc import Sequence
 
 from ..errors import LivevlmError
-from . import ask, watch
+from . import ask, serve, watch
 
 DEFAULT_MODEL_NOTICE = (
     "note: no --model given, using the bundled default: a 4.9M-parameter Qwen2.5-VL trained on synthetic "
     "clips of coloured shapes; it answers questions about colours, shapes, counts and order of such shapes "
     "(see README) and nothing else"
 )
-COMMANDS = {"ask": ask, "watch": watch}
+COMMANDS = {"ask": ask, "watch": watch, "serve": serve}
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,99 @@
+"""`livevlm serve`: one model, many live streams, over HTTP/WebSocket with a web page (`livevlm.serve`).
+
+Flags are checked (and a non-loopback host without a key refused) before the model loads; the socket is
+bound before it loads too, so a port in use fails at once. uvicorn runs the app; SIGTERM / Ctrl-C shut it
+down gracefully: every stream's session is closed and its spill files removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from typing import Any
+
+from .flags import add_session_args, session_config
+
+
+def add_parser(sub: Any) -> None:
+    """Register the `serve` subcommand on the CLI's subparsers."""
+    from ..serve.config import DEFAULT_SCHEMES, ServeLimits
+
+    d = ServeLimits()
+    s = sub.add_parser("serve", help="serve live video Q&A over HTTP/WebSocket, with a web page at /")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (non-loopback needs --api-key)")
+    s.add_argument("--port", type=int, default=8000, help="port (0: any free port; the URL is printed)")
+    s.add_argument("--api-key", default=None,
+                   help="bearer token every route requires (default: $LIVEVLM_API_KEY; none on loopback)")  # fmt: skip
+    s.add_argument("--max-streams", type=int, default=d.max_streams, help="streams open at once")
+    s.add_argument("--media-dir", default=None, help="directory local video files may be streamed from")
+    s.add_argument("--allow-schemes", default=",".join(DEFAULT_SCHEMES),
+                   help="comma-separated source URL schemes clients may open")  # fmt: skip
+    s.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                   help="close a stream after this many seconds without frames or requests (0: never)")  # fmt: skip
+    s.add_argument("--questions-per-minute", type=int, default=d.questions_per_minute,
+                   help="questions per API key (or client address) per minute (0: no limit)")  # fmt: skip
+    s.add_argument(
+        "--max-frame-bytes", type=int, default=d.max_frame_bytes, help="largest pushed frame in bytes"
+    )
+    s.add_argument("--max-question-chars", type=int, default=d.max_question_chars, help="longest question")
+    s.add_argument("--buffer", type=int, default=d.buffer_frames,
+                   help="frames a stream buffers before dropping the oldest")  # fmt: skip
+    s.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    add_session_args(s)
+
+
+def serve_config(args: argparse.Namespace) -> Any:
+    """The `ServeConfig` the flags describe (refused here, before any model is loaded, if impossible)."""
+    from ..serve import ServeConfig, ServeLimits
+
+    limits = ServeLimits(
+        max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes, max_question_chars=args.max_question_chars,
+        questions_per_minute=args.questions_per_minute, idle_timeout_s=args.idle_timeout, buffer_frames=args.buffer,
+    )  # fmt: skip
+    schemes = tuple(x.strip() for x in args.allow_schemes.split(",") if x.strip())
+    return ServeConfig(session=session_config(args), host=args.host, port=args.port, api_key=args.api_key,
+                       media_dir=args.media_dir, allowed_schemes=schemes, limits=limits)  # fmt: skip
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port); a port in use is a typed error, not a traceback."""
+    from ..errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `serve` command; returns the exit status."""
+    import uvicorn
+
+    from ..serve import build_app
+
+    config = serve_config(args)
+    sock = bind(config.host, config.port)
+    try:
+        app = build_app(config)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        key_hint = "?key=YOUR_KEY" if config.api_key else ""
+        print(f"livevlm serve: listening on http://{shown}:{port}/{key_hint} (API docs: /docs)", file=sys.stderr,
+              flush=True)  # fmt: skip
+        ws_max = max(16 * 1024 * 1024, 2 * config.limits.max_frame_bytes)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, ws_max_size=ws_max, lifespan="on",
+                                               timeout_graceful_shutdown=5))  # fmt: skip
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0

@@ -1,0 +1,340 @@
+"""The ASGI app of `livevlm serve`: streams as resources, frames in over WebSocket/POST, answers out as SSE.
+
+Threading/async model:
+  - the event loop (uvicorn) runs every route; nothing on it calls the model or blocks on a lock for long
+    (source opening, frame decoding, session close run in the thread pool);
+  - each stream has its own threads: a reader (decoding its source into a bounded keep-latest buffer; a
+    push stream's buffer is filled by its WebSocket/POST route) and an ingestor (pushing buffered frames into
+    its Session, each push inside a `ModelScheduler` turn);
+  - each answer runs on its own thread inside the scheduler (answers go ahead of ingestion; see scheduler.py)
+    and hands its pieces to the event loop through an asyncio queue;
+  - a reaper task on the loop closes idle streams. Shutdown closes every stream (spill files removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import FrameError, LivevlmError
+from .answers import AnswerJob, AnswerSummary
+from .config import ServeConfig
+from .errors import InvalidRequestError, NotAPushStreamError, RateLimitedError
+from .frames import decode_frame, encode_jpeg
+from .http_errors import error_body
+from .scheduler import ModelScheduler
+from .security import COOKIE, AuthMiddleware, BodyLimitMiddleware, RateLimiter, client_id
+from .streams import ServedStream, StreamManager
+
+
+class CreateStream(BaseModel):
+    source: str = Field(description="'push', an rtsp/http(s) URL, 'lavfi:GRAPH', or a file under --media-dir")
+    name: str | None = Field(None, description="an optional unique name (usable wherever an id is)")
+
+
+class AskBody(BaseModel):
+    question: str
+    max_tokens: int | None = Field(None, ge=1, description="most answer tokens (default: the server's)")
+    stream: bool = Field(True, description="stream Server-Sent Events (true) or answer with one JSON object")
+    deadline_s: float | None = Field(None, gt=0, description="no token is decoded after this many seconds")
+
+
+def build_app(config: ServeConfig, adapter: Any = None) -> FastAPI:
+    """The server's app, with the model loaded (or `adapter`, already loaded, shared)."""
+    from ..models import load_model
+
+    if adapter is None:
+        s = config.session
+        adapter = load_model(s.model, device=s.device, dtype=s.dtype)
+    scheduler = ModelScheduler()
+    manager = StreamManager(adapter, config, scheduler)
+    limiter = RateLimiter(config.limits.questions_per_minute)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reaper = asyncio.create_task(_reap(manager))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            await run_in_threadpool(manager.close_all)
+
+    app = FastAPI(title="livevlm", version=_version(), lifespan=lifespan,
+                  description="Live video Q&A: streams, frames in, answers out (SSE and OpenAI-compatible).")  # fmt: skip
+    app.state.manager, app.state.scheduler, app.state.limiter, app.state.config = (
+        manager,
+        scheduler,
+        limiter,
+        config,
+    )
+    _handlers(app)
+    _routes(app, manager, scheduler, limiter, config)
+    from .openai_api import add_openai_routes
+
+    add_openai_routes(app, manager, scheduler, limiter, config)
+    app.mount(
+        "/static", StaticFiles(directory=str(resources.files("livevlm.serve") / "static")), name="static"
+    )
+    frames_limit = config.limits.max_frame_bytes + 1024
+    limited = BodyLimitMiddleware(
+        app, lambda path: frames_limit if path.endswith("/frames") else config.limits.max_body_bytes
+    )
+    return AuthMiddleware(limited, config.api_key)  # type: ignore[return-value]
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+async def _reap(manager: StreamManager) -> None:
+    timeout = manager.config.limits.idle_timeout_s
+    if not timeout:
+        return
+    while True:
+        await asyncio.sleep(min(30.0, max(0.5, timeout / 4)))
+        await run_in_threadpool(manager.reap_idle)
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(LivevlmError)
+    async def typed(request: Request, exc: LivevlmError) -> JSONResponse:
+        status, body = error_body(exc)
+        headers = (
+            {"Retry-After": str(math.ceil(exc.retry_after))} if isinstance(exc, RateLimitedError) else None
+        )
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+            for e in exc.errors()
+        ]
+        return JSONResponse({"error": {"status": 422, "message": "; ".join(parts)}}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"status": exc.status_code, "message": str(exc.detail)}}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def untyped(request: Request, exc: Exception) -> JSONResponse:
+        status, body = error_body(exc)
+        return JSONResponse(body, status_code=status)
+
+
+def check_question(question: str, max_tokens: int | None, config: ServeConfig) -> None:
+    """Refuse an over-long question or token budget (422) before any model work."""
+    limits = config.limits
+    if len(question) > limits.max_question_chars:
+        raise InvalidRequestError(
+            f"question of {len(question)} characters is over the limit of {limits.max_question_chars}"
+        )
+    if max_tokens is not None and max_tokens > limits.max_new_tokens:
+        raise InvalidRequestError(
+            f"max_tokens {max_tokens} is over the server's limit of {limits.max_new_tokens}"
+        )
+
+
+def sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def summary_json(s: AnswerSummary) -> dict[str, Any]:
+    return {"text": s.text, "pts_range": list(s.pts_range), "chunks": s.chunks, "tokens": s.tokens,
+            "finish_reason": s.finish_reason}  # fmt: skip
+
+
+def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, limiter: RateLimiter,
+            config: ServeConfig) -> None:  # fmt: skip
+    page = (resources.files("livevlm.serve") / "static" / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(request: Request) -> HTMLResponse:
+        response = HTMLResponse(page)
+        key = request.query_params.get("key")
+        if config.api_key is not None and key:
+            response.set_cookie(COOKIE, key, httponly=True, samesite="strict")
+        return response
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": config.session.model or "bundled default", "streams": len(manager.list()),
+                "max_streams": config.limits.max_streams, "scheduler": _jsonable(scheduler.stats)}  # fmt: skip
+
+    @app.get("/v1/streams")
+    async def list_streams() -> dict[str, Any]:
+        return {"streams": [manager.describe(s, full=False) for s in manager.list()]}
+
+    @app.post("/v1/streams", status_code=201)
+    async def create_stream(body: CreateStream) -> dict[str, Any]:
+        stream = await run_in_threadpool(manager.create, body.source, body.name)
+        return manager.describe(stream)
+
+    @app.get("/v1/streams/{sid}")
+    async def get_stream(sid: str) -> dict[str, Any]:
+        stream = manager.get(sid)
+        stream.touch()
+        return manager.describe(stream)
+
+    @app.delete("/v1/streams/{sid}", status_code=204)
+    async def delete_stream(sid: str) -> Response:
+        await run_in_threadpool(manager.delete, sid)
+        return Response(status_code=204)
+
+    @app.get("/v1/streams/{sid}/frame.jpg", response_class=Response)
+    async def latest_frame(sid: str) -> Response:
+        stream = manager.get(sid)
+        frame = stream.session.latest_frame
+        if frame is None:
+            return JSONResponse({"error": {"status": 404, "message": "no frame yet"}}, status_code=404)
+        data = await run_in_threadpool(encode_jpeg, frame.data)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.post("/v1/streams/{sid}/frames", status_code=202)
+    async def post_frame(sid: str, request: Request, pts: float | None = None, width: int | None = None,
+                         height: int | None = None) -> dict[str, Any]:  # fmt: skip
+        stream = _push_stream(manager, sid)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        fmt = {"image/jpeg": "jpeg", "image/png": "png", "application/octet-stream": "rgb"}.get(kind)
+        await _push_frame(stream, await request.body(), fmt, width, height, pts, config)
+        return _ack(stream)
+
+    @app.websocket("/v1/streams/{sid}/ws")
+    async def push_ws(ws: WebSocket, sid: str) -> None:
+        await ws.accept()
+        try:
+            stream = _push_stream(manager, sid)
+        except LivevlmError as e:
+            status, body = error_body(e)
+            await ws.send_json({"type": "error", **body["error"]})
+            await ws.close(code=4000 + status)
+            return
+        meta: dict[str, Any] = {}
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("text") is not None:
+                    try:
+                        meta = _frame_meta(message["text"])
+                    except InvalidRequestError as e:
+                        await ws.send_json({"type": "error", "status": 422, "message": str(e)})
+                    continue
+                data, meta = message.get("bytes") or b"", {}
+                try:
+                    await _push_frame(stream, data, meta.get("format"), meta.get("width"), meta.get("height"),
+                                      meta.get("pts"), config)  # fmt: skip
+                except LivevlmError as e:
+                    status, body = error_body(e)
+                    await ws.send_json({"type": "error", **body["error"]})
+                    if status == 410:
+                        await ws.close(code=4410)
+                        return
+                    continue
+                await ws.send_json({"type": "ack", **_ack(stream)})
+        except WebSocketDisconnect:
+            return
+
+    @app.post("/v1/streams/{sid}/ask", response_model=None)
+    async def ask(sid: str, body: AskBody, request: Request) -> Response:
+        stream = manager.get(sid)
+        check_question(body.question, body.max_tokens, config)
+        limiter.check(client_id(request.scope))
+        stream.touch()
+        job = AnswerJob(stream.session, scheduler, body.question, max_new_tokens=body.max_tokens,
+                        deadline_s=body.deadline_s)  # fmt: skip
+        events = job.events()
+        kind, value = await anext(events)
+        if kind == "error":
+            raise value
+        if not body.stream:
+            text = []
+            async for kind, value in events:
+                if kind == "error":
+                    raise value
+                if kind == "delta":
+                    text.append(value)
+                if kind == "done":
+                    return JSONResponse(summary_json(value))
+        return StreamingResponse(_sse_answer(events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
+
+
+async def _sse_answer(events: AsyncIterator[tuple[str, Any]]) -> AsyncIterator[str]:
+    try:
+        async for kind, value in events:
+            if kind == "delta":
+                yield sse("delta", {"text": value})
+            elif kind == "done":
+                yield sse("done", summary_json(value))
+            elif kind == "error":
+                yield sse("error", error_body(value)[1]["error"])
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+def _jsonable(value: Any) -> Any:
+    from .jsonable import jsonable
+
+    return jsonable(value)
+
+
+def _push_stream(manager: StreamManager, sid: str) -> ServedStream:
+    stream = manager.get(sid)
+    if stream.push is None:
+        raise NotAPushStreamError(
+            f"stream {sid!r} reads {stream.source}; frames can only be sent to a 'push' stream"
+        )
+    return stream
+
+
+def _frame_meta(text: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise InvalidRequestError(
+            "a text message must be JSON frame metadata: {pts, format, width, height}"
+        ) from None
+    if not isinstance(meta, dict):
+        raise InvalidRequestError("frame metadata must be a JSON object")
+    return meta
+
+
+async def _push_frame(stream: ServedStream, data: bytes, fmt: str | None, width: Any, height: Any, pts: Any,
+                      config: ServeConfig) -> None:  # fmt: skip
+    if pts is not None and (isinstance(pts, bool) or not isinstance(pts, (int, float)) or not math.isfinite(pts)
+                            or pts < 0):  # fmt: skip
+        raise FrameError(f"pts must be a finite number of seconds >= 0, got {pts!r}")
+    limits = config.limits
+    frame = await run_in_threadpool(decode_frame, data, fmt, width=width, height=height,
+                                    max_bytes=limits.max_frame_bytes, max_pixels=limits.max_frame_pixels)  # fmt: skip
+    assert stream.push is not None
+    if not stream.push.push(frame, None if pts is None else float(pts)):
+        from ..errors import SessionClosedError
+
+        raise SessionClosedError(f"stream {stream.id} was closed")
+    stream.touch()
+
+
+def _ack(stream: ServedStream) -> dict[str, Any]:
+    assert stream.push is not None
+    buffer = stream.push.buffer.stats
+    return {"accepted": True, "frames_in": buffer.frames_in, "frames_dropped": buffer.frames_dropped}

@@ -1,0 +1,145 @@
+"""OpenAI-compatible routes: `GET /v1/models` lists the streams, `POST /v1/chat/completions` answers over one.
+
+The stream is named by the request's `model` (a stream id or name) or by the extra body field `stream_id`
+(`extra_body={"stream_id": ...}` in the `openai` client). The last user message is the question; earlier turns
+and system messages are not used (the stream's session has its own system prompt), decoding is greedy
+(temperature/top_p are accepted and ignored). Each response carries `livevlm`: the stream, the pts range it
+was asked over and the chunks it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from .answers import AnswerJob, AnswerSummary
+from .config import ServeConfig
+from .errors import InvalidRequestError
+from .http_errors import error_body
+from .scheduler import ModelScheduler
+from .security import RateLimiter, client_id
+from .streams import StreamManager
+
+_FINISH = {"stop": "stop", "length": "length", "deadline": "length"}
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool = False
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stream_id: str | None = None
+    stream_options: dict[str, Any] | None = None
+    n: int | None = None
+
+
+def question_of(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (string content or text parts); images are refused."""
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise InvalidRequestError("messages must contain a user message (the question)")
+    content = users[-1].get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(str(part.get("text", "")))
+            else:
+                raise InvalidRequestError(
+                    f"message part of type {kind!r} is not supported: send frames to the stream (WebSocket or "
+                    "POST /v1/streams/{id}/frames) and ask in text"
+                )
+        return "\n".join(texts)
+    raise InvalidRequestError("the user message's content must be a string or a list of text parts")
+
+
+def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, limiter: RateLimiter,
+                      config: ServeConfig) -> None:  # fmt: skip
+    from .app import check_question
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        data = [{"id": s.name or s.id, "object": "model", "created": int(s.created), "owned_by": "livevlm"}
+                for s in manager.list()]  # fmt: skip
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatBody, request: Request) -> Response:
+        if body.n not in (None, 1):
+            raise InvalidRequestError("n must be 1: answers are greedy")
+        stream = manager.get(body.stream_id or body.model)
+        question = question_of(body.messages)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        check_question(question, max_tokens, config)
+        limiter.check(client_id(request.scope))
+        stream.touch()
+        context_tokens = stream.session.stats.kv_tokens
+        job = AnswerJob(stream.session, scheduler, question, max_new_tokens=max_tokens)
+        events = job.events()
+        kind, value = await anext(events)
+        if kind == "error":
+            raise value
+        meta = {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": body.model}
+        extra = {"stream_id": stream.id, "pts_range": list(value.pts_range), "chunks": value.chunks}
+        if not body.stream:
+            async for kind, value in events:
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    return JSONResponse(_completion(meta, value, context_tokens, extra))
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        chunks = _chunks(events, meta, extra, context_tokens, include_usage)
+        return StreamingResponse(
+            chunks, media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+
+def _usage(summary: AnswerSummary, context_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": context_tokens, "completion_tokens": summary.tokens,
+            "total_tokens": context_tokens + summary.tokens}  # fmt: skip
+
+
+def _completion(meta: dict, summary: AnswerSummary, context_tokens: int, extra: dict) -> dict[str, Any]:
+    choice = {"index": 0, "message": {"role": "assistant", "content": summary.text},
+              "finish_reason": _FINISH.get(summary.finish_reason, "stop"), "logprobs": None}  # fmt: skip
+    return {**meta, "object": "chat.completion", "choices": [choice], "usage": _usage(summary, context_tokens),
+            "livevlm": extra}  # fmt: skip
+
+
+def _chunk(meta: dict, delta: dict, finish: str | None = None, **more: Any) -> str:
+    body = {**meta, "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **more}  # fmt: skip
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def _chunks(events: AsyncIterator[tuple[str, Any]], meta: dict, extra: dict, context_tokens: int,
+                  include_usage: bool) -> AsyncIterator[str]:  # fmt: skip
+    try:
+        yield _chunk(meta, {"role": "assistant", "content": ""}, livevlm=extra)
+        async for kind, value in events:
+            if kind == "delta":
+                yield _chunk(meta, {"content": value})
+            elif kind == "done":
+                yield _chunk(meta, {}, _FINISH.get(value.finish_reason, "stop"), livevlm=extra)
+                if include_usage:
+                    usage = {**meta, "object": "chat.completion.chunk", "choices": [],
+                             "usage": _usage(value, context_tokens)}  # fmt: skip
+                    yield f"data: {json.dumps(usage)}\n\n"
+            elif kind == "error":
+                yield f"data: {json.dumps(error_body(value)[1])}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
