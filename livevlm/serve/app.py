@@ -238,10 +238,10 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
                     except InvalidRequestError as e:
                         await ws.send_json({"type": "error", "status": 422, "message": str(e)})
                     continue
-                data, meta = message.get("bytes") or b"", {}
+                data, info, meta = message.get("bytes") or b"", meta, {}  # metadata applies to one frame
                 try:
-                    await _push_frame(stream, data, meta.get("format"), meta.get("width"), meta.get("height"),
-                                      meta.get("pts"), config)  # fmt: skip
+                    fmt, w, h, pts = (info.get(k) for k in ("format", "width", "height", "pts"))
+                    await _push_frame(stream, data, fmt, w, h, pts, config)
                 except LivevlmError as e:
                     status, body = error_body(e)
                     await ws.send_json({"type": "error", **body["error"]})
