@@ -30,6 +30,10 @@ class SchedulerStats:
     ingest_turns: int = 0
     question_turns: int = 0
     answers_running: int = 0
+    waiting_ingest: int = 0
+    """Ingestion turns waiting for the model now."""
+    waiting_questions: int = 0
+    """Question turns waiting for the model now."""
     ingest_wait_seconds: float = 0.0
     question_wait_seconds: float = 0.0
     busy_seconds: float = 0.0
@@ -139,4 +143,5 @@ class ModelScheduler:
         """A copy of the counters."""
         with self._cond:
             by_stream = dict(self._stats.turns_by_stream)
-            return replace(self._stats, answers_running=self._answers, turns_by_stream=by_stream)
+            return replace(self._stats, answers_running=self._answers, turns_by_stream=by_stream,
+                           waiting_ingest=len(self._ingest), waiting_questions=len(self._questions))  # fmt: skip

@@ -1,0 +1,77 @@
+"""`livevlm serve` as a user runs it: a process on a free port that prints its URL, serves, reaps idle streams,
+and on SIGTERM closes every stream (spill files removed) and exits."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HANG_GUARD = 120.0
+
+
+@pytest.fixture
+def serve_process(tmp_path):
+    procs = []
+
+    def start(*flags: str) -> tuple[subprocess.Popen, str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
+        proc = subprocess.Popen([sys.executable, "-m", "livevlm.cli", "serve", "--port", "0", *flags],
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)  # fmt: skip
+        procs.append(proc)
+        deadline = time.monotonic() + HANG_GUARD
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if m := re.search(r"listening on (http://127\.0\.0\.1:\d+)/", line):
+                return proc, m.group(1)
+            assert line or proc.poll() is None, "".join(lines)
+        raise AssertionError("serve did not print its URL: " + "".join(lines))
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_runs_reaps_idle_streams_and_stops_cleanly_on_sigterm(serve_process, tmp_path):
+    proc, url = serve_process("--idle-timeout", "2", "--kv", "retrieval", "--kv-budget", "8K")
+    assert httpx.get(f"{url}/v1/health").json()["status"] == "ok"
+    idle = httpx.post(f"{url}/v1/streams", json={"source": "push"}).json()["id"]
+    live = httpx.post(f"{url}/v1/streams", json={"source": "lavfi:testsrc=size=96x96:rate=4"}).json()["id"]
+    deadline = time.monotonic() + HANG_GUARD
+
+    def listed() -> set[str]:  # listing does not count as activity on a stream; GET /v1/streams/{id} does
+        return {s["id"] for s in httpx.get(f"{url}/v1/streams").json()["streams"]}
+
+    while idle in listed():  # nothing pushed, nothing asked: reaped
+        assert time.monotonic() < deadline, "the idle stream was never closed"
+        time.sleep(0.5)
+    assert live in listed()  # frames keep coming: kept
+    assert httpx.get(f"{url}/v1/streams/{idle}").status_code == 404
+    while not list(tmp_path.glob("livevlm-kv-*/chunks.bin")):  # the live stream spills its older chunks
+        assert time.monotonic() < deadline, "the live stream never spilled"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(HANG_GUARD) in (0, 143)
+    assert not list(tmp_path.glob("livevlm-kv-*")), "spill files left behind"
+
+
+def test_port_in_use_is_a_clear_error(serve_process):
+    _, url = serve_process()
+    port = url.rsplit(":", 1)[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    again = subprocess.run([sys.executable, "-m", "livevlm.cli", "serve", "--port", port], capture_output=True,
+                           text=True, cwd=ROOT, env=env, timeout=HANG_GUARD)  # fmt: skip
+    assert again.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in again.stderr
+    assert "Traceback" not in again.stderr
