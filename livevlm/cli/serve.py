@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     """The `serve` command; returns the exit status."""
     import uvicorn
 
-    from ..serve import build_app
+    from ..serve import build_app  # a missing 'serve' extra is a typed error here
 
     config = serve_config(args)
     sock = bind(config.host, config.port)

@@ -7,8 +7,24 @@ See `app.py` for the threading/async model, `scheduler.py` for how streams share
 `security.py` for what a client may do.
 """
 
-from .app import build_app
+from typing import Any
+
 from .config import ServeConfig, ServeLimits
 from .scheduler import ModelScheduler, SchedulerStats
 
 __all__ = ["ModelScheduler", "SchedulerStats", "ServeConfig", "ServeLimits", "build_app"]
+
+
+def __getattr__(name: str) -> Any:
+    """`build_app` imports FastAPI: only when asked for, so the rest of livevlm works without the extra."""
+    if name == "build_app":
+        from ..errors import ConfigError
+
+        try:
+            from .app import build_app
+        except ImportError as e:
+            raise ConfigError(
+                f"livevlm serve needs the 'serve' extra ({e.name} is missing): pip install 'livevlm[serve]'"
+            ) from None
+        return build_app
+    raise AttributeError(name)

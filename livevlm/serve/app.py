@@ -139,19 +139,6 @@ def _handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status)
 
 
-def check_question(question: str, max_tokens: int | None, config: ServeConfig) -> None:
-    """Refuse an over-long question or token budget (422) before any model work."""
-    limits = config.limits
-    if len(question) > limits.max_question_chars:
-        raise InvalidRequestError(
-            f"question of {len(question)} characters is over the limit of {limits.max_question_chars}"
-        )
-    if max_tokens is not None and max_tokens > limits.max_new_tokens:
-        raise InvalidRequestError(
-            f"max_tokens {max_tokens} is over the server's limit of {limits.max_new_tokens}"
-        )
-
-
 def sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
@@ -256,7 +243,7 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
     @app.post("/v1/streams/{sid}/ask", response_model=None)
     async def ask(sid: str, body: AskBody, request: Request) -> Response:
         stream = manager.get(sid)
-        check_question(body.question, body.max_tokens, config)
+        config.limits.check_question(body.question, body.max_tokens)
         limiter.check(client_id(request.scope))
         stream.touch()
         job = AnswerJob(stream.session, scheduler, body.question, max_new_tokens=body.max_tokens,

@@ -46,6 +46,17 @@ class ServeLimits:
         if not self.idle_timeout_s >= 0:
             raise ConfigError(f"idle_timeout_s must be >= 0, got {self.idle_timeout_s}")
 
+    def check_question(self, question: str, max_tokens: int | None) -> None:
+        """Refuse an over-long question or token budget (HTTP 422) before any model work."""
+        from .errors import InvalidRequestError
+
+        if len(question) > self.max_question_chars:
+            raise InvalidRequestError(
+                f"question of {len(question)} characters is over the limit of {self.max_question_chars}"
+            )
+        if max_tokens is not None and max_tokens > self.max_new_tokens:
+            raise InvalidRequestError(f"max_tokens {max_tokens} is over the server's limit of {self.max_new_tokens}")
+
 
 @dataclass
 class ServeConfig:

@@ -68,8 +68,6 @@ def question_of(messages: list[dict[str, Any]]) -> str:
 
 def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, limiter: RateLimiter,
                       config: ServeConfig) -> None:  # fmt: skip
-    from .app import check_question
-
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         data = [{"id": s.name or s.id, "object": "model", "created": int(s.created), "owned_by": "livevlm"}
@@ -83,7 +81,7 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         stream = manager.get(body.stream_id or body.model)
         question = question_of(body.messages)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        check_question(question, max_tokens, config)
+        config.limits.check_question(question, max_tokens)
         limiter.check(client_id(request.scope))
         stream.touch()
         context_tokens = stream.session.stats.kv_tokens
