@@ -135,6 +135,13 @@ def test_rtsp_stream_answers_over_sse_and_openai(server, tmp_path):
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
         reply = client.chat.completions.create(model=sid, messages=[{"role": "user", "content": QUESTION}])
         assert reply.choices[0].message.content.strip()
+        streamed = client.chat.completions.create(model=sid, messages=[{"role": "user", "content": QUESTION}],
+                                                  stream=True, stream_options={"include_usage": True})  # fmt: skip
+        chunks = list(streamed)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.strip()
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+        assert chunks[0].model_extra["livevlm"]["stream_id"] == sid
         jpeg = httpx.get(f"{server.url}/v1/streams/{sid}/frame.jpg")
         assert jpeg.status_code == 200 and jpeg.content.startswith(b"\xff\xd8")
         assert httpx.delete(f"{server.url}/v1/streams/{sid}").status_code == 204
@@ -207,3 +214,25 @@ def test_page_and_openapi_are_served(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     assert {"/v1/streams", "/v1/streams/{sid}/ask", "/v1/chat/completions"} <= set(spec["paths"])
     assert Path(__file__).exists()
+
+
+def test_choices_and_json_schema_answers(server, jpegs):
+    url = server.url
+    sid = httpx.post(f"{url}/v1/streams", json={"source": "push"}).json()["id"]
+    for i, data in enumerate(jpegs[:4]):
+        r = httpx.post(f"{url}/v1/streams/{sid}/frames?pts={i * 0.5}", content=data,
+                       headers={"content-type": "image/jpeg"})  # fmt: skip
+        assert r.status_code == 202
+        wait_until(lambda i=i: stream_status(url, sid)["status"]["frames_processed"] == i + 1, "the frame")
+    chosen = httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": QUESTION, "stream": False,
+                        "choices": ["red", "green", "blue"]}, timeout=HANG_GUARD)  # fmt: skip
+    assert chosen.status_code == 200, chosen.text
+    assert chosen.json()["text"] in {"red", "green", "blue"} and chosen.json()["pts_range"] == [0.0, 1.5]
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    schema = {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]}}, "required": ["colour"]}
+    reply = client.chat.completions.create(
+        model=sid, messages=[{"role": "user", "content": QUESTION}], max_tokens=32,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )  # fmt: skip
+    assert json.loads(reply.choices[0].message.content)["colour"] in {"red", "green", "blue"}
+    assert httpx.delete(f"{url}/v1/streams/{sid}").status_code == 204

@@ -1,7 +1,8 @@
 """Answering on the shared model: a thread decodes inside scheduler turns; the event loop awaits its events.
 
     request (event loop) ─► AnswerJob.start() ─► thread: with scheduler.question():
-                                                      answer = session.ask(...)     (snapshot, no model call)
+                                                      with scheduler.turn(): answer = session.ask(...)
+                                                          (the snapshot; choices are scored here)
                                                       per piece: with scheduler.turn(): next(answer)
     events (asyncio.Queue, via call_soon_threadsafe) ◄─ ("delta", text) ... ("done", summary) | ("error", exc)
 A client that goes away cancels the job: the thread stops before its next turn.
@@ -44,7 +45,8 @@ class AnswerJob:
     def _run(self) -> None:
         try:
             with self.scheduler.question():
-                answer = self.session.ask(self.question, **self.ask)
+                with self.scheduler.turn():  # choices are scored here, a constraint compiled
+                    answer = self.session.ask(self.question, **self.ask)
                 self._put("start", answer)
                 pieces: list[str] = []
                 try:

@@ -50,6 +50,9 @@ class AskBody(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="most answer tokens (default: the server's)")
     stream: bool = Field(True, description="stream Server-Sent Events (true) or answer with one JSON object")
     deadline_s: float | None = Field(None, gt=0, description="no token is decoded after this many seconds")
+    choices: list[str] | None = Field(None, description="answer with the most likely of these (scored)")
+    regex: str | None = Field(None, description="decode under this regular expression (the constrain extra)")
+    json_schema: dict[str, Any] | None = Field(None, description="decode JSON matching this schema")
 
 
 def build_app(config: ServeConfig, adapter: Any = None) -> FastAPI:
@@ -247,7 +250,8 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
         limiter.check(client_id(request.scope))
         stream.touch()
         job = AnswerJob(stream.session, scheduler, body.question, max_new_tokens=body.max_tokens,
-                        deadline_s=body.deadline_s)  # fmt: skip
+                        deadline_s=body.deadline_s, choices=body.choices, regex=body.regex,
+                        json_schema=body.json_schema)  # fmt: skip
         events = job.events()
         kind, value = await anext(events)
         if kind == "error":

@@ -3,7 +3,8 @@
 The stream is named by the request's `model` (a stream id or name) or by the extra body field `stream_id`
 (`extra_body={"stream_id": ...}` in the `openai` client). The last user message is the question; earlier turns
 and system messages are not used (the stream's session has its own system prompt), decoding is greedy
-(temperature/top_p are accepted and ignored). Each response carries `livevlm`: the stream, the pts range it
+(temperature/top_p are accepted and ignored); `response_format` json_object / json_schema decodes under that
+schema (the constrain extra). Each response carries `livevlm`: the stream, the pts range it
 was asked over and the chunks it saw.
 """
 
@@ -41,6 +42,22 @@ class ChatBody(BaseModel):
     stream_id: str | None = None
     stream_options: dict[str, Any] | None = None
     n: int | None = None
+    response_format: dict[str, Any] | None = None
+
+
+def schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | str | None:
+    """The JSON schema a `response_format` asks for: json_schema's schema, or any JSON for json_object."""
+    if not response_format or response_format.get("type") in (None, "text"):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequestError("response_format json_schema needs {'json_schema': {'schema': {...}}}")
+        return schema
+    raise InvalidRequestError(f"response_format type {kind!r} is not supported (text, json_object, json_schema)")
 
 
 def question_of(messages: list[dict[str, Any]]) -> str:
@@ -85,7 +102,8 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         limiter.check(client_id(request.scope))
         stream.touch()
         context_tokens = stream.session.stats.kv_tokens
-        job = AnswerJob(stream.session, scheduler, question, max_new_tokens=max_tokens)
+        schema = schema_of(body.response_format)
+        job = AnswerJob(stream.session, scheduler, question, max_new_tokens=max_tokens, json_schema=schema)
         events = job.events()
         kind, value = await anext(events)
         if kind == "error":
