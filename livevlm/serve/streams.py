@@ -80,7 +80,12 @@ class StreamManager:
             with self._lock:
                 self._opening -= 1
         with self._lock:
-            self._streams[stream.id] = stream
+            taken = name is not None and any(s.name == name for s in self._streams.values())
+            if not taken:
+                self._streams[stream.id] = stream
+        if taken:  # another request made a stream of that name while this one was opening
+            _close(stream)
+            raise ConflictError(f"a stream named {name!r} exists already")
         return stream
 
     def _open(self, resolved: ResolvedSource, source: str, name: str | None) -> ServedStream:
