@@ -205,11 +205,25 @@ class Session(QuestionsMixin, StandingMixin):
 
         self._check_open()
         push = self._segment()
-        sink = push if turn is None else _in_turn(push, turn)
+        sink = push if turn is None else self._in_turn(push, turn)
         ingestor = Ingestor(open_source(source, fps=self.config.fps), sink, reader).start()
         with self._lock:
             self._ingestor = ingestor
         return ingestor
+
+    def _in_turn(
+        self, push: Callable[[Any], Any], turn: Callable[[], AbstractContextManager[Any]]
+    ) -> Callable[[Any], Any]:
+        """`push` run inside `turn()` when the frame completes a temporal patch (a model call); a frame that
+        only joins the pending patch is pushed at once. Only the watched source's thread pushes."""
+
+        def pushed(frame: Any) -> Any:
+            if len(self._pending) + 1 < self.adapter.frames_per_chunk:
+                return push(frame)
+            with turn():
+                return push(frame)
+
+        return pushed
 
     def _segment(self) -> SegmentPush:
         """`push` for one source (an ingest() or watch()): shifted, once, to follow the stream's last frame."""
@@ -324,16 +338,6 @@ class Session(QuestionsMixin, StandingMixin):
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame
-
-
-def _in_turn(push: Callable[[Any], Any], turn: Callable[[], AbstractContextManager[Any]]) -> Callable[[Any], Any]:
-    """`push` wrapped so that every call runs inside `turn()`."""
-
-    def pushed_in_turn(frame: Any) -> Any:
-        with turn():
-            return push(frame)
-
-    return pushed_in_turn
 
 
 def _resize_uint8(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:
