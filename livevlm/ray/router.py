@@ -1,11 +1,13 @@
 """`Router`: streams placed over Ray replica actors, snapshotted periodically, restored when a replica dies.
 
     Router(config) ─► N × ray.remote(Replica) (one model each; one GPU each with replica_gpus=1)
-    open()   ─► the live replica holding the fewest streams (then the lowest index); the stream stays there
+    open()   ─► the live replica holding the fewest streams (then the lowest index); the stream stays there;
+               frames come from push() or from a source the replica watches (file, URL, lavfi)
     push/ask ─► that replica; a call that finds it dead (RayActorError) ─► fail over, then the call is retried
     every snapshot_every_s (and snapshot()) ─► each replica saves its streams to snapshot_dir/<stream id>
-    fail over ─► each stream of the dead replica ─► `open(id, snapshot)` on the least-loaded live replica
-               ─► a `RestoreReport`: frames pushed since that snapshot are lost (the memory is the snapshot's)
+    fail over ─► each stream of the dead replica ─► `open(id, snapshot, source)` on the least-loaded live
+               replica ─► a `RestoreReport`: the memory is the snapshot's; a file source is read again from
+               there, frames pushed (or shown live) since then are lost
     close()  ─► replicas shut down (sessions closed, spill files removed), everything written under
                snapshot_dir removed
 The snapshot directory must be one every replica can read: local disk on one machine, shared storage
@@ -68,16 +70,20 @@ class RestoreReport:
     snapshot_frames: int
     """Frames the stream had seen at its last snapshot (0: it had none; it restarted empty)."""
     frames_lost: int
-    """Frames pushed after that snapshot (as last confirmed by the dead replica): not in the restored memory."""
+    """Frames seen after that snapshot (as last confirmed by the dead replica) that the restored memory lacks
+    and nothing will bring back: 0 for a file source, which is read again from the snapshot on."""
     pts_lost: tuple[float | None, float | None]
     """Stream time of the last frame kept and of the last frame lost."""
     seconds: float
+    resumed_from: float | None = None
+    """A file source's stream time the restored replica reads it again from (None: pushed or live frames)."""
 
 
 @dataclass
 class _Stream:
     id: str
     replica: int
+    source: Any = None
     frames_seen: int = 0
     last_pts: float | None = None
     snapshot: dict[str, Any] | None = None  # what the replica reported when it saved the last snapshot
@@ -108,14 +114,15 @@ class Router:
             self._ticker.start()
 
     # -- streams --------------------------------------------------------------------------------------
-    def open(self, stream_id: str | None = None) -> str:
-        """A new stream on the least-loaded live replica; returns its id."""
+    def open(self, stream_id: str | None = None, source: Any = None) -> str:
+        """A new stream on the least-loaded live replica; returns its id. `source` (a path the replicas can
+        read, a URL, 'lavfi:...', a `FileSourceConfig`): the replica watches it; else frames come by `push`."""
         sid = stream_id or "s-" + uuid.uuid4().hex[:8]
         with self._lock:
             if sid in self._streams:
                 raise ValueError(f"stream {sid!r} is open already")
-            stream = self._streams[sid] = _Stream(sid, self._least_loaded())
-        self._call(stream, "open")
+            stream = self._streams[sid] = _Stream(sid, self._least_loaded(), source)
+        self._call(stream, "open", None, source)
         return sid
 
     def push(self, stream_id: str, frames: np.ndarray | list[np.ndarray], pts: list[float | None] | None = None) -> int:
@@ -213,11 +220,13 @@ class Router:
         stream.replica = self._least_loaded()
         saved = self.snapshot_dir / stream.id  # what the replica last saved, even if it died before saying so
         path = str(saved) if (saved / "manifest.json").exists() else None
-        status = ray.get(self._replicas[stream.replica].open.remote(stream.id, path), timeout=self.config.call_timeout_s)
-        kept = int(status["frames_seen"])
+        status = ray.get(self._replicas[stream.replica].open.remote(stream.id, path, stream.source),
+                         timeout=self.config.call_timeout_s)  # fmt: skip
+        kept, resumed = int(status["frames_seen"]), status["resumed_from"]
+        lost = 0 if resumed is not None else max(0, stream.frames_seen - kept)
         self.restores.append(RestoreReport(
-            stream.id, dead, stream.replica, kept, max(0, stream.frames_seen - kept),
-            (status["last_pts_seconds"], stream.last_pts), time.perf_counter() - start,
+            stream.id, dead, stream.replica, kept, lost, (status["last_pts_seconds"], stream.last_pts),
+            time.perf_counter() - start, resumed,
         ))  # fmt: skip
         stream.frames_seen, stream.last_pts = kept, status["last_pts_seconds"]
 
