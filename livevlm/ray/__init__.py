@@ -6,7 +6,8 @@
         sid = router.open(); router.push(sid, frames); router.ask(sid, "What happened?")["text"]
 
 `Replica` (replica.py) holds a model and a `Session` per stream; `Router` (router.py) places streams, snapshots
-them to a shared directory and restores a dead replica's streams on another one (`Router.restores`).
+them to a shared directory and restores a dead replica's streams on another one (`Router.restores`);
+`RayStreamManager` (serve.py) puts the HTTP server (`livevlm serve --ray`) in front of a router.
 """
 
 try:
@@ -16,5 +17,15 @@ except ImportError as e:  # the extra is not installed
 
 from .replica import Replica, StreamNotHereError
 from .router import NoReplicaError, RestoreReport, Router, RouterConfig
+from .serve import RayStreamManager, RemoteSession
 
-__all__ = ["NoReplicaError", "Replica", "RestoreReport", "Router", "RouterConfig", "StreamNotHereError"]
+__all__ = [
+    "NoReplicaError",
+    "RayStreamManager",
+    "RemoteSession",
+    "Replica",
+    "RestoreReport",
+    "Router",
+    "RouterConfig",
+    "StreamNotHereError",
+]

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +74,37 @@ class Replica:
                 session.push(frame, t)
         return self._status(stream_id)
 
-    def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None) -> dict[str, Any]:
+    def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, **ask: Any) -> dict[str, Any]:
         """The whole answer: text, tokens decoded, why it ended, the stream time range and chunks it was over."""
-        session, pieces = self._session(stream_id), []
-        with self.scheduler.question():  # as the server answers: ahead of ingestion, one token per turn
+        head, *pieces, tail = self.ask_stream(stream_id, question, max_new_tokens=max_new_tokens, **ask)
+        return {"text": "".join(pieces), **tail, **head}
+
+    def ask_stream(self, stream_id: str, question: str, **ask: Any) -> Iterator[Any]:
+        """{"pts_range", "chunks"}, then the answer's text pieces, then {"tokens", "finish_reason"} (a Ray
+        streaming generator through the router). `ask`: what `Session.ask` takes. Decoded as the server does:
+        answers ahead of ingestion, one token per model turn."""
+        session = self._session(stream_id)
+        with self.scheduler.question():
             with self.scheduler.turn():
-                answer = session.ask(question, max_new_tokens=max_new_tokens)
-            while True:
-                with self.scheduler.turn():
-                    piece = next(answer, None)
-                if piece is None:
-                    break
-                pieces.append(piece)
-        return {"text": "".join(pieces), "tokens": answer.tokens, "finish_reason": answer.finish_reason,
-                "pts_range": list(answer.pts_range), "chunks": answer.chunks}  # fmt: skip
+                answer = session.ask(question, **ask)
+            yield {"pts_range": list(answer.pts_range), "chunks": answer.chunks}
+            try:
+                while True:
+                    with self.scheduler.turn():
+                        piece = next(answer, None)
+                    if piece is None:
+                        break
+                    yield piece
+            finally:
+                answer.close()
+        yield {"tokens": answer.tokens, "finish_reason": answer.finish_reason}
+
+    def stats(self, stream_id: str) -> Any:
+        """The stream's `SessionStats`."""
+        return self._session(stream_id).stats
+
+    def latest_frame(self, stream_id: str) -> Any:
+        return self._session(stream_id).latest_frame
 
     def status(self, stream_id: str) -> dict[str, Any]:
         return self._status(stream_id)

@@ -21,13 +21,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from ..errors import LivevlmError
 from ..session_config import SessionConfig
@@ -135,6 +136,37 @@ class Router:
         """The answer over the stream's memory: {"text", "tokens", "finish_reason", "pts_range", "chunks"}."""
         return self._call(self._stream(stream_id), "ask", question, max_new_tokens)
 
+    def ask_stream(self, stream_id: str, question: str, **ask: Any) -> Iterator[Any]:
+        """An answer as the replica decodes it (a Ray streaming generator): {"pts_range", "chunks"}, the text
+        pieces, then {"tokens", "finish_reason"}. `ask`: what `Session.ask` takes (choices, regex, ...). A
+        replica found dead before the first item is failed over and asked again; one that dies mid-answer
+        fails the answer (`RayActorError`) after failing over, so the next question is answered elsewhere."""
+        stream = self._stream(stream_id)
+        for _ in range(self.config.replicas + 1):
+            with self._lock:
+                index, handle = stream.replica, self._replicas[stream.replica]
+            items = handle.ask_stream.options(num_returns="streaming").remote(stream.id, question, **ask)
+            try:
+                head = self._get(next(items))
+            except RayActorError:
+                self._fail_over(index, handle)
+                continue
+            return self._rest(head, items, index, handle)
+        raise NoReplicaError(f"stream {stream.id!r}: every replica died")
+
+    def _rest(self, head: Any, items: Any, index: int, handle: Any) -> Iterator[Any]:
+        yield head
+        try:
+            for ref in items:
+                yield self._get(ref)
+        except RayActorError:
+            self._fail_over(index, handle)
+            raise
+
+    def call(self, stream_id: str, method: str, *args: Any) -> Any:
+        """`Replica.<method>(stream_id, *args)` on the stream's replica (failed over if it died)."""
+        return self._call(self._stream(stream_id), method, *args)
+
     def status(self, stream_id: str) -> dict[str, Any]:
         return {**self._call(self._stream(stream_id), "status"), "replica": self._stream(stream_id).replica}
 
@@ -192,7 +224,7 @@ class Router:
                 index = stream.replica
                 handle = self._replicas[index]
             try:
-                out = ray.get(getattr(handle, method).remote(stream.id, *args), timeout=self.config.call_timeout_s)
+                out = self._get(getattr(handle, method).remote(stream.id, *args))
             except RayActorError:
                 self._fail_over(index, handle)
                 continue
@@ -201,6 +233,15 @@ class Router:
                     stream.frames_seen, stream.last_pts = int(out["frames_seen"]), out["last_pts_seconds"]
             return out
         raise NoReplicaError(f"stream {stream.id!r}: every replica died")
+
+    def _get(self, ref: Any) -> Any:
+        """`ray.get`, raising what the replica raised (a typed livevlm error stays typed across processes)."""
+        try:
+            return ray.get(ref, timeout=self.config.call_timeout_s)
+        except RayTaskError as e:
+            if isinstance(e.cause, Exception) and not isinstance(e.cause, RayActorError):
+                raise e.cause from None
+            raise
 
     def _fail_over(self, index: int, handle: Any) -> None:
         """Mark replica `index` (the actor `handle`) dead and restore each of its streams from its last
