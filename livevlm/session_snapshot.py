@@ -49,7 +49,8 @@ class SnapshotMixin:
         with s._lock:
             s._check_open()
             meta = {"model": _identity(s.adapter), "config": config_to_json(s.config)}
-            return write_snapshot(path, meta, s._snapshot_tree())
+            info = write_snapshot(path, meta, s._snapshot_tree())
+            return dataclasses.replace(info, frames_seen=s._stats.frames_seen, last_pts_seconds=s._stats.last_pts_seconds)
 
     @classmethod
     def load(

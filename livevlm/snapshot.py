@@ -49,6 +49,10 @@ class SnapshotInfo:
     bytes: int
     """Size of the snapshot's files together."""
     seconds: float
+    frames_seen: int | None = None
+    """A session's snapshot: frames the stream had seen (pending ones included)."""
+    last_pts_seconds: float | None = None
+    """A session's snapshot: stream time of the last frame in it."""
 
 
 def write_snapshot(path: str | Path, meta: dict[str, Any], tree: Any) -> SnapshotInfo:

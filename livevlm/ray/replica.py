@@ -7,8 +7,9 @@
            ─► replica.ask(id, question)       the whole answer's text
            ─► replica.snapshot_all(root)      each stream's `Session.save(root/<id>)`, atomic per stream
 A plain class: the router wraps it with `ray.remote`; tests and single-process use may call it directly.
-Calls are served one at a time (an actor's default); they and the watched sources' ingestion threads take
-turns on the model through the server's `ModelScheduler` (answers first, streams round-robin).
+Calls run on the actor's thread pool (`RouterConfig.replica_concurrency`); they and the watched sources'
+ingestion threads take turns on the model through the server's `ModelScheduler` (answers first, streams
+round-robin), and each session's own lock keeps its state consistent (a snapshot sees no half-pushed chunk).
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ class Replica:
 
     def snapshot(self, stream_id: str, path: str) -> dict[str, Any]:
         """`Session.save(path)` of one stream; what it held then (frames, stream time) and what it cost."""
-        status = self._status(stream_id)  # taken first: nothing is pushed between (one call at a time)
         info = self._session(stream_id).save(path)
-        return {**status, "bytes": info.bytes, "seconds": info.seconds}
+        return {"stream": stream_id, "frames_seen": info.frames_seen, "last_pts_seconds": info.last_pts_seconds,
+                "bytes": info.bytes, "seconds": info.seconds}  # fmt: skip
 
     def snapshot_all(self, root: str) -> dict[str, dict[str, Any]]:
         """A snapshot of every stream held here, each at `root/<stream id>`."""

@@ -54,6 +54,9 @@ class RouterConfig:
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
     """GPUs per replica actor: 1 = one replica per GPU."""
+    replica_concurrency: int = 16
+    """Calls a replica serves at once on its thread pool (a status read need not wait for a long answer);
+    model work still takes turns through the replica's scheduler."""
     snapshot_dir: str | None = None
     """Where streams are snapshotted (shared by the replicas); None = a temp dir of the router's own."""
     snapshot_every_s: float | None = 30.0
@@ -101,7 +104,9 @@ class Router:
         self._own_dir = config.snapshot_dir is None
         self.snapshot_dir = Path(config.snapshot_dir or tempfile.mkdtemp(prefix="livevlm-snapshots-"))
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        self._actor = ray.remote(Replica).options(num_cpus=config.replica_cpus, num_gpus=config.replica_gpus)
+        self._actor = ray.remote(Replica).options(
+            num_cpus=config.replica_cpus, num_gpus=config.replica_gpus, max_concurrency=config.replica_concurrency
+        )
         self._lock = threading.RLock()
         self._replicas: list[Any] = [self._start() for _ in range(config.replicas)]
         self._alive = [True] * config.replicas
