@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LivevlmError
+from ..errors import LivevlmError, SessionClosedError, SnapshotError
 from ..models import load_model
 from ..serve.scheduler import ModelScheduler
 from ..session import Session
@@ -117,8 +117,17 @@ class Replica:
                 "bytes": info.bytes, "seconds": info.seconds}  # fmt: skip
 
     def snapshot_all(self, root: str) -> dict[str, dict[str, Any]]:
-        """A snapshot of every stream held here, each at `root/<stream id>`."""
-        return {sid: self.snapshot(sid, str(Path(root) / sid)) for sid in list(self.sessions)}
+        """A snapshot of every stream held here, each at `root/<stream id>`; a stream whose save failed gets
+        {"error": why} (its previous snapshot stays), one closed meanwhile is left out."""
+        out: dict[str, dict[str, Any]] = {}
+        for sid in list(self.sessions):
+            try:
+                out[sid] = self.snapshot(sid, str(Path(root) / sid))
+            except (StreamNotHereError, SessionClosedError):
+                continue
+            except SnapshotError as e:
+                out[sid] = {"stream": sid, "error": str(e)}
+        return out
 
     def close(self, stream_id: str) -> None:
         ingestor, session = self.ingestors.pop(stream_id, None), self.sessions.pop(stream_id, None)

@@ -113,6 +113,7 @@ class Router:
         self.info = ray.get([r.ready.remote() for r in self._replicas])
         self._streams: dict[str, _Stream] = {}
         self.restores: list[RestoreReport] = []
+        self.snapshot_errors: list[str] = []  # saves that failed (a full disk...): the previous snapshot stays
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         if config.snapshot_every_s:
@@ -214,13 +215,18 @@ class Router:
                 self._fail_over(i, handles[i])
         with self._lock:
             for sid, info in saved.items():
-                if sid in self._streams:
+                if sid in self._streams and "error" not in info:
                     self._streams[sid].snapshot = info
+                elif "error" in info:
+                    self.snapshot_errors.append(f"{sid}: {info['error']}")
         return saved
 
     def _snapshot_loop(self) -> None:
         while not self._stop.wait(self.config.snapshot_every_s):
-            self.snapshot()
+            try:
+                self.snapshot()
+            except (RayTaskError, LivevlmError, OSError) as e:  # the next round tries again
+                self.snapshot_errors.append(f"{type(e).__name__}: {e}")
 
     def _call(self, stream: _Stream, method: str, *args: Any) -> Any:
         """`method(stream, *args)` on the stream's replica; a dead replica is failed over and the call retried."""
