@@ -64,3 +64,22 @@ class VisionEncoder:
     runner: Callable[[], Any] | None = None
     """Returns the (shared, stateless) block runner; None when the family has none."""
     family: str = ""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Bytes a store keeps outside memory (a disk tier's), passed to or from a snapshot one blob at a time:
+    `read()` returns them as a flat uint8 CPU tensor."""
+
+    nbytes: int
+    read: Callable[[], torch.Tensor]
+
+
+def load_fields(record: Any, values: dict[str, Any]) -> Any:
+    """Set a dataclass record's fields from `values` (as `dataclasses.asdict` gave them, possibly through
+    JSON): lists become tuples where the field holds a tuple. Unknown names are ignored; returns `record`."""
+    for name, value in values.items():
+        if hasattr(record, name):
+            current = getattr(record, name)
+            setattr(record, name, tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value)
+    return record

@@ -11,7 +11,8 @@ ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv
     ─► yields text; the stream context is untouched
 Input checks live in `guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`,
 the up-front context estimate in `context_fit`, standing queries (`watch_for`: a thread that re-asks a question
-at each chunk and calls back on a change) in `standing`. After `close()` every method but `stats` raises.
+at each chunk and calls back on a change) in `standing`, `save(dir)` / `Session.load(dir, model)` (the whole
+stream state as a snapshot) in `session_snapshot`. After `close()` every method but `stats` raises.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
 from .questions import QuestionsMixin
 from .session_config import SessionConfig, SessionStats
+from .session_snapshot import SnapshotMixin
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame, fit_frame
 
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionConfig", "SessionStats"]
 
 
-class Session(QuestionsMixin, StandingMixin):
+class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
     """Watches one stream with one model; `ask()` answers over everything ingested so far. Thread-safe."""
 
     def __init__(
@@ -53,10 +55,16 @@ class Session(QuestionsMixin, StandingMixin):
     ) -> None:
         config = config or SessionConfig()
         if model is not None and not isinstance(model, (str, Path)):
-            self.adapter: VideoLMAdapter = model
+            adapter: VideoLMAdapter = model
         else:
             config = replace(config, model=str(model)) if model is not None else config
-            self.adapter = load_model(config.model, device=config.device, dtype=config.dtype)
+            adapter = load_model(config.model, device=config.device, dtype=config.dtype)
+        self._build(adapter, config)
+        self._start_prompt()
+
+    def _build(self, adapter: VideoLMAdapter, config: SessionConfig) -> None:
+        """Everything but the system prompt's prefill (`load` restores the stream into what this builds)."""
+        self.adapter = adapter
         self.config = config
         self._lock = threading.RLock()
         self._kv = build_kv_store(config.kv, self.adapter.kv_layout())
@@ -79,7 +87,6 @@ class Session(QuestionsMixin, StandingMixin):
         self._standing = StandingQueries()  # watch_for's queries (standing.py)
         self._prompt_ids: list[int] = []
         self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
-        self._start_prompt()
 
     # -- ingestion ------------------------------------------------------------------------------------
     def push(

@@ -91,6 +91,9 @@ class QwenVisionRunner:
         weight = visual.patch_embed.proj.weight
         self.linear = PackedLinears(weight.device, weight.dtype, enabled=prepack)
 
+    block_state = BlockState
+    """`BlockState(keys=, values=)`: what a restored ViT cache rebuilds its per-block state with."""
+
     def layout(self, grid: tuple[int, int, int]) -> VisionLayout:
         """Rope tables, segments and window order for a (1, gh, gw) grid, as the tower's forward builds them."""
         from transformers.vision_utils import (

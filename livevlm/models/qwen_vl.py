@@ -15,6 +15,7 @@ import torch
 
 from ..records import ChunkPlace, KVLayout, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
+from .fingerprint import weights_fingerprint
 from .preprocess import VisionGeometry, frames_to_patches, target_size
 from .query_probe import enable_query_probe, probe_queries
 
@@ -50,6 +51,13 @@ class QwenVLAdapter:
         self._lm = model.model.language_model
         self._lm_head = model.lm_head
         self._vision_runner: Any = None
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """The checkpoint's identity (config and sampled weights), computed once: what snapshots are tied to."""
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
 
     # -- vision ---------------------------------------------------------------------------------------
     def target_size(

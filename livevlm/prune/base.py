@@ -10,6 +10,7 @@ future). One pruner object per stream: all state lives in it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from ..kernels.similarity import merge_dropped
-from ..records import VisualChunk
+from ..records import VisualChunk, load_fields
 from ..registry import Registry
 from .config import BudgetMeter, PrunerConfig, parse_budget
 
@@ -54,6 +55,10 @@ class Pruner(Protocol):
     stats: PruneStats
 
     def __call__(self, chunk: VisualChunk) -> VisualChunk: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None: ...
 
 
 PRUNERS: Registry = Registry("pruner")
@@ -114,6 +119,15 @@ class BasePruner:
     def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
         """Ascending (n_kept,) long indices of the rows to keep; at most `k` of them."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-stream state as plain tensors and values (a snapshot); strategies add their own."""
+        return {"stats": dataclasses.asdict(self.stats), "credit": self._meter.credit, "floored": self._meter.floored}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        """Continue from a `state_dict`; its tensors go to `device` (where the chunks' embeds live)."""
+        load_fields(self.stats, state["stats"])
+        self._meter.credit, self._meter.floored = float(state["credit"]), int(state["floored"])
 
     def planned_tokens(self, num_tokens: int, chunks: int) -> list[int] | None:
         """Tokens each of the next `chunks` chunks of `num_tokens` would keep (None: the content decides)."""

@@ -55,15 +55,17 @@ class AskBody(BaseModel):
     json_schema: dict[str, Any] | None = Field(None, description="decode JSON matching this schema")
 
 
-def build_app(config: ServeConfig, adapter: Any = None) -> FastAPI:
-    """The server's app, with the model loaded (or `adapter`, already loaded, shared)."""
+def build_app(config: ServeConfig, adapter: Any = None, manager: StreamManager | None = None) -> FastAPI:
+    """The server's app, with the model loaded (or `adapter`, already loaded, shared); or, with `manager`,
+    serving the streams that manager holds elsewhere (`livevlm.ray.RayStreamManager`: no model here)."""
     from ..models import load_model
 
-    if adapter is None:
-        s = config.session
-        adapter = load_model(s.model, device=s.device, dtype=s.dtype)
-    scheduler = ModelScheduler()
-    manager = StreamManager(adapter, config, scheduler)
+    if manager is None:
+        if adapter is None:
+            s = config.session
+            adapter = load_model(s.model, device=s.device, dtype=s.dtype)
+        manager = StreamManager(adapter, config, ModelScheduler())
+    scheduler = manager.scheduler
     limiter = RateLimiter(config.limits.questions_per_minute)
 
     @contextlib.asynccontextmanager
