@@ -4,7 +4,8 @@
     SessionConfig(prune=parse_prune_spec("temporal", "64"))              # as the CLI's --prune/--budget
     SessionConfig(prune=TemporalConfig(budget="32/s", threshold=0.95))   # every knob
 
-Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-like), adaptive (VidCom2-like).
+Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchors, cosine), adaptive
+(VidCom2-like), stc (STC-Pruner). docs/pruners.md lists each with its paper.
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -23,6 +24,7 @@ from .base import (
 )
 from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
+from .stc import STCConfig, STCPruner
 from .temporal import TemporalConfig, TemporalPruner
 from .uniform import UniformConfig, UniformPruner
 
@@ -39,6 +41,8 @@ __all__ = [
     "PruneStats",
     "Pruner",
     "PrunerConfig",
+    "STCConfig",
+    "STCPruner",
     "TemporalConfig",
     "TemporalPruner",
     "UniformConfig",

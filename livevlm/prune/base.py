@@ -115,6 +115,16 @@ class BasePruner:
         """Ascending (n_kept,) long indices of the rows to keep; at most `k` of them."""
         raise NotImplementedError
 
+    def reduce(self, chunk: VisualChunk, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(kept rows ascending, their embeds, tokens merged into them): `select`, then the config's `merge`.
+
+        Merging strategies (ToMe, VisionDrop) override this to return their own averaged rows."""
+        keep = self.select(chunk, k).to(device=chunk.embeds.device, dtype=torch.long)
+        if keep.numel() == chunk.num_tokens or self.config.merge == "none":
+            return keep, chunk.embeds[keep], 0
+        embeds, merged = merge_dropped(chunk.embeds, keep, self.config.merge, chunk.grid_thw[1:])
+        return keep, embeds, merged
+
     def planned_tokens(self, num_tokens: int, chunks: int) -> list[int] | None:
         """Tokens each of the next `chunks` chunks of `num_tokens` would keep (None: the content decides)."""
         if not self.exact:
@@ -126,15 +136,10 @@ class BasePruner:
         start = time.perf_counter()
         n = chunk.num_tokens
         k = self._meter.allowance(n, chunk.pts_seconds)
-        keep = self.select(chunk, k).to(device=chunk.embeds.device, dtype=torch.long)
-        merged = 0
+        keep, embeds, merged = self.reduce(chunk, k)
         if keep.numel() == n:
             kept = replace(chunk, kept_index=keep)
         else:
-            if self.config.merge != "none":
-                embeds, merged = merge_dropped(chunk.embeds, keep, self.config.merge, chunk.grid_thw[1:])
-            else:
-                embeds = chunk.embeds[keep]
             changed = chunk.changed[keep] if chunk.changed is not None else None
             kept = replace(
                 chunk, embeds=embeds, positions=chunk.positions[:, keep], changed=changed, kept_index=keep

