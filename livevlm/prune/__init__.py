@@ -5,7 +5,7 @@
     SessionConfig(prune=TemporalConfig(budget="32/s", threshold=0.95))   # every knob
 
 Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchors, cosine), adaptive
-(VidCom2-like), stc (STC-Pruner). docs/pruners.md lists each with its paper.
+(VidCom2-like), stc (STC-Pruner), tome (ToMe merging). docs/pruners.md lists each with its paper.
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -26,6 +26,7 @@ from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
 from .stc import STCConfig, STCPruner
 from .temporal import TemporalConfig, TemporalPruner
+from .tome import ToMeConfig, ToMePruner
 from .uniform import UniformConfig, UniformPruner
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "STCPruner",
     "TemporalConfig",
     "TemporalPruner",
+    "ToMeConfig",
+    "ToMePruner",
     "UniformConfig",
     "UniformPruner",
     "available_pruners",
