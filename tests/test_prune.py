@@ -27,7 +27,7 @@ from livevlm.stream import read_frames
 
 FPS = 2.0
 QUESTION = "What is happening in the video?"
-STRATEGIES = ("uniform", "temporal", "dual_anchor", "adaptive", "stc", "tome")
+STRATEGIES = ("uniform", "temporal", "dual_anchor", "adaptive", "stc", "tome", "keyframe")
 MERGING = ("tome",)  # strategies whose kept rows are averages (their own merging)
 SIDE = 336  # a 12 x 12 token grid per chunk
 SQUARE = 56  # the moving object: 2 x 2 tokens

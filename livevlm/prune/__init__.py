@@ -5,7 +5,8 @@
     SessionConfig(prune=TemporalConfig(budget="32/s", threshold=0.95))   # every knob
 
 Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchors, cosine), adaptive
-(VidCom2-like), stc (STC-Pruner), tome (ToMe merging). docs/pruners.md lists each with its paper.
+(VidCom2-like), stc (STC-Pruner), tome (ToMe merging),
+keyframe (KFFocus-style budgets). docs/pruners.md lists each with its paper.
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -24,6 +25,7 @@ from .base import (
 )
 from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
+from .keyframe import KeyframeConfig, KeyframePruner
 from .stc import STCConfig, STCPruner
 from .temporal import TemporalConfig, TemporalPruner
 from .tome import ToMeConfig, ToMePruner
@@ -38,6 +40,8 @@ __all__ = [
     "Budget",
     "DualAnchorConfig",
     "DualAnchorPruner",
+    "KeyframeConfig",
+    "KeyframePruner",
     "NoPruner",
     "PruneStats",
     "Pruner",
