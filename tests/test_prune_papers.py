@@ -13,12 +13,14 @@ from test_prune import FPS, SIDE, moving_square, run, square_col, static_scene, 
 
 from livevlm import ConfigError, Frame
 from livevlm.prune import (
+    ClusterConfig,
     KeyframeConfig,
     STCConfig,
     ToMeConfig,
     build_pruner,
     parse_prune_spec,
 )
+from livevlm.prune.cluster import k_medoids
 from livevlm.prune.stc import gaussian_similarity
 from livevlm.prune.tome import bipartite_merge
 from livevlm.stream import read_frames
@@ -134,3 +136,27 @@ def test_keyframe_selectors_choose_inside_the_chunk(tiny_adapters, still):
     with pytest.raises(ConfigError):
         KeyframeConfig(min_share=0.0)
 
+
+# -- cluster --------------------------------------------------------------------------------------------
+def test_k_medoids_finds_separated_groups_and_keeps_real_tokens():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.eye(8)[:3] * 10
+    x = torch.cat([c + 0.1 * torch.randn(10, 8, generator=gen) for c in centres])[torch.randperm(30, generator=gen)]
+    medoids, assign = k_medoids(x, 3, 10)
+    assert medoids.numel() == 3 and torch.equal(medoids, medoids.sort().values)
+    group = x.argmax(1)  # the true group of each token
+    assert sorted(group[medoids].tolist()) == [0, 1, 2]  # one medoid per group
+    assert torch.equal(group[medoids][assign], group)  # every token in its group's cluster
+
+
+def test_cluster_in_a_session_keeps_medoids_or_cluster_means(tiny_adapters, bikes):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    _, full = run(adapter, bikes, "none")
+    session, chunks = run(adapter, bikes, parse_prune_spec("cluster", "0.1"))
+    for f, c in zip(full, chunks, strict=True):
+        assert c.num_tokens == int(0.1 * f.num_tokens) and torch.equal(c.embeds, f.embeds[c.kept_index])
+    assert session.stats.prune.tokens_merged == 0
+    session, means = run(adapter, bikes, ClusterConfig(budget="0.1", average=True))
+    assert [c.kept_index.tolist() for c in means] == [c.kept_index.tolist() for c in chunks]
+    assert session.stats.prune.tokens_merged == session.stats.prune.tokens_dropped > 0
+    assert not torch.equal(means[0].embeds, chunks[0].embeds)

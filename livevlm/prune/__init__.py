@@ -6,7 +6,7 @@
 
 Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchors, cosine), adaptive
 (VidCom2-like), stc (STC-Pruner), tome (ToMe merging),
-keyframe (KFFocus-style budgets). docs/pruners.md lists each with its paper.
+keyframe (KFFocus-style budgets), cluster (CenterCLIP-style k-medoids). docs/pruners.md lists each with its paper.
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -23,6 +23,7 @@ from .base import (
     prune_config,
     register_pruner,
 )
+from .cluster import ClusterConfig, ClusterPruner
 from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
 from .keyframe import KeyframeConfig, KeyframePruner
@@ -38,6 +39,8 @@ __all__ = [
     "AdaptivePruner",
     "BasePruner",
     "Budget",
+    "ClusterConfig",
+    "ClusterPruner",
     "DualAnchorConfig",
     "DualAnchorPruner",
     "KeyframeConfig",
