@@ -1,6 +1,7 @@
 """`Session`: one stream, one model, the loop. Every model call is here; caches and stores only store.
 
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
+    0. admit    the pruner may refuse a near-duplicate patch before the ViT (dedup): nothing encoded or stored
     1. encode   adapter.preprocess ─► ViT cache (wraps the model's vision encoder) ─► embeds
                 adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions)
     2. prune    the strategy keeps the salient tokens at their original positions
@@ -69,6 +70,7 @@ class Session(QuestionsMixin, StandingMixin):
         self._frame_shape: tuple[int, int] | None = None
         self._size: tuple[int, int] | None = None
         self._grid_hw: tuple[int, int] = (0, 0)
+        self._no_tokens: torch.Tensor | None = None  # (0, D): the embeds of a patch skipped before the ViT
         self._max_position = -1  # the highest position of any visual token, kept or not
         self._stored_end = 0  # one past the highest position stored in the KV context
         self._stats = SessionStats()
@@ -120,6 +122,8 @@ class Session(QuestionsMixin, StandingMixin):
         with self._lock:
             self._check_open()
             frames, self._pending = self._pending, []  # a failed encode must not leave a stuck, overfull patch
+            if not self._pruner.admit([f.data for f in frames]) and self._no_tokens is not None:
+                return self._skip(frames, self._stats.chunks)  # 0. a near-duplicate patch: no ViT, no token
             chunk = self._encode(frames, self._stats.chunks, self._feature_cache)  # 1. encode
             self._max_position = max(self._max_position, int(chunk.positions.max()))
             kept = self._pruner(chunk)  # 2. prune
@@ -130,6 +134,17 @@ class Session(QuestionsMixin, StandingMixin):
             s.visual_tokens += chunk.num_tokens
             self._chunk_done.notify_all()
             return kept
+
+    def _skip(self, frames: list[Frame], index: int) -> VisualChunk:
+        """A patch the pruner refused before the encoder: its positions advance the stream, nothing is stored."""
+        h, w = self._grid_hw
+        positions = self.adapter.video_positions(replace(self._place0, index=index), h, w)
+        self._max_position = max(self._max_position, int(positions.max()))
+        self._stats.chunks += 1
+        self._chunk_done.notify_all()
+        none = torch.zeros(0, dtype=torch.long, device=positions.device)
+        return VisualChunk(self._no_tokens, positions[:, none], (1, h, w), tuple(f.pts_seconds for f in frames),
+                           kept_index=none)  # fmt: skip
 
     def wait_for_chunk(self, after: int, timeout: float | None = None) -> int:
         """Wait until more than `after` chunks were ingested (or `timeout` seconds, or close); returns the
@@ -301,6 +316,7 @@ class Session(QuestionsMixin, StandingMixin):
         )
         with self._lock:
             self._grid_hw = chunk.grid_thw[1:]
+            self._no_tokens = chunk.embeds[:0]
             self._stats.seconds.vit += chunk.encode_seconds
         return chunk
 

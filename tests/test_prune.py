@@ -14,6 +14,7 @@ from livevlm import ConfigError, Frame, Session, SessionConfig
 from livevlm.models import ChunkPlace
 from livevlm.prune import (
     AdaptiveConfig,
+    DedupConfig,
     DualAnchorConfig,
     PrunerConfig,
     TemporalConfig,
@@ -27,7 +28,7 @@ from livevlm.stream import read_frames
 
 FPS = 2.0
 QUESTION = "What is happening in the video?"
-STRATEGIES = ("uniform", "temporal", "dual_anchor", "adaptive", "stc", "tome", "keyframe", "cluster")
+STRATEGIES = ("uniform", "temporal", "dual_anchor", "adaptive", "stc", "tome", "keyframe", "cluster", "dedup")
 MERGING = ("tome",)  # strategies whose kept rows are averages (their own merging)
 SIDE = 336  # a 12 x 12 token grid per chunk
 SQUARE = 56  # the moving object: 2 x 2 tokens
@@ -109,6 +110,7 @@ FULL_SPECS = [
     UniformConfig(budget=1.0, merge="nearest"),
     PrunerConfig("dual_anchor", budget="1.0", merge="similar"),
     parse_prune_spec("temporal", "100000"),
+    DedupConfig(budget=1.0, threshold=0.0),
 ]
 
 

@@ -14,8 +14,10 @@ from test_prune import FPS, SIDE, moving_square, run, square_col, static_scene, 
 from livevlm import ConfigError, Frame
 from livevlm.prune import (
     ClusterConfig,
+    DedupConfig,
     KeyframeConfig,
     STCConfig,
+    TemporalConfig,
     ToMeConfig,
     build_pruner,
     parse_prune_spec,
@@ -160,3 +162,32 @@ def test_cluster_in_a_session_keeps_medoids_or_cluster_means(tiny_adapters, bike
     assert [c.kept_index.tolist() for c in means] == [c.kept_index.tolist() for c in chunks]
     assert session.stats.prune.tokens_merged == session.stats.prune.tokens_dropped > 0
     assert not torch.equal(means[0].embeds, chunks[0].embeds)
+
+
+# -- dedup ----------------------------------------------------------------------------------------------
+def test_dedup_skips_near_duplicate_patches_before_the_vit(tiny_adapters, still):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    frames = static_scene(still, 8)
+    session, chunks = run(adapter, frames, DedupConfig(budget=1.0))
+    assert [c.num_tokens for c in chunks] == [144, 0, 0, 0]
+    s = session.stats
+    assert s.visual_tokens == 144 and s.chunks == 4  # the encoder ran once; the clock ran four chunks
+    assert (s.prune.chunks_skipped, s.prune.tokens_in, s.prune.tokens_dropped) == (3, 4 * 144, 3 * 144)
+    assert s.kv_tokens == len(adapter.prefix_ids()) + 144
+    assert [c.positions.shape for c in chunks[1:]] == [(3, 0)] * 3 and chunks[3].pts_seconds == (3.0, 3.5)
+    # the answer is the one of a stream whose later chunks were encoded and then pruned to nothing
+    other, _ = run(adapter, frames, TemporalConfig(budget=1.0, threshold=-1.0))
+    assert other.stats.kv_tokens == s.kv_tokens
+    assert list(session.ask_ids("What is here?", 6)) == list(other.ask_ids("What is here?", 6))
+
+
+def test_dedup_admits_change_and_bounds_skips(tiny_adapters, still):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    _, chunks = run(adapter, moving_square(still), DedupConfig(budget="0.25"))
+    assert [c.num_tokens for c in chunks] == [36] * 4  # a moving object changes every patch
+    _, chunks = run(adapter, static_scene(still, 16), DedupConfig(budget=1.0, max_skip=2))
+    assert [c.num_tokens for c in chunks] == [144, 0, 0, 144, 0, 0, 144, 0]
+    _, chunks = run(adapter, static_scene(still, 4), DedupConfig(budget=1.0, threshold=0.0))
+    assert [c.num_tokens for c in chunks] == [144, 144]  # threshold 0: nothing is a duplicate
+    with pytest.raises(ConfigError):
+        DedupConfig(threshold=2.0)

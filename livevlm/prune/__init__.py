@@ -6,7 +6,8 @@
 
 Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchors, cosine), adaptive
 (VidCom2-like), stc (STC-Pruner), tome (ToMe merging),
-keyframe (KFFocus-style budgets), cluster (CenterCLIP-style k-medoids). docs/pruners.md lists each with its paper.
+keyframe (KFFocus-style budgets), cluster (CenterCLIP-style k-medoids),
+dedup (B-VLLM-style: near-duplicate frame patches skipped before the ViT, via `admit`). docs/pruners.md lists each with its paper.
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -25,6 +26,7 @@ from .base import (
 )
 from .cluster import ClusterConfig, ClusterPruner
 from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
+from .dedup import DedupConfig, DedupPruner
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
 from .keyframe import KeyframeConfig, KeyframePruner
 from .stc import STCConfig, STCPruner
@@ -41,6 +43,8 @@ __all__ = [
     "Budget",
     "ClusterConfig",
     "ClusterPruner",
+    "DedupConfig",
+    "DedupPruner",
     "DualAnchorConfig",
     "DualAnchorPruner",
     "KeyframeConfig",

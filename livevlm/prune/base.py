@@ -1,5 +1,6 @@
 """The pruner protocol, its stats record, the strategy registry and the shared `BasePruner` loop.
 
+    frames ─► admit(frames) ─► False: the session skips the ViT and stores nothing for the patch
     chunk (N tokens, (3, N) positions, changed mask) ─► BudgetMeter.allowance ─► k
         ─► strategy.select(chunk, k) ─► kept rows (ascending) ─► [merge dropped rows]
         ─► chunk of the kept rows, with their ORIGINAL (t, h, w) positions and `kept_index`
@@ -11,10 +12,11 @@ future). One pruner object per stream: all state lives in it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 
 from ..kernels.similarity import merge_dropped
@@ -37,6 +39,8 @@ class PruneStats:
     """Tokens that did not enter the LLM (merged ones included)."""
     tokens_merged: int = 0
     """Dropped tokens averaged into a kept token instead of discarded."""
+    chunks_skipped: int = 0
+    """Chunks the pruner refused before the vision encoder (`admit` False): never encoded, all dropped."""
     chunks_floored: int = 0
     """Chunks whose budget (a ratio or rate) rounded to 0 tokens: each kept 1 token instead of none."""
     seconds: float = 0.0
@@ -54,6 +58,10 @@ class Pruner(Protocol):
     stats: PruneStats
 
     def __call__(self, chunk: VisualChunk) -> VisualChunk: ...
+
+    def admit(self, frames: Sequence[np.ndarray]) -> bool:
+        """Before the encoder: False skips this patch of (H, W, 3) uint8 frames entirely (`BasePruner`: True)."""
+        ...
 
 
 PRUNERS: Registry = Registry("pruner")
@@ -110,6 +118,10 @@ class BasePruner:
         self.config = config if config is not None else self.config_class()
         self.stats = PruneStats(strategy=self.name, budget=str(self.config.budget))
         self._meter = BudgetMeter(self.config.budget, self.config.fps)
+
+    def admit(self, frames: Sequence[np.ndarray]) -> bool:
+        """The pre-encode hook the session calls with a patch's frames: True encodes it (the default)."""
+        return True
 
     def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
         """Ascending (n_kept,) long indices of the rows to keep; at most `k` of them."""
