@@ -19,12 +19,14 @@ from livevlm.prune import (
     STCConfig,
     TemporalConfig,
     ToMeConfig,
+    VisionDropConfig,
     build_pruner,
     parse_prune_spec,
 )
 from livevlm.prune.cluster import k_medoids
 from livevlm.prune.stc import gaussian_similarity
 from livevlm.prune.tome import bipartite_merge
+from livevlm.prune.visiondrop import progressive_drop, received_attention
 from livevlm.stream import read_frames
 
 
@@ -191,3 +193,25 @@ def test_dedup_admits_change_and_bounds_skips(tiny_adapters, still):
     assert [c.num_tokens for c in chunks] == [144, 144]  # threshold 0: nothing is a duplicate
     with pytest.raises(ConfigError):
         DedupConfig(threshold=2.0)
+
+
+# -- visiondrop -----------------------------------------------------------------------------------------
+def test_visiondrop_scores_by_attention_received_and_merges_size_weighted():
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.0, 1.0]])  # three alike, one outlier
+    scores = received_attention(x, 0.1)
+    assert int(scores.argmin()) == 3 and torch.isclose(scores.sum(), torch.tensor(1.0))
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(40, 8, generator=gen)
+    keep, means = progressive_drop(y, 1, 3, 0.1)  # 40 -> 14 -> 5 -> 1: merged tokens merge again
+    assert keep.numel() == 1
+    torch.testing.assert_close(means[0], y.mean(0))
+
+
+def test_visiondrop_in_a_session_keeps_exact_budgets_and_reports_merged(tiny_adapters, bikes):
+    session, chunks = run(tiny_adapters["qwen2_5_vl"], bikes, parse_prune_spec("visiondrop", "0.1"))
+    n = session.stats.visual_tokens // len(chunks)
+    assert [c.num_tokens for c in chunks] == [int(0.1 * n)] * len(chunks)
+    s = session.stats.prune
+    assert s.tokens_merged == s.tokens_dropped == (n - int(0.1 * n)) * len(chunks)
+    with pytest.raises(ConfigError):
+        VisionDropConfig(stages=0)

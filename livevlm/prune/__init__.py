@@ -7,7 +7,8 @@
 Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchors, cosine), adaptive
 (VidCom2-like), stc (STC-Pruner), tome (ToMe merging),
 keyframe (KFFocus-style budgets), cluster (CenterCLIP-style k-medoids),
-dedup (B-VLLM-style: near-duplicate frame patches skipped before the ViT, via `admit`). docs/pruners.md lists each with its paper.
+dedup (B-VLLM-style: near-duplicate frame patches skipped before the ViT, via `admit`),
+visiondrop (VisionDrop: visual-to-visual attention, progressive dropping, merging). docs/pruners.md lists each with its paper.
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -33,6 +34,7 @@ from .stc import STCConfig, STCPruner
 from .temporal import TemporalConfig, TemporalPruner
 from .tome import ToMeConfig, ToMePruner
 from .uniform import UniformConfig, UniformPruner
+from .visiondrop import VisionDropConfig, VisionDropPruner
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -61,6 +63,8 @@ __all__ = [
     "ToMePruner",
     "UniformConfig",
     "UniformPruner",
+    "VisionDropConfig",
+    "VisionDropPruner",
     "available_pruners",
     "build_pruner",
     "parse_budget",
