@@ -30,7 +30,7 @@ import torch
 
 from .cache import build_feature_cache, build_kv_store
 from .context_fit import expected_frames
-from .errors import FrameError, SessionClosedError
+from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import SegmentPush, check_pts
 from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
@@ -65,6 +65,7 @@ class Session(QuestionsMixin, StandingMixin):
             self.adapter.enable_query_probe()  # refused here if the model's attention cannot be probed
         self._feature_cache = build_feature_cache(config.vit_cache, self.adapter.vision_encoder())
         self._pruner = build_pruner(config.prune)
+        self._vision_layers = self._attention_layers()
         self._pending: list[Frame] = []
         self._latest: Frame | None = None
         self._frame_shape: tuple[int, int] | None = None
@@ -300,8 +301,12 @@ class Session(QuestionsMixin, StandingMixin):
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
         start = time.perf_counter()
         pixels, grid = self.adapter.preprocess(batch, self._size)
+        attention = None
         if feature_cache is not None:
             embeds, changed = feature_cache.encode(pixels, grid)
+        elif self._vision_layers:  # the pruner reads the encoder's own attention (hiprune)
+            embeds, attention = self.adapter.vision_encoder().attention(pixels, grid, self._vision_layers)
+            changed = None
         else:
             embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)
@@ -313,12 +318,24 @@ class Session(QuestionsMixin, StandingMixin):
             pts_seconds=tuple(f.pts_seconds for f in frames),
             encode_seconds=time.perf_counter() - start,
             changed=changed,
+            attention=attention,
         )
         with self._lock:
             self._grid_hw = chunk.grid_thw[1:]
             self._no_tokens = chunk.embeds[:0]
             self._stats.seconds.vit += chunk.encode_seconds
         return chunk
+
+    def _attention_layers(self) -> tuple[float, ...]:
+        """The ViT layers whose attention the pruner reads (most read none); refused where none can be had."""
+        layers = tuple(getattr(self._pruner, "vision_layers", ()))
+        if layers and self.adapter.vision_encoder().attention is None:
+            raise ConfigError(f"prune={self._pruner.name!r} reads the vision encoder's attention, which the "
+                              f"{self.adapter.family} adapter cannot report")  # fmt: skip
+        if layers and self._feature_cache is not None:
+            raise ConfigError(f"prune={self._pruner.name!r} reads the attention of every ViT token: it cannot "
+                              "run with a ViT feature cache (use vit_cache='none')")  # fmt: skip
+        return layers
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
         last = self._stats.last_pts_seconds

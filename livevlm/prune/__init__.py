@@ -8,7 +8,8 @@ Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchor
 (VidCom2-like), stc (STC-Pruner), tome (ToMe merging),
 keyframe (KFFocus-style budgets), cluster (CenterCLIP-style k-medoids),
 dedup (B-VLLM-style: near-duplicate frame patches skipped before the ViT, via `admit`),
-visiondrop (VisionDrop: visual-to-visual attention, progressive dropping, merging). docs/pruners.md lists each with its paper.
+visiondrop (VisionDrop: visual-to-visual attention, progressive dropping, merging),
+hiprune (HiPrune: the vision encoder's own attention, which the session passes in `chunk.attention`). docs/pruners.md lists each with its paper.
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -29,6 +30,7 @@ from .cluster import ClusterConfig, ClusterPruner
 from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
 from .dedup import DedupConfig, DedupPruner
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
+from .hiprune import HiPruneConfig, HiPrunePruner
 from .keyframe import KeyframeConfig, KeyframePruner
 from .stc import STCConfig, STCPruner
 from .temporal import TemporalConfig, TemporalPruner
@@ -49,6 +51,8 @@ __all__ = [
     "DedupPruner",
     "DualAnchorConfig",
     "DualAnchorPruner",
+    "HiPruneConfig",
+    "HiPrunePruner",
     "KeyframeConfig",
     "KeyframePruner",
     "NoPruner",

@@ -56,6 +56,8 @@ class Pruner(Protocol):
 
     name: str
     stats: PruneStats
+    vision_layers: tuple[float, ...]
+    """ViT layers (fractions of the depth) whose attention the chunk must carry (`VisualChunk.attention`)."""
 
     def __call__(self, chunk: VisualChunk) -> VisualChunk: ...
 
@@ -111,6 +113,7 @@ class BasePruner:
 
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[PrunerConfig]] = PrunerConfig
+    vision_layers: tuple[float, ...] = ()
     exact: ClassVar[bool] = True
     """`select` keeps exactly the budget's k tokens; False: the content decides (at most k, or a share)."""
 
@@ -154,7 +157,8 @@ class BasePruner:
         else:
             changed = chunk.changed[keep] if chunk.changed is not None else None
             kept = replace(
-                chunk, embeds=embeds, positions=chunk.positions[:, keep], changed=changed, kept_index=keep
+                chunk, embeds=embeds, positions=chunk.positions[:, keep], changed=changed, kept_index=keep,
+                attention=None,
             )
         s = self.stats
         s.chunks += 1
