@@ -29,7 +29,7 @@ from _machine import cpu_info
 
 import livevlm
 from livevlm import SessionConfig, load_model
-from livevlm.cache import available_kv_policies
+from livevlm.cache import available_kv_policies, kv_config_of
 from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
 from livevlm.prune import available_pruners, parse_prune_spec
 
@@ -52,7 +52,8 @@ def all_settings() -> list[str]:
 
 def prune_settings() -> list[str]:
     """baseline and every pruner at each budget (the pruner comparison of docs/pruners.md)."""
-    return ["baseline", *(f"prune:{s}:{b}" for s in available_pruners() if s != "none" for b in PRUNE_BUDGETS)]
+    out = ["baseline", *(f"prune:{s}:{b}" for s in available_pruners() if s != "none" for b in PRUNE_BUDGETS)]
+    return out + [f"kv:fastv:keep_ratio={b}" for b in PRUNE_BUDGETS]  # FastV prunes at question time
 
 
 def knob(text: str) -> Any:
@@ -71,9 +72,8 @@ def knob(text: str) -> Any:
 
 
 def setting_config(name: str) -> SessionConfig:
-    """'baseline' | 'vit:PRESET' | 'prune:STRATEGY:BUDGET[:FIELD=VALUE...]' | 'kv:POLICY' -> the session config.
-
-    Pruner knobs follow the budget, e.g. prune:dedup:0.5:threshold=0.02:selector=uniform."""
+    """'baseline' | 'vit:PRESET' | 'prune:STRATEGY:BUDGET[:FIELD=VALUE...]' | 'kv:POLICY[:FIELD=VALUE...]'
+    -> the session config. Knobs follow, e.g. prune:dedup:0.5:threshold=0.02, kv:fastv:keep_ratio=0.25."""
     kind, _, rest = name.partition(":")
     if kind == "baseline":
         return SessionConfig()
@@ -86,7 +86,11 @@ def setting_config(name: str) -> SessionConfig:
         values = dict(k.split("=", 1) for k in knobs)
         return SessionConfig(prune=replace(config, **{k: knob(v) for k, v in values.items()}))
     if kind == "kv":
-        return SessionConfig(kv=rest)
+        policy, *knobs = rest.split(":")
+        if not knobs:
+            return SessionConfig(kv=policy)
+        values = {k: knob(v) for k, v in (x.split("=", 1) for x in knobs)}
+        return SessionConfig(kv=replace(kv_config_of(policy), **values))
     raise SystemExit(
         f"unknown setting {name!r}: use baseline, vit:PRESET, prune:STRATEGY:BUDGET or kv:POLICY"
     )
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="yardstick split: choose settings on val, report test once (default test)")
     parser.add_argument("--prune-only", action="store_true",
-                        help="default settings: baseline + every pruner at budgets 0.5 and 0.25 (docs/pruners.md)")
+                        help="default settings: baseline + every pruner at budgets 0.5 and 0.25, fastv at keep 0.5 and 0.25")
     parser.add_argument(
         "--types", default=None, help=f"comma list of {','.join(QUESTION_TYPES)} (default all)"
     )
