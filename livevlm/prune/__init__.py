@@ -4,12 +4,13 @@
     SessionConfig(prune=parse_prune_spec("temporal", "64"))              # as the CLI's --prune/--budget
     SessionConfig(prune=TemporalConfig(budget="32/s", threshold=0.95))   # every knob
 
-Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-Pruner's anchors, cosine), adaptive
-(VidCom2-like), stc (STC-Pruner), tome (ToMe merging),
-keyframe (KFFocus-style budgets), cluster (CenterCLIP-style k-medoids),
-dedup (B-VLLM-style: near-duplicate frame patches skipped before the ViT, via `admit`),
-visiondrop (VisionDrop: visual-to-visual attention, progressive dropping, merging),
-hiprune (HiPrune: the vision encoder's own attention, which the session passes in `chunk.attention`). docs/pruners.md lists each with its paper.
+Strategies (docs/pruners.md: each with its paper and measured retention):
+    none, uniform, temporal (EVS-like), adaptive (VidCom2-like)
+    stc (STC-Pruner), dual_anchor (STC-Pruner's anchors with cosine distance: the simpler variant)
+    tome (ToMe merging), visiondrop (VisionDrop), cluster (CenterCLIP-style k-medoids)
+    keyframe (KFFocus-style per-chunk budgets), dedup (B-VLLM-style: near-duplicate patches refused before
+    the ViT through `admit`), hiprune (HiPrune: the vision tower's own attention, in `chunk.attention`)
+FastV (query-aware, at question time) is a KV policy: `livevlm.cache.FastVConfig`, kv="fastv".
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
