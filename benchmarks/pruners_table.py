@@ -47,7 +47,7 @@ def rows(accuracy: dict[str, Any], speed: dict[str, Any] | None) -> list[list[st
             by.setdefault(named[0], {})[named[1]] = entry
     base = accuracy["settings"]["baseline"]["accuracy"]
     acc = f"{base['overall']:.2f}"
-    out = [["baseline (`none`)", "--", "every token", acc, acc, "1.00", "1.00", "1.00", "1.00", "1.00 / 1.00"]]
+    out = [["baseline (`none`)", "--", "every token", acc, acc, "1.00", "1.00", "1.00", "1.00 / 1.00", "1.00 / 1.00"]]
     for name, (paper, mechanism) in PAPERS.items():
         if name not in by:
             continue
@@ -57,7 +57,8 @@ def rows(accuracy: dict[str, Any], speed: dict[str, Any] | None) -> list[list[st
         cells += [f"{e['accuracy']['overall']:.2f}" if e else "--" for e in (half, quarter)]
         cells += [f"{e['retention']['overall']:.2f}" if e else "--" for e in (half, quarter)]
         cells.append(f"{quarter['retention']['needle']:.2f}" if quarter and "needle" in quarter["retention"] else "--")
-        cells.append(f"{quarter['ratios']['kept_tokens']:.2f}" if quarter else "--")
+        r = quarter["ratios"] if quarter else None
+        cells.append(f"{r['kept_tokens']:.2f} / {r['context_tokens']:.2f}" if r else "--")
         cells.append(f"{fast['token_ratio']:.2f} / {fast['prefill_ratio']:.2f}" if fast else "--")
         out.append(cells)
     return out
@@ -65,7 +66,7 @@ def rows(accuracy: dict[str, Any], speed: dict[str, Any] | None) -> list[list[st
 
 def table(accuracy: dict[str, Any], speed: dict[str, Any] | None) -> str:
     head = ["strategy", "paper", "mechanism", "acc @0.5", "acc @0.25", "retention @0.5", "retention @0.25",
-            "needle ret. @0.25", "kept tok @0.25", "2B tokens / prefill @0.25"]  # fmt: skip
+            "needle ret. @0.25", "tokens kept / attended @0.25", "2B tokens / prefill @0.25"]  # fmt: skip
     lines = [head, ["---"] * len(head), *rows(accuracy, speed)]
     return "\n".join("| " + " | ".join(r) + " |" for r in lines)
 
