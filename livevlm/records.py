@@ -23,6 +23,7 @@ class VisualChunk:
     encode_seconds: float = 0.0
     changed: torch.Tensor | None = None  # (N,) bool from the feature cache: token recomputed (None: all new)
     kept_index: torch.Tensor | None = None  # (N_kept,) long, set by a pruner: rows kept of the full chunk
+    attention: tuple[torch.Tensor, ...] | None = None  # per requested ViT layer: (N,) attention received
 
     @property
     def num_tokens(self) -> int:
@@ -64,6 +65,10 @@ class VisionEncoder:
     runner: Callable[[], Any] | None = None
     """Returns the (shared, stateless) block runner; None when the family has none."""
     family: str = ""
+    attention: Callable[[torch.Tensor, tuple[int, int, int], tuple[float, ...]], Any] | None = None
+    """(patches, grid, layers as fractions of the depth) -> (the `full` features, per layer (M,) attention
+    each merged token receives there); None when the family cannot report it. What attention-guided
+    pruners (hiprune) read; the session calls it, a pruner never does."""
 
 
 @dataclass(frozen=True)

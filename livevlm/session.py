@@ -1,6 +1,7 @@
 """`Session`: one stream, one model, the loop. Every model call is here; caches and stores only store.
 
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
+    0. admit    the pruner may refuse a near-duplicate patch before the ViT (dedup): nothing encoded or stored
     1. encode   adapter.preprocess ─► ViT cache (wraps the model's vision encoder) ─► embeds
                 adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions)
     2. prune    the strategy keeps the salient tokens at their original positions
@@ -30,7 +31,7 @@ import torch
 
 from .cache import build_feature_cache, build_kv_store
 from .context_fit import expected_frames
-from .errors import FrameError, SessionClosedError
+from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import SegmentPush, check_pts
 from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
@@ -72,11 +73,13 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             self.adapter.enable_query_probe()  # refused here if the model's attention cannot be probed
         self._feature_cache = build_feature_cache(config.vit_cache, self.adapter.vision_encoder())
         self._pruner = build_pruner(config.prune)
+        self._vision_layers = self._attention_layers()
         self._pending: list[Frame] = []
         self._latest: Frame | None = None
         self._frame_shape: tuple[int, int] | None = None
         self._size: tuple[int, int] | None = None
         self._grid_hw: tuple[int, int] = (0, 0)
+        self._no_tokens: torch.Tensor | None = None  # (0, D): the embeds of a patch skipped before the ViT
         self._max_position = -1  # the highest position of any visual token, kept or not
         self._stored_end = 0  # one past the highest position stored in the KV context
         self._stats = SessionStats()
@@ -127,6 +130,8 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         with self._lock:
             self._check_open()
             frames, self._pending = self._pending, []  # a failed encode must not leave a stuck, overfull patch
+            if not self._pruner.admit([f.data for f in frames]) and self._no_tokens is not None:
+                return self._skip(frames, self._stats.chunks)  # 0. a near-duplicate patch: no ViT, no token
             chunk = self._encode(frames, self._stats.chunks, self._feature_cache)  # 1. encode
             self._max_position = max(self._max_position, int(chunk.positions.max()))
             kept = self._pruner(chunk)  # 2. prune
@@ -137,6 +142,17 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             s.visual_tokens += chunk.num_tokens
             self._chunk_done.notify_all()
             return kept
+
+    def _skip(self, frames: list[Frame], index: int) -> VisualChunk:
+        """A patch the pruner refused before the encoder: its positions advance the stream, nothing is stored."""
+        h, w = self._grid_hw
+        positions = self.adapter.video_positions(replace(self._place0, index=index), h, w)
+        self._max_position = max(self._max_position, int(positions.max()))
+        self._stats.chunks += 1
+        self._chunk_done.notify_all()
+        none = torch.zeros(0, dtype=torch.long, device=positions.device)
+        return VisualChunk(self._no_tokens, positions[:, none], (1, h, w), tuple(f.pts_seconds for f in frames),
+                           kept_index=none)  # fmt: skip
 
     def wait_for_chunk(self, after: int, timeout: float | None = None) -> int:
         """Wait until more than `after` chunks were ingested (or `timeout` seconds, or close); returns the
@@ -306,8 +322,12 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
         start = time.perf_counter()
         pixels, grid = self.adapter.preprocess(batch, self._size)
+        attention = None
         if feature_cache is not None:
             embeds, changed = feature_cache.encode(pixels, grid)
+        elif self._vision_layers:  # the pruner reads the encoder's own attention (hiprune)
+            embeds, attention = self.adapter.vision_encoder().attention(pixels, grid, self._vision_layers)
+            changed = None
         else:
             embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)
@@ -319,11 +339,24 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             pts_seconds=tuple(f.pts_seconds for f in frames),
             encode_seconds=time.perf_counter() - start,
             changed=changed,
+            attention=attention,
         )
         with self._lock:
             self._grid_hw = chunk.grid_thw[1:]
+            self._no_tokens = chunk.embeds[:0]
             self._stats.seconds.vit += chunk.encode_seconds
         return chunk
+
+    def _attention_layers(self) -> tuple[float, ...]:
+        """The ViT layers whose attention the pruner reads (most read none); refused where none can be had."""
+        layers = tuple(getattr(self._pruner, "vision_layers", ()))
+        if layers and self.adapter.vision_encoder().attention is None:
+            raise ConfigError(f"prune={self._pruner.name!r} reads the vision encoder's attention, which the "
+                              f"{self.adapter.family} adapter cannot report")  # fmt: skip
+        if layers and self._feature_cache is not None:
+            raise ConfigError(f"prune={self._pruner.name!r} reads the attention of every ViT token: it cannot "
+                              "run with a ViT feature cache (use vit_cache='none')")  # fmt: skip
+        return layers
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
         last = self._stats.last_pts_seconds

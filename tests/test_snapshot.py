@@ -165,3 +165,25 @@ def test_a_bounded_stream_snapshot_stays_within_its_budget(tiny_adapters, tmp_pa
     restored = Session.load(info.path, adapter, spill_dir=str(tmp_path))
     assert list(restored.ask_ids(Q1, max_new_tokens=4)) == list(session.ask_ids(Q1, max_new_tokens=4))
     session.close(), restored.close()
+
+
+@pytest.mark.parametrize(
+    ("prune", "kv"),
+    [("stc", "full"), ("keyframe", "full"), ("dedup", "full"), ("tome", "full"), ("cluster", "full"),
+     ("visiondrop", "full"), ("hiprune", "full"), ("none", "fastv")],
+)  # fmt: skip
+def test_paper_strategies_continue_alike_after_a_restore(tiny_adapters, frames, tmp_path, prune, kv):
+    from livevlm.prune import parse_prune_spec
+
+    adapter = tiny_adapters[FAMILY]
+    config = SessionConfig(kv=kv, prune=parse_prune_spec(prune, "0.5") if prune != "none" else "none")
+    saved = Session(adapter, config)
+    for f in frames[:11]:
+        saved.push(f)
+    restored = Session.load(saved.save(tmp_path / "snap").path, adapter)
+    for f in frames[11:]:  # the strategy's running state (anchors, keyframe credit, dedup reference) goes on
+        saved.push(f)
+        restored.push(f)
+    assert list(restored.ask_ids(Q2, max_new_tokens=8)) == list(saved.ask_ids(Q2, max_new_tokens=8))
+    assert (restored.stats.prune.tokens_kept, restored.stats.kv_tokens) == (
+        saved.stats.prune.tokens_kept, saved.stats.kv_tokens)  # fmt: skip

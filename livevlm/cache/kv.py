@@ -75,6 +75,7 @@ KV_POLICIES.register(
 )
 KV_POLICIES.register("retrieval", "livevlm.cache.select:RetrievalKV", config="livevlm.cache.kv_configs:RetrievalConfig")
 KV_POLICIES.register("bilevel", "livevlm.cache.select:BilevelKV", config="livevlm.cache.kv_configs:BilevelConfig")
+KV_POLICIES.register("fastv", "livevlm.cache.fastv:FastVKV", config="livevlm.cache.fastv:FastVConfig")
 
 
 def register_kv_policy(name: str, config: Any = None) -> Callable[[Any], Any]:

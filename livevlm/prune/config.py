@@ -101,7 +101,7 @@ class PrunerConfig:
     """What every strategy shares: which strategy, how many tokens it may keep, what happens to the rest."""
 
     strategy: str = "none"
-    """Registered strategy: none, uniform, temporal, dual_anchor, adaptive."""
+    """Registered strategy (`available_pruners()`): none, uniform, temporal, dual_anchor, adaptive, stc, ..."""
     budget: Any = DEFAULT_BUDGET
     """A `Budget`, or what `parse_budget` accepts ("64", "0.25", "32/s"); normalized to a `Budget`."""
     merge: str = "none"

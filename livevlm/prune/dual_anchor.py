@@ -1,4 +1,6 @@
-"""`dual_anchor` (STC-like): keep the tokens least similar to a spatial and a temporal anchor.
+"""`dual_anchor`: STC-Pruner's two anchors with cosine distance (a simplification; `stc` is the paper's form).
+
+Keeps the tokens least similar to a spatial and a temporal anchor, on all channels, by 1 - cosine:
 
     spatial anchor   the chunk's mean token: tokens like the frame's bulk (sky, wall) are redundant
     temporal anchor  per (h, w) position, a running mean of the tokens seen there in past chunks
@@ -81,7 +83,7 @@ class AnchorState:
 
 @register_pruner("dual_anchor")
 class DualAnchorPruner(BasePruner):
-    """STC-like: the `budget` most salient tokens against the two anchors (causal, per stream)."""
+    """STC-Pruner's anchors, cosine variant: the `budget` most salient tokens against the two anchors (causal, per stream)."""
 
     config_class = DualAnchorConfig
     config: DualAnchorConfig
