@@ -4,7 +4,7 @@
     python benchmarks/baseline.py --shape qwen2-vl-2b --device cuda  # real architecture, random weights
 
 Full shapes are random-weight models with the exact architecture configs of the released checkpoints: they
-are built, saved with the real Qwen2 tokenizer and loaded back through `livevlm.load_model`, like a download.
+are built, saved with the real Qwen2 tokenizer (and the family's processor config) and loaded back through `livevlm.load_model`, like a download.
 Timings come from `SessionStats` (ViT, stream prefill) and from timing the `ask_ids` iterator (TTFT, decode).
 """
 
@@ -63,7 +63,21 @@ SHAPES: dict[str, dict[str, Any]] = {
                    "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
                    "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2},
     },
+    # config.json of llava-hf/llava-onevision-qwen2-0.5b-ov-hf (SigLIP-so400m without its last layer + Qwen2-0.5B)
+    "llava-onevision-0.5b": {
+        "family": "llava_onevision",
+        "text": {**_TEXT, "model_type": "qwen2", "vocab_size": 152000, "hidden_size": 896,
+                 "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                 "num_key_value_heads": 2, "max_position_embeddings": 32768,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+        "vision": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                   "num_hidden_layers": 26, "num_attention_heads": 16, "image_size": 384, "patch_size": 14,
+                   "vision_use_head": False},
+        "extra": {"vision_feature_layer": -1, "vision_feature_select_strategy": "full",
+                  "image_token_index": 151646, "video_token_index": 151647},
+    },
 }
+_CLASSES = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "llava_onevision": "LlavaOnevision"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -72,12 +86,13 @@ def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> Non
     import transformers
     from transformers.initialization import no_init_weights
 
-    from livevlm.models.tokenizer import build_qwen2_tokenizer
+    from livevlm.models.tiny import save_processing
 
     spec = SHAPES[shape]
-    prefix = "Qwen2_5_VL" if spec["family"] == "qwen2_5_vl" else "Qwen2VL"
+    prefix = _CLASSES[spec["family"]]
     config = getattr(transformers, f"{prefix}Config")(text_config=spec["text"], vision_config=spec["vision"],
-                                                      tie_word_embeddings=True, **TOKEN_IDS)
+                                                      tie_word_embeddings=True,
+                                                      **spec.get("extra", TOKEN_IDS))
     torch.set_default_dtype(DTYPES[dtype])
     with torch.device(device), no_init_weights():  # skip torch's + HF's init passes over billions of weights
         model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
@@ -86,7 +101,7 @@ def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> Non
         for name, p in model.named_parameters():
             p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)
     model.save_pretrained(path)
-    build_qwen2_tokenizer().save_pretrained(path)
+    save_processing(Path(path), spec["family"], config)
 
 
 def default_video() -> Path:

@@ -16,6 +16,7 @@ MODEL_FAMILIES: Registry = Registry("model family", error=ModelLoadError)
 """transformers `model_type` -> the adapter class for that family (imported on first use)."""
 MODEL_FAMILIES.register("qwen2_5_vl", "livevlm.models.qwen_vl:QwenVLAdapter")
 MODEL_FAMILIES.register("qwen2_vl", "livevlm.models.qwen_vl:Qwen2VLAdapter")
+MODEL_FAMILIES.register("llava_onevision", "livevlm.models.llava_onevision:LlavaOnevisionAdapter")
 
 
 def register_model_family(model_type: str, adapter: Any) -> None:
@@ -89,6 +90,12 @@ def _read_json(name: str, filename: str) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def processor_config(name: str) -> dict:
+    """The checkpoint's preprocessor_config.json overlaid with its video_preprocessor_config.json ({} if neither):
+    what its HF processor reads for frame size, mean and std."""
+    return {**_read_json(name, "preprocessor_config.json"), **_read_json(name, "video_preprocessor_config.json")}
 
 
 def _refuse_own_code(name: str) -> None:

@@ -11,9 +11,15 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision")
 QWEN2_VOCAB = 151936  # the real (padded) embedding size of Qwen2-VL / Qwen2.5-VL
 
+
+_MODEL_CLASSES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+}
 
 # Weights drawn wider than transformers' 0.02 default: at 0.02 a toy model answers every prompt with the
 # same token, so no test could tell a right context from a wrong one; at 0.3 greedy answers depend on it.
@@ -21,7 +27,9 @@ TINY_INIT_STD = 0.3
 
 
 def tiny_config(family: str = "qwen2_5_vl", hidden: int = 64, layers: int = 2):
-    """A real Qwen-VL config at toy size: LLM hidden `hidden`, `layers` layers, 2-block ViT of width 32."""
+    """A real config of `family` at toy size: LLM hidden `hidden`, `layers` layers, 2-block ViT of width 32."""
+    if family == "llava_onevision":
+        return _tiny_llava_onevision(hidden, layers)
     text = {
         "vocab_size": QWEN2_VOCAB,
         "hidden_size": hidden,
@@ -75,21 +83,83 @@ def tiny_config(family: str = "qwen2_5_vl", hidden: int = 64, layers: int = 2):
     )
 
 
+def _tiny_text(hidden: int, layers: int) -> dict:
+    """A toy Qwen2 decoder config (the real Qwen2 vocabulary and special-token ids)."""
+    return {
+        "model_type": "qwen2",
+        "vocab_size": QWEN2_VOCAB,
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "pad_token_id": 151643,
+        "tie_word_embeddings": True,
+        "initializer_range": TINY_INIT_STD,
+    }
+
+
+# A 126 px SigLIP with 14 px patches: a 9x9 patch grid, pooled to 5x5 (exercises the pooling's ceil).
+TINY_SIGLIP = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 126,
+    "patch_size": 14,
+    "vision_use_head": False,
+    "initializer_range": TINY_INIT_STD,
+}
+
+
+def _tiny_llava_onevision(hidden: int, layers: int):
+    from transformers import LlavaOnevisionConfig
+
+    return LlavaOnevisionConfig(
+        text_config=_tiny_text(hidden, layers),
+        vision_config=TINY_SIGLIP,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_token_index=151646,
+        video_token_index=151647,
+        tie_word_embeddings=True,
+        initializer_range=TINY_INIT_STD,
+    )
+
+
+def save_processing(out: Path, family: str, config) -> None:
+    """The tokenizer (built offline) and video processor config a real checkpoint of `family` ships."""
+    import json
+
+    from .tokenizer import LLAVA_OV_SPECIAL_TOKENS, build_qwen2_tokenizer
+
+    if family == "llava_onevision":
+        side = int(config.vision_config.image_size)
+        build_qwen2_tokenizer(LLAVA_OV_SPECIAL_TOKENS, chat_template=None).save_pretrained(out)
+        video = {"size": {"height": side, "width": side}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+        (out / "video_preprocessor_config.json").write_text(json.dumps(video))
+        return
+    build_qwen2_tokenizer().save_pretrained(out)
+
+
 def build_tiny_checkpoint(
     path: str | os.PathLike, family: str = "qwen2_5_vl", seed: int = 0, hidden: int = 64, layers: int = 2
 ) -> Path:
     """Build a seeded tiny random-weight model and save it (weights, config, tokenizer) to `path`."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-
-    from .tokenizer import build_qwen2_tokenizer
+    import transformers
 
     config = tiny_config(family, hidden=hidden, layers=layers)
-    cls = Qwen2_5_VLForConditionalGeneration if family == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
+    cls = getattr(transformers, _MODEL_CLASSES[family])
     torch.manual_seed(seed)
     model = cls(config).eval()
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    build_qwen2_tokenizer().save_pretrained(out)
+    save_processing(out, family, config)
     return out

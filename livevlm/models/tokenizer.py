@@ -52,15 +52,22 @@ def _qwen_tiktoken_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
 
 
-def build_qwen2_tokenizer():
-    """Return a `PreTrainedTokenizerFast` equal to Qwen2-VL's, built from local files only (~2 s)."""
+# LLaVA-OneVision (Qwen2 LLM): Qwen2's three special tokens, then its image and video placeholders.
+LLAVA_OV_SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+
+
+def build_qwen2_tokenizer(
+    special_tokens: tuple[str, ...] = QWEN2_VL_SPECIAL_TOKENS, chat_template: str | None = QWEN2_VL_CHAT_TEMPLATE
+):
+    """Return a `PreTrainedTokenizerFast` equal to Qwen2-VL's (or, with other `special_tokens` in id order after
+    the BPE ranks, another Qwen2-based family's), built from local files only (~2 s)."""
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     converter = TikTokenConverter(
         vocab_file=str(_qwen_tiktoken_file()),
         pattern=QWEN2_PATTERN,
-        extra_special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
+        extra_special_tokens=list(special_tokens),
     )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=converter.converted(),
@@ -71,5 +78,5 @@ def build_qwen2_tokenizer():
         clean_up_tokenization_spaces=False,
         model_max_length=32768,
     )
-    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    tok.chat_template = chat_template
     return tok

