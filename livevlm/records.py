@@ -13,6 +13,21 @@ import torch
 
 
 @dataclass
+class ChunkText:
+    """Text a model's prompt puts around one chunk's visual tokens (a timestamp, image delimiters), embedded and
+    placed by the adapter: prefilled with the chunk, never pruned."""
+
+    before: torch.Tensor  # (B, D) embeds
+    before_positions: torch.Tensor  # (P, B) long, P = rows of the family's position ids
+    after: torch.Tensor  # (A, D)
+    after_positions: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.before.shape[0] + self.after.shape[0])
+
+
+@dataclass
 class VisualChunk:
     """Visual tokens of one temporal patch (`frames_per_chunk` frames) with their 3D (t, h, w) positions."""
 
@@ -23,10 +38,28 @@ class VisualChunk:
     encode_seconds: float = 0.0
     changed: torch.Tensor | None = None  # (N,) bool from the feature cache: token recomputed (None: all new)
     kept_index: torch.Tensor | None = None  # (N_kept,) long, set by a pruner: rows kept of the full chunk
+    text: ChunkText | None = None  # the prompt's text around the visual tokens, for families that have it
 
     @property
     def num_tokens(self) -> int:
         return int(self.embeds.shape[0])
+
+    @property
+    def last_position(self) -> int:
+        """The highest position the chunk occupies, text included."""
+        last = int(self.positions.max()) if self.positions.numel() else -1
+        if self.text is not None and self.text.after.shape[0]:
+            last = max(last, int(self.text.after_positions.max()))
+        return last
+
+    def with_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeds, positions) to prefill: the text before, the (kept) visual tokens, the text after."""
+        t = self.text
+        if t is None:
+            return self.embeds, self.positions
+        embeds = torch.cat([t.before.to(self.embeds.dtype), self.embeds, t.after.to(self.embeds.dtype)])
+        positions = torch.cat([t.before_positions, self.positions.to(t.before_positions.device), t.after_positions], 1)
+        return embeds, positions
 
 
 @dataclass(frozen=True)
@@ -36,6 +69,9 @@ class ChunkPlace:
     index: int
     offset: int
     seconds_per_chunk: float
+    start: int = -1
+    """The first free position after everything placed before (prompt, earlier chunks and their text): where
+    families whose positions count tokens (1-D, timestamped M-RoPE) put the chunk; -1 where not known."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
     1. encode   adapter.preprocess ─► ViT cache (wraps the model's vision encoder) ─► embeds
-                adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions)
+                adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions, [text around it])
     2. prune    the strategy keeps the salient tokens at their original positions
     3. forward  adapter.forward(kept tokens) on kv.ingest_view(): what the policy lets a chunk attend to
     4. commit   kv.commit(view): the store keeps the chunk's KV (tiers, summaries, window)
@@ -35,6 +35,7 @@ from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
 from .questions import QuestionsMixin
+from .records import ChunkText
 from .session_config import SessionConfig, SessionStats
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame, fit_frame
@@ -120,11 +121,11 @@ class Session(QuestionsMixin, StandingMixin):
         with self._lock:
             self._check_open()
             frames, self._pending = self._pending, []  # a failed encode must not leave a stuck, overfull patch
-            chunk = self._encode(frames, self._stats.chunks, self._feature_cache)  # 1. encode
-            self._max_position = max(self._max_position, int(chunk.positions.max()))
+            chunk = self._encode(frames, self._stats.chunks, self._feature_cache, self._max_position + 1)  # 1.
+            self._max_position = max(self._max_position, chunk.last_position)
             kept = self._pruner(chunk)  # 2. prune
             if kept.num_tokens:  # 3. forward on the store's view, 4. commit
-                self._prefill(kept.embeds, kept.positions, pts_seconds=chunk.pts_seconds)
+                self._prefill(*kept.with_text(), pts_seconds=chunk.pts_seconds)
             s = self._stats
             s.chunks += 1
             s.visual_tokens += chunk.num_tokens
@@ -278,7 +279,7 @@ class Session(QuestionsMixin, StandingMixin):
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
         self._stats.seconds.prefill = 0.0  # the system prompt is set-up, not stream work
 
-    def _encode(self, frames: list[Frame], index: int, feature_cache: Any) -> VisualChunk:
+    def _encode(self, frames: list[Frame], index: int, feature_cache: Any, start: int) -> VisualChunk:
         batch = np.stack([f.data for f in frames])
         if len(frames) < self.adapter.frames_per_chunk:
             pad = self.adapter.frames_per_chunk - len(frames)
@@ -290,7 +291,14 @@ class Session(QuestionsMixin, StandingMixin):
         else:
             embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)
-        positions = self.adapter.video_positions(replace(self._place0, index=index), h, w)
+        place = replace(self._place0, index=index, start=start)
+        before, after = self.adapter.chunk_text_ids(place, tuple(f.pts_seconds for f in frames))
+        positions = self.adapter.video_positions(replace(place, start=start + len(before)), h, w)
+        text = None
+        if before or after:
+            after_start = int(positions.max()) + 1 if positions.numel() else start + len(before)
+            text = ChunkText(self.adapter.embed_ids(before), self.adapter.text_positions(start, len(before)),
+                             self.adapter.embed_ids(after), self.adapter.text_positions(after_start, len(after)))
         chunk = VisualChunk(
             embeds=embeds.to(self.adapter.dtype),
             positions=positions,
@@ -298,6 +306,7 @@ class Session(QuestionsMixin, StandingMixin):
             pts_seconds=tuple(f.pts_seconds for f in frames),
             encode_seconds=time.perf_counter() - start,
             changed=changed,
+            text=text,
         )
         with self._lock:
             self._grid_hw = chunk.grid_thw[1:]

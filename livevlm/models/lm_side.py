@@ -40,6 +40,10 @@ class LanguageModelSide:
         self.end_of_turn_id = int(tok.convert_tokens_to_ids(end_of_turn))
         self.vocab_size = int(text_cfg.vocab_size)
 
+    def chunk_text_ids(self, place: Any, pts_seconds: tuple[float, ...]) -> tuple[list[int], list[int]]:
+        """No text around a chunk's visual tokens (families with timestamps or delimiters override this)."""
+        return [], []
+
     def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
         with torch.inference_mode():
             return self._embed(torch.tensor(list(ids), dtype=torch.long, device=self.device))
