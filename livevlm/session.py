@@ -279,7 +279,8 @@ class Session(QuestionsMixin, StandingMixin):
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
         self._stats.seconds.prefill = 0.0  # the system prompt is set-up, not stream work
 
-    def _encode(self, frames: list[Frame], index: int, feature_cache: Any, start: int) -> VisualChunk:
+    def _encode(self, frames: list[Frame], index: int, feature_cache: Any, first: int) -> VisualChunk:
+        """Encode one temporal patch as chunk `index`, its text (if the family has any) from position `first`."""
         batch = np.stack([f.data for f in frames])
         if len(frames) < self.adapter.frames_per_chunk:
             pad = self.adapter.frames_per_chunk - len(frames)
@@ -291,13 +292,13 @@ class Session(QuestionsMixin, StandingMixin):
         else:
             embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)
-        place = replace(self._place0, index=index, start=start)
+        place = replace(self._place0, index=index, start=first)
         before, after = self.adapter.chunk_text_ids(place, tuple(f.pts_seconds for f in frames))
-        positions = self.adapter.video_positions(replace(place, start=start + len(before)), h, w)
+        positions = self.adapter.video_positions(replace(place, start=first + len(before)), h, w)
         text = None
         if before or after:
-            after_start = int(positions.max()) + 1 if positions.numel() else start + len(before)
-            text = ChunkText(self.adapter.embed_ids(before), self.adapter.text_positions(start, len(before)),
+            after_start = int(positions.max()) + 1 if positions.numel() else first + len(before)
+            text = ChunkText(self.adapter.embed_ids(before), self.adapter.text_positions(first, len(before)),
                              self.adapter.embed_ids(after), self.adapter.text_positions(after_start, len(after)))
         chunk = VisualChunk(
             embeds=embeds.to(self.adapter.dtype),

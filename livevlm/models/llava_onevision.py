@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
-from ..records import ChunkPlace, VisionEncoder
+from ..records import VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
-from .lm_side import LanguageModelSide
+from .lm_side import LanguageModelSide, LinearPositions
 from .loading import processor_config
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize_normalize
 
 
-class LlavaOnevisionAdapter(LanguageModelSide):
+class LlavaOnevisionAdapter(LinearPositions, LanguageModelSide):
     """LLaVA-OneVision: SigLIP features, projector, 2x bilinear pooling per frame, Qwen2 with 1-D positions."""
 
     family = "llava_onevision"
@@ -115,21 +115,6 @@ class LlavaOnevisionAdapter(LanguageModelSide):
                 self.pooled[0] * self.pooled[1],
             )  # fmt: skip
         return self._vision_runner
-
-    # -- positions: 1-D ---------------------------------------------------------------------------------
-    def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
-        """(1, h*w): frame `place.index`'s tokens follow the previous frame's, from `place.offset`."""
-        start = place.offset + place.index * h * w
-        return torch.arange(start, start + h * w, device=self.device)[None]
-
-    def text_positions(self, start: int, count: int) -> torch.Tensor:
-        return torch.arange(start, start + count, device=self.device)[None]
-
-    def text_start_after_video(self, place: ChunkPlace, num_chunks: int, grid_hw: tuple[int, int]) -> int:
-        return place.offset + num_chunks * grid_hw[0] * grid_hw[1]
-
-    def _position_ids(self, positions: torch.Tensor) -> torch.Tensor:
-        return positions.to(self.device).reshape(1, -1)
 
     # -- text -----------------------------------------------------------------------------------------
     def prefix_ids(self, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:

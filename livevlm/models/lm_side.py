@@ -99,3 +99,24 @@ class LanguageModelSide:
     def answer_ids(self, text: str) -> list[int]:
         """Token ids of `text` as the start of an answer, ended by the end-of-turn token (for scoring)."""
         return list(self.tokenizer(text, add_special_tokens=False).input_ids) + [self.end_of_turn_id]
+
+
+class LinearPositions:
+    """1-D positions (Llama / Qwen2 decoders): token i of the prompt sits at position i; a chunk's visual tokens
+    follow whatever was placed before them (`ChunkPlace.start`), as the HF processor lays the prompt out."""
+
+    device: torch.device
+
+    def video_positions(self, place: Any, h: int, w: int) -> torch.Tensor:
+        """(1, h*w) positions of a chunk's visual tokens, from `place.start`."""
+        return torch.arange(place.start, place.start + h * w, device=self.device)[None]
+
+    def text_positions(self, start: int, count: int) -> torch.Tensor:
+        return torch.arange(start, start + count, device=self.device)[None]
+
+    def text_start_after_video(self, place: Any, num_chunks: int, grid_hw: tuple[int, int]) -> int:
+        """Text resumes at the first free position after the last chunk (and its text)."""
+        return place.start
+
+    def _position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions.to(self.device).reshape(1, -1)
