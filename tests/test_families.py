@@ -29,7 +29,7 @@ from livevlm.models import load_model, supported_families
 from livevlm.prune import PRUNERS, parse_prune_spec
 from livevlm.stream import read_frames
 
-NEW_FAMILIES = ("llava_onevision",)
+NEW_FAMILIES = ("llava_onevision", "smolvlm")
 QUESTION = "What is happening in the video?"
 NEW_TOKENS = 10
 
@@ -67,7 +67,30 @@ def _hf_llava_onevision(adapter, frames: np.ndarray, question: str, new_tokens: 
     return {"input_ids": ids, "pixel_values_videos": pixels}
 
 
-HF_INPUTS = {"llava_onevision": _hf_llava_onevision}
+def smolvlm_prompt(adapter, n_frames: int, fps: float, question: str) -> str:
+    """SmolVLM's processor prompt for `n_frames` frames sampled at `fps` (our streaming intro, see smolvlm.py)."""
+    from livevlm.models.base import DEFAULT_SYSTEM_PROMPT
+    from livevlm.models.smolvlm import VIDEO_INTRO
+
+    frames = ""
+    for i in range(n_frames):
+        t = i / fps
+        image = "<image>" * adapter.tokens_per_chunk(None)
+        stamp = f"{int(t // 60):02d}:{int(t % 60):02d}"
+        frames += f"\nFrame from {stamp}:<fake_token_around_image><global-img>{image}<fake_token_around_image>"
+    return (f"<|im_start|>System: {DEFAULT_SYSTEM_PROMPT}<end_of_utterance>\nUser: {VIDEO_INTRO}\n{frames}\n\n"
+            f"{question}<end_of_utterance>\nAssistant:")
+
+
+def _hf_smolvlm(adapter, frames: np.ndarray, question: str, new_tokens: int) -> dict:
+    """SmolVLM's processor output: the whole prompt tokenized at once, the frames as one image batch."""
+    pixels = torch.stack([p[0] for p in _chunk_pixels(adapter, frames)])[None]
+    text = smolvlm_prompt(adapter, len(frames), 2.0, question)
+    ids = torch.tensor([adapter.tokenizer(text, add_special_tokens=False).input_ids])
+    return {"input_ids": ids, "pixel_values": pixels}
+
+
+HF_INPUTS = {"llava_onevision": _hf_llava_onevision, "smolvlm": _hf_smolvlm}
 
 
 def hf_generate(adapter, frames: np.ndarray, question: str = QUESTION, new_tokens: int = NEW_TOKENS) -> list[int]:
@@ -105,7 +128,29 @@ def test_chunked_session_matches_hf_generate(adapter, clip, n_frames):
     assert stats.chunks == n_frames // adapter.frames_per_chunk
     per_chunk = adapter.tokens_per_chunk(adapter.target_size(*frames[0].data.shape[:2]))
     assert stats.visual_tokens == stats.chunks * per_chunk
-    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.visual_tokens
+    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.visual_tokens + text_tokens(adapter, stats.chunks)
+
+
+def text_tokens(adapter, chunks: int, fps: float = 2.0) -> int:
+    """Tokens of the family's text around `chunks` chunks (timestamps, delimiters)."""
+    from livevlm.models import ChunkPlace
+
+    places = [ChunkPlace(i, 0, adapter.frames_per_chunk / fps) for i in range(chunks)]
+    ids = [adapter.chunk_text_ids(p, (p.index * adapter.frames_per_chunk / fps,)) for p in places]
+    return sum(len(b) + len(a) for b, a in ids)
+
+
+def test_smolvlm_prompt_pieces_tokenize_as_the_whole_prompt(adapters):
+    """Our prefix + per-frame text + placeholders + suffix are exactly the ids of the processor's whole prompt."""
+    from livevlm.models import ChunkPlace
+
+    adapter = adapters["smolvlm"]
+    ours = adapter.prefix_ids()
+    for i in range(3):
+        before, after = adapter.chunk_text_ids(ChunkPlace(i, 0, 0.5), (i / 2.0,))
+        ours += before + [adapter.video_token_id] * adapter.tokens_per_chunk(None) + after
+    ours += adapter.suffix_ids(QUESTION)
+    assert ours == adapter.tokenizer(smolvlm_prompt(adapter, 3, 2.0, QUESTION), add_special_tokens=False).input_ids
 
 
 def test_the_answer_depends_on_the_video(adapter, clip):
@@ -158,7 +203,7 @@ def test_pruners_at_their_default_budget(adapter, clip, strategy):
     assert ids
     assert stats.prune.tokens_dropped > 0
     assert stats.prune.tokens_kept + stats.prune.tokens_dropped == stats.visual_tokens
-    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.prune.tokens_kept
+    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.prune.tokens_kept + text_tokens(adapter, 4)
 
 
 @pytest.mark.parametrize("policy", available_kv_policies())
@@ -229,3 +274,26 @@ def test_llava_onevision_frames_follow_the_processor(adapters):
     assert adapter.target_size(90, 300) == (side, side)
     assert tuple(adapter.preprocess(wide, adapter.target_size(90, 300))[0].shape) == (1, 3, side, side)
     assert grid == (1, side // 14, side // 14) and adapter.merged_grid(grid) == (5, 5)
+
+
+@pytest.mark.parametrize("hw", [(100, 151), (151, 100), (144, 176), (112, 112), (720, 1280), (33, 35)])
+def test_smolvlm_frames_follow_the_processor(adapters, hw):
+    """SmolVLMVideoProcessor: longest edge to the video size (HF's own size rule), then to the square ViT input,
+    both LANCZOS, then rescale + normalize; each step is HF's own function (PIL backend) here."""
+    from transformers.image_transforms import normalize, rescale, resize
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+    from transformers.models.smolvlm.video_processing_smolvlm import get_resize_output_image_size
+
+    from livevlm.models.smolvlm import longest_edge_size
+
+    adapter = adapters["smolvlm"]
+    frame = np.random.default_rng(hw[0] * hw[1]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    first = get_resize_output_image_size(torch.zeros(1, 3, *hw), adapter.first_edge)
+    assert longest_edge_size(*hw, adapter.first_edge) == tuple(first)
+    x = frame
+    for size in (first, adapter.size):
+        x = resize(x, size, resample=PILImageResampling.LANCZOS, input_data_format=ChannelDimension.LAST)
+    x = normalize(rescale(x.astype(np.float32), 1 / 255), adapter.image_mean, adapter.image_std)
+    pixels, grid = adapter.preprocess(frame[None], adapter.target_size(*hw))
+    np.testing.assert_allclose(pixels[0].numpy(), x.transpose(2, 0, 1), rtol=0, atol=1e-5)
+    assert grid == (1, 8, 8) and adapter.merged_grid(grid) == (4, 4)

@@ -17,6 +17,7 @@ MODEL_FAMILIES: Registry = Registry("model family", error=ModelLoadError)
 MODEL_FAMILIES.register("qwen2_5_vl", "livevlm.models.qwen_vl:QwenVLAdapter")
 MODEL_FAMILIES.register("qwen2_vl", "livevlm.models.qwen_vl:Qwen2VLAdapter")
 MODEL_FAMILIES.register("llava_onevision", "livevlm.models.llava_onevision:LlavaOnevisionAdapter")
+MODEL_FAMILIES.register("smolvlm", "livevlm.models.smolvlm:SmolVLMAdapter")
 
 
 def register_model_family(model_type: str, adapter: Any) -> None:

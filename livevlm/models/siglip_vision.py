@@ -16,6 +16,7 @@ Nothing is patched: the layers' own submodules (norms, q/k/v/out projections, ML
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,7 @@ class SiglipVisionRunner:
         self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(
             tower.config._attn_implementation, family.eager_attention_forward
         )
+        self._masked_embed = "patch_attention_mask" in inspect.signature(tower.embeddings.forward).parameters
         weight = tower.embeddings.patch_embedding.weight
         self.linear = PackedLinears(weight.device, weight.dtype, enabled=prepack)
 
@@ -76,7 +78,12 @@ class SiglipVisionRunner:
     def embed(self, pixels: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
         """(1, 3, H, W) normalized pixels -> (N, D) first-layer inputs (patch + position embeddings)."""
         weight = self.tower.embeddings.patch_embedding.weight
-        return self.tower.embeddings(pixel_values=pixels.to(weight.dtype))[0]
+        kwargs = {}
+        if self._masked_embed:  # Idefics3 / SmolVLM embeddings take the patch mask (all patches real here)
+            kwargs["patch_attention_mask"] = torch.ones(
+                1, *layout.grid[1:], dtype=torch.bool, device=weight.device
+            )
+        return self.tower.embeddings(pixel_values=pixels.to(weight.dtype), **kwargs)[0]
 
     @staticmethod
     def _qkv(blk: Any, x: torch.Tensor, linear: Any = None) -> tuple[torch.Tensor, ...]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision")
+TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision", "smolvlm")
 QWEN2_VOCAB = 151936  # the real (padded) embedding size of Qwen2-VL / Qwen2.5-VL
 
 
@@ -19,6 +19,7 @@ _MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "smolvlm": "SmolVLMForConditionalGeneration",
 }
 
 # Weights drawn wider than transformers' 0.02 default: at 0.02 a toy model answers every prompt with the
@@ -30,6 +31,8 @@ def tiny_config(family: str = "qwen2_5_vl", hidden: int = 64, layers: int = 2):
     """A real config of `family` at toy size: LLM hidden `hidden`, `layers` layers, 2-block ViT of width 32."""
     if family == "llava_onevision":
         return _tiny_llava_onevision(hidden, layers)
+    if family == "smolvlm":
+        return _tiny_smolvlm(hidden, layers)
     text = {
         "vocab_size": QWEN2_VOCAB,
         "hidden_size": hidden,
@@ -132,12 +135,34 @@ def _tiny_llava_onevision(hidden: int, layers: int):
     )
 
 
+def _tiny_smolvlm(hidden: int, layers: int):
+    """SmolVLM2 at toy size: a 112 px Idefics3 ViT (8x8 patches, pixel shuffle 2: 16 tokens per frame) and a
+    Llama decoder with SmolVLM2's vocabulary size; token ids those of `build_smolvlm_tokenizer`."""
+    from transformers import SmolVLMConfig
+
+    text = {**_tiny_text(hidden, layers), "model_type": "llama", "vocab_size": 49280, "bos_token_id": 49153,
+            "eos_token_id": 49158, "pad_token_id": 49154, "rope_parameters": {"rope_type": "default",
+                                                                              "rope_theta": 100_000.0}}
+    vision = {**TINY_SIGLIP, "model_type": "smolvlm_vision", "image_size": 112}
+    del vision["vision_use_head"]
+    return SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=2, image_token_id=49156,
+                         tie_word_embeddings=True, initializer_range=TINY_INIT_STD)
+
+
 def save_processing(out: Path, family: str, config) -> None:
     """The tokenizer (built offline) and video processor config a real checkpoint of `family` ships."""
     import json
 
-    from .tokenizer import LLAVA_OV_SPECIAL_TOKENS, build_qwen2_tokenizer
+    from .tokenizer import LLAVA_OV_SPECIAL_TOKENS, build_qwen2_tokenizer, build_smolvlm_tokenizer
 
+    if family == "smolvlm":
+        side = int(config.vision_config.image_size)
+        build_smolvlm_tokenizer().save_pretrained(out)
+        video = {"video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": side}},
+                 "max_image_size": {"longest_edge": side}, "resample": 1,
+                 "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+        (out / "video_preprocessor_config.json").write_text(json.dumps(video))
+        return
     if family == "llava_onevision":
         side = int(config.vision_config.image_size)
         build_qwen2_tokenizer(LLAVA_OV_SPECIAL_TOKENS, chat_template=None).save_pretrained(out)
