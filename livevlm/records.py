@@ -31,7 +31,8 @@ class ChunkText:
 class VisualChunk:
     """Visual tokens of one temporal patch (`frames_per_chunk` frames) with their 3D (t, h, w) positions."""
 
-    embeds: torch.Tensor  # (N, D) in the LLM's embedding space
+    embeds: torch.Tensor  # (N, D) in the LLM's embedding space; (N, D * (1 + k)) where a family packs k per-layer
+    # features per token (Qwen3-VL DeepStack) as extra columns, so pruners keep and merge them with the same index
     positions: torch.Tensor  # (3, N) long: M-RoPE (t, h, w) ids, absolute in the stream
     grid_thw: tuple[int, int, int]  # LLM-side grid (t=1, h, w) after spatial merge
     pts_seconds: tuple[float, ...]  # timestamps of the frames it covers
@@ -57,7 +58,9 @@ class VisualChunk:
         t = self.text
         if t is None:
             return self.embeds, self.positions
-        embeds = torch.cat([t.before.to(self.embeds.dtype), self.embeds, t.after.to(self.embeds.dtype)])
+        pad = self.embeds.shape[1] - t.before.shape[1]  # zero columns where a family packs per-layer features
+        before, after = (torch.nn.functional.pad(x.to(self.embeds.dtype), (0, pad)) for x in (t.before, t.after))
+        embeds = torch.cat([before, self.embeds, after])
         positions = torch.cat([t.before_positions, self.positions.to(t.before_positions.device), t.after_positions], 1)
         return embeds, positions
 

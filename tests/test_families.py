@@ -24,12 +24,13 @@ from livevlm.cache import (
     ViTCacheConfig,
     available_kv_policies,
 )
-from livevlm.errors import ModelLoadError
-from livevlm.models import load_model, supported_families
+from livevlm.errors import ConfigError, ModelLoadError
+from livevlm.models import ChunkPlace, load_model, supported_families
 from livevlm.prune import PRUNERS, parse_prune_spec
 from livevlm.stream import read_frames
 
-NEW_FAMILIES = ("llava_onevision", "smolvlm")
+NEW_FAMILIES = ("llava_onevision", "smolvlm", "qwen3_vl")
+NO_BLOCK_RUNNER = ("qwen3_vl",)  # its DeepStack mergers read inner blocks: no token ViT cache yet
 QUESTION = "What is happening in the video?"
 NEW_TOKENS = 10
 
@@ -90,7 +91,34 @@ def _hf_smolvlm(adapter, frames: np.ndarray, question: str, new_tokens: int) -> 
     return {"input_ids": ids, "pixel_values": pixels}
 
 
-HF_INPUTS = {"llava_onevision": _hf_llava_onevision, "smolvlm": _hf_smolvlm}
+def qwen3_vl_prompt(adapter, n_frames: int, fps: float, question: str) -> str:
+    """Qwen3-VL's chat template with its processor's video expansion: a timestamp per temporal patch."""
+    from livevlm.models.base import DEFAULT_SYSTEM_PROMPT
+
+    tp = adapter.frames_per_chunk
+    times = [i / fps for i in range(n_frames)]
+    times += [times[-1]] * (-n_frames % tp)  # the processor pads with the last frame (and its time)
+    per_chunk = "<|video_pad|>" * adapter.tokens_per_chunk(adapter.target_size(144, 176))
+    video = "".join(
+        f"<{(times[i] + times[i + tp - 1]) / 2:.1f} seconds><|vision_start|>{per_chunk}<|vision_end|>"
+        for i in range(0, len(times), tp)
+    )
+    return (f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{video}{question}"
+            "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def _hf_qwen3_vl(adapter, frames: np.ndarray, question: str, new_tokens: int) -> dict:
+    from livevlm.models.preprocess import frames_to_patches
+
+    assert frames.shape[1:3] == (144, 176)  # qwen3_vl_prompt sizes the placeholders for carphone's frames
+    pixels, grid = frames_to_patches(frames, adapter.geometry, size=adapter.target_size(*frames.shape[1:3]))
+    text = qwen3_vl_prompt(adapter, len(frames), 2.0, question)
+    ids = torch.tensor([adapter.tokenizer(text, add_special_tokens=False).input_ids])
+    return {"input_ids": ids, "pixel_values_videos": pixels, "video_grid_thw": torch.tensor([grid]),
+            "mm_token_type_ids": (ids == adapter.video_token_id).int() * 2}
+
+
+HF_INPUTS = {"llava_onevision": _hf_llava_onevision, "smolvlm": _hf_smolvlm, "qwen3_vl": _hf_qwen3_vl}
 
 
 def hf_generate(adapter, frames: np.ndarray, question: str = QUESTION, new_tokens: int = NEW_TOKENS) -> list[int]:
@@ -128,16 +156,34 @@ def test_chunked_session_matches_hf_generate(adapter, clip, n_frames):
     assert stats.chunks == n_frames // adapter.frames_per_chunk
     per_chunk = adapter.tokens_per_chunk(adapter.target_size(*frames[0].data.shape[:2]))
     assert stats.visual_tokens == stats.chunks * per_chunk
-    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.visual_tokens + text_tokens(adapter, stats.chunks)
+    assert stats.kv_tokens == len(adapter.prefix_ids()) + stats.visual_tokens + text_tokens(adapter, stats.chunks * adapter.frames_per_chunk)
 
 
-def text_tokens(adapter, chunks: int, fps: float = 2.0) -> int:
-    """Tokens of the family's text around `chunks` chunks (timestamps, delimiters)."""
+def text_tokens(adapter, n_frames: int, fps: float = 2.0) -> int:
+    """Tokens of the family's text around the chunks of `n_frames` frames (timestamps, delimiters)."""
     from livevlm.models import ChunkPlace
 
-    places = [ChunkPlace(i, 0, adapter.frames_per_chunk / fps) for i in range(chunks)]
-    ids = [adapter.chunk_text_ids(p, (p.index * adapter.frames_per_chunk / fps,)) for p in places]
-    return sum(len(b) + len(a) for b, a in ids)
+    fpc = adapter.frames_per_chunk
+    total = 0
+    for i in range(n_frames // fpc):
+        pts = tuple((i * fpc + j) / fps for j in range(fpc))
+        before, after = adapter.chunk_text_ids(ChunkPlace(i, 0, fpc / fps), pts)
+        total += len(before) + len(after)
+    return total
+
+
+def test_qwen3_vl_prompt_pieces_tokenize_as_the_whole_prompt(adapters):
+    from livevlm.models import ChunkPlace
+
+    adapter = adapters["qwen3_vl"]
+    n = adapter.tokens_per_chunk(adapter.target_size(144, 176))
+    ours = adapter.prefix_ids()
+    for i in range(3):  # 5 frames at 2 fps: chunks (0, 0.5), (1, 1.5), and (2,) padded
+        pts = (2 * i / 2.0, (2 * i + 1) / 2.0) if i < 2 else (2.0,)
+        before, after = adapter.chunk_text_ids(ChunkPlace(i, 0, 1.0), pts)
+        ours += before + [adapter.video_token_id] * n + after
+    ours += adapter.suffix_ids(QUESTION)
+    assert ours == adapter.tokenizer(qwen3_vl_prompt(adapter, 5, 2.0, QUESTION), add_special_tokens=False).input_ids
 
 
 def test_smolvlm_prompt_pieces_tokenize_as_the_whole_prompt(adapters):
@@ -179,6 +225,8 @@ LOSSLESS = {
 
 @pytest.mark.parametrize("stage", sorted(LOSSLESS))
 def test_lossless_stage_equals_the_baseline(adapter, clip, stage):
+    if stage == "vit-token-threshold-0" and adapter.family in NO_BLOCK_RUNNER:
+        pytest.skip("no block runner: the token ViT cache refuses it (test_token_vit_cache_reuses_work checks the refusal)")
     frames = [*clip[:3], clip[2], clip[3]]  # a repeated frame: the caches have something to reuse
     base, base_stats = answer(adapter, frames)
     ours, stats = answer(adapter, frames, LOSSLESS[stage]())
@@ -189,6 +237,10 @@ def test_lossless_stage_equals_the_baseline(adapter, clip, stage):
 # -- every stage at its default compression runs and reports ------------------------------------------------
 @pytest.mark.parametrize("vit", ["balanced", "fast"])
 def test_token_vit_cache_reuses_work(adapter, clip, vit):
+    if adapter.family in NO_BLOCK_RUNNER:
+        with pytest.raises(ConfigError, match="lossless"):
+            Session(adapter, SessionConfig(fps=2.0, vit_cache=vit))
+        return
     frames = [clip[0], clip[0], clip[1], clip[1], clip[2]]
     ids, stats = answer(adapter, frames, SessionConfig(fps=2.0, vit_cache=vit))
     assert ids
@@ -216,11 +268,38 @@ def test_kv_policies_at_their_defaults(adapter, clip, policy):
 def test_bounded_kv_policy_answers_on_a_bounded_context(adapter, clip):
     ids, stats = answer(adapter, clip[:6], SessionConfig(fps=2.0, kv=SinkWindowConfig(window=2)))
     assert ids
-    assert stats.kv.chunks == 6 and len(stats.kv.last_dense) == 2
+    assert stats.kv.chunks == 6 // adapter.frames_per_chunk and len(stats.kv.last_dense) == 2
+
+
+def test_qwen3_vl_deepstack_features_are_pruned_with_their_tokens_and_reach_the_decoder(adapters, clip):
+    from livevlm.prune import UniformConfig
+
+    adapter = adapters["qwen3_vl"]
+    d, k = adapter.hidden, adapter.deepstack
+    session = Session(adapter, SessionConfig(fps=2.0, prune=UniformConfig(budget=0.25)))
+    session.push(clip[0].data)
+    kept = session.push(clip[1].data)
+    frames = np.stack([clip[0].data, clip[1].data])
+    pixels, grid = adapter.preprocess(frames, adapter.target_size(*frames.shape[1:3]))
+    full = adapter.vision_features(pixels, grid)
+    assert full.shape[1] == d * (1 + k) and kept.embeds.shape[1] == d * (1 + k)
+    assert 0 < kept.num_tokens < full.shape[0]
+    assert torch.equal(kept.embeds, full[kept.kept_index])  # main and DeepStack rows: one index
+    start = int(kept.text.before_positions.max()) + 1  # right after the timestamp and <|vision_start|>
+    place = ChunkPlace(0, 0, 1.0, start=start)
+    assert torch.equal(kept.positions, adapter.video_positions(place, *adapter.merged_grid(grid))[:, kept.kept_index])
+    cache_a, cache_b = adapter.new_cache(), adapter.new_cache()
+    plain = full.clone()
+    plain[:, d:] = 0
+    pos = kept.positions[:, :1].expand(3, full.shape[0]).contiguous()
+    assert not torch.equal(adapter.forward(full, pos, cache_a), adapter.forward(plain, pos, cache_b))
 
 
 # -- vision tower: the block runner is the model's own encode ----------------------------------------------
 def test_vision_runner_full_pass_is_the_towers_forward(adapter, clip):
+    if adapter.family in NO_BLOCK_RUNNER:
+        assert adapter.vision_encoder().runner is None
+        return
     runner = adapter.vision_runner()
     assert runner is adapter.vision_runner()
     frames = np.stack([f.data for f in clip[: adapter.frames_per_chunk]])

@@ -78,20 +78,22 @@ class LanguageModelSide:
         """Our (3, L) M-RoPE ids as the decoder takes them: (3, 1, L)."""
         return positions.to(self.device)[:, None, :]
 
-    def _decoder_kwargs(self, positions: torch.Tensor) -> dict[str, Any]:
-        """Extra keyword arguments of one decoder call (DeepStack features, ...); none by default."""
-        return {}
+    def _decoder_inputs(self, embeds: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(L, D') embeds -> the decoder's (1, L, D) `inputs_embeds` and extra keyword arguments (a family that
+        packs per-layer visual features into extra columns unpacks them here)."""
+        return embeds[None].to(self.dtype), {}
 
     @torch.inference_mode()
     def forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, all_logits: bool = False
     ) -> torch.Tensor:
+        inputs, extra = self._decoder_inputs(embeds)
         out = self._lm(
-            inputs_embeds=embeds[None].to(self.dtype),
+            inputs_embeds=inputs,
             position_ids=self._position_ids(positions),
             cache=cache,
             use_cache=True,
-            **self._decoder_kwargs(positions),
+            **extra,
         )
         hidden = out.last_hidden_state[0] if all_logits else out.last_hidden_state[0, -1]
         return self._lm_head(hidden).float()

@@ -18,6 +18,7 @@ MODEL_FAMILIES.register("qwen2_5_vl", "livevlm.models.qwen_vl:QwenVLAdapter")
 MODEL_FAMILIES.register("qwen2_vl", "livevlm.models.qwen_vl:Qwen2VLAdapter")
 MODEL_FAMILIES.register("llava_onevision", "livevlm.models.llava_onevision:LlavaOnevisionAdapter")
 MODEL_FAMILIES.register("smolvlm", "livevlm.models.smolvlm:SmolVLMAdapter")
+MODEL_FAMILIES.register("qwen3_vl", "livevlm.models.qwen3_vl:Qwen3VLAdapter")
 
 
 def register_model_family(model_type: str, adapter: Any) -> None:

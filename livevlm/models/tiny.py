@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision", "smolvlm")
+TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision", "smolvlm", "qwen3_vl")
 QWEN2_VOCAB = 151936  # the real (padded) embedding size of Qwen2-VL / Qwen2.5-VL
 
 
@@ -20,6 +20,7 @@ _MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "smolvlm": "SmolVLMForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
 }
 
 # Weights drawn wider than transformers' 0.02 default: at 0.02 a toy model answers every prompt with the
@@ -33,6 +34,8 @@ def tiny_config(family: str = "qwen2_5_vl", hidden: int = 64, layers: int = 2):
         return _tiny_llava_onevision(hidden, layers)
     if family == "smolvlm":
         return _tiny_smolvlm(hidden, layers)
+    if family == "qwen3_vl":
+        return _tiny_qwen3_vl(hidden, layers)
     text = {
         "vocab_size": QWEN2_VOCAB,
         "hidden_size": hidden,
@@ -147,6 +150,21 @@ def _tiny_smolvlm(hidden: int, layers: int):
     del vision["vision_use_head"]
     return SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=2, image_token_id=49156,
                          tie_word_embeddings=True, initializer_range=TINY_INIT_STD)
+
+
+def _tiny_qwen3_vl(hidden: int, layers: int):
+    """Qwen3-VL at toy size: a 2-block ViT with 16 px patches whose both blocks feed DeepStack, interleaved
+    M-RoPE over a 16-dim head; the Qwen2-VL tokenizer's special-token ids (Qwen3-VL keeps them)."""
+    from transformers import Qwen3VLConfig
+
+    rope = {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+    text = {**_tiny_text(hidden, layers), "model_type": "qwen3_vl_text", "head_dim": 16, "rope_parameters": rope}
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": hidden,
+              "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1], "initializer_range": TINY_INIT_STD}
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, image_token_id=151655,
+                         video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+                         initializer_range=TINY_INIT_STD)
 
 
 def save_processing(out: Path, family: str, config) -> None:
