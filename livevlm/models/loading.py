@@ -221,5 +221,6 @@ def load_model(
     model = _load_weights(name, config, torch_dtype, device)
     tokenizer = _load_tokenizer(name)
     adapter_cls = MODEL_FAMILIES.load(config.model_type)
-    adapter_kwargs = {**checkpoint_pixel_bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
+    bounds = getattr(adapter_cls, "pixel_bounds", checkpoint_pixel_bounds)  # a family may read them its own way
+    adapter_kwargs = {**bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
     return adapter_cls(model, tokenizer, **adapter_kwargs)

@@ -15,7 +15,8 @@ timestamps between frames.
   as the main features; `_decoder_inputs` unpacks them. Text has no extra columns (zero padding where text sits
   in a chunk), so nothing is added there, as in HF.
 - Frames: the HF processor's budget (`size.shortest_edge / longest_edge`) is for a whole clip; a live stream's
-  length is unknown, so a chunk is sized as the processor sizes a clip of one temporal patch.
+  length is unknown, so a chunk is sized as the processor sizes a clip of one temporal patch (per-frame bounds,
+  like every family's `min_pixels` / `max_pixels`, are half the checkpoint's clip budget).
 - Similarity pruners compare whole packed rows (main and DeepStack features together).
 """
 
@@ -69,7 +70,7 @@ class Qwen3VLAdapter(LanguageModelSide):
     def __init__(
         self, model: Any, tokenizer: Any, *, min_pixels: int | None = None, max_pixels: int | None = None
     ) -> None:
-        # min_pixels / max_pixels here are the processor's clip budget (what the loader reads from the checkpoint)
+        # min_pixels / max_pixels: per frame, as for every family (`pixel_bounds` converts the checkpoint's)
         self.model = model.eval()
         self.tokenizer = tokenizer
         cfg = model.config
@@ -79,8 +80,8 @@ class Qwen3VLAdapter(LanguageModelSide):
             patch_size=int(vcfg.patch_size),
             temporal_patch_size=int(vcfg.temporal_patch_size),
             merge_size=int(vcfg.spatial_merge_size),
-            min_pixels=int(min_pixels or CLIP_MIN_PIXELS),
-            max_pixels=int(max_pixels or CLIP_MAX_PIXELS),
+            min_pixels=int(min_pixels or CLIP_MIN_PIXELS // int(vcfg.temporal_patch_size)),
+            max_pixels=int(max_pixels or CLIP_MAX_PIXELS // int(vcfg.temporal_patch_size)),
             image_mean=tuple(proc.get("image_mean") or IMAGENET_STANDARD),
             image_std=tuple(proc.get("image_std") or IMAGENET_STANDARD),
         )
@@ -103,9 +104,16 @@ class Qwen3VLAdapter(LanguageModelSide):
         """The size of a chunk's frames: the processor's rule for a clip of one temporal patch; `min_pixels` /
         `max_pixels` (per frame) override the checkpoint's budget."""
         g, tp = self.geometry, self.geometry.temporal_patch_size
-        lo = min_pixels * tp if min_pixels else g.min_pixels
-        hi = max_pixels * tp if max_pixels else g.max_pixels
+        lo, hi = (min_pixels or g.min_pixels) * tp, (max_pixels or g.max_pixels) * tp
         return clip_smart_resize(tp, height, width, g.factor, tp, lo, hi)
+
+    @staticmethod
+    def pixel_bounds(name: str) -> dict[str, int]:
+        """Per-frame bounds from the checkpoint's video processor, whose `size` budgets a whole clip: a chunk is
+        a clip of one temporal patch (2 frames), so each frame gets half."""
+        from .loading import checkpoint_pixel_bounds
+
+        return {k: v // 2 for k, v in checkpoint_pixel_bounds(name).items()}
 
     def tokens_per_chunk(self, size: tuple[int, int]) -> int:
         f = self.geometry.factor
