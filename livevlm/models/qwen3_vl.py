@@ -18,6 +18,7 @@ timestamps between frames.
   length is unknown, so a chunk is sized as the processor sizes a clip of one temporal patch (per-frame bounds,
   like every family's `min_pixels` / `max_pixels`, are half the checkpoint's clip budget).
 - Similarity pruners compare whole packed rows (main and DeepStack features together).
+- Block runner: `Qwen3VisionRunner` (learned position embeddings, DeepStack taps) for the token ViT cache.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Qwen3VLAdapter(LanguageModelSide):
         self._embed = model.get_input_embeddings()
         self._lm = model.model.language_model
         self._lm_head = model.lm_head
+        self._vision_runner: Any = None
         self._init_text("<|im_end|>")
 
     # -- vision ---------------------------------------------------------------------------------------
@@ -127,7 +129,15 @@ class Qwen3VLAdapter(LanguageModelSide):
         return grid[1] // self.merge, grid[2] // self.merge
 
     def vision_encoder(self) -> VisionEncoder:
-        return VisionEncoder(full=self.vision_features, runner=None, family=self.family)
+        return VisionEncoder(full=self.vision_features, runner=self.vision_runner, family=self.family)
+
+    def vision_runner(self) -> Any:
+        """The tower block by block (`Qwen3VisionRunner`: DeepStack taps merged beside the main features)."""
+        if self._vision_runner is None:
+            from .qwen_vision import Qwen3VisionRunner
+
+            self._vision_runner = Qwen3VisionRunner(self.model.model.visual)
+        return self._vision_runner
 
     @torch.inference_mode()
     def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
