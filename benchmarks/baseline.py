@@ -76,8 +76,36 @@ SHAPES: dict[str, dict[str, Any]] = {
         "extra": {"vision_feature_layer": -1, "vision_feature_select_strategy": "full",
                   "image_token_index": 151646, "video_token_index": 151647},
     },
+    # config.json of HuggingFaceTB/SmolVLM2-2.2B-Instruct (Idefics3: SigLIP 384 px + pixel shuffle 3 + Llama);
+    # the image token id is the offline stand-in tokenizer's (livevlm.models.tokenizer.build_smolvlm_tokenizer)
+    "smolvlm2-2.2b": {
+        "family": "smolvlm",
+        "tie": False,
+        "text": {"model_type": "llama", "vocab_size": 49280, "hidden_size": 2048, "intermediate_size": 8192,
+                 "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 32,
+                 "max_position_embeddings": 16384, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 130000.0},
+                 "bos_token_id": 49153, "eos_token_id": 49158, "pad_token_id": 49154},
+        "vision": {"model_type": "smolvlm_vision", "hidden_size": 1152, "intermediate_size": 4304,
+                   "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
+        "extra": {"scale_factor": 3, "image_token_id": 49156},
+    },
+    # config.json of Qwen/Qwen3-VL-2B-Instruct (DeepStack from vision blocks 5, 11, 17; interleaved M-RoPE)
+    "qwen3-vl-2b": {
+        "family": "qwen3_vl",
+        "text": {**_TEXT, "model_type": "qwen3_vl_text", "hidden_size": 2048, "intermediate_size": 6144,
+                 "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+                 "max_position_embeddings": 262144,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                     "mrope_interleaved": True}},
+        "vision": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                   "hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+                   "temporal_patch_size": 2, "out_hidden_size": 2048, "num_position_embeddings": 2304,
+                   "deepstack_visual_indexes": [5, 11, 17]},
+    },
 }
-_CLASSES = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "llava_onevision": "LlavaOnevision"}
+_CLASSES = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "llava_onevision": "LlavaOnevision",
+            "smolvlm": "SmolVLM", "qwen3_vl": "Qwen3VL"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -91,12 +119,13 @@ def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> Non
     spec = SHAPES[shape]
     prefix = _CLASSES[spec["family"]]
     config = getattr(transformers, f"{prefix}Config")(text_config=spec["text"], vision_config=spec["vision"],
-                                                      tie_word_embeddings=True,
+                                                      tie_word_embeddings=spec.get("tie", True),
                                                       **spec.get("extra", TOKEN_IDS))
     torch.set_default_dtype(DTYPES[dtype])
     with torch.device(device), no_init_weights():  # skip torch's + HF's init passes over billions of weights
         model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
-    model.tie_weights()  # no_init_weights also skips the embedding <-> lm_head tying
+    if spec.get("tie", True):
+        model.tie_weights()  # no_init_weights also skips the embedding <-> lm_head tying
     with torch.no_grad():  # one cheap pass instead; values do not change the cost, NaN/denormal garbage might
         for name, p in model.named_parameters():
             p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)

@@ -33,7 +33,7 @@ class VisualChunk:
 
     embeds: torch.Tensor  # (N, D) in the LLM's embedding space; (N, D * (1 + k)) where a family packs k per-layer
     # features per token (Qwen3-VL DeepStack) as extra columns, so pruners keep and merge them with the same index
-    positions: torch.Tensor  # (3, N) long: M-RoPE (t, h, w) ids, absolute in the stream
+    positions: torch.Tensor  # (3, N) long: M-RoPE (t, h, w) ids, absolute in the stream; (1, N) for 1-D families
     grid_thw: tuple[int, int, int]  # LLM-side grid (t=1, h, w) after spatial merge
     pts_seconds: tuple[float, ...]  # timestamps of the frames it covers
     encode_seconds: float = 0.0

@@ -55,7 +55,7 @@ class VideoLMAdapter(Protocol):
 
     # positions: the only place they are built
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
-        """(3, h*w) position ids of the visual tokens of the chunk at `place`."""
+        """(P, h*w) position ids of the visual tokens of the chunk at `place` (P = 3 for M-RoPE, 1 for 1-D)."""
         ...
 
     def text_positions(self, start: int, count: int) -> torch.Tensor:
