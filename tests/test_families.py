@@ -421,3 +421,16 @@ def test_token_vit_cache_recomputing_every_moved_token_matches_a_full_encode(ada
         embeds, changed = cache.encode(pixels, grid)
     assert cache.stats.last_event == "partial" and changed is not None and changed.any()
     torch.testing.assert_close(embeds, adapter.vision_features(pixels, grid), rtol=1e-4, atol=1e-4)
+
+
+def test_watch_a_live_source_and_ask_meanwhile(adapter):
+    session = Session(adapter, SessionConfig(fps=4.0))
+    ingestor = session.watch("lavfi:testsrc2=size=160x120:rate=15")
+    try:
+        seen = session.wait_for_chunk(1, timeout=120)  # a hang guard, not a timing assertion
+        ids = list(session.ask_ids("What is on the screen?", max_new_tokens=4))
+    finally:
+        ingestor.stop()
+        session.close()
+    assert seen >= 2 and ids
+    assert session.stats.frames_seen >= 2 * adapter.frames_per_chunk
