@@ -8,6 +8,7 @@ over the same frames, question and chat template.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -434,3 +435,28 @@ def test_watch_a_live_source_and_ask_meanwhile(adapter):
         session.close()
     assert seen >= 2 and ids
     assert session.stats.frames_seen >= 2 * adapter.frames_per_chunk
+
+
+def test_served_over_http(adapter):
+    """`livevlm serve` on the family's model: a lavfi stream, then a question over the REST API."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import httpx2 as httpx
+    from serve_fixtures import start_server
+
+    from livevlm.serve import ServeConfig
+
+    server = start_server(ServeConfig(session=SessionConfig(fps=4.0)), adapter)
+    try:
+        r = httpx.post(f"{server.url}/v1/streams", json={"source": "lavfi:testsrc=size=64x48:rate=8"}, timeout=120)
+        assert r.status_code == 201, r.text
+        sid = r.json()["id"]
+        for _ in range(2400):  # a hang guard (120 s), not a timing assertion
+            if httpx.get(f"{server.url}/v1/streams/{sid}").json()["status"]["chunks"] >= 2:
+                break
+            time.sleep(0.05)
+        answer = httpx.post(f"{server.url}/v1/streams/{sid}/ask", json={"question": QUESTION, "stream": False,
+                                                                        "max_tokens": 4}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["chunks"] >= 2 and answer.json()["tokens"] >= 1
+    finally:
+        server.stop()
