@@ -460,3 +460,22 @@ def test_served_over_http(adapter):
         assert answer.json()["chunks"] >= 2 and answer.json()["tokens"] >= 1
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("n_frames", [2, 1])
+def test_qwen3_vl_patches_follow_the_processors_patchify(adapters, clip, n_frames):
+    """Resize + normalize are Qwen2-VL's (recorded HF references in test_preprocess); the patch layout and the
+    padding of an odd temporal patch are checked here against Qwen3VLVideoProcessor.patchify itself."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    from livevlm.models.preprocess import resize_normalize
+
+    adapter = adapters["qwen3_vl"]
+    g = adapter.geometry
+    frames = np.stack([f.data for f in clip[:n_frames]])
+    size = adapter.target_size(*frames.shape[1:3])
+    pixels, grid = adapter.preprocess(frames, size)
+    video = resize_normalize(frames, size, g.image_mean, g.image_std)[None]
+    ref, *ref_grid = Qwen3VLVideoProcessor.patchify(None, video, g.patch_size, g.merge_size, g.temporal_patch_size)
+    assert grid == tuple(int(v) for v in ref_grid)
+    assert torch.equal(pixels, ref[0])
