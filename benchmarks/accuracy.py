@@ -2,6 +2,8 @@
 
     python benchmarks/accuracy.py                          # bundled yardstick model, 30 questions per type
     python benchmarks/accuracy.py --per-type 1 --settings baseline,prune:temporal:0.5   # a CI-sized subset
+    python benchmarks/accuracy.py --split val --settings prune:dedup:0.5:threshold=0.02  # tune on validation
+    python benchmarks/accuracy.py --prune-only --out benchmarks/results/accuracy-pruners.json   # docs/pruners.md
 
 Each setting answers the same test questions through `livevlm.Session` (frames pushed one by one, a fresh
 session per question, one loaded model). Reported per setting: accuracy per question type, retention =
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from _machine import cpu_info
 
 import livevlm
 from livevlm import SessionConfig, load_model
-from livevlm.cache import available_kv_policies
+from livevlm.cache import available_kv_policies, kv_config_of
 from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
 from livevlm.prune import available_pruners, parse_prune_spec
 
@@ -47,18 +50,47 @@ def all_settings() -> list[str]:
     return out
 
 
+def prune_settings() -> list[str]:
+    """baseline and every pruner at each budget (the pruner comparison of docs/pruners.md)."""
+    out = ["baseline", *(f"prune:{s}:{b}" for s in available_pruners() if s != "none" for b in PRUNE_BUDGETS)]
+    return out + [f"kv:fastv:keep_ratio={b}" for b in PRUNE_BUDGETS]  # FastV prunes at question time
+
+
+def knob(text: str) -> Any:
+    """A knob's value from its text: a number, true/false/none, a comma-free tuple 'a/b/c', or the text."""
+    low = text.lower()
+    if low in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[low]
+    if "/" in text:
+        return tuple(knob(t) for t in text.split("/"))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def setting_config(name: str) -> SessionConfig:
-    """'baseline' | 'vit:PRESET' | 'prune:STRATEGY:BUDGET' | 'kv:POLICY' -> the session config."""
+    """'baseline' | 'vit:PRESET' | 'prune:STRATEGY:BUDGET[:FIELD=VALUE...]' | 'kv:POLICY[:FIELD=VALUE...]'
+    -> the session config. Knobs follow, e.g. prune:dedup:0.5:threshold=0.02, kv:fastv:keep_ratio=0.25."""
     kind, _, rest = name.partition(":")
     if kind == "baseline":
         return SessionConfig()
     if kind == "vit":
         return SessionConfig(vit_cache=rest)
     if kind == "prune":
-        strategy, _, budget = rest.partition(":")
-        return SessionConfig(prune=parse_prune_spec(strategy, budget or None))
+        strategy, _, rest = rest.partition(":")
+        budget, *knobs = rest.split(":") if rest else [""]
+        config = parse_prune_spec(strategy, budget or None)
+        values = dict(k.split("=", 1) for k in knobs)
+        return SessionConfig(prune=replace(config, **{k: knob(v) for k, v in values.items()}))
     if kind == "kv":
-        return SessionConfig(kv=rest)
+        policy, *knobs = rest.split(":")
+        if not knobs:
+            return SessionConfig(kv=policy)
+        values = {k: knob(v) for k, v in (x.split("=", 1) for x in knobs)}
+        return SessionConfig(kv=replace(kv_config_of(policy), **values))
     raise SystemExit(
         f"unknown setting {name!r}: use baseline, vit:PRESET, prune:STRATEGY:BUDGET or kv:POLICY"
     )
@@ -72,15 +104,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     adapter = load_model(args.model, dtype=args.dtype)
     types = args.types.split(",") if args.types else list(QUESTION_TYPES)
-    examples = example_set(args.per_type, "test", types)
-    settings = args.settings.split(",") if args.settings else all_settings()
+    examples = example_set(args.per_type, args.split, types)
+    default = prune_settings() if args.prune_only else all_settings()
+    settings = args.settings.split(",") if args.settings else default
     if "baseline" not in settings:
         settings.insert(0, "baseline")
     report: dict[str, Any] = {
         "benchmark": "accuracy",
         "model": str(args.model or "bundled yardstick"),
         "per_type": args.per_type,
+        "split": args.split,
         "types": types,
+        "command": " ".join(["python benchmarks/accuracy.py", *args.argv]),
+        "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "cpu": cpu_info()},
@@ -132,7 +168,11 @@ def _fmt(x: float | None) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint path (default: the bundled yardstick)")
-    parser.add_argument("--per-type", type=int, default=30, help="test questions per type (default 30)")
+    parser.add_argument("--per-type", type=int, default=30, help="questions per type (default 30)")
+    parser.add_argument("--split", default="test", choices=["val", "test"],
+                        help="yardstick split: choose settings on val, report test once (default test)")
+    parser.add_argument("--prune-only", action="store_true",
+                        help="default settings: baseline + every pruner at budgets 0.5 and 0.25, fastv at keep 0.5 and 0.25")
     parser.add_argument(
         "--types", default=None, help=f"comma list of {','.join(QUESTION_TYPES)} (default all)"
     )
@@ -144,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.list:
-        print("\n".join(all_settings()))
+        print("\n".join(prune_settings() if args.prune_only else all_settings()))
         return
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

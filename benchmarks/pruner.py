@@ -34,7 +34,7 @@ from _machine import cpu_info
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
-from livevlm.prune import DEFAULT_BUDGET, available_pruners, parse_prune_spec
+from livevlm.prune import DEFAULT_BUDGET, HiPruneConfig, available_pruners, parse_prune_spec
 from livevlm.records import VisionEncoder
 from livevlm.stream import read_frames
 
@@ -49,11 +49,15 @@ ACCURACY_NOTE = "needs the trained yardstick model (issue 7): pass --yardstick P
 
 
 class ReplayVision:
-    """An adapter whose vision encoder replays precomputed features, chunk after chunk (the rest delegates)."""
+    """An adapter whose vision encoder replays precomputed features (and the tower's attention, for hiprune)
+    of the chunk whose frames it is given (a pruner may skip chunks before the encoder); the rest delegates."""
 
-    def __init__(self, adapter: Any, features: list[torch.Tensor], grid: tuple[int, int, int]) -> None:
-        self._adapter, self.features, self.grid = adapter, features, grid
-        self._next = 0
+    def __init__(self, adapter: Any, clip: dict[str, Any]) -> None:
+        self._adapter, self.features, self.grid = adapter, clip["features"], clip["grid"]
+        self.attention = clip["attention"]
+        step = adapter.frames_per_chunk
+        self._index = {f.data.tobytes(): i // step for i, f in enumerate(clip["frames"]) if i % step == 0}
+        self._chunk = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._adapter, name)
@@ -61,14 +65,17 @@ class ReplayVision:
     def preprocess(self, frames: Any, size: Any) -> tuple[torch.Tensor, tuple[int, int, int]]:
         _, h, w = self.grid
         merge = self._adapter.merge
+        self._chunk = self._index[frames[0].tobytes()]
         return torch.empty(0), (1, h * merge, w * merge)  # the tower is never run
 
     def vision_encoder(self) -> VisionEncoder:
-        return VisionEncoder(full=self._replay, family="replay")
+        return VisionEncoder(full=self._replay, family="replay", attention=self._replay_attention)
 
     def _replay(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        self._next += 1
-        return self.features[self._next - 1]
+        return self.features[self._chunk]
+
+    def _replay_attention(self, pixels: torch.Tensor, grid: tuple[int, int, int], layers: Any) -> Any:
+        return self.features[self._chunk], self.attention[self._chunk]
 
 
 def clip_path(name: str) -> Path:
@@ -108,15 +115,17 @@ def full_adapter(shape: str, dtype: torch.dtype, device: str, max_pixels: int) -
 
 
 def clip_features(vision: Any, frames: list, fps: float, width: int | None) -> tuple[list[torch.Tensor], Any]:
-    """Per-chunk features of `frames` from the real vision tower of `vision` (lifted to `width` if set)."""
-    session = Session(vision, SessionConfig(fps=fps))
+    """Per-chunk features of `frames` from the real vision tower of `vision` (lifted to `width` if set), and
+    the tower's attention at hiprune's default layers (a full-budget hiprune keeps the features as they are)."""
+    session = Session(vision, SessionConfig(fps=fps, prune=HiPruneConfig(budget=1.0)))
     chunks = [c for f in frames if (c := session.push(f)) is not None]
     feats = [c.embeds.float() for c in chunks]
+    attention = [c.attention for c in chunks]
     if width is not None and width != feats[0].shape[1]:
         gen = torch.Generator().manual_seed(0)
         q, _ = torch.linalg.qr(torch.randn(width, feats[0].shape[1], generator=gen))  # (width, d), q^T q = I
         feats = [f @ q.T for f in feats]
-    return feats, chunks[0].grid_thw
+    return feats, chunks[0].grid_thw, attention
 
 
 def run_pass(adapter: Any, clips: list[dict[str, Any]], specs: dict[str, Any], fps: float) -> dict[str, Any]:
@@ -130,7 +139,7 @@ def run_pass(adapter: Any, clips: list[dict[str, Any]], specs: dict[str, Any], f
     step = adapter.frames_per_chunk
     for clip in clips:
         sessions = {  # one replay per session: each replays the clip's chunks in order
-            n: Session(ReplayVision(adapter, clip["features"], clip["grid"]), SessionConfig(fps=fps, prune=spec, max_new_tokens=1))
+            n: Session(ReplayVision(adapter, clip), SessionConfig(fps=fps, prune=spec, max_new_tokens=1))
             for n, spec in specs.items()
         }
         for i in range(0, len(clip["frames"]), step):
@@ -169,9 +178,9 @@ def prepare(args: argparse.Namespace, seconds: dict[str, float]) -> tuple[Any, l
         for name in args.clips:
             frames = read_frames(clip_path(name), fps=args.fps, max_frames=args.frames)
             frames = frames[: len(frames) // 2 * 2]
-            features, grid = clip_features(vision, frames, args.fps, width)
+            features, grid, attention = clip_features(vision, frames, args.fps, width)
             features = [f.to(adapter.device, adapter.dtype) for f in features]
-            clips.append({"name": name, "frames": frames, "features": features, "grid": grid})
+            clips.append({"name": name, "frames": frames, "features": features, "grid": grid, "attention": attention})
         seconds["features"] = time.perf_counter() - t0 - seconds["build"]
     if args.device.startswith("cuda"):
         synchronizing(adapter)  # Session's timers then measure GPU work, not kernel launches
@@ -228,6 +237,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, v in accuracy["per_strategy"].items():
             rows[name]["accuracy_retention"] = v["retention"]
     return {
+        "command": " ".join(["python benchmarks/pruner.py", *sys.argv[1:]]),
+        "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "shape": args.shape,
         "family": adapter.family,
         "device": args.device,

@@ -78,3 +78,8 @@ class AnswerDeadlineError(LivevlmError, TimeoutError):
 
 class AnswerIncompleteError(LivevlmError):
     """A constrained answer (regex / JSON schema) ran out of tokens before its text was complete."""
+
+
+class SnapshotError(LivevlmError):
+    """A session snapshot that cannot be written or read back: missing, corrupt or truncated, of another
+    format version, or taken with another model (weights, dtype) than the one it is restored onto."""

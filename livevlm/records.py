@@ -40,6 +40,7 @@ class VisualChunk:
     changed: torch.Tensor | None = None  # (N,) bool from the feature cache: token recomputed (None: all new)
     kept_index: torch.Tensor | None = None  # (N_kept,) long, set by a pruner: rows kept of the full chunk
     text: ChunkText | None = None  # the prompt's text around the visual tokens, for families that have it
+    attention: tuple[torch.Tensor, ...] | None = None  # per requested ViT layer: (N,) attention received
 
     @property
     def num_tokens(self) -> int:
@@ -103,3 +104,26 @@ class VisionEncoder:
     runner: Callable[[], Any] | None = None
     """Returns the (shared, stateless) block runner; None when the family has none."""
     family: str = ""
+    attention: Callable[[torch.Tensor, tuple[int, int, int], tuple[float, ...]], Any] | None = None
+    """(patches, grid, layers as fractions of the depth) -> (the `full` features, per layer (M,) attention
+    each merged token receives there); None when the family cannot report it. What attention-guided
+    pruners (hiprune) read; the session calls it, a pruner never does."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Bytes a store keeps outside memory (a disk tier's), passed to or from a snapshot one blob at a time:
+    `read()` returns them as a flat uint8 CPU tensor."""
+
+    nbytes: int
+    read: Callable[[], torch.Tensor]
+
+
+def load_fields(record: Any, values: dict[str, Any]) -> Any:
+    """Set a dataclass record's fields from `values` (as `dataclasses.asdict` gave them, possibly through
+    JSON): lists become tuples where the field holds a tuple. Unknown names are ignored; returns `record`."""
+    for name, value in values.items():
+        if hasattr(record, name):
+            current = getattr(record, name)
+            setattr(record, name, tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value)
+    return record

@@ -1,6 +1,7 @@
 """`Session`: one stream, one model, the loop. Every model call is here; caches and stores only store.
 
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
+    0. admit    the pruner may refuse a near-duplicate patch before the ViT (dedup): nothing encoded or stored
     1. encode   adapter.preprocess ─► ViT cache (wraps the model's vision encoder) ─► embeds
                 adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions, [text around it])
     2. prune    the strategy keeps the salient tokens at their original positions
@@ -11,7 +12,8 @@ ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv
     ─► yields text; the stream context is untouched
 Input checks live in `guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`,
 the up-front context estimate in `context_fit`, standing queries (`watch_for`: a thread that re-asks a question
-at each chunk and calls back on a change) in `standing`. After `close()` every method but `stats` raises.
+at each chunk and calls back on a change) in `standing`, `save(dir)` / `Session.load(dir, model)` (the whole
+stream state as a snapshot) in `session_snapshot`. After `close()` every method but `stats` raises.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from .cache import build_feature_cache, build_kv_store
 from .context_fit import expected_frames
-from .errors import FrameError, SessionClosedError
+from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import SegmentPush, check_pts
 from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
@@ -37,6 +39,7 @@ from .prune import build_pruner
 from .questions import QuestionsMixin
 from .records import ChunkText
 from .session_config import SessionConfig, SessionStats
+from .session_snapshot import SnapshotMixin
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame, fit_frame
 
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionConfig", "SessionStats"]
 
 
-class Session(QuestionsMixin, StandingMixin):
+class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
     """Watches one stream with one model; `ask()` answers over everything ingested so far. Thread-safe."""
 
     def __init__(
@@ -54,10 +57,16 @@ class Session(QuestionsMixin, StandingMixin):
     ) -> None:
         config = config or SessionConfig()
         if model is not None and not isinstance(model, (str, Path)):
-            self.adapter: VideoLMAdapter = model
+            adapter: VideoLMAdapter = model
         else:
             config = replace(config, model=str(model)) if model is not None else config
-            self.adapter = load_model(config.model, device=config.device, dtype=config.dtype)
+            adapter = load_model(config.model, device=config.device, dtype=config.dtype)
+        self._build(adapter, config)
+        self._start_prompt()
+
+    def _build(self, adapter: VideoLMAdapter, config: SessionConfig) -> None:
+        """Everything but the system prompt's prefill (`load` restores the stream into what this builds)."""
+        self.adapter = adapter
         self.config = config
         self._lock = threading.RLock()
         self._kv = build_kv_store(config.kv, self.adapter.kv_layout())
@@ -65,11 +74,13 @@ class Session(QuestionsMixin, StandingMixin):
             self.adapter.enable_query_probe()  # refused here if the model's attention cannot be probed
         self._feature_cache = build_feature_cache(config.vit_cache, self.adapter.vision_encoder())
         self._pruner = build_pruner(config.prune)
+        self._vision_layers = self._attention_layers()
         self._pending: list[Frame] = []
         self._latest: Frame | None = None
         self._frame_shape: tuple[int, int] | None = None
         self._size: tuple[int, int] | None = None
         self._grid_hw: tuple[int, int] = (0, 0)
+        self._no_tokens: torch.Tensor | None = None  # (0, D): the embeds of a patch skipped before the ViT
         self._max_position = -1  # the highest position of any visual token, kept or not
         self._stored_end = 0  # one past the highest position stored in the KV context
         self._stats = SessionStats()
@@ -80,7 +91,6 @@ class Session(QuestionsMixin, StandingMixin):
         self._standing = StandingQueries()  # watch_for's queries (standing.py)
         self._prompt_ids: list[int] = []
         self._place0 = ChunkPlace(0, 0, self.adapter.frames_per_chunk / config.fps)
-        self._start_prompt()
 
     # -- ingestion ------------------------------------------------------------------------------------
     def push(
@@ -121,6 +131,8 @@ class Session(QuestionsMixin, StandingMixin):
         with self._lock:
             self._check_open()
             frames, self._pending = self._pending, []  # a failed encode must not leave a stuck, overfull patch
+            if not self._pruner.admit([f.data for f in frames]) and self._no_tokens is not None:
+                return self._skip(frames, self._stats.chunks)  # 0. a near-duplicate patch: no ViT, no token
             chunk = self._encode(frames, self._stats.chunks, self._feature_cache, self._max_position + 1)  # 1.
             self._max_position = max(self._max_position, chunk.last_position)
             kept = self._pruner(chunk)  # 2. prune
@@ -131,6 +143,19 @@ class Session(QuestionsMixin, StandingMixin):
             s.visual_tokens += chunk.num_tokens
             self._chunk_done.notify_all()
             return kept
+
+    def _skip(self, frames: list[Frame], index: int) -> VisualChunk:
+        """A patch the pruner refused before the encoder: its positions advance the stream, nothing is stored."""
+        h, w = self._grid_hw
+        positions = self.adapter.video_positions(
+            replace(self._place0, index=index, start=self._max_position + 1), h, w
+        )
+        self._max_position = max(self._max_position, int(positions.max()))
+        self._stats.chunks += 1
+        self._chunk_done.notify_all()
+        none = torch.zeros(0, dtype=torch.long, device=positions.device)
+        return VisualChunk(self._no_tokens, positions[:, none], (1, h, w), tuple(f.pts_seconds for f in frames),
+                           kept_index=none)  # fmt: skip
 
     def wait_for_chunk(self, after: int, timeout: float | None = None) -> int:
         """Wait until more than `after` chunks were ingested (or `timeout` seconds, or close); returns the
@@ -206,11 +231,25 @@ class Session(QuestionsMixin, StandingMixin):
 
         self._check_open()
         push = self._segment()
-        sink = push if turn is None else _in_turn(push, turn)
+        sink = push if turn is None else self._in_turn(push, turn)
         ingestor = Ingestor(open_source(source, fps=self.config.fps), sink, reader).start()
         with self._lock:
             self._ingestor = ingestor
         return ingestor
+
+    def _in_turn(
+        self, push: Callable[[Any], Any], turn: Callable[[], AbstractContextManager[Any]]
+    ) -> Callable[[Any], Any]:
+        """`push` run inside `turn()` when the frame completes a temporal patch (a model call); a frame that
+        only joins the pending patch is pushed at once. Only the watched source's thread pushes."""
+
+        def pushed(frame: Any) -> Any:
+            if len(self._pending) + 1 < self.adapter.frames_per_chunk:
+                return push(frame)
+            with turn():
+                return push(frame)
+
+        return pushed
 
     def _segment(self) -> SegmentPush:
         """`push` for one source (an ingest() or watch()): shifted, once, to follow the stream's last frame."""
@@ -287,8 +326,12 @@ class Session(QuestionsMixin, StandingMixin):
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
         start = time.perf_counter()
         pixels, grid = self.adapter.preprocess(batch, self._size)
+        attention = None
         if feature_cache is not None:
             embeds, changed = feature_cache.encode(pixels, grid)
+        elif self._vision_layers:  # the pruner reads the encoder's own attention (hiprune)
+            embeds, attention = self.adapter.vision_encoder().attention(pixels, grid, self._vision_layers)
+            changed = None
         else:
             embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)
@@ -308,11 +351,24 @@ class Session(QuestionsMixin, StandingMixin):
             encode_seconds=time.perf_counter() - start,
             changed=changed,
             text=text,
+            attention=attention,
         )
         with self._lock:
             self._grid_hw = chunk.grid_thw[1:]
+            self._no_tokens = chunk.embeds[:0]
             self._stats.seconds.vit += chunk.encode_seconds
         return chunk
+
+    def _attention_layers(self) -> tuple[float, ...]:
+        """The ViT layers whose attention the pruner reads (most read none); refused where none can be had."""
+        layers = tuple(getattr(self._pruner, "vision_layers", ()))
+        if layers and self.adapter.vision_encoder().attention is None:
+            raise ConfigError(f"prune={self._pruner.name!r} reads the vision encoder's attention, which the "
+                              f"{self.adapter.family} adapter cannot report")  # fmt: skip
+        if layers and self._feature_cache is not None:
+            raise ConfigError(f"prune={self._pruner.name!r} reads the attention of every ViT token: it cannot "
+                              "run with a ViT feature cache (use vit_cache='none')")  # fmt: skip
+        return layers
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
         last = self._stats.last_pts_seconds
@@ -334,16 +390,6 @@ class Session(QuestionsMixin, StandingMixin):
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame
-
-
-def _in_turn(push: Callable[[Any], Any], turn: Callable[[], AbstractContextManager[Any]]) -> Callable[[Any], Any]:
-    """`push` wrapped so that every call runs inside `turn()`."""
-
-    def pushed_in_turn(frame: Any) -> Any:
-        with turn():
-            return push(frame)
-
-    return pushed_in_turn
 
 
 def _resize_uint8(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -34,10 +34,11 @@ class RunningServer:
         assert not self.thread.is_alive(), "the server did not shut down"
 
 
-def start_server(config: ServeConfig, adapter: Any = None) -> RunningServer:
-    """Start the app on a free loopback port; returns once it accepts connections."""
+def start_server(config: ServeConfig, adapter: Any = None, manager: Any = None) -> RunningServer:
+    """Start the app on a free loopback port (streams held by `manager` if given); returns once it accepts
+    connections."""
     sock = bind("127.0.0.1", 0)
-    app = build_app(config, adapter)
+    app = build_app(config, adapter, manager)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", ws_max_size=32 * 1024 * 1024))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()

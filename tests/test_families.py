@@ -25,9 +25,9 @@ from livevlm.cache import (
     ViTCacheConfig,
     available_kv_policies,
 )
-from livevlm.errors import ModelLoadError
+from livevlm.errors import ConfigError, ModelLoadError
 from livevlm.models import ChunkPlace, load_model, supported_families
-from livevlm.prune import PRUNERS, parse_prune_spec
+from livevlm.prune import PRUNERS, build_pruner, parse_prune_spec
 from livevlm.stream import read_frames
 
 NEW_FAMILIES = ("llava_onevision", "smolvlm", "qwen3_vl")
@@ -205,12 +205,20 @@ def test_the_answer_depends_on_the_video(adapter, clip):
     assert answer(adapter, clip[:4])[0] != answer(adapter, other)[0]
 
 
+def lossless_prune(name: str):
+    """A pruner at its lossless setting: budget 1.0 (dedup also refuses no repeated patch: threshold 0)."""
+    import dataclasses
+
+    config = parse_prune_spec(name, "1.0")
+    return dataclasses.replace(config, threshold=0.0) if name == "dedup" else config
+
+
 # -- every stage at its lossless setting gives the baseline's tokens ---------------------------------------
 LOSSLESS = {
     "vit-lossless": lambda: SessionConfig(fps=2.0, vit_cache="lossless"),
     "vit-token-threshold-0": lambda: SessionConfig(fps=2.0, vit_cache=ViTCacheConfig("balanced", threshold=0.0)),
     **{
-        f"prune-{name}-1.0": (lambda name=name: SessionConfig(fps=2.0, prune=parse_prune_spec(name, "1.0")))
+        f"prune-{name}-1.0": (lambda name=name: SessionConfig(fps=2.0, prune=lossless_prune(name)))
         for name in PRUNERS.names()
         if name != "none"
     },
@@ -225,9 +233,14 @@ LOSSLESS = {
 
 @pytest.mark.parametrize("stage", sorted(LOSSLESS))
 def test_lossless_stage_equals_the_baseline(adapter, clip, stage):
+    config = LOSSLESS[stage]()
+    if adapter.vision_encoder().attention is None and getattr(build_pruner(config.prune), "vision_layers", ()):
+        with pytest.raises(ConfigError, match="attention"):  # hiprune reads the tower's attention: refused, typed
+            Session(adapter, config)
+        return
     frames = [*clip[:3], clip[2], clip[3]]  # a repeated frame: the caches have something to reuse
     base, base_stats = answer(adapter, frames)
-    ours, stats = answer(adapter, frames, LOSSLESS[stage]())
+    ours, stats = answer(adapter, frames, config)
     assert ours == base
     assert stats.kv_tokens == base_stats.kv_tokens
 
@@ -246,7 +259,12 @@ def test_token_vit_cache_reuses_work(adapter, clip, vit):
 
 @pytest.mark.parametrize("strategy", [n for n in PRUNERS.names() if n != "none"])
 def test_pruners_at_their_default_budget(adapter, clip, strategy):
-    ids, stats = answer(adapter, clip[:4], SessionConfig(fps=2.0, prune=strategy))
+    config = SessionConfig(fps=2.0, prune=strategy)
+    if adapter.vision_encoder().attention is None and getattr(build_pruner(config.prune), "vision_layers", ()):
+        with pytest.raises(ConfigError, match="attention"):  # hiprune reads the tower's attention: refused, typed
+            Session(adapter, config)
+        return
+    ids, stats = answer(adapter, clip[:4], config)
     assert ids
     assert stats.prune.tokens_dropped > 0
     assert stats.prune.tokens_kept + stats.prune.tokens_dropped == stats.visual_tokens
@@ -479,3 +497,20 @@ def test_qwen3_vl_patches_follow_the_processors_patchify(adapters, clip, n_frame
     ref, *ref_grid = Qwen3VLVideoProcessor.patchify(None, video, g.patch_size, g.merge_size, g.temporal_patch_size)
     assert grid == tuple(int(v) for v in ref_grid)
     assert torch.equal(pixels, ref[0])
+
+
+def test_snapshot_round_trip(adapter, clip, tmp_path):
+    """Session.save / Session.load on the family (its chunk text, 1-D or DeepStack-packed chunks, token ViT cache)."""
+    session = Session(adapter, SessionConfig(fps=2.0, vit_cache="balanced"))
+    for f in clip[:4]:
+        session.push(f.data)
+    before = list(session.ask_ids(QUESTION, max_new_tokens=NEW_TOKENS))
+    session.save(tmp_path / "snap")
+    restored = Session.load(tmp_path / "snap", adapter)
+    assert list(restored.ask_ids(QUESTION, max_new_tokens=NEW_TOKENS)) == before
+    assert restored.stats.kv_tokens == session.stats.kv_tokens
+    for s in (session, restored):
+        s.push(clip[4].data, pts_seconds=2.0)
+        s.push(clip[5].data, pts_seconds=2.5)
+    assert list(restored.ask_ids(QUESTION, max_new_tokens=NEW_TOKENS)) == list(
+        session.ask_ids(QUESTION, max_new_tokens=NEW_TOKENS))

@@ -65,7 +65,7 @@ def test_questions_go_ahead_of_ingestion():
 
 
 def test_a_running_answer_keeps_the_model_but_ingestion_gets_its_share():
-    scheduler = ModelScheduler(question_burst=4)
+    scheduler = ModelScheduler(question_burst=4, ingest_wait_s=HANG_GUARD)  # only the turn count falls due
     order: list[str] = []
     tokens = 12
     ingest_started = threading.Event()
@@ -104,6 +104,36 @@ def test_a_running_answer_keeps_the_model_but_ingestion_gets_its_share():
     assert all(r <= 5 for r in runs), order  # ... but no longer than its share allows
 
 
+def test_ingestion_that_waited_long_enough_gets_a_turn_between_slow_tokens():
+    scheduler = ModelScheduler(question_burst=10_000, ingest_wait_s=0.05)  # the turn count never falls due
+    order: list[str] = []
+    queued = threading.Event()
+
+    def answer() -> None:
+        with scheduler.question():
+            for _ in range(20):
+                with scheduler.turn():
+                    order.append("token")
+                    queued.wait(HANG_GUARD)
+                    time.sleep(0.02)  # a slow token (a big model on a CPU)
+
+    def ingest() -> None:
+        with scheduler.turn("cam"):
+            order.append("cam")
+
+    a = threading.Thread(target=answer, daemon=True)
+    a.start()
+    wait_for(lambda: order, "the answer's first token")
+    i = threading.Thread(target=ingest, daemon=True)
+    i.start()
+    wait_for(lambda: scheduler.stats.waiting_ingest == 1, "the ingestion turn to queue")
+    queued.set()
+    a.join(HANG_GUARD)
+    i.join(HANG_GUARD)
+    assert order.count("token") == 20
+    assert order.index("cam") < 20  # it went between the answer's tokens, not after the answer
+
+
 def test_a_turn_that_raises_frees_the_model():
     scheduler = ModelScheduler()
     with pytest.raises(RuntimeError, match="encode failed"), scheduler.turn("x"):
@@ -119,3 +149,5 @@ def test_a_turn_that_raises_frees_the_model():
 def test_question_burst_must_be_positive():
     with pytest.raises(ValueError, match="question_burst"):
         ModelScheduler(question_burst=0)
+    with pytest.raises(ValueError, match="ingest_wait_s"):
+        ModelScheduler(ingest_wait_s=0)

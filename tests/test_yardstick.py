@@ -411,19 +411,26 @@ def test_accuracy_benchmark_subset(tmp_path: Path) -> None:
         "--types",
         "colour,shape",
         "--settings",
-        "prune:temporal:0.5,vit:lossless,kv:bilevel",
+        "prune:temporal:0.5,vit:lossless,kv:bilevel,prune:dedup:1.0:threshold=0,kv:fastv:keep_ratio=1.0",
         "--out",
         str(out),
         "--quiet",
+        "--answers",
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
-    assert list(report["settings"]) == ["baseline", "prune:temporal:0.5", "vit:lossless", "kv:bilevel"]
+    assert list(report["settings"]) == [
+        "baseline", "prune:temporal:0.5", "vit:lossless", "kv:bilevel", "prune:dedup:1.0:threshold=0",
+        "kv:fastv:keep_ratio=1.0",
+    ]  # fmt: skip
     base, pruned = report["settings"]["baseline"], report["settings"]["prune:temporal:0.5"]
     assert base["n"] == 4 and base["ratios"]["kept_tokens"] == 1.0
     assert pruned["ratios"]["kept_tokens"] < 0.6  # half the tokens (rounded up per chunk) entered the LLM
     assert report["settings"]["vit:lossless"]["accuracy"] == base["accuracy"]  # lossless is exact
+    for lossless in ("prune:dedup:1.0:threshold=0", "kv:fastv:keep_ratio=1.0"):  # knobs reach the configs
+        assert [a["reply"] for a in report["settings"][lossless]["answers"]] == [a["reply"] for a in base["answers"]]
+    assert report["split"] == "test" and report["flags"]["per_type"] == 2 and "--per-type 2" in report["command"]
     assert "| baseline |" in res.stdout
 
 

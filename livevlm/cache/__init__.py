@@ -1,12 +1,14 @@
 """Caches that only store: the stream's KV context (policies behind `KVStore`) and the ViT feature cache.
 
 KV policies (`KV_POLICIES`): full (baseline, unbounded), sink_window (StreamingVLM-like), retrieval
-(ReKV-like), bilevel (Video-XL-2-like); the last three keep chunks across device / host / disk tiers
+(ReKV-like), bilevel (Video-XL-2-like), fastv (FastV-style question-time ranking of the stored visual
+tokens); retrieval, bilevel and sink_window keep chunks across device / host / disk tiers
 (`KVTiers`). ViT cache policies (`VIT_CACHES`): none, frame, token; presets none, lossless, balanced, fast.
 Neither calls the model: the loop runs every forward on the views and encoders they are given.
 """
 
 from .chunked import SinkWindowKV
+from .fastv import FastVConfig, FastVKV
 from .kv import (
     KV_POLICIES,
     FullKV,
@@ -45,6 +47,8 @@ __all__ = [
     "BilevelConfig",
     "BilevelKV",
     "ChunkedKVStats",
+    "FastVConfig",
+    "FastVKV",
     "FullKV",
     "FullKVConfig",
     "KVStats",

@@ -6,9 +6,11 @@ With threshold 0 only bit-identical pixels are reused and the features equal a f
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .vit_cache import FeatureCacheBase
+from .vit_cache import FeatureCacheBase, to_device
 
 
 class FrameReuseCache(FeatureCacheBase):
@@ -38,6 +40,15 @@ class FrameReuseCache(FeatureCacheBase):
         s.full_encodes += 1
         s.tokens_recomputed += pixels.shape[0]
         return embeds, None
+
+    def state_dict(self) -> dict[str, Any]:
+        grid = list(self._grid) if self._grid is not None else None
+        return {**super().state_dict(), "pixels": self._pixels, "grid": grid, "embeds": self._embeds}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        super().load_state(state, device)
+        self._pixels, self._embeds = (to_device(state[k], device) for k in ("pixels", "embeds"))
+        self._grid = tuple(state["grid"]) if state["grid"] is not None else None  # type: ignore[assignment]
 
     def _similar(self, pixels: torch.Tensor) -> bool:
         if self.config.threshold == 0:

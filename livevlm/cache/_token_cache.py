@@ -29,6 +29,7 @@ patches per chunk (224x224-class frames) in bf16.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,6 +58,10 @@ class VisionRunner(Protocol):
     ) -> torch.Tensor: ...
 
     def merge(self, x: torch.Tensor, layout: Any, units: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def block_state(self, **tensors: torch.Tensor) -> Any:
+        """A block's cached keys / values rebuilt from the tensors its dataclass fields held (a restore)."""
+        ...
 
     # Optional: `taps`, blocks whose outputs the merge also reads (Qwen3-VL's DeepStack); then merge is called
     # with `taps=[output of block i for i in taps]` as well.
@@ -127,6 +132,26 @@ class TokenRecomputeCache(FeatureCacheBase):
         if reason is not None:
             return self._full(pixels, grid, layout, x0, reason)
         return self._partial(pixels, x0)
+
+    def state_dict(self) -> dict[str, Any]:
+        ref, state = self._ref, super().state_dict()
+        if ref is None:
+            return {**state, "ref": None}
+        tensors = {f.name: getattr(ref, f.name) for f in dataclasses.fields(ref) if f.name not in ("layout", "blocks")}
+        blocks = [{f.name: getattr(b, f.name) for f in dataclasses.fields(b)} for b in ref.blocks]
+        return {**state, "ref": {**tensors, "grid": list(ref.grid), "blocks": blocks}}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        super().load_state(state, device)
+        saved = state["ref"]
+        if saved is None:
+            self._ref = None
+            return
+        grid = tuple(int(g) for g in saved["grid"])
+        moved = {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device)
+                 for k, v in saved.items() if k not in ("grid", "blocks", "age")}  # fmt: skip
+        blocks = [self.runner.block_state(**{k: t.to(device) for k, t in b.items()}) for b in saved["blocks"]]
+        self._ref = _Reference(grid=grid, layout=self.runner.layout(grid), blocks=blocks, age=int(saved["age"]), **moved)  # type: ignore[arg-type]
 
     def _refresh_reason(self, grid: tuple[int, int, int], x0: torch.Tensor) -> str | None:
         ref, c = self._ref, self.config

@@ -11,6 +11,7 @@ need no re-rotation.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..records import KVLayout
+from ..records import KVLayout, load_fields
 from .kv_configs import ChunkedKVStats, SinkWindowConfig
 from .view import ChunkView
 
@@ -78,6 +79,16 @@ class ChunkedKV:
         s.last_dense, s.last_pooled, s.last_context_tokens = tuple(sorted(dense)), pooled, context
         s.last_scores = tuple(scores.tolist()) if scores is not None else ()
         s.last_select_seconds = time.perf_counter() - start
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sink, the largest chunk size and the stats; subclasses add where their chunks are."""
+        return {"sink": self.sink, "chunk_tokens": self.chunk_tokens, "stats": dataclasses.asdict(self.stats)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        sink = state["sink"]
+        self.sink = sink.to(self.device) if sink is not None else None
+        self.chunk_tokens = int(state["chunk_tokens"])
+        load_fields(self.stats, state["stats"])
 
     def close(self) -> None:
         self.sink = None
@@ -139,6 +150,19 @@ class SinkWindowKV(ChunkedKV):
         view = ChunkView.gather(parts, self.num_layers)
         self._record_answer(snapshot.indices, 0, None, view.get_seq_length(), start)
         return view
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "window": [kv for _, kv in self._window],
+            "indices": [i for i, _ in self._window],
+            "count": self._count,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._window = deque((int(i), kv.to(self.device)) for i, kv in zip(state["indices"], state["window"]))
+        self._count = int(state["count"])
 
     def close(self) -> None:
         super().close()

@@ -8,13 +8,16 @@ Summary rows live in host blocks of `SUMMARY_BLOCK` chunks; full blocks spill to
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from ..kernels.quant import from_bytes, to_bytes
+from ..records import Blob
 from .disk import DiskTier
 from .tiers import ChunkRecord, KVTiers
 
@@ -63,6 +66,22 @@ class SummaryLog:
     def _blocks_nbytes(self) -> int:
         layers, heads, dim = self.layout
         return layers * 2 * heads * self.block * dim * torch.finfo(self.dtype).bits // 8
+
+    def state_dict(self, disk: DiskTier | None) -> dict[str, Any]:
+        """Blocks as host tensors (the open last one copied) or disk `Blob`s, and the counters."""
+        blocks: list[Any] = []
+        for i, blk in enumerate(self._blocks):
+            if isinstance(blk, int):
+                blocks.append(Blob(self._blocks_nbytes(), functools.partial(disk.get, blk, self._blocks_nbytes())))  # type: ignore[union-attr]
+            else:
+                blocks.append(blk.clone() if i == len(self._blocks) - 1 else blk)
+        return {"blocks": blocks, "on_disk": self._on_disk, "count": self.count,
+                "ram_bytes": self.ram_bytes, "disk_bytes": self.disk_bytes}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any], disk: Callable[[], DiskTier]) -> None:
+        self._blocks = [disk().put(b.read()) if isinstance(b, Blob) else b.to("cpu", self.dtype) for b in state["blocks"]]
+        self._on_disk, self.count = int(state["on_disk"]), int(state["count"])
+        self.ram_bytes, self.disk_bytes = int(state["ram_bytes"]), int(state["disk_bytes"])
 
     def spill(self, disk: DiskTier) -> bool:
         """Move the oldest full block in RAM to the spill file; False when none is left to move."""
@@ -152,6 +171,44 @@ class ChunkStore:
             for q in self._queues.values():
                 q.clear()
             self.summaries = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every chunk where it lives (device KV, host blob, disk `Blob`, or nothing once dropped), the summary
+        index and the byte counts; the disk blobs are read from the spill file when the snapshot writes them."""
+        with self.lock:
+            records = [self._record_state(r) for r in self.records]
+            summaries = self.summaries.state_dict(self._disk) if self.summaries is not None else None
+            return {"records": records, "summaries": summaries, "bytes": dict(self.bytes),
+                    "dropped": self.dropped, "tokens": self.tokens}  # fmt: skip
+
+    def _record_state(self, r: ChunkRecord) -> dict[str, Any]:
+        disk = Blob(r.nbytes, functools.partial(self._disk_tier().get, r.offset, r.nbytes)) if r.tier == "disk" else None
+        return {"index": r.index, "tokens": r.tokens, "pts_seconds": list(r.pts_seconds), "tier": r.tier,
+                "nbytes": r.nbytes, "kv": r.kv, "blob": r.blob, "disk": disk}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the chunks with a `state_dict`'s; disk blobs go into a fresh spill file (compacted)."""
+        with self.lock:
+            if self._disk is not None:
+                self._disk.close()
+                self._disk = None
+            self.records, self._queues = [], {t: deque() for t in self.bytes}
+            for r in state["records"]:
+                rec = ChunkRecord(int(r["index"]), int(r["tokens"]), tuple(r["pts_seconds"]), r["tier"],
+                                  nbytes=int(r["nbytes"]))  # fmt: skip
+                if rec.tier == "device":
+                    rec.kv = r["kv"].to(self.device)
+                elif rec.tier == "cpu":
+                    rec.blob = r["blob"].to("cpu")
+                elif rec.tier == "disk":
+                    rec.offset = self._disk_tier().put(r["disk"].read())
+                self.records.append(rec)
+                if rec.tier != "dropped":
+                    self._queues[rec.tier].append(rec)
+            if self.summaries is not None and state["summaries"] is not None:
+                self.summaries.load_state(state["summaries"], self._disk_tier)
+            self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
+            self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
 
     @property
     def disk_dir(self) -> str | None:

@@ -13,13 +13,14 @@ question's tokens never reach it at all.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
 
 from ..errors import ConfigError
-from ..records import KVLayout
+from ..records import KVLayout, load_fields
 from ..registry import Registry
 from .kv_configs import FullKVConfig, KVStats, parse_bytes
 from .view import ChunkView
@@ -55,6 +56,14 @@ class KVStore(Protocol):
         """A fresh cache to prefill the question into and decode on; never the stream's own."""
         ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """The whole stored context as plain tensors, `Blob`s and JSON values (what a snapshot writes)."""
+        ...
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the stored context with what `state_dict` returned (read back from a snapshot)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -66,6 +75,7 @@ KV_POLICIES.register(
 )
 KV_POLICIES.register("retrieval", "livevlm.cache.select:RetrievalKV", config="livevlm.cache.kv_configs:RetrievalConfig")
 KV_POLICIES.register("bilevel", "livevlm.cache.select:BilevelKV", config="livevlm.cache.kv_configs:BilevelConfig")
+KV_POLICIES.register("fastv", "livevlm.cache.fastv:FastVKV", config="livevlm.cache.fastv:FastVConfig")
 
 
 def register_kv_policy(name: str, config: Any = None) -> Callable[[Any], Any]:
@@ -129,6 +139,7 @@ class FullKV:
 
     def __init__(self, layout: KVLayout, config: FullKVConfig | None = None) -> None:
         self.cache: Any = ChunkView(None, layout.layers)
+        self.device = layout.device
         self.stats = KVStats()
 
     def ingest_view(self) -> Any:
@@ -149,6 +160,23 @@ class FullKV:
 
     def answer_view(self, snapshot: Any, queries: torch.Tensor | None) -> Any:
         return snapshot
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream context as plain tensors: per layer (1, kv_heads, tokens, head_dim) keys and values."""
+        layers = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in self.cache.layers]
+        kept = all(isinstance(k, torch.Tensor) for k, _ in layers)
+        return {
+            "keys": [k for k, _ in layers] if kept else None,
+            "values": [v for _, v in layers] if kept else None,
+            "stats": dataclasses.asdict(self.stats),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace the stream context with one `state_dict` returned (tensors on any device)."""
+        keys, values = state["keys"], state["values"]
+        per_layer = None if keys is None else [(k.to(self.device), v.to(self.device)) for k, v in zip(keys, values)]
+        self.cache = ChunkView(per_layer, len(self.cache.layers))
+        load_fields(self.stats, state["stats"])
 
     def close(self) -> None:
         self.cache = None

@@ -117,6 +117,13 @@ class _TieredKV(ChunkedKV):
             out.update({i: rows[:, :, :, i - lo : i - lo + 1] for i in members})
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "store": self.store.state_dict()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.store.load_state(state["store"])
+
     def close(self) -> None:
         super().close()
         self.store.close()

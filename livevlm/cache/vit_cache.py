@@ -17,6 +17,7 @@ All state lives in the object `build_feature_cache` returns: two sessions on one
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..records import VisionEncoder
+from ..records import VisionEncoder, load_fields
 from ..registry import Registry
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -143,6 +144,19 @@ class FeatureCacheBase:
 
     def _encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The reference state as plain tensors and values (subclasses add theirs to the stats)."""
+        return {"stats": dataclasses.asdict(self.stats)}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        """Replace the reference state with what `state_dict` returned; its tensors go to `device` (the
+        encoder's)."""
+        load_fields(self.stats, state["stats"])
+
+
+def to_device(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    return t.to(device) if t is not None else None
 
 
 VIT_CACHES: Registry = Registry("ViT cache policy")

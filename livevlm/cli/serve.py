@@ -42,6 +42,16 @@ def add_parser(sub: Any) -> None:
     s.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
+    r = s.add_argument_group("scale-out on Ray (the ray extra; livevlm.ray)")
+    r.add_argument("--ray", action="store_true", help="hold the streams on Ray replica actors (same HTTP API)")
+    r.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
+    r.add_argument("--replicas", type=int, default=2, help="replica actors, each with its own copy of the model")
+    r.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs per replica (1: one replica per GPU)")
+    r.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs per replica")
+    r.add_argument("--snapshot-dir", default=None,
+                   help="where streams are snapshotted, shared by every replica (default: a temp dir)")  # fmt: skip
+    r.add_argument("--snapshot-every", type=float, default=30.0,
+                   help="seconds between snapshots of every stream (0: never; a dead replica's streams restart empty)")  # fmt: skip
     add_session_args(s)
 
 
@@ -56,6 +66,23 @@ def serve_config(args: argparse.Namespace) -> Any:
     schemes = tuple(x.strip() for x in args.allow_schemes.split(",") if x.strip())
     return ServeConfig(session=session_config(args), host=args.host, port=args.port, api_key=args.api_key,
                        media_dir=args.media_dir, allowed_schemes=schemes, limits=limits)  # fmt: skip
+
+
+def ray_manager(args: argparse.Namespace, config: Any) -> Any:
+    """`--ray`: join (or start) a Ray cluster; the streams go to a `Router`'s replicas."""
+    from ..errors import ConfigError
+
+    try:
+        import ray
+
+        from ..ray import RayStreamManager, RouterConfig
+    except ImportError:
+        raise ConfigError("livevlm serve --ray needs the 'ray' extra: pip install 'livevlm[ray]'") from None
+    ray.init(address=args.ray_address, include_dashboard=False)
+    router = RouterConfig(model=config.session.model, session=config.session, replicas=args.replicas,
+                          replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus,
+                          snapshot_dir=args.snapshot_dir, snapshot_every_s=args.snapshot_every or None)  # fmt: skip
+    return RayStreamManager(config, router)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -84,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     config = serve_config(args)
     sock = bind(config.host, config.port)
     try:
-        app = build_app(config)
+        app = build_app(config, manager=ray_manager(args, config) if args.ray else None)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         key_hint = "?key=YOUR_KEY" if config.api_key else ""

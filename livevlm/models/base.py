@@ -28,6 +28,10 @@ class VideoLMAdapter(Protocol):
     device: torch.device
     dtype: torch.dtype
 
+    def fingerprint(self) -> str:
+        """The checkpoint's identity (same weights and config: same string); session snapshots are tied to it."""
+        ...
+
     # vision
     def target_size(
         self, height: int, width: int, min_pixels: int | None = None, max_pixels: int | None = None

@@ -40,6 +40,14 @@ class LanguageModelSide:
         self.end_of_turn_id = int(tok.convert_tokens_to_ids(end_of_turn))
         self.vocab_size = int(text_cfg.vocab_size)
 
+    def fingerprint(self) -> str:
+        """The checkpoint's identity (config and sampled weights), computed once: what snapshots are tied to."""
+        if getattr(self, "_fingerprint", None) is None:
+            from .fingerprint import weights_fingerprint
+
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
     def chunk_text_ids(self, place: Any, pts_seconds: tuple[float, ...]) -> tuple[list[int], list[int]]:
         """No text around a chunk's visual tokens (families with timestamps or delimiters override this)."""
         return [], []

@@ -93,6 +93,9 @@ class QwenVisionRunner:
         weight = visual.patch_embed.proj.weight
         self.linear = PackedLinears(weight.device, weight.dtype, enabled=prepack)
 
+    block_state = BlockState
+    """`BlockState(keys=, values=)`: what a restored ViT cache rebuilds its per-block state with."""
+
     def layout(self, grid: tuple[int, int, int]) -> VisionLayout:
         """Rope tables, segments and window order for a (1, gh, gw) grid, as the tower's forward builds them."""
         from transformers.vision_utils import (
@@ -234,6 +237,26 @@ class QwenVisionRunner:
             return merged[torch.argsort(layout.unit_order)] if self.windowed else merged
         rows = x.reshape(-1, self.merge_unit, d)[units].reshape(-1, d)
         return self.visual.merger(rows)
+
+    def received_attention(self, state: FullPass, layout: VisionLayout, layers: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """Per block in `layers`: (M,) attention each merged token receives, in output order.
+
+        From the full pass's block inputs and keys: the block's own queries (norm1, qkv, rope) against its
+        keys, softmax within each attention segment, averaged over heads and queries, summed over the
+        patches of each merge unit. Read-only: the features of the pass are untouched."""
+        out = []
+        for index in layers:
+            blk = self.blocks[index]
+            q, _, _ = self._qkv(blk, state.inputs[index], layout.cos, layout.sin)
+            keys = state.blocks[index].keys  # (H, N, d)
+            logits = (q.transpose(0, 1).float() @ keys.float().transpose(1, 2)) * blk.attn.scaling
+            mask = layout.masks[index]
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            received = torch.softmax(logits, dim=-1).mean(0).mean(0)  # (N,)
+            units = received.reshape(-1, self.merge_unit).sum(1)  # internal unit slots
+            out.append(units[torch.argsort(layout.unit_order)] if self.windowed else units)
+        return tuple(out)
 
 
 class Qwen3VisionRunner(QwenVisionRunner):

@@ -79,7 +79,22 @@ class QwenVLAdapter(LanguageModelSide):
 
     def vision_encoder(self) -> VisionEncoder:
         """The tower for a ViT feature cache: the model's own full encode and the block runner."""
-        return VisionEncoder(full=self.vision_features, runner=self.vision_runner, family=self.family)
+        return VisionEncoder(
+            full=self.vision_features, runner=self.vision_runner, family=self.family, attention=self.vision_attention
+        )
+
+    @torch.inference_mode()
+    def vision_attention(
+        self, pixels: torch.Tensor, grid: tuple[int, int, int], layers: tuple[float, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One full encode that also reports, per layer (a fraction of the depth: 0 first, 1 last block), the
+        (M,) attention each merged token receives in that block. The features are the runner's full pass
+        (the tower's own ops, the same values as `vision_features`)."""
+        runner = self.vision_runner()
+        layout = runner.layout(grid)
+        x, state = runner.full(runner.embed(pixels, layout), layout)
+        blocks = tuple(min(runner.depth - 1, max(0, round(f * (runner.depth - 1)))) for f in layers)
+        return runner.merge(x, layout).to(self.dtype), runner.received_attention(state, layout, blocks)
 
     @torch.inference_mode()
     def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -71,6 +71,8 @@ class SiglipVisionRunner:
         weight = tower.embeddings.patch_embedding.weight
         self.linear = PackedLinears(weight.device, weight.dtype, enabled=prepack)
 
+    block_state = BlockState  # rebuilds a block's cached keys / values on a snapshot restore
+
     def layout(self, grid: tuple[int, int, int]) -> FrameLayout:
         device = self.tower.embeddings.patch_embedding.weight.device
         return FrameLayout(tuple(grid), torch.arange(self.outputs, device=device)[None])

@@ -4,7 +4,13 @@
     SessionConfig(prune=parse_prune_spec("temporal", "64"))              # as the CLI's --prune/--budget
     SessionConfig(prune=TemporalConfig(budget="32/s", threshold=0.95))   # every knob
 
-Strategies: none, uniform, temporal (EVS-like), dual_anchor (STC-like), adaptive (VidCom2-like).
+Strategies (docs/pruners.md: each with its paper and measured retention):
+    none, uniform, temporal (EVS-like), adaptive (VidCom2-like)
+    stc (STC-Pruner), dual_anchor (STC-Pruner's anchors with cosine distance: the simpler variant)
+    tome (ToMe merging), visiondrop (VisionDrop), cluster (CenterCLIP-style k-medoids)
+    keyframe (KFFocus-style per-chunk budgets), dedup (B-VLLM-style: near-duplicate patches refused before
+    the ViT through `admit`), hiprune (HiPrune: the vision tower's own attention, in `chunk.attention`)
+FastV (query-aware, at question time) is a KV policy: `livevlm.cache.FastVConfig`, kv="fastv".
 Kept tokens keep their original (t, h, w) positions; `chunk.kept_index` says which rows were kept.
 """
 
@@ -21,10 +27,17 @@ from .base import (
     prune_config,
     register_pruner,
 )
+from .cluster import ClusterConfig, ClusterPruner
 from .config import DEFAULT_BUDGET, Budget, PrunerConfig, parse_budget
+from .dedup import DedupConfig, DedupPruner
 from .dual_anchor import DualAnchorConfig, DualAnchorPruner
+from .hiprune import HiPruneConfig, HiPrunePruner
+from .keyframe import KeyframeConfig, KeyframePruner
+from .stc import STCConfig, STCPruner
 from .temporal import TemporalConfig, TemporalPruner
+from .tome import ToMeConfig, ToMePruner
 from .uniform import UniformConfig, UniformPruner
+from .visiondrop import VisionDropConfig, VisionDropPruner
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -33,16 +46,30 @@ __all__ = [
     "AdaptivePruner",
     "BasePruner",
     "Budget",
+    "ClusterConfig",
+    "ClusterPruner",
+    "DedupConfig",
+    "DedupPruner",
     "DualAnchorConfig",
     "DualAnchorPruner",
+    "HiPruneConfig",
+    "HiPrunePruner",
+    "KeyframeConfig",
+    "KeyframePruner",
     "NoPruner",
     "PruneStats",
     "Pruner",
     "PrunerConfig",
+    "STCConfig",
+    "STCPruner",
     "TemporalConfig",
     "TemporalPruner",
+    "ToMeConfig",
+    "ToMePruner",
     "UniformConfig",
     "UniformPruner",
+    "VisionDropConfig",
+    "VisionDropPruner",
     "available_pruners",
     "build_pruner",
     "parse_budget",

@@ -16,6 +16,7 @@ A full budget (ratio 1.0, or `k >= N`) keeps every token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -64,6 +65,15 @@ class AdaptivePruner(DualAnchorPruner):
         self.bank = 0
         self.mean_uniqueness: float | None = None
         self.last_uniqueness: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        mine = {"bank": self.bank, "mean_uniqueness": self.mean_uniqueness, "last_uniqueness": self.last_uniqueness}
+        return {**super().state_dict(), **mine}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        super().load_state(state, device)
+        self.bank, self.mean_uniqueness = int(state["bank"]), state["mean_uniqueness"]
+        self.last_uniqueness = state["last_uniqueness"]
 
     def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
         n, c = chunk.num_tokens, self.config

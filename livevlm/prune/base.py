@@ -1,5 +1,6 @@
 """The pruner protocol, its stats record, the strategy registry and the shared `BasePruner` loop.
 
+    frames ─► admit(frames) ─► False: the session skips the ViT and stores nothing for the patch
     chunk (N tokens, (3, N) positions, changed mask) ─► BudgetMeter.allowance ─► k
         ─► strategy.select(chunk, k) ─► kept rows (ascending) ─► [merge dropped rows]
         ─► chunk of the kept rows, with their ORIGINAL (t, h, w) positions and `kept_index`
@@ -10,15 +11,17 @@ future). One pruner object per stream: all state lives in it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 
 from ..kernels.similarity import merge_dropped
-from ..records import VisualChunk
+from ..records import VisualChunk, load_fields
 from ..registry import Registry
 from .config import BudgetMeter, PrunerConfig, parse_budget
 
@@ -37,6 +40,8 @@ class PruneStats:
     """Tokens that did not enter the LLM (merged ones included)."""
     tokens_merged: int = 0
     """Dropped tokens averaged into a kept token instead of discarded."""
+    chunks_skipped: int = 0
+    """Chunks the pruner refused before the vision encoder (`admit` False): never encoded, all dropped."""
     chunks_floored: int = 0
     """Chunks whose budget (a ratio or rate) rounded to 0 tokens: each kept 1 token instead of none."""
     seconds: float = 0.0
@@ -52,8 +57,18 @@ class Pruner(Protocol):
 
     name: str
     stats: PruneStats
+    vision_layers: tuple[float, ...]
+    """ViT layers (fractions of the depth) whose attention the chunk must carry (`VisualChunk.attention`)."""
 
     def __call__(self, chunk: VisualChunk) -> VisualChunk: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None: ...
+
+    def admit(self, frames: Sequence[np.ndarray]) -> bool:
+        """Before the encoder: False skips this patch of (H, W, 3) uint8 frames entirely (`BasePruner`: True)."""
+        ...
 
 
 PRUNERS: Registry = Registry("pruner")
@@ -103,6 +118,7 @@ class BasePruner:
 
     name: ClassVar[str] = "base"
     config_class: ClassVar[type[PrunerConfig]] = PrunerConfig
+    vision_layers: tuple[float, ...] = ()
     exact: ClassVar[bool] = True
     """`select` keeps exactly the budget's k tokens; False: the content decides (at most k, or a share)."""
 
@@ -111,9 +127,32 @@ class BasePruner:
         self.stats = PruneStats(strategy=self.name, budget=str(self.config.budget))
         self._meter = BudgetMeter(self.config.budget, self.config.fps)
 
+    def admit(self, frames: Sequence[np.ndarray]) -> bool:
+        """The pre-encode hook the session calls with a patch's frames: True encodes it (the default)."""
+        return True
+
     def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
         """Ascending (n_kept,) long indices of the rows to keep; at most `k` of them."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-stream state as plain tensors and values (a snapshot); strategies add their own."""
+        return {"stats": dataclasses.asdict(self.stats), "credit": self._meter.credit, "floored": self._meter.floored}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        """Continue from a `state_dict`; its tensors go to `device` (where the chunks' embeds live)."""
+        load_fields(self.stats, state["stats"])
+        self._meter.credit, self._meter.floored = float(state["credit"]), int(state["floored"])
+
+    def reduce(self, chunk: VisualChunk, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(kept rows ascending, their embeds, tokens merged into them): `select`, then the config's `merge`.
+
+        Merging strategies (ToMe, VisionDrop) override this to return their own averaged rows."""
+        keep = self.select(chunk, k).to(device=chunk.embeds.device, dtype=torch.long)
+        if keep.numel() == chunk.num_tokens or self.config.merge == "none":
+            return keep, chunk.embeds[keep], 0
+        embeds, merged = merge_dropped(chunk.embeds, keep, self.config.merge, chunk.grid_thw[1:])
+        return keep, embeds, merged
 
     def planned_tokens(self, num_tokens: int, chunks: int) -> list[int] | None:
         """Tokens each of the next `chunks` chunks of `num_tokens` would keep (None: the content decides)."""
@@ -126,18 +165,14 @@ class BasePruner:
         start = time.perf_counter()
         n = chunk.num_tokens
         k = self._meter.allowance(n, chunk.pts_seconds)
-        keep = self.select(chunk, k).to(device=chunk.embeds.device, dtype=torch.long)
-        merged = 0
+        keep, embeds, merged = self.reduce(chunk, k)
         if keep.numel() == n:
             kept = replace(chunk, kept_index=keep)
         else:
-            if self.config.merge != "none":
-                embeds, merged = merge_dropped(chunk.embeds, keep, self.config.merge, chunk.grid_thw[1:])
-            else:
-                embeds = chunk.embeds[keep]
             changed = chunk.changed[keep] if chunk.changed is not None else None
             kept = replace(
-                chunk, embeds=embeds, positions=chunk.positions[:, keep], changed=changed, kept_index=keep
+                chunk, embeds=embeds, positions=chunk.positions[:, keep], changed=changed, kept_index=keep,
+                attention=None,
             )
         s = self.stats
         s.chunks += 1

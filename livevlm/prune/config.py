@@ -101,7 +101,7 @@ class PrunerConfig:
     """What every strategy shares: which strategy, how many tokens it may keep, what happens to the rest."""
 
     strategy: str = "none"
-    """Registered strategy: none, uniform, temporal, dual_anchor, adaptive."""
+    """Registered strategy (`available_pruners()`): none, uniform, temporal, dual_anchor, adaptive, stc, ..."""
     budget: Any = DEFAULT_BUDGET
     """A `Budget`, or what `parse_budget` accepts ("64", "0.25", "32/s"); normalized to a `Budget`."""
     merge: str = "none"
@@ -135,7 +135,7 @@ class BudgetMeter:
         self.budget = budget
         self.fps = fps
         self.frames_per_chunk = frames_per_chunk
-        self._credit = 0.0  # tokens-per-second budgets: the fractional token carried to the next chunk
+        self.credit = 0.0  # tokens-per-second budgets: the fractional token carried to the next chunk
         self.floored = 0
         """Chunks whose budget rounded to 0 tokens and kept 1."""
 
@@ -147,9 +147,9 @@ class BudgetMeter:
         elif b.unit == "ratio":
             k = math.floor(b.value * num_tokens + 1e-9)
         else:
-            self._credit += b.value * self.chunk_seconds(pts_seconds)
-            k = math.floor(self._credit + 1e-9)
-            self._credit -= k  # what a chunk of fewer tokens than its share cannot use is not banked
+            self.credit += b.value * self.chunk_seconds(pts_seconds)
+            k = math.floor(self.credit + 1e-9)
+            self.credit -= k  # what a chunk of fewer tokens than its share cannot use is not banked
         if k < 1 and num_tokens > 0:  # the floor: a chunk is never dropped whole by rounding
             self.floored += 1
             return 1

@@ -1,4 +1,6 @@
-"""`dual_anchor` (STC-like): keep the tokens least similar to a spatial and a temporal anchor.
+"""`dual_anchor`: STC-Pruner's two anchors with cosine distance (a simplification; `stc` is the paper's form).
+
+Keeps the tokens least similar to a spatial and a temporal anchor, on all channels, by 1 - cosine:
 
     spatial anchor   the chunk's mean token: tokens like the frame's bulk (sky, wall) are redundant
     temporal anchor  per (h, w) position, a running mean of the tokens seen there in past chunks
@@ -12,6 +14,7 @@ the lower index, in their original order. Anchors are updated with every token o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,6 +53,13 @@ class AnchorState:
         self.anchor: torch.Tensor | None = None  # (N, D) unit-row running mean
         self.previous: torch.Tensor | None = None  # (N, D) unit rows of the previous chunk
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"grid": list(self.grid) if self.grid else None, "anchor": self.anchor, "previous": self.previous}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        self.grid = tuple(state["grid"]) if state["grid"] else None  # type: ignore[assignment]
+        self.anchor, self.previous = (t.to(device) if t is not None else None for t in (state["anchor"], state["previous"]))
+
     def scores(self, chunk: VisualChunk, spatial_weight: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(saliency (N,), temporal novelty (N,) vs the previous chunk or None); then updates the anchors."""
         x = unit_rows(chunk.embeds)
@@ -73,7 +83,7 @@ class AnchorState:
 
 @register_pruner("dual_anchor")
 class DualAnchorPruner(BasePruner):
-    """STC-like: the `budget` most salient tokens against the two anchors (causal, per stream)."""
+    """STC-Pruner's anchors, cosine variant: the `budget` most salient tokens against the two anchors (causal, per stream)."""
 
     config_class = DualAnchorConfig
     config: DualAnchorConfig
@@ -81,6 +91,13 @@ class DualAnchorPruner(BasePruner):
     def __init__(self, config: DualAnchorConfig | None = None) -> None:
         super().__init__(config)
         self._anchors = AnchorState(self.config.momentum)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "anchors": self._anchors.state_dict()}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        super().load_state(state, device)
+        self._anchors.load_state(state["anchors"], device)
 
     def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
         score, _ = self._anchors.scores(chunk, self.config.spatial_weight)

@@ -16,6 +16,7 @@ feature cache keep every token: the baseline, exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,6 +62,15 @@ class TemporalPruner(BasePruner):
         self._grid: tuple[int, int, int] | None = None
         self._ref: torch.Tensor | None = None  # (N, D) unit rows: the token last kept at each position
         self._has_ref: torch.Tensor | None = None  # (N,) bool
+
+    def state_dict(self) -> dict[str, Any]:
+        grid = list(self._grid) if self._grid else None
+        return {**super().state_dict(), "grid": grid, "ref": self._ref, "has_ref": self._has_ref}
+
+    def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
+        super().load_state(state, device)
+        self._grid = tuple(state["grid"]) if state["grid"] else None  # type: ignore[assignment]
+        self._ref, self._has_ref = (t.to(device) if t is not None else None for t in (state["ref"], state["has_ref"]))
 
     def select(self, chunk: VisualChunk, k: int) -> torch.Tensor:
         n, dev = chunk.num_tokens, chunk.embeds.device

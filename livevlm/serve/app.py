@@ -55,15 +55,17 @@ class AskBody(BaseModel):
     json_schema: dict[str, Any] | None = Field(None, description="decode JSON matching this schema")
 
 
-def build_app(config: ServeConfig, adapter: Any = None) -> FastAPI:
-    """The server's app, with the model loaded (or `adapter`, already loaded, shared)."""
+def build_app(config: ServeConfig, adapter: Any = None, manager: StreamManager | None = None) -> FastAPI:
+    """The server's app, with the model loaded (or `adapter`, already loaded, shared); or, with `manager`,
+    serving the streams that manager holds elsewhere (`livevlm.ray.RayStreamManager`: no model here)."""
     from ..models import load_model
 
-    if adapter is None:
-        s = config.session
-        adapter = load_model(s.model, device=s.device, dtype=s.dtype)
-    scheduler = ModelScheduler()
-    manager = StreamManager(adapter, config, scheduler)
+    if manager is None:
+        if adapter is None:
+            s = config.session
+            adapter = load_model(s.model, device=s.device, dtype=s.dtype)
+        manager = StreamManager(adapter, config, ModelScheduler())
+    scheduler = manager.scheduler
     limiter = RateLimiter(config.limits.questions_per_minute)
 
     @contextlib.asynccontextmanager
@@ -170,7 +172,10 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
 
     @app.get("/v1/streams")
     async def list_streams() -> dict[str, Any]:
-        return {"streams": [manager.describe(s, full=False) for s in manager.list()]}
+        # describe() waits for each session's lock (held during a step): off the event loop
+        streams = manager.list()
+        described = await run_in_threadpool(lambda: [manager.describe(s, full=False) for s in streams])
+        return {"streams": described}
 
     @app.post("/v1/streams", status_code=201)
     async def create_stream(body: CreateStream) -> dict[str, Any]:
@@ -181,7 +186,7 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
     async def get_stream(sid: str) -> dict[str, Any]:
         stream = manager.get(sid)
         stream.touch()
-        return manager.describe(stream)
+        return await run_in_threadpool(manager.describe, stream)
 
     @app.delete("/v1/streams/{sid}", status_code=204)
     async def delete_stream(sid: str) -> Response:
@@ -240,7 +245,7 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
                         return
                     continue
                 await ws.send_json({"type": "ack", **_ack(stream)})
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):  # the client left (a send after its close raises RuntimeError)
             return
 
     @app.post("/v1/streams/{sid}/ask", response_model=None)

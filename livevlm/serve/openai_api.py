@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
 from .answers import AnswerJob, AnswerSummary
 from .config import ServeConfig
@@ -101,7 +102,7 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         config.limits.check_question(question, max_tokens)
         limiter.check(client_id(request.scope))
         stream.touch()
-        context_tokens = stream.session.stats.kv_tokens
+        context_tokens = (await run_in_threadpool(lambda: stream.session.stats)).kv_tokens  # off the loop
         schema = schema_of(body.response_format)
         job = AnswerJob(stream.session, scheduler, question, max_new_tokens=max_tokens, json_schema=schema)
         events = job.events()

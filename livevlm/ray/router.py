@@ -1,0 +1,333 @@
+"""`Router`: streams placed over Ray replica actors, snapshotted periodically, restored when a replica dies.
+
+    Router(config) ─► N × ray.remote(Replica) (one model each; one GPU each with replica_gpus=1)
+    open()   ─► the live replica holding the fewest streams (then the lowest index); the stream stays there;
+               frames come from push() or from a source the replica watches (file, URL, lavfi)
+    push/ask ─► that replica; a call that finds it dead (RayActorError) ─► fail over, then the call is retried
+    every snapshot_every_s (and snapshot()) ─► each replica saves its streams to snapshot_dir/<stream id>
+    fail over ─► each stream of the dead replica ─► `open(id, snapshot, source)` on the least-loaded live
+               replica ─► a `RestoreReport`: the memory is the snapshot's; a file source is read again from
+               there, frames pushed (or shown live) since then are lost
+    close()  ─► replicas shut down (sessions closed, spill files removed), everything written under
+               snapshot_dir removed
+The snapshot directory must be one every replica can read: local disk on one machine, shared storage
+(NFS, a mounted bucket) across machines.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from ..errors import LivevlmError
+from ..session_config import SessionConfig
+from .replica import Replica
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class NoReplicaError(LivevlmError):
+    """Every replica of the router is dead: nothing can hold a stream."""
+
+
+@dataclass
+class RouterConfig:
+    """How many replicas, what each holds, and how often streams are snapshotted."""
+
+    model: str | None = None
+    """Checkpoint every replica loads (None: `session.model`, else the bundled default)."""
+    session: SessionConfig = field(default_factory=SessionConfig)
+    """The config of every stream's session."""
+    replicas: int = 2
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
+    """GPUs per replica actor: 1 = one replica per GPU."""
+    replica_concurrency: int = 16
+    """Calls a replica serves at once on its thread pool (a status read need not wait for a long answer);
+    model work still takes turns through the replica's scheduler."""
+    snapshot_dir: str | None = None
+    """Where streams are snapshotted (shared by the replicas); None = a temp dir of the router's own."""
+    snapshot_every_s: float | None = 30.0
+    """Seconds between snapshot rounds of every stream; None = only when `snapshot()` is called."""
+    call_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """A stream moved off a dead replica: what it came back with and what was lost."""
+
+    stream: str
+    dead_replica: int
+    replica: int
+    snapshot_frames: int
+    """Frames the stream had seen at its last snapshot (0: it had none; it restarted empty)."""
+    frames_lost: int
+    """Frames seen after that snapshot (as last confirmed by the dead replica) that the restored memory lacks
+    and nothing will bring back: 0 for a file source, which is read again from the snapshot on."""
+    pts_lost: tuple[float | None, float | None]
+    """Stream time of the last frame kept and of the last frame lost."""
+    seconds: float
+    resumed_from: float | None = None
+    """A file source's stream time the restored replica reads it again from (None: pushed or live frames)."""
+
+
+@dataclass
+class _Stream:
+    id: str
+    replica: int
+    source: Any = None
+    frames_seen: int = 0
+    last_pts: float | None = None
+    snapshot: dict[str, Any] | None = None  # what the replica reported when it saved the last snapshot
+
+
+class Router:
+    """Places streams on replicas (affinity, fewest streams first), snapshots them, restores them on failure.
+    Thread-safe; needs `ray.init()` first."""
+
+    def __init__(self, config: RouterConfig | None = None) -> None:
+        self.config = config = config or RouterConfig()
+        if config.replicas < 1:
+            raise ValueError("a router needs at least one replica")
+        self._own_dir = config.snapshot_dir is None
+        self.snapshot_dir = Path(config.snapshot_dir or tempfile.mkdtemp(prefix="livevlm-snapshots-"))
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self._actor = ray.remote(Replica).options(
+            num_cpus=config.replica_cpus, num_gpus=config.replica_gpus, max_concurrency=config.replica_concurrency
+        )
+        self._lock = threading.RLock()
+        self._replicas: list[Any] = [self._start() for _ in range(config.replicas)]
+        self._alive = [True] * config.replicas
+        self.info = ray.get([r.ready.remote() for r in self._replicas])
+        self._streams: dict[str, _Stream] = {}
+        self.restores: list[RestoreReport] = []
+        self.snapshot_errors: list[str] = []  # saves that failed (a full disk...): the previous snapshot stays
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if config.snapshot_every_s:
+            self._ticker = threading.Thread(target=self._snapshot_loop, name="livevlm-snapshots", daemon=True)
+            self._ticker.start()
+
+    # -- streams --------------------------------------------------------------------------------------
+    def open(self, stream_id: str | None = None, source: Any = None) -> str:
+        """A new stream on the least-loaded live replica; returns its id. `source` (a path the replicas can
+        read, a URL, 'lavfi:...', a `FileSourceConfig`): the replica watches it; else frames come by `push`."""
+        sid = stream_id or "s-" + uuid.uuid4().hex[:8]
+        with self._lock:
+            if sid in self._streams:
+                raise ValueError(f"stream {sid!r} is open already")
+            stream = self._streams[sid] = _Stream(sid, self._least_loaded(), source)
+        self._call(stream, "open", None, source)
+        return sid
+
+    def push(self, stream_id: str, frames: np.ndarray | list[np.ndarray], pts: list[float | None] | None = None) -> int:
+        """Push one frame (H, W, 3) or several to the stream's replica; returns the frames it has seen."""
+        batch = [frames] if isinstance(frames, np.ndarray) and frames.ndim == 3 else list(frames)
+        status = self._call(self._stream(stream_id), "push", batch, pts)
+        return int(status["frames_seen"])
+
+    def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None) -> dict[str, Any]:
+        """The answer over the stream's memory: {"text", "tokens", "finish_reason", "pts_range", "chunks"}."""
+        return self._call(self._stream(stream_id), "ask", question, max_new_tokens)
+
+    def ask_stream(self, stream_id: str, question: str, **ask: Any) -> Iterator[Any]:
+        """An answer as the replica decodes it (a Ray streaming generator): {"pts_range", "chunks"}, the text
+        pieces, then {"tokens", "finish_reason"}. `ask`: what `Session.ask` takes (choices, regex, ...). A
+        replica found dead before the first item is failed over and asked again; one that dies mid-answer
+        fails the answer (`RayActorError`) after failing over, so the next question is answered elsewhere."""
+        stream = self._stream(stream_id)
+        for _ in range(self.config.replicas + 1):
+            with self._lock:
+                index, handle = stream.replica, self._replicas[stream.replica]
+            items = handle.ask_stream.options(num_returns="streaming").remote(stream.id, question, **ask)
+            try:
+                head = self._get(next(items))
+            except RayActorError:
+                self._fail_over(index, handle)
+                continue
+            return self._rest(head, items, index, handle)
+        raise NoReplicaError(f"stream {stream.id!r}: every replica died")
+
+    def _rest(self, head: Any, items: Any, index: int, handle: Any) -> Iterator[Any]:
+        yield head
+        try:
+            for ref in items:
+                yield self._get(ref)
+        except RayActorError:
+            self._fail_over(index, handle)
+            raise
+
+    def call(self, stream_id: str, method: str, *args: Any) -> Any:
+        """`Replica.<method>(stream_id, *args)` on the stream's replica (failed over if it died)."""
+        return self._call(self._stream(stream_id), method, *args)
+
+    def status(self, stream_id: str) -> dict[str, Any]:
+        return {**self._call(self._stream(stream_id), "status"), "replica": self._stream(stream_id).replica}
+
+    @property
+    def replicas(self) -> list[Any]:
+        """The replica actor handles, by index (a dead one stays in its place until replaced)."""
+        with self._lock:
+            return list(self._replicas)
+
+    def placement(self) -> dict[str, int]:
+        """Stream id -> the index of the replica holding it."""
+        with self._lock:
+            return {sid: s.replica for sid, s in self._streams.items()}
+
+    def last_snapshot(self, stream_id: str) -> dict[str, Any] | None:
+        """What the stream's last snapshot holds (frames_seen, last_pts_seconds, bytes, seconds); None before one."""
+        with self._lock:
+            snap = self._stream(stream_id).snapshot
+            return dict(snap) if snap is not None else None
+
+    def close_stream(self, stream_id: str) -> None:
+        stream = self._stream(stream_id)
+        self._call(stream, "close")
+        with self._lock:
+            self._streams.pop(stream_id, None)
+        shutil.rmtree(self.snapshot_dir / stream_id, ignore_errors=True)
+
+    # -- snapshots and failures -----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Snapshot every stream now (each replica saves its own streams in turn); what each saved."""
+        with self._lock:
+            live = [i for i, ok in enumerate(self._alive) if ok]
+            handles = {i: self._replicas[i] for i in live}
+        pending = {i: h.snapshot_all.remote(str(self.snapshot_dir)) for i, h in handles.items()}
+        saved: dict[str, dict[str, Any]] = {}
+        for i, ref in pending.items():
+            try:
+                saved.update(ray.get(ref, timeout=self.config.call_timeout_s))
+            except RayActorError:
+                self._fail_over(i, handles[i])
+        with self._lock:
+            for sid, info in saved.items():
+                if sid in self._streams and "error" not in info:
+                    self._streams[sid].snapshot = info
+                elif "error" in info:
+                    self.snapshot_errors.append(f"{sid}: {info['error']}")
+        return saved
+
+    def _snapshot_loop(self) -> None:
+        while not self._stop.wait(self.config.snapshot_every_s):
+            try:
+                self.snapshot()
+            except (RayTaskError, LivevlmError, OSError) as e:  # the next round tries again
+                self.snapshot_errors.append(f"{type(e).__name__}: {e}")
+
+    def _call(self, stream: _Stream, method: str, *args: Any) -> Any:
+        """`method(stream, *args)` on the stream's replica; a dead replica is failed over and the call retried."""
+        for _ in range(self.config.replicas + 1):
+            with self._lock:
+                index = stream.replica
+                handle = self._replicas[index]
+            try:
+                out = self._get(getattr(handle, method).remote(stream.id, *args))
+            except RayActorError:
+                self._fail_over(index, handle)
+                continue
+            if isinstance(out, dict) and "frames_seen" in out:
+                with self._lock:
+                    stream.frames_seen, stream.last_pts = int(out["frames_seen"]), out["last_pts_seconds"]
+            return out
+        raise NoReplicaError(f"stream {stream.id!r}: every replica died")
+
+    def _get(self, ref: Any) -> Any:
+        """`ray.get`, raising what the replica raised (a typed livevlm error stays typed across processes)."""
+        try:
+            return ray.get(ref, timeout=self.config.call_timeout_s)
+        except RayTaskError as e:
+            if isinstance(e.cause, Exception) and not isinstance(e.cause, RayActorError):
+                raise e.cause from None
+            raise
+
+    def _fail_over(self, index: int, handle: Any) -> None:
+        """Mark replica `index` (the actor `handle`) dead and restore each of its streams from its last
+        snapshot elsewhere; a no-op when another call did so already."""
+        with self._lock:
+            if not self._alive[index] or self._replicas[index] is not handle:
+                return
+            self._alive[index] = False
+            if not any(self._alive):  # the last one died: start a fresh replica in its place
+                self._replicas[index], self._alive[index] = self._start(), True
+            moved = [s for s in self._streams.values() if s.replica == index]
+            for stream in moved:
+                self._restore(stream, index)
+
+    def _restore(self, stream: _Stream, dead: int) -> None:
+        start = time.perf_counter()
+        stream.replica = self._least_loaded()
+        saved = self.snapshot_dir / stream.id  # what the replica last saved, even if it died before saying so
+        path = str(saved) if (saved / "manifest.json").exists() else None
+        status = ray.get(self._replicas[stream.replica].open.remote(stream.id, path, stream.source),
+                         timeout=self.config.call_timeout_s)  # fmt: skip
+        kept, resumed = int(status["frames_seen"]), status["resumed_from"]
+        lost = 0 if resumed is not None else max(0, stream.frames_seen - kept)
+        self.restores.append(RestoreReport(
+            stream.id, dead, stream.replica, kept, lost, (status["last_pts_seconds"], stream.last_pts),
+            time.perf_counter() - start, resumed,
+        ))  # fmt: skip
+        stream.frames_seen, stream.last_pts = kept, status["last_pts_seconds"]
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop snapshotting, close every stream and replica, and remove what was written to snapshot_dir."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=self.config.call_timeout_s)
+        with self._lock:
+            for i, replica in enumerate(self._replicas):
+                if self._alive[i]:
+                    try:
+                        ray.get(replica.shutdown.remote(), timeout=self.config.call_timeout_s)
+                    except RayActorError:
+                        pass
+                    ray.kill(replica)
+                    self._alive[i] = False
+            streams, self._streams = list(self._streams), {}
+        if self._own_dir:
+            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+            return
+        for sid in streams:  # each stream's snapshot and what an interrupted save left beside it
+            for path in [self.snapshot_dir / sid, *self.snapshot_dir.glob(f".{sid}.tmp-*")]:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> Any:
+        return self._actor.remote(self.config.model, self.config.session)
+
+    def _stream(self, stream_id: str) -> _Stream:
+        with self._lock:
+            stream = self._streams.get(stream_id)
+        if stream is None:
+            raise KeyError(f"no stream {stream_id!r} on this router")
+        return stream
+
+    def _least_loaded(self) -> int:
+        with self._lock:
+            live = [i for i, ok in enumerate(self._alive) if ok]
+            if not live:
+                raise NoReplicaError("every replica of the router is dead")
+            load = {i: 0 for i in live}
+            for s in self._streams.values():
+                if s.replica in load:
+                    load[s.replica] += 1
+            return min(live, key=lambda i: (load[i], i))
