@@ -4,7 +4,7 @@
     python benchmarks/baseline.py --shape qwen2-vl-2b --device cuda  # real architecture, random weights
 
 Full shapes are random-weight models with the exact architecture configs of the released checkpoints: they
-are built, saved with the real Qwen2 tokenizer and loaded back through `livevlm.load_model`, like a download.
+are built, saved with the real Qwen2 tokenizer (and the family's processor config) and loaded back through `livevlm.load_model`, like a download.
 Timings come from `SessionStats` (ViT, stream prefill) and from timing the `ask_ids` iterator (TTFT, decode).
 """
 
@@ -63,7 +63,49 @@ SHAPES: dict[str, dict[str, Any]] = {
                    "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
                    "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2},
     },
+    # config.json of llava-hf/llava-onevision-qwen2-0.5b-ov-hf (SigLIP-so400m without its last layer + Qwen2-0.5B)
+    "llava-onevision-0.5b": {
+        "family": "llava_onevision",
+        "text": {**_TEXT, "model_type": "qwen2", "vocab_size": 152000, "hidden_size": 896,
+                 "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                 "num_key_value_heads": 2, "max_position_embeddings": 32768,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}},
+        "vision": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                   "num_hidden_layers": 26, "num_attention_heads": 16, "image_size": 384, "patch_size": 14,
+                   "vision_use_head": False},
+        "extra": {"vision_feature_layer": -1, "vision_feature_select_strategy": "full",
+                  "image_token_index": 151646, "video_token_index": 151647},
+    },
+    # config.json of HuggingFaceTB/SmolVLM2-2.2B-Instruct (Idefics3: SigLIP 384 px + pixel shuffle 3 + Llama);
+    # the image token id is the offline stand-in tokenizer's (livevlm.models.tokenizer.build_smolvlm_tokenizer)
+    "smolvlm2-2.2b": {
+        "family": "smolvlm",
+        "tie": False,
+        "text": {"model_type": "llama", "vocab_size": 49280, "hidden_size": 2048, "intermediate_size": 8192,
+                 "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 32,
+                 "max_position_embeddings": 16384, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 130000.0},
+                 "bos_token_id": 49153, "eos_token_id": 49158, "pad_token_id": 49154},
+        "vision": {"model_type": "smolvlm_vision", "hidden_size": 1152, "intermediate_size": 4304,
+                   "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
+        "extra": {"scale_factor": 3, "image_token_id": 49156},
+    },
+    # config.json of Qwen/Qwen3-VL-2B-Instruct (DeepStack from vision blocks 5, 11, 17; interleaved M-RoPE)
+    "qwen3-vl-2b": {
+        "family": "qwen3_vl",
+        "text": {**_TEXT, "model_type": "qwen3_vl_text", "hidden_size": 2048, "intermediate_size": 6144,
+                 "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+                 "max_position_embeddings": 262144,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                     "mrope_interleaved": True}},
+        "vision": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                   "hidden_act": "gelu_pytorch_tanh", "in_channels": 3, "patch_size": 16, "spatial_merge_size": 2,
+                   "temporal_patch_size": 2, "out_hidden_size": 2048, "num_position_embeddings": 2304,
+                   "deepstack_visual_indexes": [5, 11, 17]},
+    },
 }
+_CLASSES = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "llava_onevision": "LlavaOnevision",
+            "smolvlm": "SmolVLM", "qwen3_vl": "Qwen3VL"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -72,21 +114,23 @@ def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> Non
     import transformers
     from transformers.initialization import no_init_weights
 
-    from livevlm.models.tokenizer import build_qwen2_tokenizer
+    from livevlm.models.tiny import save_processing
 
     spec = SHAPES[shape]
-    prefix = "Qwen2_5_VL" if spec["family"] == "qwen2_5_vl" else "Qwen2VL"
+    prefix = _CLASSES[spec["family"]]
     config = getattr(transformers, f"{prefix}Config")(text_config=spec["text"], vision_config=spec["vision"],
-                                                      tie_word_embeddings=True, **TOKEN_IDS)
+                                                      tie_word_embeddings=spec.get("tie", True),
+                                                      **spec.get("extra", TOKEN_IDS))
     torch.set_default_dtype(DTYPES[dtype])
     with torch.device(device), no_init_weights():  # skip torch's + HF's init passes over billions of weights
         model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
-    model.tie_weights()  # no_init_weights also skips the embedding <-> lm_head tying
+    if spec.get("tie", True):
+        model.tie_weights()  # no_init_weights also skips the embedding <-> lm_head tying
     with torch.no_grad():  # one cheap pass instead; values do not change the cost, NaN/denormal garbage might
         for name, p in model.named_parameters():
             p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)
     model.save_pretrained(path)
-    build_qwen2_tokenizer().save_pretrained(path)
+    save_processing(Path(path), spec["family"], config)
 
 
 def default_video() -> Path:

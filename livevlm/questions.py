@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -249,10 +249,11 @@ class QuestionsMixin:
         cache = self._kv.answer_view(state.snapshot, queries)  # query-time KV selection
         chunks, max_pos = state.chunks, state.max_position
         if state.pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
-            chunk = self._encode(state.pending, chunks, None)
-            self.adapter.forward(chunk.embeds, chunk.positions, cache)
-            chunks, max_pos = chunks + 1, max(max_pos, int(chunk.positions.max()))
-        start = self.adapter.text_start_after_video(self._place0, chunks, self._grid_hw)
+            chunk = self._encode(state.pending, chunks, None, max_pos + 1)
+            self.adapter.forward(*chunk.with_text(), cache)
+            chunks, max_pos = chunks + 1, max(max_pos, chunk.last_position)
+        place = replace(self._place0, start=max_pos + 1)
+        start = self.adapter.text_start_after_video(place, chunks, self._grid_hw)
         logits = self.adapter.forward(question, self.adapter.text_positions(start, len(suffix)), cache)
         return logits, cache, max(max_pos, start + len(suffix) - 1) + 1
 

@@ -13,21 +13,57 @@ import torch
 
 
 @dataclass
+class ChunkText:
+    """Text a model's prompt puts around one chunk's visual tokens (a timestamp, image delimiters), embedded and
+    placed by the adapter: prefilled with the chunk, never pruned."""
+
+    before: torch.Tensor  # (B, D) embeds
+    before_positions: torch.Tensor  # (P, B) long, P = rows of the family's position ids
+    after: torch.Tensor  # (A, D)
+    after_positions: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.before.shape[0] + self.after.shape[0])
+
+
+@dataclass
 class VisualChunk:
     """Visual tokens of one temporal patch (`frames_per_chunk` frames) with their 3D (t, h, w) positions."""
 
-    embeds: torch.Tensor  # (N, D) in the LLM's embedding space
-    positions: torch.Tensor  # (3, N) long: M-RoPE (t, h, w) ids, absolute in the stream
+    embeds: torch.Tensor  # (N, D) in the LLM's embedding space; (N, D * (1 + k)) where a family packs k per-layer
+    # features per token (Qwen3-VL DeepStack) as extra columns, so pruners keep and merge them with the same index
+    positions: torch.Tensor  # (3, N) long: M-RoPE (t, h, w) ids, absolute in the stream; (1, N) for 1-D families
     grid_thw: tuple[int, int, int]  # LLM-side grid (t=1, h, w) after spatial merge
     pts_seconds: tuple[float, ...]  # timestamps of the frames it covers
     encode_seconds: float = 0.0
     changed: torch.Tensor | None = None  # (N,) bool from the feature cache: token recomputed (None: all new)
     kept_index: torch.Tensor | None = None  # (N_kept,) long, set by a pruner: rows kept of the full chunk
+    text: ChunkText | None = None  # the prompt's text around the visual tokens, for families that have it
     attention: tuple[torch.Tensor, ...] | None = None  # per requested ViT layer: (N,) attention received
 
     @property
     def num_tokens(self) -> int:
         return int(self.embeds.shape[0])
+
+    @property
+    def last_position(self) -> int:
+        """The highest position the chunk occupies, text included."""
+        last = int(self.positions.max()) if self.positions.numel() else -1
+        if self.text is not None and self.text.after.shape[0]:
+            last = max(last, int(self.text.after_positions.max()))
+        return last
+
+    def with_text(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeds, positions) to prefill: the text before, the (kept) visual tokens, the text after."""
+        t = self.text
+        if t is None:
+            return self.embeds, self.positions
+        pad = self.embeds.shape[1] - t.before.shape[1]  # zero columns where a family packs per-layer features
+        before, after = (torch.nn.functional.pad(x.to(self.embeds.dtype), (0, pad)) for x in (t.before, t.after))
+        embeds = torch.cat([before, self.embeds, after])
+        positions = torch.cat([t.before_positions, self.positions.to(t.before_positions.device), t.after_positions], 1)
+        return embeds, positions
 
 
 @dataclass(frozen=True)
@@ -37,6 +73,9 @@ class ChunkPlace:
     index: int
     offset: int
     seconds_per_chunk: float
+    start: int = -1
+    """The first free position after everything placed before (prompt, earlier chunks and their text): where
+    families whose positions count tokens (1-D, timestamped M-RoPE) put the chunk; -1 where not known."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
     0. admit    the pruner may refuse a near-duplicate patch before the ViT (dedup): nothing encoded or stored
     1. encode   adapter.preprocess ─► ViT cache (wraps the model's vision encoder) ─► embeds
-                adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions)
+                adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions, [text around it])
     2. prune    the strategy keeps the salient tokens at their original positions
     3. forward  adapter.forward(kept tokens) on kv.ingest_view(): what the policy lets a chunk attend to
     4. commit   kv.commit(view): the store keeps the chunk's KV (tiers, summaries, window)
@@ -37,6 +37,7 @@ from .kernels import backend as kernel_backends
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
 from .questions import QuestionsMixin
+from .records import ChunkText
 from .session_config import SessionConfig, SessionStats
 from .session_snapshot import SnapshotMixin
 from .standing import StandingMixin, StandingQueries
@@ -132,11 +133,11 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             frames, self._pending = self._pending, []  # a failed encode must not leave a stuck, overfull patch
             if not self._pruner.admit([f.data for f in frames]) and self._no_tokens is not None:
                 return self._skip(frames, self._stats.chunks)  # 0. a near-duplicate patch: no ViT, no token
-            chunk = self._encode(frames, self._stats.chunks, self._feature_cache)  # 1. encode
-            self._max_position = max(self._max_position, int(chunk.positions.max()))
+            chunk = self._encode(frames, self._stats.chunks, self._feature_cache, self._max_position + 1)  # 1.
+            self._max_position = max(self._max_position, chunk.last_position)
             kept = self._pruner(chunk)  # 2. prune
             if kept.num_tokens:  # 3. forward on the store's view, 4. commit
-                self._prefill(kept.embeds, kept.positions, pts_seconds=chunk.pts_seconds)
+                self._prefill(*kept.with_text(), pts_seconds=chunk.pts_seconds)
             s = self._stats
             s.chunks += 1
             s.visual_tokens += chunk.num_tokens
@@ -146,7 +147,9 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
     def _skip(self, frames: list[Frame], index: int) -> VisualChunk:
         """A patch the pruner refused before the encoder: its positions advance the stream, nothing is stored."""
         h, w = self._grid_hw
-        positions = self.adapter.video_positions(replace(self._place0, index=index), h, w)
+        positions = self.adapter.video_positions(
+            replace(self._place0, index=index, start=self._max_position + 1), h, w
+        )
         self._max_position = max(self._max_position, int(positions.max()))
         self._stats.chunks += 1
         self._chunk_done.notify_all()
@@ -315,7 +318,8 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)
         self._stats.seconds.prefill = 0.0  # the system prompt is set-up, not stream work
 
-    def _encode(self, frames: list[Frame], index: int, feature_cache: Any) -> VisualChunk:
+    def _encode(self, frames: list[Frame], index: int, feature_cache: Any, first: int) -> VisualChunk:
+        """Encode one temporal patch as chunk `index`, its text (if the family has any) from position `first`."""
         batch = np.stack([f.data for f in frames])
         if len(frames) < self.adapter.frames_per_chunk:
             pad = self.adapter.frames_per_chunk - len(frames)
@@ -331,7 +335,14 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         else:
             embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)
-        positions = self.adapter.video_positions(replace(self._place0, index=index), h, w)
+        place = replace(self._place0, index=index, start=first)
+        before, after = self.adapter.chunk_text_ids(place, tuple(f.pts_seconds for f in frames))
+        positions = self.adapter.video_positions(replace(place, start=first + len(before)), h, w)
+        text = None
+        if before or after:
+            after_start = int(positions.max()) + 1 if positions.numel() else first + len(before)
+            text = ChunkText(self.adapter.embed_ids(before), self.adapter.text_positions(first, len(before)),
+                             self.adapter.embed_ids(after), self.adapter.text_positions(after_start, len(after)))
         chunk = VisualChunk(
             embeds=embeds.to(self.adapter.dtype),
             positions=positions,
@@ -339,6 +350,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             pts_seconds=tuple(f.pts_seconds for f in frames),
             encode_seconds=time.perf_counter() - start,
             changed=changed,
+            text=text,
             attention=attention,
         )
         with self._lock:

@@ -64,7 +64,7 @@ def test_unsupported_architecture(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(tmp_path)
-    with pytest.raises(ModelLoadError, match="gpt2.*supported: qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(ModelLoadError, match="gpt2.*supported: llava_onevision, qwen2_5_vl, qwen2_vl, qwen3_vl, smolvlm"):
         load_model(tmp_path)
 
 

@@ -63,6 +63,9 @@ class VisionRunner(Protocol):
         """A block's cached keys / values rebuilt from the tensors its dataclass fields held (a restore)."""
         ...
 
+    # Optional: `taps`, blocks whose outputs the merge also reads (Qwen3-VL's DeepStack); then merge is called
+    # with `taps=[output of block i for i in taps]` as well.
+
 
 @dataclass
 class _Reference:
@@ -171,7 +174,7 @@ class TokenRecomputeCache(FeatureCacheBase):
         self, pixels: torch.Tensor, grid: tuple[int, int, int], layout: Any, x0: torch.Tensor, reason: str
     ) -> tuple[torch.Tensor, None]:
         x, state = self.runner.full(x0, layout)
-        merged = self.runner.merge(x, layout)
+        merged = self._merge(x, layout, None, state.outputs)
         self._ref = _Reference(
             grid=grid,
             layout=layout,
@@ -199,6 +202,8 @@ class TokenRecomputeCache(FeatureCacheBase):
         cap = math.ceil(c.budget * n)
         touched = torch.zeros(n, dtype=torch.bool, device=x.device)
         counts = []
+        taps = set(getattr(runner, "taps", ()))
+        tapped: dict[int, torch.Tensor] = {}
         for i in range(runner.depth):
             r_in, r_out = ref.inputs[i], ref.outputs[i]
             delta = x - r_in
@@ -213,17 +218,26 @@ class TokenRecomputeCache(FeatureCacheBase):
                 touched[rows] = True
             counts.append(len(rows))
             x = nxt
+            if i in taps:
+                tapped[i] = x
         slots = touched.view(-1, runner.merge_unit).any(dim=1).nonzero()[:, 0]
         changed = torch.zeros(ref.merged.shape[0], dtype=torch.bool, device=x.device)
         if len(slots):
             places = ref.layout.unit_order[slots]
-            ref.merged[places] = runner.merge(x, ref.layout, slots)
+            ref.merged[places] = self._merge(x, ref.layout, slots, tapped)
             changed[places] = True
         ref.pixels = pixels.clone()
         ref.age += 1
         self.stats.chunks_partial += bool(len(slots))
         embeds, _ = self._account("partial" if len(slots) else "reuse", counts, n, ref.merged)
         return embeds, changed
+
+    def _merge(self, x: torch.Tensor, layout: Any, units: torch.Tensor | None, outputs: Any) -> torch.Tensor:
+        """The runner's merge; a runner with `taps` also gets those blocks' outputs (`outputs[i]`)."""
+        taps = getattr(self.runner, "taps", ())
+        if not taps:
+            return self.runner.merge(x, layout, units)
+        return self.runner.merge(x, layout, units, taps=[outputs[i] for i in taps])
 
     def _account(
         self, event: str, counts: list[int], n: int, merged: torch.Tensor

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 
 from ..errors import LivevlmError
+from ..models.tiny import TINY_FAMILIES
 from . import ask, serve, watch
 
 DEFAULT_MODEL_NOTICE = (
@@ -33,7 +34,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sample", help="print the path of the bundled sample clip")
     tiny = sub.add_parser("build-tiny", help="save a tiny random-weight checkpoint (for tests and demos)")
     tiny.add_argument("out")
-    tiny.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen2_vl"])
+    tiny.add_argument("--family", default="qwen2_5_vl", choices=list(TINY_FAMILIES))
     tiny.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -51,9 +51,15 @@ class VideoLMAdapter(Protocol):
         """(h, w) of the LLM-side token grid of a patch grid (after spatial merge)."""
         ...
 
+    def chunk_text_ids(self, place: ChunkPlace, pts_seconds: tuple[float, ...]) -> tuple[list[int], list[int]]:
+        """Token ids the model's prompt puts before and after the visual tokens of the chunk at `place` whose
+        frames have `pts_seconds` (timestamps, image delimiters); ([], []) for none. The session places them
+        from `place.start` and the visual tokens right after the text before."""
+        ...
+
     # positions: the only place they are built
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
-        """(3, h*w) position ids of the visual tokens of the chunk at `place`."""
+        """(P, h*w) position ids of the visual tokens of the chunk at `place` (P = 3 for M-RoPE, 1 for 1-D)."""
         ...
 
     def text_positions(self, start: int, count: int) -> torch.Tensor:

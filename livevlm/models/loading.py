@@ -16,6 +16,9 @@ MODEL_FAMILIES: Registry = Registry("model family", error=ModelLoadError)
 """transformers `model_type` -> the adapter class for that family (imported on first use)."""
 MODEL_FAMILIES.register("qwen2_5_vl", "livevlm.models.qwen_vl:QwenVLAdapter")
 MODEL_FAMILIES.register("qwen2_vl", "livevlm.models.qwen_vl:Qwen2VLAdapter")
+MODEL_FAMILIES.register("llava_onevision", "livevlm.models.llava_onevision:LlavaOnevisionAdapter")
+MODEL_FAMILIES.register("smolvlm", "livevlm.models.smolvlm:SmolVLMAdapter")
+MODEL_FAMILIES.register("qwen3_vl", "livevlm.models.qwen3_vl:Qwen3VLAdapter")
 
 
 def register_model_family(model_type: str, adapter: Any) -> None:
@@ -89,6 +92,12 @@ def _read_json(name: str, filename: str) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def processor_config(name: str) -> dict:
+    """The checkpoint's preprocessor_config.json overlaid with its video_preprocessor_config.json ({} if neither):
+    what its HF processor reads for frame size, mean and std."""
+    return {**_read_json(name, "preprocessor_config.json"), **_read_json(name, "video_preprocessor_config.json")}
 
 
 def _refuse_own_code(name: str) -> None:
@@ -212,5 +221,6 @@ def load_model(
     model = _load_weights(name, config, torch_dtype, device)
     tokenizer = _load_tokenizer(name)
     adapter_cls = MODEL_FAMILIES.load(config.model_type)
-    adapter_kwargs = {**checkpoint_pixel_bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
+    bounds = getattr(adapter_cls, "pixel_bounds", checkpoint_pixel_bounds)  # a family may read them its own way
+    adapter_kwargs = {**bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
     return adapter_cls(model, tokenizer, **adapter_kwargs)

@@ -95,6 +95,24 @@ def _check_frames(frames: np.ndarray) -> None:
         raise FrameError("frames is empty (T == 0)")
 
 
+def resize_normalize(
+    frames: np.ndarray, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 (T, H, W, 3) RGB -> float32 (T, 3, h, w): HF's torchvision-backend resize (bicubic, antialiased, on
+    the uint8 tensor) to `size` when it differs, then the fused rescale + normalize."""
+    _check_frames(frames)
+    height, width = frames.shape[1:3]
+    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
+    if tuple(size) != (height, width):
+        # torchvision's v2 resize, bicubic on a CPU uint8 tensor, calls interpolate on the uint8 tensor itself
+        # (native uint8 kernel: rounds and saturates internally), antialias=True, align_corners=False.
+        video = F.interpolate(video, size=list(size), mode="bicubic", align_corners=False, antialias=True)
+    # HF fuses rescale (1/255) into normalize: mean and std are scaled by 255 in float32, then (x - m) / s.
+    m = (torch.tensor(mean) * 255.0).view(-1, 1, 1)
+    s = (torch.tensor(std) * 255.0).view(-1, 1, 1)
+    return video.to(torch.float32).sub_(m).div_(s)
+
+
 def frames_to_patches(
     frames: np.ndarray, geom: VisionGeometry, size: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, tuple[int, int, int]]:
@@ -109,16 +127,7 @@ def frames_to_patches(
     if h <= 0 or w <= 0 or h % geom.factor or w % geom.factor:
         raise FrameError(f"size {h}x{w} must be positive multiples of factor {geom.factor}")
 
-    video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
-    if (h, w) != (height, width):
-        # torchvision's v2 resize, bicubic on a CPU uint8 tensor, calls interpolate on the uint8 tensor itself
-        # (native uint8 kernel: rounds and saturates internally), antialias=True, align_corners=False.
-        video = F.interpolate(video, size=[h, w], mode="bicubic", align_corners=False, antialias=True)
-
-    # HF fuses rescale (1/255) into normalize: mean and std are scaled by 255 in float32, then (x - m) / s.
-    mean = (torch.tensor(geom.image_mean) * 255.0).view(-1, 1, 1)
-    std = (torch.tensor(geom.image_std) * 255.0).view(-1, 1, 1)
-    video = video.to(torch.float32).sub_(mean).div_(std)
+    video = resize_normalize(frames, (h, w), geom.image_mean, geom.image_std)
 
     tp, p, m = geom.temporal_patch_size, geom.patch_size, geom.merge_size
     if pad := -video.shape[0] % tp:

@@ -45,6 +45,8 @@ class VisionLayout:
     """(M,) merged-token index (output order) of each internal merge-unit slot."""
     masks: tuple[torch.Tensor | None, ...]
     """Per block: (N, N) bool, True where two tokens share a segment; None for one segment."""
+    pos_embeds: torch.Tensor | None = None
+    """(N, D) learned position embeddings interpolated onto the grid (Qwen3-VL), added to the patch embeddings."""
 
     @property
     def num_tokens(self) -> int:
@@ -157,6 +159,8 @@ class QwenVisionRunner:
         """The block MLP's own steps with `linear` for its matmuls (Qwen2-VL fc1/fc2, Qwen2.5-VL gated)."""
         if hasattr(mlp, "fc1"):
             return linear(mlp.fc2, mlp.act(linear(mlp.fc1, x)))
+        if hasattr(mlp, "linear_fc1"):
+            return linear(mlp.linear_fc2, mlp.act_fn(linear(mlp.linear_fc1, x)))
         if hasattr(mlp, "gate_proj"):
             return linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
         return mlp(x)
@@ -254,3 +258,51 @@ class QwenVisionRunner:
             out.append(units[torch.argsort(layout.unit_order)] if self.windowed else units)
         return tuple(out)
 
+
+class Qwen3VisionRunner(QwenVisionRunner):
+    """Qwen3-VL's tower: learned position embeddings interpolated onto the grid (added after the patch embed),
+    no attention windows, and DeepStack mergers over the outputs of blocks `taps`, packed after the main merge
+    as (M, D * (1 + len(taps))), the layout the Qwen3-VL adapter gives a chunk's embeds."""
+
+    def __init__(self, visual: Any, prepack: bool = True) -> None:
+        super().__init__(visual, prepack)
+        self.taps = tuple(int(i) for i in visual.deepstack_visual_indexes)
+
+    def layout(self, grid: tuple[int, int, int]) -> VisionLayout:
+        from dataclasses import replace
+
+        from transformers.vision_utils import get_vision_interpolation_indices_and_weights
+
+        v = self.visual
+        device = v.patch_embed.proj.weight.device
+        indices, weights = get_vision_interpolation_indices_and_weights(
+            torch.tensor([grid], dtype=torch.long, device=device),
+            num_grid_per_side=v.num_grid_per_side,
+            mode=v.interpolation_mode,
+            align_corners=v.interpolation_align_corners,
+            spatial_merge_size=v.config.spatial_merge_size,
+        )
+        pos = (v.pos_embed(indices) * weights[:, :, None]).sum(1)  # the tower's own expression
+        return replace(super().layout(grid), pos_embeds=pos)
+
+    def embed(self, pixels: torch.Tensor, layout: VisionLayout) -> torch.Tensor:
+        x = self.visual.patch_embed(pixels.type(self.visual.dtype))
+        return x + layout.pos_embeds.to(x.dtype)
+
+    def merge(
+        self,
+        x: torch.Tensor,
+        layout: VisionLayout,
+        units: torch.Tensor | None = None,
+        taps: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The main merger over `x` and each DeepStack merger over its block's output (`taps`), side by side."""
+        if taps is None or len(taps) != len(self.taps):
+            raise ValueError(f"Qwen3-VL's merge needs the outputs of blocks {self.taps} (DeepStack)")
+        mergers = [self.visual.merger, *self.visual.deepstack_merger_list]
+        d = x.shape[-1]
+        parts = []
+        for merger, hidden in zip(mergers, [x, *taps], strict=True):
+            rows = hidden if units is None else hidden.reshape(-1, self.merge_unit, d)[units].reshape(-1, d)
+            parts.append(merger(rows))
+        return torch.cat(parts, dim=-1)

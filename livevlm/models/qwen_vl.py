@@ -7,20 +7,18 @@ M-RoPE positions, so later stages can drop or reuse visual tokens while keeping 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..records import ChunkPlace, KVLayout, VisionEncoder
+from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
-from .fingerprint import weights_fingerprint
+from .lm_side import LanguageModelSide
 from .preprocess import VisionGeometry, frames_to_patches, target_size
-from .query_probe import enable_query_probe, probe_queries
 
 
-class QwenVLAdapter:
+class QwenVLAdapter(LanguageModelSide):
     """Qwen2.5-VL (and, via the subclass, Qwen2-VL): vision tower, M-RoPE positions, cached LLM steps."""
 
     family = "qwen2_5_vl"
@@ -37,27 +35,13 @@ class QwenVLAdapter:
         self.frames_per_chunk = self.geometry.temporal_patch_size
         self.merge = self.geometry.merge_size
         self.video_token_id = int(cfg.video_token_id)
-        text_cfg = cfg.get_text_config()
-        self.max_context = int(text_cfg.max_position_embeddings)
-        eos = text_cfg.eos_token_id if text_cfg.eos_token_id is not None else cfg.eos_token_id
-        eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-        eos_ids |= {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
-        self.eos_token_ids = frozenset(int(i) for i in eos_ids if i is not None and i >= 0)
-        self.end_of_turn_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        self.vocab_size = int(text_cfg.vocab_size)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._embed = model.get_input_embeddings()
         self._lm = model.model.language_model
         self._lm_head = model.lm_head
         self._vision_runner: Any = None
-        self._fingerprint: str | None = None
-
-    def fingerprint(self) -> str:
-        """The checkpoint's identity (config and sampled weights), computed once: what snapshots are tied to."""
-        if self._fingerprint is None:
-            self._fingerprint = weights_fingerprint(self.model)
-        return self._fingerprint
+        self._init_text("<|im_end|>")
 
     # -- vision ---------------------------------------------------------------------------------------
     def target_size(
@@ -165,54 +149,6 @@ class QwenVLAdapter:
     def suffix_ids(self, question: str) -> list[int]:
         text = f"<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
-
-    def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
-        with torch.inference_mode():
-            return self._embed(torch.tensor(list(ids), dtype=torch.long, device=self.device))
-
-    def decode_text(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    # -- language model -------------------------------------------------------------------------------
-    def new_cache(self) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config.get_text_config())
-
-    def kv_layout(self) -> KVLayout:
-        """(layers, kv_heads, head_dim), device and dtype of the language model's KV, as values for a store."""
-        text = self.model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        return KVLayout(
-            int(text.num_hidden_layers), int(text.num_key_value_heads), int(head_dim), self.device, self.dtype
-        )
-
-    def enable_query_probe(self) -> None:
-        enable_query_probe(self.model.get_decoder())
-
-    def question_queries(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """(layers, heads, head_dim) mean query states of the question over `cache` (one probed forward)."""
-        with probe_queries() as queries:
-            self.forward(embeds, positions, cache)
-        layers = self.kv_layout().layers
-        return torch.stack([queries[layer][0].float().mean(1) for layer in range(layers)])
-
-    @torch.inference_mode()
-    def forward(
-        self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, all_logits: bool = False
-    ) -> torch.Tensor:
-        out = self._lm(
-            inputs_embeds=embeds[None].to(self.dtype),
-            position_ids=positions.to(self.device)[:, None, :],
-            cache=cache,
-            use_cache=True,
-        )
-        hidden = out.last_hidden_state[0] if all_logits else out.last_hidden_state[0, -1]
-        return self._lm_head(hidden).float()
-
-    def answer_ids(self, text: str) -> list[int]:
-        """Token ids of `text` as the start of an answer, ended by the end-of-turn token (for scoring)."""
-        return list(self.tokenizer(text, add_special_tokens=False).input_ids) + [self.end_of_turn_id]
 
 
 class Qwen2VLAdapter(QwenVLAdapter):

@@ -52,15 +52,54 @@ def _qwen_tiktoken_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
 
 
-def build_qwen2_tokenizer():
-    """Return a `PreTrainedTokenizerFast` equal to Qwen2-VL's, built from local files only (~2 s)."""
+# LLaVA-OneVision (Qwen2 LLM): Qwen2's three special tokens, then its image and video placeholders.
+LLAVA_OV_SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
+
+
+# SmolVLM2's special tokens (SmolLM2 vocabulary); used with the stand-in below.
+SMOLVLM_SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<fake_token_around_image>",
+    "<image>",
+    "<global-img>",
+    "<end_of_utterance>",
+)
+SMOLLM2_RANKS = 49_152  # SmolLM2's BPE vocabulary size
+
+
+def _truncated_ranks(count: int) -> Path:
+    """The first `count` Qwen2 BPE ranks as a tiktoken file (a valid BPE: every token's parts rank lower)."""
+    import tempfile
+
+    lines = _qwen_tiktoken_file().read_text().splitlines()[:count]
+    out = Path(tempfile.mkdtemp(prefix="livevlm-bpe-")) / f"ranks-{count}.tiktoken"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def build_smolvlm_tokenizer():
+    """A stand-in for SmolVLM2's tokenizer, built offline: SmolLM2's vocabulary size (the first 49,152 Qwen2
+    ranks) with SmolVLM's special tokens after them. Real checkpoints ship their own; the adapter resolves
+    every special token by its string, never by a fixed id."""
+    return build_qwen2_tokenizer(SMOLVLM_SPECIAL_TOKENS, chat_template=None, ranks=SMOLLM2_RANKS)
+
+
+def build_qwen2_tokenizer(
+    special_tokens: tuple[str, ...] = QWEN2_VL_SPECIAL_TOKENS,
+    chat_template: str | None = QWEN2_VL_CHAT_TEMPLATE,
+    ranks: int | None = None,
+):
+    """Return a `PreTrainedTokenizerFast` equal to Qwen2-VL's (or, with other `special_tokens` in id order after
+    the BPE ranks, another Qwen2-based family's; `ranks` keeps only the first ones), built offline (~2 s)."""
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     converter = TikTokenConverter(
-        vocab_file=str(_qwen_tiktoken_file()),
+        vocab_file=str(_qwen_tiktoken_file() if ranks is None else _truncated_ranks(ranks)),
         pattern=QWEN2_PATTERN,
-        extra_special_tokens=list(QWEN2_VL_SPECIAL_TOKENS),
+        extra_special_tokens=list(special_tokens),
     )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=converter.converted(),
@@ -71,5 +110,5 @@ def build_qwen2_tokenizer():
         clean_up_tokenization_spaces=False,
         model_max_length=32768,
     )
-    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    tok.chat_template = chat_template
     return tok
