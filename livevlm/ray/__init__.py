@@ -7,7 +7,8 @@
 
 `Replica` (replica.py) holds a model and a `Session` per stream; `Router` (router.py) places streams, snapshots
 them to a shared directory and restores a dead replica's streams on another one (`Router.restores`);
-`RayStreamManager` (serve.py) puts the HTTP server (`livevlm serve --ray`) in front of a router.
+`RayStreamManager` (serve.py) puts the HTTP server (`livevlm serve --ray`) in front of a router;
+`ingest_many` (batch.py) fans a backlog of files out as one Ray task per segment and merges the answers in order.
 """
 
 try:
@@ -15,6 +16,7 @@ try:
 except ImportError as e:  # the extra is not installed
     raise ImportError("livevlm.ray needs Ray: pip install 'livevlm[ray]'") from e
 
+from .batch import SegmentResult, ingest_many
 from .replica import Replica, StreamNotHereError
 from .router import NoReplicaError, RestoreReport, Router, RouterConfig
 from .serve import RayStreamManager, RemoteSession
@@ -27,5 +29,7 @@ __all__ = [
     "RestoreReport",
     "Router",
     "RouterConfig",
+    "SegmentResult",
     "StreamNotHereError",
+    "ingest_many",
 ]
