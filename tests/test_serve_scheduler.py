@@ -65,7 +65,9 @@ def test_questions_go_ahead_of_ingestion():
 
 
 def test_a_running_answer_keeps_the_model_but_ingestion_gets_its_share():
-    scheduler = ModelScheduler(question_burst=4, ingest_wait_s=HANG_GUARD)  # only the turn count falls due
+    scheduler = ModelScheduler(question_burst=4, ingest_share=1e-9)  # only the turn count falls due ...
+    with scheduler.turn("cam"):
+        time.sleep(0.01)  # ... once an ingestion step has a cost (a never-served stream is due at once)
     order: list[str] = []
     tokens = 12
     ingest_started = threading.Event()
@@ -104,8 +106,11 @@ def test_a_running_answer_keeps_the_model_but_ingestion_gets_its_share():
     assert all(r <= 5 for r in runs), order  # ... but no longer than its share allows
 
 
-def test_ingestion_that_waited_long_enough_gets_a_turn_between_slow_tokens():
-    scheduler = ModelScheduler(question_burst=10_000, ingest_wait_s=0.05)  # the turn count never falls due
+@pytest.mark.parametrize(("share", "between_tokens"), [(0.5, True), (1e-9, False)])
+def test_ingestion_gets_its_share_of_time_between_slow_tokens(share, between_tokens):
+    scheduler = ModelScheduler(question_burst=10_000, ingest_share=share)  # the turn count never falls due
+    with scheduler.turn("cam"):
+        time.sleep(0.02)  # an ingestion step costing ~20 ms: at share 0.5 it is due after ~20 ms of answering
     order: list[str] = []
     queued = threading.Event()
 
@@ -131,7 +136,8 @@ def test_ingestion_that_waited_long_enough_gets_a_turn_between_slow_tokens():
     a.join(HANG_GUARD)
     i.join(HANG_GUARD)
     assert order.count("token") == 20
-    assert order.index("cam") < 20  # it went between the answer's tokens, not after the answer
+    # share 0.5: it goes between the answer's tokens; a share of ~0: only after the answer (answers go first)
+    assert (order.index("cam") < 20) == between_tokens
 
 
 def test_a_turn_that_raises_frees_the_model():
@@ -149,5 +155,6 @@ def test_a_turn_that_raises_frees_the_model():
 def test_question_burst_must_be_positive():
     with pytest.raises(ValueError, match="question_burst"):
         ModelScheduler(question_burst=0)
-    with pytest.raises(ValueError, match="ingest_wait_s"):
-        ModelScheduler(ingest_wait_s=0)
+    for share in (0, 1.5):
+        with pytest.raises(ValueError, match="ingest_share"):
+            ModelScheduler(ingest_share=share)

@@ -5,9 +5,11 @@ Threads ask for a turn and run their model work inside it:
     questions  `with scheduler.question():` around a whole answer, and `with scheduler.turn():` per token
 Who goes next when the model frees up:
     1. a question's turn (FIFO among answers), while any answer is running -- answers go ahead of ingestion,
-       but a waiting ingestion step gets one turn after `question_burst` question turns in a row or once it
-       has waited `ingest_wait_s` (whichever comes first: turns are cheap on a GPU, slow on a CPU), so a
-       steady stream of questions slows ingestion down without stopping it;
+       but a waiting ingestion step gets one turn after `question_burst` question turns in a row, or once
+       answers have held the model long enough since the last ingestion turn that ingestion's share of the
+       time would fall below `ingest_share` (an ingestion step costing d seconds waits d * (1 - share) / share
+       of answering: turns are cheap on a GPU and slow on a CPU), so a steady stream of questions slows
+       ingestion down without stopping it;
     2. otherwise the waiting stream served longest ago (round-robin: no stream starves).
 A stream whose ingestion waits here falls behind its source; its bounded buffer then drops frames by its
 policy (keep the latest) and says so in its stats. Lock order: a turn is taken before a session's lock,
@@ -45,19 +47,20 @@ class SchedulerStats:
 class ModelScheduler:
     """A fair, priority lock around the shared model (see the module docstring for the rules)."""
 
-    def __init__(self, question_burst: int = 16, ingest_wait_s: float = 1.0) -> None:
+    def __init__(self, question_burst: int = 16, ingest_share: float = 0.2) -> None:
         if question_burst < 1:
             raise ValueError(f"question_burst must be >= 1, got {question_burst}")
-        if not ingest_wait_s > 0:
-            raise ValueError(f"ingest_wait_s must be > 0, got {ingest_wait_s}")
+        if not 0 < ingest_share <= 1:
+            raise ValueError(f"ingest_share must be in (0, 1], got {ingest_share}")
         self.question_burst = question_burst
-        self.ingest_wait_s = ingest_wait_s
+        self.ingest_share = ingest_share
+        self._ingest_cost = 0.0  # seconds the last ingestion turn held the model
+        self._ingest_end = 0.0  # when it ended (monotonic)
         self._cond = threading.Condition()
         self._busy = False
         self._tickets = itertools.count()
         self._questions: list[int] = []  # tickets of waiting question turns, FIFO
         self._ingest: dict[int, str] = {}  # ticket -> stream id of waiting ingestion turns
-        self._ingest_since: dict[int, float] = {}  # ticket -> when it started waiting
         self._last_served: dict[str, int] = {}  # stream id -> grant number of its last turn
         self._grants = itertools.count(1)
         self._answers = 0
@@ -86,11 +89,10 @@ class ModelScheduler:
                 self._questions.append(ticket)
             else:
                 self._ingest[ticket] = stream_id
-                self._ingest_since[ticket] = time.monotonic()
             self._cond.notify_all()  # a new waiter can change who goes next (an ingestion share falling due)
             try:
                 while not (not self._busy and self._next() == ticket):
-                    self._cond.wait(self.ingest_wait_s / 2)  # time-based shares fall due without a notify
+                    self._cond.wait(0.05)  # a time share falls due without a notify
             except BaseException:
                 self._forget(ticket)
                 self._cond.notify_all()
@@ -104,14 +106,17 @@ class ModelScheduler:
         finally:
             with self._cond:
                 self._busy = False
-                self._stats.busy_seconds += time.perf_counter() - start
+                held = time.perf_counter() - start
+                self._stats.busy_seconds += held
+                if stream_id is not None:
+                    self._ingest_cost, self._ingest_end = held, time.monotonic()
                 self._cond.notify_all()
 
     def _next(self) -> int | None:
         """The ticket that goes next (called under the condition's lock)."""
         share_due = bool(self._ingest) and (
             self._burst >= self.question_burst
-            or time.monotonic() - min(self._ingest_since.values()) >= self.ingest_wait_s
+            or time.monotonic() - self._ingest_end >= self._ingest_cost * (1 - self.ingest_share) / self.ingest_share
         )
         if self._questions and not share_due:
             return self._questions[0]
@@ -127,7 +132,6 @@ class ModelScheduler:
     def _forget(self, ticket: int) -> None:
         if ticket in self._ingest:
             del self._ingest[ticket]
-            del self._ingest_since[ticket]
         elif ticket in self._questions:
             self._questions.remove(ticket)
 
