@@ -27,6 +27,19 @@ class LanguageModelSide:
     _lm: Any
     _lm_head: Any
 
+    def _bind_language_model(
+        self, language_model: Any, end_of_turn: str, extra_eos: Sequence[str] = ("<|endoftext|>",)
+    ) -> None:
+        """The LLM half of `self.model` every adapter sets the same way: device, dtype, embeddings, decoder
+        (`language_model`), head, no vision runner yet; then the end tokens (`_init_text`)."""
+        first = next(self.model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self._embed = self.model.get_input_embeddings()
+        self._lm = language_model
+        self._lm_head = self.model.lm_head
+        self._vision_runner: Any = None
+        self._init_text(end_of_turn, extra_eos)
+
     def _init_text(self, end_of_turn: str, extra_eos: Sequence[str] = ("<|endoftext|>",)) -> None:
         """End tokens (the checkpoint's eos, the end-of-turn token and `extra_eos`), context and vocab sizes."""
         cfg, tok = self.model.config, self.tokenizer

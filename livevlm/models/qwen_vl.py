@@ -35,13 +35,7 @@ class QwenVLAdapter(LanguageModelSide):
         self.frames_per_chunk = self.geometry.temporal_patch_size
         self.merge = self.geometry.merge_size
         self.video_token_id = int(cfg.video_token_id)
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        self._embed = model.get_input_embeddings()
-        self._lm = model.model.language_model
-        self._lm_head = model.lm_head
-        self._vision_runner: Any = None
-        self._init_text("<|im_end|>")
+        self._bind_language_model(model.model.language_model, "<|im_end|>")
 
     # -- vision ---------------------------------------------------------------------------------------
     def target_size(

@@ -92,13 +92,7 @@ class SmolVLMAdapter(LinearPositions, LanguageModelSide):
         self.grid = (1, g, g)
         self.shuffled = (g // self.scale, g // self.scale)
         self.video_token_id = int(cfg.image_token_id)  # frames are images to this model
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        self._embed = model.get_input_embeddings()
-        self._lm = model.model.text_model
-        self._lm_head = model.lm_head
-        self._vision_runner: Any = None
-        self._init_text("<end_of_utterance>", extra_eos=("<|im_end|>", "<|endoftext|>"))
+        self._bind_language_model(model.model.text_model, "<end_of_utterance>", extra_eos=("<|im_end|>", "<|endoftext|>"))
 
     # -- vision ---------------------------------------------------------------------------------------
     def target_size(
