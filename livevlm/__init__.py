@@ -1,9 +1,10 @@
 """livevlm: a streaming runtime for video language models.
 
-from livevlm import Session
+from livevlm import Session, summarize
 session = Session("path/or/hub-id")        # None: the bundled default model
 session.ingest("clip.mp4")                 # or session.push(frame_array) from your own loop
 print("".join(session.ask("What happened?")))
+summarize("long.mp4", out="long.md")     # chapters and a summary, in one bounded pass
 """
 
 from .errors import (
@@ -18,7 +19,9 @@ from .errors import (
     LivevlmError,
     ModelLoadError,
     NotAVideoError,
+    OutputError,
     QuestionError,
+    ResumeError,
     SessionClosedError,
     SourceConnectionError,
     SourceDisconnectedError,
@@ -31,6 +34,7 @@ from .models import load_model
 from .session import Session, SessionConfig, SessionStats
 from .standing import StandingEvent, StandingQuery
 from .stream import FileSource, FileSourceConfig, Frame, PushSource, open_source
+from .summary import SummarizeOptions, Summary, summarize
 
 __version__ = "0.1.0"
 
@@ -49,8 +53,10 @@ __all__ = [
     "LivevlmError",
     "ModelLoadError",
     "NotAVideoError",
+    "OutputError",
     "PushSource",
     "QuestionError",
+    "ResumeError",
     "Session",
     "SessionClosedError",
     "SessionConfig",
@@ -62,8 +68,11 @@ __all__ = [
     "SourceTimeoutError",
     "StandingEvent",
     "StandingQuery",
+    "SummarizeOptions",
+    "Summary",
     "UnboundedSourceError",
     "__version__",
     "load_model",
     "open_source",
+    "summarize",
 ]

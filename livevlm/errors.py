@@ -83,3 +83,12 @@ class AnswerIncompleteError(LivevlmError):
 class SnapshotError(LivevlmError):
     """A session snapshot that cannot be written or read back: missing, corrupt or truncated, of another
     format version, or taken with another model (weights, dtype) than the one it is restored onto."""
+
+
+class OutputError(LivevlmError, OSError):
+    """An output file (or the resume state beside it) cannot be written: no such folder, not a folder, denied."""
+
+
+class ResumeError(LivevlmError):
+    """Resume state that does not belong to this run (another video, other settings or model), or a run's
+    state found where a new run would overwrite it without `--resume`."""

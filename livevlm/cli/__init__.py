@@ -1,5 +1,5 @@
 """The `livevlm` command: `ask VIDEO QUESTION` answers about a file; `watch SOURCE` answers while watching;
-`serve` answers over HTTP for many streams.
+`summarize VIDEO` writes chapters and a summary of a long file; `serve` answers over HTTP for many streams.
 
 Each subcommand lives in its own module with `add_parser(sub)` and `run(args)`; the session flags are
 generated once from `SessionConfig` (`livevlm.cli.flags`).
@@ -16,14 +16,14 @@ from collections.abc import Sequence
 
 from ..errors import LivevlmError
 from ..models.tiny import TINY_FAMILIES
-from . import ask, serve, watch
+from . import ask, serve, summarize, watch
 
 DEFAULT_MODEL_NOTICE = (
     "note: no --model given, using the bundled default: a 4.9M-parameter Qwen2.5-VL trained on synthetic "
     "clips of coloured shapes; it answers questions about colours, shapes, counts and order of such shapes "
     "(see README) and nothing else"
 )
-COMMANDS = {"ask": ask, "watch": watch, "serve": serve}
+COMMANDS = {"ask": ask, "watch": watch, "summarize": summarize, "serve": serve}
 
 
 def _build_parser() -> argparse.ArgumentParser:
