@@ -7,6 +7,8 @@ Only the vision tower is built (random weights at the released architecture; com
 weight values). Per chunk (one temporal patch = 2 frames) the tower's own full forward and every preset's
 cached encode run back to back, so the time ratio is taken in the same run under the same machine load.
 Cosine: per merged token, cached vs full features of the same chunk, averaged over tokens and chunks.
+Reference row `reuse` (plain reuse, no cache logic): the first chunk computed, every later chunk handed the
+previous chunk's full features as they are; a preset is worth its work only when its cosine is above it.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[s
     caches = {p: build_feature_cache(p, tower.vision_encoder()) for p in presets}
     full_s: list[float] = []
     full_cpu: list[float] = []
-    stale: list[float] = []  # cosine of simply re-using the previous chunk's features: the reference point
+    reuse: list[torch.Tensor] = []  # per token: the previous chunk's features reused (first chunk: computed)
     prev = None
     rows: dict[str, dict[str, list[float]]] = {p: {"s": [], "cpu": [], "cos": [], "min": []} for p in presets}
     runs = ["full", *presets]
@@ -167,8 +169,7 @@ def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[s
                     rows[run]["s"].append(wall)
                     rows[run]["cpu"].append(cpu)
         full = results["full"]
-        if prev is not None:
-            stale.append(float(torch.nn.functional.cosine_similarity(prev, full, dim=-1).mean()))
+        reuse.append(torch.nn.functional.cosine_similarity(full if prev is None else prev, full, dim=-1))
         prev = full
         for p in presets:
             cos = torch.nn.functional.cosine_similarity(results[p], full, dim=-1)
@@ -180,7 +181,12 @@ def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[s
         "chunks": len(full_s),
         "full_seconds": sum(full_s),
         "full_cpu_seconds": sum(full_cpu),
-        "stale_cosine_mean": float(np.mean(stale)) if stale else None,
+        "stale_cosine_mean": float(np.mean([float(c.mean()) for c in reuse[1:]])) if len(reuse) > 1 else None,
+        "reuse": {
+            "cosine_mean": float(np.mean([float(c.mean()) for c in reuse])),
+            "cosine_min_chunk": float(min(float(c.mean()) for c in reuse)),
+            "cosine_min_token": float(min(float(c.min()) for c in reuse)),
+        },
         "presets": {},
     }
     for p, r in rows.items():
@@ -193,6 +199,7 @@ def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[s
             "cpu_time_ratio": sum(r["cpu"]) / sum(full_cpu),
             "recompute_fraction": st.recompute_fraction,
             "cosine_mean": float(np.mean(r["cos"])),
+            "cosine_vs_reuse": float(np.mean(r["cos"])) - out["reuse"]["cosine_mean"],
             "cosine_min_chunk": float(np.min(r["cos"])),
             "cosine_min_token": float(np.min(r["min"])),
             "seconds": sum(r["s"]),
@@ -204,21 +211,28 @@ def run_clip(tower: VisionTower, clip: np.ndarray, presets: list[str]) -> dict[s
 def print_table(result: dict[str, Any]) -> None:
     head = (
         f"{'clip':<18} {'preset':<9} {'full s':>7} {'cached s':>8} {'ratio':>6} {'speedup':>7} {'steady':>6} "
-        f"{'cpu ratio':>9} {'tokens':>6} {'cos mean':>8} {'cos min':>7} {'stale cos':>9} {'full/reuse/part':>15}"
+        f"{'cpu ratio':>9} {'tokens':>6} {'cos mean':>8} {'cos min':>7} {'vs reuse':>8} "
+        f"{'full/reuse/part/backoff':>23}"
     )
     for tower in result["towers"]:
         print(f"\n{tower['family']} ({result['shape']}, {tower['dtype']}, threads {result['torch_threads']})")
         print(head)
         print("-" * len(head))
         for name, clip in tower["clips"].items():
+            ref = clip["reuse"]
+            print(
+                f"{name:<18} {'reuse':<9} {'':>7} {'':>8} {'':>6} {'':>7} {'':>6} {'':>9} {0:6.3f} "
+                f"{ref['cosine_mean']:8.4f} {ref['cosine_min_chunk']:7.4f} {0:8.4f} {'(reference)':>23}"
+            )
             for p, r in clip["presets"].items():
                 s = r["stats"]
-                events = f"{s['full_encodes']}/{s['chunks_reused']}/{s['chunks_partial']}"
+                backoff = s.get("chunks_backoff", 0)
+                events = f"{s['full_encodes']}/{s['chunks_reused']}/{s['chunks_partial']}/{backoff}"
                 print(
                     f"{name:<18} {p:<9} {clip['full_seconds']:7.2f} {r['seconds']:8.2f} {r['time_ratio']:6.3f} "
                     f"{r['speedup']:6.2f}x {r['speedup_steady']:5.2f}x {r['cpu_time_ratio']:9.3f} "
                     f"{r['recompute_fraction']:6.3f} {r['cosine_mean']:8.4f} {r['cosine_min_chunk']:7.4f} "
-                    f"{clip['stale_cosine_mean']:9.4f} {events:>15}"
+                    f"{r['cosine_vs_reuse']:+8.4f} {events:>23}"
                 )
 
 
@@ -287,7 +301,16 @@ def main() -> None:
         "loadavg_1m_after": os.getloadavg()[0],
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    below = [
+        f"{t['family']}/{clip_name}/{p}"
+        for t in towers
+        for clip_name, clip in t["clips"].items()
+        for p, r in clip["presets"].items()
+        if r["cosine_vs_reuse"] <= 0
+    ]
+    result["presets_at_or_below_reuse"] = below
     print_table(result)
+    print(f"\npresets at or below plain reuse: {', '.join(below) if below else 'none'}")
     out = args.out or Path(__file__).resolve().parent / "results" / f"vit_cache-{args.shape}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -129,6 +129,7 @@ def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def test_budget_caps_tokens_per_block(tiny_adapters, family):
     adapter = tiny_adapters[family]
     cfg = ViTCacheConfig("balanced", threshold=0.0001, budget=0.1, drift_limit=1.0, cut_fraction=1.0)
+    cfg.backoff = 0  # every token moves: without this the pan backoff would skip the partial passes
     cache = build_feature_cache(cfg, adapter.vision_encoder())
     chunks = chunks_of(adapter, clip_frames("bikes", 6))
     cap = int(np.ceil(0.1 * chunks[0][0].shape[0]))
@@ -250,3 +251,85 @@ def test_partial_recompute_backends_agree(tiny_checkpoints, prepack):
         embeds, _ = cache.encode(pixels, grid)
         assert float(cosine(embeds, full_encode(adapter, pixels, grid)).mean()) > 0.9
     assert cache.stats.chunks_partial == 2
+
+
+def panning_frames(n: int, width: int = 320) -> np.ndarray:
+    """A camera panning over a real still (bigbuckbunny, 1280 px wide) from its left edge to its right edge:
+    every pixel changes every frame."""
+    still = clip_frames("bigbuckbunny", 1)[0]
+    step = (still.shape[1] - width) // (n - 1)
+    return np.stack([still[:, i * step : i * step + width] for i in range(n)])
+
+
+def encode_all(cache, adapter, chunks):
+    """Per chunk: (the cache's features, the full encode's, the cache's last event)."""
+    out = []
+    for pixels, grid in chunks:
+        embeds, _ = cache.encode(pixels, grid)
+        out.append((embeds, full_encode(adapter, pixels, grid), cache.stats.last_event))
+    return out
+
+
+def test_pan_backs_off_to_dense_then_resumes_on_a_still_scene(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    pan = panning_frames(12)
+    still = np.repeat(pan[-1:], 6, axis=0)
+    still = np.clip(still.astype(int) + np.random.default_rng(0).integers(-2, 3, still.shape), 0, 255)
+    chunks = chunks_of(adapter, np.concatenate([pan, still.astype(np.uint8)]))
+    config = ViTCacheConfig("balanced", backoff=1, backoff_max=2)
+    cache = build_feature_cache(config, adapter.vision_encoder())
+    runs = encode_all(cache, adapter, chunks)
+    events = [e for _, _, e in runs]
+    # a busy chunk is refreshed; a busy one right after it is a pan: dense for 1, then 2 (the cap) chunks per probe
+    assert events[0] == "full:start" and events[1] in ("full:cut", "full:drift")
+    assert events[2:6] == ["full:pan", "full:backoff", "full:pan", "full:backoff"]
+    assert events[6:8] == ["full:backoff", "full:resume"]  # the probe on the still scene finds reuse
+    assert events[8] in ("partial", "reuse")
+    s = cache.stats
+    assert (s.pans, s.chunks_backoff, s.full_encodes) == (2, 3, 8)
+    for embeds, full, event in runs[:8]:  # dense chunks are the model's own encode, bit for bit
+        assert torch.equal(embeds, full), event
+    assert float(cosine(*runs[8][:2]).mean()) > 0.95
+
+
+def test_backoff_zero_detects_every_chunk_and_stays_exact(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    chunks = chunks_of(adapter, panning_frames(8))
+    cache = build_feature_cache(ViTCacheConfig("fast", backoff=0), adapter.vision_encoder())
+    runs = encode_all(cache, adapter, chunks)
+    events = [e for _, _, e in runs]  # the detection path on every chunk, each refreshing
+    assert events[0] == "full:start" and set(events[1:]) <= {"full:cut", "full:drift"}
+    assert cache.stats.pans == cache.stats.chunks_backoff == 0 and cache.stats.refreshes == 3
+    for embeds, full, _ in runs:
+        assert torch.equal(embeds, full)
+
+
+def test_lossless_stays_exact_on_a_pan(tiny_adapters, family):
+    adapter = tiny_adapters[family]
+    cache = build_feature_cache("lossless", adapter.vision_encoder())
+    for embeds, full, event in encode_all(cache, adapter, chunks_of(adapter, panning_frames(8))):
+        assert torch.equal(embeds, full) and event.startswith("full:")
+    assert cache.stats.full_encodes == 4
+
+
+def test_restored_cache_continues_a_backoff(tiny_adapters):
+    adapter = tiny_adapters["qwen2_vl"]
+    chunks = chunks_of(adapter, panning_frames(16))
+    config = ViTCacheConfig("balanced", backoff=2)
+    a = build_feature_cache(config, adapter.vision_encoder())
+    for pixels, grid in chunks[:4]:
+        a.encode(pixels, grid)
+    assert a.stats.last_event == "full:backoff"  # start, cut, pan, backoff: one more chunk to skip
+    b = build_feature_cache(config, adapter.vision_encoder())
+    b.load_state(a.state_dict(), "cpu")
+    for pixels, grid in chunks[4:]:
+        ea, eb = a.encode(pixels, grid)[0], b.encode(pixels, grid)[0]
+        assert torch.equal(ea, eb) and a.stats.last_event == b.stats.last_event
+    assert b.stats.pans == a.stats.pans == 2 and b.stats.chunks_backoff == a.stats.chunks_backoff == 4
+
+
+def test_backoff_config_validation():
+    assert (ViTCacheConfig("balanced").backoff, ViTCacheConfig("fast").backoff_max) == (1, 8)
+    for bad in ({"backoff": -1}, {"backoff": 4, "backoff_max": 2}, {"backoff_max": 1.5}):
+        with pytest.raises(ConfigError):
+            ViTCacheConfig(**bad)

@@ -3,6 +3,7 @@
 Per stream it keeps, for every block l and token i, the input the token was last computed from (R), its
 block output then (O) and its rotated key / value (K, V). A chunk then runs:
 
+    backing off (a pan) ─► the model's own encode, no detection (see below)
     pixels bit-identical to the last chunk ─► the last features, nothing computed
     x = embed(pixels)
     refresh? first chunk, new grid, scene cut, age, drift ─► full pass (exact), state replaced
@@ -14,6 +15,13 @@ block output then (O) and its rotated key / value (K, V). A chunk then runs:
                                                         (frame, or Qwen2.5-VL window): fresh K/V for S,
                                                         cached K/V for the rest; then R, O, K, V of S updated
     merger for merge units with a recomputed token; the cached merged features for the others
+
+Backoff (a pan): when a chunk is a scene cut or more than `pan_fraction` of its patch embeddings moved over
+`threshold` since the last chunk (busy), twice in a row, nearly everything changes every chunk, and detection
+and the state a full pass records only add cost. That chunk and the next `backoff` chunks run the model's own
+encode (the reference goes stale); the chunk after them is a probe, its patch embedding compared with the last
+chunk's: busy again doubles the backoff (up to `backoff_max`), else a full pass records a fresh reference
+("resume") and partial recompute goes on. A single busy chunk (a scene cut) is handled as before.
 
 What is exact and what approximate (vs a full encode of the same chunk):
   exact   bit-identical chunks (returned as they are) and full passes (refreshes; every chunk that is not
@@ -89,6 +97,18 @@ class _Reference:
     age: int = 0
 
 
+@dataclass
+class _Backoff:
+    """Pan handling: busy chunks in a row (nearly everything moved), the current backoff length, the dense chunks
+    still to run, and while the reference is stale (after dense chunks) the last chunk's pixels and features."""
+
+    busy: int = 0
+    length: int = 0
+    skip: int = 0
+    pixels: torch.Tensor | None = None
+    merged: torch.Tensor | None = None
+
+
 def row_norms(x: torch.Tensor) -> torch.Tensor:
     """Per row L2 norm as float32 (reduced in x's dtype, which accumulates in float32: no float copy of x)."""
     return torch.linalg.vector_norm(x, dim=-1).float()
@@ -120,21 +140,56 @@ class TokenRecomputeCache(FeatureCacheBase):
             )
         self.runner: VisionRunner = encoder.runner()
         self._ref: _Reference | None = None
+        self._pan = _Backoff()
 
     def _encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        ref = self._ref
+        ref, pan, c = self._ref, self._pan, self.config
+        if pan.skip:  # backing off: the model's own encode, no detection
+            pan.skip -= 1
+            return self._dense(pixels, grid, "backoff")
         same_grid = ref is not None and ref.grid == grid
-        if same_grid and torch.equal(pixels, ref.pixels):
-            return self._account("reuse", [0] * self.runner.depth, pixels.shape[0], ref.merged)
+        stale = pan.pixels is not None
+        last = (pan.pixels, pan.merged) if stale else (ref.pixels, ref.merged) if ref is not None else None
+        if same_grid and last is not None and torch.equal(pixels, last[0]):
+            pan.busy = pan.length = 0
+            return self._account("reuse", [0] * self.runner.depth, pixels.shape[0], last[1])
         layout = ref.layout if same_grid else self.runner.layout(grid)
         x0 = self.runner.embed(pixels, layout)
-        reason = self._refresh_reason(grid, x0)
+        moved = self._moved(x0, layout) if same_grid and c.threshold > 0 else None
+        reason = self._refresh_reason(grid, x0, moved)
+        spread = moved is not None and bool((moved > c.threshold).float().mean() > c.pan_fraction)
+        busy = reason == "cut" or spread
+        pan.busy = pan.busy + 1 if busy else 0
+        if pan.busy >= 2 and c.backoff:  # nearly everything moved twice in a row: a pan, back off
+            pan.length = min(2 * pan.length, c.backoff_max) if pan.length else c.backoff
+            pan.skip = pan.length
+            self.stats.pans += 1
+            return self._dense(pixels, grid, "pan")
+        if not busy:  # a detection that finds reuse: the next pan backs off from the start
+            pan.length = 0
         if reason is not None:
+            pan.pixels = pan.merged = None
             return self._full(pixels, grid, layout, x0, reason)
         return self._partial(pixels, x0)
 
+    def _dense(
+        self, pixels: torch.Tensor, grid: tuple[int, int, int], event: str
+    ) -> tuple[torch.Tensor, None]:
+        """The model's own full encode with no recorded state (a pan); the reference goes stale."""
+        merged = self.encoder.full(pixels, grid)
+        pan = self._pan
+        pan.pixels, pan.merged = pixels.clone(), merged.clone()
+        s = self.stats
+        s.full_encodes += 1
+        s.chunks_backoff += event == "backoff"
+        n = pixels.shape[0]
+        self._account(f"full:{event}", [n] * self.runner.depth, n, merged)
+        return merged, None
+
     def state_dict(self) -> dict[str, Any]:
-        ref, state = self._ref, super().state_dict()
+        ref, pan = self._ref, self._pan
+        backoff = {f.name: getattr(pan, f.name) for f in dataclasses.fields(pan)}
+        state = {**super().state_dict(), "backoff": backoff}
         if ref is None:
             return {**state, "ref": None}
         tensors = {f.name: getattr(ref, f.name) for f in dataclasses.fields(ref) if f.name not in ("layout", "blocks")}
@@ -143,6 +198,8 @@ class TokenRecomputeCache(FeatureCacheBase):
 
     def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
         super().load_state(state, device)
+        pan = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state["backoff"].items()}
+        self._pan = _Backoff(**pan)
         saved = state["ref"]
         if saved is None:
             self._ref = None
@@ -153,16 +210,30 @@ class TokenRecomputeCache(FeatureCacheBase):
         blocks = [self.runner.block_state(**{k: t.to(device) for k, t in b.items()}) for b in saved["blocks"]]
         self._ref = _Reference(grid=grid, layout=self.runner.layout(grid), blocks=blocks, age=int(saved["age"]), **moved)  # type: ignore[arg-type]
 
-    def _refresh_reason(self, grid: tuple[int, int, int], x0: torch.Tensor) -> str | None:
+    def _moved(self, x0: torch.Tensor, layout: Any) -> torch.Tensor:
+        """Per token: relative change of the patch embedding since the last chunk (the reference's block-0
+        input; after dense chunks, the last chunk's embedding)."""
+        ref, stale = self._ref, self._pan.pixels
+        if stale is not None:
+            last = self.runner.embed(stale, layout)
+            return relative_change(x0 - last, row_norms(last))
+        assert ref is not None
+        return relative_change(x0 - ref.inputs[0], ref.norms[0])
+
+    def _refresh_reason(
+        self, grid: tuple[int, int, int], x0: torch.Tensor, moved: torch.Tensor | None
+    ) -> str | None:
         ref, c = self._ref, self.config
         if ref is None:
             return "start"
         if ref.grid != grid:
             return "grid"
-        if c.threshold == 0:  # lossless: anything that is not bit-identical is encoded in full
+        if c.threshold == 0 or moved is None:  # lossless: all that is not bit-identical is encoded in full
             return "changed"
-        if (relative_change(x0 - ref.inputs[0], ref.norms[0]) > c.cut_change).float().mean() > c.cut_fraction:
+        if (moved > c.cut_change).float().mean() > c.cut_fraction:
             return "cut"
+        if self._pan.pixels is not None:  # the probe after a backoff found reuse: the reference is stale
+            return "resume"
         if c.max_age and ref.age >= c.max_age:
             return "age"
         drift = relative_change(x0 - ref.embed_at_refresh, ref.refresh_norms) > c.threshold
@@ -189,7 +260,7 @@ class TokenRecomputeCache(FeatureCacheBase):
         )
         s = self.stats
         s.full_encodes += 1
-        s.refreshes += reason not in ("start", "changed")
+        s.refreshes += reason not in ("start", "changed")  # resume: a fresh reference after a backoff
         s.scene_cuts += reason == "cut"
         n = x0.shape[0]
         self._account(f"full:{reason}", [n] * self.runner.depth, n, merged)

@@ -9,7 +9,8 @@ runner) and calls nothing else. Policies (`VIT_CACHES` registry):
   frame  reuse a whole chunk's features when no patch moved more than `threshold` (0: bit-identical only;
          exact then) — model-agnostic, needs only the encoder's full encode
   token  partial recompute inside the ViT (`livevlm.cache._token_cache`): per block, only tokens whose
-         input moved are recomputed; full refresh on age, drift and scene cuts
+         input moved are recomputed; full refresh on age, drift and scene cuts; on a pan (scene cuts in a
+         row) it backs off to the model's own encode for a few chunks, so it never costs more than `none`
 
 Presets bundle a policy with its knobs: none, lossless (exact), balanced, fast.
 All state lives in the object `build_feature_cache` returns: two sessions on one model never share any.
@@ -32,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "none": {"policy": "none"},
     "lossless": {"policy": "frame", "threshold": 0.0},
     "balanced": {"policy": "token", "threshold": 0.3, "budget": 0.6, "max_age": 8, "drift_limit": 0.9},
-    "fast": {"policy": "token", "threshold": 0.5, "budget": 0.4, "max_age": 16, "drift_limit": 1.0},
+    "fast": {"policy": "token", "threshold": 0.5, "budget": 0.4, "max_age": 16, "drift_limit": 0.6},
 }
 VIT_CACHE_PRESETS = tuple(PRESETS)
 _DEFAULTS: dict[str, Any] = {
@@ -43,6 +44,9 @@ _DEFAULTS: dict[str, Any] = {
     "drift_limit": 1.0,
     "cut_change": 0.8,
     "cut_fraction": 0.5,
+    "pan_fraction": 0.9,
+    "backoff": 1,
+    "backoff_max": 8,
 }
 
 
@@ -68,6 +72,15 @@ class ViTCacheConfig:
     """token: a token counts as cut when its patch embedding moved more than this (relative) at once."""
     cut_fraction: float | None = None
     """token: a scene cut (refresh) when more than this fraction of tokens is cut in one chunk."""
+    pan_fraction: float | None = None
+    """token: a chunk is busy (nearly everything changed) when it is a scene cut or more than this fraction of
+    its patch embeddings moved over `threshold` since the last chunk; two busy chunks in a row are a pan."""
+    backoff: int | None = None
+    """token: on a pan, encode that chunk and this many more dense (the model's own encode, no detection), so
+    a pan costs no more than no cache at all; 0 = never back off."""
+    backoff_max: int | None = None
+    """token: the backoff doubles each time the probe after it is busy again, up to this many chunks; it resets
+    to `backoff` once a detection finds a chunk that is not busy."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -80,11 +93,16 @@ class ViTCacheConfig:
         for name in ("threshold", "cut_change"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"ViTCacheConfig.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("budget", "drift_limit", "cut_fraction"):
+        for name in ("budget", "drift_limit", "cut_fraction", "pan_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"ViTCacheConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if not (isinstance(self.max_age, int) and self.max_age >= 0):
-            raise ConfigError(f"ViTCacheConfig.max_age must be an int >= 0, got {self.max_age!r}")
+        for name in ("max_age", "backoff", "backoff_max"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                raise ConfigError(f"ViTCacheConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.backoff_max < self.backoff:
+            raise ConfigError(
+                f"ViTCacheConfig.backoff_max ({self.backoff_max}) must be >= backoff ({self.backoff})"
+            )
 
 
 @dataclass
@@ -98,6 +116,10 @@ class ViTCacheStats:
     refreshes: int = 0
     """Full encodes forced after the first: age, drift, scene cut or a new frame size."""
     scene_cuts: int = 0
+    pans: int = 0
+    """Busy chunks right after a busy chunk (nearly everything moved): each starts or extends a backoff."""
+    chunks_backoff: int = 0
+    """Chunks encoded dense by backoff, with no change detection (counted in `full_encodes` too)."""
     chunks_reused: int = 0
     """Chunks whose features were reused entirely (nothing recomputed)."""
     chunks_partial: int = 0
@@ -111,7 +133,8 @@ class ViTCacheStats:
     last_recomputed_per_layer: tuple[int, ...] = ()
     """Tokens recomputed in each block for the last chunk (token policy)."""
     last_event: str = ""
-    """What the last chunk did: full:<why> (start, grid, cut, age, drift, changed), reuse or partial."""
+    """What the last chunk did: full:<why> (start, grid, cut, age, drift, changed, pan, backoff, resume),
+    reuse or partial."""
     seconds: float = 0.0
     """Wall time inside the cache's encode, summed."""
     last_seconds: float = 0.0
