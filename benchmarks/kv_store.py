@@ -1,4 +1,5 @@
-"""KV policies on a long stream: time-to-first-token, ingest cost per chunk and memory vs stream length.
+"""KV policies on a long stream: absolute time-to-first-token and ingest cost per chunk of every policy beside
+`full` in the same run, memory, and the crossover where a bounded policy answers faster than `full`.
 
     python benchmarks/kv_store.py                          # tiny random Qwen2.5-VL, CPU: 100 / 1k / 10k frames
     python benchmarks/kv_store.py --shape qwen2-vl-2b --frames 100 1000 --dtype bfloat16   # by hand (slow)
@@ -6,8 +7,11 @@
 
 Frames are synthetic (a pool of noise frames pushed as fast as the loop takes them) at a small size, so the
 numbers are about the KV store, not the ViT. Each (policy, frames) point runs in its own process: its peak RSS
-is its own. Ratios are against the 100-frame point of the same policy. The tiny model is built with a large
-`max_position_embeddings` so that `full` can answer over 10k frames at all.
+is its own. Points run frame count by frame count, every policy at a count before the next (so machine load
+drifts alike over them); ratios are against `full` at the same frame count. TTFT is the median over `--reps`
+askings of each question, in wall time and in process CPU time (the latter is less disturbed by other load
+on a shared machine). The tiny model is built with a large `max_position_embeddings` so that `full` can answer
+over 10k frames at all.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from livevlm.cache import kv_config
 from livevlm.models import ChunkPlace
 
 POLICIES = ("full", "sink_window", "retrieval", "bilevel")
+GRID = (100, 1000, 10000)
+"""The frame counts every shape is owed; those not run are listed in the JSON as `not_measured`."""
 QUESTIONS = ("What happened at the very start?", "What is on the screen now?", "Was there a red light?")
 
 
@@ -81,8 +87,9 @@ def frame_pool(size: int, n: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def measure(args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> dict[str, Any]:
-    """One point, in a fresh process: ingest `frames`, then time the first token of a few questions."""
+def serve_point(conn: Any, args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> None:
+    """One point, in a fresh process: ingest `frames`, say "ready", answer a round of the questions per "ask"
+    (wall and CPU seconds to the first token), then send the point's figures on "done"."""
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -98,12 +105,20 @@ def measure(args: argparse.Namespace, policy: str, frames: int, model_dir: str) 
             prev = now
     sync()
     ingest_s = time.perf_counter() - t0
-    ttft = []
-    for question in QUESTIONS:
-        t0 = time.perf_counter()
-        next(iter(session.ask_ids(question, 1)))
-        sync()
-        ttft.append(time.perf_counter() - t0)
+    conn.send("ready")
+    ttft, ttft_cpu = [], []
+    while conn.recv() == "ask":
+        wall, cpu = [], []
+        for question in QUESTIONS:
+            t0, c0 = time.perf_counter(), time.process_time()
+            next(iter(session.ask_ids(question, 1)))
+            sync()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        ttft += wall
+        ttft_cpu += cpu
+        conn.send((wall, cpu))
+    probe = [probe_seconds(session, q, sync) for q in QUESTIONS for _ in range(args.reps)]
     kv = session.stats.kv
     adapter = session.adapter  # the session's own O(stream) position lookup, timed apart from the store
     place = ChunkPlace(0, len(adapter.prefix_ids(session.config.system_prompt)), adapter.frames_per_chunk / 2.0)
@@ -114,17 +129,35 @@ def measure(args: argparse.Namespace, policy: str, frames: int, model_dir: str) 
     out = {
         "policy": policy, "frames": frames, "chunks": len(per_chunk),
         "ttft_ms": 1e3 * median(ttft),
+        "ttft_cpu_ms": 1e3 * median(ttft_cpu),
+        "ttft_ms_min": 1e3 * min(ttft),
         "select_ms": 1e3 * getattr(kv, "last_select_seconds", 0.0),
+        "probe_ms": 1e3 * median(probe),
         "session_rope_index_ms": 1e3 * rope_index_s,
         "ingest_ms_per_chunk_first10pct": 1e3 * median(per_chunk[1 : edge + 1] or per_chunk),
         "ingest_ms_per_chunk_last10pct": 1e3 * median(per_chunk[-edge:]),
+        "ingest_ms_per_chunk": 1e3 * median(per_chunk[1:] or per_chunk),
         "ingest_s": ingest_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "kv": {k: v for k, v in vars(kv).items() if k != "last_scores"},
     }
     session.close()
-    return out
+    conn.send(out)
+
+
+def probe_seconds(session: Session, question: str, sync: Any) -> float:
+    """The question path's first forward alone: the question run on the ingestion view to read its queries
+    (query-aware policies only; 0 for the others). Reads the session's private store, as the soak does."""
+    kv, adapter = session._kv, session.adapter
+    if not kv.needs_queries:
+        return 0.0
+    suffix = adapter.suffix_ids(question)
+    embeds, at = adapter.embed_ids(suffix), adapter.text_positions(session._stored_end, len(suffix))
+    t0 = time.perf_counter()
+    adapter.question_queries(embeds, at, kv.probe_view(kv.snapshot()))
+    sync()
+    return time.perf_counter() - t0
 
 
 def soak(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
@@ -158,35 +191,110 @@ def soak(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
     }
 
 
-def _child(conn: Any, args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> None:
-    conn.send(measure(args, policy, frames, model_dir))
+class Point:
+    """A `serve_point` process: started (it ingests) on construction, then asked rounds, then finished."""
+
+    def __init__(self, args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve_point, args=(child, args, policy, frames, model_dir))
+        self.proc.start()
+        assert self.conn.recv() == "ready"
+
+    def ask(self) -> tuple[list[float], list[float]]:
+        self.conn.send("ask")
+        return self.conn.recv()
+
+    def finish(self) -> dict[str, Any]:
+        self.conn.send("done")
+        out = self.conn.recv()
+        self.proc.join()
+        return out
 
 
-def run_isolated(args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> dict[str, Any]:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_child, args=(child, args, policy, frames, model_dir))
-    proc.start()
-    result = parent.recv()
-    proc.join()
-    return result
+def run_frames(args: argparse.Namespace, frames: int, model_dir: str) -> list[dict[str, Any]]:
+    """Every policy at `frames`. `full` stays up while each bounded policy runs: their question rounds alternate,
+    so each bounded TTFT has a `full` TTFT taken under the same machine load beside it (`paired_full_*`)."""
+    full = Point(args, "full", frames, model_dir) if "full" in args.policies else None
+    runs = []
+    for policy in [p for p in args.policies if p != "full"]:
+        point, rounds, full_rounds = Point(args, policy, frames, model_dir), [], []
+        for i in range(args.reps):
+            if full is not None and i % 2 == 0:
+                full_rounds.append(full.ask())
+            rounds.append(point.ask())
+            if full is not None and i % 2 == 1:
+                full_rounds.append(full.ask())
+        run = point.finish()
+        if full_rounds:
+            run["paired_full_ttft_ms"] = 1e3 * median(t for wall, _ in full_rounds for t in wall)
+            run["paired_full_ttft_cpu_ms"] = 1e3 * median(t for _, cpu in full_rounds for t in cpu)
+        runs.append(run)
+        print(json.dumps({k: v for k, v in run.items() if k != "kv"}), flush=True)
+    if full is not None:
+        for _ in range(args.reps if not runs else 0):
+            full.ask()
+        runs.insert(0, full.finish())
+        print(json.dumps({k: v for k, v in runs[0].items() if k != "kv"}), flush=True)
+    return runs
+
+
+def beside_full(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run with its ratios to `full` at the same frame count (None where `full` was not run there)."""
+    full = {r["frames"]: r for r in runs if r["policy"] == "full"}
+    out = []
+    for r in runs:
+        f = full.get(r["frames"])
+        ratios = None if f is None else {
+            "ttft": r["ttft_ms"] / r.get("paired_full_ttft_ms", f["ttft_ms"]),
+            "ttft_cpu": r["ttft_cpu_ms"] / r.get("paired_full_ttft_cpu_ms", f["ttft_cpu_ms"])
+            if "ttft_cpu_ms" in r else None,
+            "ingest_ms_per_chunk": r["ingest_ms_per_chunk"] / f["ingest_ms_per_chunk"]
+            if "ingest_ms_per_chunk" in r else None,
+        }  # fmt: skip
+        out.append({**r, "vs_full": ratios})
+    return out
+
+
+def crossover(runs: list[dict[str, Any]], ratio: str = "ttft") -> dict[str, int | str]:
+    """Per bounded policy, the smallest measured frame count where its TTFT is below `full`'s beside it
+    (`ratio`: "ttft" wall time, "ttft_cpu" process CPU time)."""
+    out: dict[str, int | str] = {}
+    for r in sorted(beside_full(runs), key=lambda r: r["frames"]):
+        if r["policy"] != "full":
+            below = (r["vs_full"] or {}).get(ratio) is not None and r["vs_full"][ratio] < 1.0
+            if below and not isinstance(out.get(r["policy"]), int):
+                out[r["policy"]] = r["frames"]
+            out.setdefault(r["policy"], "none measured")
+    return out
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    """One row per point; ratios against the smallest stream of the same policy."""
-    base = {r["policy"]: r for r in runs if r["frames"] == min(x["frames"] for x in runs if x["policy"] == r["policy"])}
-    head = (f"{'policy':<12}{'frames':>7}{'TTFT ms':>9}{'x':>6}{'select ms':>10}{'pos ms':>8}"
-            f"{'ingest ms/chunk first→last':>28}{'ctx tok':>8}{'KV mem KiB':>11}{'disk KiB':>9}{'peak RSS MiB':>13}")
+    """One row per point: absolute TTFT and ingest ms/chunk beside `full`'s at the same frame count."""
+    runs = sorted(beside_full(runs), key=lambda r: (r["frames"], r["policy"] != "full"))
+    full = {r["frames"]: r for r in runs if r["policy"] == "full"}
+    head = (f"{'frames':>7} {'policy':<12}{'TTFT ms':>9}{'full ms':>9}{'x full':>7}{'CPU ms':>8}{'x full':>7}"
+            f"{'probe ms':>9}{'select ms':>10}{'pos ms':>8}{'ingest ms/chunk':>16}{'full':>7}{'x full':>7}"
+            f"{'ctx tok':>8}{'KV mem KiB':>11}{'disk KiB':>9}{'RSS MiB':>8}")
     lines = [head]
     for r in runs:
-        b, kv = base[r["policy"]], r["kv"]
+        f, v, kv = full.get(r["frames"]), r["vs_full"] or {}, r["kv"]
+        ingest = r.get("ingest_ms_per_chunk", r["ingest_ms_per_chunk_last10pct"])
         lines.append(
-            f"{r['policy']:<12}{r['frames']:>7}{r['ttft_ms']:>9.1f}{r['ttft_ms'] / b['ttft_ms']:>6.2f}"
-            f"{r.get('select_ms', 0):>10.1f}{r.get('session_rope_index_ms', 0):>8.1f}"
-            f"{r['ingest_ms_per_chunk_first10pct']:>16.2f} → {r['ingest_ms_per_chunk_last10pct']:<9.2f}"
+            f"{r['frames']:>7} {r['policy']:<12}{r['ttft_ms']:>9.1f}{_num(r.get('paired_full_ttft_ms', f and f['ttft_ms']), 9, 1)}"
+            f"{_num(v.get('ttft'), 7, 2)}{_num(r.get('ttft_cpu_ms'), 8, 1)}{_num(v.get('ttft_cpu'), 7, 2)}"
+            f"{r.get('probe_ms', 0):>9.1f}{r.get('select_ms', 0):>10.1f}{r.get('session_rope_index_ms', 0):>8.1f}{ingest:>16.2f}"
+            f"{_num(f and f.get('ingest_ms_per_chunk'), 7, 2)}{_num(v.get('ingest_ms_per_chunk'), 7, 2)}"
             f"{kv.get('last_context_tokens') or kv['tokens']:>8}{kv['bytes'] // 1024:>11}"
-            f"{kv.get('disk_bytes', 0) // 1024:>9}{r['peak_rss_mib']:>13.0f}")
+            f"{kv.get('disk_bytes', 0) // 1024:>9}{r['peak_rss_mib']:>8.0f}")
+    for ratio, what in (("ttft", "wall"), ("ttft_cpu", "CPU")):
+        lines.append(f"crossover ({what} TTFT below full's beside it, smallest measured frame count): "
+                     + ", ".join(f"{p} {c}" for p, c in crossover(runs, ratio).items()))  # fmt: skip
     return "\n".join(lines)
+
+
+def _num(x: float | None, width: int, digits: int) -> str:
+    return f"{x:>{width}.{digits}f}" if x is not None else f"{'-':>{width}}"
 
 
 def main() -> None:
@@ -201,6 +309,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--pool", type=int, default=16, help="distinct noise frames cycled (2: every chunk equal)")
     parser.add_argument("--vit-cache", default="none", help="ViT feature cache preset (lossless: skip repeats)")
+    parser.add_argument("--reps", type=int, default=5, help="times each question is asked (TTFT: the median)")
+    parser.add_argument("--note", default=None, help="a line kept in the JSON (e.g. which points a GPU still owes)")
     parser.add_argument("--soak", type=int, default=0, help="frames for the RSS soak (0: no soak)")
     parser.add_argument("--every", type=int, default=5000, help="soak: frames between RSS samples")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kv_store-<shape>.json)")
@@ -217,7 +327,8 @@ def main() -> None:
                 "vit_cache": args.vit_cache, "pool": args.pool,
                 "kv_budget": args.kv_budget, "threads": args.threads, "torch": torch.__version__,
                 "python": platform.python_version(), "loadavg_1m_before": os.getloadavg()[0],
-                "cpu_count": os.cpu_count(), "cpu": cpu_info(), "host": platform.node(),
+                "cpu_count": os.cpu_count(), "cpu": cpu_info(), "host": platform.node(), "note": args.note,
+                "reps": args.reps,
                 "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
         if args.soak:
             out = Path(args.out or results / f"kv_store-soak-{args.shape}.json")
@@ -226,13 +337,13 @@ def main() -> None:
         else:
             out = Path(args.out or results / f"kv_store-{args.shape}.json")
             runs: list[dict[str, Any]] = []
-            for policy in args.policies:
-                for frames in sorted(args.frames):
-                    runs.append(run_isolated(args, policy, frames, model_dir))
-                    print(json.dumps({k: v for k, v in runs[-1].items() if k != "kv"}), flush=True)
-                    write(out, {**meta, "runs": runs})  # kept as it goes: long runs may be cut short
+            meta["not_measured"] = [n for n in GRID if n not in args.frames]
+            for frames in sorted(args.frames):
+                runs += run_frames(args, frames, model_dir)
+                report = {**meta, "crossover": crossover(runs), "crossover_cpu": crossover(runs, "ttft_cpu"),
+                          "runs": beside_full(runs)}  # fmt: skip
+                write(out, report)  # kept as it goes: long runs may be cut short
             print(table(runs))
-            report = {**meta, "runs": runs}
     write(out, report)
     print(f"wrote {out}")
 

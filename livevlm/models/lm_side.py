@@ -89,9 +89,10 @@ class LanguageModelSide:
         enable_query_probe(self.model.get_decoder())
 
     def question_queries(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """(layers, heads, head_dim) mean query states of the question over `cache` (one probed forward)."""
-        with probe_queries() as queries:
-            self.forward(embeds, positions, cache)
+        """(layers, heads, head_dim) mean query states of the question over `cache` (one probed forward, no
+        head: only the queries are read)."""
+        with probe_queries() as queries, torch.inference_mode():
+            self._hidden(embeds, positions, cache)
         layers = self.kv_layout().layers
         return torch.stack([queries[layer][0].float().mean(1) for layer in range(layers)])
 
@@ -108,6 +109,11 @@ class LanguageModelSide:
     def forward(
         self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any, all_logits: bool = False
     ) -> torch.Tensor:
+        hidden = self._hidden(embeds, positions, cache)
+        return self._lm_head(hidden if all_logits else hidden[-1]).float()
+
+    def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """(L, D) final hidden states of the decoder over `cache` (which the forward appends to)."""
         inputs, extra = self._decoder_inputs(embeds)
         out = self._lm(
             inputs_embeds=inputs,
@@ -116,8 +122,7 @@ class LanguageModelSide:
             use_cache=True,
             **extra,
         )
-        hidden = out.last_hidden_state[0] if all_logits else out.last_hidden_state[0, -1]
-        return self._lm_head(hidden).float()
+        return out.last_hidden_state[0]
 
     def answer_ids(self, text: str) -> list[int]:
         """Token ids of `text` as the start of an answer, ended by the end-of-turn token (for scoring)."""
