@@ -35,7 +35,7 @@ from .errors import SnapshotError
 from .records import Blob
 
 FORMAT = "livevlm-session"
-VERSION = 1
+VERSION = 2
 """Bumped on any change a reader of the previous version would misread; readers refuse other versions."""
 MANIFEST, TENSORS, BLOBS = "manifest.json", "tensors.safetensors", "blobs.bin"
 _HASH_BLOCK = 8 << 20

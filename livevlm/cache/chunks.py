@@ -3,7 +3,8 @@
 Each chunk also leaves one summary row: the mean of its (rotated) keys and of its values, per layer and KV
 head. q·mean(k) is exactly the mean attention logit of q over the chunk's tokens, for a query at any position,
 so a summary is both the chunk's representative key for relevance scores and a one-token stand-in for it.
-Summary rows live in host blocks of `SUMMARY_BLOCK` chunks; full blocks spill to disk when RAM runs out.
+With `key_reps` the row also carries the chunk's most atypical keys (a small event hides in the mean), and
+every chunk gets a query-free novelty score against the chunk before it (`scoring.py`). Summary rows live in host blocks of `SUMMARY_BLOCK` chunks; full blocks spill to disk when RAM runs out.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,81 +20,9 @@ import torch
 from ..kernels.quant import from_bytes, to_bytes
 from ..records import Blob
 from .disk import DiskTier
+from .scoring import novelty, representative_keys
+from .summary_log import SummaryLog
 from .tiers import ChunkRecord, KVTiers
-
-SUMMARY_BLOCK = 256
-
-
-class SummaryLog:
-    """One (layers, 2, kv_heads, head_dim) row per chunk, appended in order; old full blocks may go to disk."""
-
-    def __init__(self, layout: tuple[int, int, int], dtype: torch.dtype, block: int = SUMMARY_BLOCK) -> None:
-        self.layout, self.dtype, self.block = layout, dtype, block
-        self._blocks: list[torch.Tensor | int] = []  # a host tensor, or its offset in the spill file
-        self._on_disk = 0  # leading blocks that live in the spill file
-        self.count = 0
-        self.ram_bytes = 0
-        self.disk_bytes = 0
-
-    def _shape(self) -> tuple[int, ...]:
-        layers, heads, dim = self.layout
-        return (layers, 2, heads, self.block, dim)
-
-    def append(self, row: torch.Tensor) -> None:
-        i = self.count % self.block
-        if i == 0:
-            self._blocks.append(torch.zeros(self._shape(), dtype=self.dtype))
-            self.ram_bytes += self._blocks[-1].nbytes
-        self._blocks[-1][:, :, :, i] = row.to("cpu", self.dtype)
-        self.count += 1
-
-    def rows(self, start: int, stop: int, disk: DiskTier | None) -> torch.Tensor:
-        """Summary rows of chunks [start, stop) as one (layers, 2, kv_heads, stop - start, head_dim) host tensor."""
-        start, stop = max(start, 0), min(stop, self.count)
-        parts = []
-        for b in range(start // self.block, -(-stop // self.block) if stop > start else 0):
-            blk = self._blocks[b]
-            if isinstance(blk, int):
-                nbytes = self._blocks_nbytes()
-                blk = from_bytes(disk.get(blk, nbytes), self._shape(), self.dtype, 0, "cpu")  # type: ignore[union-attr]
-            lo, hi = max(start - b * self.block, 0), min(stop - b * self.block, self.block)
-            parts.append(blk[:, :, :, lo:hi])
-        if not parts:
-            layers, heads, dim = self.layout
-            return torch.zeros((layers, 2, heads, 0, dim), dtype=self.dtype)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 3)
-
-    def _blocks_nbytes(self) -> int:
-        layers, heads, dim = self.layout
-        return layers * 2 * heads * self.block * dim * torch.finfo(self.dtype).bits // 8
-
-    def state_dict(self, disk: DiskTier | None) -> dict[str, Any]:
-        """Blocks as host tensors (the open last one copied) or disk `Blob`s, and the counters."""
-        blocks: list[Any] = []
-        for i, blk in enumerate(self._blocks):
-            if isinstance(blk, int):
-                blocks.append(Blob(self._blocks_nbytes(), functools.partial(disk.get, blk, self._blocks_nbytes())))  # type: ignore[union-attr]
-            else:
-                blocks.append(blk.clone() if i == len(self._blocks) - 1 else blk)
-        return {"blocks": blocks, "on_disk": self._on_disk, "count": self.count,
-                "ram_bytes": self.ram_bytes, "disk_bytes": self.disk_bytes}  # fmt: skip
-
-    def load_state(self, state: dict[str, Any], disk: Callable[[], DiskTier]) -> None:
-        self._blocks = [disk().put(b.read()) if isinstance(b, Blob) else b.to("cpu", self.dtype) for b in state["blocks"]]
-        self._on_disk, self.count = int(state["on_disk"]), int(state["count"])
-        self.ram_bytes, self.disk_bytes = int(state["ram_bytes"]), int(state["disk_bytes"])
-
-    def spill(self, disk: DiskTier) -> bool:
-        """Move the oldest full block in RAM to the spill file; False when none is left to move."""
-        if self._on_disk >= len(self._blocks) - 1:
-            return False
-        blk = self._blocks[self._on_disk]
-        assert isinstance(blk, torch.Tensor)
-        self._blocks[self._on_disk] = disk.put(to_bytes(blk, 0))
-        self.ram_bytes -= blk.nbytes
-        self.disk_bytes += blk.nbytes
-        self._on_disk += 1
-        return True
 
 
 class ChunkStore:
@@ -106,10 +35,14 @@ class ChunkStore:
         dtype: torch.dtype,
         device: torch.device | str,
         summaries: bool = True,
+        key_reps: int = 0,
     ) -> None:
         self.tiers, self.layout, self.dtype, self.device = tiers, layout, dtype, device
         self.records: list[ChunkRecord] = []
-        self.summaries = SummaryLog(layout, dtype) if summaries else None
+        self.key_reps = key_reps
+        self.summaries = SummaryLog(layout, dtype, width=2 + key_reps) if summaries else None
+        self.novelty: list[float] = []  # per chunk: how much it differs from the chunk before (scoring.novelty)
+        self._last_values: torch.Tensor | None = None
         self.bytes = {"device": 0, "cpu": 0, "disk": 0}
         self.dropped = 0
         self.tokens = 0  # tokens of the chunks not dropped
@@ -136,7 +69,13 @@ class ChunkStore:
             self.bytes["device"] += rec.nbytes
             self.tokens += rec.tokens
             if self.summaries is not None:
-                self.summaries.append(kv.float().mean(3))
+                row = kv.float().mean(3)
+                if self.key_reps:
+                    row = torch.cat([row, representative_keys(kv[:, 0], self.key_reps)], 1)
+                self.summaries.append(row)
+            values = kv[:, 1]
+            self.novelty.append(novelty(values, self._last_values))
+            self._last_values = values
             self._enforce()
             return rec
 
@@ -154,7 +93,12 @@ class ChunkStore:
         return from_bytes(buf, self.shape(rec.tokens), self.dtype, self.tiers.cpu_bits, device or self.device)
 
     def summary_rows(self, start: int, stop: int) -> torch.Tensor:
-        """Summary rows of chunks [start, stop) on the store's device."""
+        """Summary rows of chunks [start, stop) on the store's device: one-token KV (layers, 2, kv_heads, n, dim)."""
+        return self.index_rows(start, stop)[:, :2]
+
+    def index_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Whole index rows of chunks [start, stop): (layers, 2 + key_reps, kv_heads, n, dim) = mean key, mean
+        value, then the representative keys."""
         assert self.summaries is not None
         with self.lock:
             rows = self.summaries.rows(start, stop, self._disk)
@@ -179,7 +123,8 @@ class ChunkStore:
             records = [self._record_state(r) for r in self.records]
             summaries = self.summaries.state_dict(self._disk) if self.summaries is not None else None
             return {"records": records, "summaries": summaries, "bytes": dict(self.bytes),
-                    "dropped": self.dropped, "tokens": self.tokens}  # fmt: skip
+                    "dropped": self.dropped, "tokens": self.tokens, "novelty": list(self.novelty),
+                    "last_values": self._last_values}  # fmt: skip
 
     def _record_state(self, r: ChunkRecord) -> dict[str, Any]:
         disk = Blob(r.nbytes, functools.partial(self._disk_tier().get, r.offset, r.nbytes)) if r.tier == "disk" else None
@@ -209,6 +154,9 @@ class ChunkStore:
                 self.summaries.load_state(state["summaries"], self._disk_tier)
             self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
             self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
+            self.novelty = [float(x) for x in state["novelty"]]
+            last = state["last_values"]
+            self._last_values = last.to(self.device) if last is not None else None
 
     @property
     def disk_dir(self) -> str | None:
@@ -228,22 +176,49 @@ class ChunkStore:
             if queues["cpu"]:
                 rec = queues["cpu"].popleft()
                 self._move(rec, "disk" if self._disk_room(rec.nbytes) else "dropped")
-            elif self.summaries is not None and tiers.disk_bytes != 0 and self.summaries.spill(self._disk_tier()):
+            elif self.summaries is not None and tiers.disk_bytes != 0 and self._summary_room():
+                self.summaries.spill(self._disk_tier())
                 ram = self.summaries.ram_bytes
             else:
                 break
 
+    def _summary_room(self) -> bool:
+        """Make room in the spill file for one more summary block: spilled blocks take at most half of
+        `disk_bytes` (the oldest are forgotten beyond it), then the oldest disk chunks make way; False when no
+        full block is left in RAM to spill or it cannot fit."""
+        log = self.summaries
+        assert log is not None
+        cap = self.tiers.disk_bytes
+        if not log.can_spill or cap is None:
+            return log.can_spill
+        share = cap // 2 if log.block_bytes <= cap // 2 else cap
+        while log.disk_bytes + log.block_bytes > share and log.forget_oldest(self._disk_tier()):
+            self._forget_records(log.forgotten_rows)
+        return self._disk_room(log.block_bytes)
+
+    def _forget_records(self, stop: int) -> None:
+        """Chunks whose index rows were forgotten lose their dense KV too (they are the oldest anyway)."""
+        for rec in self.records[:stop]:
+            if rec.tier != "dropped":
+                self._queues[rec.tier].remove(rec)
+                self._move(rec, "dropped")
+
+    @property
+    def forgotten(self) -> int:
+        """Chunks [0, forgotten) have no index row left: they can be neither scored nor read."""
+        return self.summaries.forgotten_rows if self.summaries is not None else 0
+
     def _disk_room(self, nbytes: int) -> bool:
-        """Drop the oldest disk chunks until `nbytes` more fit under `disk_bytes`, in bytes and in the spill file
-        (chunks + summary blocks), so the file never outgrows the cap; False when they cannot fit at all."""
+        """Drop the oldest disk chunks until `nbytes` more fit under `disk_bytes` together with the spilled
+        summary blocks, in bytes and in the spill file; False when they cannot fit at all."""
         cap = self.tiers.disk_bytes
         if cap is None or nbytes > cap:
             return cap is None
-        disk, limit = self._disk_tier(), cap + (self.summaries.disk_bytes if self.summaries is not None else 0)
+        disk, summaries = self._disk_tier(), (self.summaries.disk_bytes if self.summaries is not None else 0)
         queue = self._queues["disk"]
-        while (self.bytes["disk"] + nbytes > cap or not disk.fits(nbytes, limit)) and queue:
+        while (self.bytes["disk"] + summaries + nbytes > cap or not disk.fits(nbytes, cap)) and queue:
             self._move(queue.popleft(), "dropped")
-        return self.bytes["disk"] + nbytes <= cap and disk.fits(nbytes, limit)
+        return self.bytes["disk"] + summaries + nbytes <= cap and disk.fits(nbytes, cap)
 
     def _move(self, rec: ChunkRecord, to: str) -> None:
         self.bytes[rec.tier] -= rec.nbytes

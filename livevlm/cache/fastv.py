@@ -114,7 +114,7 @@ class FastVKV(ChunkedKV):
             if snapshot.sink is not None:
                 n_sink = int(snapshot.sink.shape[3])
                 keys = torch.cat([snapshot.sink[layer, 0], keys], 1)
-            scores = fastv_scores(queries[layer], keys, n_sink)
+            scores = fastv_scores(queries[layer].float().mean(-2), keys, n_sink)  # the question's mean query
             n = int(visual.shape[3])
             keep = top_k(scores, max(1, math.floor(self.config.keep_ratio * n + 1e-9)))
             kept = [visual.index_select(3, keep.to(visual.device))]

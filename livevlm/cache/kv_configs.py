@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import ConfigError
+from .scoring import check_selection
 from .tiers import KVTiers
 
 REST_MODES = ("pooled", "summary", "drop")
@@ -56,10 +57,31 @@ class SinkWindowConfig:
 
 
 @dataclass
-class RetrievalConfig:
-    """ReKV-like: ingestion sees the sink and the last `window` chunks; every chunk's KV is kept (offloaded
-    down the tiers); per layer, a question reads the `top_k` older chunks whose mean key best matches its
-    mean query, plus the window."""
+class SelectionConfig:
+    """How a query-aware policy scores chunks for a question and which chunks stay dense (`scoring.py`)."""
+
+    query: str = "last"
+    """Question query that scores chunks: last = the answer position's (what the first answer token attends
+    from), mean = the mean over the question's tokens (ReKV)."""
+    key_reps: int = 8
+    """Atypical keys kept per chunk besides its mean key (the keys farthest from it, per layer and head); a
+    chunk scores the max over them (a small event hides in the mean). 0 = mean key only."""
+    score_layers: str | tuple[int, ...] = "late"
+    """Layers whose queries score chunks (one choice shared by all layers): late = the second half, all, or
+    a tuple of layer indices."""
+    memory: int = 8
+    """Most novel older chunks (query-free: how much a chunk differs from the one before) kept dense in every
+    new chunk's context and every answer, so counts and order survive past the window. 0 = none."""
+
+    def _check_selection(self, owner: str) -> None:
+        check_selection(owner, self.query, self.key_reps, self.score_layers, self.memory)
+
+
+@dataclass
+class RetrievalConfig(SelectionConfig):
+    """ReKV-like: ingestion sees the sink, the memory (most novel older chunks) and the last `window` chunks;
+    every chunk's KV is kept (offloaded down the tiers); a question reads the `top_k` older chunks most
+    relevant to it (`SelectionConfig`), the memory and the window, all dense."""
 
     policy: str = "retrieval"
     window: int | None = 4
@@ -70,26 +92,32 @@ class RetrievalConfig:
     tiers: KVTiers = field(default_factory=KVTiers)
     """Byte budgets of the device / host / disk tiers."""
 
+    per_layer: bool = False
+    """Each layer picks its own top_k chunks by its own queries (ReKV; every layer scores, `score_layers` is
+    not used); False = one choice for all layers."""
+
     def __post_init__(self) -> None:
         _check_count("RetrievalConfig", "window", self.window)
         _check_count("RetrievalConfig", "top_k", self.top_k)
+        self._check_selection("RetrievalConfig")
 
     def with_budget(self, total: int) -> RetrievalConfig:
         return replace(self, tiers=_split_budget(self.tiers, total))
 
 
 @dataclass
-class BilevelConfig:
-    """Video-XL-2-like: ingestion sees the sink, the last `window` chunks in full and the `summaries` chunks
-    before them as one summary token each; a question scores every chunk inside the model (its queries
-    against the chunks' summary keys, all layers), reads the `top_k` most relevant dense and the others
-    pooled. `BilevelConfig(window=None, top_k=None)` is exactly the `full` baseline."""
+class BilevelConfig(SelectionConfig):
+    """Video-XL-2-like: ingestion sees the sink, the memory (most novel older chunks) and the last `window`
+    chunks in full (and optionally `summaries` older chunks as one summary token each); a question scores
+    every chunk inside the model (`SelectionConfig`), reads the `top_k` most relevant and the memory dense and
+    the others pooled. `BilevelConfig(window=None, top_k=None)` is exactly the `full` baseline."""
 
     policy: str = "bilevel"
     window: int | None = 4
     """Previous chunks a new chunk attends to in full. None = all (exact, unbounded ingest cost)."""
-    summaries: int | None = 256
-    """Chunks before the window a new chunk sees through their summary token. None = all (cost grows)."""
+    summaries: int | None = 0
+    """Chunks before the window a new chunk sees through their summary token. None = all (cost grows). Off by
+    default: on the yardstick's validation split they did not help counting (the memory does)."""
     top_k: int | None = 8
     """Chunks a question reads dense, by relevance. None = all (exact)."""
     rest: str = "pooled"
@@ -109,6 +137,7 @@ class BilevelConfig:
         _check_count("BilevelConfig", "pool", self.pool, minimum=1)
         if self.rest not in REST_MODES:
             raise ConfigError(f"BilevelConfig.rest must be one of {', '.join(REST_MODES)}, got {self.rest!r}")
+        self._check_selection("BilevelConfig")
 
     def with_budget(self, total: int) -> BilevelConfig:
         return replace(self, tiers=_split_budget(self.tiers, total))

@@ -1,13 +1,16 @@
 """Query-time KV selection over a tiered chunk store: the `retrieval` (ReKV-like) and `bilevel` (Video-XL-2-like)
 policies.
 
+    ingest_view:    sink | [summaries] | memory (the `memory` most novel older chunks, dense) | window
     answer_view(snapshot, queries):   (queries: the session ran the question once on `probe_view(snapshot)`,
-                                       the ingestion view sink | summaries | window, and probed each layer's)
-      1. score    each layer's mean query against every chunk's summary key -> attention mass per chunk
-      2. select   retrieval: per layer, the top_k older chunks (+ the window);
-                  bilevel:   top_k chunks by mass averaged over layers, the others pooled / summary / dropped
+                                       the ingestion view, and probed every layer's per-token queries)
+      1. score    the answer position's query of the late layers against every chunk's mean key and its
+                  atypical keys (max) -> attention mass per chunk (`scoring.py`)
+      2. select   one choice for every layer: the top_k chunks, the memory and the window dense;
+                  bilevel: the others pooled / summary / dropped (the most relevant first, up to rest_max)
       3. load     the selected chunks' dense KV from their tiers, gathered into a fresh ChunkView
-The store is only read: later questions see it unchanged.
+The store is only read: later questions see it unchanged. `RetrievalConfig(per_layer=True, query="mean",
+key_reps=0, memory=0)` is ReKV's per-layer choice by mean query and mean key.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from typing import Any
 import torch
 
 from ..kernels.pool import pool_tokens
-from ..kernels.relevance import chunk_logits
 from ..records import KVLayout
 from .chunked import ChunkedKV
-from .chunks import SUMMARY_BLOCK, ChunkStore
+from .chunks import ChunkStore
 from .kv_configs import BilevelConfig, RetrievalConfig
+from .scoring import chunk_relevance, layer_ids, reduce_queries, top_salient
+from .summary_log import SUMMARY_BLOCK
 from .tiers import ChunkRecord
 from .view import ChunkView
 
@@ -43,18 +47,30 @@ class _TieredKV(ChunkedKV):
 
     def __init__(self, layout: KVLayout, config: Any) -> None:
         super().__init__(layout, config)
-        self.store = ChunkStore(config.tiers, self.layout, self.dtype, self.device)
+        self.store = ChunkStore(config.tiers, self.layout, self.dtype, self.device, key_reps=config.key_reps)
+
+    def _first(self, n: int) -> int:
+        """Index of the first chunk of the window among n."""
+        return n - (n if self.config.window is None else min(self.config.window, n))
+
+    def _memory(self, records: Sequence[ChunkRecord], first: int) -> list[int]:
+        """The `memory` most novel chunks before the window that still have dense KV, in stream order."""
+        alive = [i for i in range(first) if records[i].tier != "dropped"]
+        return top_salient(self.store.novelty, alive, self.config.memory)
 
     def _ingest_context(self, records: Sequence[ChunkRecord] | None = None) -> list[torch.Tensor]:
-        """Summary rows of the `summaries_in_ingest` chunks before the window, then the window dense."""
+        """Summary rows of the `summaries_in_ingest` chunks before the window, the memory (most novel older
+        chunks) dense, then the window dense."""
         records = self.store.records if records is None else records
         n = len(records)
-        first = n - (n if self.config.window is None else min(self.config.window, n))
+        first = self._first(n)
         parts = []
         s = self.summaries_in_ingest
         if first and s != 0:
-            parts.append(self.store.summary_rows(0 if s is None else max(0, first - s), first))
-        parts += [kv for kv in (self.store.load(rec) for rec in records[first:]) if kv is not None]
+            lo = max(self.store.forgotten, 0 if s is None else first - s)
+            parts.append(self.store.summary_rows(lo, max(lo, first)))
+        chosen = [records[i] for i in self._memory(records, first)] + list(records[first:])
+        parts += [kv for kv in (self.store.load(rec) for rec in chosen) if kv is not None]
         return parts
 
     def commit(self, view: Any, tokens: int, **kwargs: Any) -> None:
@@ -94,16 +110,20 @@ class _TieredKV(ChunkedKV):
         parts = ([snap.sink] if snap.sink is not None else []) + self._ingest_context(snap.records)
         return ChunkView.gather(parts, self.num_layers)
 
-    def _relevance(self, queries: torch.Tensor, stop: int) -> torch.Tensor:
-        """(layers, stop): attention mass each layer's mean query puts on chunks [0, stop) through their summary
-        keys (softmax over chunks per head, averaged over heads)."""
-        layers, heads, dim = queries.shape
-        q = queries.view(layers, self.layout[1], heads // self.layout[1], dim)
+    def _relevance(self, queries: torch.Tensor, stop: int, every_layer: bool = False) -> torch.Tensor:
+        """(scoring layers, stop): attention mass each scoring layer's question query puts on chunks [0, stop)
+        through their mean and representative keys (softmax over chunks per head, averaged over heads)."""
+        cfg = self.config
+        ids = layer_ids("all" if every_layer else cfg.score_layers, self.num_layers)
+        q = reduce_queries(queries, cfg.query)[ids].float()
         logits = []
         for lo in range(0, stop, SUMMARY_BLOCK):
-            keys = self.store.summary_rows(lo, min(stop, lo + SUMMARY_BLOCK))[:, 0]
-            logits.append(chunk_logits(q, keys))
-        return torch.cat(logits, -1).softmax(-1).mean((1, 2))
+            rows = self.store.index_rows(lo, min(stop, lo + SUMMARY_BLOCK))[ids]
+            reps = rows[:, 2:] if rows.shape[1] > 2 else None
+            logits.append(chunk_relevance(q, rows[:, 0], reps, self.layout[1]))
+        out = torch.cat(logits, -1)
+        out[..., : self.store.forgotten] = float("-inf")  # no index row left: never chosen
+        return out.softmax(-1).mean((1, 2))
 
     def _summaries_of(self, indices: Sequence[int]) -> dict[int, torch.Tensor]:
         """Summary rows of the given chunks as one-token KV (layers, 2, kv_heads, 1, head_dim)."""
@@ -139,22 +159,28 @@ class RetrievalKV(_TieredKV):
 
     def _answer_bound(self, n: int) -> int:
         window, top_k = self.config.window, self.config.top_k
-        held = n if window is None or top_k is None else min(n, window + top_k)
+        held = n if window is None or top_k is None else min(n, window + top_k + self.config.memory)
         return held * self.chunk_tokens
 
     def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
         start = time.perf_counter()
         n = len(snap.records)
-        first = n - (n if self.config.window is None else min(self.config.window, n))
+        first = self._first(n)
         older = snap.records[:first]
         choice: list[dict[int, int]] = [{} for _ in range(self.num_layers)]
         scores = None
         if older:
-            rel = self._relevance(_need(queries), first)
+            rel = self._relevance(_need(queries), first, every_layer=self.config.per_layer)
             scores = rel.mean(0)
             sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
-            order = rel.argsort(-1, descending=True).tolist()
             k = first if self.config.top_k is None else min(self.config.top_k, first)
+            memory = self._memory(older, first)
+            if self.config.per_layer:
+                order = rel.argsort(-1, descending=True).tolist()
+            else:  # one choice for every layer: the top_k by the scoring layers' mean, then the memory
+                top = [i for i in scores.argsort(descending=True).tolist() if sizes[i]][:k]
+                order = [top + [i for i in memory if i not in top]] * self.num_layers
+                k += len(memory)
             budget = max(sum(sizes[i] for i in row[:k]) for row in order)
             for layer, row in enumerate(order):  # equal token counts across layers keep one mask valid
                 left = budget
@@ -218,8 +244,9 @@ class BilevelKV(_TieredKV):
         return 0 if rest == "drop" else 1 if rest == "summary" else -(-self.chunk_tokens // self.config.pool)
 
     def _answer_bound(self, n: int) -> int:
-        k = n if self.config.top_k is None else min(self.config.top_k, n)
-        rest = n - k if self.config.rest_max is None else min(n - k, self.config.rest_max)
+        cfg = self.config
+        k = n if cfg.top_k is None else min(cfg.top_k + cfg.memory, n)
+        rest = n - k if cfg.rest_max is None else min(n - k, cfg.rest_max)
         return k * self.chunk_tokens + rest * self._rest_tokens()
 
     def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
@@ -227,9 +254,11 @@ class BilevelKV(_TieredKV):
         cfg, n = self.config, len(snap.records)
         scores = self._relevance(_need(queries), n).mean(0) if n else None
         order = scores.argsort(descending=True).tolist() if scores is not None else []
+        order = [i for i in order if i >= self.store.forgotten]  # chunks with no index row left are gone
         k = n if cfg.top_k is None else min(cfg.top_k, n)
-        dense = set(order[:k])
-        rest = [] if cfg.rest == "drop" else order[k:] if cfg.rest_max is None else order[k : k + cfg.rest_max]
+        dense = set(order[:k]) | set(self._memory(snap.records, self._first(n)))  # relevant, then salient
+        others = [i for i in order if i not in dense]
+        rest = [] if cfg.rest == "drop" else others if cfg.rest_max is None else others[: cfg.rest_max]
         summaries = self._summaries_of(rest) if cfg.rest == "summary" else {}
         chosen: dict[int, torch.Tensor | None] = {}
         for i in dense.union(rest if cfg.rest == "pooled" else ()):

@@ -98,6 +98,6 @@ class VideoLMAdapter(Protocol):
         ...
 
     def question_queries(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """(layers, heads, head_dim): each layer's query states over `embeds`, averaged over its tokens, with
+        """(layers, heads, q_len, head_dim): each layer's query states of every token of `embeds`, with
         `cache` as the past. The cache is a throwaway view: what the forward appends to it is discarded."""
         ...

@@ -89,12 +89,13 @@ class LanguageModelSide:
         enable_query_probe(self.model.get_decoder())
 
     def question_queries(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
-        """(layers, heads, head_dim) mean query states of the question over `cache` (one probed forward, no
-        head: only the queries are read)."""
+        """(layers, heads, q_len, head_dim) query states of the question's tokens over `cache` (one probed
+        forward, no head: only the queries are read); the policy reduces them (the answer position's, or the
+        mean)."""
         with probe_queries() as queries, torch.inference_mode():
             self._hidden(embeds, positions, cache)
         layers = self.kv_layout().layers
-        return torch.stack([queries[layer][0].float().mean(1) for layer in range(layers)])
+        return torch.stack([queries[layer][0].float() for layer in range(layers)])
 
     def _position_ids(self, positions: torch.Tensor) -> torch.Tensor:
         """Our (3, L) M-RoPE ids as the decoder takes them: (3, 1, L)."""

@@ -1,0 +1,131 @@
+"""`SummaryLog`: a chunk store's index, one row per chunk (mean key, mean value, atypical keys), in blocks.
+
+Blocks of `SUMMARY_BLOCK` rows live in host RAM; full ones spill to the store's spill file when RAM runs out,
+and the oldest spilled ones are forgotten when the spill file's budget runs out (an endless stream's index
+would otherwise grow without bound).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..kernels.quant import from_bytes, to_bytes
+from ..records import Blob
+from .disk import DiskTier
+
+SUMMARY_BLOCK = 64
+
+
+class SummaryLog:
+    """One (layers, width, kv_heads, head_dim) row per chunk, appended in order (width 2: mean key and value;
+    the representative-keys log: `key_reps` keys); old full blocks may go to disk."""
+
+    def __init__(
+        self, layout: tuple[int, int, int], dtype: torch.dtype, block: int = SUMMARY_BLOCK, width: int = 2
+    ) -> None:
+        self.layout, self.dtype, self.block, self.width = layout, dtype, block, width
+        self._blocks: list[torch.Tensor | int | None] = []  # a host tensor, its offset in the spill file, or None
+        self._on_disk = 0  # leading blocks that live in the spill file (or were forgotten)
+        self.forgotten = 0  # leading blocks given up to keep the spill file within its budget
+        self.count = 0
+        self.ram_bytes = 0
+        self.disk_bytes = 0
+
+    def _shape(self) -> tuple[int, ...]:
+        layers, heads, dim = self.layout
+        return (layers, self.width, heads, self.block, dim)
+
+    def append(self, row: torch.Tensor) -> None:
+        i = self.count % self.block
+        if i == 0:
+            self._blocks.append(torch.zeros(self._shape(), dtype=self.dtype))
+            self.ram_bytes += self._blocks[-1].nbytes
+        self._blocks[-1][:, :, :, i] = row.to("cpu", self.dtype)
+        self.count += 1
+
+    def rows(self, start: int, stop: int, disk: DiskTier | None) -> torch.Tensor:
+        """Index rows of chunks [start, stop) as one (layers, width, kv_heads, stop - start, head_dim) host tensor
+        (zeros for forgotten chunks)."""
+        start, stop = max(start, 0), min(stop, self.count)
+        parts = []
+        for b in range(start // self.block, -(-stop // self.block) if stop > start else 0):
+            blk = self._blocks[b]
+            if blk is None:
+                blk = torch.zeros(self._shape(), dtype=self.dtype)
+            elif isinstance(blk, int):
+                nbytes = self._blocks_nbytes()
+                blk = from_bytes(disk.get(blk, nbytes), self._shape(), self.dtype, 0, "cpu")  # type: ignore[union-attr]
+            lo, hi = max(start - b * self.block, 0), min(stop - b * self.block, self.block)
+            parts.append(blk[:, :, :, lo:hi])
+        if not parts:
+            layers, heads, dim = self.layout
+            return torch.zeros((layers, self.width, heads, 0, dim), dtype=self.dtype)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 3)
+
+    def _blocks_nbytes(self) -> int:
+        layers, heads, dim = self.layout
+        return layers * self.width * heads * self.block * dim * torch.finfo(self.dtype).bits // 8
+
+    def state_dict(self, disk: DiskTier | None) -> dict[str, Any]:
+        """Blocks as host tensors (the open last one copied) or disk `Blob`s, and the counters."""
+        blocks: list[Any] = []
+        for i, blk in enumerate(self._blocks):
+            if blk is None:
+                blocks.append(None)
+            elif isinstance(blk, int):
+                blocks.append(Blob(self._blocks_nbytes(), functools.partial(disk.get, blk, self._blocks_nbytes())))  # type: ignore[union-attr]
+            else:
+                blocks.append(blk.clone() if i == len(self._blocks) - 1 else blk)
+        return {"blocks": blocks, "on_disk": self._on_disk, "count": self.count, "forgotten": self.forgotten,
+                "ram_bytes": self.ram_bytes, "disk_bytes": self.disk_bytes}  # fmt: skip
+
+    def load_state(self, state: dict[str, Any], disk: Callable[[], DiskTier]) -> None:
+        self._blocks = [
+            None if b is None else disk().put(b.read()) if isinstance(b, Blob) else b.to("cpu", self.dtype)
+            for b in state["blocks"]
+        ]
+        self._on_disk, self.count, self.forgotten = int(state["on_disk"]), int(state["count"]), int(state["forgotten"])
+        self.ram_bytes, self.disk_bytes = int(state["ram_bytes"]), int(state["disk_bytes"])
+
+    def spill(self, disk: DiskTier) -> bool:
+        """Move the oldest full block in RAM to the spill file; False when none is left to move."""
+        if self._on_disk >= len(self._blocks) - 1:
+            return False
+        blk = self._blocks[self._on_disk]
+        assert isinstance(blk, torch.Tensor)
+        self._blocks[self._on_disk] = disk.put(to_bytes(blk, 0))
+        self.ram_bytes -= blk.nbytes
+        self.disk_bytes += blk.nbytes
+        self._on_disk += 1
+        return True
+
+    @property
+    def can_spill(self) -> bool:
+        """Whether a full block is still in RAM (the open last block never spills)."""
+        return self._on_disk < len(self._blocks) - 1
+
+    @property
+    def block_bytes(self) -> int:
+        return self._blocks_nbytes()
+
+    @property
+    def forgotten_rows(self) -> int:
+        """Chunks before this index have no index row any more (their block was forgotten)."""
+        return min(self.forgotten * self.block, self.count)
+
+    def forget_oldest(self, disk: DiskTier) -> bool:
+        """Give up the oldest block in the spill file (its chunks can no longer be scored or stood in for);
+        False when none is there."""
+        if self.forgotten >= self._on_disk:
+            return False
+        offset = self._blocks[self.forgotten]
+        assert isinstance(offset, int)
+        disk.free(offset, self._blocks_nbytes())
+        self._blocks[self.forgotten] = None
+        self.disk_bytes -= self._blocks_nbytes()
+        self.forgotten += 1
+        return True

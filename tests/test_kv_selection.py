@@ -1,0 +1,53 @@
+"""Bounded KV that keeps what matters: the bundled model's needle and count questions through `Session`.
+
+A fixed sample of the yardstick's validation split (needle: a shape flashes for 2-3 frames early in a stream
+of 200-260 frames; count: how many shapes appeared). The uncompressed `full` policy is the reference. The
+selection as it was before (the question's mean query, one mean key per chunk, every layer choosing, no
+memory of salient chunks) loses needles here; the defaults must keep them and the counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from livevlm import SessionConfig, load_model
+from livevlm.cache import BilevelConfig, RetrievalConfig
+from tools.yardstick.evaluate import evaluate
+from tools.yardstick.world import example_set
+
+PER_TYPE = 10
+BEFORE = {"query": "mean", "key_reps": 0, "score_layers": "all", "memory": 0}  # the selection of the first wave
+
+
+@pytest.fixture(scope="module")
+def yardstick():
+    return load_model(None)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return {t: example_set(PER_TYPE, "val", (t,)) for t in ("needle", "count")}
+
+
+def correct(adapter, examples, kv) -> int:
+    return sum(r.correct for r in evaluate(adapter, examples, SessionConfig(kv=kv)))
+
+
+@pytest.fixture(scope="module")
+def full(yardstick, examples):
+    return {t: correct(yardstick, ex, "full") for t, ex in examples.items()}
+
+
+@pytest.mark.parametrize("config", [BilevelConfig(), RetrievalConfig()], ids=["bilevel", "retrieval"])
+def test_bounded_defaults_find_the_needle_and_keep_the_count(yardstick, examples, full, config):
+    needle = correct(yardstick, examples["needle"], config)
+    count = correct(yardstick, examples["count"], config)
+    assert needle >= full["needle"] - 1, (needle, full)
+    assert count >= full["count"] - 1, (count, full)
+
+
+def test_the_first_waves_selection_loses_needles_the_defaults_find(yardstick, examples):
+    before = replace(BilevelConfig(), **BEFORE)
+    assert correct(yardstick, examples["needle"], before) < correct(yardstick, examples["needle"], BilevelConfig()) - 1
