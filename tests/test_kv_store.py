@@ -66,7 +66,7 @@ def test_policies_covering_everything_equal_full(tiny_adapters, family, name):
 
 BOUNDED = {
     "sink_window": lambda: SinkWindowConfig(window=2),
-    "retrieval": lambda: RetrievalConfig(window=1, top_k=1, memory=1),
+    "retrieval": lambda: RetrievalConfig(window=1, top_k=1, memory=1, per_layer=False),
     "retrieval-per-layer": lambda: RetrievalConfig(window=1, top_k=2, memory=0, per_layer=True, query="mean"),
     "bilevel-pooled": lambda: BilevelConfig(window=1, summaries=2, top_k=1, memory=1, rest_max=2),
     "bilevel-summary": lambda: BilevelConfig(window=1, summaries=2, top_k=1, memory=1, rest="summary"),

@@ -118,18 +118,23 @@ class ChunkStore:
 
     def state_dict(self) -> dict[str, Any]:
         """Every chunk where it lives (device KV, host blob, disk `Blob`, or nothing once dropped), the summary
-        index and the byte counts; the disk blobs are read from the spill file when the snapshot writes them."""
+        index and the byte counts; the disk blobs are read from the spill file when the snapshot writes them.
+        Chunks whose index rows were forgotten are only counted (`base`), so the state stays within budget."""
         with self.lock:
-            records = [self._record_state(r) for r in self.records]
+            base = self.forgotten
+            records = [self._record_state(r) for r in self.records[base:]]
             summaries = self.summaries.state_dict(self._disk) if self.summaries is not None else None
-            return {"records": records, "summaries": summaries, "bytes": dict(self.bytes),
-                    "dropped": self.dropped, "tokens": self.tokens, "novelty": list(self.novelty),
+            return {"base": base, "records": records, "summaries": summaries, "bytes": dict(self.bytes),
+                    "dropped": self.dropped, "tokens": self.tokens, "novelty": list(self.novelty[base:]),
                     "last_values": self._last_values}  # fmt: skip
 
     def _record_state(self, r: ChunkRecord) -> dict[str, Any]:
-        disk = Blob(r.nbytes, functools.partial(self._disk_tier().get, r.offset, r.nbytes)) if r.tier == "disk" else None
-        return {"index": r.index, "tokens": r.tokens, "pts_seconds": list(r.pts_seconds), "tier": r.tier,
-                "nbytes": r.nbytes, "kv": r.kv, "blob": r.blob, "disk": disk}  # fmt: skip
+        out = {"index": r.index, "tokens": r.tokens, "pts_seconds": list(r.pts_seconds), "tier": r.tier}
+        if r.tier == "disk":
+            out["disk"] = Blob(r.nbytes, functools.partial(self._disk_tier().get, r.offset, r.nbytes))
+        if r.tier != "dropped":
+            out.update(nbytes=r.nbytes, kv=r.kv, blob=r.blob)
+        return out
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Replace the chunks with a `state_dict`'s; disk blobs go into a fresh spill file (compacted)."""
@@ -137,10 +142,12 @@ class ChunkStore:
             if self._disk is not None:
                 self._disk.close()
                 self._disk = None
-            self.records, self._queues = [], {t: deque() for t in self.bytes}
+            base = int(state["base"])
+            self.records = [ChunkRecord(i, 0, (), "dropped") for i in range(base)]  # forgotten: index only
+            self._queues = {t: deque() for t in self.bytes}
             for r in state["records"]:
                 rec = ChunkRecord(int(r["index"]), int(r["tokens"]), tuple(r["pts_seconds"]), r["tier"],
-                                  nbytes=int(r["nbytes"]))  # fmt: skip
+                                  nbytes=int(r.get("nbytes", 0)))  # fmt: skip
                 if rec.tier == "device":
                     rec.kv = r["kv"].to(self.device)
                 elif rec.tier == "cpu":
@@ -154,7 +161,7 @@ class ChunkStore:
                 self.summaries.load_state(state["summaries"], self._disk_tier)
             self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
             self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
-            self.novelty = [float(x) for x in state["novelty"]]
+            self.novelty = [0.0] * base + [float(x) for x in state["novelty"]]
             last = state["last_values"]
             self._last_values = last.to(self.device) if last is not None else None
 
@@ -192,13 +199,16 @@ class ChunkStore:
         if not log.can_spill or cap is None:
             return log.can_spill
         share = cap // 2 if log.block_bytes <= cap // 2 else cap
-        while log.disk_bytes + log.block_bytes > share and log.forget_oldest(self._disk_tier()):
-            self._forget_records(log.forgotten_rows)
+        while log.disk_bytes + log.block_bytes > share:
+            start = log.forgotten_rows
+            if not log.forget_oldest(self._disk_tier()):
+                break
+            self._forget_records(start, log.forgotten_rows)
         return self._disk_room(log.block_bytes)
 
-    def _forget_records(self, stop: int) -> None:
+    def _forget_records(self, start: int, stop: int) -> None:
         """Chunks whose index rows were forgotten lose their dense KV too (they are the oldest anyway)."""
-        for rec in self.records[:stop]:
+        for rec in self.records[start:stop]:
             if rec.tier != "dropped":
                 self._queues[rec.tier].remove(rec)
                 self._move(rec, "dropped")

@@ -92,9 +92,11 @@ class RetrievalConfig(SelectionConfig):
     tiers: KVTiers = field(default_factory=KVTiers)
     """Byte budgets of the device / host / disk tiers."""
 
-    per_layer: bool = False
-    """Each layer picks its own top_k chunks by its own queries (ReKV; every layer scores, `score_layers` is
-    not used); False = one choice for all layers."""
+    per_layer: bool = True
+    """Each layer picks its own top_k chunks by its own queries (ReKV; every layer scores, `score_layers` and
+    the memory are not used in answers); False = one choice for all layers: the top_k by the scoring layers,
+    plus the memory. Chosen on the yardstick's validation split (needle 0.90 vs 0.87, 0.21 vs 0.27 of the
+    full context; `benchmarks/results/kv-selection-val.json`)."""
 
     def __post_init__(self) -> None:
         _check_count("RetrievalConfig", "window", self.window)
