@@ -82,18 +82,15 @@ def novelty(values: torch.Tensor, previous: torch.Tensor | None) -> float:
     return float((1 - cos.mean((0, 1))).max())
 
 
-def chunk_relevance(
-    queries: torch.Tensor, mean_keys: torch.Tensor, rep_keys: torch.Tensor | None, kv_heads: int
-) -> torch.Tensor:
-    """(layers, kv_heads, group, n) logits of chunks for the scoring layers' queries (layers, heads, dim): the max
-    of q·mean(k) and of q·k over the chunk's representative keys (layers, reps, kv_heads, n, dim)."""
+def chunk_relevance(queries: torch.Tensor, keys: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """(layers, kv_heads, group, n) logits of chunks for the scoring layers' queries (layers, heads, dim) against
+    each chunk's keys (layers, r, kv_heads, n, dim) — its mean key and its representative keys —: the max over
+    the r keys, in one `chunk_logits` call."""
     layers, heads, dim = queries.shape
+    r, n = int(keys.shape[1]), int(keys.shape[3])
     q = queries.reshape(layers, kv_heads, heads // kv_heads, dim)
-    logits = chunk_logits(q, mean_keys)  # (layers, kv_heads, group, n)
-    if rep_keys is not None and rep_keys.shape[1]:
-        for r in range(int(rep_keys.shape[1])):
-            logits = torch.maximum(logits, chunk_logits(q, rep_keys[:, r]))
-    return logits
+    flat = keys.permute(0, 2, 1, 3, 4).reshape(layers, kv_heads, r * n, dim)
+    return chunk_logits(q, flat).view(layers, kv_heads, heads // kv_heads, r, n).amax(3)
 
 
 def top_salient(scores: Sequence[float], candidates: Sequence[int], count: int) -> list[int]:

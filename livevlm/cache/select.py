@@ -29,6 +29,9 @@ from .chunks import ChunkStore
 from .kv_configs import BilevelConfig, RetrievalConfig
 from .scoring import chunk_relevance, layer_ids, reduce_queries, top_salient
 from .summary_log import SUMMARY_BLOCK
+
+SCORE_SPAN = 16 * SUMMARY_BLOCK
+"""Chunks scored per call: few calls, a bounded temporary (keys of SCORE_SPAN chunks of the scoring layers)."""
 from .tiers import ChunkRecord
 from .view import ChunkView
 
@@ -117,10 +120,10 @@ class _TieredKV(ChunkedKV):
         ids = layer_ids("all" if every_layer else cfg.score_layers, self.num_layers)
         q = reduce_queries(queries, cfg.query)[ids].float()
         logits = []
-        for lo in range(0, stop, SUMMARY_BLOCK):
-            rows = self.store.index_rows(lo, min(stop, lo + SUMMARY_BLOCK))[ids]
-            reps = rows[:, 2:] if rows.shape[1] > 2 else None
-            logits.append(chunk_relevance(q, rows[:, 0], reps, self.layout[1]))
+        keys = [0, *range(2, 2 + self.store.key_reps)]  # the mean key, then the atypical keys (not the value)
+        for lo in range(0, stop, SCORE_SPAN):
+            rows = self.store.index_rows(lo, min(stop, lo + SCORE_SPAN))[ids][:, keys]
+            logits.append(chunk_relevance(q, rows, self.layout[1]))
         out = torch.cat(logits, -1)
         out[..., : self.store.forgotten] = float("-inf")  # no index row left: never chosen
         return out.softmax(-1).mean((1, 2))
