@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import functools
 import threading
+from array import array
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..kernels.quant import from_bytes, to_bytes
 from ..records import Blob
 from .disk import DiskTier
-from .scoring import novelty, representative_keys
+from .scoring import novelty, representative_keys, top_salient
 from .summary_log import SummaryLog
 from .tiers import ChunkRecord, KVTiers
 
@@ -41,7 +43,8 @@ class ChunkStore:
         self.records: list[ChunkRecord] = []
         self.key_reps = key_reps
         self.summaries = SummaryLog(layout, dtype, width=2 + key_reps) if summaries else None
-        self.novelty: list[float] = []  # per chunk: how much it differs from the chunk before (scoring.novelty)
+        self.novelty = array("d")  # per chunk: how much it differs from the chunk before (scoring.novelty)
+        self.alive = bytearray()  # per chunk: 1 while some tier holds its dense KV
         self._last_values: torch.Tensor | None = None
         self.bytes = {"device": 0, "cpu": 0, "disk": 0}
         self.dropped = 0
@@ -75,6 +78,7 @@ class ChunkStore:
                 self.summaries.append(row)
             values = kv[:, 1]
             self.novelty.append(novelty(values, self._last_values))
+            self.alive.append(1)
             self._last_values = values
             self._enforce()
             return rec
@@ -103,6 +107,13 @@ class ChunkStore:
         with self.lock:
             rows = self.summaries.rows(start, stop, self._disk)
         return rows.to(self.device)
+
+    def salient(self, stop: int, count: int) -> list[int]:
+        """The `count` most novel chunks before `stop` that still have dense KV, in stream order."""
+        with self.lock:
+            scores = np.frombuffer(self.novelty, dtype=np.float64, count=stop).copy()
+            alive = np.frombuffer(self.alive, dtype=np.uint8, count=stop).astype(bool)
+        return top_salient(scores, alive, count)
 
     def counts(self) -> dict[str, int]:
         return {tier: len(q) for tier, q in self._queues.items()}
@@ -161,7 +172,8 @@ class ChunkStore:
                 self.summaries.load_state(state["summaries"], self._disk_tier)
             self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
             self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
-            self.novelty = [0.0] * base + [float(x) for x in state["novelty"]]
+            self.novelty = array("d", [0.0] * base + [float(x) for x in state["novelty"]])
+            self.alive = bytearray(rec.tier != "dropped" for rec in self.records)
             last = state["last_values"]
             self._last_values = last.to(self.device) if last is not None else None
 
@@ -238,6 +250,7 @@ class ChunkStore:
         elif to == "disk":
             rec.offset, rec.blob = self._disk_tier().put(rec.blob), None  # type: ignore[arg-type]
         else:  # dropped: only the summary row is left
+            self.alive[rec.index] = 0
             if rec.tier == "disk":
                 self._disk_tier().free(rec.offset, rec.nbytes)
             rec.kv = rec.blob = None

@@ -13,8 +13,7 @@ counting needs every event's chunk in reach of the ones after it, which a slidin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import numpy as np
 import torch
 
 from ..errors import ConfigError
@@ -93,9 +92,14 @@ def chunk_relevance(queries: torch.Tensor, keys: torch.Tensor, kv_heads: int) ->
     return chunk_logits(q, flat).view(layers, kv_heads, heads // kv_heads, r, n).amax(3)
 
 
-def top_salient(scores: Sequence[float], candidates: Sequence[int], count: int) -> list[int]:
-    """The `count` candidates with the highest scores, in chronological order."""
-    if count <= 0 or not candidates:
+def top_salient(scores: np.ndarray, alive: np.ndarray, count: int) -> list[int]:
+    """Indices of the `count` highest `scores` among the `alive` ones (ties: the newer first), in stream order."""
+    candidates = np.flatnonzero(alive)
+    if count <= 0 or not len(candidates):
         return []
-    ranked = sorted(candidates, key=lambda i: (-scores[i], -i))[:count]
-    return sorted(ranked)
+    if len(candidates) > count:
+        values = scores[candidates]
+        kth = np.partition(values, len(values) - count)[len(values) - count]
+        top = candidates[values >= kth]
+        candidates = np.array(sorted(top.tolist(), key=lambda i: (-scores[i], -i))[:count])
+    return sorted(candidates.tolist())

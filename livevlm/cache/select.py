@@ -27,7 +27,7 @@ from ..records import KVLayout
 from .chunked import ChunkedKV
 from .chunks import ChunkStore
 from .kv_configs import BilevelConfig, RetrievalConfig
-from .scoring import chunk_relevance, layer_ids, reduce_queries, top_salient
+from .scoring import chunk_relevance, layer_ids, reduce_queries
 from .summary_log import SUMMARY_BLOCK
 
 SCORE_SPAN = 16 * SUMMARY_BLOCK
@@ -56,10 +56,9 @@ class _TieredKV(ChunkedKV):
         """Index of the first chunk of the window among n."""
         return n - (n if self.config.window is None else min(self.config.window, n))
 
-    def _memory(self, records: Sequence[ChunkRecord], first: int) -> list[int]:
+    def _memory(self, first: int) -> list[int]:
         """The `memory` most novel chunks before the window that still have dense KV, in stream order."""
-        alive = [i for i in range(first) if records[i].tier != "dropped"]
-        return top_salient(self.store.novelty, alive, self.config.memory)
+        return self.store.salient(first, self.config.memory)
 
     def _ingest_context(self, records: Sequence[ChunkRecord] | None = None) -> list[torch.Tensor]:
         """Summary rows of the `summaries_in_ingest` chunks before the window, the memory (most novel older
@@ -72,7 +71,7 @@ class _TieredKV(ChunkedKV):
         if first and s != 0:
             lo = max(self.store.forgotten, 0 if s is None else first - s)
             parts.append(self.store.summary_rows(lo, max(lo, first)))
-        chosen = [records[i] for i in self._memory(records, first)] + list(records[first:])
+        chosen = [records[i] for i in self._memory(first)] + list(records[first:])
         parts += [kv for kv in (self.store.load(rec) for rec in chosen) if kv is not None]
         return parts
 
@@ -177,7 +176,7 @@ class RetrievalKV(_TieredKV):
             scores = rel.mean(0)
             sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
             k = first if self.config.top_k is None else min(self.config.top_k, first)
-            memory = self._memory(older, first)
+            memory = self._memory(first)
             if self.config.per_layer:
                 order = rel.argsort(-1, descending=True).tolist()
             else:  # one choice for every layer: the top_k by the scoring layers' mean, then the memory
@@ -259,7 +258,7 @@ class BilevelKV(_TieredKV):
         order = scores.argsort(descending=True).tolist() if scores is not None else []
         order = [i for i in order if i >= self.store.forgotten]  # chunks with no index row left are gone
         k = n if cfg.top_k is None else min(cfg.top_k, n)
-        dense = set(order[:k]) | set(self._memory(snap.records, self._first(n)))  # relevant, then salient
+        dense = set(order[:k]) | set(self._memory(self._first(n)))  # relevant, then salient
         others = [i for i in order if i not in dense]
         rest = [] if cfg.rest == "drop" else others if cfg.rest_max is None else others[: cfg.rest_max]
         summaries = self._summaries_of(rest) if cfg.rest == "summary" else {}
