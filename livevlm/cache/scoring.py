@@ -89,11 +89,7 @@ def chunk_relevance(
     of q·mean(k) and of q·k over the chunk's representative keys (layers, reps, kv_heads, n, dim)."""
     layers, heads, dim = queries.shape
     q = queries.reshape(layers, kv_heads, heads // kv_heads, dim)
-    logits = chunk_logits(q, mean_keys)  # (layers, kv_heads, group, n)
-    if rep_keys is not None and rep_keys.shape[1]:
-        for r in range(int(rep_keys.shape[1])):
-            logits = torch.maximum(logits, chunk_logits(q, rep_keys[:, r]))
-    return logits
+    return chunk_logits(q, mean_keys, rep_keys)  # (layers, kv_heads, group, n), the max fused in the kernel
 
 
 def top_salient(scores: Sequence[float], candidates: Sequence[int], count: int) -> list[int]:
