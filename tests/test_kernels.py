@@ -70,3 +70,15 @@ def test_cli_stats_show_the_linear_backend_actually_used_and_the_forced_fallback
     expected = linear_choice(torch.device("cpu"), torch.bfloat16)
     assert f"'linear': '{expected}'" in default.stderr
     assert "'linear': 'torch: forced by LIVEVLM_KERNELS=torch'" in forced.stderr
+
+
+def test_the_torch_path_never_imports_triton():
+    code = (
+        "import sys, torch, livevlm; from livevlm import kernels as k; k.backend(); "
+        "k.pool_tokens(torch.randn(2, 5, 8), 2); k.chunk_logits(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 3, 8)); "
+        "k.from_bytes(k.to_bytes(torch.randn(3, 7), 4), (3, 7), torch.float32, 4, 'cpu'); "
+        "assert 'triton' not in sys.modules, 'triton imported'"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (kernels.FORCE_ENV, "TRITON_INTERPRET")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert res.returncode == 0, res.stderr

@@ -84,12 +84,11 @@ def novelty(values: torch.Tensor, previous: torch.Tensor | None) -> float:
 def chunk_relevance(queries: torch.Tensor, keys: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """(layers, kv_heads, group, n) logits of chunks for the scoring layers' queries (layers, heads, dim) against
     each chunk's keys (layers, r, kv_heads, n, dim) — its mean key and its representative keys —: the max over
-    the r keys, in one `chunk_logits` call."""
+    the r keys, in one `chunk_logits` call (fused in the Triton kernel)."""
     layers, heads, dim = queries.shape
-    r, n = int(keys.shape[1]), int(keys.shape[3])
     q = queries.reshape(layers, kv_heads, heads // kv_heads, dim)
-    flat = keys.permute(0, 2, 1, 3, 4).reshape(layers, kv_heads, r * n, dim)
-    return chunk_logits(q, flat).view(layers, kv_heads, heads // kv_heads, r, n).amax(3)
+    reps = keys[:, 1:] if keys.shape[1] > 1 else None
+    return chunk_logits(q, keys[:, 0], reps)  # the max over the representative keys fused in the kernel
 
 
 def top_salient(scores: np.ndarray, alive: np.ndarray, count: int) -> list[int]:

@@ -1,5 +1,6 @@
 """The `livevlm` command: `ask VIDEO QUESTION` answers about a file; `watch SOURCE` answers while watching;
-`summarize VIDEO` writes chapters and a summary of a long file; `serve` answers over HTTP for many streams.
+`summarize VIDEO` writes chapters and a summary of a long file; `serve` answers over HTTP for many streams;
+`doctor` prints what a bug report needs about this machine (devices, versions, kernel backends).
 
 Each subcommand lives in its own module with `add_parser(sub)` and `run(args)`; the session flags are
 generated once from `SessionConfig` (`livevlm.cli.flags`).
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 from ..errors import LivevlmError
 from ..models.tiny import TINY_FAMILIES
-from . import ask, serve, summarize, watch
+from . import ask, doctor, serve, summarize, watch
 
 DEFAULT_MODEL_NOTICE = (
     "note: no --model given, using the bundled default: a 4.9M-parameter Qwen2.5-VL trained on synthetic "
@@ -31,6 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():
         command.add_parser(sub)
+    doctor.add_parser(sub)
     sub.add_parser("sample", help="print the path of the bundled sample clip")
     tiny = sub.add_parser("build-tiny", help="save a tiny random-weight checkpoint (for tests and demos)")
     tiny.add_argument("out")
@@ -70,6 +72,8 @@ def _run(args: argparse.Namespace) -> int:
             if args.model is None:
                 print(DEFAULT_MODEL_NOTICE, file=sys.stderr)
             return COMMANDS[args.command].run(args)
+        if args.command == "doctor":
+            return doctor.run(args)
         if args.command == "sample":
             from ..assets import sample_video_path
 

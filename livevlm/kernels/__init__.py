@@ -1,39 +1,53 @@
 """Low-level ops of the hot paths, one module per op, each with its backend visible.
 
     similarity  unit_rows, merge_dropped, top_k, dither_rank   (pruners)      torch
-    pool        pool_tokens                                    (KV bilevel)   torch
-    quant       to_bytes / from_bytes (8/4-bit KV rows)        (KV host tier) torch
-    relevance   chunk_logits (question queries x summary keys) (KV selection) torch
+    pool        pool_tokens                                    (KV bilevel)   triton on cuda, else torch
+    quant       to_bytes / from_bytes (8/4-bit KV rows)        (KV host tier) triton dequant on cuda, else torch
+    relevance   chunk_logits (question queries x summary keys) (KV selection) triton on cuda, else torch
     linear      PackedLinears (few-row linears, ViT cache)     onednn prepack where the CPU supports it
 
-`backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references.
+`backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references,
+`LIVEVLM_KERNELS=triton` the Triton kernels. Triton modules (`_triton_*.py`) are imported only when chosen.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._backend import FORCE_ENV, Choice, cpu_flags, forced_torch
+from ._backend import (
+    FORCE_ENV,
+    Choice,
+    KernelUnavailableError,
+    cpu_flags,
+    forced_torch,
+    triton_choice,
+    triton_version,
+)
 from .linear import PackedLinears, linear_choice
 from .pool import pool_tokens
 from .quant import from_bytes, to_bytes
 from .relevance import chunk_logits
 from .similarity import dither_rank, merge_dropped, top_k, unit_rows
 
-_TORCH_ONLY = ("similarity", "pool", "quant", "relevance")
+TRITON_OPS = ("pool", "quant", "relevance")
 
 
 def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[str, Choice]:
     """Op -> the backend that runs it for weights of `dtype` on `device`, with the reason."""
-    reference = Choice("torch", "forced by LIVEVLM_KERNELS=torch" if forced_torch() else "reference (only backend)")
-    out = {name: reference for name in _TORCH_ONLY}
+    reference = Choice(
+        "torch", "forced by LIVEVLM_KERNELS=torch" if forced_torch() else "reference (only backend)"
+    )
+    out = {"similarity": reference}
+    out.update(dict.fromkeys(TRITON_OPS, triton_choice(device)))
     out["linear"] = linear_choice(torch.device(device), dtype)
     return out
 
 
 __all__ = [
     "FORCE_ENV",
+    "TRITON_OPS",
     "Choice",
+    "KernelUnavailableError",
     "PackedLinears",
     "backend",
     "chunk_logits",
@@ -46,5 +60,7 @@ __all__ = [
     "pool_tokens",
     "to_bytes",
     "top_k",
+    "triton_choice",
+    "triton_version",
     "unit_rows",
 ]

@@ -1,12 +1,22 @@
-"""Which backend each kernel runs, and why; `LIVEVLM_KERNELS=torch` forces every op onto its torch reference."""
+"""Which backend each kernel runs, and why; `LIVEVLM_KERNELS=torch` forces every op onto its torch reference,
+`LIVEVLM_KERNELS=triton` forces the Triton kernels (on CPU only under `TRITON_INTERPRET=1`: how tests run them)."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 
+import torch
+
 FORCE_ENV = "LIVEVLM_KERNELS"
+FORCE_VALUES = ("", "auto", "torch", "triton")
+INTERPRET_ENV = "TRITON_INTERPRET"
+
+
+class KernelUnavailableError(RuntimeError):
+    """A forced backend cannot run here (triton not installed, or CPU tensors without the interpreter)."""
 
 
 @dataclass(frozen=True)
@@ -20,9 +30,65 @@ class Choice:
         return f"{self.backend}: {self.reason}"
 
 
+def forced() -> str:
+    """The backend the user forced with LIVEVLM_KERNELS ("torch", "triton"), or "" for the automatic choice."""
+    value = os.environ.get(FORCE_ENV, "").strip().lower()
+    if value not in FORCE_VALUES:
+        raise ValueError(f"{FORCE_ENV} must be one of torch, triton, auto (or unset), got {value!r}")
+    return "" if value == "auto" else value
+
+
 def forced_torch() -> bool:
     """True when the user forced the torch reference path for every op."""
-    return os.environ.get(FORCE_ENV, "").strip().lower() == "torch"
+    return forced() == "torch"
+
+
+@functools.lru_cache(maxsize=1)
+def triton_version() -> str | None:
+    """The installed triton's version, or None (found without importing it: `import livevlm` never needs it)."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("triton")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get(INTERPRET_ENV, "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def triton_choice(device: torch.device | str = "cpu") -> Choice:
+    """Whether an op with a Triton kernel runs it for tensors on `device`, and why."""
+    device = torch.device(device)
+    mode = forced()
+    if mode == "torch":
+        return Choice("torch", "forced by LIVEVLM_KERNELS=torch")
+    if mode == "triton":
+        if triton_version() is None:
+            raise KernelUnavailableError(
+                "LIVEVLM_KERNELS=triton but triton is not installed (pip install triton)"
+            )
+        if device.type == "cpu" and not interpreting():
+            raise KernelUnavailableError("LIVEVLM_KERNELS=triton on cpu tensors needs TRITON_INTERPRET=1")
+        return Choice(
+            "triton", "forced by LIVEVLM_KERNELS=triton" + (" (interpreter)" if interpreting() else "")
+        )
+    if triton_version() is None:
+        return Choice("torch", "no triton")
+    if not torch.cuda.is_available():
+        return Choice("torch", "no cuda (triton kernels run on GPU; the interpreter is for tests)")
+    if device.type != "cuda":
+        return Choice("torch", f"tensors on {device.type} (triton kernels run on cuda)")
+    return Choice("triton", "cuda available")
+
+
+def use_triton(device: torch.device) -> bool:
+    """The dispatch test every op with a Triton kernel makes per call."""
+    return triton_choice(device).backend == "triton"
 
 
 @functools.lru_cache(maxsize=1)

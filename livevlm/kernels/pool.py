@@ -1,16 +1,28 @@
-"""Average pooling of KV tokens (the bilevel view reads chunks that are not selected this way)."""
+"""Average pooling of KV tokens (the bilevel view reads chunks that are not selected this way); Triton on CUDA,
+the torch reference elsewhere."""
 
 from __future__ import annotations
 
 import torch
 
+from ._backend import use_triton
+
 
 def pool_tokens(kv: torch.Tensor, factor: int) -> torch.Tensor:
     """Average groups of `factor` consecutive tokens along dim -2 (a short tail group is averaged too).
     Averaged rotated keys give each group's exact mean logit for any query, so positions stay consistent."""
-    n = kv.shape[-2]
-    if factor <= 1 or n <= 1:
+    if factor <= 1 or kv.shape[-2] <= 1:
         return kv
+    if use_triton(kv.device):
+        from ._triton_pool import pool_tokens_triton
+
+        return pool_tokens_triton(kv, factor)
+    return pool_tokens_torch(kv, factor)
+
+
+def pool_tokens_torch(kv: torch.Tensor, factor: int) -> torch.Tensor:
+    """The torch reference of `pool_tokens` (factor >= 2, at least two tokens): float32 means, cast back."""
+    n = kv.shape[-2]
     full = n // factor * factor
     parts = []
     if full:

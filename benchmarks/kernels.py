@@ -1,0 +1,144 @@
+"""Each Triton kernel against its torch reference at a real model's shape: time (median of --reps after a warm-up)
+and the largest difference, in one run. On CUDA the numbers are the issue-21 kernel table; on CPU the kernels
+run in Triton's interpreter (TRITON_INTERPRET=1, set here) at a tiny size, which checks the script, not speed.
+
+    python benchmarks/kernels.py --device cuda                   # Qwen2.5-VL-7B shape, writes results/kernels-*.json
+    python benchmarks/kernels.py --device cpu --chunks 8 --reps 2    # interpreter smoke run (no JSON unless --out)
+
+Ops: chunk relevance (question queries x 1 mean + `--key-reps` representative keys per chunk, late layers, max
+fused) over `--chunks` chunks; pooling one chunk's KV 4x (bilevel); loading a 4-/8-bit host chunk to the device
+(the torch path dequantises on the host and copies floats; the Triton path copies codes and dequantises there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import torch
+
+SHAPES = {  # config.json of the Qwen LLMs (text side): layers, attention heads, kv heads, head dim
+    "qwen2-vl-2b": (28, 12, 2, 128),
+    "qwen2.5-vl-3b": (36, 16, 2, 128),
+    "qwen2.5-vl-7b": (28, 28, 4, 128),
+}
+
+
+def _time(fn: Callable[[], Any], device: str, reps: int) -> float:
+    """Median milliseconds of `fn` over `reps` calls after one warm-up, synchronised on CUDA."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return median(times)
+
+
+def _row(name: str, shape: str, ours: Callable, ref: Callable, device: str, reps: int) -> dict[str, Any]:
+    diff = (ours().float().cpu() - ref().float().cpu()).abs().max().item()
+    t_triton, t_torch = _time(ours, device, reps), _time(ref, device, reps)
+    return {"op": name, "shape": shape, "triton_ms": round(t_triton, 4), "torch_ms": round(t_torch, 4),
+            "speedup": round(t_torch / t_triton, 2), "max_abs_diff": diff}  # fmt: skip
+
+
+def _load_row(kv: torch.Tensor, bits: int, dev: str, reps: int) -> dict[str, Any]:
+    """A host chunk of `bits`-bit rows to the device: codes copied then dequantised there, vs the torch path."""
+    from livevlm.kernels import _triton_quant
+    from livevlm.kernels.quant import dequantize_torch, to_bytes
+
+    buf = to_bytes(kv, bits).pin_memory() if dev == "cuda" else to_bytes(kv, bits)
+    shape, dtype = tuple(kv.shape), kv.dtype
+    return _row(
+        f"load_int{bits}",
+        f"{shape} {len(buf) / 2**20:.1f} MiB",
+        lambda: _triton_quant.dequantize_triton(buf.to(dev, non_blocking=True), shape, dtype, bits),
+        lambda: dequantize_torch(buf, shape, dtype, bits).to(dev),
+        dev,
+        reps,
+    )
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from livevlm.kernels import _triton_pool, _triton_relevance
+    from livevlm.kernels.pool import pool_tokens_torch
+    from livevlm.kernels.relevance import chunk_logits_torch
+
+    dev, dtype = args.device, getattr(torch, args.dtype)
+    layers, heads, kv_heads, dim = SHAPES[args.shape]
+    late = layers - layers // 2  # score_layers="late"
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(late, kv_heads, heads // kv_heads, dim, device=dev, generator=g)
+    keys = torch.randn(
+        late, 1 + args.key_reps, kv_heads, args.chunks, dim, device=dev, generator=g, dtype=dtype
+    )
+    mean, reps = keys[:, 0], keys[:, 1:]  # strided views, as the summary log hands them over
+    rows = [_row("chunk_relevance", f"{late}x{kv_heads}x{heads // kv_heads} q, {args.chunks} chunks x "
+                 f"{1 + args.key_reps} keys", lambda: _triton_relevance.chunk_logits_triton(q, mean, reps),
+                 lambda: chunk_logits_torch(q, mean, reps), dev, args.reps)]  # fmt: skip
+    kv = torch.randn(layers, 2, kv_heads, args.tokens, dim, device=dev, generator=g, dtype=dtype)
+    rows.append(_row("pool_tokens", f"{tuple(kv.shape)} /4", lambda: _triton_pool.pool_tokens_triton(kv, 4),
+                     lambda: pool_tokens_torch(kv, 4), dev, args.reps))  # fmt: skip
+    for bits in (8, 4):
+        rows.append(_load_row(kv, bits, dev, args.reps))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"]
+    )
+    parser.add_argument("--shape", default="qwen2.5-vl-7b", choices=list(SHAPES))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument(
+        "--chunks", type=int, default=10_000, help="chunks scored (10k frames at 2 frames/chunk: 5k)"
+    )
+    parser.add_argument(
+        "--key-reps", type=int, default=8, help="representative keys per chunk (BilevelConfig)"
+    )
+    parser.add_argument("--tokens", type=int, default=144, help="tokens per chunk (2 frames at 336x336: 144)")
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default on cuda: results/kernels-SHAPE-cuda.json)"
+    )
+    args = parser.parse_args()
+    if args.device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported: they are decorated then
+        args.tokens = min(args.tokens, 16)
+    rows = run(args)
+    print(f"{'op':16} {'shape':44} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} {'max diff':>9}")
+    for r in rows:
+        print(f"{r['op']:16} {r['shape']:44} {r['triton_ms']:10.3f} {r['torch_ms']:10.3f} {r['speedup']:8.2f} "
+              f"{r['max_abs_diff']:9.2g}")  # fmt: skip
+    out = args.out or (
+        f"{Path(__file__).parent}/results/kernels-{args.shape}-cuda.json" if args.device == "cuda" else None
+    )
+    if out:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _machine import cpu_info
+
+        machine = {"platform": platform.platform(), "torch": torch.__version__, "cpu": cpu_info(),
+                   "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}  # fmt: skip
+        Path(out).write_text(
+            json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=2) + "\n"
+        )
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
