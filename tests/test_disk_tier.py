@@ -222,3 +222,15 @@ def test_a_forked_child_exiting_leaves_its_parents_spill_dir(tmp_path):
     )
     assert out.stdout.strip() == "True", out.stderr
     assert not any(tmp_path.iterdir())  # and the parent's own exit removed it
+
+
+def test_index_rows_of_some_layers_read_only_those_from_spilled_blocks(tmp_path):
+    tiers = KVTiers(device_bytes=0, cpu_bytes=0, spill_dir=str(tmp_path))
+    store = ChunkStore(tiers, (3, 2, 4), torch.float32, "cpu", key_reps=2)
+    for i in range(150):  # blocks 0 and 1 spill (only the open block stays in RAM)
+        store.add(torch.randn(3, 2, 2, 5, 4) + i)
+    whole = store.index_rows(10, 150)
+    assert whole.shape == (3, 4, 2, 140, 4) and store.summaries.disk_bytes > 0
+    for layers in (slice(1, 3), slice(0, 1), slice(2, 3)):
+        torch.testing.assert_close(store.index_rows(10, 150, layers), whole[layers], rtol=0, atol=0)
+    store.close()

@@ -100,12 +100,12 @@ class ChunkStore:
         """Summary rows of chunks [start, stop) on the store's device: one-token KV (layers, 2, kv_heads, n, dim)."""
         return self.index_rows(start, stop)[:, :2]
 
-    def index_rows(self, start: int, stop: int) -> torch.Tensor:
+    def index_rows(self, start: int, stop: int, layers: slice | None = None) -> torch.Tensor:
         """Whole index rows of chunks [start, stop): (layers, 2 + key_reps, kv_heads, n, dim) = mean key, mean
-        value, then the representative keys."""
+        value, then the representative keys; `layers` (a step-1 slice) reads only those layers."""
         assert self.summaries is not None
         with self.lock:
-            rows = self.summaries.rows(start, stop, self._disk)
+            rows = self.summaries.rows(start, stop, self._disk, layers)
         return rows.to(self.device)
 
     def salient(self, stop: int, count: int) -> list[int]:

@@ -117,14 +117,22 @@ class _TieredKV(ChunkedKV):
         through their mean and representative keys (softmax over chunks per head, averaged over heads)."""
         cfg = self.config
         ids = layer_ids("all" if every_layer else cfg.score_layers, self.num_layers)
-        q = reduce_queries(queries, cfg.query)[ids].float()
+        contiguous = ids == list(range(ids[0], ids[-1] + 1))
+        pick: slice | list[int] = slice(ids[0], ids[-1] + 1) if contiguous else ids  # a view, not a copy
+        q = reduce_queries(queries, cfg.query)[pick].float()
         logits = []
         keys = [0, *range(2, 2 + self.store.key_reps)]  # the mean key, then the atypical keys (not the value)
+        forgotten = self.store.forgotten
         for lo in range(0, stop, SCORE_SPAN):
-            rows = self.store.index_rows(lo, min(stop, lo + SCORE_SPAN))[ids][:, keys]
+            hi = min(stop, lo + SCORE_SPAN)
+            if hi <= forgotten:  # no index row left: never chosen, nothing to read
+                logits.append(torch.full((*q.shape[:1], self.layout[1], q.shape[1] // self.layout[1], hi - lo),
+                                         float("-inf"), device=q.device))  # fmt: skip
+                continue
+            rows = self.store.index_rows(lo, hi, pick)[:, keys] if contiguous else self.store.index_rows(lo, hi)[pick][:, keys]
             logits.append(chunk_relevance(q, rows, self.layout[1]))
         out = torch.cat(logits, -1)
-        out[..., : self.store.forgotten] = float("-inf")  # no index row left: never chosen
+        out[..., :forgotten] = float("-inf")
         return out.softmax(-1).mean((1, 2))
 
     def _summaries_of(self, indices: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -256,7 +264,8 @@ class BilevelKV(_TieredKV):
         cfg, n = self.config, len(snap.records)
         scores = self._relevance(_need(queries), n).mean(0) if n else None
         order = scores.argsort(descending=True).tolist() if scores is not None else []
-        order = [i for i in order if i >= self.store.forgotten]  # chunks with no index row left are gone
+        forgotten = self.store.forgotten
+        order = [i for i in order if i >= forgotten]  # chunks with no index row left are gone
         k = n if cfg.top_k is None else min(cfg.top_k, n)
         dense = set(order[:k]) | set(self._memory(self._first(n)))  # relevant, then salient
         others = [i for i in order if i not in dense]

@@ -47,23 +47,28 @@ class SummaryLog:
         self._blocks[-1][:, :, :, i] = row.to("cpu", self.dtype)
         self.count += 1
 
-    def rows(self, start: int, stop: int, disk: DiskTier | None) -> torch.Tensor:
+    def rows(self, start: int, stop: int, disk: DiskTier | None, layers: slice | None = None) -> torch.Tensor:
         """Index rows of chunks [start, stop) as one (layers, width, kv_heads, stop - start, head_dim) host tensor
-        (zeros for forgotten chunks)."""
+        (zeros for forgotten chunks); `layers` (a step-1 slice) reads only those layers (a contiguous part of a
+        spilled block)."""
         start, stop = max(start, 0), min(stop, self.count)
+        first, last, _ = (layers or slice(None)).indices(self.layout[0])
+        shape = (last - first, *self._shape()[1:])
+        per_layer = self._blocks_nbytes() // self.layout[0]
         parts = []
         for b in range(start // self.block, -(-stop // self.block) if stop > start else 0):
             blk = self._blocks[b]
             if blk is None:
-                blk = torch.zeros(self._shape(), dtype=self.dtype)
+                blk = torch.zeros(shape, dtype=self.dtype)
             elif isinstance(blk, int):
-                nbytes = self._blocks_nbytes()
-                blk = from_bytes(disk.get(blk, nbytes), self._shape(), self.dtype, 0, "cpu")  # type: ignore[union-attr]
+                buf = disk.get(blk + first * per_layer, (last - first) * per_layer)  # type: ignore[union-attr]
+                blk = from_bytes(buf, shape, self.dtype, 0, "cpu")
+            else:
+                blk = blk[first:last]
             lo, hi = max(start - b * self.block, 0), min(stop - b * self.block, self.block)
             parts.append(blk[:, :, :, lo:hi])
         if not parts:
-            layers, heads, dim = self.layout
-            return torch.zeros((layers, self.width, heads, 0, dim), dtype=self.dtype)
+            return torch.zeros((*shape[:3], 0, shape[4]), dtype=self.dtype)
         return parts[0] if len(parts) == 1 else torch.cat(parts, 3)
 
     def _blocks_nbytes(self) -> int:
