@@ -50,8 +50,6 @@ def layer_ids(spec: str | tuple[int, ...], num_layers: int) -> list[int]:
 
 def reduce_queries(queries: torch.Tensor, mode: str) -> torch.Tensor:
     """(layers, heads, q_len, dim) per-token queries -> (layers, heads, dim): the last token's or the mean."""
-    if queries.dim() == 3:  # already reduced
-        return queries
     return queries[:, :, -1] if mode == "last" else queries.float().mean(2)
 
 

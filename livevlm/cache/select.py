@@ -169,7 +169,8 @@ class RetrievalKV(_TieredKV):
 
     def _answer_bound(self, n: int) -> int:
         window, top_k = self.config.window, self.config.top_k
-        held = n if window is None or top_k is None else min(n, window + top_k + self.config.memory)
+        memory = 0 if self.config.per_layer else self.config.memory  # per layer: answers read no memory
+        held = n if window is None or top_k is None else min(n, window + top_k + memory)
         return held * self.chunk_tokens
 
     def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
@@ -184,10 +185,10 @@ class RetrievalKV(_TieredKV):
             scores = rel.mean(0)
             sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
             k = first if self.config.top_k is None else min(self.config.top_k, first)
-            memory = self._memory(first)
             if self.config.per_layer:
                 order = rel.argsort(-1, descending=True).tolist()
             else:  # one choice for every layer: the top_k by the scoring layers' mean, then the memory
+                memory = self._memory(first)
                 top = [i for i in scores.argsort(descending=True).tolist() if sizes[i]][:k]
                 order = [top + [i for i in memory if i not in top]] * self.num_layers
                 k += len(memory)
