@@ -34,6 +34,7 @@ from .context_fit import expected_frames
 from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import SegmentPush, check_pts
 from .kernels import backend as kernel_backends
+from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
 from .questions import QuestionsMixin
@@ -309,7 +310,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         runner = getattr(self._feature_cache, "runner", None)
         if runner is not None:
             choices["linear"] = runner.linear.choice
-        return choices
+        return choices | model_attention(self.adapter.model)
 
     def _start_prompt(self) -> None:
         ids = self._prompt_ids = self.adapter.prefix_ids(self.config.system_prompt)

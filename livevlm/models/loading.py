@@ -183,10 +183,14 @@ def _load_weights(name: str, config, dtype, device: str):
     from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText
 
+    from ..kernels.attention import attention_choice
+
     _check_weight_files(name)
+    attention = attention_choice(device, getattr(config, "dtype", None) if dtype == "auto" else dtype)
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            name, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False
+            name, config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
+            attn_implementation=attention.backend,
         ).to(device)
     except SafetensorError as exc:
         raise ModelLoadError(f"the weights of {name!r} are corrupt or truncated: {exc}") from exc

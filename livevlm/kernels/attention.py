@@ -1,0 +1,53 @@
+"""Which attention implementation a model is loaded with, and why: flash-attn's varlen kernels on a GPU in a 16-bit
+dtype when the `gpu` extra is installed, else PyTorch's SDPA. Both go through transformers' attention interface
+(nothing is patched), so the query probe and the ViT cache's per-segment attention dispatch the same way."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+from ._backend import Choice, forced_torch
+
+FLASH = "flash_attention_2"
+SDPA = "sdpa"
+
+
+@functools.lru_cache(maxsize=1)
+def flash_attn_version() -> str | None:
+    """The installed flash-attn's version, or None (read from metadata: flash-attn is imported only when used)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("flash-attn")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def attention_choice(device: torch.device | str, dtype: torch.dtype | None) -> Choice:
+    """The implementation `load_model` asks transformers for on `device` in `dtype` (None: the checkpoint's)."""
+    device = torch.device(device)
+    if forced_torch():
+        return Choice(SDPA, "forced by LIVEVLM_KERNELS=torch")
+    if device.type != "cuda":
+        return Choice(SDPA, f"tensors on {device.type} (flash-attn runs on cuda)")
+    if flash_attn_version() is None:
+        return Choice(SDPA, "flash-attn not installed (pip install 'livevlm[gpu]')")
+    if dtype not in (torch.float16, torch.bfloat16):
+        return Choice(SDPA, f"dtype {str(dtype).removeprefix('torch.')} (flash-attn needs float16/bfloat16)")
+    return Choice(FLASH, f"flash-attn {flash_attn_version()} on cuda")
+
+
+def model_attention(model: torch.nn.Module) -> dict[str, str]:
+    """What the loaded model's language model and vision tower really dispatch to (`SessionStats.kernels`)."""
+    out: dict[str, str] = {}
+    config = model.config
+    for part, sub in (("llm", "text_config"), ("vit", "vision_config")):
+        cfg = getattr(config, sub, None) or config
+        name = str(getattr(cfg, "_attn_implementation", None) or "eager")
+        out[f"attention_{part}"] = name.removeprefix("livevlm_probe_")  # the query probe wraps the same function
+    return out
