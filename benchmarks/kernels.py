@@ -31,6 +31,9 @@ SHAPES = {  # config.json of the Qwen LLMs (text side): layers, attention heads,
     "qwen2.5-vl-7b": (28, 28, 4, 128),
 }
 
+VARIANTS = (("tf32x3", 64, 4), ("tf32x3", 128, 8), ("ieee", 128, 8), ("ieee", 32, 4), ("tf32", 64, 4))
+"""(input precision, chunks per program, warps) of the relevance kernel timed beside the default (ieee, 64, 4)."""
+
 
 def _time(fn: Callable[[], Any], device: str, reps: int) -> float:
     """Median milliseconds of `fn` over `reps` calls after one warm-up, synchronised on CUDA."""
@@ -88,6 +91,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = [_row("chunk_relevance", f"{late}x{kv_heads}x{heads // kv_heads} q, {args.chunks} chunks x "
                  f"{1 + args.key_reps} keys", lambda: _triton_relevance.chunk_logits_triton(q, mean, reps),
                  lambda: chunk_logits_torch(q, mean, reps), dev, args.reps)]  # fmt: skip
+    for precision, block, warps in VARIANTS:  # tuning candidates for the relevance kernel, same inputs
+        rows.append(_row(f"chunk_relevance[{precision},{block},{warps}]", rows[0]["shape"],
+                         lambda p=precision, b=block, w=warps: _triton_relevance.chunk_logits_triton(
+                             q, mean, reps, precision=p, block_n=b, num_warps=w),
+                         lambda: chunk_logits_torch(q, mean, reps), dev, args.reps))  # fmt: skip
     kv = torch.randn(layers, 2, kv_heads, args.tokens, dim, device=dev, generator=g, dtype=dtype)
     rows.append(_row("pool_tokens", f"{tuple(kv.shape)} /4", lambda: _triton_pool.pool_tokens_triton(kv, 4),
                      lambda: pool_tokens_torch(kv, 4), dev, args.reps))  # fmt: skip
@@ -121,9 +129,9 @@ def main() -> None:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported: they are decorated then
         args.tokens = min(args.tokens, 16)
     rows = run(args)
-    print(f"{'op':16} {'shape':44} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} {'max diff':>9}")
+    print(f"{'op':30} {'shape':44} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} {'max diff':>9}")
     for r in rows:
-        print(f"{r['op']:16} {r['shape']:44} {r['triton_ms']:10.3f} {r['torch_ms']:10.3f} {r['speedup']:8.2f} "
+        print(f"{r["op"]:30} {r['shape']:44} {r['triton_ms']:10.3f} {r['torch_ms']:10.3f} {r['speedup']:8.2f} "
               f"{r['max_abs_diff']:9.2g}")  # fmt: skip
     out = args.out or (
         f"{Path(__file__).parent}/results/kernels-{args.shape}-cuda.json" if args.device == "cuda" else None
