@@ -131,7 +131,7 @@ def main() -> None:
     rows = run(args)
     print(f"{'op':30} {'shape':44} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} {'max diff':>9}")
     for r in rows:
-        print(f"{r["op"]:30} {r['shape']:44} {r['triton_ms']:10.3f} {r['torch_ms']:10.3f} {r['speedup']:8.2f} "
+        print(f"{r['op']:30} {r['shape']:44} {r['triton_ms']:10.3f} {r['torch_ms']:10.3f} {r['speedup']:8.2f} "
               f"{r['max_abs_diff']:9.2g}")  # fmt: skip
     out = args.out or (
         f"{Path(__file__).parent}/results/kernels-{args.shape}-cuda.json" if args.device == "cuda" else None
