@@ -8,7 +8,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["n", "groups", "sx_b", "so_b"]
+)  # sizes vary per call: one compile, not one per size class
 def _pool_kernel(
     x_ptr, out_ptr, n, dim, factor, groups,
     sx_b, sx_n, sx_d, so_b, so_n, so_d,

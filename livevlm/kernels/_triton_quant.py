@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])  # sizes vary per call: one compile, not one per size class
 def _dequant_kernel(
     meta_ptr, codes_ptr, out_ptr, rows, width, rb,
     BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,

@@ -9,7 +9,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["n", "so_l", "so_h", "so_g"]
+)  # sizes vary per call: one compile, not one per size class
 def _chunk_logits_kernel(
     q_ptr, k_ptr, r_ptr, out_ptr,
     kv_heads, group, n, dim, reps, scale,
@@ -48,12 +50,13 @@ def chunk_logits_triton(
     queries: torch.Tensor,
     keys: torch.Tensor,
     reps: torch.Tensor | None,
-    precision: str = "ieee",
+    precision: str = "tf32x3",
     block_n: int = 64,
     num_warps: int = 4,
 ) -> torch.Tensor:
     """Same contract as `relevance.chunk_logits_torch`; strided keys and reps are read in place. `precision`,
-    `block_n` and `num_warps` are tuning knobs (benchmarks/kernels.py times the variants)."""
+    `block_n` and `num_warps` are tuning knobs (benchmarks/kernels.py times the variants): on an H200 "tf32x3"
+    (three tensor-core passes, float32-level error) ran 36x faster than "ieee" (CUDA-core float32) at 10k chunks."""
     layers, kv_heads, group, dim = queries.shape
     n = int(keys.shape[2])
     out = torch.empty(layers, kv_heads, group, n, dtype=torch.float32, device=queries.device)
