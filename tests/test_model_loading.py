@@ -240,3 +240,22 @@ def test_float16_on_cpu_loads_and_answers(tiny_checkpoints):
 def test_bogus_dtype(tmp_path):
     with pytest.raises(ModelLoadError, match="unknown dtype 'bogus'"):
         livevlm.load_model(tmp_path / "no-such-model", dtype="bogus")  # refused before the path is read
+
+
+def test_cache_keyword_follows_the_installed_transformers(tiny_adapters):
+    """transformers 5.24 renamed the decoders' `past_key_values` to `cache`; an unknown keyword is swallowed by
+    `**kwargs` and the decoder fills a cache of its own, so the name is read off the decoder's signature."""
+    import torch
+
+    from livevlm.models.lm_side import cache_kwarg
+
+    class OldDecoder(torch.nn.Module):  # the signature of a transformers < 5.24 decoder
+        def forward(self, inputs_embeds=None, position_ids=None, past_key_values=None, use_cache=None, **kwargs):
+            return None
+
+    assert cache_kwarg(OldDecoder()) == "past_key_values"
+    lm = tiny_adapters["qwen2_5_vl"]._lm
+    import inspect
+
+    expected = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    assert cache_kwarg(lm) == expected

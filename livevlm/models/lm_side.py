@@ -7,6 +7,7 @@ decoder called with `inputs_embeds`) and `_lm_head`, calls `_init_text(end_of_tu
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,17 @@ import torch
 
 from ..records import KVLayout
 from .query_probe import enable_query_probe, probe_queries
+
+
+def cache_kwarg(decoder: Any) -> str:
+    """The decoder's name for its KV cache argument: `cache` from transformers 5.24 on, `past_key_values` before
+    (an unknown keyword would be swallowed by `**kwargs` and the decoder would fill a cache of its own)."""
+    name = getattr(decoder, "_livevlm_cache_kwarg", None)
+    if name is None:
+        params = inspect.signature(decoder.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        decoder._livevlm_cache_kwarg = name
+    return name
 
 
 class LanguageModelSide:
@@ -116,13 +128,8 @@ class LanguageModelSide:
     def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """(L, D) final hidden states of the decoder over `cache` (which the forward appends to)."""
         inputs, extra = self._decoder_inputs(embeds)
-        out = self._lm(
-            inputs_embeds=inputs,
-            position_ids=self._position_ids(positions),
-            cache=cache,
-            use_cache=True,
-            **extra,
-        )
+        extra[cache_kwarg(self._lm)] = cache
+        out = self._lm(inputs_embeds=inputs, position_ids=self._position_ids(positions), use_cache=True, **extra)
         return out.last_hidden_state[0]
 
     def answer_ids(self, text: str) -> list[int]:
