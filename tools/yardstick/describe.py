@@ -81,6 +81,7 @@ def parse_description(text: str) -> Description:
             out.events.append((*obj, "turns", words[3]))
         else:
             out.well_formed = False
+    out.well_formed &= bool(out.objects)  # a description names at least one object
     return out
 
 
