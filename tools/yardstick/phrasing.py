@@ -89,7 +89,7 @@ TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "The {shape} that flashed was what color?",
             "What was the colour of the {shape} that flashed?",
         ),
-        ("Name the color of the {shape} that flashed.", "Which color did the {shape} that flashed have?"),
+        ("Name the colour of the {shape} that flashed.", "Which color did the {shape} that flashed have?"),
     ),
     "describe": (
         (
