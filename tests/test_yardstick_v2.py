@@ -175,9 +175,16 @@ def test_world_two_training_config() -> None:
         TrainConfig(world=3, out="/tmp/x")
     with pytest.raises(ValueError, match="not a question type"):
         TrainConfig(mix="describe=2")  # world 1 has no describe type
-    cfg = TrainConfig(world=2, out="/tmp/x", batch=40, mix="describe=3")
-    types = [ex.qtype for ex in sample_batch(np.random.default_rng(0), 0, cfg)]
+    with pytest.raises(ValueError, match="v1_share"):
+        TrainConfig(world=2, out="/tmp/x", v1_share=1.5)
+    cfg = TrainConfig(world=2, out="/tmp/x", batch=40, mix="describe=3", v1_share=0.5)
+    batch = sample_batch(np.random.default_rng(0), 0, cfg)
+    types = [ex.qtype for ex in batch]
     assert types.count("describe") >= 8 and all(t in QUESTION_TYPES_V2 for t in types)
+    v1 = [
+        ex for ex in batch if len(ex.seed) == 3
+    ]  # v1 clips (3-part seeds), in seen wordings; descriptions are v2
+    assert 4 <= len(v1) < len(batch) and all(ex.qtype != "describe" for ex in v1)
     tok = build_tokenizer(world=2)
     for word in [*COLOURS, *SHAPES, "color", "appears", "leaves", "turns"]:
         assert len(tok(f" {word}", add_special_tokens=False).input_ids) == 1, word
