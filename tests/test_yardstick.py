@@ -396,7 +396,10 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     assert (path / "model.safetensors").stat().st_size < 12_000_000  # a few MB, committed
     assert yardstick.model.config.model_type == "qwen2_5_vl"
     log = json.loads((path / "train_log.json").read_text())  # the script's defaults made it, in two runs
-    assert log["config"] == asdict(TrainConfig())
+    defaults = asdict(TrainConfig())
+    assert {k: defaults[k] for k in log["config"]} == log["config"]
+    assert set(defaults) - set(log["config"]) == {"world", "v1_share"}  # made before world 2 existed
+    assert defaults["world"] == 1
     assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]
     assert log["curve"][-1]["step"] == log["config"]["polish_steps"]
 

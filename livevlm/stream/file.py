@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 
 from ..errors import EmptyVideoError, NotAVideoError, SourceError, SourceNotFoundError
@@ -24,6 +23,13 @@ from .base import Source, SourceStats
 from .config import FileSourceConfig
 from .frame import Frame, fit_size
 from .sampler import Pacer, Sampler
+
+try:
+    import av
+except (
+    ImportError
+):  # a training-only install (no decoder): livevlm imports, opening a video says why it cannot
+    av = None
 
 __all__ = ["FileSource", "FileSourceConfig", "SourceStats", "VideoInfo", "probe", "read_frames"]
 
@@ -42,8 +48,15 @@ class VideoInfo:
     """Frame count from the index when present, else estimated as duration * fps."""
 
 
+def require_av() -> None:
+    """Raise `SourceError` when PyAV is not installed (decoding files and streams needs it; pushing frames not)."""
+    if av is None:
+        raise SourceError("decoding video needs PyAV, which is not installed: `pip install av`")
+
+
 def _open(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open `path` and pick its best video stream, mapping PyAV failures to livevlm errors."""
+    require_av()
     if not path.exists():
         raise SourceNotFoundError(f"video file not found: {path}")
     try:

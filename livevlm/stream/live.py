@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
-
 from ..errors import (
     ConfigError,
     NotAVideoError,
@@ -29,7 +27,7 @@ from ..errors import (
 )
 from .base import Source
 from .config import MAX_INPUT_PIXELS, ReconnectConfig
-from .file import _stream_rate, declared_duration, rgb_array
+from .file import _stream_rate, av, declared_duration, require_av, rgb_array
 from .frame import Frame
 from .sampler import Pacer, Sampler, Timeline
 
@@ -90,6 +88,7 @@ class AVLiveSource(Source):
 
     def _open(self) -> tuple[Any, Any]:
         """Open the input and pick its best video stream, mapping PyAV failures to typed errors."""
+        require_av()
         spec, (open_timeout, _) = self.spec, self.timeouts
         start = time.monotonic()
         try:

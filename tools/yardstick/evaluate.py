@@ -1,7 +1,9 @@
 """Score a model on world examples through the public `Session` API, frame by frame as a live stream.
 
 Every example gets a fresh `Session` (its own KV, feature cache and pruner state) on one loaded adapter;
-frames are pushed with their timestamps, then the question is asked and the reply compared exactly.
+frames are pushed with their timestamps, then the question is asked and the reply compared exactly. A clip at
+another source rate (a v2 clip with `source_frames`) is sampled to the world's rate by the `Sampler` file sources
+use; a description is also scored part by part (`describe.score_description`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from livevlm.session import Session, SessionConfig
+from livevlm.stream.sampler import Sampler
+from tools.yardstick.describe import score_description
 from tools.yardstick.world import FPS, Example
+
+DESCRIBE_TOKENS = 64
+"""Tokens a description may take (the longest world descriptions take about 40)."""
 
 
 @dataclass
@@ -28,6 +35,7 @@ class QAResult:
     reply: str
     correct: bool
     frames: int
+    """Frames pushed into the session (after sampling)."""
     visual_tokens: int
     """Tokens the vision tower produced."""
     kept_tokens: int
@@ -40,6 +48,8 @@ class QAResult:
     """From asking to the first answer token."""
     chunks_reused: int = 0
     """Temporal patches whose features the ViT cache reused entirely."""
+    describe: dict[str, float] | None = None
+    """For a describe question: object / event recall and precision (`score_description`)."""
 
 
 def normalize(text: str) -> str:
@@ -48,12 +58,19 @@ def normalize(text: str) -> str:
 
 
 def answer_example(
-    adapter: Any, example: Example, config: SessionConfig, max_new_tokens: int = 6
+    adapter: Any, example: Example, config: SessionConfig, max_new_tokens: int | None = None
 ) -> QAResult:
-    """Stream `example` into a new session on `adapter` and ask its question."""
+    """Stream `example` into a new session on `adapter` and ask its question (`max_new_tokens` None: 6, or
+    `DESCRIBE_TOKENS` for a description)."""
+    if max_new_tokens is None:
+        max_new_tokens = DESCRIBE_TOKENS if example.qtype == "describe" else 6
+    sampler = Sampler(FPS if example.fps != FPS else None)
+    pushed = 0
     with Session(adapter, replace(config, fps=FPS)) as session:
         for i, frame in enumerate(example.frames):
-            session.push(frame, pts_seconds=i / FPS)
+            if sampler.keep(i / example.fps):
+                session.push(frame, pts_seconds=i / example.fps)
+                pushed += 1
         start = time.perf_counter()
         ids, ttft = [], 0.0
         for token in session.ask_ids(example.question, max_new_tokens=max_new_tokens):
@@ -68,7 +85,7 @@ def answer_example(
         answer=example.answer,
         reply=reply,
         correct=normalize(reply) == normalize(example.answer),
-        frames=example.num_frames,
+        frames=pushed,
         visual_tokens=stats.visual_tokens,
         kept_tokens=stats.prune.tokens_kept if stats.prune.tokens_in else stats.visual_tokens,
         context_tokens=int(getattr(stats.kv, "last_context_tokens", 0) or stats.kv.tokens),
@@ -76,6 +93,7 @@ def answer_example(
         prefill_seconds=stats.seconds.prefill,
         ttft_seconds=ttft,
         chunks_reused=int(vit.chunks_reused) if vit is not None else 0,
+        describe=score_description(reply, example.answer) if example.qtype == "describe" else None,
     )
 
 
@@ -111,7 +129,11 @@ def summarize(results: Sequence[QAResult]) -> dict[str, Any]:
             "ttft_seconds",
         )
     }
-    return {"n": len(results), "accuracy": accuracy, "totals": totals}
+    out = {"n": len(results), "accuracy": accuracy, "totals": totals}
+    scores = [r.describe for r in results if r.describe is not None]
+    if scores:
+        out["describe"] = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    return out
 
 
 def as_rows(results: Sequence[QAResult]) -> list[dict[str, Any]]:

@@ -14,13 +14,22 @@ from livevlm.models.tokenizer import QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_SPECIAL_TO
 from tools.yardstick.world import FPS, FRAME_SIZE, corpus_lines
 
 TOKENIZER_VOCAB = 448
+TOKENIZER_VOCAB_V2 = 640
+"""The v2 world has more words (its wordings and the describe grammar)."""
 
 
-def build_tokenizer(vocab_size: int = TOKENIZER_VOCAB) -> Any:
-    """Byte-level BPE trained on the world's questions and the chat frame, Qwen's special tokens at ids 0..13."""
+def build_tokenizer(vocab_size: int | None = None, world: int = 1) -> Any:
+    """Byte-level BPE trained on the world's questions and the chat frame, Qwen's special tokens at ids 0..13
+    (`world` 2: on the v2 seen wordings and descriptions; held-out wordings are never in its corpus)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if world == 2:
+        from tools.yardstick.world_v2 import corpus_lines_v2
+
+        lines, vocab_size = list(corpus_lines_v2()), vocab_size or TOKENIZER_VOCAB_V2
+    else:
+        lines, vocab_size = list(corpus_lines()), vocab_size or TOKENIZER_VOCAB
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -31,7 +40,7 @@ def build_tokenizer(vocab_size: int = TOKENIZER_VOCAB) -> Any:
         show_progress=False,
     )
     chat = [f"system\n{DEFAULT_SYSTEM_PROMPT}\nuser\nassistant\n"] * 20
-    tok.train_from_iterator(chat + [line for line in corpus_lines() for _ in range(5)], trainer)
+    tok.train_from_iterator(chat + [line for line in lines for _ in range(5)], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

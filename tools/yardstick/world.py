@@ -74,6 +74,8 @@ class Example:
     (the renderer's ground truth, for dense auxiliary supervision while training)."""
     extra: list[tuple[str, str]] = field(default_factory=list)
     """Further (question, answer) pairs that are also true of this clip; training asks them as more turns."""
+    fps: float = FPS
+    """Frame rate of `frames`: FPS, or a v2 clip's source rate (`source_frames`); `labels` are always at FPS."""
 
     @property
     def num_frames(self) -> int:
@@ -84,8 +86,10 @@ class Example:
 _YY, _XX = np.mgrid[0:FRAME_SIZE, 0:FRAME_SIZE].astype(np.float32)
 
 
-def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    dx, dy = _XX - cx, _YY - cy
+def _mask(
+    shape: str, cx: float, cy: float, r: float, xx: np.ndarray = _XX, yy: np.ndarray = _YY
+) -> np.ndarray:
+    dx, dy = xx - cx, yy - cy
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
     if shape == "square":
@@ -239,9 +243,23 @@ def _needle(rng: np.random.Generator, frame_range: tuple[int, int]) -> tuple[lis
 
 
 def make_example(
-    split: str, index: int, qtype: str | None = None, needle_frames: tuple[int, int] | None = None
+    split: str,
+    index: int,
+    qtype: str | None = None,
+    needle_frames: tuple[int, int] | None = None,
+    *,
+    version: int = 1,
+    phrasing: str | None = None,
+    source_frames: bool = False,
 ) -> Example:
-    """The `index`-th example of `split`; `qtype` None draws the type from the seed too."""
+    """The `index`-th example of `split`; `qtype` None draws the type from the seed too.
+
+    `version` 2 is the v2 world (varied renders, the describe type, paraphrased questions; `world_v2`); `phrasing`
+    ("canonical", "seen", "held_out") rewords a clip's questions; `source_frames`: v2 clips at their source rate."""
+    if version != 1 or phrasing is not None:
+        from tools.yardstick.world_v2 import make_example_v2
+
+        return make_example_v2(split, index, qtype, needle_frames, version, phrasing, source_frames)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     salt = zlib.crc32((qtype or "any").encode())

@@ -1,0 +1,125 @@
+"""How a yardstick model does beyond the clips and wordings it was trained on: the v2 world's gap measure.
+
+    python benchmarks/yardstick_v2_gap.py                    # bundled model, validation split, 30 per type
+    python benchmarks/yardstick_v2_gap.py --model DIR --per-type 10 --out /tmp/gap.json
+
+Every condition answers through `livevlm.Session` (tools.yardstick.evaluate, as benchmarks/accuracy.py does),
+uncompressed. Conditions: v1 clips in the v1 wording (the baseline), in seen v2 wordings and in held-out wordings
+(the same clips each time: paired); v2 clips (varied renders, pushed at their source frame rate and sampled to
+2 fps) in the v1 wording and in seen wordings, with the describe type. Validation split by default: the test
+split is scored once, for the retrained model's final figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _machine import cpu_info
+
+import livevlm
+from livevlm import SessionConfig, load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
+from tools.yardstick.evaluate import as_rows, evaluate, summarize
+from tools.yardstick.phrasing import parse
+from tools.yardstick.world import QUESTION_TYPES, make_example
+from tools.yardstick.world_v2 import QUESTION_TYPES_V2
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONDITIONS: dict[str, dict[str, Any]] = {
+    "v1 clips, v1 wording": {"version": 1},
+    "v1 clips, seen wordings": {"version": 1, "phrasing": "seen"},
+    "v1 clips, held-out wordings": {"version": 1, "phrasing": "held_out"},
+    "v2 clips, v1 wording": {"version": 2, "phrasing": "canonical", "source_frames": True},
+    "v2 clips, seen wordings": {"version": 2, "phrasing": "seen", "source_frames": True},
+}
+
+
+def by_template(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy per question wording (template), over the rows that used it."""
+    hits: dict[str, list[bool]] = {}
+    for row in rows:
+        hits.setdefault(parse(row["question"]).template, []).append(row["correct"])
+    return {t: float(np.mean(v)) for t, v in sorted(hits.items())}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    adapter = load_model(args.model, dtype=args.dtype)
+    report: dict[str, Any] = {
+        "benchmark": "yardstick_v2_gap",
+        "model": str(args.model or "bundled yardstick"),
+        "split": args.split,
+        "per_type": args.per_type,
+        "command": " ".join(["python benchmarks/yardstick_v2_gap.py", *args.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "cpu": cpu_info(),
+        },
+        "livevlm": livevlm.__version__,
+        "dtype": str(adapter.dtype),
+        "conditions": {},
+    }
+    conditions = args.conditions.split(";") if args.conditions else list(CONDITIONS)
+    for name in conditions:
+        kw = CONDITIONS[name]
+        types = QUESTION_TYPES_V2 if kw["version"] == 2 else QUESTION_TYPES
+        examples = [make_example(args.split, i, t, **kw) for t in types for i in range(args.per_type)]
+        start = time.perf_counter()
+        results = evaluate(adapter, examples, SessionConfig(), progress=not args.quiet)
+        rows = as_rows(results)
+        report["conditions"][name] = {
+            "world": kw,
+            **summarize(results),
+            "by_wording": by_template(rows),
+            "seconds": time.perf_counter() - start,
+            "answers": rows if args.answers else None,
+        }
+        acc = report["conditions"][name]["accuracy"]
+        print(
+            f"{name:32s} " + " ".join(f"{t} {acc[t]:.2f}" for t in [*types, "overall"] if t in acc),
+            flush=True,
+        )
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="checkpoint path (default: the bundled yardstick)")
+    parser.add_argument(
+        "--per-type", type=int, default=30, help="questions per type and condition (default 30)"
+    )
+    parser.add_argument(
+        "--split", default="val", choices=["val", "test"], help="default val (test: once, at the end)"
+    )
+    parser.add_argument(
+        "--conditions", default=None, help=f"';'-separated subset of: {'; '.join(CONDITIONS)}"
+    )
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--answers", action="store_true", help="keep every reply in the JSON")
+    parser.add_argument("--out", type=Path, default=RESULTS / "yardstick-v2-gap.json")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    report = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Paraphrased question templates for the yardstick world (v2): seen phrasings for training, held-out ones never.
+
+Each question kind has its v1 wording first (the canonical one), more seen wordings (US and UK spelling, other word
+orders) and held-out wordings that no training example ever uses: a model that scores on those learnt the task, not
+the sentence. Templates are parsed back into their slots, so any world question can be reworded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tools.yardstick.world import COLOURS, SHAPES
+
+POOLS = ("canonical", "seen", "held_out")
+"""canonical: the v1 wording; seen: every training wording (canonical included); held_out: never trained on."""
+
+TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "colour": (
+        (
+            "What colour is the {shape}?",
+            "What color is the {shape}?",
+            "Which colour is the {shape}?",
+            "The {shape} is which color?",
+            "Tell me the colour of the {shape}.",
+            "What is the color of the {shape}?",
+        ),
+        ("Name the colour of the {shape}.", "Which color does the {shape} have?"),
+    ),
+    "shape": (
+        (
+            "What shape is the {colour} object?",
+            "Which shape is the {colour} object?",
+            "The {colour} object is what shape?",
+            "What is the shape of the {colour} object?",
+            "Tell me the shape of the {colour} object.",
+            "What shape does the {colour} object have?",
+        ),
+        ("Name the shape of the {colour} object.", "Which shape is the {colour} one?"),
+    ),
+    "count": (
+        (
+            "How many times does the {obj} appear?",
+            "How often does the {obj} appear?",
+            "How many times is the {obj} seen?",
+            "Count the appearances of the {obj}.",
+            "The {obj} appears how many times?",
+        ),
+        ("How many times do you see the {obj}?", "Count how often the {obj} shows up."),
+    ),
+    "order": (
+        (
+            "Which appears first, the {a} or the {b}?",
+            "Which comes first, the {a} or the {b}?",
+            "Which shows up first: the {a} or the {b}?",
+            "Of the {a} and the {b}, which appears first?",
+            "Which appears earlier, the {a} or the {b}?",
+        ),
+        ("Does the {a} or the {b} appear first?", "Which of the {a} and the {b} is seen first?"),
+    ),
+    "when_colour": (
+        (
+            "What colour is the {shape} at the {at}?",
+            "What color is the {shape} at the {at}?",
+            "At the {at}, what colour is the {shape}?",
+            "Which color is the {shape} at the {at}?",
+            "What is the colour of the {shape} at the {at}?",
+        ),
+        ("At the {at}, which color is the {shape}?", "Name the colour of the {shape} at the {at}."),
+    ),
+    "when_shape": (
+        (
+            "What shape is visible at the {at}?",
+            "Which shape is visible at the {at}?",
+            "At the {at}, what shape is visible?",
+            "What shape can be seen at the {at}?",
+            "What is the visible shape at the {at}?",
+        ),
+        ("At the {at}, which shape can be seen?", "Name the shape visible at the {at}."),
+    ),
+    "needle": (
+        (
+            "What colour was the {shape} that flashed?",
+            "What color was the {shape} that flashed?",
+            "Which colour was the {shape} that flashed?",
+            "The {shape} that flashed was what color?",
+            "What was the colour of the {shape} that flashed?",
+        ),
+        ("Name the colour of the {shape} that flashed.", "Which color did the {shape} that flashed have?"),
+    ),
+    "describe": (
+        (
+            "Describe what happens.",
+            "What happens in the video?",
+            "Describe the video.",
+            "What do you see in this clip?",
+            "Summarise what happens.",
+            "Summarize the clip.",
+        ),
+        ("Tell me what happens in the clip.", "Give a description of the video."),
+    ),
+}
+"""kind -> (seen templates, v1 wording first; held-out templates)."""
+
+_COLOUR = "|".join(COLOURS)
+_SHAPE = "|".join(SHAPES)
+_SLOTS = {
+    "shape": f"(?P<shape>{_SHAPE})",
+    "colour": f"(?P<colour>{_COLOUR})",
+    "obj": f"(?P<obj>(?:{_COLOUR}) (?:{_SHAPE}))",
+    "a": f"(?P<a>(?:{_COLOUR}) (?:{_SHAPE}))",
+    "b": f"(?P<b>(?:{_COLOUR}) (?:{_SHAPE}))",
+    "at": "(?P<at>start|end)",
+}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A question read back: its kind, the slot values, and which template worded it."""
+
+    kind: str
+    slots: dict[str, str]
+    template: str
+    held_out: bool
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)
+    body = "".join(re.escape(p) if i % 2 == 0 else _SLOTS[p] for i, p in enumerate(parts))
+    return re.compile(f"^{body}$")
+
+
+_PARSERS = [
+    (kind, template, held, _pattern(template))
+    for kind, (seen, held_out) in TEMPLATES.items()
+    for held, group in ((False, seen), (True, held_out))
+    for template in group
+]
+
+
+def parse(question: str) -> Parsed:
+    """The kind and slots of a world question in any of its wordings; ValueError for any other text."""
+    for kind, template, held, pattern in _PARSERS:
+        if m := pattern.match(question.strip()):
+            return Parsed(kind, m.groupdict(), template, held)
+    raise ValueError(f"not a yardstick question: {question!r}")
+
+
+def templates(kind: str, pool: str) -> Sequence[str]:
+    """The wordings of `kind` in `pool` (one of `POOLS`)."""
+    if kind not in TEMPLATES:
+        raise ValueError(f"unknown question kind {kind!r}; choose one of {', '.join(TEMPLATES)}")
+    seen, held_out = TEMPLATES[kind]
+    if pool == "canonical":
+        return seen[:1]
+    if pool == "seen":
+        return seen
+    if pool == "held_out":
+        return held_out
+    raise ValueError(f"unknown phrasing pool {pool!r}; choose one of {', '.join(POOLS)}")
+
+
+def reword(question: str, pool: str, rng: np.random.Generator) -> str:
+    """`question` (any wording) said in a wording from `pool`, drawn with `rng`."""
+    parsed = parse(question)
+    options = templates(parsed.kind, pool)
+    return options[int(rng.integers(len(options)))].format(**parsed.slots)
+
+
+def corpus(pool: str = "seen") -> list[str]:
+    """Every wording of `pool` with its slots filled by every colour and shape (tokenizer training text)."""
+    out = []
+    for kind in TEMPLATES:
+        for template in templates(kind, pool):
+            for c in COLOURS:
+                for s in SHAPES:
+                    out.append(template.format(shape=s, colour=c, obj=f"{c} {s}", a=f"{c} {s}", b=f"{c} {s}",
+                                               at="start" if len(out) % 2 else "end"))  # fmt: skip
+    return out

@@ -1,0 +1,155 @@
+"""The yardstick world, version 2: v1's scenes plus a "describe" type, in varied drawing styles, asked in many wordings.
+
+`make_example(split, i, qtype, version=2)` gets here. A v2 clip is a pure function of (split, index, qtype) like a
+v1 clip, from its own seed (v1 examples are untouched). The wording of its questions is drawn from a separate
+generator, so the same clip can be asked in seen and held-out wordings (a paired measure of wording robustness);
+held-out wordings are refused for the training split.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from tools.yardstick.describe import describe
+from tools.yardstick.phrasing import POOLS, corpus, reword
+from tools.yardstick.render_v2 import draw_style, render_v2
+from tools.yardstick.world import (
+    COLOURS,
+    FRAME_SIZE,
+    NEEDLE_TEST_FRAMES,
+    NUMBERS,
+    QUESTION_TYPES,
+    SHAPES,
+    SPLITS,
+    Example,
+    Track,
+    _colour_or_shape,
+    _count,
+    _extra_questions,
+    _needle,
+    _order,
+    _pick,
+    _pixel_labels,
+    _track,
+    _when,
+    make_example,
+)
+
+QUESTION_TYPES_V2: tuple[str, ...] = (*QUESTION_TYPES, "describe")
+DESCRIBE_QUESTION = "Describe what happens."
+RADIUS_SCALE = (0.6, 1.3)
+"""v2 objects are v1's size times this (radii 5.1-16.9 pixels of 84)."""
+_PHRASING_SALT = 0x5048
+
+
+def _describe_scene(rng: np.random.Generator) -> tuple[list[Track], int, str, str]:
+    """1-3 objects from the start, up to 2 more later; some leave, some change colour (events on even frames)."""
+    frames = int(rng.integers(12, 33))
+    first, later = int(rng.integers(1, 4)), int(rng.integers(0, 3))
+    n = min(first + later, len(SHAPES))
+    shapes, colours = _pick(rng, SHAPES, n), _pick(rng, list(COLOURS), min(n + 2, len(COLOURS)))
+    spare = colours[n:]  # a colour no object starts with, for a colour change
+    last = 2 * ((frames - 2) // 2)  # the last even frame an event may fall on
+    tracks = []
+    for i in range(n):
+        start = 0 if i < first else 2 * int(rng.integers(1, max(2, last // 2)))
+        start = min(start, last - 2)
+        end = frames
+        if rng.random() < 0.3 and start + 4 <= last:
+            end = 2 * int(rng.integers((start + 4) // 2, last // 2 + 1))
+        tr = _track(rng, shapes[i], colours[i], [(start, end)])
+        if spare and rng.random() < 0.3 and start + 2 <= min(end, frames) - 2:
+            tr.recolour = (
+                2 * int(rng.integers((start + 2) // 2, (min(end, frames) - 2) // 2 + 1)),
+                spare.pop(),
+            )
+        tracks.append(tr)
+    return tracks, frames, DESCRIBE_QUESTION, describe(tracks, frames)
+
+
+def _scene(rng: np.random.Generator, qtype: str, needle_frames: tuple[int, int]):
+    if qtype in ("colour", "shape"):
+        return _colour_or_shape(rng, qtype)
+    if qtype == "count":
+        return _count(rng)
+    if qtype == "order":
+        return _order(rng)
+    if qtype == "when":
+        return _when(rng)
+    if qtype == "needle":
+        return _needle(rng, needle_frames)
+    if qtype == "describe":
+        return _describe_scene(rng)
+    raise ValueError(f"unknown question type {qtype!r}; choose one of {', '.join(QUESTION_TYPES_V2)}")
+
+
+def make_example_v2(
+    split: str,
+    index: int,
+    qtype: str | None,
+    needle_frames: tuple[int, int] | None,
+    version: int,
+    phrasing: str | None,
+    source_frames: bool,
+) -> Example:
+    """A v2 clip (or, `version` 1, the v1 clip) with its questions worded from `phrasing` (default: v1 canonical,
+    v2 seen)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if version not in (1, 2):
+        raise ValueError(f"unknown world version {version!r}; choose 1 or 2")
+    pool = phrasing or ("canonical" if version == 1 else "seen")
+    if pool not in POOLS:
+        raise ValueError(f"unknown phrasing pool {pool!r}; choose one of {', '.join(POOLS)}")
+    if pool == "held_out" and split == "train":
+        raise ValueError("held-out wordings are never used in the training split")
+    if version == 1:
+        if source_frames:
+            raise ValueError("v1 clips have no other source frame rate")
+        ex = make_example(split, index, qtype, needle_frames)
+        extra = ex.extra
+    else:
+        salt = zlib.crc32((qtype or "any").encode())
+        seed = (SPLITS[split], salt, int(index), 2)
+        rng = np.random.default_rng(seed)
+        qtype = qtype or QUESTION_TYPES_V2[int(rng.integers(len(QUESTION_TYPES_V2)))]
+        tracks, frames, q, a = _scene(rng, qtype, needle_frames or NEEDLE_TEST_FRAMES)
+        for tr in tracks:
+            tr.radius *= float(rng.uniform(*RADIUS_SCALE))
+            lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
+            tr.xy = tuple(float(np.clip(v, lo, hi)) for v in tr.xy)
+        style = draw_style(rng, frames)
+        pixels, owner = render_v2(tracks, frames, style, rng, source_frames)
+        extra = [(eq, ea) for eq, ea in _v2_extra(tracks, frames, qtype) if eq != q]
+        ex = Example(pixels, q, a, qtype, seed, _pixel_labels(tracks, owner), extra,
+                     style.fps if source_frames else 2.0)  # fmt: skip
+    words = np.random.default_rng((*ex.seed, _PHRASING_SALT))
+    ex.question = reword(ex.question, pool, words)
+    ex.extra = [(reword(q, pool, words), a) for q, a in extra]
+    return ex
+
+
+def _v2_extra(tracks: Sequence[Track], frames: int, qtype: str) -> Iterator[tuple[str, str]]:
+    yield from _extra_questions(tracks, qtype)
+    if qtype != "describe":
+        yield DESCRIBE_QUESTION, describe(tracks, frames)
+
+
+def example_set_v2(per_type: int, split: str = "test", types: Sequence[str] = QUESTION_TYPES_V2,
+                   phrasing: str | None = None, source_frames: bool = False) -> list[Example]:  # fmt: skip
+    """`per_type` v2 examples of each type from `split` (needle streams of 200-260 frames)."""
+    return [make_example(split, i, t, version=2, phrasing=phrasing, source_frames=source_frames)
+            for t in types for i in range(per_type)]  # fmt: skip
+
+
+def corpus_lines_v2() -> Iterator[str]:
+    """Every seen wording and answer word of the v2 world (held-out wordings are not), for the tokenizer."""
+    yield from corpus("seen")
+    for s in SHAPES:
+        for c in COLOURS:
+            yield f"{c} {s}, {c} {s}; {c} {s} appears, {c} {s} leaves, {c} {s} turns {c}"
+            yield f"{c}\n{s}\n{c} {s}\n"
+    yield "\n".join(NUMBERS)
