@@ -244,3 +244,14 @@ def test_probe() -> None:
 def test_probe_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SourceNotFoundError, match="nope.mp4"):
         probe(tmp_path / "nope.mp4")
+
+
+def test_decoding_without_pyav_says_how_to_install_it(monkeypatch, tmp_path):
+    """livevlm imports without PyAV (a training-only install); opening a video then names the missing package."""
+    from livevlm.errors import SourceError
+    from livevlm.stream import FileSource, FileSourceConfig, file
+
+    monkeypatch.setattr(file, "av", None)
+    with pytest.raises(SourceError, match="pip install av"):
+        with FileSource(FileSourceConfig(tmp_path / "clip.mp4")) as source:
+            next(iter(source))

@@ -26,9 +26,7 @@ from .sampler import Pacer, Sampler
 
 try:
     import av
-except (
-    ImportError
-):  # a training-only install (no decoder): livevlm imports, opening a video says why it cannot
+except ImportError:  # a training-only install (no decoder): livevlm imports, opening a video says why not
     av = None
 
 __all__ = ["FileSource", "FileSourceConfig", "SourceStats", "VideoInfo", "probe", "read_frames"]
