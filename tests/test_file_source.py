@@ -252,6 +252,8 @@ def test_decoding_without_pyav_says_how_to_install_it(monkeypatch, tmp_path):
     from livevlm.stream import FileSource, FileSourceConfig, file
 
     monkeypatch.setattr(file, "av", None)
-    with pytest.raises(SourceError, match="pip install av"):
-        with FileSource(FileSourceConfig(tmp_path / "clip.mp4")) as source:
-            next(iter(source))
+    with (
+        pytest.raises(SourceError, match="pip install av"),
+        FileSource(FileSourceConfig(tmp_path / "clip.mp4")) as source,
+    ):
+        next(iter(source))
