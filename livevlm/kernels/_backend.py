@@ -43,17 +43,23 @@ def forced_torch() -> bool:
     return forced() == "torch"
 
 
-@functools.lru_cache(maxsize=1)
-def triton_version() -> str | None:
-    """The installed triton's version, or None (found without importing it: `import livevlm` never needs it)."""
-    if importlib.util.find_spec("triton") is None:
+@functools.cache
+def installed_version(module: str, distribution: str) -> str | None:
+    """The version of the distribution providing `module`, or None when it is not installed (found without
+    importing it: optional GPU packages are imported only when used)."""
+    if importlib.util.find_spec(module) is None:
         return None
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("triton")
+        return version(distribution)
     except PackageNotFoundError:
         return "unknown"
+
+
+def triton_version() -> str | None:
+    """The installed triton's version, or None (`import livevlm` never needs it)."""
+    return installed_version("triton", "triton")
 
 
 def interpreting() -> bool:

@@ -4,28 +4,17 @@ dtype when the `gpu` extra is installed, else PyTorch's SDPA. Both go through tr
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-
 import torch
 
-from ._backend import Choice, forced_torch
+from ._backend import Choice, forced_torch, installed_version
 
 FLASH = "flash_attention_2"
 SDPA = "sdpa"
 
 
-@functools.lru_cache(maxsize=1)
 def flash_attn_version() -> str | None:
-    """The installed flash-attn's version, or None (read from metadata: flash-attn is imported only when used)."""
-    if importlib.util.find_spec("flash_attn") is None:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("flash-attn")
-    except PackageNotFoundError:
-        return "unknown"
+    """The installed flash-attn's version, or None (flash-attn is imported only when used)."""
+    return installed_version("flash_attn", "flash-attn")
 
 
 def attention_choice(device: torch.device | str, dtype: torch.dtype | None) -> Choice:
