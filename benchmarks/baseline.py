@@ -2,10 +2,12 @@
 
     python benchmarks/baseline.py                                   # tiny random Qwen2.5-VL, CPU, < 30 s
     python benchmarks/baseline.py --shape qwen2-vl-2b --device cuda  # real architecture, random weights
+    python benchmarks/baseline.py --shape qwen2-vl-2b --dtype float32 --vit-cache none balanced  # peak RSS of each
 
 Full shapes are random-weight models with the exact architecture configs of the released checkpoints: they
 are built, saved with the real Qwen2 tokenizer (and the family's processor config) and loaded back through `livevlm.load_model`, like a download.
 Timings come from `SessionStats` (ViT, stream prefill) and from timing the `ask_ids` iterator (TTFT, decode).
+With several `--vit-cache` presets each runs in its own child process, so each peak RSS is that setting's alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from itertools import pairwise
 from pathlib import Path
 from statistics import median
@@ -183,7 +186,7 @@ def synchronizing(adapter: Any) -> None:
     adapter.vision_features, adapter.forward = synced(adapter.vision_features), synced(adapter.forward)
 
 
-def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
+def run(args: argparse.Namespace, model_dir: Path, vit_cache: str = "none") -> dict[str, Any]:
     load_before = os.getloadavg()[0]  # other work on the machine skews CPU timings; recorded to spot that
     cuda = args.device.startswith("cuda")
     sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
@@ -202,7 +205,7 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     session = Session(adapter, SessionConfig(device=args.device, dtype=args.dtype, fps=args.fps,
                                              max_new_tokens=args.new_tokens, max_pixels=args.max_pixels,
-                                             **UNCOMPRESSED))
+                                             **{**UNCOMPRESSED, "vit_cache": vit_cache}))
     s0 = prev = session.stats
     vit: list[float] = []  # per chunk: ViT seconds per frame, prefill seconds per visual token
     prefill: list[float] = []
@@ -262,7 +265,8 @@ def run(args: argparse.Namespace, model_dir: Path) -> dict[str, Any]:
         "transformers": importlib.metadata.version("transformers"), "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "cpu": cpu_info(), "torch_threads": torch.get_num_threads(),
         "loadavg_1m_before": load_before, "gpu": torch.cuda.get_device_name() if cuda else None,
-        "video": str(args.video), "fps": args.fps, "frame_size": list(size), "max_pixels": args.max_pixels,
+        "vit_cache": vit_cache, "vit_cache_stats": asdict(s1.vit_cache) if s1.vit_cache else None,
+        "kernels": s1.kernels, "video": str(args.video), "fps": args.fps, "frame_size": list(size), "max_pixels": args.max_pixels,
         "new_tokens": args.new_tokens, "question": QUESTION, "metrics": metrics,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -276,6 +280,35 @@ def print_table(result: dict[str, Any]) -> None:
     kw, vw = max(len(k) for k, _ in rows), max(len(v) for _, v in rows)
     print(f"{'metric':<{kw}}  {'value':>{vw}}\n{'-' * kw}  {'-' * vw}")
     print("\n".join(f"{k:<{kw}}  {v:>{vw}}" for k, v in rows))
+
+
+def _child(args: argparse.Namespace, model_dir: Path, vit_cache: str, out: Any) -> None:
+    if args.threads or args.shape == "tiny":
+        torch.set_num_threads(args.threads or 1)
+    out.put(run(args, model_dir, vit_cache))
+
+
+def run_child(args: argparse.Namespace, model_dir: Path, vit_cache: str) -> dict[str, Any]:
+    """`run` in a fresh process: its peak RSS is this setting's alone (a process's peak never goes down)."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child, args=(args, model_dir, vit_cache, out))
+    child.start()
+    result = out.get()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"the {vit_cache} run failed (exit code {child.exitcode})")
+    return result
+
+
+def print_settings(settings: dict[str, dict[str, Any]]) -> None:
+    """One row per --vit-cache preset: peak RSS, ViT time, and what the cache did."""
+    print(f"{'vit_cache':<10} {'peak RSS GiB':>12} {'ViT ms/frame':>12} {'ingest ms/frame':>15}  full/partial/reused")
+    for name, r in settings.items():
+        m, st = r["metrics"], r["vit_cache_stats"]
+        done = f"{st['full_encodes']}/{st['chunks_partial']}/{st['chunks_reused']}" if st else "-"
+        print(f"{name:<10} {m['peak_rss_mib'] / 1024:12.2f} {m['vit_ms_per_frame_mean']:12.1f} "
+              f"{m['ingest_ms_per_frame']:15.1f}  {done}")
 
 
 def main() -> None:
@@ -292,6 +325,8 @@ def main() -> None:
                    help="default: bfloat16 (full shapes), auto (tiny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads; default: 1 for tiny (ops too small to share), torch's choice")
+    p.add_argument("--vit-cache", nargs="+", default=["none"], metavar="PRESET",
+                   help="ViT cache preset(s); several: one child process each, peak RSS compared (default none)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run one chunk + 2 tokens in a throwaway session first (default: on)")
     p.add_argument("--out", type=Path, default=None,
@@ -304,7 +339,8 @@ def main() -> None:
     args.frames = args.frames or (8 if full else 16)
     args.max_pixels = args.max_pixels or (224 * 224 if full else None)
     args.dtype = args.dtype or ("bfloat16" if full else "auto")
-    name = f"baseline-{args.shape}-{args.device.split(':')[0]}.json"
+    tag = "" if args.vit_cache == ["none"] else "-vit-" + "-".join(args.vit_cache)
+    name = f"baseline-{args.shape}-{args.device.split(':')[0]}{tag}.json"
     args.out = args.out or Path(__file__).resolve().parent / "results" / name
 
     with tempfile.TemporaryDirectory(prefix="livevlm-bench-") as tmp:
@@ -322,9 +358,15 @@ def main() -> None:
             from livevlm.models.tiny import build_tiny_checkpoint
 
             build_tiny_checkpoint(tmp, "qwen2_5_vl")
-        result = run(args, Path(tmp))
+        if len(args.vit_cache) == 1:
+            result = run(args, Path(tmp), args.vit_cache[0])
+        else:
+            result = {"settings": {p: run_child(args, Path(tmp), p) for p in args.vit_cache}}
 
-    print_table(result)
+    if "settings" in result:
+        print_settings(result["settings"])
+    else:
+        print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -48,9 +48,9 @@ MOVING = ("bikes", "carphone_pristine", "bigbuckbunny")
 class VisionTower:
     """The adapter surface a feature cache uses (`vision_features`, `vision_runner`), over a bare tower."""
 
-    def __init__(self, visual: Any, family: str, max_pixels: int, prepack: bool = True) -> None:
+    def __init__(self, visual: Any, family: str, max_pixels: int, fast_linear: bool = True) -> None:
         self.visual, self.family = visual.eval(), family
-        self._runner = QwenVisionRunner(self.visual, prepack=prepack)
+        self._runner = QwenVisionRunner(self.visual, fast_linear=fast_linear)
         self.geometry = VisionGeometry.from_vision_config(
             visual.config, max_pixels=max_pixels, min_pixels=max_pixels // 2
         )
@@ -68,7 +68,12 @@ class VisionTower:
 
 
 def build_tower(
-    shape: str, family: str, dtype: torch.dtype, max_pixels: int, prepack: bool = True, seed: int = 0
+    shape: str,
+    family: str,
+    dtype: torch.dtype,
+    max_pixels: int,
+    fast_linear: bool = True,
+    seed: int = 0,
 ) -> VisionTower:
     """Random weights: tiny = the tests' tiny config; full shapes = N(0, 0.02) matrices, zero bias, unit norms."""
     import transformers
@@ -97,7 +102,7 @@ def build_tower(
         with torch.no_grad():
             for name, p in visual.named_parameters():
                 p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)
-    return VisionTower(visual, family, max_pixels, prepack=prepack)
+    return VisionTower(visual, family, max_pixels, fast_linear=fast_linear)
 
 
 def make_static_clip(path: Path, frames: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
@@ -251,10 +256,10 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
-        "--prepack",
+        "--fast-linear",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="partial passes on oneDNN-prepacked weights (default on; --no-prepack shows what packing adds)",
+        help="partial passes' linears through kernels.RowLinears (default on; --no-fast-linear: the modules)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="default: benchmarks/results/vit_cache-<shape>.json"
@@ -272,7 +277,7 @@ def main() -> None:
         clips = {name: load_clip(name, frames, Path(tmp)) for name in args.clips}
         for family in families:
             t0 = time.perf_counter()
-            tower = build_tower(args.shape, family, dtype, args.max_pixels, prepack=args.prepack)
+            tower = build_tower(args.shape, family, dtype, args.max_pixels, fast_linear=args.fast_linear)
             print(
                 f"built {family} tower ({args.shape}, {dtype}) in {time.perf_counter() - t0:.1f} s",
                 flush=True,
@@ -287,7 +292,7 @@ def main() -> None:
     result = {
         "shape": args.shape,
         "frames_per_clip": frames,
-        "prepack": args.prepack,
+        "fast_linear": args.fast_linear,
         "linear_backend": towers and tower.vision_runner().linear.backend,
         "max_pixels": args.max_pixels,
         "towers": towers,

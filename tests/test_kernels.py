@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from livevlm import kernels
-from livevlm.kernels import PackedLinears, linear_choice
+from livevlm.kernels import RowLinears, linear_choice
+from livevlm.kernels import linear as linear_module
 
 
 def test_backend_reports_every_op_with_a_reason():
@@ -20,45 +21,85 @@ def test_backend_reports_every_op_with_a_reason():
         assert choice.backend in ("torch", "onednn") and choice.reason
 
 
-def test_bf16_prepack_is_not_chosen_on_a_cpu_without_avx512(monkeypatch):
+def test_linear_choice_per_dtype_device_and_cpu(monkeypatch):
     monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
-    # an AMD EPYC without AVX-512 (the crash of issue 17): no avx512bw, avx_ne_convert or amx_bf16
+    # an AMD EPYC without AVX-512 (the crash of issue 17): fp32 oneDNN runs there, bf16 stays on F.linear
     epyc = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
-    choice = linear_choice(torch.device("cpu"), torch.bfloat16, flags=epyc)
-    assert choice.backend == "torch" and "avx512bw" in choice.reason
-    assert linear_choice(torch.device("cpu"), torch.float32, flags=epyc).backend in ("onednn", "torch")
+    fp32 = linear_choice(torch.device("cpu"), torch.float32, flags=epyc)
+    assert fp32.backend == ("onednn" if torch.backends.mkldnn.is_available() else "torch")
+    old_x86 = linear_choice(torch.device("cpu"), torch.float32, flags=frozenset({"sse4_2", "avx"}))
+    assert old_x86.backend == "torch" and "avx2" in old_x86.reason
+    assert linear_choice(torch.device("cpu"), torch.bfloat16, flags=epyc).backend == "torch"
     assert linear_choice(torch.device("cpu"), torch.float16).backend == "torch"
-    assert linear_choice(torch.device("meta"), torch.bfloat16).backend == "torch"
+    assert linear_choice(torch.device("meta"), torch.float32).backend == "torch"
+    assert linear_choice(torch.device("cpu"), torch.float32, enabled=False).backend == "torch"
 
 
 def test_forced_torch_path_matches_the_module(monkeypatch):
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
-    linear = torch.nn.Linear(32, 48).to(torch.bfloat16)
-    packed = PackedLinears(torch.device("cpu"), torch.bfloat16)
-    assert packed.choice.backend == "torch" and "LIVEVLM_KERNELS" in packed.choice.reason
-    x = torch.randn(5, 32, dtype=torch.bfloat16)
+    linear = torch.nn.Linear(32, 48)
+    rows = RowLinears(torch.device("cpu"), torch.float32)
+    assert rows.choice.backend == "torch" and "LIVEVLM_KERNELS" in rows.choice.reason
+    x = torch.randn(5, 32)
     with torch.inference_mode():
-        assert torch.equal(packed(linear, x), linear(x))
+        assert torch.equal(rows(linear, x), linear(x))
     assert all("forced" in c.reason for c in kernels.backend().values())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prepacked_path_where_chosen_agrees_with_the_module(dtype):
-    packed = PackedLinears(torch.device("cpu"), dtype)
+def test_row_linear_where_chosen_agrees_with_the_module(dtype):
+    rows = RowLinears(torch.device("cpu"), dtype)
     linear = torch.nn.Linear(64, 96).to(dtype)
-    x = torch.randn(7, 64, dtype=dtype)
+    for n in (1, 7, 130):
+        x = torch.randn(n, 64, dtype=dtype)
+        with torch.inference_mode():
+            torch.testing.assert_close(rows(linear, x), linear(x), rtol=2e-2, atol=2e-2)
+    assert rows.backend == linear_choice(torch.device("cpu"), dtype).backend
+    assert vars(rows).keys() == {"choice"}  # no weight (packed or not) is held: the module's own is read
+
+
+def test_a_onednn_failure_falls_back_to_the_module_for_good(monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    calls = []
+
+    def refuse(*args):
+        calls.append(args)
+        raise RuntimeError("could not create a primitive descriptor\n(details)")
+
+    rows = RowLinears(torch.device("cpu"), torch.float32)
+    rows.choice = kernels.Choice("onednn", "as on a cpu that supports it")
+    monkeypatch.setattr(linear_module, "onednn_linear", refuse)
+    linear, x = torch.nn.Linear(16, 24), torch.randn(3, 16)
     with torch.inference_mode():
-        torch.testing.assert_close(packed(linear, x), linear(x), rtol=2e-2, atol=2e-2)
-    assert packed.backend == linear_choice(torch.device("cpu"), dtype).backend or packed.backend == "torch"
+        assert torch.equal(rows(linear, x), linear(x))
+        assert torch.equal(rows(linear, x), linear(x))
+    assert len(calls) == 1 and rows.backend == "torch"
+    assert rows.choice.reason == "oneDNN linear failed: could not create a primitive descriptor"
 
 
 def _ask_stats(env: dict[str, str]) -> subprocess.CompletedProcess:
     from livevlm.assets import sample_video_path
 
     return subprocess.run(
-        [sys.executable, "-m", "livevlm.cli", "ask", str(sample_video_path()), "What colour is the circle?",
-         "--vit-cache", "balanced", "--dtype", "bfloat16", "--stats", "--no-progress"],
-        capture_output=True, text=True, env={**os.environ, **env}, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "livevlm.cli",
+            "ask",
+            str(sample_video_path()),
+            "What colour is the circle?",
+            "--vit-cache",
+            "balanced",
+            "--dtype",
+            "bfloat16",
+            "--stats",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+        check=False,
     )
 
 

@@ -238,14 +238,15 @@ def test_frame_policy_reuses_near_identical_chunks(tiny_adapters):
     assert torch.equal(exact.encode(p1, grid)[0], full_encode(adapter, p1, grid))
 
 
-@pytest.mark.parametrize("prepack", [True, False], ids=["onednn", "torch"])
-def test_partial_recompute_backends_agree(tiny_checkpoints, prepack):
+@pytest.mark.parametrize("fast_linear", [True, False], ids=["onednn", "torch"])
+def test_partial_recompute_backends_agree(tiny_checkpoints, fast_linear):
     from livevlm.models import load_model
     from livevlm.models.qwen_vision import QwenVisionRunner
 
     adapter = load_model(tiny_checkpoints["qwen2_vl"], max_pixels=160 * 28 * 28)
-    adapter._vision_runner = QwenVisionRunner(adapter.model.model.visual, prepack=prepack)
-    assert adapter.vision_runner().linear.backend == ("onednn" if prepack and not forced_torch() else "torch")
+    adapter._vision_runner = QwenVisionRunner(adapter.model.model.visual, fast_linear=fast_linear)
+    fast = fast_linear and not forced_torch()
+    assert adapter.vision_runner().linear.backend == ("onednn" if fast else "torch")
     cache = build_feature_cache(ViTCacheConfig("fast", cut_fraction=1.0, drift_limit=1.0), adapter.vision_encoder())
     for pixels, grid in chunks_of(adapter, clip_frames("carphone_pristine", 6)):
         embeds, _ = cache.encode(pixels, grid)

@@ -4,7 +4,7 @@
     pool        pool_tokens                                    (KV bilevel)   triton on cuda, else torch
     quant       to_bytes / from_bytes (8/4-bit KV rows)        (KV host tier) triton dequant on cuda, else torch
     relevance   chunk_logits (question queries x summary keys) (KV selection) triton on cuda, else torch
-    linear      PackedLinears (few-row linears, ViT cache)     onednn prepack where the CPU supports it
+    linear      RowLinears (few-row linears, ViT cache)        onednn on fp32 weights as they are (no copy)
 
 `backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references,
 `LIVEVLM_KERNELS=triton` the Triton kernels. Triton modules (`_triton_*.py`) are imported only when chosen.
@@ -23,7 +23,7 @@ from ._backend import (
     triton_choice,
     triton_version,
 )
-from .linear import PackedLinears, linear_choice
+from .linear import RowLinears, linear_choice
 from .pool import pool_tokens
 from .quant import from_bytes, to_bytes
 from .relevance import chunk_logits
@@ -48,7 +48,7 @@ __all__ = [
     "TRITON_OPS",
     "Choice",
     "KernelUnavailableError",
-    "PackedLinears",
+    "RowLinears",
     "backend",
     "chunk_logits",
     "cpu_flags",

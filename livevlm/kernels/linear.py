@@ -1,77 +1,64 @@
-"""Few-row linear layers on weights prepacked once for oneDNN, with the plain `F.linear` fallback.
+"""Few-row linears for the ViT cache's partial passes: oneDNN on the module's own fp32 weight, else F.linear.
 
-On CPU, oneDNN's bf16 matmul re-lays out the whole weight on every call (12 rows x 1280x5120: 1.06 ms vs
-0.64 ms prepacked, one thread), so the ViT cache's partial passes run block linears on prepacked weights.
-oneDNN's bf16 prepack needs avx512bw, avx_ne_convert or amx: without them (e.g. AMD EPYC without AVX-512) it
-raises, so the backend is chosen from the CPU's flags and, should packing still fail, falls back once.
+Partial passes multiply a few rows by every weight matrix of a block. For fp32 on CPU, `F.linear` goes to a
+BLAS sgemm that repacks the whole weight on every call; oneDNN's `_linear_pointwise` reads the module's own
+weight as it is and is faster at few rows (Qwen2-VL-2B tower, balanced preset, one thread: ~0.57 vs ~0.63 of
+a full encode). No packed copy of any weight is kept: a prepacked copy of every ViT linear was faster still
+(~0.52) but held the tower's weights twice (+2.5 GiB RSS at the 2B shape in fp32, issue 21). bf16 stays on
+`F.linear` (itself oneDNN; calling oneDNN on the plain weight gained nothing there). Should oneDNN refuse at
+run time, the path falls back to `F.linear` for good, with the reason.
 """
 
 from __future__ import annotations
-
-import threading
 
 import torch
 
 from ._backend import Choice, cpu_flags, forced_torch
 
-BF16_PACK_FLAGS = ("avx512bw", "avx_ne_convert", "amx_bf16")
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias through oneDNN on the plain (out, in) weight: nothing is copied or kept."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
 def linear_choice(
     device: torch.device, dtype: torch.dtype, enabled: bool = True, flags: frozenset[str] | None = None
 ) -> Choice:
-    """Which backend `PackedLinears` runs for weights of `dtype` on `device`, and why (`flags`: the CPU's
-    feature flags, read from /proc/cpuinfo when None)."""
+    """Which backend `RowLinears` runs for weights of `dtype` on `device`, and why (`flags`: the CPU's
+    feature flags, read from /proc/cpuinfo when None; oneDNN's fp32 path needs avx2 at least)."""
     if forced_torch():
         return Choice("torch", "forced by LIVEVLM_KERNELS=torch")
     if not enabled:
-        return Choice("torch", "prepacking disabled")
+        return Choice("torch", "oneDNN few-row linear disabled")
     if device.type != "cpu":
         return Choice("torch", f"weights on {device.type}")
-    if dtype not in (torch.float32, torch.bfloat16):
-        return Choice("torch", f"no oneDNN prepack for {dtype}")
-    ops = torch.ops.mkldnn
-    if not (torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")):
-        return Choice("torch", "torch built without oneDNN linear prepack")
+    if dtype != torch.float32:
+        return Choice("torch", f"F.linear for {str(dtype).removeprefix('torch.')} (no faster copy-free path)")
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return Choice("torch", "torch built without oneDNN linear")
     flags = cpu_flags() if flags is None else flags
-    if dtype == torch.bfloat16 and not any(f in flags for f in BF16_PACK_FLAGS):
-        return Choice("torch", "cpu lacks avx512bw / avx_ne_convert / amx_bf16 for bf16 prepack")
-    return Choice("onednn", f"prepacked {str(dtype).removeprefix('torch.')} weights on this cpu")
+    if "avx2" not in flags:
+        return Choice("torch", "cpu lacks avx2 for oneDNN's fp32 linear")
+    return Choice("onednn", "fp32 few-row linear on the module's own weight (no packed copy)")
 
 
-class PackedLinears:
-    """`nn.Linear` forwards with the weight prepacked once for oneDNN (CPU, fp32/bf16); F.linear otherwise.
+class RowLinears:
+    """`nn.Linear` forwards for few rows: oneDNN on the module's own fp32 weight (CPU), F.linear otherwise.
 
-    The packed copy is made on first use and shared by every stream of the model. `backend` / `choice` say
-    which path runs; a prepack that fails at run time switches to "torch" for good, with the reason."""
+    Holds no tensors: every call reads the module's weight as it is. `backend` / `choice` say which path
+    runs; a oneDNN call that fails at run time switches to "torch" for good, with the reason."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, enabled: bool = True) -> None:
         self.choice = linear_choice(device, dtype, enabled)
-        self._packed: dict[torch.nn.Module, torch.Tensor] = {}
-        self._lock = threading.Lock()
 
     @property
     def backend(self) -> str:
         return self.choice.backend
 
     def __call__(self, linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        if self.choice.backend == "torch":
-            return linear(x)
-        weight = self._packed.get(linear)
-        if weight is None:
-            weight = self._pack(linear)
-        if weight is None:
-            return linear(x)
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, linear.bias, "none", [], "")
-
-    def _pack(self, linear: torch.nn.Linear) -> torch.Tensor | None:
-        with self._lock, torch.inference_mode():
-            if linear in self._packed:
-                return self._packed[linear]
+        if self.choice.backend == "onednn":
             try:
-                weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-            except RuntimeError as exc:  # oneDNN refused this cpu / dtype: the reference path from now on
-                self.choice = Choice("torch", f"oneDNN prepack failed: {str(exc).splitlines()[0][:160]}")
-                return None
-            self._packed[linear] = weight
-            return weight
+                return onednn_linear(x, linear.weight, linear.bias)
+            except RuntimeError as exc:  # oneDNN refused this cpu / shape: the reference path from now on
+                self.choice = Choice("torch", f"oneDNN linear failed: {str(exc).splitlines()[0][:160]}")
+        return linear(x)

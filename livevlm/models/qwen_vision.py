@@ -10,11 +10,9 @@ Tokens live in the tower's internal order: Qwen2.5-VL permutes 2x2 merge units b
 un-permutes after the merger); Qwen2-VL keeps the processor's merge-block order. Nothing here is patched:
 the tower's submodules (norms, qkv, proj, mlp, merger) and its own attention dispatch are called directly.
 
-Partial passes multiply few rows by every weight matrix of a block. On CPU, oneDNN's bf16 matmul re-lays
-out the whole weight on every call (measured here, 12 rows x 1280x5120: 1.06 ms vs 0.64 ms prepacked on one
-thread, ~20 ms vs ~4 ms on two busy threads), so partial passes run the block linears on weights prepacked
-once per model (`livevlm.kernels.PackedLinears`: "onednn" where the CPU supports the prepack, else "torch"). Full passes always use the modules
-themselves, so they stay bit-exact.
+Partial passes multiply few rows by every weight matrix of a block; they run the block linears through
+`livevlm.kernels.RowLinears` ("onednn": oneDNN on each module's own fp32 weight, no packed copy kept; else the
+module itself). Full passes always use the modules themselves, so they stay bit-exact.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..kernels.linear import PackedLinears
+from ..kernels.linear import RowLinears
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class FullPass:
 class QwenVisionRunner:
     """Runs a Qwen2/2.5-VL vision tower (`model.model.visual`) block by block; holds no per-stream state."""
 
-    def __init__(self, visual: Any, prepack: bool = True) -> None:
+    def __init__(self, visual: Any, fast_linear: bool = True) -> None:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
         from transformers.utils.generic import is_flash_attention_requested
 
@@ -91,7 +89,7 @@ class QwenVisionRunner:
             cfg._attn_implementation, family.eager_attention_forward
         )
         weight = visual.patch_embed.proj.weight
-        self.linear = PackedLinears(weight.device, weight.dtype, enabled=prepack)
+        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear)
 
     block_state = BlockState
     """`BlockState(keys=, values=)`: what a restored ViT cache rebuilds its per-block state with."""
@@ -264,8 +262,8 @@ class Qwen3VisionRunner(QwenVisionRunner):
     no attention windows, and DeepStack mergers over the outputs of blocks `taps`, packed after the main merge
     as (M, D * (1 + len(taps))), the layout the Qwen3-VL adapter gives a chunk's embeds."""
 
-    def __init__(self, visual: Any, prepack: bool = True) -> None:
-        super().__init__(visual, prepack)
+    def __init__(self, visual: Any, fast_linear: bool = True) -> None:
+        super().__init__(visual, fast_linear)
         self.taps = tuple(int(i) for i in visual.deepstack_visual_indexes)
 
     def layout(self, grid: tuple[int, int, int]) -> VisionLayout:

@@ -100,7 +100,7 @@ class QwenVLAdapter(LanguageModelSide):
     def vision_runner(self) -> Any:
         """The vision tower run block by block in our own loop, for a feature cache's partial recompute.
 
-        One per model, shared by its sessions: it holds no stream state, only weights prepacked on first use."""
+        One per model, shared by its sessions: it holds no stream state and no weights of its own."""
         if self._vision_runner is None:
             from .qwen_vision import QwenVisionRunner
 

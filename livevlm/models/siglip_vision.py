@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..kernels.linear import PackedLinears
+from ..kernels.linear import RowLinears
 from .qwen_vision import BlockState, FullPass
 
 
@@ -52,7 +52,7 @@ class SiglipVisionRunner:
         patches: int,
         outputs: int,
         post_norm: bool = False,
-        prepack: bool = True,
+        fast_linear: bool = True,
     ) -> None:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -69,7 +69,7 @@ class SiglipVisionRunner:
         )
         self._masked_embed = "patch_attention_mask" in inspect.signature(tower.embeddings.forward).parameters
         weight = tower.embeddings.patch_embedding.weight
-        self.linear = PackedLinears(weight.device, weight.dtype, enabled=prepack)
+        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear)
 
     block_state = BlockState  # rebuilds a block's cached keys / values on a snapshot restore
 
