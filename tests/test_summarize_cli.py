@@ -92,6 +92,18 @@ def test_errors_are_one_line_and_exit_2(args, message, capsys):
     assert "livevlm: error: " in err and message in err and "Traceback" not in err
 
 
+def test_help_gives_summarize_its_own_kv_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["summarize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "defaults to its uncompressed baseline but --kv sink_window)" in text
+    assert "default here sink_window, its window sized to one --segment" in text
+    with pytest.raises(SystemExit):
+        main(["ask", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # other commands keep SessionConfig's default and help
+    assert "uncompressed baseline):" in text and "KV policy: a name or its config" in text
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, capsys, monkeypatch):
     out = tmp_path / "s.md"
     monkeypatch.setattr(ResumeState, "commit", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -66,23 +66,33 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _add(group: Any, name: str, extra: dict[str, Any]) -> None:
+def _add(group: Any, name: str, extra: dict[str, Any], override: tuple[Any, str] | None = None) -> None:
     field = {f.name: f for f in dataclasses.fields(SessionConfig)}[name]
-    default = field.default
-    kwargs: dict[str, Any] = {"default": default, "help": field_docs(SessionConfig).get(name, "")}
+    default, help_text = override or (field.default, field_docs(SessionConfig).get(name, ""))
+    kwargs: dict[str, Any] = {"default": default, "help": help_text}
     if default is not None and not isinstance(default, str):
         kwargs["type"] = type(default)
     kwargs.update(extra)
     group.add_argument("--" + name.replace("_", "-"), **kwargs)
 
 
-def add_session_args(parser: argparse.ArgumentParser) -> None:
-    """The model, device and compression flags, as one set for ask, watch and any later subcommand."""
+def add_session_args(
+    parser: argparse.ArgumentParser, defaults: dict[str, tuple[Any, str]] | None = None
+) -> None:
+    """The model, device and compression flags, as one set for ask, watch and any later subcommand.
+
+    `defaults`: field -> (default, help) where a subcommand's default differs from `SessionConfig`'s."""
+    defaults = defaults or {}
+    unknown = set(defaults) - set(SESSION_FLAGS) - set(COMPRESSION_FLAGS)
+    if unknown:
+        raise ValueError(f"no session flag for {sorted(unknown)}")
     for name, extra in SESSION_FLAGS.items():
-        _add(parser, name, extra)
-    g = parser.add_argument_group("compression (every stage defaults to its uncompressed baseline)")
+        _add(parser, name, extra, defaults.get(name))
+    changed = [f"--{n.replace('_', '-')} {defaults[n][0]}" for n in COMPRESSION_FLAGS if n in defaults]
+    title = "compression (every stage defaults to its uncompressed baseline"
+    g = parser.add_argument_group(title + (f" but {', '.join(changed)})" if changed else ")"))
     for name, extra in COMPRESSION_FLAGS.items():
-        _add(g, name, extra)
+        _add(g, name, extra, defaults.get(name))
     for name, extra in EXTRA_FLAGS.items():
         g.add_argument("--" + name.replace("_", "-"), **extra)
 

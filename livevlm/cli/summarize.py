@@ -16,6 +16,12 @@ from typing import Any
 from ..summary import FORMATS, SummarizeOptions
 from .flags import add_session_args, field_docs, session_config
 
+KV_HELP = (
+    "KV policy (`livevlm.cache`); default here sink_window, its window sized to one --segment, so memory stays "
+    "flat however long the video is; retrieval and bilevel are bounded too; full = every token kept, unbounded "
+    "(for comparison where memory allows)."
+)
+
 
 def add_parser(sub: Any) -> None:
     """Register the `summarize` subcommand."""
@@ -38,8 +44,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--look-back", action="store_true", help=docs["look_back"])
     s.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar and the segment lines")
-    add_session_args(s)
-    s.set_defaults(kv="sink_window")
+    add_session_args(s, {"kv": ("sink_window", KV_HELP)})
 
 
 def run(args: argparse.Namespace) -> int:
