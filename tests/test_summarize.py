@@ -50,6 +50,14 @@ def test_chapters_merge_similar_neighbours_only():
     assert len(merge_chapters(segs, threshold=1.01)) == len(segs)
 
 
+def test_a_chapter_keeps_what_only_one_of_its_segments_saw():
+    segs = [_seg(0, "A red circle moves. A blue square appears."), _seg(1, "A red circle moves."),
+            _seg(2, "A red circle moves; a green cross leaves.")]  # fmt: skip
+    (chapter,) = merge_chapters(segs, threshold=0.3)
+    assert chapter.text == "A red circle moves. A blue square appears. a green cross leaves."
+    assert merge_chapters([_seg(0, "a red circle"), _seg(1, "a red circle")])[0].text == "a red circle"
+
+
 def test_formats_render_chapters_with_times_and_say_when_nothing_was_described():
     segs = [_seg(0, "a red\n\ncircle --> appears", seconds=1800), _seg(1, "", seconds=1800)]
     chapters = [Chapter(0.0, 1800.0, (0,), segs[0].text), Chapter(1800.0, 3601.5, (1,), "")]

@@ -54,7 +54,7 @@ class SegmentResult:
 
 @dataclass(frozen=True)
 class Chapter:
-    """Adjacent segments with similar descriptions; its text is the longest of them."""
+    """Adjacent segments with similar descriptions; its text is theirs merged (`chapter_text`)."""
 
     start: float
     end: float
@@ -119,6 +119,24 @@ def merge_chapters(segments: list[SegmentResult], threshold: float = 0.5) -> lis
         else:
             groups.append([seg])
     return [
-        Chapter(g[0].start, g[-1].end, tuple(s.index for s in g), max((s.text for s in g), key=len))
+        Chapter(g[0].start, g[-1].end, tuple(s.index for s in g), chapter_text([s.text for s in g]))
         for g in groups
     ]
+
+
+def chapter_text(texts: list[str]) -> str:
+    """The chapter's descriptions as one text: the longest first, then, in order, every sentence of the others
+    that names something it does not yet (so an event only one segment saw is kept, a repeat is not)."""
+    if not texts:
+        return ""
+    longest = max(texts, key=len)
+    kept, seen = [longest.strip()], set(words(longest))
+    for text in texts:
+        if text is longest:
+            continue
+        for sentence in re.split(r"(?<=[.!?;])\s+", text.strip()):
+            new = words(sentence) - seen
+            if new:
+                kept.append(sentence)
+                seen |= new
+    return " ".join(k for k in kept if k)
