@@ -1,0 +1,34 @@
+"""`benchmarks/gpu.py` runs end to end (on CPU, tiny shape) and writes every field the README's GPU table reads.
+
+Behaviour only: the script is what a lent GPU session runs once, so it must not rot between sessions. Timings
+are never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+FIELDS = {"ingest_fps", "vit_ms_per_frame", "prefill_ms_per_chunk", "ttft_ms", "decode_tokens_per_s",
+          "tokens_kept", "kv_tokens", "kernels", "cuda_peak_mib"}  # fmt: skip
+
+
+def test_gpu_benchmark_smoke(tmp_path):
+    out = tmp_path / "gpu.json"
+    flags = ["--device", "cpu", "--shapes", "tiny", "--frames", "8", "--long", "12", "--long-shapes", "tiny",
+             "--new-tokens", "3", "--reps", "1", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *flags], check=False, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (shape,) = result["shapes"]
+    assert shape["shape"] == "tiny" and set(shape["settings"]) == {"uncompressed", "compressed"}
+    for name, m in shape["settings"].items():
+        assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
+        assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa"
+    assert shape["settings"]["compressed"]["tokens_kept"] < shape["settings"]["compressed"]["visual_tokens"]
+    assert [(p["policy"], p["frames"]) for p in shape["long"]] == [("bilevel", 12), ("full", 12)]
+    assert {"model", "simd_flags"} <= set(result["cpu"])
