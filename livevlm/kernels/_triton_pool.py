@@ -42,7 +42,7 @@ def pool_tokens_triton(kv: torch.Tensor, factor: int) -> torch.Tensor:
     out = torch.empty(x.shape[0], groups, dim, dtype=kv.dtype, device=kv.device)
     if out.numel():
         block_d = min(128, triton.next_power_of_2(dim))
-        block_m = min(32, triton.next_power_of_2(groups))
+        block_m = 32  # fixed, not sized to `groups`: one compiled kernel whatever the chunk's token count
         grid = (x.shape[0], triton.cdiv(groups, block_m), triton.cdiv(dim, block_d))
         _pool_kernel[grid](
             x, out, n, dim, factor, groups, *x.stride(), *out.stride(), BLOCK_M=block_m, BLOCK_D=block_d

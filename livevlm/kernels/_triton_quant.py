@@ -46,7 +46,7 @@ def dequantize_triton(buf: torch.Tensor, shape: Sequence[int], dtype: torch.dtyp
     out = torch.empty(rows, width, dtype=dtype, device=buf.device)
     if out.numel():
         block_w = min(128, triton.next_power_of_2(width))
-        block_r = max(1, min(64, 4096 // block_w, triton.next_power_of_2(rows)))
+        block_r = max(1, min(64, 4096 // block_w))  # not sized to `rows`: one compile per row width
         grid = (triton.cdiv(rows, block_r), triton.cdiv(width, block_w))
         _dequant_kernel[grid](meta, codes, out, rows, width, rb, BITS=bits, BLOCK_R=block_r, BLOCK_W=block_w)
     return out.view(tuple(shape))

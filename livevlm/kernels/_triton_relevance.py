@@ -64,7 +64,6 @@ def chunk_logits_triton(
         return out
     count = 0 if reps is None else int(reps.shape[1])
     r = keys[:, None] if reps is None else reps  # an unread stand-in when there are no reps
-    block_n = min(block_n, max(16, triton.next_power_of_2(n)))
     grid = (layers * kv_heads, triton.cdiv(n, block_n))
     _chunk_logits_kernel[grid](
         queries, keys, r, out,
