@@ -199,3 +199,19 @@ def test_real_clip_through_a_given_session(tiny_adapters):
         assert session.stats.frames_seen == 6  # 5.3 s at 1 fps
     assert [s.index for s in result.segments] == [0, 1, 2]
     assert result.stats["kv_policy"] == "retrieval"
+
+
+def test_kv_full_over_a_video_the_context_cannot_hold_is_refused_before_ingesting(tmp_path):
+    """`kv full` over a file longer than the model's context fails at once with the remedy (it used to fail
+    with ContextOverflowError at the segment that overflowed, after decoding up to it)."""
+    from test_hardening_session import build_variant
+
+    from livevlm import ContextOverflowError, SessionConfig
+
+    short = build_variant(tmp_path / "short", max_positions=600)  # about three chunks of the 336 x 336 sample
+    described = []
+    with Session(short, SessionConfig(kv="full")) as session:
+        with pytest.raises(ContextOverflowError, match=r"--kv bilevel.*--max-frames \d+"):
+            summarize(sample_video_path(), session, options=SummarizeOptions(segment=1.0),
+                      on_segment=described.append)  # fmt: skip
+        assert session.stats.frames_seen == 0 and described == []

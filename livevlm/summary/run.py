@@ -206,6 +206,9 @@ class _Run:
         fps, max_frames = self.session.config.fps, self.session.config.max_frames
         total = expected_frames(info.duration_seconds, fps, max_frames, info.fps)
         done = self.data["frames"]
+        if total and total > done:  # kv full over a file the context cannot hold: refused now, not at minute 7
+            last = self.options.prompt.format(start=clock(0), end=clock(info.duration_seconds or 0))
+            self.session.check_fits(total - done, (info.height, info.width), last)
         cur: _Open | None = None
         with tqdm(total=total, initial=done, unit="frame", desc="summarize", disable=not progress,
                   dynamic_ncols=True) as bar:  # fmt: skip
