@@ -233,10 +233,10 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         self._check_open()
         push = self._segment()
         sink = push if turn is None else self._in_turn(push, turn)
-        ingestor = Ingestor(open_source(source, fps=self.config.fps), sink, reader).start()
-        with self._lock:
+        ingestor = Ingestor(open_source(source, fps=self.config.fps), sink, reader)
+        with self._lock:  # known before it starts: a close() (or SIGTERM) right after the start stops it
             self._ingestor = ingestor
-        return ingestor
+        return ingestor.start()
 
     def _in_turn(
         self, push: Callable[[Any], Any], turn: Callable[[], AbstractContextManager[Any]]

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     reader = LiveReader(source, ReaderConfig(capacity=args.buffer))
     if source.live and source.endless:
         reader.start()
-    ingestor = None
+    session = None
     status = StatusLine()
     try:
         session = Session(config=config)
@@ -104,13 +104,12 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=_read_stdin, args=(questions,), name="livevlm-stdin", daemon=True).start()
         print(f"[watch] watching {source.source_id}; type a question and press Enter", file=sys.stderr)
         _loop(session, ingestor, questions, status, args)
-    finally:  # also on Ctrl-C / SIGTERM: stop the source, say what was done, close (spill files go)
-        if ingestor is not None:
-            ingestor.stop()
-            print(_summary(session), file=sys.stderr)
-            session.close()
-        else:
-            reader.close()
+    finally:  # also on Ctrl-C / SIGTERM, even one inside watch(): stop the source, close (spill files go), report
+        if session is not None:
+            session.close()  # stops the watched source too
+            if session.stats.stream is not None:
+                print(_summary(session), file=sys.stderr)
+        reader.close()
     shortfall = source.shortfall()  # a damaged file, a download cut short
     if shortfall is not None:
         print(f"livevlm: warning: {args.source}: {shortfall}", file=sys.stderr)
