@@ -20,12 +20,7 @@ from .query_probe import enable_query_probe, probe_queries
 def cache_kwarg(decoder: Any) -> str:
     """The decoder's name for its KV cache argument: `cache` from transformers 5.24 on, `past_key_values` before
     (an unknown keyword would be swallowed by `**kwargs` and the decoder would fill a cache of its own)."""
-    name = getattr(decoder, "_livevlm_cache_kwarg", None)
-    if name is None:
-        params = inspect.signature(decoder.forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        decoder._livevlm_cache_kwarg = name
-    return name
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 class LanguageModelSide:
@@ -37,6 +32,7 @@ class LanguageModelSide:
     dtype: torch.dtype
     _embed: Any
     _lm: Any
+    _cache_kwarg: str
     _lm_head: Any
 
     def _bind_language_model(
@@ -48,6 +44,7 @@ class LanguageModelSide:
         self.device, self.dtype = first.device, first.dtype
         self._embed = self.model.get_input_embeddings()
         self._lm = language_model
+        self._cache_kwarg = cache_kwarg(language_model)  # read once here, not per forward
         self._lm_head = self.model.lm_head
         self._vision_runner: Any = None
         self._init_text(end_of_turn, extra_eos)
@@ -128,7 +125,7 @@ class LanguageModelSide:
     def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """(L, D) final hidden states of the decoder over `cache` (which the forward appends to)."""
         inputs, extra = self._decoder_inputs(embeds)
-        extra[cache_kwarg(self._lm)] = cache
+        extra[self._cache_kwarg] = cache
         out = self._lm(inputs_embeds=inputs, position_ids=self._position_ids(positions), use_cache=True, **extra)
         return out.last_hidden_state[0]
 
