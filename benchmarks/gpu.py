@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from _machine import cpu_info
-from baseline import SHAPES, build_full_model
+from baseline import SHAPES, build_full_model, synchronised
 
 import livevlm
 from livevlm import Session, SessionConfig
@@ -82,28 +82,6 @@ def build_adapter(shape: str, device: str, dtype: str) -> Any:
     model.set_attn_implementation(attention_choice(device, model.dtype).backend)
     adapter_cls = MODEL_FAMILIES.load(model.config.model_type)
     return adapter_cls(model, build_qwen2_tokenizer(), min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
-
-
-def synchronised(adapter: Any) -> Callable[[], None]:
-    """On CUDA, sync around `forward` and before `merged_grid` (called right after each encode), so that
-    `SessionStats.seconds` count each stage's GPU work to it; returns the sync function."""
-    if adapter.device.type != "cuda":
-        return lambda: None
-    sync = torch.cuda.synchronize
-
-    def wrap(fn: Callable[..., Any], after: bool) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            sync()
-            out = fn(*args, **kwargs)
-            if after:
-                sync()
-            return out
-
-        return call
-
-    adapter.forward = wrap(adapter.forward, True)
-    adapter.merged_grid = wrap(adapter.merged_grid, False)
-    return sync
 
 
 def session_for(adapter: Any, setting: str, args: argparse.Namespace, kv: str | None = None) -> Session:

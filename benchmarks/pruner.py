@@ -40,7 +40,7 @@ from livevlm.stream import read_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _qa import accuracy_retention, load_qa
-from baseline import SHAPES, TOKEN_IDS, synchronizing
+from baseline import SHAPES, TOKEN_IDS, synchronised
 
 CLIPS = ("bikes", "bigbuckbunny")
 QUESTION = "What is happening in the video?"
@@ -183,7 +183,7 @@ def prepare(args: argparse.Namespace, seconds: dict[str, float]) -> tuple[Any, l
             clips.append({"name": name, "frames": frames, "features": features, "grid": grid, "attention": attention})
         seconds["features"] = time.perf_counter() - t0 - seconds["build"]
     if args.device.startswith("cuda"):
-        synchronizing(adapter)  # Session's timers then measure GPU work, not kernel launches
+        synchronised(adapter)  # Session's timers then measure GPU work, not kernel launches
     return adapter, clips
 
 
