@@ -25,6 +25,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -34,10 +35,11 @@ import torch
 from _machine import cpu_info
 
 from livevlm import Session, SessionConfig, load_model
-from livevlm.cache import kv_config
+from livevlm.cache import kv_config, kv_config_of
 from livevlm.models import ChunkPlace
 
-POLICIES = ("full", "sink_window", "retrieval", "bilevel")
+POLICIES = ("full", "sink_window", "retrieval", "bilevel", "bilevel-probe")
+"""bilevel-probe: bilevel selecting after a probe forward (one_pass=False), the two-forward question path."""
 GRID = (100, 1000, 10000)
 """The frame counts every shape is owed; those not run are listed in the JSON as `not_measured`."""
 QUESTIONS = ("What happened at the very start?", "What is on the screen now?", "Was there a red light?")
@@ -76,7 +78,10 @@ def rss_mib() -> float:
 def session_for(args: argparse.Namespace, policy: str, model_dir: str) -> Session:
     adapter = load_model(model_dir, device=args.device, dtype=args.dtype)
     pixels = args.size * args.size
-    config = SessionConfig(kv=kv_config(policy, args.kv_budget if policy != "full" else None),
+    kv = kv_config(policy.removesuffix("-probe"), args.kv_budget if policy != "full" else None)
+    if policy.endswith("-probe"):
+        kv = replace(kv_config_of(kv), one_pass=False)
+    config = SessionConfig(kv=kv,
                            min_pixels=pixels, max_pixels=pixels, device=args.device, dtype=args.dtype,
                            vit_cache=args.vit_cache)
     return Session(adapter, config)
@@ -150,7 +155,7 @@ def probe_seconds(session: Session, question: str, sync: Any) -> float:
     """The question path's first forward alone: the question run on the ingestion view to read its queries
     (query-aware policies only; 0 for the others). Reads the session's private store, as the soak does."""
     kv, adapter = session._kv, session.adapter
-    if not kv.needs_queries:
+    if not kv.needs_queries or getattr(kv.config, "one_pass", False):  # one pass: no probe forward
         return 0.0
     suffix = adapter.suffix_ids(question)
     embeds, at = adapter.embed_ids(suffix), adapter.text_positions(session._stored_end, len(suffix))

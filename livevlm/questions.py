@@ -2,6 +2,7 @@
 
     ask / ask_ids / choose ─► _begin: snapshot of the KV store under the lock (waits at most to the deadline)
         ─► _prefill_question: [probe queries] ─► kv.answer_view ─► [pending odd frame] ─► the question
+           (one-pass policies: the ingestion view, and the question selects inside its own forward instead)
         ─► generate.decode_tokens (greedy, penalties, loop stop, constraint)  |  generate.score_choices
 Ingestion goes on meanwhile: an answer holds the lock only while it takes its snapshot.
 """
@@ -20,6 +21,7 @@ from .context_fit import check_stream_fits
 from .errors import AnswerDeadlineError, ContextOverflowError, LivevlmError, QuestionError, SessionClosedError
 from .generate import AnswerPlan, decode_tokens, score_choices
 from .guards import check_choices, check_question
+from .models.query_probe import InlineSelection, select_inline
 
 
 @dataclass(frozen=True)
@@ -242,19 +244,28 @@ class QuestionsMixin:
         """Select the context for the question (probing its queries if the policy reads them), prefill a
         pending odd frame and the question on it; returns (logits, cache, next decode position)."""
         question = self.adapter.embed_ids(suffix)
-        queries = None
-        if self._kv.needs_queries:  # the question runs once on the ingestion view, right after the stream
-            probe_at = self.adapter.text_positions(state.stored_end, len(suffix))
-            queries = self.adapter.question_queries(question, probe_at, self._kv.probe_view(state.snapshot))
-        cache = self._kv.answer_view(state.snapshot, queries)  # query-time KV selection
-        chunks, max_pos = state.chunks, state.max_position
+        chunks, max_pos, pending = state.chunks, state.max_position, None
         if state.pending:  # a half-filled temporal patch: padded like the HF processor does, not pruned
-            chunk = self._encode(state.pending, chunks, None, max_pos + 1)
-            self.adapter.forward(*chunk.with_text(), cache)
-            chunks, max_pos = chunks + 1, max(max_pos, chunk.last_position)
-        place = replace(self._place0, start=max_pos + 1)
-        start = self.adapter.text_start_after_video(place, chunks, self._grid_hw)
-        logits = self.adapter.forward(question, self.adapter.text_positions(start, len(suffix)), cache)
+            pending = self._encode(state.pending, chunks, None, max_pos + 1)
+            chunks, max_pos = chunks + 1, max(max_pos, pending.last_position)
+        start = self.adapter.text_start_after_video(replace(self._place0, start=max_pos + 1), chunks, self._grid_hw)
+        at = self.adapter.text_positions(start, len(suffix))
+        queries, inline = None, None
+        if self._kv.needs_queries:
+            one_pass = getattr(self._kv, "inline_selector", lambda snapshot: None)(state.snapshot)
+            if one_pass is not None:  # the question selects inside its own forward, at the policy's layer
+                inline = InlineSelection(*one_pass)
+            else:  # the question runs once on the ingestion view first, where it will be asked
+                queries = self.adapter.question_queries(question, at, self._kv.probe_view(state.snapshot))
+        cache = inline.cache if inline is not None else self._kv.answer_view(state.snapshot, queries)
+        if pending is not None:
+            self.adapter.forward(*pending.with_text(), cache)
+        if inline is None:
+            logits = self.adapter.forward(question, at, cache)
+        else:
+            with select_inline(inline):
+                logits = self.adapter.forward(question, at, cache)
+            inline.check_selected()
         return logits, cache, max(max_pos, start + len(suffix) - 1) + 1
 
     def check_fits(self, num_frames: int, frame_hw: tuple[int, int], question: str = "") -> None:

@@ -18,7 +18,7 @@ from tools.yardstick.evaluate import evaluate
 from tools.yardstick.world import example_set
 
 PER_TYPE = 10
-BEFORE = {"query": "mean", "key_reps": 0, "score_layers": "all", "memory": 0}  # the selection of the first wave
+BEFORE = {"query": "mean", "key_reps": 0, "score_layers": "all", "memory": 0, "one_pass": False}  # the first wave
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,9 @@ EXACT = {
     "bilevel-all-dense-via-disk": lambda: BilevelConfig(
         window=None, top_k=None, tiers=KVTiers(device_bytes=0, cpu_bytes=0)
     ),
+    "bilevel-all-dense-one-pass": lambda: BilevelConfig(window=None, top_k=None, one_pass=True),
     "retrieval-window-all": lambda: RetrievalConfig(window=None),
+    "retrieval-window-all-one-pass": lambda: RetrievalConfig(window=None, per_layer=False, one_pass=True),
     "sink_window-all": lambda: SinkWindowConfig(window=None),
 }
 

@@ -56,6 +56,9 @@ class KVStore(Protocol):
         """A fresh cache to prefill the question into and decode on; never the stream's own."""
         ...
 
+    # Optional, for policies that select inside the question's own forward (no probe forward):
+    # inline_selector(snapshot) -> (cache, select) | None, `select` as `models.query_probe.Select`.
+
     def state_dict(self) -> dict[str, Any]:
         """The whole stored context as plain tensors, `Blob`s and JSON values (what a snapshot writes)."""
         ...

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +29,9 @@ from .chunks import ChunkStore
 from .kv_configs import BilevelConfig, RetrievalConfig
 from .scoring import chunk_relevance, layer_ids, reduce_queries
 from .summary_log import SUMMARY_BLOCK
+
+if TYPE_CHECKING:
+    from ..models.query_probe import Select
 
 SCORE_SPAN = 16 * SUMMARY_BLOCK
 """Chunks scored per call: few calls, a bounded temporary (keys of SCORE_SPAN chunks of the scoring layers)."""
@@ -111,6 +114,28 @@ class _TieredKV(ChunkedKV):
         """The ingestion view as of `snap`: what the question is run on to probe its queries."""
         parts = ([snap.sink] if snap.sink is not None else []) + self._ingest_context(snap.records)
         return ChunkView.gather(parts, self.num_layers)
+
+    def select_layer(self) -> int:
+        """One pass: the layer whose attention selects (the last scoring layer); the earlier ones read the
+        ingestion view."""
+        return layer_ids(self.config.score_layers, self.num_layers)[-1]
+
+    def inline_selector(self, snap: _Snapshot) -> tuple[ChunkView, Select] | None:
+        """With `one_pass`, the ingestion view and the selection the question makes inside its own forward at
+        `select_layer()` (the same scores a probe forward gives); else None (the session probes first)."""
+        if not self.config.one_pass:
+            return None
+        at = self.select_layer()
+
+        def select(layer: int, queries: dict[int, torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
+            if layer != at:
+                return None
+            some = queries[layer][0]
+            q = torch.stack([queries[i][0] if i in queries else torch.zeros_like(some) for i in range(self.num_layers)])
+            view = self.answer_view(snap, q.float())
+            return {i: (view.layers[i].keys, view.layers[i].values) for i in range(at, self.num_layers)}
+
+        return self.probe_view(snap), select
 
     def _relevance(self, queries: torch.Tensor, stop: int, every_layer: bool = False) -> torch.Tensor:
         """(scoring layers, stop): attention mass each scoring layer's question query puts on chunks [0, stop)
