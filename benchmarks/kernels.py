@@ -7,7 +7,9 @@ run in Triton's interpreter (TRITON_INTERPRET=1, set here) at a tiny size, which
 
 Ops: chunk relevance (question queries x 1 mean + `--key-reps` representative keys per chunk, late layers, max
 fused) over `--chunks` chunks; pooling one chunk's KV 4x (bilevel); loading a 4-/8-bit host chunk to the device
-(the torch path dequantises on the host and copies floats; the Triton path copies codes and dequantises there).
+(the torch path dequantises on the host and copies floats; the Triton path copies codes and dequantises there);
+sparse-row attention of the ViT cache (`--vit-changed` of a temporal patch's `--vit-tokens` rows over the keys of
+their window / frame, the shape's vision tower) vs its torch reference and vs the dense-mask SDPA it replaced.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ SHAPES = {  # config.json of the Qwen LLMs (text side): layers, attention heads,
     "qwen2.5-vl-3b": (36, 16, 2, 128),
     "qwen2.5-vl-7b": (28, 28, 4, 128),
 }
+
+VIT_SHAPES = {  # vision_config of each checkpoint: heads, head dim, attention window in tokens (None: the frame)
+    "qwen2-vl-2b": (16, 80, None),
+    "qwen2.5-vl-3b": (16, 80, 64),  # window_size 112 px / patch 14 = 8x8 patches
+    "qwen2.5-vl-7b": (16, 80, 64),
+}
+
+SPARSE_VARIANTS = ((32, 64, 4, None), (16, 32, 2, None), (16, 128, 8, None), (16, 64, 4, True))
+"""(rows per program, keys per step, warps, float32 dots: None = only where needed) of the sparse-row kernel
+timed beside the default (16, 64, 4, None)."""
 
 VARIANTS = (("ieee", 64, 4), ("tf32x3", 128, 8), ("tf32", 64, 4))
 """(input precision, chunks per program, warps) of the relevance kernel timed beside the default (tf32x3, 64, 4)."""
@@ -74,6 +86,41 @@ def _load_row(kv: torch.Tensor, bits: int, dev: str, reps: int) -> dict[str, Any
     )
 
 
+def _sparse_rows(args: argparse.Namespace, dev: str, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """The ViT cache's partial-recompute attention at the shape's vision tower: windowed blocks (Qwen2.5-VL) and
+    full-attention blocks (the frame), a sorted `--vit-changed` fraction of the rows as queries."""
+    import torch.nn.functional as F
+
+    from livevlm.kernels import _triton_sparse_attention as T
+    from livevlm.kernels.sparse_attention import sparse_row_attention_torch
+
+    heads, dim, window = VIT_SHAPES[args.shape]
+    n_tok, g = args.vit_tokens, torch.Generator(device=dev).manual_seed(1)
+    changed = max(1, round(args.vit_changed * n_tok))
+    rows = torch.randperm(n_tok, device=dev, generator=g)[:changed].sort().values  # select_tokens' order
+    q = torch.randn(len(rows), heads, dim, device=dev, generator=g, dtype=dtype).transpose(0, 1)
+    keys, values = (torch.randn(heads, n_tok, dim, device=dev, generator=g, dtype=dtype) for _ in range(2))
+    out = []
+    for kind, size in ([("windows", window)] if window else []) + [("frame", n_tok)]:
+        cu = torch.tensor([*range(0, n_tok, size), n_tok], dtype=torch.int32, device=dev)
+        seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=dev), cu.diff().long())
+        mask = seg[:, None] == seg[None, :]
+        shape = f"{heads}x{len(rows)}/{n_tok} rows, d {dim}, {kind} of {size}"
+        ref = lambda cu=cu: sparse_row_attention_torch(q, keys, values, rows, cu, dim**-0.5)
+        dense = lambda m=(None if size == n_tok else mask): F.scaled_dot_product_attention(  # the old path
+            q[None], keys[None], values[None], attn_mask=None if m is None else m[rows],
+            scale=dim**-0.5)[0]  # fmt: skip
+        ours = lambda cu=cu: T.sparse_row_attention_triton(q, keys, values, rows, cu, dim**-0.5)
+        out.append(_row(f"sparse_rows:{kind}", shape, ours, ref, dev, args.reps))
+        out.append(_row(f"sparse_rows:{kind} vs mask", shape, ours, dense, dev, args.reps))
+        for bm, bn, warps, up in SPARSE_VARIANTS:
+            out.append(_row(f"sparse_rows:{kind}[{bm},{bn},{warps}{',f32' if up else ''}]", shape,
+                            lambda cu=cu, bm=bm, bn=bn, w=warps, up=up: T.sparse_row_attention_triton(
+                                q, keys, values, rows, cu, dim**-0.5, block_m=bm, block_n=bn, num_warps=w,
+                                upcast=up), ref, dev, args.reps))  # fmt: skip
+    return out
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     from livevlm.kernels import _triton_pool, _triton_relevance
     from livevlm.kernels.pool import pool_tokens_torch
@@ -101,7 +148,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                      lambda: pool_tokens_torch(kv, 4), dev, args.reps))  # fmt: skip
     for bits in (8, 4):
         rows.append(_load_row(kv, bits, dev, args.reps))
-    return rows
+    return rows + _sparse_rows(args, dev, dtype)
 
 
 def main() -> None:
@@ -120,6 +167,10 @@ def main() -> None:
         "--key-reps", type=int, default=8, help="representative keys per chunk (BilevelConfig)"
     )
     parser.add_argument("--tokens", type=int, default=144, help="tokens per chunk (2 frames at 336x336: 144)")
+    parser.add_argument(
+        "--vit-tokens", type=int, default=576, help="ViT tokens per temporal patch (336x336: 24x24 patches)"
+    )
+    parser.add_argument("--vit-changed", type=float, default=0.1, help="fraction of ViT rows recomputed")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument(
         "--out", default=None, help="JSON path (default on cuda: results/kernels-SHAPE-cuda.json)"
@@ -128,10 +179,11 @@ def main() -> None:
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported: they are decorated then
         args.tokens = min(args.tokens, 16)
+        args.vit_tokens = min(args.vit_tokens, 150)
     rows = run(args)
-    print(f"{'op':30} {'shape':44} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} {'max diff':>9}")
+    print(f"{'op':34} {'shape':44} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} {'max diff':>9}")
     for r in rows:
-        print(f"{r['op']:30} {r['shape']:44} {r['triton_ms']:10.3f} {r['torch_ms']:10.3f} {r['speedup']:8.2f} "
+        print(f"{r['op']:34} {r['shape']:44} {r['triton_ms']:10.3f} {r['torch_ms']:10.3f} {r['speedup']:8.2f} "
               f"{r['max_abs_diff']:9.2g}")  # fmt: skip
     out = args.out or (
         f"{Path(__file__).parent}/results/kernels-{args.shape}-cuda.json" if args.device == "cuda" else None

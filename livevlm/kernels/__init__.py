@@ -1,10 +1,12 @@
 """Low-level ops of the hot paths, one module per op, each with its backend visible.
 
-    similarity  unit_rows, merge_dropped, top_k, dither_rank   (pruners)      torch
-    pool        pool_tokens                                    (KV bilevel)   triton on cuda, else torch
-    quant       to_bytes / from_bytes (8/4-bit KV rows)        (KV host tier) triton dequant on cuda, else torch
-    relevance   chunk_logits (question queries x summary keys) (KV selection) triton on cuda, else torch
-    linear      RowLinears (few-row linears, ViT cache)        onednn on fp32 weights as they are (no copy)
+    similarity        unit_rows, merge_dropped, top_k, dither_rank   (pruners)      torch
+    pool              pool_tokens                                    (KV bilevel)   triton on cuda, else torch
+    quant             to_bytes / from_bytes (8/4-bit KV rows)        (KV host tier) triton dequant on cuda, else torch
+    relevance         chunk_logits (question queries x summary keys) (KV selection) triton on cuda, else torch
+    sparse_attention  sparse_row_attention (changed rows x the keys  (ViT cache)    triton on cuda, else torch
+                      of their own frame / window, varlen)
+    linear            RowLinears (few-row linears, ViT cache)        onednn on fp32 weights as they are (no copy)
 
 `backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references,
 `LIVEVLM_KERNELS=triton` the Triton kernels. Triton modules (`_triton_*.py`) are imported only when chosen.
@@ -28,8 +30,9 @@ from .pool import pool_tokens
 from .quant import from_bytes, to_bytes
 from .relevance import chunk_logits
 from .similarity import dither_rank, merge_dropped, top_k, unit_rows
+from .sparse_attention import sparse_row_attention
 
-TRITON_OPS = ("pool", "quant", "relevance")
+TRITON_OPS = ("pool", "quant", "relevance", "sparse_attention")
 
 
 def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[str, Choice]:
@@ -58,6 +61,7 @@ __all__ = [
     "linear_choice",
     "merge_dropped",
     "pool_tokens",
+    "sparse_row_attention",
     "to_bytes",
     "top_k",
     "triton_choice",

@@ -4,7 +4,8 @@
     full(x0)            every token through every block: the tower's own forward, op for op (bit-exact on
                         CPU); also returns each block's input and rotated K / V, the state a feature cache keeps
     partial(l, x, idx)  block l for the rows `idx` only: their Q/K/V, attention rows over the whole segment
-                        (frame or window) with the cached K/V of the other tokens, proj and MLP
+                        (frame or window) with the cached K/V of the other tokens (`kernels.sparse_row_attention`:
+                        each row reads only its segment's keys), proj and MLP
 
 Tokens live in the tower's internal order: Qwen2.5-VL permutes 2x2 merge units by attention window (and
 un-permutes after the merger); Qwen2-VL keeps the processor's merge-block order. Nothing here is patched:
@@ -22,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels.linear import RowLinears
+from ..kernels.sparse_attention import sparse_row_attention
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class VisionLayout:
     unit_order: torch.Tensor
     """(M,) merged-token index (output order) of each internal merge-unit slot."""
     masks: tuple[torch.Tensor | None, ...]
-    """Per block: (N, N) bool, True where two tokens share a segment; None for one segment."""
+    """Per block: (N, N) bool, True where two tokens share a segment; None for one segment (read by
+    `received_attention`; partial passes use `cu_seqlens`)."""
     pos_embeds: torch.Tensor | None = None
     """(N, D) learned position embeddings interpolated onto the grid (Qwen3-VL), added to the patch embeddings."""
 
@@ -210,21 +212,10 @@ class QwenVisionRunner:
         q, k, v = self._qkv(blk, xr, layout.cos[rows], layout.sin[rows], self.linear)
         state.keys[:, rows] = k.transpose(0, 1)
         state.values[:, rows] = v.transpose(0, 1)
-        mask = layout.masks[index]
-        attn = self._attend(blk, q.transpose(0, 1), state, None if mask is None else mask[rows])
-        return self._finish(blk, xr, attn, self.linear)
-
-    @staticmethod
-    def _attend(blk: Any, q: torch.Tensor, state: BlockState, mask: torch.Tensor | None) -> torch.Tensor:
-        """Queries (H, n, d) over all cached keys / values -> (n, H, d)."""
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(0),
-            state.keys.unsqueeze(0),
-            state.values.unsqueeze(0),
-            attn_mask=mask,
-            scale=blk.attn.scaling,
-        )
-        return out[0].transpose(0, 1)
+        attn = sparse_row_attention(
+            q.transpose(0, 1), state.keys, state.values, rows, layout.cu_seqlens[index], blk.attn.scaling
+        )  # (H, n, d): each row over its own segment's keys only, no (n, N) mask
+        return self._finish(blk, xr, attn.transpose(0, 1), self.linear)
 
     def merge(self, x: torch.Tensor, layout: VisionLayout, units: torch.Tensor | None = None) -> torch.Tensor:
         """The merger over final hidden states: all merge units in output order (units=None), or the

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..kernels.linear import RowLinears
+from ..kernels.sparse_attention import sparse_row_attention
 from .qwen_vision import BlockState, FullPass
 
 
@@ -130,10 +130,9 @@ class SiglipVisionRunner:
         q, k, v = self._qkv(blk, xr, self.linear)
         state.keys[:, rows] = k[0]
         state.values[:, rows] = v[0]
-        out = F.scaled_dot_product_attention(
-            q, state.keys[None], state.values[None], scale=blk.self_attn.scale
-        )  # (1, H, n, d)
-        return self._finish(blk, xr, out.transpose(1, 2), self.linear)
+        # one segment (the frame): every row over all keys
+        out = sparse_row_attention(q[0], state.keys, state.values, rows, None, blk.self_attn.scale)
+        return self._finish(blk, xr, out.transpose(0, 1), self.linear)
 
     def merge(self, x: torch.Tensor, layout: FrameLayout, units: torch.Tensor | None = None) -> torch.Tensor:
         """The family's head over the last hidden states: (M, D_llm) for the frame (its one merge unit)."""
