@@ -398,7 +398,8 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     log = json.loads((path / "train_log.json").read_text())  # the script's defaults made it, in two runs
     defaults = asdict(TrainConfig())
     assert {k: defaults[k] for k in log["config"]} == log["config"]
-    assert set(defaults) - set(log["config"]) == {"world", "v1_share"}  # made before world 2 existed
+    new = {"world", "v1_share", "background_clips", "background_share"}
+    assert set(defaults) - set(log["config"]) == new  # made before world 2 existed
     assert defaults["world"] == 1
     assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]
     assert log["curve"][-1]["step"] == log["config"]["polish_steps"]

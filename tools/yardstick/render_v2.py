@@ -3,8 +3,9 @@ one drawing style.
 
 Per clip it draws a style: source frame rate (2-30 fps, sampled back to the world's 2 fps the way a `Session`
 source is), frame size (56-256 pixels), object size, a rim or none (of varied colour and width), and a background
-(plain, gradient, coarse grey texture, coloured 1/f noise; any of them may drift), plus sensor noise. Every frame is
-a pure function of its time, so a frame kept by the sampler is the same whether or not its neighbours are drawn.
+(plain, gradient, coarse grey texture, coloured 1/f noise; any of them may drift; or, given a `clips.ClipBank`, a
+share of clips over real footage that plays on, dimmed and desaturated: see `clips`), plus sensor noise. Every frame
+is a pure function of its time, so a frame kept by the sampler is the same whether or not its neighbours are drawn.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livevlm.stream.sampler import Sampler
+from tools.yardstick.clips import BACKGROUND_MAX, ClipBackground, ClipView
 from tools.yardstick.world import COLOURS, FPS, FRAME_SIZE, Track, _mask
 
 SOURCE_FPS = (2.0, 3.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 24.0, 25.0, 29.97, 30.0)
@@ -25,6 +27,7 @@ NEAR_SQUARE = ((72, 96), (96, 72), (80, 92), (92, 80), (84, 96), (96, 84))
 MAX_SOURCE_FRAMES = 1200
 """Long clips get a lower source frame rate, so that a needle stream stays cheap to draw."""
 BACKGROUNDS = ("plain", "gradient", "texture", "noise")
+"""The procedural kinds `draw_style` draws; "clip" (`Style.kind`) is laid over one of them by `clips.ClipBank`."""
 RIMS = ((250, 250, 250), (200, 200, 200), (20, 20, 20), (128, 128, 128))
 
 
@@ -38,6 +41,13 @@ class Style:
     rim_width: float
     background: str
     noise: float
+    clip: ClipView | None = None
+    """Real footage drawn instead of `background` (still drawn from the generator, so all else stays the same)."""
+
+    @property
+    def kind(self) -> str:
+        """The background seen: "clip" or the procedural kind."""
+        return "clip" if self.clip is not None else self.background
 
 
 def draw_style(rng: np.random.Generator, frames: int) -> Style:
@@ -105,7 +115,7 @@ class Background:
             field = (field - field.mean()) / (field.std() + 1e-9)
             mix = field[..., :1] + 0.3 * field  # mostly luminance, a little colour
             self.tile = 60 + 22 * mix
-        self.tile = np.clip(self.tile, 0, 125).astype(np.float32)
+        self.tile = np.clip(self.tile, 0, BACKGROUND_MAX).astype(np.float32)
 
     def at(self, t: float) -> np.ndarray:
         h, w = self.size
@@ -120,7 +130,9 @@ def render_v2(
     """Draw the clip in `style`: every source frame (`source`) or only those the 2-fps sampler keeps; also the
     owner of each pixel of the kept frames at `FRAME_SIZE` (nearest pixel), as `render` gives it."""
     h, w = style.size
-    background = Background(rng, style.background, style.size)
+    background: Background | ClipBackground = Background(rng, style.background, style.size)
+    if style.clip is not None:
+        background = ClipBackground(style.clip, style.size)
     jitter = [rng.integers(-12, 13, size=3) for _ in tracks]
     noise_seed = int(rng.integers(2**31))
     kept = sampled_indices(style, frames)

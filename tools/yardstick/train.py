@@ -2,6 +2,7 @@
 
     python -m tools.yardstick.train  # the bundled model: 800 tower + 3000 + 1000 polish steps, 115 min
     python -m tools.yardstick.train --world 2 --out DIR [--device cuda --workers 14]  # the v2 world (#20)
+    python -m tools.yardstick.train --world 2 --out DIR --background-clips DIR_OR_FILES  # v2 over real footage
 
 On an H200 with 14 render workers a world-2 run does ~19 tower steps/s and ~13-15 steps/s after (attention
 supervision on, evaluation included); on 2 CPU cores about 0.1-0.15 steps/s per thread.
@@ -28,6 +29,7 @@ import torch
 
 from livevlm.models.preprocess import frames_to_patches
 from livevlm.models.qwen_vl import QwenVLAdapter
+from tools.yardstick.clips import ClipBank, open_bank
 from tools.yardstick.model import build_config, build_tokenizer, write_video_processor_config
 from tools.yardstick.phrasing import parse
 from tools.yardstick.world import COLOURS, FPS, FRAME_SIZE, QUESTION_TYPES, SHAPES, Example, make_example
@@ -112,12 +114,22 @@ class TrainConfig:
     v1_share: float = 0.2
     """World 2 only: this share of the short batches' clips (not descriptions) is drawn by the v1 renderer, in seen
     wordings, so that v1 clips (the benchmarks so far, the README sample) stay in the training distribution."""
+    background_clips: str = ""
+    """World 2 only: video files or folders (comma-separated) whose footage backs `background_share` of the v2 clips
+    (`clips.ClipBank`, decoded once per process; validation and test draw on held-out clips or time ranges)."""
+    background_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.world not in (1, 2):
             raise ValueError(f"world must be 1 or 2, got {self.world}")
         if not 0.0 <= self.v1_share <= 1.0:
             raise ValueError(f"v1_share must be in [0, 1], got {self.v1_share}")
+        if not 0.0 <= self.background_share <= 1.0:
+            raise ValueError(f"background_share must be in [0, 1], got {self.background_share}")
+        if self.background_clips and self.world != 2:
+            raise ValueError(
+                "background_clips needs --world 2 (v1 clips are drawn as the bundled model saw them)"
+            )
         if self.world == 2 and Path(self.out).resolve() == Path(BUNDLED).resolve():
             raise ValueError("a world-2 run must not write over the bundled v1 model: give --out DIR")
         self.type_weights()  # refuse a bad mix at construction, not at the first batch
@@ -143,6 +155,10 @@ class TrainConfig:
     def types(self) -> tuple[str, ...]:
         """The question types of the world trained on."""
         return QUESTION_TYPES if self.world == 1 else QUESTION_TYPES_V2
+
+    def clip_bank(self) -> ClipBank | None:
+        """The background clips' bank (loaded once per process), or None without `background_clips`."""
+        return open_bank(self.background_clips, self.background_share)
 
     def type_weights(self) -> np.ndarray | None:
         """Probabilities of `types()` from `mix` (None: uniform)."""
@@ -403,12 +419,12 @@ def exact_match(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[Example]:
+    clips = cfg.clip_bank()
     if cfg.long_every and step % cfg.long_every == cfg.long_every - 1:
+        indices = [int(rng.integers(2**40)) for _ in range(cfg.long_batch)]
         return [
-            make_example(
-                "train", int(rng.integers(2**40)), "needle", needle_frames=(64, 260), version=cfg.world
-            )
-            for _ in range(cfg.long_batch)
+            make_example("train", i, "needle", needle_frames=(64, 260), version=cfg.world, clips=clips)
+            for i in indices
         ]
     out, weights, types = [], cfg.type_weights(), cfg.types()
     for _ in range(cfg.batch):
@@ -420,7 +436,9 @@ def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[
         if cfg.world == 2 and qtype != "describe" and rng.random() < cfg.v1_share:
             out.append(make_example("train", index, qtype, needle_frames=(16, 64), phrasing="seen"))
         else:
-            out.append(make_example("train", index, qtype, needle_frames=(16, 64), version=cfg.world))
+            out.append(
+                make_example("train", index, qtype, needle_frames=(16, 64), version=cfg.world, clips=clips)
+            )
     return out
 
 
@@ -480,16 +498,17 @@ def evaluate(model: Any, batcher: Batcher, examples: list[Example]) -> dict[str,
 def validation_sets(cfg: TrainConfig) -> dict[str, list[Example]]:
     """What the curve scores: `eval_per_type` validation questions per type; world 2 also in held-out wordings
     (the same clips), to choose a recipe on wordings never trained on without touching the test split."""
+    clips = cfg.clip_bank()
     sets = {
         "val": [
-            make_example("val", i, t, version=cfg.world)
+            make_example("val", i, t, version=cfg.world, clips=clips)
             for t in cfg.types()
             for i in range(cfg.eval_per_type)
         ]
     }
     if cfg.world == 2:
         sets["val_held_out"] = [
-            make_example("val", i, t, version=2, phrasing="held_out")
+            make_example("val", i, t, version=2, phrasing="held_out", clips=clips)
             for t in cfg.types()
             for i in range(cfg.eval_per_type)
         ]

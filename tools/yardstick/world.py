@@ -10,8 +10,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tools.yardstick.clips import ClipBank
 
 FRAME_SIZE = 84  # 3 x 3 merged tokens per temporal patch for Qwen-VL (28-pixel factor)
 FPS = 2.0
@@ -76,6 +80,8 @@ class Example:
     """Further (question, answer) pairs that are also true of this clip; training asks them as more turns."""
     fps: float = FPS
     """Frame rate of `frames`: FPS, or a v2 clip's source rate (`source_frames`); `labels` are always at FPS."""
+    style: object | None = None
+    """v2: the `render_v2.Style` the clip was drawn in (background kind, size, rate); None for v1."""
 
     @property
     def num_frames(self) -> int:
@@ -251,15 +257,17 @@ def make_example(
     version: int = 1,
     phrasing: str | None = None,
     source_frames: bool = False,
+    clips: ClipBank | None = None,
 ) -> Example:
     """The `index`-th example of `split`; `qtype` None draws the type from the seed too.
 
     `version` 2 is the v2 world (varied renders, the describe type, paraphrased questions; `world_v2`); `phrasing`
-    ("canonical", "seen", "held_out") rewords a clip's questions; `source_frames`: v2 clips at their source rate."""
-    if version != 1 or phrasing is not None:
+    ("canonical", "seen", "held_out") rewords a clip's questions; `source_frames`: v2 clips at their source rate;
+    `clips`: a share of v2 clips over real footage (`clips.ClipBank`)."""
+    if version != 1 or phrasing is not None or clips is not None:
         from tools.yardstick.world_v2 import make_example_v2
 
-        return make_example_v2(split, index, qtype, needle_frames, version, phrasing, source_frames)
+        return make_example_v2(split, index, qtype, needle_frames, version, phrasing, source_frames, clips)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     salt = zlib.crc32((qtype or "any").encode())

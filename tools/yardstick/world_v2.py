@@ -3,16 +3,19 @@
 `make_example(split, i, qtype, version=2)` gets here. A v2 clip is a pure function of (split, index, qtype) like a
 v1 clip, from its own seed (v1 examples are untouched). The wording of its questions is drawn from a separate
 generator, so the same clip can be asked in seen and held-out wordings (a paired measure of wording robustness);
-held-out wordings are refused for the training split.
+held-out wordings are refused for the training split. Given a `clips.ClipBank`, a share of clips is drawn over real
+footage from that split's part of the bank (decided by the clip's seed alone; without a bank nothing changes).
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
+from tools.yardstick.clips import ClipBank
 from tools.yardstick.describe import describe
 from tools.yardstick.phrasing import POOLS, corpus, reword
 from tools.yardstick.render_v2 import draw_style, render_v2
@@ -94,9 +97,10 @@ def make_example_v2(
     version: int,
     phrasing: str | None,
     source_frames: bool,
+    clips: ClipBank | None = None,
 ) -> Example:
     """A v2 clip (or, `version` 1, the v1 clip) with its questions worded from `phrasing` (default: v1 canonical,
-    v2 seen)."""
+    v2 seen), a share of v2 clips over `clips`' footage."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if version not in (1, 2):
@@ -109,6 +113,8 @@ def make_example_v2(
     if version == 1:
         if source_frames:
             raise ValueError("v1 clips have no other source frame rate")
+        if clips is not None:
+            raise ValueError("v1 clips have no backgrounds from clips (use version=2)")
         ex = make_example(split, index, qtype, needle_frames)
         extra = ex.extra
     else:
@@ -122,10 +128,12 @@ def make_example_v2(
             lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
             tr.xy = tuple(float(np.clip(v, lo, hi)) for v in tr.xy)
         style = draw_style(rng, frames)
+        if clips is not None:
+            style = replace(style, clip=clips.view(split, seed, style.size))
         pixels, owner = render_v2(tracks, frames, style, rng, source_frames)
         extra = [(eq, ea) for eq, ea in _v2_extra(tracks, frames, qtype) if eq != q]
         ex = Example(pixels, q, a, qtype, seed, _pixel_labels(tracks, owner), extra,
-                     style.fps if source_frames else 2.0)  # fmt: skip
+                     style.fps if source_frames else 2.0, style)  # fmt: skip
     words = np.random.default_rng((*ex.seed, _PHRASING_SALT))
     ex.question = reword(ex.question, pool, words)
     ex.extra = [(reword(q, pool, words), a) for q, a in extra]
@@ -139,9 +147,10 @@ def _v2_extra(tracks: Sequence[Track], frames: int, qtype: str) -> Iterator[tupl
 
 
 def example_set_v2(per_type: int, split: str = "test", types: Sequence[str] = QUESTION_TYPES_V2,
-                   phrasing: str | None = None, source_frames: bool = False) -> list[Example]:  # fmt: skip
+                   phrasing: str | None = None, source_frames: bool = False,
+                   clips: ClipBank | None = None) -> list[Example]:  # fmt: skip
     """`per_type` v2 examples of each type from `split` (needle streams of 200-260 frames)."""
-    return [make_example(split, i, t, version=2, phrasing=phrasing, source_frames=source_frames)
+    return [make_example(split, i, t, version=2, phrasing=phrasing, source_frames=source_frames, clips=clips)
             for t in types for i in range(per_type)]  # fmt: skip
 
 
