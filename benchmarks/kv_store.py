@@ -199,11 +199,16 @@ def soak(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
 class Point:
     """A `serve_point` process: started (it ingests) on construction, then asked rounds, then finished."""
 
-    def __init__(self, args: argparse.Namespace, policy: str, frames: int, model_dir: str) -> None:
+    def __init__(self, args: argparse.Namespace, policy: str, frames: int, model_dir: str, wait: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=serve_point, args=(child, args, policy, frames, model_dir))
         self.proc.start()
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait until the point's process has ingested its frames."""
         assert self.conn.recv() == "ready"
 
     def ask(self) -> tuple[list[float], list[float]]:
@@ -220,10 +225,15 @@ class Point:
 def run_frames(args: argparse.Namespace, frames: int, model_dir: str) -> list[dict[str, Any]]:
     """Every policy at `frames`. `full` stays up while each bounded policy runs: their question rounds alternate,
     so each bounded TTFT has a `full` TTFT taken under the same machine load beside it (`paired_full_*`)."""
-    full = Point(args, "full", frames, model_dir) if "full" in args.policies else None
+    full = Point(args, "full", frames, model_dir, wait=not args.parallel) if "full" in args.policies else None
+    bounded = [p for p in args.policies if p != "full"]
+    started = {p: Point(args, p, frames, model_dir, wait=False) for p in bounded} if args.parallel else {}
+    for point in ([full] if full is not None and args.parallel else []) + list(started.values()):
+        point.ready()  # --parallel: every policy ingested at once, then asked in turn
     runs = []
-    for policy in [p for p in args.policies if p != "full"]:
-        point, rounds, full_rounds = Point(args, policy, frames, model_dir), [], []
+    for policy in bounded:
+        point = started.get(policy) or Point(args, policy, frames, model_dir)
+        rounds, full_rounds = [], []
         for i in range(args.reps):
             if full is not None and i % 2 == 0:
                 full_rounds.append(full.ask())
@@ -314,6 +324,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--pool", type=int, default=16, help="distinct noise frames cycled (2: every chunk equal)")
     parser.add_argument("--vit-cache", default="none", help="ViT feature cache preset (lossless: skip repeats)")
+    parser.add_argument("--parallel", action="store_true",
+                        help="ingest every policy's point at once (one process each; ingest ms/chunk then share the "
+                             "cores), then ask in alternating rounds as usual: long shapes on a multi-core machine")
     parser.add_argument("--reps", type=int, default=5, help="times each question is asked (TTFT: the median)")
     parser.add_argument("--note", default=None, help="a line kept in the JSON (e.g. which points a GPU still owes)")
     parser.add_argument("--soak", type=int, default=0, help="frames for the RSS soak (0: no soak)")
@@ -333,7 +346,7 @@ def main() -> None:
                 "kv_budget": args.kv_budget, "threads": args.threads, "torch": torch.__version__,
                 "python": platform.python_version(), "loadavg_1m_before": os.getloadavg()[0],
                 "cpu_count": os.cpu_count(), "cpu": cpu_info(), "host": platform.node(), "note": args.note,
-                "reps": args.reps,
+                "reps": args.reps, "parallel_ingest": args.parallel,
                 "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
         if args.soak:
             out = Path(args.out or results / f"kv_store-soak-{args.shape}.json")

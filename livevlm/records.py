@@ -127,3 +127,9 @@ def load_fields(record: Any, values: dict[str, Any]) -> Any:
             current = getattr(record, name)
             setattr(record, name, tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value)
     return record
+
+
+InlineSelect = Callable[[int, dict[int, torch.Tensor]], "dict[int, tuple[torch.Tensor, torch.Tensor]] | None"]
+"""A one-pass KV policy's choice inside a question's forward: (layer, queries of the layers so far, each
+(1, heads, q_len, dim)) -> {layer: (keys, values) (1, kv_heads, n, dim)}, the new pasts from that layer on,
+or None (nothing chosen at this layer)."""

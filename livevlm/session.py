@@ -7,8 +7,8 @@ push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
     2. prune    the strategy keeps the salient tokens at their original positions
     3. forward  adapter.forward(kept tokens) on kv.ingest_view(): what the policy lets a chunk attend to
     4. commit   kv.commit(view): the store keeps the chunk's KV (tiers, summaries, window)
-ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv.probe_view(snapshot)]
-    ─► kv.answer_view(snapshot, queries) ─► prefill [pending odd frame] + question ─► greedy decode
+ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv.probe_view(snapshot)] ─► kv.answer_view
+    (one-pass policies: selected inside the question's forward) ─► prefill [pending frame] + question ─► decode
     ─► yields text; the stream context is untouched
 Input checks live in `guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`,
 the up-front context estimate in `context_fit`, standing queries (`watch_for`: a thread that re-asks a question

@@ -137,3 +137,18 @@ def test_fit_mask_keeps_the_new_tokens_causal_and_opens_the_past(dtype):
     assert built.dtype == torch.bool and built[0, 0, :, :2].all() and torch.equal(built[0, 0, :, 2:], causal)
     assert fit_mask(None, q, 5, causal_skip=True, device=torch.device("cpu")) is None  # flash aligns itself
     assert fit_mask(None, 1, 5, causal_skip=False, device=torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_text_start_in_closed_form_equals_the_models_rope_index(tiny_adapters, family):
+    """Where text resumes after the video is computed by a rule found once, not by `get_rope_index` over the
+    whole stream per question; it must agree with the model's own function at every length and rate."""
+    from livevlm.records import ChunkPlace
+
+    adapter = tiny_adapters[family]
+    assert adapter._find_text_start_rule() in ("after_grid", "after_last")  # this transformers is understood
+    for seconds in (0.5, 1.0, 1.5, 2.0 / 3.0):
+        for chunks in (1, 2, 7, 40, 301):
+            for hw in ((2, 2), (3, 5), (7, 4)):
+                place = ChunkPlace(0, 11, seconds)
+                assert adapter.text_start_after_video(place, chunks, hw) == adapter._rope_text_start(place, chunks, hw)

@@ -18,20 +18,17 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..kernels.pool import pool_tokens
-from ..records import KVLayout
+from ..records import InlineSelect, KVLayout
 from .chunked import ChunkedKV
 from .chunks import ChunkStore
 from .kv_configs import BilevelConfig, RetrievalConfig
 from .scoring import chunk_relevance, layer_ids, reduce_queries
 from .summary_log import SUMMARY_BLOCK
-
-if TYPE_CHECKING:
-    from ..models.query_probe import Select
 
 SCORE_SPAN = 16 * SUMMARY_BLOCK
 """Chunks scored per call: few calls, a bounded temporary (keys of SCORE_SPAN chunks of the scoring layers)."""
@@ -120,7 +117,7 @@ class _TieredKV(ChunkedKV):
         ingestion view."""
         return layer_ids(self.config.score_layers, self.num_layers)[-1]
 
-    def inline_selector(self, snap: _Snapshot) -> tuple[ChunkView, Select] | None:
+    def inline_selector(self, snap: _Snapshot) -> tuple[ChunkView, InlineSelect] | None:
         """With `one_pass`, the ingestion view and the selection the question makes inside its own forward at
         `select_layer()` (the same scores a probe forward gives); else None (the session probes first)."""
         if not self.config.one_pass:

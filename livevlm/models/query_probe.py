@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..records import InlineSelect
 
 PREFIX = "livevlm_probe_"
 _ACTIVE: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("livevlm_query_probe", default=None)
 _INLINE: ContextVar[InlineSelection | None] = ContextVar("livevlm_inline_selection", default=None)
 
-Select = Callable[[int, dict[int, torch.Tensor]], dict[int, tuple[torch.Tensor, torch.Tensor]] | None]
-"""(layer, queries of the layers so far) -> {layer: (keys, values) (1, kv_heads, n, dim)} new pasts, or None."""
+Select = InlineSelect
 
 
 class InlineSelection:
