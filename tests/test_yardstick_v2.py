@@ -19,8 +19,9 @@ from tools.yardstick.evaluate import answer_example
 from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.model import build_tokenizer
 from tools.yardstick.phrasing import TEMPLATES, parse, templates
+from tools.yardstick.recipe import BUNDLED, TrainConfig
 from tools.yardstick.render_v2 import NEAR_SQUARE, SIDES
-from tools.yardstick.train import BUNDLED, TrainConfig, train
+from tools.yardstick.train import train
 from tools.yardstick.world import COLOURS, FRAME_SIZE, QUESTION_TYPES, SHAPES, make_example
 from tools.yardstick.world_v2 import QUESTION_TYPES_V2, corpus_lines_v2
 

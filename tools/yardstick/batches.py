@@ -13,7 +13,7 @@ from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.world import COLOURS, FPS, SHAPES, Example, make_example
 
 if TYPE_CHECKING:
-    from tools.yardstick.train import TrainConfig
+    from tools.yardstick.recipe import TrainConfig
 
 
 class Batcher:
