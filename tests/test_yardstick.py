@@ -15,22 +15,17 @@ import torch
 
 from livevlm import Session, SessionConfig, load_model
 from livevlm.models.loading import default_model_path
+from tools.yardstick.batches import Batcher, _names, pick_turns, sample_batch
 from tools.yardstick.evaluate import answer_example
-from tools.yardstick.model import build_config, build_tokenizer
-from tools.yardstick.train import (
+from tools.yardstick.losses import (
     AuxHeads,
-    Batcher,
-    TrainConfig,
-    _names,
     attention_loss,
     attention_target,
     batch_vision_attention,
-    parse_args,
-    pick_turns,
-    sample_batch,
     token_targets,
-    train,
 )
+from tools.yardstick.model import build_config, build_tokenizer
+from tools.yardstick.train import TrainConfig, parse_args, train
 from tools.yardstick.world import (
     COLOURS,
     NEEDLE_TEST_FRAMES,
@@ -398,7 +393,7 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     log = json.loads((path / "train_log.json").read_text())  # the script's defaults made it, in two runs
     defaults = asdict(TrainConfig())
     assert {k: defaults[k] for k in log["config"]} == log["config"]
-    new = {"world", "v1_share", "background_clips", "background_share"}
+    new = {"world", "v1_share", "background_clips", "background_share", "background_bank"}
     assert set(defaults) - set(log["config"]) == new  # made before world 2 existed
     assert defaults["world"] == 1
     assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]
@@ -442,8 +437,10 @@ def test_tower_stage_trains_the_vision_tower_and_leaves_the_llm_alone() -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from livevlm.models.qwen_vl import QwenVLAdapter
+    from tools.yardstick.batches import StepBatches
+    from tools.yardstick.checkpoint import Control, Run
     from tools.yardstick.model import build_config, build_tokenizer
-    from tools.yardstick.train import StepBatches, _loader, train_tower
+    from tools.yardstick.train import Stage, train_tower
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
@@ -452,7 +449,7 @@ def test_tower_stage_trains_the_vision_tower_and_leaves_the_llm_alone() -> None:
     cfg = TrainConfig(batch=2, long_batch=1, long_every=3, tower_steps=3)
     aux = AuxHeads(model.config.vision_config.out_hidden_size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss = train_tower(model, aux, _loader(StepBatches(batcher, cfg, stage=1), cfg), cfg)
+    loss = train_tower(Stage(cfg, model, aux, {}), batcher, Run(Control(), asdict(cfg), cfg.out, ""))
     after = model.state_dict()
     assert math.isfinite(loss)
     changed = {k for k in before if not torch.equal(before[k], after[k])}

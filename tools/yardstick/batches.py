@@ -1,0 +1,173 @@
+"""Training batches: world examples drawn from (seed, step) alone and laid out exactly as a `Session` lays them out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from livevlm.models.preprocess import frames_to_patches
+from livevlm.models.qwen_vl import QwenVLAdapter
+from tools.yardstick.losses import attention_target, token_targets
+from tools.yardstick.world import COLOURS, FPS, SHAPES, Example, make_example
+
+if TYPE_CHECKING:
+    from tools.yardstick.recipe import TrainConfig
+
+
+class Batcher:
+    """Turns world examples into model inputs laid out exactly as a `Session` lays them out."""
+
+    def __init__(self, adapter: QwenVLAdapter) -> None:
+        self.adapter = adapter
+        self.prefix = adapter.prefix_ids()
+        tok = adapter.tokenizer
+        self.end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.pad = tok.convert_tokens_to_ids("<|endoftext|>")
+
+    def _text(self, text: str) -> list[int]:
+        return list(self.adapter.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def encode(
+        self, ex: Example, extra: list[tuple[str, str]] = ()
+    ) -> tuple[list[int], list[bool], torch.Tensor, tuple[int, int, int]]:
+        """Token ids (Session layout, then `extra` as further chat turns) and which of them are answer targets."""
+        pixels, grid = frames_to_patches(ex.frames, self.adapter.geometry)
+        n_video = grid[0] * grid[1] * grid[2] // self.adapter.merge**2
+        ids = self.prefix + [self.adapter.video_token_id] * n_video + self.adapter.suffix_ids(ex.question)
+        target = [False] * len(ids)
+        for i, (question, answer) in enumerate([("", ex.answer), *extra]):
+            if i:
+                turn = self._text(f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+                ids, target = ids + turn, target + [False] * len(turn)
+            reply = self._text(answer) + [self.end]
+            ids, target = ids + reply, target + [True] * len(reply)
+        return ids, target, pixels, grid
+
+    def __call__(
+        self,
+        examples: list[Example],
+        targets: bool = False,
+        extra: list[list[tuple[str, str]]] | None = None,
+        attention: bool = False,
+        all_turns: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        enc = [self.encode(ex, turns) for ex, turns in zip(examples, extra or [[]] * len(examples))]
+        length = max(len(ids) for ids, *_ in enc)
+        input_ids = torch.full((len(enc), length), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), length), dtype=torch.long)
+        labels = torch.full((len(enc), length), -100, dtype=torch.long)
+        for i, (ids, target, _, _) in enumerate(enc):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            mask[i, : len(ids)] = 1
+            labels[i, : len(ids)] = torch.where(torch.tensor(target), torch.tensor(ids), -100)
+        turns = extra if all_turns and extra else [[]] * len(examples)
+        aux = self._targets(examples, input_ids, labels, attention, turns) if targets else {}
+        # which tokens are video (2): without it transformers gives every token a 1-D text position, while a
+        # Session places video tokens at their (t, h, w) M-RoPE positions
+        types = (input_ids == self.adapter.video_token_id).to(torch.int) * 2
+        return {
+            **aux,
+            "mm_token_type_ids": types,
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "pixel_values_videos": torch.cat([p for _, _, p, _ in enc]),
+            "video_grid_thw": torch.tensor([g for *_, g in enc]),
+            "second_per_grid_ts": torch.full((len(enc),), self.adapter.frames_per_chunk / FPS),
+        }
+
+    def _targets(
+        self,
+        examples: list[Example],
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention: bool,
+        turns: list[list[tuple[str, str]]],
+    ) -> dict[str, torch.Tensor]:
+        """Dense targets: each visual token's colour / shape and, with `attention`, one row per supervised answer
+        (the first of each example, and those of `turns`): the sequence, the position that predicts the answer's
+        first token and the visual positions its question is about (`attn_weight`)."""
+        per_token = [token_targets(ex.labels) for ex in examples]
+        if not attention:
+            return {"token_targets": torch.cat(per_token)}
+        answer = labels != -100
+        starts = answer & ~torch.nn.functional.pad(answer[:, :-1], (1, 0))  # first token of each answer
+        rows, query, about = [], [], []
+        for i, (ex, tt) in enumerate(zip(examples, per_token)):
+            video = (input_ids[i] == self.adapter.video_token_id).nonzero().squeeze(1)
+            questions = [ex.question, *(q for q, _ in turns[i])]
+            for pos, question in zip(starts[i].nonzero().squeeze(1).tolist(), questions):
+                mask = torch.zeros(input_ids.shape[1], dtype=torch.bool)
+                mask[video] = attention_target(question, tt, len(tt) // -(-ex.num_frames // 2))
+                rows.append(i)
+                query.append(pos - 1)
+                about.append(mask)
+        return {
+            "token_targets": torch.cat(per_token),
+            "attn_row": torch.tensor(rows),
+            "attn_query": torch.tensor(query),
+            "attn_about": torch.stack(about),
+        }
+
+
+def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[Example]:
+    clips = cfg.clip_bank()
+    if cfg.long_every and step % cfg.long_every == cfg.long_every - 1:
+        indices = [int(rng.integers(2**40)) for _ in range(cfg.long_batch)]
+        return [
+            make_example("train", i, "needle", needle_frames=(64, 260), version=cfg.world, clips=clips)
+            for i in indices
+        ]
+    out, weights, types = [], cfg.type_weights(), cfg.types()
+    for _ in range(cfg.batch):
+        if weights is None:  # the base run's draws, kept so that it reproduces
+            qtype = types[int(rng.integers(len(types)))]
+        else:
+            qtype = types[int(rng.choice(len(types), p=weights))]
+        index = int(rng.integers(2**40))
+        if cfg.world == 2 and qtype != "describe" and rng.random() < cfg.v1_share:
+            out.append(make_example("train", index, qtype, needle_frames=(16, 64), phrasing="seen"))
+        else:
+            out.append(
+                make_example("train", index, qtype, needle_frames=(16, 64), version=cfg.world, clips=clips)
+            )
+    return out
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Step i's training inputs, drawn from a generator seeded by (seed, i) alone: the data stream is the same
+    however many worker processes render it."""
+
+    def __init__(self, batcher: Batcher, cfg: TrainConfig, stage: int = 0) -> None:
+        self.batcher, self.cfg, self.stage = batcher, cfg, stage
+
+    def __len__(self) -> int:
+        return self.cfg.tower_steps if self.stage else self.cfg.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.seed, step, self.stage][: 3 if self.stage else 2])
+        examples = sample_batch(rng, step, self.cfg)
+        extra = [pick_turns(ex, rng, self.cfg.extra_turns) for ex in examples]
+        attention = bool(self.cfg.attn_weight) and not self.stage  # the tower stage runs no LLM attention
+        return self.batcher(
+            examples, targets=True, extra=extra, attention=attention, all_turns=self.cfg.attn_all_turns
+        )
+
+
+def _names(text: str) -> set[str]:
+    return {w for w in text.replace("?", " ").replace(",", " ").split() if w in COLOURS or w in SHAPES}
+
+
+def pick_turns(ex: Example, rng: np.random.Generator, limit: int) -> list[tuple[str, str]]:
+    """Up to `limit` of the clip's extra questions in random order, skipping any whose colour and shape words
+    were all said in earlier turns (its answer could be copied from the text instead of read off the video)."""
+    said, out = _names(f"{ex.question} {ex.answer}"), []
+    for j in rng.permutation(len(ex.extra)):
+        question, answer = ex.extra[j]
+        names = _names(f"{question} {answer}")
+        if len(out) < limit and not names <= said:
+            out.append((question, answer))
+            said |= names
+    return out
