@@ -45,7 +45,7 @@ def decode_tokens(
     adapter: Any, logits: torch.Tensor, cache: Any, next_pos: int, plan: AnswerPlan, check: Callable[[], None]
 ) -> Iterator[int]:
     """Greedy tokens from `logits` on (the question's) `cache`; `check` runs before each model call."""
-    for _ in range(plan.budget):
+    for step in range(plan.budget):
         if past_deadline(plan.deadline):
             plan.cut_by_deadline = True
             if not plan.produced:
@@ -59,8 +59,8 @@ def decode_tokens(
         if plan.constraint is not None:
             plan.constraint.accept(token)
         yield from plan.stop.push(token)
-        if plan.stop.done or (plan.constraint is not None and plan.constraint.done()):
-            break
+        if plan.stop.done or (plan.constraint is not None and plan.constraint.done()) or step == plan.budget - 1:
+            break  # (the last token the budget allows needs no forward of its own)
         check()
         logits = adapter.forward(adapter.embed_ids([token]), adapter.text_positions(next_pos, 1), cache)
         next_pos += 1

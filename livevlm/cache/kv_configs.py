@@ -105,8 +105,6 @@ class RetrievalConfig(SelectionConfig):
         _check_count("RetrievalConfig", "window", self.window)
         _check_count("RetrievalConfig", "top_k", self.top_k)
         self._check_selection("RetrievalConfig")
-        if self.one_pass and self.per_layer:
-            raise ConfigError("RetrievalConfig.one_pass selects once for every layer: it needs per_layer=False")
 
     def with_budget(self, total: int) -> RetrievalConfig:
         return replace(self, tiers=_split_budget(self.tiers, total))

@@ -134,14 +134,18 @@ class _TieredKV(ChunkedKV):
 
         return self.probe_view(snap), select
 
-    def _relevance(self, queries: torch.Tensor, stop: int, every_layer: bool = False) -> torch.Tensor:
+    def _relevance(
+        self, queries: torch.Tensor, stop: int, every_layer: bool = False, layer: int | None = None
+    ) -> torch.Tensor:
         """(scoring layers, stop): attention mass each scoring layer's question query puts on chunks [0, stop)
-        through their mean and representative keys (softmax over chunks per head, averaged over heads)."""
+        through their mean and representative keys (softmax over chunks per head, averaged over heads). With
+        `layer`, `queries` are that one layer's (1, heads, q_len, dim) and it alone scores."""
         cfg = self.config
-        ids = layer_ids("all" if every_layer else cfg.score_layers, self.num_layers)
+        ids = [layer] if layer is not None else layer_ids("all" if every_layer else cfg.score_layers, self.num_layers)
         contiguous = ids == list(range(ids[0], ids[-1] + 1))
         pick: slice | list[int] = slice(ids[0], ids[-1] + 1) if contiguous else ids  # a view, not a copy
-        q = reduce_queries(queries, cfg.query)[pick].float()
+        q = reduce_queries(queries, cfg.query)
+        q = (q if layer is not None else q[pick]).float()
         logits = []
         keys = [0, *range(2, 2 + self.store.key_reps)]  # the mean key, then the atypical keys (not the value)
         forgotten = self.store.forgotten
@@ -194,6 +198,47 @@ class RetrievalKV(_TieredKV):
         memory = 0 if self.config.per_layer else self.config.memory  # per layer: answers read no memory
         held = n if window is None or top_k is None else min(n, window + top_k + memory)
         return held * self.chunk_tokens
+
+    def inline_selector(self, snap: _Snapshot) -> tuple[ChunkView, InlineSelect] | None:
+        """Per layer (`per_layer` and `one_pass`): each layer picks its own top_k chunks by its own query when
+        the forward reaches it (ReKV's in-model retrieval; earlier layers have read their own picks), so no probe
+        forward; one choice for every layer: as `bilevel`."""
+        if not (self.config.one_pass and self.config.per_layer):
+            return super().inline_selector(snap)
+        n = len(snap.records)
+        first = self._first(n)
+        older = snap.records[:first]
+        window = [kv for kv in (self.store.load(rec) for rec in snap.records[first:]) if kv is not None]
+        sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
+        k = first if self.config.top_k is None else min(self.config.top_k, first)
+        loaded: dict[int, torch.Tensor | None] = {}
+        dense: set[int] = set(range(first, n))
+        scores: list[torch.Tensor] = []
+        spent, longest = [0.0], [0]
+
+        def select(layer: int, queries: dict[int, torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+            t0 = time.perf_counter()
+            parts = [snap.sink[layer]] if snap.sink is not None else []
+            if older:
+                rel = self._relevance(queries[layer][0][None], first, layer=layer)[0]
+                scores.append(rel)
+                top = [i for i in rel.argsort(descending=True).tolist() if sizes[i]][:k]
+                for i in sorted(top):
+                    if i not in loaded:
+                        loaded[i] = self.store.load(older[i])
+                    if loaded[i] is not None:
+                        parts.append(loaded[i][layer])  # type: ignore[index]
+                dense.update(top)
+            parts += [kv[layer] for kv in window]
+            past = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+            longest[0] = max(longest[0], int(past.shape[2]))
+            spent[0] += time.perf_counter() - t0
+            if layer == self.num_layers - 1:
+                mean = torch.stack(scores).mean(0) if scores else None
+                self._record_answer(sorted(dense), 0, mean, longest[0], time.perf_counter() - spent[0])
+            return {layer: (past[0][None], past[1][None])}
+
+        return self.probe_view(snap), select
 
     def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
         start = time.perf_counter()
