@@ -129,8 +129,8 @@ class _TieredKV(ChunkedKV):
                 return None
             some = queries[layer][0]
             q = torch.stack([queries[i][0] if i in queries else torch.zeros_like(some) for i in range(self.num_layers)])
-            view = self.answer_view(snap, q.float())
-            return {i: (view.layers[i].keys, view.layers[i].values) for i in range(at, self.num_layers)}
+            view = self.answer_view(snap, q.float(), first_layer=at)  # only the layers that read it are gathered
+            return {i: (view.layers[i - at].keys, view.layers[i - at].values) for i in range(at, self.num_layers)}
 
         return self.probe_view(snap), select
 
@@ -240,7 +240,7 @@ class RetrievalKV(_TieredKV):
 
         return self.probe_view(snap), select
 
-    def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
+    def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None, first_layer: int = 0) -> ChunkView:
         start = time.perf_counter()
         n = len(snap.records)
         first = self._first(n)
@@ -278,8 +278,8 @@ class RetrievalKV(_TieredKV):
                 if kv is not None:
                     parts.append(kv[layer, :, :, : choice[layer][i]])
             per_layer.append(parts + [kv[layer] for kv in window])
-        per_layer = _equal_lengths(per_layer)
-        view = ChunkView.gather_per_layer(per_layer, self.num_layers)
+        per_layer = _equal_lengths(per_layer)[first_layer:]
+        view = ChunkView.gather_per_layer(per_layer, self.num_layers - first_layer)
         dense = {i for c in choice for i in c} | set(range(first, n))
         self._record_answer(dense, 0, scores, view.get_seq_length(), start)
         return view
@@ -327,7 +327,8 @@ class BilevelKV(_TieredKV):
         rest = n - k if cfg.rest_max is None else min(n - k, cfg.rest_max)
         return k * self.chunk_tokens + rest * self._rest_tokens()
 
-    def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None) -> ChunkView:
+    def answer_view(self, snap: _Snapshot, queries: torch.Tensor | None, first_layer: int = 0) -> ChunkView:
+        """The question's view; `first_layer` > 0 gathers only layers from there on (a one-pass swap)."""
         start = time.perf_counter()
         cfg, n = self.config, len(snap.records)
         scores = self._relevance(_need(queries), n).mean(0) if n else None
@@ -349,7 +350,7 @@ class BilevelKV(_TieredKV):
         for i in sorted(dense.union(rest)):  # chronological, like the stream
             kv = chosen.get(i) if i in dense else pooled.get(i)
             parts.append(kv if kv is not None else summaries[i])
-        view = ChunkView.gather(parts, self.num_layers)
+        view = ChunkView.gather([p[first_layer:] for p in parts], self.num_layers - first_layer)
         read_dense = [i for i in dense if chosen.get(i) is not None]  # a dropped chunk was read as its summary
         self._record_answer(read_dense, len(rest) + len(dense) - len(read_dense), scores, view.get_seq_length(), start)
         return view
