@@ -146,6 +146,7 @@ def serve_point(conn: Any, args: argparse.Namespace, policy: str, frames: int, m
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "kv": {k: v for k, v in vars(kv).items() if k != "last_scores"},
+        "attention": {k: v for k, v in session.stats.kernels.items() if k.startswith("attention_")},
     }
     session.close()
     conn.send(out)

@@ -35,8 +35,8 @@ def test_attention_choice_says_why(monkeypatch):
 
 
 def test_loaded_model_dispatches_to_the_chosen_attention(tiny_adapters):
-    """The tiny model is loaded on cpu: SDPA for the LLM and the ViT, also after a query-aware question (the
-    query probe wraps SDPA and is reported as what it wraps)."""
+    """The tiny model is loaded on cpu: grouped-query SDPA for the LLM (its 4 query heads share 2 KV heads), SDPA
+    for the ViT, also after a query-aware question (the query probe wraps it and is reported as what it wraps)."""
     adapter = tiny_adapters["qwen2_5_vl"]
     session = Session(adapter, SessionConfig(kv="retrieval", max_pixels=16 * 28 * 28))
     rng = np.random.default_rng(0)
@@ -44,9 +44,9 @@ def test_loaded_model_dispatches_to_the_chosen_attention(tiny_adapters):
     list(session.ask_ids("What moves?", max_new_tokens=2))
     stats = session.stats
     session.close()
-    assert stats.kernels["attention_llm"] == "sdpa"
+    assert stats.kernels["attention_llm"] == "sdpa_grouped"  # 2 KV heads for 4 query heads: folded
     assert stats.kernels["attention_vit"] == "sdpa"
-    assert adapter.model.config.text_config._attn_implementation.endswith("sdpa")
+    assert adapter.model.config.text_config._attn_implementation == "livevlm_probe_sdpa_grouped"
 
 
 def test_doctor_reports_the_attention_choice():

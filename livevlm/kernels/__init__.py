@@ -7,6 +7,7 @@
     sparse_attention  sparse_row_attention (changed rows x the keys  (ViT cache)    triton on cuda, else torch
                       of their own frame / window, varlen)
     linear            RowLinears (few-row linears, ViT cache)        onednn on fp32 weights as they are (no copy)
+    grouped_attention grouped-query SDPA without repeated KV (LLM)   torch SDPA, query heads folded into rows
 
 `backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references,
 `LIVEVLM_KERNELS=triton` the Triton kernels. Triton modules (`_triton_*.py`) are imported only when chosen.
