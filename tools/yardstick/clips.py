@@ -3,9 +3,10 @@ task and not one drawing style.
 
 Bank: each clip is decoded once with livevlm's `FileSource` at up to `BANK_FPS`, scaled in the decoder to about
 `BANK_PIXELS`, at most `frames_per_clip` frames from the middle of its split's range, kept as uint8 in memory.
-Splits: with 3 or more clips, whole clips are held out (ordered by a hash of the file name, the last ~15 % feed
-test, the ~15 % before them validation, the rest training); with 1-2 clips each clip's time is cut instead
-(first 70 % training, next 15 % validation, last 15 % test). Either way no frame backs more than one split.
+Splits: with `WHOLE_CLIPS_FROM` (7) or more clips, whole clips are held out (ordered by a hash of the file name,
+the last ~15 % feed test, the ~15 % before them validation, the rest training: at least 5 clips); with fewer each
+clip's time is cut instead (first 70 % training, next 15 % validation, last 15 % test), so training never plays
+one or two clips only. Either way no frame backs more than one split.
 Bank file: `python -m tools.yardstick.clips --write-bank BANK.npz CLIPS...` decodes here and writes every split's
 frames (delta-coded in time, deflated: about half the raw size) for `train.py --background-bank` on a machine
 without PyAV; a bank read back is the decoded one, byte for byte (same `digest()`, same examples).
@@ -42,7 +43,10 @@ MAX_BANK_FRAMES = 2048
 """At most this many bank frames in all (~127 MB): more clips get fewer frames each, at least 8."""
 TIME_SPLIT = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0)}
 HELD_OUT_SHARE = 0.15
-"""Of 3 or more clips, this share (at least one) is held out whole for validation, and as many for test."""
+"""Of `WHOLE_CLIPS_FROM` or more clips, this share (at least one) is held out whole for validation, and as many
+for test."""
+WHOLE_CLIPS_FROM = 7
+"""From this many clips on whole clips are held out (then training keeps at least 5); below, time ranges."""
 BACKGROUND_MAX = 125.0
 """No background pixel (procedural or clip) is brighter than this in any channel."""
 SATURATION, DIM, SPEED, CROP = (0.0, 0.4), (0.3, BACKGROUND_MAX / 255), (0.5, 1.5), (0.5, 1.0)
@@ -98,8 +102,9 @@ def clip_paths(spec: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def assign_splits(paths: Sequence[Path]) -> dict[str, list[tuple[Path, tuple[float, float]]]]:
-    """Each split's (clip, fraction of its duration): whole clips held out from 3 clips on, else time ranges."""
-    if len(paths) < 3:
+    """Each split's (clip, fraction of its duration): whole clips held out from `WHOLE_CLIPS_FROM` clips on, else
+    time ranges of every clip."""
+    if len(paths) < WHOLE_CLIPS_FROM:
         return {s: [(p, TIME_SPLIT[s]) for p in paths] for s in SPLITS}
     order = sorted(paths, key=lambda p: (zlib.crc32(p.name.encode()), str(p)))
     held = max(1, round(HELD_OUT_SHARE * len(order)))
