@@ -6,8 +6,9 @@
 Every condition answers through `livevlm.Session` (tools.yardstick.evaluate, as benchmarks/accuracy.py does),
 uncompressed. Conditions: v1 clips in the v1 wording (the baseline), in seen v2 wordings and in held-out wordings
 (the same clips each time: paired); v2 clips (varied renders, pushed at their source frame rate and sampled to
-2 fps) in the v1 wording and in seen wordings, with the describe type. Validation split by default: the test
-split is scored once, for the retrained model's final figures.
+2 fps) in the v1 wording and in seen wordings, with the describe type; with `--background-clips` or
+`--background-bank` also v2 clips played over that real footage (every clip, the split's own part of it), in seen
+wordings. Validation split by default: the test split is scored once, for the retrained model's final figures.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import livevlm
 from livevlm import SessionConfig, load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
+from tools.yardstick.clips import open_bank
 from tools.yardstick.evaluate import as_rows, evaluate, summarize
 from tools.yardstick.phrasing import parse
 from tools.yardstick.world import QUESTION_TYPES, make_example
@@ -43,6 +45,8 @@ CONDITIONS: dict[str, dict[str, Any]] = {
     "v2 clips, v1 wording": {"version": 2, "phrasing": "canonical", "source_frames": True},
     "v2 clips, seen wordings": {"version": 2, "phrasing": "seen", "source_frames": True},
 }
+FOOTAGE = "v2 clips over real footage, seen wordings"
+"""The condition added when clips are given: the same as "v2 clips, seen wordings", every clip over footage."""
 
 
 def by_template(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -73,11 +77,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(adapter.dtype),
         "conditions": {},
     }
-    conditions = args.conditions.split(";") if args.conditions else list(CONDITIONS)
+    bank = open_bank(args.background_clips, 1.0, args.background_bank)
+    conditions = args.conditions.split(";") if args.conditions else [*CONDITIONS, *([FOOTAGE] if bank else [])]
+    if FOOTAGE in conditions and bank is None:
+        raise SystemExit(f"{FOOTAGE!r} needs --background-clips or --background-bank")
+    report["footage"] = None if bank is None else {"digest": bank.digest(), "clips": sorted(
+        {r.path for ranges in bank.ranges.values() for r in ranges})}  # fmt: skip
     for name in conditions:
-        kw = CONDITIONS[name]
+        kw = CONDITIONS[name] if name != FOOTAGE else {**CONDITIONS["v2 clips, seen wordings"], "clips": bank}
         types = QUESTION_TYPES_V2 if kw["version"] == 2 else QUESTION_TYPES
         examples = [make_example(args.split, i, t, **kw) for t in types for i in range(args.per_type)]
+        kw = {k: v for k, v in kw.items() if k != "clips"}
         start = time.perf_counter()
         results = evaluate(adapter, examples, SessionConfig(), progress=not args.quiet)
         rows = as_rows(results)
@@ -106,8 +116,12 @@ def main(argv: list[str] | None = None) -> None:
         "--split", default="val", choices=["val", "test"], help="default val (test: once, at the end)"
     )
     parser.add_argument(
-        "--conditions", default=None, help=f"';'-separated subset of: {'; '.join(CONDITIONS)}"
+        "--conditions", default=None, help=f"';'-separated subset of: {'; '.join([*CONDITIONS, FOOTAGE])}"
     )
+    parser.add_argument("--background-clips", default="", help="clips (files or folders, comma-separated): adds "
+                        "the footage condition")
+    parser.add_argument("--background-bank", default="", help="a bank written by `python -m tools.yardstick.clips "
+                        "--write-bank` (instead of decoding --background-clips)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--answers", action="store_true", help="keep every reply in the JSON")

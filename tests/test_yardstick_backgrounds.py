@@ -4,6 +4,7 @@ real footage behind objects whose pixels, labels and answers are untouched, and 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +214,26 @@ def test_a_bank_file_is_the_decoded_bank_byte_for_byte(bank: ClipBank, tmp_path:
         ClipBank.from_file(cut)
     with pytest.raises(TrainFileError, match="background bank not found"):
         ClipBank.from_file(tmp_path / "nowhere.npz")
+
+
+def test_gap_benchmark_scores_clips_over_footage(tmp_path: Path, bank: ClipBank) -> None:
+    """`benchmarks/yardstick_v2_gap.py --background-bank` adds the footage condition and scores it through
+    `Session` with the bundled model; asking for it without footage is refused."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "yardstick_v2_gap.py"
+    bank.save(tmp_path / "bank.npz")
+    out = tmp_path / "gap.json"
+    footage = "v2 clips over real footage, seen wordings"
+    flags = ["--per-type", "1", "--threads", "1", "--quiet", "--conditions", footage, "--out", str(out)]
+    done = subprocess.run([sys.executable, str(script), *flags, "--background-bank", str(tmp_path / "bank.npz")],
+                          check=False, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["footage"]["digest"] == bank.digest()
+    scored = report["conditions"][footage]
+    assert scored["n"] == len(QUESTION_TYPES_V2) and set(scored["accuracy"]) >= set(QUESTION_TYPES_V2)
+    refused = subprocess.run([sys.executable, str(script), *flags], check=False, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode != 0 and "needs --background-clips or --background-bank" in refused.stderr
