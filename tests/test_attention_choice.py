@@ -30,8 +30,11 @@ def test_attention_choice_says_why(monkeypatch):
     fp32 = attention.attention_choice("cuda", torch.float32)
     assert fp32.backend == "sdpa" and "float16/bfloat16" in fp32.reason
     assert attention.attention_choice("cpu", torch.float16).backend == "sdpa"  # flash-attn never on cpu
+    assert attention.grouped_choice("cuda", torch.bfloat16).backend == "flash_attention_2"
+    assert attention.grouped_choice("cpu", torch.bfloat16).backend == "sdpa_grouped"
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
     assert str(attention.attention_choice("cuda", torch.bfloat16)) == "sdpa: forced by LIVEVLM_KERNELS=torch"
+    assert attention.grouped_choice("cpu", torch.bfloat16).backend == "sdpa"
 
 
 def test_loaded_model_dispatches_to_the_chosen_attention(tiny_adapters):

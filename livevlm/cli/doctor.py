@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .. import __version__, kernels
-from ..kernels.attention import attention_choice
+from ..kernels.attention import attention_choice, grouped_choice
 
 NOT_INSTALLED = "not installed"
 PACKAGES = ("torch", "transformers", "triton", "flash-attn")
@@ -73,7 +73,10 @@ def _dtypes(device: str, flags: frozenset[str]) -> dict[str, Any]:
 def _kernels(device: str) -> dict[str, str]:
     try:
         table = {op: str(choice) for op, choice in kernels.backend(torch.bfloat16, device).items()}
-        return table | {"attention": str(attention_choice(device, torch.bfloat16))}
+        return table | {
+            "attention": str(attention_choice(device, torch.bfloat16)),
+            "attention_grouped_llm": str(grouped_choice(device, torch.bfloat16)),
+        }
     except (ValueError, kernels.KernelUnavailableError) as exc:  # a bad LIVEVLM_KERNELS: report, do not crash
         return {"error": str(exc)}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import Choice, forced_torch, installed_version
+from .grouped_attention import GROUPED_SDPA
 
 FLASH = "flash_attention_2"
 SDPA = "sdpa"
@@ -29,6 +30,16 @@ def attention_choice(device: torch.device | str, dtype: torch.dtype | None) -> C
     if dtype not in (torch.float16, torch.bfloat16):
         return Choice(SDPA, f"dtype {str(dtype).removeprefix('torch.')} (flash-attn needs float16/bfloat16)")
     return Choice(FLASH, f"flash-attn {flash_attn_version()} on cuda")
+
+
+def grouped_choice(device: torch.device | str, dtype: torch.dtype | None) -> Choice:
+    """What a language model whose query heads share KV heads runs on `device` in `dtype`, and why."""
+    base = attention_choice(device, dtype)
+    if base.backend != SDPA:
+        return Choice(base.backend, "flash-attn reads grouped KV heads itself")
+    if forced_torch():
+        return Choice(SDPA, "forced by LIVEVLM_KERNELS=torch (transformers' SDPA repeats K/V per query head)")
+    return Choice(GROUPED_SDPA, "query heads folded into their KV head's rows (no K/V repeat)")
 
 
 def model_attention(model: torch.nn.Module) -> dict[str, str]:

@@ -183,8 +183,7 @@ def _load_weights(name: str, config, dtype, device: str):
     from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText
 
-    from ..kernels._backend import forced_torch
-    from ..kernels.attention import SDPA, attention_choice
+    from ..kernels.attention import GROUPED_SDPA, attention_choice, grouped_choice
     from .grouped_sdpa import enable_grouped_sdpa
 
     _check_weight_files(name)
@@ -198,7 +197,7 @@ def _load_weights(name: str, config, dtype, device: str):
         raise ModelLoadError(f"the weights of {name!r} are corrupt or truncated: {exc}") from exc
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load the weights of {name!r}: {exc}") from exc
-    if attention.backend == SDPA and not forced_torch():
+    if grouped_choice(device, getattr(config, "dtype", None) if dtype == "auto" else dtype).backend == GROUPED_SDPA:
         enable_grouped_sdpa(model.get_decoder())  # grouped KV heads: fold query heads instead of repeating KV
     return model
 
