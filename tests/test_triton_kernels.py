@@ -247,11 +247,12 @@ def test_forced_triton_runs_every_kernel_through_the_public_ops(monkeypatch):
     q, mean_keys, reps = _on_device(q, mean_keys, reps)
     kv = torch.randn(1, 2, 7, 8, generator=g).bfloat16()
     buf = to_bytes(kv, 4)
-    keys = torch.cat([mean_keys[:, None], reps], 1)  # (layers, 1 + reps, kv_heads, n, dim): the store's layout
-    ran = chunk_relevance(q, keys, 2), kernels.pool_tokens(kv.to(DEVICE), 2)
+    values = torch.zeros_like(mean_keys)  # never read for scoring
+    rows = torch.cat([mean_keys[:, None], values[:, None], reps], 1)  # (layers, 2 + reps, kv_heads, n, dim): the store's
+    ran = chunk_relevance(q, rows, 2, 3), kernels.pool_tokens(kv.to(DEVICE), 2)
     restored = kernels.from_bytes(buf, kv.shape, kv.dtype, 4, DEVICE)
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
-    torch.testing.assert_close(ran[0], chunk_relevance(q, keys, 2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ran[0], chunk_relevance(q, rows, 2, 3), rtol=1e-5, atol=1e-5)
     assert_as_close_as_torch(ran[1], kernels.pool_tokens(kv.to(DEVICE), 2), _pool64(kv, 2))
     reference = kernels.from_bytes(buf, kv.shape, kv.dtype, 4, DEVICE)
     assert_as_close_as_torch(restored, reference, _dequant64(buf, tuple(kv.shape), 4))

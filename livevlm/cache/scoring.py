@@ -79,14 +79,14 @@ def novelty(values: torch.Tensor, previous: torch.Tensor | None) -> float:
     return float((1 - cos.mean((0, 1))).max())
 
 
-def chunk_relevance(queries: torch.Tensor, keys: torch.Tensor, kv_heads: int) -> torch.Tensor:
+def chunk_relevance(queries: torch.Tensor, rows: torch.Tensor, kv_heads: int, reps: int) -> torch.Tensor:
     """(layers, kv_heads, group, n) logits of chunks for the scoring layers' queries (layers, heads, dim) against
-    each chunk's keys (layers, r, kv_heads, n, dim) — its mean key and its representative keys —: the max over
-    the r keys, in one `chunk_logits` call (fused in the Triton kernel)."""
+    each chunk's index row (layers, 2 + reps, kv_heads, n, dim): its mean key (0) and its `reps` representative
+    keys (2 ...; 1 is the mean value), the max over them, in one `chunk_logits` call (fused in the Triton
+    kernel). The key sets are read as views of `rows`, not gathered."""
     layers, heads, dim = queries.shape
     q = queries.reshape(layers, kv_heads, heads // kv_heads, dim)
-    reps = keys[:, 1:] if keys.shape[1] > 1 else None
-    return chunk_logits(q, keys[:, 0], reps)  # the max over the representative keys fused in the kernel
+    return chunk_logits(q, rows[:, 0], rows[:, 2 : 2 + reps] if reps else None)
 
 
 def top_salient(scores: np.ndarray, alive: np.ndarray, count: int) -> list[int]:

@@ -147,7 +147,6 @@ class _TieredKV(ChunkedKV):
         q = reduce_queries(queries, cfg.query)
         q = (q if layer is not None else q[pick]).float()
         logits = []
-        keys = [0, *range(2, 2 + self.store.key_reps)]  # the mean key, then the atypical keys (not the value)
         forgotten = self.store.forgotten
         for lo in range(0, stop, SCORE_SPAN):
             hi = min(stop, lo + SCORE_SPAN)
@@ -155,8 +154,8 @@ class _TieredKV(ChunkedKV):
                 logits.append(torch.full((*q.shape[:1], self.layout[1], q.shape[1] // self.layout[1], hi - lo),
                                          float("-inf"), device=q.device))  # fmt: skip
                 continue
-            rows = self.store.index_rows(lo, hi, pick)[:, keys] if contiguous else self.store.index_rows(lo, hi)[pick][:, keys]
-            logits.append(chunk_relevance(q, rows, self.layout[1]))
+            rows = self.store.index_rows(lo, hi, pick) if contiguous else self.store.index_rows(lo, hi)[pick]
+            logits.append(chunk_relevance(q, rows, self.layout[1], self.store.key_reps))
         out = torch.cat(logits, -1)
         out[..., :forgotten] = float("-inf")
         return out.softmax(-1).mean((1, 2))
@@ -332,11 +331,11 @@ class BilevelKV(_TieredKV):
         start = time.perf_counter()
         cfg, n = self.config, len(snap.records)
         scores = self._relevance(_need(queries), n).mean(0) if n else None
-        order = scores.argsort(descending=True).tolist() if scores is not None else []
-        forgotten = self.store.forgotten
-        order = [i for i in order if i >= forgotten]  # chunks with no index row left are gone
         k = n if cfg.top_k is None else min(cfg.top_k, n)
-        dense = set(order[:k]) | set(self._memory(self._first(n)))  # relevant, then salient
+        memory = self._memory(self._first(n))
+        read = n if cfg.rest != "drop" and cfg.rest_max is None else k + len(memory) + (cfg.rest_max or 0)
+        order = _ranked(scores, self.store.forgotten, read)
+        dense = set(order[:k]) | set(memory)  # relevant, then salient
         others = [i for i in order if i not in dense]
         rest = [] if cfg.rest == "drop" else others if cfg.rest_max is None else others[: cfg.rest_max]
         summaries = self._summaries_of(rest) if cfg.rest == "summary" else {}
@@ -354,6 +353,17 @@ class BilevelKV(_TieredKV):
         read_dense = [i for i in dense if chosen.get(i) is not None]  # a dropped chunk was read as its summary
         self._record_answer(read_dense, len(rest) + len(dense) - len(read_dense), scores, view.get_seq_length(), start)
         return view
+
+
+def _ranked(scores: torch.Tensor | None, forgotten: int, count: int) -> list[int]:
+    """The `count` best-scored chunks, best first, among those that still have an index row (from `forgotten`
+    on); filtered and cut as a tensor, so a long stream costs no Python loop per chunk."""
+    if scores is None:
+        return []
+    order = scores.argsort(descending=True)
+    if forgotten:
+        order = order[order >= forgotten]
+    return order[:count].tolist()
 
 
 def _pool_all(kvs: dict[int, torch.Tensor | None], factor: int) -> dict[int, torch.Tensor]:

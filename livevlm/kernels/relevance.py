@@ -24,12 +24,12 @@ def chunk_logits(queries: torch.Tensor, keys: torch.Tensor, reps: torch.Tensor |
 def chunk_logits_torch(
     queries: torch.Tensor, keys: torch.Tensor, reps: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The torch reference of `chunk_logits`: one batched matmul per key set. The keys (a strided slice of the
-    summary log) are made contiguous first, which is faster than letting the matmul stride them."""
+    """The torch reference of `chunk_logits`: one batched matmul for the keys and one for all representative keys
+    (then the max over them), scaled once. Each key set (a strided slice of the summary log) is made contiguous
+    first, which is faster than letting the matmul stride it."""
     q = queries.float()
-    scale = queries.shape[-1] ** -0.5
-    logits = torch.matmul(q, keys.float().contiguous().transpose(-1, -2)) * scale
-    for r in range(0 if reps is None else int(reps.shape[1])):
-        rep = reps[:, r].float().contiguous()  # type: ignore[index]
-        logits = torch.maximum(logits, torch.matmul(q, rep.transpose(-1, -2)) * scale)
-    return logits
+    logits = torch.matmul(q, keys.float().contiguous().transpose(-1, -2))
+    if reps is not None and reps.shape[1]:
+        per_rep = torch.matmul(q.unsqueeze(1), reps.float().contiguous().transpose(-1, -2))  # (l, r, h, g, n)
+        logits = torch.maximum(logits, per_rep.amax(1))
+    return logits * queries.shape[-1] ** -0.5
