@@ -208,7 +208,9 @@ class RetrievalKV(_TieredKV):
         first = self._first(n)
         older = snap.records[:first]
         window = [kv for kv in (self.store.load(rec) for rec in snap.records[first:]) if kv is not None]
-        sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
+        held = None  # which older chunks still have dense KV (None: all of them, nothing was dropped)
+        if any(rec.tier == "dropped" or not rec.tokens for rec in older):
+            held = torch.tensor([rec.tier != "dropped" and rec.tokens > 0 for rec in older])
         k = first if self.config.top_k is None else min(self.config.top_k, first)
         loaded: dict[int, torch.Tensor | None] = {}
         dense: set[int] = set(range(first, n))
@@ -221,7 +223,8 @@ class RetrievalKV(_TieredKV):
             if older:
                 rel = self._relevance(queries[layer][0][None], first, layer=layer)[0]
                 scores.append(rel)
-                top = [i for i in rel.argsort(descending=True).tolist() if sizes[i]][:k]
+                ranked = rel.argsort(descending=True)
+                top = (ranked if held is None else ranked[held[ranked]])[:k].tolist()
                 for i in sorted(top):
                     if i not in loaded:
                         loaded[i] = self.store.load(older[i])
