@@ -33,6 +33,7 @@ from _machine import cpu_info
 
 import livevlm
 from livevlm.cache.vit_cache import build_feature_cache
+from livevlm.kernels.packed_linear import pack_linears
 from livevlm.models.preprocess import VisionGeometry, frames_to_patches, target_size
 from livevlm.models.qwen_vision import QwenVisionRunner
 from livevlm.records import VisionEncoder
@@ -48,8 +49,11 @@ MOVING = ("bikes", "carphone_pristine", "bigbuckbunny")
 class VisionTower:
     """The adapter surface a feature cache uses (`vision_features`, `vision_runner`), over a bare tower."""
 
-    def __init__(self, visual: Any, family: str, max_pixels: int, fast_linear: bool = True) -> None:
+    def __init__(
+        self, visual: Any, family: str, max_pixels: int, fast_linear: bool = True, pack: bool = True
+    ) -> None:
         self.visual, self.family = visual.eval(), family
+        self.packing = pack_linears(self.visual) if pack else None  # what load_model does to a tower
         self._runner = QwenVisionRunner(self.visual, fast_linear=fast_linear)
         self.geometry = VisionGeometry.from_vision_config(
             visual.config, max_pixels=max_pixels, min_pixels=max_pixels // 2
@@ -74,6 +78,7 @@ def build_tower(
     max_pixels: int,
     fast_linear: bool = True,
     seed: int = 0,
+    pack: bool = True,
 ) -> VisionTower:
     """Random weights: tiny = the tests' tiny config; full shapes = N(0, 0.02) matrices, zero bias, unit norms."""
     import transformers
@@ -102,7 +107,7 @@ def build_tower(
         with torch.no_grad():
             for name, p in visual.named_parameters():
                 p.normal_(0.0, 0.02) if p.ndim > 1 else p.zero_() if name.endswith("bias") else p.fill_(1.0)
-    return VisionTower(visual, family, max_pixels, fast_linear=fast_linear)
+    return VisionTower(visual, family, max_pixels, fast_linear=fast_linear, pack=pack)
 
 
 def make_static_clip(path: Path, frames: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
@@ -262,6 +267,12 @@ def main() -> None:
         help="partial passes' linears through kernels.RowLinears (default on; --no-fast-linear: the modules)",
     )
     p.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pack the tower's bf16 linears for oneDNN as load_model does (default on; --no-pack: plain modules)",
+    )
+    p.add_argument(
         "--out", type=Path, default=None, help="default: benchmarks/results/vit_cache-<shape>.json"
     )
     args = p.parse_args()
@@ -277,7 +288,9 @@ def main() -> None:
         clips = {name: load_clip(name, frames, Path(tmp)) for name in args.clips}
         for family in families:
             t0 = time.perf_counter()
-            tower = build_tower(args.shape, family, dtype, args.max_pixels, fast_linear=args.fast_linear)
+            tower = build_tower(
+                args.shape, family, dtype, args.max_pixels, fast_linear=args.fast_linear, pack=args.pack
+            )
             print(
                 f"built {family} tower ({args.shape}, {dtype}) in {time.perf_counter() - t0:.1f} s",
                 flush=True,
@@ -294,6 +307,8 @@ def main() -> None:
         "frames_per_clip": frames,
         "fast_linear": args.fast_linear,
         "linear_backend": towers and tower.vision_runner().linear.backend,
+        "packing": towers and tower.packing and str(tower.packing.choice),
+        "packed_linears": towers and tower.packing and tower.packing.modules,
         "max_pixels": args.max_pixels,
         "towers": towers,
         "torch": torch.__version__,

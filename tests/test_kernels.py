@@ -16,9 +16,9 @@ from livevlm.kernels import linear as linear_module
 
 def test_backend_reports_every_op_with_a_reason():
     table = kernels.backend()
-    assert set(table) == {"similarity", "pool", "quant", "relevance", "sparse_attention", "linear"}
+    assert set(table) == {"similarity", "pool", "quant", "relevance", "sparse_attention", "linear", "vision_linear"}
     for choice in table.values():
-        assert choice.backend in ("torch", "onednn") and choice.reason
+        assert choice.backend in ("torch", "onednn", "packed") and choice.reason
 
 
 def test_linear_choice_per_dtype_device_and_cpu(monkeypatch):
@@ -108,9 +108,12 @@ def test_cli_stats_show_the_linear_backend_actually_used_and_the_forced_fallback
     forced = _ask_stats({kernels.FORCE_ENV: "torch"})
     assert default.returncode == 0 and forced.returncode == 0, default.stderr + forced.stderr
     assert default.stdout.strip() and forced.stdout.strip()  # both paths answer
-    expected = linear_choice(torch.device("cpu"), torch.bfloat16)
+    packs = kernels.pack_choice("cpu", torch.bfloat16).backend == "packed"  # the bf16 tower packed at load
+    expected = linear_choice(torch.device("cpu"), torch.bfloat16, packed=packs)
     assert f"'linear': '{expected}'" in default.stderr
+    assert ("'vision_linear': 'packed: " in default.stderr) == packs
     assert "'linear': 'torch: forced by LIVEVLM_KERNELS=torch'" in forced.stderr
+    assert "'vision_linear': 'torch: forced by LIVEVLM_KERNELS=torch'" in forced.stderr
 
 
 def test_the_torch_path_never_imports_triton():

@@ -366,3 +366,43 @@ def test_backoff_config_validation():
     for bad in ({"backoff": -1}, {"backoff": 4, "backoff_max": 2}, {"backoff_max": 1.5}):
         with pytest.raises(ConfigError):
             ViTCacheConfig(**bad)
+
+
+def test_detection_embed_is_the_patch_conv_as_a_matmul(tiny_adapters, family):
+    """The runner's `detect_embed` (what change detection and partial passes read) equals the tower's own conv
+    embedding to rounding, in the same internal token order (Qwen2.5-VL permutes by window)."""
+    adapter = tiny_adapters[family]
+    runner = adapter.vision_runner()
+    pixels, grid = chunks_of(adapter, clip_frames("carphone_pristine", 2))[0]
+    layout = runner.layout(grid)
+    with torch.inference_mode():
+        exact, fast = runner.embed(pixels, layout), runner.detect_embed(pixels, layout)
+    torch.testing.assert_close(fast, exact, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("detect", [True, False], ids=["detect_embed", "embed"])
+def test_unchanged_patches_read_as_unchanged_in_either_embedding(tiny_adapters, family, detect):
+    """One patch of a chunk changed, every other bit-identical, threshold ~0: exactly one token is recomputed in
+    every block (the reference's block-0 inputs are kept in the embedding detection reads, so the conv / matmul
+    rounding never reads as change); also with a runner that has no `detect_embed` (the `embed` fallback)."""
+    adapter = tiny_adapters[family]
+    pixels, grid = chunks_of(adapter, clip_frames("carphone_pristine", 2))[0]
+    cache = build_feature_cache(
+        ViTCacheConfig("balanced", threshold=1e-7, budget=1.0, cut_fraction=1.0, drift_limit=1.0, max_age=0),
+        adapter.vision_encoder(),
+    )
+    if not detect:
+        runner = cache.runner
+        cache.runner = type("EmbedOnly", (), {})()
+        for name in ("depth", "merge_unit", "layout", "embed", "full", "partial", "merge", "block_state"):
+            setattr(cache.runner, name, getattr(runner, name))
+    moved = pixels.clone()
+    moved[5] = moved[5].flip(0)  # one patch's pixels reversed
+    with torch.inference_mode():
+        cache.encode(pixels, grid)
+        embeds, changed = cache.encode(moved, grid)
+        reference = full_encode(adapter, moved, grid)
+    depth = len(cache.stats.last_recomputed_per_layer)
+    assert cache.stats.last_event == "partial" and cache.stats.last_recomputed_per_layer == (1,) * depth
+    assert int(changed.sum()) == 1  # the merged token holding that patch
+    assert float(cosine(embeds, reference).mean()) > 0.99

@@ -5,8 +5,8 @@ block output then (O) and its rotated key / value (K, V). A chunk then runs:
 
     backing off (a pan) ─► the model's own encode, no detection (see below)
     pixels bit-identical to the last chunk ─► the last features, nothing computed
-    x = embed(pixels)
-    refresh? first chunk, new grid, scene cut, age, drift ─► full pass (exact), state replaced
+    x = embed(pixels)                                   the runner's `detect_embed` (a matmul, not its conv)
+    refresh? first chunk, new grid, scene cut, age, drift ─► full pass (exact, own embed), state replaced
     for each block l:
         e_i = |x_i - R_i| / |R_i|                       how far token i moved since it was computed here
         S   = {i : e_i > threshold}, the largest budget*N of them
@@ -71,6 +71,8 @@ class VisionRunner(Protocol):
         """A block's cached keys / values rebuilt from the tensors its dataclass fields held (a restore)."""
         ...
 
+    # Optional: `detect_embed(pixels, layout)`, a cheaper `embed` that may round differently (change detection
+    # and partial passes read it; full passes run `embed`).
     # Optional: `taps`, blocks whose outputs the merge also reads (Qwen3-VL's DeepStack); then merge is called
     # with `taps=[output of block i for i in taps]` as well.
 
@@ -154,7 +156,7 @@ class TokenRecomputeCache(FeatureCacheBase):
             pan.busy = pan.length = 0
             return self._account("reuse", [0] * self.runner.depth, pixels.shape[0], last[1])
         layout = ref.layout if same_grid else self.runner.layout(grid)
-        x0 = self.runner.embed(pixels, layout)
+        x0 = self._detect_embed(pixels, layout)
         moved = self._moved(x0, layout) if same_grid and c.threshold > 0 else None
         reason = self._refresh_reason(grid, x0, moved)
         spread = moved is not None and bool((moved > c.threshold).float().mean() > c.pan_fraction)
@@ -210,12 +212,17 @@ class TokenRecomputeCache(FeatureCacheBase):
         blocks = [self.runner.block_state(**{k: t.to(device) for k, t in b.items()}) for b in saved["blocks"]]
         self._ref = _Reference(grid=grid, layout=self.runner.layout(grid), blocks=blocks, age=int(saved["age"]), **moved)  # type: ignore[arg-type]
 
+    def _detect_embed(self, pixels: torch.Tensor, layout: Any) -> torch.Tensor:
+        """Patch embeddings to measure change with and feed partial passes: the runner's `detect_embed` when it
+        has one (cheaper, rounds differently from its `embed`), else `embed`. Full passes run `embed`."""
+        return getattr(self.runner, "detect_embed", self.runner.embed)(pixels, layout)
+
     def _moved(self, x0: torch.Tensor, layout: Any) -> torch.Tensor:
         """Per token: relative change of the patch embedding since the last chunk (the reference's block-0
         input; after dense chunks, the last chunk's embedding)."""
         ref, stale = self._ref, self._pan.pixels
         if stale is not None:
-            last = self.runner.embed(stale, layout)
+            last = self._detect_embed(stale, layout)
             return relative_change(x0 - last, row_norms(last))
         assert ref is not None
         return relative_change(x0 - ref.inputs[0], ref.norms[0])
@@ -244,16 +251,18 @@ class TokenRecomputeCache(FeatureCacheBase):
     def _full(
         self, pixels: torch.Tensor, grid: tuple[int, int, int], layout: Any, x0: torch.Tensor, reason: str
     ) -> tuple[torch.Tensor, None]:
-        x, state = self.runner.full(x0, layout)
+        exact = self.runner.embed(pixels, layout) if hasattr(self.runner, "detect_embed") else x0
+        x, state = self.runner.full(exact, layout)
         merged = self._merge(x, layout, None, state.outputs)
+        inputs = [x0, *state.inputs[1:]]  # block 0's reference in the detection embedding the next chunks read
         self._ref = _Reference(
             grid=grid,
             layout=layout,
             pixels=pixels.clone(),
             embed_at_refresh=x0.clone(),
             refresh_norms=row_norms(x0),
-            inputs=state.inputs,  # updated in place later; inputs[l + 1] is outputs[l], hence the clones
-            norms=[row_norms(t) for t in state.inputs],
+            inputs=inputs,  # updated in place later; inputs[l + 1] is outputs[l], hence the clones
+            norms=[row_norms(t) for t in inputs],
             outputs=[o.clone() for o in state.outputs],
             blocks=state.blocks,
             merged=merged.clone(),

@@ -7,6 +7,8 @@
     sparse_attention  sparse_row_attention (changed rows x the keys  (ViT cache)    triton on cuda, else torch
                       of their own frame / window, varlen)
     linear            RowLinears (few-row linears, ViT cache)        onednn on fp32 weights as they are (no copy)
+    packed_linear     PackedLinear, pack_linears (vision towers,     bf16 on CPU: oneDNN's blocked layout, packed
+                      bit-identical products)                        once at load in place of the plain weight
     grouped_attention grouped-query SDPA without repeated KV (LLM)   torch SDPA, query heads folded into rows
 
 `backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references,
@@ -27,6 +29,7 @@ from ._backend import (
     triton_version,
 )
 from .linear import RowLinears, linear_choice
+from .packed_linear import PackedLinear, pack_choice, pack_linears, packed_report
 from .pool import pool_tokens
 from .quant import from_bytes, to_bytes
 from .relevance import chunk_logits
@@ -44,6 +47,7 @@ def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[st
     out = {"similarity": reference}
     out.update(dict.fromkeys(TRITON_OPS, triton_choice(device)))
     out["linear"] = linear_choice(torch.device(device), dtype)
+    out["vision_linear"] = pack_choice(device, dtype)
     return out
 
 
@@ -52,6 +56,7 @@ __all__ = [
     "TRITON_OPS",
     "Choice",
     "KernelUnavailableError",
+    "PackedLinear",
     "RowLinears",
     "backend",
     "chunk_logits",
@@ -61,6 +66,9 @@ __all__ = [
     "from_bytes",
     "linear_choice",
     "merge_dropped",
+    "pack_choice",
+    "pack_linears",
+    "packed_report",
     "pool_tokens",
     "sparse_row_attention",
     "to_bytes",

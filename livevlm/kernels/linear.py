@@ -5,8 +5,10 @@ BLAS sgemm that repacks the whole weight on every call; oneDNN's `_linear_pointw
 weight as it is and is faster at few rows (Qwen2-VL-2B tower, balanced preset, one thread: ~0.57 vs ~0.63 of
 a full encode). No packed copy of any weight is kept: a prepacked copy of every ViT linear was faster still
 (~0.52) but held the tower's weights twice (+2.5 GiB RSS at the 2B shape in fp32, issue 21). bf16 stays on
-`F.linear` (itself oneDNN; calling oneDNN on the plain weight gained nothing there). Should oneDNN refuse at
-run time, the path falls back to `F.linear` for good, with the reason.
+`F.linear` (itself oneDNN; calling oneDNN on the plain weight gained nothing there), unless the tower's
+linears were packed at load (`kernels.packed_linear`: the weight held only in the blocked layout, so no copy):
+then the packed modules run as they are ("packed"). Should oneDNN refuse at run time, the path falls back to
+`F.linear` for good, with the reason.
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def linear_choice(
-    device: torch.device, dtype: torch.dtype, enabled: bool = True, flags: frozenset[str] | None = None
+    device: torch.device,
+    dtype: torch.dtype,
+    enabled: bool = True,
+    flags: frozenset[str] | None = None,
+    packed: bool = False,
 ) -> Choice:
     """Which backend `RowLinears` runs for weights of `dtype` on `device`, and why (`flags`: the CPU's
-    feature flags, read from /proc/cpuinfo when None; oneDNN's fp32 path needs avx2 at least)."""
+    feature flags, read from /proc/cpuinfo when None; oneDNN's fp32 path needs avx2 at least; `packed`: the
+    tower's linears are `kernels.packed_linear.PackedLinear`s, whose own forward is the fast path)."""
+    if packed:
+        return Choice("packed", "the tower linears themselves, packed at load (kernels.packed_linear)")
     if forced_torch():
         return Choice("torch", "forced by LIVEVLM_KERNELS=torch")
     if not enabled:
@@ -48,15 +57,17 @@ class RowLinears:
     Holds no tensors: every call reads the module's weight as it is. `backend` / `choice` say which path
     runs; a oneDNN call that fails at run time switches to "torch" for good, with the reason."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, enabled: bool = True) -> None:
-        self.choice = linear_choice(device, dtype, enabled)
+    def __init__(
+        self, device: torch.device, dtype: torch.dtype, enabled: bool = True, packed: bool = False
+    ) -> None:
+        self.choice = linear_choice(device, dtype, enabled, packed=packed)
 
     @property
     def backend(self) -> str:
         return self.choice.backend
 
-    def __call__(self, linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        if self.choice.backend == "onednn":
+    def __call__(self, linear: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.choice.backend == "onednn" and isinstance(linear, torch.nn.Linear):
             try:
                 return onednn_linear(x, linear.weight, linear.bias)
             except RuntimeError as exc:  # oneDNN refused this cpu / shape: the reference path from now on

@@ -12,8 +12,9 @@ un-permutes after the merger); Qwen2-VL keeps the processor's merge-block order.
 the tower's submodules (norms, qkv, proj, mlp, merger) and its own attention dispatch are called directly.
 
 Partial passes multiply few rows by every weight matrix of a block; they run the block linears through
-`livevlm.kernels.RowLinears` ("onednn": oneDNN on each module's own fp32 weight, no packed copy kept; else the
-module itself). Full passes always use the modules themselves, so they stay bit-exact.
+`livevlm.kernels.RowLinears` ("packed": a bf16 tower's linears were packed at load, `kernels.packed_linear`,
+and run as they are; "onednn": oneDNN on each module's own fp32 weight, no packed copy kept; else the module
+itself). Full passes always use the modules themselves, so they stay bit-exact.
 """
 
 from __future__ import annotations
@@ -25,7 +26,21 @@ from typing import Any
 import torch
 
 from ..kernels.linear import RowLinears
+from ..kernels.packed_linear import PackedLinear, pack_linears
 from ..kernels.sparse_attention import sparse_row_attention
+
+
+def patch_linear(conv: torch.nn.Conv3d) -> torch.nn.Module:
+    """The patch conv (kernel == stride) as a linear over flattened (C, T, P, P) patches, packed like the tower's
+    linears where those are (`kernels.packed_linear`), else over a view of the conv's own weight."""
+    weight = conv.weight.detach().reshape(conv.out_channels, -1)
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=conv.bias is not None, device="meta")
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    if conv.bias is not None:
+        linear.bias = torch.nn.Parameter(conv.bias.detach(), requires_grad=False)
+    holder = torch.nn.Sequential(linear)
+    pack_linears(holder)
+    return holder[0]
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,9 @@ class QwenVisionRunner:
             cfg._attn_implementation, family.eager_attention_forward
         )
         weight = visual.patch_embed.proj.weight
-        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear)
+        packed = any(isinstance(m, PackedLinear) for m in visual.modules())
+        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear, packed=packed)
+        self._patch_linear: torch.nn.Module | None = None
 
     block_state = BlockState
     """`BlockState(keys=, values=)`: what a restored ViT cache rebuilds its per-block state with."""
@@ -136,6 +153,17 @@ class QwenVisionRunner:
     def embed(self, pixels: torch.Tensor, layout: VisionLayout) -> torch.Tensor:
         """(N, 3*tp*p*p) HF-layout patches -> (N, D) block-0 inputs in internal order."""
         x = self.visual.patch_embed(pixels.type(self.visual.dtype))
+        return self._permute(x, layout.unit_order) if self.windowed else x
+
+    def detect_embed(self, pixels: torch.Tensor, layout: VisionLayout) -> torch.Tensor:
+        """`embed` with the patch projection as one matmul over the flattened patches (the conv's kernel is its
+        stride, so the same weights; the sums round differently, ~1 ulp): what a feature cache measures change
+        with and feeds partial passes (a 3-D conv over every patch cost ~7 % of a static chunk's partial pass at
+        the 2B shape); full passes keep the tower's own `embed`."""
+        proj = self.visual.patch_embed.proj
+        if self._patch_linear is None:
+            self._patch_linear = patch_linear(proj)
+        x = self._patch_linear(pixels.type(proj.weight.dtype))
         return self._permute(x, layout.unit_order) if self.windowed else x
 
     def _qkv(self, blk: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, linear: Any = None):
@@ -276,6 +304,10 @@ class Qwen3VisionRunner(QwenVisionRunner):
 
     def embed(self, pixels: torch.Tensor, layout: VisionLayout) -> torch.Tensor:
         x = self.visual.patch_embed(pixels.type(self.visual.dtype))
+        return x + layout.pos_embeds.to(x.dtype)
+
+    def detect_embed(self, pixels: torch.Tensor, layout: VisionLayout) -> torch.Tensor:
+        x = super().detect_embed(pixels, layout)  # Qwen3-VL has no windows: no permutation
         return x + layout.pos_embeds.to(x.dtype)
 
     def merge(

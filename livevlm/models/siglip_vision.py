@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..kernels.linear import RowLinears
+from ..kernels.packed_linear import PackedLinear
 from ..kernels.sparse_attention import sparse_row_attention
 from .qwen_vision import BlockState, FullPass
 
@@ -69,7 +70,8 @@ class SiglipVisionRunner:
         )
         self._masked_embed = "patch_attention_mask" in inspect.signature(tower.embeddings.forward).parameters
         weight = tower.embeddings.patch_embedding.weight
-        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear)
+        packed = any(isinstance(m, PackedLinear) for m in tower.modules())
+        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear, packed=packed)
 
     block_state = BlockState  # rebuilds a block's cached keys / values on a snapshot restore
 

