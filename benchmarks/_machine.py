@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
@@ -26,3 +27,9 @@ def cpu_info(dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
         "simd_flags": sorted(f for f in SIMD_FLAGS if f in cpu_flags()),
         "kernels": {op: str(choice) for op, choice in backend(dtype).items()},
     }
+
+
+def rss_mib() -> float:
+    """This process's resident set size now, MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

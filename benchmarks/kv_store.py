@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, rss_mib
 
 from livevlm import Session, SessionConfig, load_model
 from livevlm.cache import kv_config, kv_config_of
@@ -68,11 +68,6 @@ def build_model(args: argparse.Namespace, path: str) -> None:
     from baseline import build_full_checkpoint  # the released architecture configs, random weights
 
     build_full_checkpoint(args.shape, path, args.dtype, "cpu")
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def session_for(args: argparse.Namespace, policy: str, model_dir: str) -> Session:

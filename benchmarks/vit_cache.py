@@ -29,7 +29,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, rss_mib
 
 import livevlm
 from livevlm.cache.vit_cache import build_feature_cache
@@ -292,12 +292,18 @@ def main() -> None:
                 args.shape, family, dtype, args.max_pixels, fast_linear=args.fast_linear, pack=args.pack
             )
             print(
-                f"built {family} tower ({args.shape}, {dtype}) in {time.perf_counter() - t0:.1f} s",
+                f"built {family} tower ({args.shape}, {dtype}) in {time.perf_counter() - t0:.1f} s, "
+                f"RSS {rss_mib():.0f} MiB",
                 flush=True,
             )
             warm = clips[args.clips[0]][:4]  # first-touch of weights, kernel selection
             run_clip(tower, warm, args.presets)
-            res = {"family": family, "dtype": str(dtype).removeprefix("torch."), "clips": {}}
+            res = {
+                "family": family,
+                "dtype": str(dtype).removeprefix("torch."),
+                "rss_mib_built": rss_mib(),
+                "clips": {},
+            }
             for name, clip in clips.items():
                 res["clips"][name] = run_clip(tower, clip, args.presets)
                 print(f"  {name}: done", flush=True)

@@ -3,6 +3,9 @@ and what a bf16 model loaded the user's way runs (packed tower, plain language m
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +146,29 @@ def test_a_bf16_model_loaded_the_users_way_packs_its_tower_only(tiny_checkpoints
         expected = "packed" if adapter is packed else "torch"
         assert kernels_used["vision_linear"].startswith(expected), kernels_used["vision_linear"]
     assert answers[0] == answers[1] and answers[0]
+
+
+_RESIDENT = """
+import ctypes, sys, torch
+from livevlm.kernels.packed_linear import pack_linears
+ctypes.CDLL(None).mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: the weights below land in the heap, as loaded ones do
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+tower = torch.nn.Sequential(*[torch.nn.Linear(2048, 6144) for _ in range(8)]).to(torch.bfloat16)
+before = rss()
+report = pack_linears(tower)
+print(report.modules, report.weight_bytes / 2**20, rss() - before)
+"""
+
+
+@can_pack
+def test_packing_keeps_one_copy_of_the_weights_resident(monkeypatch):
+    """~190 MiB of bf16 weights in the heap, packed: the process holds about as much as before, not twice as
+    much (the plain weights are freed one by one and their heap pages handed back). Own process: the heap."""
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    out = subprocess.run([sys.executable, "-c", _RESIDENT], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    modules, mib, grew = (float(v) for v in out.stdout.split())
+    assert modules == 8 and mib > 190
+    assert grew < 40, f"RSS grew {grew:.0f} MiB while packing {mib:.0f} MiB of weights"

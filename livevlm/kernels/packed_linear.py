@@ -16,6 +16,7 @@ EPYC without AVX-512 lacks them: the plain modules stay).
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,8 +145,7 @@ def pack_linears(module: Any, skip: tuple[Any, ...] = (), choice: Choice | None 
     ]
     if not targets:
         return PackReport(Choice("torch", "no linear layers to pack"))
-    weight = targets[0][2].weight
-    choice = choice or pack_choice(weight.device, weight.dtype)
+    choice = choice or pack_choice(targets[0][2].weight.device, targets[0][2].weight.dtype)
     if choice.backend != PACKED:
         return PackReport(choice)
     swaps: list[tuple[Any, str, PackedLinear]] = []
@@ -170,8 +170,23 @@ def pack_linears(module: Any, skip: tuple[Any, ...] = (), choice: Choice | None 
         for parent, name, packed in swaps:  # all or nothing: the plain modules back
             setattr(parent, name, packed.unpacked())
         return PackReport(Choice("torch", f"{reason}: every linear stays plain"))
+    del targets, linear  # the last references to the plain modules: their weights are freed here
+    trim_heap()
     nbytes = sum(p.in_features * p.out_features * 2 for _, _, p in swaps)
     return PackReport(choice, len(swaps), nbytes)
+
+
+def trim_heap() -> bool:
+    """Hand freed heap memory back to the OS (glibc `malloc_trim`); False where there is no glibc.
+
+    The plain weights freed while packing sit in glibc's heap between the packed ones it allocated, so the
+    process would keep their pages (a 2B tower: +1.2 GiB RSS) though nothing uses them."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the C library this process runs on
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to hand back
+        return False
+    trim(0)
+    return True
 
 
 def packed_report(module: Any) -> Choice:
