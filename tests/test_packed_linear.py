@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,25 @@ def test_packing_keeps_one_copy_of_the_weights_resident(monkeypatch):
     modules, mib, grew = (float(v) for v in out.stdout.split())
     assert modules == 8 and mib > 190
     assert grew < 40, f"RSS grew {grew:.0f} MiB while packing {mib:.0f} MiB of weights"
+
+
+@can_pack
+def test_a_packed_model_saves_its_plain_checkpoint(tiny_checkpoints, tmp_path, monkeypatch):
+    """`save_pretrained` of a model loaded packed writes the plain weights: every tensor equal to the checkpoint's
+    own (cast to the bf16 it was loaded in), none missing, none extra."""
+    from safetensors.torch import load_file
+
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    adapter = load_model(tiny_checkpoints["qwen2_vl"], dtype="bfloat16")
+    assert packed_report(adapter.model).backend == PACKED
+    adapter.model.save_pretrained(tmp_path)
+
+    def tensors(folder) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for f in sorted(Path(folder).glob("*.safetensors")):
+            out.update(load_file(str(f)))
+        return out
+
+    saved, original = tensors(tmp_path), tensors(tiny_checkpoints["qwen2_vl"])
+    assert set(saved) == set(original)
+    assert all(torch.equal(saved[k], original[k].to(torch.bfloat16)) for k in original)
