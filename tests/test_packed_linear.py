@@ -108,7 +108,10 @@ def test_pack_linears_is_all_or_nothing(monkeypatch):
 
 def _features(adapter, frames):
     size = adapter.target_size(*frames.shape[1:3])
-    chunks = [frames_to_patches(frames[k : k + 2], adapter.geometry, size=size) for k in range(0, len(frames) - 1, 2)]
+    chunks = [
+        frames_to_patches(frames[k : k + 2], adapter.geometry, size=size)
+        for k in range(0, len(frames) - 1, 2)
+    ]
     cache = build_feature_cache("balanced", adapter.vision_encoder())
     with torch.inference_mode():
         full = [adapter.vision_features(p, g) for p, g in chunks]
@@ -168,7 +171,9 @@ def test_packing_keeps_one_copy_of_the_weights_resident(monkeypatch):
     """~190 MiB of bf16 weights in the heap, packed: the process holds about as much as before, not twice as
     much (the plain weights are freed one by one and their heap pages handed back). Own process: the heap."""
     monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
-    out = subprocess.run([sys.executable, "-c", _RESIDENT], capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _RESIDENT], capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr
     modules, mib, grew = (float(v) for v in out.stdout.split())
     assert modules == 8 and mib > 190
@@ -195,3 +200,53 @@ def test_a_packed_model_saves_its_plain_checkpoint(tiny_checkpoints, tmp_path, m
     saved, original = tensors(tmp_path), tensors(tiny_checkpoints["qwen2_vl"])
     assert set(saved) == set(original)
     assert all(torch.equal(saved[k], original[k].to(torch.bfloat16)) for k in original)
+
+
+_FILE_PAGES = """
+import sys, torch
+from transformers import AutoModelForImageTextToText
+from livevlm.kernels.packed_linear import pack_linears
+
+def file_kib(name):  # resident KiB of this process's mappings of the checkpoint file
+    total, current = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and ":" not in head[0]:
+                current = len(head) >= 6 and head[-1].endswith(name)
+            elif current and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+visual = model.model.visual
+weights = [m.weight for m in visual.modules() if type(m) is torch.nn.Linear]
+touched = sum(float(w.float().sum()) for w in weights)  # read every plain weight once, as packing does
+del weights
+before = file_kib("model.safetensors")
+report = pack_linears(visual)
+print(report.modules, report.weight_bytes, report.file_bytes_released, before, file_kib("model.safetensors"))
+"""
+
+
+@can_pack
+def test_packing_hands_back_the_checkpoint_pages_it_read(tmp_path, monkeypatch):
+    """A bf16 checkpoint loaded in bf16 is mapped from its file: the plain weights packing reads leave the
+    process's resident set once packed (else a 2B tower held +1.3 GiB of file pages beside the packed copy).
+    A Qwen2-VL with a 512-wide tower (~20 MiB of vision linears: most of it whole pages)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from livevlm.models.tiny import tiny_config
+
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    config = tiny_config("qwen2_vl")
+    config.vision_config.embed_dim, config.vision_config.mlp_ratio = 512, 4
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    out = subprocess.run([sys.executable, "-c", _FILE_PAGES, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    modules, weight_bytes, released, before_kib, after_kib = (int(v) for v in out.stdout.split())
+    assert modules > 0 and weight_bytes > 16 * 2**20 and released > 0.9 * weight_bytes
+    assert before_kib * 1024 > 0.9 * weight_bytes  # the weights were resident, read from the file mapping
+    assert (before_kib - after_kib) * 1024 > 0.9 * weight_bytes, (before_kib, after_kib, weight_bytes)

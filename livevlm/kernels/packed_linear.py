@@ -17,6 +17,7 @@ EPYC without AVX-512 lacks them: the plain modules stay).
 from __future__ import annotations
 
 import ctypes
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,9 @@ PROBE_ROWS = (1, 13, 64)
 """Row counts checked at pack time (oneDNN picks kernels by row count: a few rows and a full pass)."""
 
 
-def pack_choice(device: torch.device | str, dtype: torch.dtype | None, flags: frozenset[str] | None = None) -> Choice:
+def pack_choice(
+    device: torch.device | str, dtype: torch.dtype | None, flags: frozenset[str] | None = None
+) -> Choice:
     """Whether `pack_linears` packs weights of `dtype` on `device`, and why (`flags`: the CPU's feature flags,
     read from /proc/cpuinfo when None)."""
     device = torch.device(device)
@@ -56,7 +59,9 @@ class PackedLinear(torch.nn.Module):
     asks of a weight), while arithmetic on it raises instead of computing on the blocked layout. The plain
     weight comes back through `state_dict()` and `dense_weight()`."""
 
-    def __init__(self, packed: torch.Tensor, bias: torch.Tensor | None, in_features: int, out_features: int) -> None:
+    def __init__(
+        self, packed: torch.Tensor, bias: torch.Tensor | None, in_features: int, out_features: int
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.packed = packed
@@ -80,7 +85,9 @@ class PackedLinear(torch.nn.Module):
 
     def unpacked(self) -> torch.nn.Linear:
         """A plain `nn.Linear` with the same weight and bias."""
-        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear = torch.nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device="meta"
+        )
         linear.weight = torch.nn.Parameter(self.dense_weight(), requires_grad=False)
         if self.bias is not None:
             linear.bias = self.bias
@@ -95,16 +102,24 @@ class PackedLinear(torch.nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "weight"] = self.dense_weight()
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata, strict, missing, unexpected, errors) -> None:
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata, strict, missing, unexpected, errors
+    ) -> None:
         weight = state_dict.get(prefix + "weight")
         if weight is None:
             missing.append(prefix + "weight")
-        elif tuple(weight.shape) != (self.out_features, self.in_features) or weight.dtype != self.packed.dtype:
-            errors.append(f"{prefix}weight: {tuple(weight.shape)} {weight.dtype} cannot replace a packed "
-                          f"({self.out_features}, {self.in_features}) {self.packed.dtype} weight")
+        elif (
+            tuple(weight.shape) != (self.out_features, self.in_features) or weight.dtype != self.packed.dtype
+        ):
+            errors.append(
+                f"{prefix}weight: {tuple(weight.shape)} {weight.dtype} cannot replace a packed "
+                f"({self.out_features}, {self.in_features}) {self.packed.dtype} weight"
+            )
         else:
             with torch.no_grad():
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to("cpu").contiguous(), None)
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(
+                    weight.detach().to("cpu").contiguous(), None
+                )
         rest = {k: v for k, v in state_dict.items() if k != prefix + "weight"}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
 
@@ -119,6 +134,8 @@ class PackReport:
     choice: Choice
     modules: int = 0
     weight_bytes: int = 0
+    file_bytes_released: int = 0
+    """Bytes of plain weights mapped from the checkpoint file whose pages were handed back (`drop_file_pages`)."""
 
 
 def _probe_equal(linear: torch.nn.Linear, packed: PackedLinear) -> bool:
@@ -149,6 +166,7 @@ def pack_linears(module: Any, skip: tuple[Any, ...] = (), choice: Choice | None 
     if choice.backend != PACKED:
         return PackReport(choice)
     swaps: list[tuple[Any, str, PackedLinear]] = []
+    mappings, released = _file_mappings(), 0
     reason = None
     with torch.inference_mode():
         for parent, name, linear in targets:  # one at a time: never two copies of every weight
@@ -166,6 +184,8 @@ def pack_linears(module: Any, skip: tuple[Any, ...] = (), choice: Choice | None 
             child = name.rsplit(".", 1)[-1]
             setattr(parent, child, packed)
             swaps.append((parent, child, packed))
+            # a weight mmapped from the checkpoint: its pages leave the resident set now, not at exit
+            released += drop_file_pages([linear.weight], mappings)
     if reason is not None:
         for parent, name, packed in swaps:  # all or nothing: the plain modules back
             setattr(parent, name, packed.unpacked())
@@ -173,7 +193,53 @@ def pack_linears(module: Any, skip: tuple[Any, ...] = (), choice: Choice | None 
     del targets, linear  # the last references to the plain modules: their weights are freed here
     trim_heap()
     nbytes = sum(p.in_features * p.out_features * 2 for _, _, p in swaps)
-    return PackReport(choice, len(swaps), nbytes)
+    return PackReport(choice, len(swaps), nbytes, released)
+
+
+MADV_DONTNEED = 4
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings backed by a regular file (Linux /proc/self/maps; [] elsewhere)."""
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/") and not parts[5].startswith("/dev/"):
+            start, end = (int(v, 16) for v in parts[0].split("-"))
+            out.append((start, end))
+    return out
+
+
+def drop_file_pages(tensors: list[torch.Tensor], mappings: list[tuple[int, int]] | None = None) -> int:
+    """Hand back the resident pages of tensors whose data is mapped from a file (weights a loader mmapped from
+    the checkpoint); returns the bytes released. Only whole pages inside each tensor and inside one file
+    mapping: such pages are clean copies of the file (weights are never written), so should anything read them
+    again they are read back from the file. Heap memory is never touched. Packing reads every plain weight
+    once; without this the read pages of a 2B tower (+1.3 GiB) stayed resident beside their packed copies.
+    `mappings`: `_file_mappings()` read once by the caller."""
+    mappings = _file_mappings() if mappings is None else mappings
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError, TypeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page, released = mmap.PAGESIZE, 0
+    for t in tensors:
+        start = t.data_ptr()
+        lo = -(-start // page) * page
+        hi = (start + t.numel() * t.element_size()) // page * page
+        if (
+            hi > lo
+            and any(a <= lo and hi <= b for a, b in mappings)
+            and madvise(lo, hi - lo, MADV_DONTNEED) == 0
+        ):
+            released += hi - lo
+    return released
 
 
 def trim_heap() -> bool:
