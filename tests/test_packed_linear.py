@@ -250,3 +250,27 @@ def test_packing_hands_back_the_checkpoint_pages_it_read(tmp_path, monkeypatch):
     assert modules > 0 and weight_bytes > 16 * 2**20 and released > 0.9 * weight_bytes
     assert before_kib * 1024 > 0.9 * weight_bytes  # the weights were resident, read from the file mapping
     assert (before_kib - after_kib) * 1024 > 0.9 * weight_bytes, (before_kib, after_kib, weight_bytes)
+
+
+@can_pack
+@pytest.mark.parametrize("family", ["llava_onevision", "smolvlm", "qwen3_vl"])
+def test_other_families_answer_the_same_packed(family, tmp_path, monkeypatch):
+    """SigLIP towers (LLaVA-OneVision, SmolVLM) and Qwen3-VL's (DeepStack mergers) packed in bf16: the same
+    tokens as the same checkpoint loaded plain, with and without the token ViT cache."""
+    from livevlm.models.tiny import build_tiny_checkpoint
+
+    path = str(build_tiny_checkpoint(tmp_path / family, family, seed=0))
+    frames = [np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8) for i in range(8)]
+    answers, reports = [], []
+    for forced in ("", "torch"):
+        monkeypatch.setenv(kernels.FORCE_ENV, forced)
+        adapter = load_model(path, dtype="bfloat16")
+        reports.append(packed_report(adapter.model).backend)
+        monkeypatch.delenv(kernels.FORCE_ENV)
+        for vit in ("none", "balanced"):
+            session = Session(adapter, SessionConfig(vit_cache=vit))
+            session.ingest(frames)
+            answers.append(list(session.ask_ids("What is in the video?", max_new_tokens=6)))
+            session.close()
+    assert reports == [PACKED, "torch"]
+    assert answers[:2] == answers[2:] and all(answers)
