@@ -148,10 +148,13 @@ def _probe_equal(linear: torch.nn.Linear, packed: PackedLinear) -> bool:
     return True
 
 
-def pack_linears(module: Any, skip: tuple[Any, ...] = (), choice: Choice | None = None) -> PackReport:
+def pack_linears(
+    module: Any, skip: tuple[Any, ...] = (), choice: Choice | None = None, release_pages: bool = True
+) -> PackReport:
     """Swap every `nn.Linear` under `module` (not under a module in `skip`) for a `PackedLinear`, when
     `pack_choice` allows for its weights; all or nothing: should packing fail or change a probe's product, every
-    module stays plain and the report says why."""
+    module stays plain and the report says why. `release_pages=False` when the plain weights stay in use
+    elsewhere (their file pages are then left resident)."""
     skipped = {id(m) for s in skip for m in s.modules()}
     targets = [
         (parent, f"{where}.{name}" if where else name, child)
@@ -185,7 +188,8 @@ def pack_linears(module: Any, skip: tuple[Any, ...] = (), choice: Choice | None 
             setattr(parent, child, packed)
             swaps.append((parent, child, packed))
             # a weight mmapped from the checkpoint: its pages leave the resident set now, not at exit
-            released += drop_file_pages([linear.weight], mappings)
+            if release_pages:
+                released += drop_file_pages([linear.weight], mappings)
     if reason is not None:
         for parent, name, packed in swaps:  # all or nothing: the plain modules back
             setattr(parent, name, packed.unpacked())

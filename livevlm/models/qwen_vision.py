@@ -39,7 +39,7 @@ def patch_linear(conv: torch.nn.Conv3d) -> torch.nn.Module:
     if conv.bias is not None:
         linear.bias = torch.nn.Parameter(conv.bias.detach(), requires_grad=False)
     holder = torch.nn.Sequential(linear)
-    pack_linears(holder)
+    pack_linears(holder, release_pages=False)  # the conv still reads its weight: its pages stay
     return holder[0]
 
 
