@@ -16,7 +16,7 @@ from livevlm.kernels import linear as linear_module
 
 def test_backend_reports_every_op_with_a_reason():
     table = kernels.backend()
-    assert set(table) == {"similarity", "pool", "quant", "relevance", "sparse_attention", "linear", "vision_linear"}
+    assert set(table) == {"similarity", "pool", "quant", "relevance", "sparse_attention", "linear", "packed_linear"}
     for choice in table.values():
         assert choice.backend in ("torch", "onednn", "packed") and choice.reason
 
@@ -111,9 +111,9 @@ def test_cli_stats_show_the_linear_backend_actually_used_and_the_forced_fallback
     packs = kernels.pack_choice("cpu", torch.bfloat16).backend == "packed"  # the bf16 tower packed at load
     expected = linear_choice(torch.device("cpu"), torch.bfloat16, packed=packs)
     assert f"'linear': '{expected}'" in default.stderr
-    assert ("'vision_linear': 'packed: " in default.stderr) == packs
+    assert ("'packed_linear': 'packed: " in default.stderr) == packs
     assert "'linear': 'torch: forced by LIVEVLM_KERNELS=torch'" in forced.stderr
-    assert "'vision_linear': 'torch: forced by LIVEVLM_KERNELS=torch'" in forced.stderr
+    assert "'packed_linear': 'torch: forced by LIVEVLM_KERNELS=torch'" in forced.stderr
 
 
 def test_the_torch_path_never_imports_triton():

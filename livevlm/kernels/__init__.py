@@ -7,8 +7,8 @@
     sparse_attention  sparse_row_attention (changed rows x the keys  (ViT cache)    triton on cuda, else torch
                       of their own frame / window, varlen)
     linear            RowLinears (few-row linears, ViT cache)        onednn on fp32 weights as they are (no copy)
-    packed_linear     PackedLinear, pack_linears (vision towers,     bf16 on CPU: oneDNN's blocked layout, packed
-                      bit-identical products)                        once at load in place of the plain weight
+    packed_linear     PackedLinear, pack_linears (every linear but   bf16 on CPU: oneDNN's blocked layout, packed
+                      the output head; bit-identical products)       once at load in place of the plain weight
     grouped_attention grouped-query SDPA without repeated KV (LLM)   torch SDPA, query heads folded into rows
 
 `backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references,
@@ -47,7 +47,7 @@ def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[st
     out = {"similarity": reference}
     out.update(dict.fromkeys(TRITON_OPS, triton_choice(device)))
     out["linear"] = linear_choice(torch.device(device), dtype)
-    out["vision_linear"] = pack_choice(device, dtype)
+    out["packed_linear"] = pack_choice(device, dtype)
     return out
 
 

@@ -45,7 +45,7 @@ def grouped_choice(device: torch.device | str, dtype: torch.dtype | None) -> Cho
 
 def model_attention(model: torch.nn.Module) -> dict[str, str]:
     """What the loaded model's language model and vision tower really dispatch to (`SessionStats.kernels`):
-    attention per part, and whether the vision linears run packed (`vision_linear`)."""
+    attention per part, and whether the linears run packed (`packed_linear`)."""
     out: dict[str, str] = {}
     config = model.config
     for part, sub in (("llm", "text_config"), ("vit", "vision_config")):
@@ -53,5 +53,5 @@ def model_attention(model: torch.nn.Module) -> dict[str, str]:
         name = str(getattr(cfg, "_attn_implementation", None) or "eager")
         # the query probe (models/query_probe.py) wraps the implementation it names
         out[f"attention_{part}"] = name.removeprefix("livevlm_probe_")
-    out["vision_linear"] = str(packed_report(model))
+    out["packed_linear"] = str(packed_report(model))
     return out

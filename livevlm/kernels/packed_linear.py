@@ -1,12 +1,13 @@
-"""Vision-tower linears on oneDNN's blocked weight layout, packed once at load in place of the plain weight.
+"""Linears on oneDNN's blocked weight layout, packed once at load in place of the plain weight.
 
-On CPU a bf16 `F.linear` is a oneDNN matmul that re-lays out the whole weight on every call. For the ViT
-cache's partial passes (a dozen rows times every weight matrix, so weight reads dominate) that relayout costs
-more than the product: Qwen2-VL-2B tower shapes, 10 rows, weights from DRAM, one thread: 3840x1280 1.25 ms
-plain vs 0.77 ms packed; full 216-row passes gain too (10.5 vs 9.7 ms). `pack_linears` swaps each `nn.Linear`
-of a module for a `PackedLinear` holding only the packed weight (no second copy: the plain weight is dropped),
-and only where the packed product equals the module's own bit for bit on probe inputs, so no feature, answer
-or lossless-equals-baseline check moves. `state_dict()` gives the plain weight back (`to_dense`), so
+On CPU a bf16 `F.linear` is a oneDNN matmul that re-lays out the whole weight on every call. For few rows (the
+ViT cache's partial passes, a chunk's prefill of a few dozen visual tokens) weight reads dominate and that
+relayout costs more than the product: Qwen2-VL-2B tower shapes, 10 rows, weights from DRAM, one thread:
+3840x1280 1.25 ms plain vs 0.77 ms packed; full 216-row passes gain too (10.5 vs 9.7 ms). `load_model` packs
+every linear but the output head (often tied to the embeddings): `pack_linears` swaps each `nn.Linear` for a
+`PackedLinear` holding only the packed weight (no second copy: the plain weight is dropped), and only where the
+packed product equals the module's own bit for bit on probe inputs, so no feature, answer or
+lossless-equals-baseline check moves. `state_dict()` gives the plain weight back (`to_dense`), so
 fingerprints, snapshots and `save_pretrained` see the checkpoint as it was.
 
 bf16 only: fp32 `F.linear` is MKL's sgemm, whose sums round differently from oneDNN's (a packed fp32 tower
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,8 @@ from ._backend import Choice, cpu_flags, forced_torch
 PACKED = "packed"
 BF16_PACK_FLAGS = ("avx512bw", "avx_ne_convert", "amx_bf16")
 PROBE_ROWS = (1, 13, 64)
-"""Row counts checked at pack time (oneDNN picks kernels by row count: a few rows and a full pass)."""
+"""Row counts checked at pack time, once per weight shape (oneDNN picks kernels by shape and row count, not by
+the values: a few rows and a full pass)."""
 
 
 def pack_choice(
@@ -163,6 +166,9 @@ def pack_linears(
         for name, child in parent.named_children()
         if type(child) is torch.nn.Linear and id(child) not in skipped
     ]
+    owners = Counter(p.data_ptr() for m in module.modules() for p in m.parameters(recurse=False))
+    # a weight tied to another module (lm_head and the embeddings) stays plain: packing would untie it
+    targets = [t for t in targets if owners[t[2].weight.data_ptr()] == 1]
     if not targets:
         return PackReport(Choice("torch", "no linear layers to pack"))
     choice = choice or pack_choice(targets[0][2].weight.device, targets[0][2].weight.dtype)
@@ -170,6 +176,7 @@ def pack_linears(
         return PackReport(choice)
     swaps: list[tuple[Any, str, PackedLinear]] = []
     mappings, released = _file_mappings(), 0
+    probed: dict[tuple[int, int, bool], bool] = {}
     reason = None
     with torch.inference_mode():
         for parent, name, linear in targets:  # one at a time: never two copies of every weight
@@ -181,7 +188,10 @@ def pack_linears(
             except RuntimeError as exc:  # oneDNN refused this cpu / shape: leave every module as it is
                 reason = f"oneDNN packing failed: {str(exc).splitlines()[0][:160]}"
                 break
-            if not _probe_equal(linear, packed):
+            shape = (linear.in_features, linear.out_features, linear.bias is not None)
+            if shape not in probed:  # oneDNN picks kernels by shape, not by values: probe once per shape
+                probed[shape] = _probe_equal(linear, packed)
+            if not probed[shape]:
                 reason = f"packed product differs from F.linear for {name}"
                 break
             child = name.rsplit(".", 1)[-1]

@@ -200,8 +200,8 @@ def _load_weights(name: str, config, dtype, device: str):
         raise ModelLoadError(f"cannot load the weights of {name!r}: {exc}") from exc
     if grouped_choice(device, getattr(config, "dtype", None) if dtype == "auto" else dtype).backend == GROUPED_SDPA:
         enable_grouped_sdpa(model.get_decoder())  # grouped KV heads: fold query heads instead of repeating KV
-    lm = tuple(m for m in (model.get_decoder(), model.get_output_embeddings()) if m is not None)
-    pack_linears(model, skip=lm)  # vision tower + projector on CPU in bf16: packed once, bit-identical products
+    head = tuple(m for m in (model.get_output_embeddings(),) if m is not None)  # often tied to the embeddings
+    pack_linears(model, skip=head)  # bf16 on a CPU: every other linear packed once, bit-identical products
     return model
 
 
