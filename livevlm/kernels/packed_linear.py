@@ -151,9 +151,7 @@ def _probe_equal(linear: torch.nn.Linear, packed: PackedLinear) -> bool:
     return True
 
 
-def pack_linears(
-    module: Any, skip: tuple[Any, ...] = (), choice: Choice | None = None, release_pages: bool = True
-) -> PackReport:
+def pack_linears(module: Any, skip: tuple[Any, ...] = (), release_pages: bool = True) -> PackReport:
     """Swap every `nn.Linear` under `module` (not under a module in `skip`) for a `PackedLinear`, when
     `pack_choice` allows for its weights; all or nothing: should packing fail or change a probe's product, every
     module stays plain and the report says why. `release_pages=False` when the plain weights stay in use
@@ -171,7 +169,7 @@ def pack_linears(
     targets = [t for t in targets if owners[t[2].weight.data_ptr()] == 1]
     if not targets:
         return PackReport(Choice("torch", "no linear layers to pack"))
-    choice = choice or pack_choice(targets[0][2].weight.device, targets[0][2].weight.dtype)
+    choice = pack_choice(targets[0][2].weight.device, targets[0][2].weight.dtype)
     if choice.backend != PACKED:
         return PackReport(choice)
     swaps: list[tuple[Any, str, PackedLinear]] = []
@@ -267,6 +265,11 @@ def trim_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+def is_packed(module: Any) -> bool:
+    """True when some linear under `module` runs packed (what a block runner's few-row linears then call)."""
+    return any(isinstance(m, PackedLinear) for m in module.modules())
 
 
 def packed_report(module: Any) -> Choice:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..kernels.linear import RowLinears
-from ..kernels.packed_linear import PackedLinear, pack_linears
+from ..kernels.packed_linear import is_packed, pack_linears
 from ..kernels.sparse_attention import sparse_row_attention
 
 
@@ -106,8 +106,7 @@ class QwenVisionRunner:
             cfg._attn_implementation, family.eager_attention_forward
         )
         weight = visual.patch_embed.proj.weight
-        packed = any(isinstance(m, PackedLinear) for m in visual.modules())
-        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear, packed=packed)
+        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear, packed=is_packed(visual))
         self._patch_linear: torch.nn.Module | None = None
 
     block_state = BlockState

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..kernels.linear import RowLinears
-from ..kernels.packed_linear import PackedLinear
+from ..kernels.packed_linear import is_packed
 from ..kernels.sparse_attention import sparse_row_attention
 from .qwen_vision import BlockState, FullPass
 
@@ -70,8 +70,7 @@ class SiglipVisionRunner:
         )
         self._masked_embed = "patch_attention_mask" in inspect.signature(tower.embeddings.forward).parameters
         weight = tower.embeddings.patch_embedding.weight
-        packed = any(isinstance(m, PackedLinear) for m in tower.modules())
-        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear, packed=packed)
+        self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear, packed=is_packed(tower))
 
     block_state = BlockState  # rebuilds a block's cached keys / values on a snapshot restore
 
