@@ -442,6 +442,25 @@ def test_token_vit_cache_recomputing_every_moved_token_matches_a_full_encode(ada
     torch.testing.assert_close(embeds, adapter.vision_features(pixels, grid), rtol=1e-4, atol=1e-4)
 
 
+def test_token_vit_cache_on_a_pan_hands_out_the_full_encode(adapter, clip):
+    """Chunks unlike each other (a cut, then a pan): the full passes that start it and the dense chunks of the
+    backoff (the runner's full pass, state dropped) give the model's own encode bit for bit."""
+    from livevlm.cache import build_feature_cache
+
+    cache = build_feature_cache(ViTCacheConfig("balanced", backoff=1), adapter.vision_encoder())
+    fpc = adapter.frames_per_chunk
+    size = adapter.target_size(*clip[0].data.shape[:2])
+    rng = np.random.default_rng(0)
+    events = []
+    for _ in range(4):  # noise frames: every patch moves every chunk
+        frames = rng.integers(0, 256, (fpc, *clip[0].data.shape), dtype=np.uint8)
+        pixels, grid = adapter.preprocess(frames, size)
+        embeds, _ = cache.encode(pixels, grid)
+        events.append(cache.stats.last_event)
+        assert torch.equal(embeds, adapter.vision_features(pixels, grid)), events[-1]
+    assert events[:3] == ["full:start", "full:cut", "full:pan"] and events[3] == "full:backoff"
+
+
 def test_watch_a_live_source_and_ask_meanwhile(adapter):
     session = Session(adapter, SessionConfig(fps=4.0))
     ingestor = session.watch("lavfi:testsrc2=size=160x120:rate=15")

@@ -345,7 +345,10 @@ def test_lossless_stays_exact_on_a_pan(tiny_adapters, family):
     assert cache.stats.full_encodes == 4
 
 
-def test_restored_cache_continues_a_backoff(tiny_adapters):
+@pytest.mark.parametrize("kept_embed", [True, False], ids=["snapshot", "snapshot-without-embed"])
+def test_restored_cache_continues_a_backoff(tiny_adapters, kept_embed):
+    """A restored cache goes on with the backoff; a snapshot from before the last dense chunk's embedding was kept
+    re-embeds that chunk's pixels for the probe, and takes the same decisions."""
     adapter = tiny_adapters["qwen2_vl"]
     chunks = chunks_of(adapter, panning_frames(16))
     config = ViTCacheConfig("balanced", backoff=2)
@@ -354,11 +357,39 @@ def test_restored_cache_continues_a_backoff(tiny_adapters):
         a.encode(pixels, grid)
     assert a.stats.last_event == "full:backoff"  # start, cut, pan, backoff: one more chunk to skip
     b = build_feature_cache(config, adapter.vision_encoder())
-    b.load_state(a.state_dict(), "cpu")
+    state = a.state_dict()
+    assert state["backoff"]["embed"] is not None
+    if not kept_embed:
+        del state["backoff"]["embed"]
+    b.load_state(state, "cpu")
     for pixels, grid in chunks[4:]:
         ea, eb = a.encode(pixels, grid)[0], b.encode(pixels, grid)[0]
         assert torch.equal(ea, eb) and a.stats.last_event == b.stats.last_event
     assert b.stats.pans == a.stats.pans == 2 and b.stats.chunks_backoff == a.stats.chunks_backoff == 4
+
+
+def test_full_pass_state_is_copied_only_when_a_partial_pass_updates_it(tiny_adapters, family):
+    """A full pass records the pass's own tensors (no copies: a pan's start and cut cost what the model's encode
+    does); the first partial pass copies them, so the reference it updates in place is apart from the embedding
+    drift is measured against and each block's output apart from the next block's input."""
+    adapter = tiny_adapters[family]
+    runner = adapter.vision_runner()
+    frames = clip_frames("carphone_pristine", 2)
+    unit = adapter.geometry.factor
+    ((p0, grid),) = chunks_of(adapter, frames)
+    ((p1, _),) = chunks_of(adapter, paste_square(frames, 2 * unit, 3 * unit, unit))
+    cache = build_feature_cache(ViTCacheConfig("balanced", threshold=0.01, budget=1.0), adapter.vision_encoder())
+    cache.encode(p0, grid)
+    ref = cache._ref
+    assert not ref.owned and ref.outputs[0] is ref.inputs[1] and ref.inputs[0] is ref.embed_at_refresh
+    assert not ref.blocks[0].keys.is_contiguous()  # a view of the pass's rotated keys
+    with torch.inference_mode():
+        x0 = runner.detect_embed(p0, ref.layout)
+    cache.encode(p1, grid)
+    assert cache.stats.last_event == "partial" and ref.owned
+    assert ref.outputs[0] is not ref.inputs[1] and ref.blocks[0].keys.is_contiguous()
+    assert torch.equal(ref.embed_at_refresh, x0) and not torch.equal(ref.inputs[0], x0)
+    assert len(ref.norms) == runner.depth
 
 
 def test_backoff_config_validation():

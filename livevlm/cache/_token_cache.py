@@ -3,7 +3,7 @@
 Per stream it keeps, for every block l and token i, the input the token was last computed from (R), its
 block output then (O) and its rotated key / value (K, V). A chunk then runs:
 
-    backing off (a pan) ─► the model's own encode, no detection (see below)
+    backing off (a pan) ─► a full encode, no detection, nothing recorded (see below)
     pixels bit-identical to the last chunk ─► the last features, nothing computed
     x = embed(pixels)                                   the runner's `detect_embed` (a matmul, not its conv)
     refresh? first chunk, new grid, scene cut, age, drift ─► full pass (exact, own embed), state replaced
@@ -18,10 +18,12 @@ block output then (O) and its rotated key / value (K, V). A chunk then runs:
 
 Backoff (a pan): when a chunk is a scene cut or more than `pan_fraction` of its patch embeddings moved over
 `threshold` since the last chunk (busy), twice in a row, nearly everything changes every chunk, and detection
-and the state a full pass records only add cost. That chunk and the next `backoff` chunks run the model's own
-encode (the reference goes stale); the chunk after them is a probe, its patch embedding compared with the last
-chunk's: busy again doubles the backoff (up to `backoff_max`), else a full pass records a fresh reference
-("resume") and partial recompute goes on. A single busy chunk (a scene cut) is handled as before.
+only adds cost. That chunk and the next `backoff` chunks run a full encode with no detection (the runner's full
+pass, whose state is dropped; the reference goes stale); the chunk after them is a probe, its patch embedding
+compared with the last chunk's: busy again doubles the backoff (up to `backoff_max`), else a full pass records a
+fresh reference ("resume") and partial recompute goes on. A single busy chunk (a scene cut) is handled as before.
+A full pass's state is the pass's own tensors until a partial pass first updates it (then copied, `_own`), so
+the full passes that start a pan (start, cut) cost what the model's encode does.
 
 What is exact and what approximate (vs a full encode of the same chunk):
   exact   bit-identical chunks (returned as they are) and full passes (refreshes; every chunk that is not
@@ -90,13 +92,18 @@ class _Reference:
     refresh_norms: torch.Tensor
     inputs: list[torch.Tensor]
     norms: list[torch.Tensor]
-    """Per block: (N,) float32 L2 norm of each token's reference input (kept in step with `inputs`)."""
+    """Per block: (N,) float32 L2 norm of each token's reference input (kept in step with `inputs`); only block
+    0's until the state is owned."""
     outputs: list[torch.Tensor]
     blocks: list[Any]
     """Per block: the runner's cached keys / values of every token."""
     merged: torch.Tensor
     """(M, D) the last features, output order."""
     age: int = 0
+    owned: bool = True
+    """False right after a full pass: `inputs`, `outputs`, `blocks` are still the pass's own tensors (inputs[l + 1]
+    is outputs[l], inputs[0] is embed_at_refresh, K / V are views); `_own` copies them before anything is
+    updated in place, so a full pass that no partial pass follows (a pan) records its state for free."""
 
 
 @dataclass
@@ -109,6 +116,8 @@ class _Backoff:
     skip: int = 0
     pixels: torch.Tensor | None = None
     merged: torch.Tensor | None = None
+    embed: torch.Tensor | None = None
+    """The last dense chunk's patch embedding (what the probe after a backoff compares with)."""
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +157,7 @@ class TokenRecomputeCache(FeatureCacheBase):
         ref, pan, c = self._ref, self._pan, self.config
         if pan.skip:  # backing off: the model's own encode, no detection
             pan.skip -= 1
-            return self._dense(pixels, grid, "backoff")
+            return self._dense(pixels, grid, "backoff", ref.layout if ref is not None and ref.grid == grid else None)
         same_grid = ref is not None and ref.grid == grid
         stale = pan.pixels is not None
         last = (pan.pixels, pan.merged) if stale else (ref.pixels, ref.merged) if ref is not None else None
@@ -166,27 +175,32 @@ class TokenRecomputeCache(FeatureCacheBase):
             pan.length = min(2 * pan.length, c.backoff_max) if pan.length else c.backoff
             pan.skip = pan.length
             self.stats.pans += 1
-            return self._dense(pixels, grid, "pan")
+            return self._dense(pixels, grid, "pan", layout)
         if not busy:  # a detection that finds reuse: the next pan backs off from the start
             pan.length = 0
         if reason is not None:
-            pan.pixels = pan.merged = None
+            pan.pixels = pan.merged = pan.embed = None
             return self._full(pixels, grid, layout, x0, reason)
         return self._partial(pixels, x0)
 
     def _dense(
-        self, pixels: torch.Tensor, grid: tuple[int, int, int], event: str
+        self, pixels: torch.Tensor, grid: tuple[int, int, int], event: str, layout: Any = None
     ) -> tuple[torch.Tensor, None]:
-        """The model's own full encode with no recorded state (a pan); the reference goes stale."""
-        merged = self.encoder.full(pixels, grid)
+        """A full encode whose state is dropped (a pan): the runner's full pass, the tower's own ops (the same
+        features as the model's encode, at its cost: the pass copies nothing); the reference goes stale. Its
+        patch embedding is kept for the probe that ends the backoff."""
+        layout = self.runner.layout(grid) if layout is None else layout
+        x0 = self.runner.embed(pixels, layout)
+        x, state = self.runner.full(x0, layout)
+        merged = self._merge(x, layout, None, state.outputs)
         pan = self._pan
-        pan.pixels, pan.merged = pixels.clone(), merged.clone()
+        pan.pixels, pan.merged, pan.embed = pixels.clone(), merged, x0
         s = self.stats
         s.full_encodes += 1
         s.chunks_backoff += event == "backoff"
         n = pixels.shape[0]
-        self._account(f"full:{event}", [n] * self.runner.depth, n, merged)
-        return merged, None
+        embeds, _ = self._account(f"full:{event}", [n] * self.runner.depth, n, merged)  # a copy: merged is kept
+        return embeds, None
 
     def state_dict(self) -> dict[str, Any]:
         ref, pan = self._ref, self._pan
@@ -194,7 +208,9 @@ class TokenRecomputeCache(FeatureCacheBase):
         state = {**super().state_dict(), "backoff": backoff}
         if ref is None:
             return {**state, "ref": None}
-        tensors = {f.name: getattr(ref, f.name) for f in dataclasses.fields(ref) if f.name not in ("layout", "blocks")}
+        self._own(ref)
+        skip = ("layout", "blocks", "owned")
+        tensors = {f.name: getattr(ref, f.name) for f in dataclasses.fields(ref) if f.name not in skip}
         blocks = [{f.name: getattr(b, f.name) for f in dataclasses.fields(b)} for b in ref.blocks]
         return {**state, "ref": {**tensors, "grid": list(ref.grid), "blocks": blocks}}
 
@@ -220,9 +236,9 @@ class TokenRecomputeCache(FeatureCacheBase):
     def _moved(self, x0: torch.Tensor, layout: Any) -> torch.Tensor:
         """Per token: relative change of the patch embedding since the last chunk (the reference's block-0
         input; after dense chunks, the last chunk's embedding)."""
-        ref, stale = self._ref, self._pan.pixels
-        if stale is not None:
-            last = self._detect_embed(stale, layout)
+        ref, pan = self._ref, self._pan
+        if pan.pixels is not None:  # after dense chunks: the last one's embedding (re-embedded if not kept)
+            last = pan.embed if pan.embed is not None else self._detect_embed(pan.pixels, layout)
             return relative_change(x0 - last, row_norms(last))
         assert ref is not None
         return relative_change(x0 - ref.inputs[0], ref.norms[0])
@@ -254,30 +270,45 @@ class TokenRecomputeCache(FeatureCacheBase):
         exact = self.runner.embed(pixels, layout) if hasattr(self.runner, "detect_embed") else x0
         x, state = self.runner.full(exact, layout)
         merged = self._merge(x, layout, None, state.outputs)
-        inputs = [x0, *state.inputs[1:]]  # block 0's reference in the detection embedding the next chunks read
-        self._ref = _Reference(
+        norms = row_norms(x0)
+        self._ref = _Reference(  # the pass's own tensors, copied by `_own` before a partial pass updates them
             grid=grid,
             layout=layout,
             pixels=pixels.clone(),
-            embed_at_refresh=x0.clone(),
-            refresh_norms=row_norms(x0),
-            inputs=inputs,  # updated in place later; inputs[l + 1] is outputs[l], hence the clones
-            norms=[row_norms(t) for t in inputs],
-            outputs=[o.clone() for o in state.outputs],
+            embed_at_refresh=x0,
+            refresh_norms=norms,
+            inputs=[x0, *state.inputs[1:]],  # block 0's reference in the detection embedding the next chunks read
+            norms=[norms],
+            outputs=state.outputs,
             blocks=state.blocks,
-            merged=merged.clone(),
+            merged=merged,  # the caller gets a copy (`_account`)
+            owned=False,
         )
         s = self.stats
         s.full_encodes += 1
         s.refreshes += reason not in ("start", "changed")  # resume: a fresh reference after a backoff
         s.scene_cuts += reason == "cut"
         n = x0.shape[0]
-        self._account(f"full:{reason}", [n] * self.runner.depth, n, merged)
-        return merged, None
+        embeds, _ = self._account(f"full:{reason}", [n] * self.runner.depth, n, merged)  # a copy: merged is kept
+        return embeds, None
+
+    @staticmethod
+    def _own(ref: _Reference) -> None:
+        """Copy a full pass's state into tensors this cache may update in place (once per reference)."""
+        if ref.owned:
+            return
+        ref.inputs[0] = ref.inputs[0].clone()  # was embed_at_refresh itself
+        ref.outputs = [o.clone() for o in ref.outputs]  # were inputs[l + 1] themselves
+        ref.blocks = [
+            type(b)(**{f.name: getattr(b, f.name).contiguous() for f in dataclasses.fields(b)}) for b in ref.blocks
+        ]  # views of the pass's keys and qkv output -> compact copies
+        ref.norms = [ref.norms[0].clone(), *(row_norms(t) for t in ref.inputs[1:])]
+        ref.owned = True
 
     def _partial(self, pixels: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ref, runner, c = self._ref, self.runner, self.config
         assert ref is not None
+        self._own(ref)
         n = x.shape[0]
         cap = math.ceil(c.budget * n)
         touched = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -291,11 +322,12 @@ class TokenRecomputeCache(FeatureCacheBase):
             nxt = r_out + delta  # tokens not recomputed: the reference output moved by the input's change
             if len(rows):
                 y = runner.partial(i, x, rows, ref.blocks[i], ref.layout)
-                r_in[rows] = x[rows]
-                ref.norms[i][rows] = row_norms(r_in[rows])
-                r_out[rows] = y
-                nxt[rows] = y
-                touched[rows] = True
+                xr = x.index_select(0, rows)
+                r_in.index_copy_(0, rows, xr)
+                ref.norms[i].index_copy_(0, rows, row_norms(xr))
+                r_out.index_copy_(0, rows, y)
+                nxt.index_copy_(0, rows, y)
+                touched.index_fill_(0, rows, True)
             counts.append(len(rows))
             x = nxt
             if i in taps:

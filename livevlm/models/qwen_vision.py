@@ -79,7 +79,8 @@ class BlockState:
 
 @dataclass
 class FullPass:
-    """What a full pass leaves behind: each block's input, output and attention state."""
+    """What a full pass leaves behind: each block's input, output and attention state (views of the pass's own
+    tensors: a caller that updates them in place copies them first)."""
 
     inputs: list[torch.Tensor]
     outputs: list[torch.Tensor]
@@ -193,14 +194,18 @@ class QwenVisionRunner:
         return mlp(x)
 
     def full(self, x: torch.Tensor, layout: VisionLayout) -> tuple[torch.Tensor, FullPass]:
-        """Every token through every block, exactly as the tower's forward; returns final hidden + state."""
+        """Every token through every block, exactly as the tower's forward; returns final hidden + state.
+
+        The state holds this pass's own tensors, nothing copied (a pass whose state is dropped costs what the
+        tower's forward does): `inputs[l + 1]` is `outputs[l]`, and keys / values are (H, N, d) views of the
+        block's rotated keys and qkv output. A caller that updates them in place copies them first."""
         state = FullPass([], [], [])
         for i, blk in enumerate(self.blocks):
             q, k, v = self._qkv(blk, x, layout.cos, layout.sin)
             q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, H, N, d)
             out = self._attend_segments(blk.attn, q, k, v, layout.cu_seqlens[i])
             state.inputs.append(x)
-            state.blocks.append(BlockState(k[0].contiguous(), v[0].contiguous()))
+            state.blocks.append(BlockState(k[0], v[0]))
             x = self._finish(blk, x, out)
             state.outputs.append(x)
         return x, state
@@ -235,10 +240,11 @@ class QwenVisionRunner:
         cached K/V (from the last time each was computed) for every other token. Returns (len(rows), D).
         """
         blk = self.blocks[index]
-        xr = x[rows]
-        q, k, v = self._qkv(blk, xr, layout.cos[rows], layout.sin[rows], self.linear)
-        state.keys[:, rows] = k.transpose(0, 1)
-        state.values[:, rows] = v.transpose(0, 1)
+        xr = x.index_select(0, rows)  # (index_select: a few times faster than x[rows] for a row gather)
+        cos, sin = layout.cos.index_select(0, rows), layout.sin.index_select(0, rows)
+        q, k, v = self._qkv(blk, xr, cos, sin, self.linear)
+        state.keys.index_copy_(1, rows, k.transpose(0, 1))
+        state.values.index_copy_(1, rows, v.transpose(0, 1))
         attn = sparse_row_attention(
             q.transpose(0, 1), state.keys, state.values, rows, layout.cu_seqlens[index], blk.attn.scaling
         )  # (H, n, d): each row over its own segment's keys only, no (n, N) mask

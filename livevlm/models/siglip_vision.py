@@ -117,7 +117,7 @@ class SiglipVisionRunner:
                 attn, q, k, v, None, is_causal=False, scaling=attn.scale, dropout=0.0
             )
             state.inputs.append(x)
-            state.blocks.append(BlockState(k[0].contiguous(), v[0].contiguous()))
+            state.blocks.append(BlockState(k[0], v[0]))  # views, as the Qwen runner's
             x = self._finish(blk, x, out)
             state.outputs.append(x)
         return x, state
@@ -127,7 +127,7 @@ class SiglipVisionRunner:
     ) -> torch.Tensor:
         """Layer `index` for tokens `rows` of `x` against the cached `state` (whose rows it updates)."""
         blk = self.blocks[index]
-        xr = x[rows]
+        xr = x.index_select(0, rows)
         q, k, v = self._qkv(blk, xr, self.linear)
         state.keys[:, rows] = k[0]
         state.values[:, rows] = v[0]
