@@ -34,7 +34,8 @@ What is exact and what approximate (vs a full encode of the same chunk):
           (c) recomputed rows read other tokens' cached K/V, computed from inputs within `threshold` of now.
           (b) is not bounded per chunk: that is what the age and drift refreshes bound.
 Memory per stream: 4 x N x D per block (R, O, K, V) in the model dtype, e.g. 71 MB for Qwen2-VL-2B at 216
-patches per chunk (224x224-class frames) in bf16.
+patches per chunk (224x224-class frames) in bf16; 5 x N x D while a full pass's state is not yet copied (each
+block's output, rotated keys and whole qkv output, of which V is a view).
 """
 
 from __future__ import annotations
