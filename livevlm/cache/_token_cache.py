@@ -156,10 +156,10 @@ class TokenRecomputeCache(FeatureCacheBase):
 
     def _encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         ref, pan, c = self._ref, self._pan, self.config
-        if pan.skip:  # backing off: the model's own encode, no detection
-            pan.skip -= 1
-            return self._dense(pixels, grid, "backoff", ref.layout if ref is not None and ref.grid == grid else None)
         same_grid = ref is not None and ref.grid == grid
+        if pan.skip:  # backing off: a full encode, no detection
+            pan.skip -= 1
+            return self._dense(pixels, grid, "backoff", ref.layout if same_grid else None)
         stale = pan.pixels is not None
         last = (pan.pixels, pan.merged) if stale else (ref.pixels, ref.merged) if ref is not None else None
         if same_grid and last is not None and torch.equal(pixels, last[0]):

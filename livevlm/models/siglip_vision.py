@@ -129,8 +129,8 @@ class SiglipVisionRunner:
         blk = self.blocks[index]
         xr = x.index_select(0, rows)
         q, k, v = self._qkv(blk, xr, self.linear)
-        state.keys[:, rows] = k[0]
-        state.values[:, rows] = v[0]
+        state.keys.index_copy_(1, rows, k[0])
+        state.values.index_copy_(1, rows, v[0])
         # one segment (the frame): every row over all keys
         out = sparse_row_attention(q[0], state.keys, state.values, rows, None, blk.self_attn.scale)
         return self._finish(blk, xr, out.transpose(0, 1), self.linear)
