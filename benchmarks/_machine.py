@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,3 +35,26 @@ def rss_mib() -> float:
     """This process's resident set size now, MiB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_context(load_before: float, threads: int | None = None) -> dict[str, Any]:
+    """What a result JSON records about the run beside its figures: versions, CPU, threads, load, time."""
+    import datetime
+
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),
+        "torch_threads": threads or torch.get_num_threads(),
+        "loadavg_1m_before": load_before,
+        "loadavg_1m_after": os.getloadavg()[0],
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    """The result as indented JSON at `out` (its folder made), and a line saying where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")

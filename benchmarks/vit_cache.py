@@ -21,10 +21,7 @@ as the dense encode, shows it).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,7 +33,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from _machine import cpu_info, rss_mib
+from _machine import rss_mib, run_context, write_result
 
 import livevlm
 from livevlm.cache.vit_cache import build_feature_cache
@@ -367,15 +364,8 @@ def main() -> None:
         "packed_linears": towers and tower.packing and tower.packing.modules,
         "max_pixels": args.max_pixels,
         "towers": towers,
-        "torch": torch.__version__,
         "livevlm": livevlm.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu_info(),
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_1m_before": load_before,
-        "loadavg_1m_after": os.getloadavg()[0],
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_context(load_before),
     }
     below = [
         f"{t['family']}/{clip_name}/{p}"
@@ -388,9 +378,7 @@ def main() -> None:
     print_table(result)
     print(f"\npresets at or below plain reuse: {', '.join(below) if below else 'none'}")
     out = args.out or Path(__file__).resolve().parent / "results" / f"vit_cache-{args.shape}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ cosines and recomputed fractions are kept beside.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import signal
@@ -27,8 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from _machine import cpu_info
+from _machine import run_context, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REV = "06645ef65c09ca78727e27548922ed63d3f622c5"
@@ -205,19 +203,11 @@ def main() -> None:
         "pooled": pooled,
         "compare": compare(pooled["revision"], pooled["this"]),
         "runs": runs,
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu_info(),
-        "torch_threads": args.threads,
-        "loadavg_1m_before": load_before,
-        "loadavg_1m_after": os.getloadavg()[0],
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **run_context(load_before, threads=args.threads),
     }
     print_table(result)
     out = args.out or Path(__file__).resolve().parent / "results" / f"vit_cache_versus-{args.shape}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_result(out, result)
 
 
 if __name__ == "__main__":
