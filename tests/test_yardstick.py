@@ -393,7 +393,7 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     log = json.loads((path / "train_log.json").read_text())  # the script's defaults made it, in two runs
     defaults = asdict(TrainConfig())
     assert {k: defaults[k] for k in log["config"]} == log["config"]
-    new = {"world", "v1_share", "background_clips", "background_share", "background_bank"}
+    new = {"world", "v1_share", "background_clips", "background_share", "background_bank", "vocab_from"}
     assert set(defaults) - set(log["config"]) == new  # made before world 2 existed
     assert defaults["world"] == 1
     assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]

@@ -206,3 +206,24 @@ def test_world_two_training_run_saves_a_model_the_session_answers_with(tmp_path:
     assert (
         result.frames == ex.labels.shape[0] and result.describe is not None
     )  # sampled to 2 fps, then scored
+
+
+def test_a_world_two_run_warm_started_from_the_bundled_model_keeps_its_vocabulary(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        TrainConfig(world=2, out=str(tmp_path / "x"), vocab_from=str(tmp_path))
+    out = tmp_path / "warm"
+    cfg = TrainConfig(out=str(out), world=2, steps=1, batch=2, long_batch=1, long_every=0, eval_every=1,
+                      eval_per_type=1, tower_steps=0, polish_steps=0, threads=1, init=BUNDLED,
+                      vocab_from=BUNDLED)  # fmt: skip
+    train(cfg)
+    bundled = load_model(BUNDLED)
+    warm = load_model(out)
+    assert warm.tokenizer.get_vocab() == bundled.tokenizer.get_vocab()
+    assert warm.tokenizer.get_vocab() != build_tokenizer(world=2).get_vocab()
+    # the run started from the bundled weights: one small step leaves the embeddings close to them, not random
+    before = bundled.model.get_input_embeddings().weight.float()
+    after = warm.model.get_input_embeddings().weight.float()
+    assert after.shape == before.shape
+    assert torch.nn.functional.cosine_similarity(before, after, dim=1).mean() > 0.9
+    ex = make_example("test", 0, "colour", version=2, source_frames=True)
+    assert answer_example(warm, ex, SessionConfig()).frames == ex.labels.shape[0]

@@ -52,6 +52,16 @@ def build_tokenizer(vocab_size: int | None = None, world: int = 1) -> Any:
     return fast
 
 
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved with a yardstick model (`TrainConfig.vocab_from`), chat template included."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.chat_template is None:
+        tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return tok
+
+
 def build_config(
     tokenizer: Any, hidden: int = 256, layers: int = 4, vit_depth: int = 4, vit_hidden: int = 128
 ):

@@ -43,6 +43,10 @@ class TrainConfig:
     device: str = "cpu"
     init: str = ""
     """Continue from this saved yardstick checkpoint (a second stage) instead of random weights."""
+    vocab_from: str = ""
+    """Take the tokenizer saved with this checkpoint instead of training the world's own: a warm start from a model
+    of another world (`--init livevlm/assets/yardstick --world 2`) keeps the vocabulary its embeddings were
+    trained on. The v1 vocabulary is byte-level, so it spells every v2 wording and description, in more tokens."""
     aux_cosine: float = 0.0
     """If > 0, the auxiliary classifiers score the RMS-normalised token (what the LLM's first norm gives it)
     against unit-length class vectors, times this fixed scale. A free linear head lets a class hide in a
@@ -109,6 +113,10 @@ class TrainConfig:
         if self.background_clips and self.background_bank:
             raise ValueError(
                 "give background_clips or background_bank (the same clips, pre-decoded), not both"
+            )
+        if self.vocab_from and not (Path(self.vocab_from) / "tokenizer.json").is_file():
+            raise ValueError(
+                f"vocab_from {self.vocab_from!r} holds no tokenizer.json (a saved yardstick model)"
             )
         if self.world == 2 and Path(self.out).resolve() == Path(BUNDLED).resolve():
             raise ValueError("a world-2 run must not write over the bundled v1 model: give --out DIR")

