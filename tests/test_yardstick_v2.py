@@ -23,7 +23,7 @@ from tools.yardstick.recipe import BUNDLED, TrainConfig
 from tools.yardstick.render_v2 import NEAR_SQUARE, SIDES
 from tools.yardstick.train import train
 from tools.yardstick.world import COLOURS, FRAME_SIZE, QUESTION_TYPES, SHAPES, make_example
-from tools.yardstick.world_v2 import QUESTION_TYPES_V2, corpus_lines_v2
+from tools.yardstick.world_v2 import QUESTION_TYPES_V2, _order_v2, _when_v2, corpus_lines_v2
 
 V1_DIGEST = "dd43f97db2e7d26d"
 """sha256 prefix of 42 v1 examples (pixels, labels, questions, answers, seeds) before v2 existed."""
@@ -227,3 +227,22 @@ def test_a_world_two_run_warm_started_from_the_bundled_model_keeps_its_vocabular
     assert torch.nn.functional.cosine_similarity(before, after, dim=1).mean() > 0.9
     ex = make_example("test", 0, "colour", version=2, source_frames=True)
     assert answer_example(warm, ex, SessionConfig()).frames == ex.labels.shape[0]
+
+
+def test_order_clips_can_start_with_a_third_object_and_when_clips_can_hold_still() -> None:
+    rng = np.random.default_rng(0)
+    orders = [_order_v2(rng) for _ in range(200)]
+    with_third = [o for o in orders if len(o[0]) == 3]
+    assert 60 <= len(with_third) <= 140 and all(len(o[0]) in (2, 3) for o in orders)
+    for tracks, _frames, q, a in with_third:
+        distractor, *asked = tracks
+        other = f"{distractor.colour} {distractor.shape}"
+        assert other not in q and a in q  # never asked about; the answer is still one of the two named
+        assert distractor.spans[0][0] == 0 <= min(t.spans[0][0] for t in asked)  # there before (or with) both
+        assert len({t.shape for t in tracks}) == len({t.colour for t in tracks}) == 3
+    whens = [_when_v2(rng) for _ in range(200)]
+    steady = [w for w in whens if len(w[0]) == 1 and w[0][0].recolour is None]
+    assert 30 <= len(steady) <= 90
+    for (track,), frames, q, a in steady:
+        assert a == (track.colour if q.startswith("What colour") else track.shape)
+        assert track.spans == [(0, frames)]

@@ -73,15 +73,48 @@ def _describe_scene(rng: np.random.Generator) -> tuple[list[Track], int, str, st
     return tracks, frames, DESCRIBE_QUESTION, describe(tracks, frames)
 
 
+ORDER_DISTRACTOR = 0.5
+"""Share of v2 order clips with a third object, not asked about, that is there from the first frame (before or with
+both): without it "the first object to appear" answers every order question, and a v2 model warm-started from v1
+answered the sample's "the green triangle or the blue square?" with "red circle"."""
+WHEN_STEADY = 0.3
+"""Share of v2 "when" clips in which nothing changes (one object, one colour, one shape): without them "at the end"
+always means "after a change", and asked after the first frames of a stream that model named the colour the
+object had not turned yet."""
+
+
+def _order_v2(rng: np.random.Generator) -> tuple[list[Track], int, str, str]:
+    tracks, frames, q, a = _order(rng)
+    if rng.random() < ORDER_DISTRACTOR:
+        shape = _pick(rng, [s for s in SHAPES if s not in {t.shape for t in tracks}], 1)[0]
+        colour = _pick(rng, [c for c in COLOURS if c not in {t.colour for t in tracks}], 1)[0]
+        end = frames if rng.random() < 0.7 else int(rng.integers(2, frames))
+        # drawn first: beneath the asked-about objects
+        tracks.insert(0, _track(rng, shape, colour, [(0, end)]))
+    return tracks, frames, q, a
+
+
+def _when_v2(rng: np.random.Generator) -> tuple[list[Track], int, str, str]:
+    if rng.random() >= WHEN_STEADY:
+        return _when(rng)
+    frames = int(rng.integers(12, 25))
+    at = "start" if rng.random() < 0.5 else "end"
+    shape, colour = _pick(rng, SHAPES, 1)[0], _pick(rng, list(COLOURS), 1)[0]
+    tracks = [_track(rng, shape, colour, [(0, frames)])]
+    if rng.random() < 0.5:
+        return tracks, frames, f"What colour is the {shape} at the {at}?", colour
+    return tracks, frames, f"What shape is visible at the {at}?", shape
+
+
 def _scene(rng: np.random.Generator, qtype: str, needle_frames: tuple[int, int]):
     if qtype in ("colour", "shape"):
         return _colour_or_shape(rng, qtype)
     if qtype == "count":
         return _count(rng)
     if qtype == "order":
-        return _order(rng)
+        return _order_v2(rng)
     if qtype == "when":
-        return _when(rng)
+        return _when_v2(rng)
     if qtype == "needle":
         return _needle(rng, needle_frames)
     if qtype == "describe":
