@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import queue
+import signal
 import sys
 import threading
 import time
@@ -33,6 +34,20 @@ def read_stdin(questions: queue.Queue) -> None:
         if line.strip():
             questions.put(line.strip())
     questions.put(None)  # stdin closed
+
+
+def stop_on_ctrl_c() -> threading.Event:
+    """Ctrl-C sets the returned event: the loop ends after the answer in flight (at most --deadline) and the session
+    closes in order, rather than an exception landing at any point of the loop; a second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return stop
 
 
 def answer(session: Session, question: str, deadline_s: float) -> None:
@@ -62,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     source = args.source or sample_as_camera()
+    stop = stop_on_ctrl_c()
     try:
         with Session(args.model, SessionConfig(fps=args.fps, device=args.device)) as session:
             stream = session.watch(open_source(source, fps=args.fps, realtime=True))  # a background thread
@@ -70,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                 threading.Thread(target=read_stdin, args=(questions,), daemon=True).start()
                 print("watching; type a question and press Enter", file=sys.stderr, flush=True)
             end = time.monotonic() + args.duration
-            while stream.running and time.monotonic() < end and not session.wait_for_chunk(0, timeout=0.1):
+            while (stream.running and time.monotonic() < end and not stop.is_set()
+                   and not session.wait_for_chunk(0, timeout=0.1)):  # fmt: skip
                 pass  # answer over something: wait for the first chunk
             next_round, stdin_open = time.monotonic(), not args.question
-            while time.monotonic() < end:
+            while time.monotonic() < end and not stop.is_set():
                 if not stream.running and not stdin_open:
                     break  # the source ended and no question can come any more
                 if args.question and time.monotonic() >= next_round and session.stats.chunks:
@@ -93,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{stats.questions}", file=sys.stderr)
             if stream.error is not None:
                 raise stream.error
-    except KeyboardInterrupt:  # the with block has closed the session (and stopped the source)
+        if stop.is_set():  # the with block has closed the session (and stopped the source)
+            print("interrupted", file=sys.stderr)
+            return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: the with block has closed what it opened
         print("interrupted", file=sys.stderr)
         return 130
     except LivevlmError as e:

@@ -111,12 +111,16 @@ def test_ctrl_c_stops_a_live_demo_cleanly() -> None:
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "demos" / "live_qa.py"), "--question", "What colour is the circle?",
          "--duration", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, "PYTHONFAULTHANDLER": "1"}, cwd=ROOT,
     )  # fmt: skip
     try:
         first = proc.stdout.readline()  # watching and answering
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=60)
+        try:
+            _out, err = proc.communicate(timeout=60)  # a hang guard: the answer in flight ends within 2 s
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # the fault handler prints every thread's stack
+            pytest.fail(f"the demo did not stop after Ctrl-C; its threads:\n{proc.communicate(timeout=30)[1]}")
     finally:
         proc.kill()
     assert first.startswith("[t=") and proc.returncode == 130, (first, err)
