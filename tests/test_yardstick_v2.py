@@ -68,7 +68,8 @@ def test_every_type_has_five_wordings_in_both_spellings_and_a_disjoint_held_out_
         for template in (*seen, *held_out):  # every wording reads back into its slots
             filled = template.format(shape="cross", colour="red", obj="red cross", a="red cross", b="blue circle",
                                      at="end")  # fmt: skip
-            assert parse(filled).kind == kind and parse(filled).held_out == (template in held_out)
+            read = parse(filled)  # ... and into its own template, not another one that also matches
+            assert (read.kind, read.template, read.held_out) == (kind, template, template in held_out)
     assert templates("colour", "canonical") == ("What colour is the {shape}?",)
     with pytest.raises(ValueError, match="not a yardstick question"):
         parse("What is the weather?")
