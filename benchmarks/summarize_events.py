@@ -4,7 +4,7 @@
     python benchmarks/summarize_events.py --minutes 10 --policies sink_window --out /tmp/x.json
 
 The videos come from tools/yardstick/timeline.py (objects appear, leave, change colour at known times; H.264
-mp4 at 2 fps). Each run is one `summarize` call with the bundled model in its own process (a clean peak RSS),
+mp4 at 2 fps). Each run is one `summarize` call with the bundled model (or --model) in its own process (a clean peak RSS),
 default options (30 s segments, the describe prompt). Scored: an event is recalled when a segment (or a
 chapter) whose time range holds it within --tolerance names its object and kind ("the red circle appears");
 `objects` scores the colour + shape alone. Also: wall time, frames/s, peak RSS, RSS growth after warm-up
@@ -43,7 +43,9 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def one_run(video: str, policy: str, options: Any, threads: int, tolerance: float) -> dict[str, Any]:
+def one_run(
+    video: str, policy: str, options: Any, threads: int, tolerance: float, model: str | None = None
+) -> dict[str, Any]:
     """summarize `video` with kv `policy` and `options` (run in a child process); the row of the table."""
     from livevlm import SessionConfig, summarize
     from livevlm.errors import LivevlmError
@@ -57,7 +59,7 @@ def one_run(video: str, policy: str, options: Any, threads: int, tolerance: floa
 
     t0 = time.perf_counter()
     try:
-        result = summarize(video, None, SessionConfig(kv=policy), options, on_segment=record)
+        result = summarize(video, model, SessionConfig(kv=policy), options, on_segment=record)
     except LivevlmError as e:  # kv full past the model's context: recorded, not fatal
         return {"policy": policy, "error": f"{type(e).__name__}: {e}", "segments_done": len(per_segment),
                 "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
@@ -118,6 +120,7 @@ def main() -> None:
     p.add_argument(
         "--prompt", default=None, help="the per-segment prompt (default: summarize's describe prompt)"
     )
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
     p.add_argument("--tolerance", type=float, default=5.0, help="seconds an event may lie outside its window")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -139,7 +142,7 @@ def main() -> None:
             for policy in (args.policies if i == 0 else args.long_policies).split(","):
                 row = {
                     "video": f"{m:g} min",
-                    **in_child(str(video), policy, options, args.threads, args.tolerance),
+                    **in_child(str(video), policy, options, args.threads, args.tolerance, args.model),
                 }
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -9,8 +11,11 @@ import torch
 
 from livevlm.models.preprocess import frames_to_patches
 from livevlm.models.qwen_vl import QwenVLAdapter
+from livevlm.summary.formats import clock
+from livevlm.summary.run import DESCRIBE_PROMPT
 from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.world import COLOURS, FPS, SHAPES, Example, make_example
+from tools.yardstick.world_v2 import DESCRIBE_QUESTION
 
 if TYPE_CHECKING:
     from tools.yardstick.recipe import TrainConfig
@@ -97,7 +102,7 @@ class Batcher:
         rows, query, about = [], [], []
         for i, (ex, tt) in enumerate(zip(examples, per_token)):
             video = (input_ids[i] == self.adapter.video_token_id).nonzero().squeeze(1)
-            questions = [ex.question, *(q for q, _ in turns[i])]
+            questions = [_about(ex.question), *(q for q, _ in turns[i])]
             for pos, question in zip(starts[i].nonzero().squeeze(1).tolist(), questions):
                 mask = torch.zeros(input_ids.shape[1], dtype=torch.bool)
                 mask[video] = attention_target(question, tt, len(tt) // -(-ex.num_frames // 2))
@@ -149,11 +154,61 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step, self.stage][: 3 if self.stage else 2])
         examples = sample_batch(rng, step, self.cfg)
+        if self.cfg.timed_describe_share:  # drawn only when on, so that older runs' data stay the same
+            examples = [timed(ex, rng) if ex.qtype == "describe" and rng.random() < self.cfg.timed_describe_share
+                        else ex for ex in examples]  # fmt: skip
         extra = [pick_turns(ex, rng, self.cfg.extra_turns) for ex in examples]
         attention = bool(self.cfg.attn_weight) and not self.stage  # the tower stage runs no LLM attention
-        return self.batcher(
+        batch = self.batcher(
             examples, targets=True, extra=extra, attention=attention, all_turns=self.cfg.attn_all_turns
         )
+        if self.cfg.stream_offset_share and not self.stage:
+            batch["stream_offset"] = torch.tensor([stream_offset(rng, self.cfg) for _ in examples])
+        return batch
+
+
+def timed(ex: Example, rng: np.random.Generator) -> Example:
+    """`ex` asked with summarize's per-segment prompt, the clip placed at a random time in the first three hours."""
+    start = int(rng.integers(0, 3 * 3600))
+    return replace(ex, question=DESCRIBE_PROMPT.format(start=clock(start), end=clock(start + ex.num_frames / FPS)))
+
+
+def _about(question: str) -> str:
+    """The world question whose attention target `question` has (a timed describe prompt: the describe one)."""
+    return DESCRIBE_QUESTION if question.startswith(DESCRIBE_PROMPT.split("{")[0]) else question
+
+
+def stream_offset(rng: np.random.Generator, cfg: TrainConfig) -> int:
+    """0, or (with `cfg.stream_offset_share`) a log-uniform count of chunks in [1, `cfg.stream_offset_max`]."""
+    if rng.random() >= cfg.stream_offset_share:
+        return 0
+    return round(math.exp(rng.uniform(0.0, math.log(cfg.stream_offset_max))))
+
+
+def session_positions(
+    positions: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, video_token: int, shift: torch.Tensor
+) -> torch.Tensor:
+    """HF's training positions (3, B, L) moved to where a `Session` puts each token when it answers:
+
+    - the video's temporal ids `shift[b]` further (the clip as the newest chunks of a longer stream: chunk k of
+      a stream sits at t = offset + k x interval, so a bounded store keeps the newest chunks at large t, while
+      their h / w ids and the question stay where they are);
+    - the answer (and any later turn) from one past the largest id before it: a Session, like HF's `generate`,
+      decodes at max(position) + 1, while HF's layout for a whole sequence (transformers 5.17-5.24: text after a
+      video resumes at the video's start + the grid's side) puts the answer right after the question. The two
+      differ once the video's temporal ids pass the question's (more than ~30 frames at 2 fps)."""
+    out = positions.clone()
+    video = input_ids == video_token
+    out[0] += video * shift.to(out.device)[:, None]
+    answer = labels != -100
+    for row in range(out.shape[1]):
+        first = int(answer[row].nonzero()[0]) if answer[row].any() else None
+        if first is None:
+            continue
+        jump = int(out[:, row, :first].max()) + 1 - int(out[0, row, first])
+        if jump > 0:
+            out[:, row, first:] += jump
+    return out
 
 
 def _names(text: str) -> set[str]:

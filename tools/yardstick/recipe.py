@@ -99,6 +99,20 @@ class TrainConfig:
     """World 2 only, instead of `background_clips`: their bank pre-decoded into a file (`python -m
     tools.yardstick.clips --write-bank FILE CLIPS...`), for machines without PyAV; the same examples."""
 
+    session_layout: bool = False
+    """Train (and evaluate) each sequence at the positions a `Session` gives it when it answers: the answer from
+    one past the largest position before it (`batches.session_positions`). Off, answers follow the question as in
+    HF's layout of a whole sequence, which matches the Session only for clips under ~30 frames: the model so
+    trained said the first word of a description of a 60-frame clip and stopped (summarize's 30 s segments)."""
+    stream_offset_share: float = 0.0
+    """With `session_layout`: this share of clips is laid out as the newest chunks of a longer stream (temporal
+    ids moved by a log-uniform count of 1 to `stream_offset_max` chunks), as a bounded KV store keeps them."""
+    stream_offset_max: int = 8_000
+    """The most chunks before the clip (8 000 chunks of 2 frames: over two hours at 2 fps)."""
+    timed_describe_share: float = 0.0
+    """World 2 only: this share of describe clips is asked with summarize's per-segment prompt ("Describe what
+    happens in the video from 1:02:00 to 1:02:16.", random times) instead of a world wording."""
+
     def __post_init__(self) -> None:
         if self.world not in (1, 2):
             raise ValueError(f"world must be 1 or 2, got {self.world}")
@@ -120,6 +134,15 @@ class TrainConfig:
             )
         if self.world == 2 and Path(self.out).resolve() == Path(BUNDLED).resolve():
             raise ValueError("a world-2 run must not write over the bundled v1 model: give --out DIR")
+        for name in ("stream_offset_share", "timed_describe_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.stream_offset_max < 1:
+            raise ValueError(f"stream_offset_max must be >= 1, got {self.stream_offset_max}")
+        if self.stream_offset_share and not self.session_layout:
+            raise ValueError("stream_offset_share needs session_layout (the offset is where a Session puts a clip)")
+        if self.timed_describe_share and self.world != 2:
+            raise ValueError("timed_describe_share needs --world 2 (the describe type)")
         self.type_weights()  # refuse a bad mix at construction, not at the first batch
         if self.polish_steps < 0:
             raise ValueError(f"polish_steps must be >= 0, got {self.polish_steps}")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from livevlm.models.qwen_vl import QwenVLAdapter
-from tools.yardstick.batches import Batcher, StepBatches
+from tools.yardstick.batches import Batcher, StepBatches, session_positions
 from tools.yardstick.checkpoint import (
     STOPPED_EXIT,
     BudgetReached,
@@ -60,9 +60,12 @@ from tools.yardstick.recipe import TrainConfig
 from tools.yardstick.world import FRAME_SIZE, Example, make_example
 
 
-def exact_match(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per example: does greedy decoding reproduce the whole answer (teacher-forced argmax == labels)?"""
+def exact_match(model: Any, batch: dict[str, torch.Tensor], session_layout: bool = False) -> torch.Tensor:
+    """Per example: does greedy decoding reproduce the whole answer (teacher-forced argmax == labels)? Equal to a
+    Session's greedy answer with `session_layout` (HF's layout only for clips under ~30 frames)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if session_layout:
+        inputs["position_ids"] = answer_positions(model, batch)
     logits = model(**inputs).logits[:, :-1]
     target = batch["labels"][:, 1:]
     hit = (logits.argmax(-1) == target) | (target == -100)
@@ -70,13 +73,15 @@ def exact_match(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: Any, batcher: Batcher, examples: list[Example]) -> dict[str, float]:
-    """Exact-match accuracy per question type (teacher-forced, equal to greedy decoding's)."""
+def evaluate(
+    model: Any, batcher: Batcher, examples: list[Example], session_layout: bool = False
+) -> dict[str, float]:
+    """Exact-match accuracy per question type (teacher-forced, equal to greedy decoding's; see `exact_match`)."""
     model.eval()
     hits: dict[str, list[bool]] = {}
     for i in range(0, len(examples), 4):
         chunk = examples[i : i + 4]
-        ok = exact_match(model, {k: v.to(model.device) for k, v in batcher(chunk).items()})
+        ok = exact_match(model, {k: v.to(model.device) for k, v in batcher(chunk).items()}, session_layout)
         for ex, good in zip(chunk, ok.tolist()):
             hits.setdefault(ex.qtype, []).append(good)
     model.train()
@@ -226,6 +231,9 @@ def train_stage(
         batch = {k: v.to(cfg.device) for k, v in inputs.items()}
         targets = batch.pop("token_targets")
         rows, query, about = (batch.pop(k, None) for k in ("attn_row", "attn_query", "attn_about"))
+        offset = batch.pop("stream_offset", None)
+        if cfg.session_layout:
+            batch["position_ids"] = answer_positions(model, batch, offset)
         out = model(**batch, output_attentions=bool(cfg.attn_weight))
         loss = out.loss
         aux_loss = aux(features["v"], targets) if cfg.aux_weight else torch.zeros(())
@@ -241,7 +249,7 @@ def train_stage(
         if evaluates:
             point = {"step": step + 1, "minutes": stage.elapsed() / 60, "loss": float(np.mean(losses[-50:]))}
             stage.log["curve"].append(
-                {**point, **{name: evaluate(model, batcher, ex) for name, ex in val.items()}}
+                {**point, **{name: evaluate(model, batcher, ex, cfg.session_layout) for name, ex in val.items()}}
             )
             bar.write(json.dumps(stage.log["curve"][-1]))
             write_log(cfg.out, stage.log)
@@ -249,6 +257,18 @@ def train_stage(
     save(model, tokenizer, Path(cfg.out), cfg.save_dtype)
     write_log(cfg.out, stage.log)
     return stage.log
+
+
+def answer_positions(model: Any, batch: dict[str, torch.Tensor], chunks: torch.Tensor | None = None) -> torch.Tensor:
+    """The positions a `Session` answers the batch's sequences at (`session_positions`), each clip the newest of a
+    stream with `chunks[b]` chunks before it (None: none)."""
+    keys = ("input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+    positions, _ = model.model.get_rope_index(**{k: batch[k] for k in keys})
+    tps = float(getattr(model.config.vision_config, "tokens_per_second", 1))
+    interval = batch["second_per_grid_ts"].to(positions.device) * tps  # temporal ids per chunk
+    shift = torch.zeros_like(interval) if chunks is None else chunks.to(interval) * interval
+    return session_positions(positions, batch["input_ids"], batch["labels"], model.config.video_token_id,
+                             shift.round().long())  # fmt: skip
 
 
 def write_log(out: str, log: dict[str, Any]) -> None:
