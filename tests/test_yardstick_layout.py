@@ -18,7 +18,7 @@ from tools.yardstick.batches import Batcher, StepBatches, sample_batch, stream_o
 from tools.yardstick.recipe import BUNDLED, TrainConfig
 from tools.yardstick.timeline import make_timeline
 from tools.yardstick.train import answer_positions, exact_match
-from tools.yardstick.world import FPS, render
+from tools.yardstick.world import FPS, Example, render
 
 AUX = ("token_targets", "attn_row", "attn_query", "attn_about")
 
@@ -68,8 +68,6 @@ def test_teacher_forcing_at_the_session_layout_is_the_sessions_greedy_answer(ada
         for i, frame in enumerate(frames):
             session.push(frame, pts_seconds=i / FPS)
         answer = "".join(session.ask(question, 24)).strip()
-    from tools.yardstick.world import Example
-
     ex = Example(frames, question, answer, "describe")
     batch = Batcher(adapter)([ex])
     ids = batch["labels"][0][batch["labels"][0] != -100][:-1]
@@ -78,7 +76,7 @@ def test_teacher_forcing_at_the_session_layout_is_the_sessions_greedy_answer(ada
         assert bool(exact_match(adapter.model, batch, session_layout=True)[0])
         assert not bool(exact_match(adapter.model, batch, session_layout=False)[0])
         short = Batcher(adapter)([replace(ex, frames=frames[:16])])
-        positions = answer_positions(adapter.model, {k: v for k, v in short.items()})
+        positions = answer_positions(adapter.model, short)
         inputs = {k: v for k, v in short.items() if k != "labels"}
         want, _ = adapter.model.model.get_rope_index(**{k: inputs[k] for k in (
             "input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts", "attention_mask")})
@@ -106,8 +104,6 @@ def test_a_stream_offset_places_the_clip_as_the_sessions_newest_chunks(adapter) 
 
 
 def _example():
-    from tools.yardstick.world import Example
-
     return Example(_timeline_clip(16), "Describe what happens.", "yellow triangle", "describe")
 
 
