@@ -18,7 +18,7 @@ from tools.yardstick.batches import Batcher, StepBatches, sample_batch, stream_o
 from tools.yardstick.recipe import BUNDLED, TrainConfig
 from tools.yardstick.timeline import make_timeline
 from tools.yardstick.train import answer_positions, exact_match
-from tools.yardstick.world import FPS, Example, render
+from tools.yardstick.world import FPS, Example, make_example, render
 
 AUX = ("token_targets", "attn_row", "attn_query", "attn_about")
 
@@ -47,6 +47,24 @@ def test_the_knobs_are_checked_at_construction() -> None:
         _cfg(stream_offset_share=0.5)  # an offset only means something at the Session's positions
     with pytest.raises(ValueError, match="world 2"):
         TrainConfig(timed_describe_share=0.5)  # world 1 has no describe type
+    with pytest.raises(ValueError, match="world 2"):
+        TrainConfig(describe_frames_max=64)
+    with pytest.raises(ValueError, match="describe_frames_max"):
+        _cfg(describe_frames_max=8)
+
+
+def test_longer_describe_clips_are_a_knob_and_the_default_keeps_the_world() -> None:
+    def draw(**kw):
+        return sample_batch(np.random.default_rng([5, 0]), 0, _cfg(**kw))
+
+    short, long = draw(), draw(describe_frames_max=64)
+    assert [ex.num_frames for ex in short] == [ex.num_frames for ex in draw(describe_frames_max=32)]
+    assert all(12 <= ex.num_frames <= 32 for ex in short if ex.qtype == "describe")
+    lengths = [make_example("train", i, "describe", version=2, describe_frames=64).num_frames for i in range(40)]
+    assert min(lengths) >= 12 and max(lengths) <= 64 and max(lengths) > 40  # summarize's 30 s segment: 60 frames
+    assert [ex.qtype for ex in long] == [ex.qtype for ex in short]  # only the describe clips' lengths move
+    ex = make_example("train", 3, "describe", version=2, describe_frames=64)
+    assert ex.frames.shape[0] == ex.num_frames and ex.answer  # the describe target covers the whole clip
 
 
 def test_stream_offsets_are_log_uniform_up_to_the_maximum() -> None:

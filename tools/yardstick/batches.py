@@ -135,9 +135,8 @@ def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[
         if cfg.world == 2 and qtype != "describe" and rng.random() < cfg.v1_share:
             out.append(make_example("train", index, qtype, needle_frames=(16, 64), phrasing="seen"))
         else:
-            out.append(
-                make_example("train", index, qtype, needle_frames=(16, 64), version=cfg.world, clips=clips)
-            )
+            out.append(make_example("train", index, qtype, needle_frames=(16, 64), version=cfg.world, clips=clips,
+                                    describe_frames=cfg.describe_frames_max))  # fmt: skip
     return out
 
 

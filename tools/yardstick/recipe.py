@@ -112,6 +112,9 @@ class TrainConfig:
     timed_describe_share: float = 0.0
     """World 2 only: this share of describe clips is asked with summarize's per-segment prompt ("Describe what
     happens in the video from 1:02:00 to 1:02:16.", random times) instead of a world wording."""
+    describe_frames_max: int = 32
+    """World 2 only: describe clips are 12 to this many frames (the world's own 32 = 16 s; summarize's default 30 s
+    segment is 60 frames, longer than any describe clip the model saw at 32)."""
 
     def __post_init__(self) -> None:
         if self.world not in (1, 2):
@@ -143,6 +146,10 @@ class TrainConfig:
             raise ValueError("stream_offset_share needs session_layout (the offset is where a Session puts a clip)")
         if self.timed_describe_share and self.world != 2:
             raise ValueError("timed_describe_share needs --world 2 (the describe type)")
+        if self.describe_frames_max != 32 and self.world != 2:
+            raise ValueError("describe_frames_max needs --world 2 (the describe type)")
+        if self.describe_frames_max < 12:
+            raise ValueError(f"describe_frames_max must be >= 12 (the shortest describe clip), got {self.describe_frames_max}")
         self.type_weights()  # refuse a bad mix at construction, not at the first batch
         if self.polish_steps < 0:
             raise ValueError(f"polish_steps must be >= 0, got {self.polish_steps}")

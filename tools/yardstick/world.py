@@ -258,16 +258,20 @@ def make_example(
     phrasing: str | None = None,
     source_frames: bool = False,
     clips: ClipBank | None = None,
+    describe_frames: int = 32,
 ) -> Example:
     """The `index`-th example of `split`; `qtype` None draws the type from the seed too.
 
     `version` 2 is the v2 world (varied renders, the describe type, paraphrased questions; `world_v2`); `phrasing`
     ("canonical", "seen", "held_out") rewords a clip's questions; `source_frames`: v2 clips at their source rate;
-    `clips`: a share of v2 clips over real footage (`clips.ClipBank`)."""
+    `clips`: a share of v2 clips over real footage (`clips.ClipBank`); `describe_frames`: the longest v2 describe clip
+    (12 to this many frames; 32 is the world's own range, so longer ones are a training choice)."""
     if version != 1 or phrasing is not None or clips is not None:
         from tools.yardstick.world_v2 import make_example_v2
 
-        return make_example_v2(split, index, qtype, needle_frames, version, phrasing, source_frames, clips)
+        return make_example_v2(
+            split, index, qtype, needle_frames, version, phrasing, source_frames, clips, describe_frames
+        )
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     salt = zlib.crc32((qtype or "any").encode())

@@ -48,9 +48,10 @@ RADIUS_SCALE = (0.6, 1.3)
 _PHRASING_SALT = 0x5048
 
 
-def _describe_scene(rng: np.random.Generator) -> tuple[list[Track], int, str, str]:
-    """1-3 objects from the start, up to 2 more later; some leave, some change colour (events on even frames)."""
-    frames = int(rng.integers(12, 33))
+def _describe_scene(rng: np.random.Generator, max_frames: int = 32) -> tuple[list[Track], int, str, str]:
+    """12 to `max_frames` frames: 1-3 objects from the start, up to 2 more later; some leave, some change colour
+    (events on even frames)."""
+    frames = int(rng.integers(12, max_frames + 1))
     first, later = int(rng.integers(1, 4)), int(rng.integers(0, 3))
     n = min(first + later, len(SHAPES))
     shapes, colours = _pick(rng, SHAPES, n), _pick(rng, list(COLOURS), min(n + 2, len(COLOURS)))
@@ -106,7 +107,7 @@ def _when_v2(rng: np.random.Generator) -> tuple[list[Track], int, str, str]:
     return tracks, frames, f"What shape is visible at the {at}?", shape
 
 
-def _scene(rng: np.random.Generator, qtype: str, needle_frames: tuple[int, int]):
+def _scene(rng: np.random.Generator, qtype: str, needle_frames: tuple[int, int], describe_frames: int = 32):
     if qtype in ("colour", "shape"):
         return _colour_or_shape(rng, qtype)
     if qtype == "count":
@@ -118,7 +119,7 @@ def _scene(rng: np.random.Generator, qtype: str, needle_frames: tuple[int, int])
     if qtype == "needle":
         return _needle(rng, needle_frames)
     if qtype == "describe":
-        return _describe_scene(rng)
+        return _describe_scene(rng, describe_frames)
     raise ValueError(f"unknown question type {qtype!r}; choose one of {', '.join(QUESTION_TYPES_V2)}")
 
 
@@ -131,6 +132,7 @@ def make_example_v2(
     phrasing: str | None,
     source_frames: bool,
     clips: ClipBank | None = None,
+    describe_frames: int = 32,
 ) -> Example:
     """A v2 clip (or, `version` 1, the v1 clip) with its questions worded from `phrasing` (default: v1 canonical,
     v2 seen), a share of v2 clips over `clips`' footage."""
@@ -141,6 +143,8 @@ def make_example_v2(
     pool = phrasing or ("canonical" if version == 1 else "seen")
     if pool not in POOLS:
         raise ValueError(f"unknown phrasing pool {pool!r}; choose one of {', '.join(POOLS)}")
+    if describe_frames < 12:
+        raise ValueError(f"describe_frames must be >= 12 (the shortest describe clip), got {describe_frames}")
     if pool == "held_out" and split == "train":
         raise ValueError("held-out wordings are never used in the training split")
     if version == 1:
@@ -155,7 +159,7 @@ def make_example_v2(
         seed = (SPLITS[split], salt, int(index), 2)
         rng = np.random.default_rng(seed)
         qtype = qtype or QUESTION_TYPES_V2[int(rng.integers(len(QUESTION_TYPES_V2)))]
-        tracks, frames, q, a = _scene(rng, qtype, needle_frames or NEEDLE_TEST_FRAMES)
+        tracks, frames, q, a = _scene(rng, qtype, needle_frames or NEEDLE_TEST_FRAMES, describe_frames)
         for tr in tracks:
             tr.radius *= float(rng.uniform(*RADIUS_SCALE))
             lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
