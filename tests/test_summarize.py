@@ -56,6 +56,11 @@ def test_a_chapter_keeps_what_only_one_of_its_segments_saw():
     (chapter,) = merge_chapters(segs, threshold=0.3)
     assert chapter.text == "A red circle moves. A blue square appears. a green cross leaves."
     assert merge_chapters([_seg(0, "a red circle"), _seg(1, "a red circle")])[0].text == "a red circle"
+    # an event whose words were all said, of other objects: "red square" and "leaves" but not "red square leaves"
+    segs = [_seg(0, "red square, blue circle; red square appears, blue circle leaves"),
+            _seg(1, "red square, blue circle; red square leaves,")]  # fmt: skip
+    (chapter,) = merge_chapters(segs, threshold=0.5)
+    assert chapter.text == "red square, blue circle; red square appears, blue circle leaves; red square leaves"
 
 
 def test_formats_render_chapters_with_times_and_say_when_nothing_was_described():

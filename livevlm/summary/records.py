@@ -7,6 +7,7 @@ of normalised words, stop words and numbers left out) are one chapter; two empty
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,18 +126,25 @@ def merge_chapters(segments: list[SegmentResult], threshold: float = 0.5) -> lis
 
 
 def chapter_text(texts: list[str]) -> str:
-    """The chapter's descriptions as one text: the longest first, then, in order, every sentence of the others
-    that names something it does not yet (so an event only one segment saw is kept, a repeat is not)."""
+    """The chapter's descriptions as one text: the longest first, then, in order, every clause of the others that
+    says something it does not yet, a word or a pair of neighbouring words new to it (so "the red square leaves"
+    is kept beside "the red square appears, the blue circle leaves"; a repeat is not)."""
     if not texts:
         return ""
     longest = max(texts, key=len)
-    kept, seen = [longest.strip()], set(words(longest))
+    out, seen = longest.strip(), _grams(longest)
     for text in texts:
         if text is longest:
             continue
-        for sentence in re.split(r"(?<=[.!?;])\s+", text.strip()):
-            new = words(sentence) - seen
+        for clause in re.split(r"(?<=[.!?;,])\s+", text.strip()):
+            new = _grams(clause) - seen
             if new:
-                kept.append(sentence)
+                out = f"{out} {clause}" if not out or out[-1] in ".!?;," else f"{out}; {clause}"
                 seen |= new
-    return " ".join(k for k in kept if k)
+    return out.strip().rstrip(",")
+
+
+def _grams(text: str) -> set[tuple[str, ...]]:
+    """The normalised words of `text` and the pairs of neighbours among them (what a clause says, roughly)."""
+    seq = [w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOP and len(w) > 1]
+    return {(w,) for w in seq} | set(itertools.pairwise(seq))
