@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -387,17 +388,21 @@ def test_attention_supervision_covers_every_answer_turn(yardstick) -> None:
 
 
 # -- the bundled model ----------------------------------------------------------------------------------
+CHAIN = ("yardstick-v1", "yardstick-v2-warm", "yardstick-v2-second", "yardstick-v2-layout-candidate")
+"""The runs before the bundled one, in order, their logs in benchmarks/results/ as `<name>-train_log.json`."""
+COPIED = {"/tmp/ys-bundled": "/tmp/ys-v2b", "/tmp/ys-v2d-init": "/tmp/ys-v2d"}
+"""Runs that started from a copy of the run before (the copy's folder: that run's output folder; train.py's docstring)."""
+
+
 def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     path = default_model_path()
     assert (path / "model.safetensors").stat().st_size < 12_000_000  # a few MB, committed
     assert yardstick.model.config.model_type == "qwen2_5_vl"
-    # three runs in a chain, each log written by tools/yardstick/train.py: v1 from the script's defaults (world 1),
-    # a world-2 run warm-started from it, and the bundled one warm-started from that, each in v1's vocabulary
-    v1, warm, bundled = (
-        json.loads(p.read_text())
-        for p in (RESULTS / "yardstick-v1-train_log.json", RESULTS / "yardstick-v2-warm-train_log.json",
-                  path / "train_log.json")
-    )  # fmt: skip
+    # runs in a chain, each log written by tools/yardstick/train.py: v1 from the script's defaults (world 1), then
+    # world-2 runs, each warm-started from the one before in v1's vocabulary; the later ones at the Session's layout
+    logs = [json.loads((RESULTS / f"{name}-train_log.json").read_text()) for name in CHAIN]
+    logs.append(json.loads((path / "train_log.json").read_text()))
+    v1 = logs[0]
     defaults = asdict(TrainConfig())
     assert {k: defaults[k] for k in v1["config"]} == v1["config"]
     new = {"world", "v1_share", "background_clips", "background_share", "background_bank", "vocab_from",
@@ -405,13 +410,17 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
            "describe_frames_max"}  # fmt: skip
     assert set(defaults) - set(v1["config"]) == new  # made before world 2 existed
     assert defaults["world"] == 1
-    assert warm["config"]["init"] == warm["config"]["vocab_from"] == "livevlm/assets/yardstick"  # v1, then
-    assert bundled["config"]["init"] == bundled["config"]["vocab_from"] == warm["config"]["out"]
-    for log in (v1, warm, bundled):
-        assert log["base"]["curve"][-1]["step"] == log["config"]["steps"]
-        assert log["curve"][-1]["step"] == log["config"]["polish_steps"]
-    for log in (warm, bundled):
+    assert logs[1]["config"]["init"] == logs[1]["config"]["vocab_from"] == "livevlm/assets/yardstick"  # v1, then
+    for before, after in itertools.pairwise(logs[1:]):
+        init = after["config"]["init"]
+        assert after["config"]["vocab_from"] == init and COPIED.get(init, init) == before["config"]["out"]
+    for log in logs:
+        base = log.get("base", log)  # a run with a polish stage logs its base run apart
+        assert base["curve"][-1]["step"] == log["config"]["steps"]
+        assert log["curve"][-1]["step"] == (log["config"]["polish_steps"] if "base" in log else log["config"]["steps"])
+    for log in logs[1:]:
         assert log["config"]["world"] == 2 and log["config"]["tower_steps"] == 0
+    assert logs[-1]["config"]["session_layout"]  # answers trained where a Session decodes them (#20)
 
 
 def test_accuracy_benchmark_subset(tmp_path: Path) -> None:
