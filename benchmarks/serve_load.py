@@ -47,7 +47,7 @@ from livevlm.cli.serve import bind
 from livevlm.serve import ServeConfig, ServeLimits, build_app
 from livevlm.stream import read_frames
 
-QUESTION = "What colour is the shape?"  # the bundled model answers it on its sample clip
+QUESTION = "What colour is the circle?"  # the bundled model answers it on its sample clip ("red")
 WARM_GUARD_S = 300.0  # seconds; the warm-up only waits this long for every stream's first chunk
 DRAIN_GUARD_S = 300.0  # seconds; answers still running when the window closes may finish within this
 

@@ -103,9 +103,9 @@ def test_ask_reads_an_http_url_like_the_file(http_root, tiny_checkpoints, capsys
     base, root = http_root
     shutil.copy(sample_video_path(), root / "clip.mp4")
     model = ("--model", tiny_checkpoints["qwen2_5_vl"], "--max-new-tokens", "3", "--stats")
-    rc_url, out_url, err_url = ask(capsys, f"{base}/clip.mp4", "What colour is the shape?", *model)
+    rc_url, out_url, err_url = ask(capsys, f"{base}/clip.mp4", "What colour is the circle?", *model)
     assert rc_url == 0, err_url
-    rc_file, out_file, err_file = ask(capsys, str(root / "clip.mp4"), "What colour is the shape?", *model)
+    rc_file, out_file, err_file = ask(capsys, str(root / "clip.mp4"), "What colour is the circle?", *model)
     assert rc_file == 0, err_file
     assert "frames_seen=16" in err_url and "frames_seen=16" in err_file  # the whole 8 s at 2 fps
     assert out_url == out_file  # the same frames give the same (greedy) answer
@@ -313,14 +313,14 @@ def test_session_push_of_a_huge_frame_is_downscaled_with_bounded_memory(tiny_che
 
 def test_ask_on_a_truncated_mp4_answers_and_warns(tmp_path, capsys) -> None:
     cut = make_truncated_copy(sample_video_path(), tmp_path / "cut.mp4", 0.5)  # index first: a prefix decodes
-    rc, out, err = ask(capsys, str(cut), "What colour is the shape?", "--stats")
+    rc, out, err = ask(capsys, str(cut), "What colour is the circle?", "--stats")
     assert rc == 0, err
     assert out.strip()  # still answered
     assert warning_lines(err) == [
         f"livevlm: warning: {cut}: stopped at 4.0 s of 8.0 s (1 corrupt packet skipped)"
     ]
     assert "frames_seen=8" in err  # what was ingested: half
-    rc, out, err = ask(capsys, str(sample_video_path()), "What colour is the shape?")
+    rc, out, err = ask(capsys, str(sample_video_path()), "What colour is the circle?")
     assert rc == 0 and out.strip() and not warning_lines(err)  # an intact file: no word
 
 

@@ -21,7 +21,7 @@ from livevlm.serve import ServeConfig
 from livevlm.stream import read_frames
 
 HANG_GUARD = 120.0  # seconds; only there to turn a hang into a failure
-QUESTION = "What colour is the shape?"  # a question the bundled model answers on its sample clip
+QUESTION = "What colour is the circle?"  # a question the bundled model answers on its sample clip ("red")
 
 
 @pytest.fixture(scope="module")

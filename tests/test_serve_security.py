@@ -132,7 +132,7 @@ def test_limits_answer_413_422_429_with_a_message(server):
         ws.send(b"\xff\xd8\xff" + b"\0" * 300_000)
         reply = json.loads(ws.recv(timeout=HANG_GUARD))
         assert reply["type"] == "error" and reply["status"] == 413
-    codes = [httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": "What colour is the shape?",
+    codes = [httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": "What colour is the circle?",
                                                              "stream": False}, headers=AUTH).status_code
              for _ in range(7)]  # fmt: skip
     assert 429 in codes and codes.index(429) <= 5, codes
