@@ -99,7 +99,12 @@ class Summary:
 
 def words(text: str) -> frozenset[str]:
     """The normalised words of a description: lower-case letters only, stop words left out."""
-    return frozenset(w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOP and len(w) > 1)
+    return frozenset(_word_list(text))
+
+
+def _word_list(text: str) -> list[str]:
+    """`words` in the order they come, repeats kept."""
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOP and len(w) > 1]
 
 
 def similarity(a: str, b: str) -> float:
@@ -146,5 +151,5 @@ def chapter_text(texts: list[str]) -> str:
 
 def _grams(text: str) -> set[tuple[str, ...]]:
     """The normalised words of `text` and the pairs of neighbours among them (what a clause says, roughly)."""
-    seq = [w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOP and len(w) > 1]
+    seq = _word_list(text)
     return {(w,) for w in seq} | set(itertools.pairwise(seq))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.yardstick.clips import ClipBank, open_bank
-from tools.yardstick.world import QUESTION_TYPES
+from tools.yardstick.world import DESCRIBE_FRAMES, QUESTION_TYPES
 from tools.yardstick.world_v2 import QUESTION_TYPES_V2
 
 BUNDLED = "livevlm/assets/yardstick"
@@ -112,7 +112,7 @@ class TrainConfig:
     timed_describe_share: float = 0.0
     """World 2 only: this share of describe clips is asked with summarize's per-segment prompt ("Describe what
     happens in the video from 1:02:00 to 1:02:16.", random times) instead of a world wording."""
-    describe_frames_max: int = 32
+    describe_frames_max: int = DESCRIBE_FRAMES[1]
     """World 2 only: describe clips are 12 to this many frames (the world's own 32 = 16 s; summarize's default 30 s
     segment is 60 frames, longer than any describe clip the model saw at 32)."""
 
@@ -143,13 +143,18 @@ class TrainConfig:
         if self.stream_offset_max < 1:
             raise ValueError(f"stream_offset_max must be >= 1, got {self.stream_offset_max}")
         if self.stream_offset_share and not self.session_layout:
-            raise ValueError("stream_offset_share needs session_layout (the offset is where a Session puts a clip)")
+            raise ValueError(
+                "stream_offset_share needs session_layout (the offset is where a Session puts a clip)"
+            )
         if self.timed_describe_share and self.world != 2:
             raise ValueError("timed_describe_share needs --world 2 (the describe type)")
-        if self.describe_frames_max != 32 and self.world != 2:
+        if self.describe_frames_max != DESCRIBE_FRAMES[1] and self.world != 2:
             raise ValueError("describe_frames_max needs --world 2 (the describe type)")
-        if self.describe_frames_max < 12:
-            raise ValueError(f"describe_frames_max must be >= 12 (the shortest describe clip), got {self.describe_frames_max}")
+        if self.describe_frames_max < DESCRIBE_FRAMES[0]:
+            raise ValueError(
+                f"describe_frames_max must be >= {DESCRIBE_FRAMES[0]} (the shortest describe clip), "
+                f"got {self.describe_frames_max}"
+            )
         self.type_weights()  # refuse a bad mix at construction, not at the first batch
         if self.polish_steps < 0:
             raise ValueError(f"polish_steps must be >= 0, got {self.polish_steps}")

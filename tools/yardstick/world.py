@@ -248,6 +248,10 @@ def _needle(rng: np.random.Generator, frame_range: tuple[int, int]) -> tuple[lis
     return distractors + [needle], frames, f"What colour was the {shape} that flashed?", colour
 
 
+DESCRIBE_FRAMES = (12, 32)
+"""The shortest and (by default) longest v2 describe clip in frames (6-16 s at 2 fps)."""
+
+
 def make_example(
     split: str,
     index: int,
@@ -258,14 +262,14 @@ def make_example(
     phrasing: str | None = None,
     source_frames: bool = False,
     clips: ClipBank | None = None,
-    describe_frames: int = 32,
+    describe_frames: int = DESCRIBE_FRAMES[1],
 ) -> Example:
     """The `index`-th example of `split`; `qtype` None draws the type from the seed too.
 
     `version` 2 is the v2 world (varied renders, the describe type, paraphrased questions; `world_v2`); `phrasing`
     ("canonical", "seen", "held_out") rewords a clip's questions; `source_frames`: v2 clips at their source rate;
     `clips`: a share of v2 clips over real footage (`clips.ClipBank`); `describe_frames`: the longest v2 describe clip
-    (12 to this many frames; 32 is the world's own range, so longer ones are a training choice)."""
+    (`DESCRIBE_FRAMES`: 12 to 32 frames is the world's own range, so longer ones are a training choice)."""
     if version != 1 or phrasing is not None or clips is not None:
         from tools.yardstick.world_v2 import make_example_v2
 

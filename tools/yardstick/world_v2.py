@@ -21,6 +21,7 @@ from tools.yardstick.phrasing import POOLS, corpus, reword
 from tools.yardstick.render_v2 import draw_style, render_v2
 from tools.yardstick.world import (
     COLOURS,
+    DESCRIBE_FRAMES,
     FRAME_SIZE,
     NEEDLE_TEST_FRAMES,
     NUMBERS,
@@ -48,10 +49,12 @@ RADIUS_SCALE = (0.6, 1.3)
 _PHRASING_SALT = 0x5048
 
 
-def _describe_scene(rng: np.random.Generator, max_frames: int = 32) -> tuple[list[Track], int, str, str]:
+def _describe_scene(
+    rng: np.random.Generator, max_frames: int = DESCRIBE_FRAMES[1]
+) -> tuple[list[Track], int, str, str]:
     """12 to `max_frames` frames: 1-3 objects from the start, up to 2 more later; some leave, some change colour
     (events on even frames)."""
-    frames = int(rng.integers(12, max_frames + 1))
+    frames = int(rng.integers(DESCRIBE_FRAMES[0], max_frames + 1))
     first, later = int(rng.integers(1, 4)), int(rng.integers(0, 3))
     n = min(first + later, len(SHAPES))
     shapes, colours = _pick(rng, SHAPES, n), _pick(rng, list(COLOURS), min(n + 2, len(COLOURS)))
@@ -107,7 +110,12 @@ def _when_v2(rng: np.random.Generator) -> tuple[list[Track], int, str, str]:
     return tracks, frames, f"What shape is visible at the {at}?", shape
 
 
-def _scene(rng: np.random.Generator, qtype: str, needle_frames: tuple[int, int], describe_frames: int = 32):
+def _scene(
+    rng: np.random.Generator,
+    qtype: str,
+    needle_frames: tuple[int, int],
+    describe_frames: int = DESCRIBE_FRAMES[1],
+):
     if qtype in ("colour", "shape"):
         return _colour_or_shape(rng, qtype)
     if qtype == "count":
@@ -132,7 +140,7 @@ def make_example_v2(
     phrasing: str | None,
     source_frames: bool,
     clips: ClipBank | None = None,
-    describe_frames: int = 32,
+    describe_frames: int = DESCRIBE_FRAMES[1],
 ) -> Example:
     """A v2 clip (or, `version` 1, the v1 clip) with its questions worded from `phrasing` (default: v1 canonical,
     v2 seen), a share of v2 clips over `clips`' footage."""
@@ -143,8 +151,10 @@ def make_example_v2(
     pool = phrasing or ("canonical" if version == 1 else "seen")
     if pool not in POOLS:
         raise ValueError(f"unknown phrasing pool {pool!r}; choose one of {', '.join(POOLS)}")
-    if describe_frames < 12:
-        raise ValueError(f"describe_frames must be >= 12 (the shortest describe clip), got {describe_frames}")
+    if describe_frames < DESCRIBE_FRAMES[0]:
+        raise ValueError(
+            f"describe_frames must be >= {DESCRIBE_FRAMES[0]} (the shortest describe clip), got {describe_frames}"
+        )
     if pool == "held_out" and split == "train":
         raise ValueError("held-out wordings are never used in the training split")
     if version == 1:
