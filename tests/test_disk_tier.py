@@ -18,7 +18,13 @@ import torch
 from livevlm import SessionClosedError
 from livevlm.cache import KVTiers
 from livevlm.cache.chunks import ChunkStore
-from livevlm.cache.disk import DiskTier, install_sigterm_cleanup, remove_stale_spill_dirs
+from livevlm.cache.disk import (
+    DiskTier,
+    install_sigterm_cleanup,
+    pid_space,
+    remove_spill_dirs_of,
+    remove_stale_spill_dirs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOB = torch.arange(200, dtype=torch.uint8)
@@ -91,6 +97,20 @@ def test_spill_dir_of_a_killed_process_is_removed_by_the_next_disk_tier(tmp_path
     assert remove_stale_spill_dirs(str(tmp_path)) == []
     fresh.close()
     live.close()
+
+
+def test_a_supervisor_removes_a_killed_workers_spill_dir_once_the_process_is_gone(tmp_path):
+    """remove_spill_dirs_of waits for the (asynchronously) killed owner to exit, then removes its dir."""
+    with _child(tmp_path) as child:
+        stale = _spill_dir_of(child)
+        assert remove_stale_spill_dirs(str(tmp_path)) == []  # its owner still runs: kept
+        killer = threading.Timer(0.5, child.kill)  # the kill lands while the supervisor already waits
+        killer.start()
+        assert remove_spill_dirs_of(child.pid, str(tmp_path), wait_s=60) == [str(stale)]
+        killer.join()
+    assert list(tmp_path.iterdir()) == []
+    boot, namespace = pid_space().split(":", 1)  # what a replica reports, so a router knows whose pids match
+    assert namespace == os.readlink("/proc/self/ns/pid") and len(boot) == 36
 
 
 def test_a_reused_owner_pid_counts_as_gone_and_another_pid_namespace_is_kept(tmp_path):

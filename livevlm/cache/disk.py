@@ -197,6 +197,26 @@ def _proc_stat(pid: int) -> tuple[str, str]:
         return "", ""
 
 
+def pid_space() -> str:
+    """Which machine and pid namespace this process's pid numbers belong to (boot id and namespace)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{boot}:{_pid_namespace()}"
+
+
+def remove_spill_dirs_of(pid: int, parent: str | None = None, wait_s: float = 10.0) -> list[str]:
+    """Wait up to `wait_s` for process `pid` (of this pid space) to be gone, then remove the stale spill dirs
+    in `parent`; their paths. For a supervisor that saw a worker killed: the kill is asynchronous, and a
+    dir whose owner is still exiting would otherwise stay until the next DiskTier made there."""
+    deadline = time.monotonic() + wait_s
+    while _owner_alive(pid, "", _pid_namespace()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return remove_stale_spill_dirs(parent)
+
+
 def _pid_namespace() -> str:
     try:
         return os.readlink("/proc/self/ns/pid")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cache.disk import pid_space, remove_spill_dirs_of
 from ..errors import LivevlmError, SessionClosedError, SnapshotError
 from ..models import load_model
 from ..serve.scheduler import ModelScheduler
@@ -47,8 +48,8 @@ class Replica:
         self.scheduler = ModelScheduler()
 
     def ready(self) -> dict[str, Any]:
-        """Who this replica is once its model is loaded: pid and model identity."""
-        return {"pid": os.getpid(), "fingerprint": self.adapter.fingerprint(), "family": self.adapter.family}
+        """Who this replica is once its model is loaded: pid (and the pid space it is a number in), model."""
+        return {"pid": os.getpid(), "pid_space": pid_space(), "fingerprint": self.adapter.fingerprint(), "family": self.adapter.family}
 
     def open(self, stream_id: str, snapshot: str | None = None, source: Any = None) -> dict[str, Any]:
         """Start holding `stream_id`: a fresh session, or the one saved at `snapshot` (same model required);
@@ -136,6 +137,14 @@ class Replica:
         if session is not None:
             session.close()
         self.scheduler.drop_stream(stream_id)
+
+    def sweep_spill(self, pid: int, space: str, wait_s: float = 10.0) -> list[str]:
+        """Remove the spill dirs a dead replica (`pid` in pid space `space`) left in this config's spill
+        parent, once its process is gone; their paths. Nothing when it ran in another pid space."""
+        if space != pid_space():
+            return []
+        tiers = getattr(self.config.kv, "tiers", None)
+        return remove_spill_dirs_of(pid, tiers.spill_dir if tiers is not None else None, wait_s)
 
     def shutdown(self) -> None:
         """Close every session (KV freed, spill files removed)."""

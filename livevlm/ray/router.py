@@ -7,7 +7,8 @@
     every snapshot_every_s (and snapshot()) ─► each replica saves its streams to snapshot_dir/<stream id>
     fail over ─► each stream of the dead replica ─► `open(id, snapshot, source)` on the least-loaded live
                replica ─► a `RestoreReport`: the memory is the snapshot's; a file source is read again from
-               there, frames pushed (or shown live) since then are lost
+               there, frames pushed (or shown live) since then are lost; a live replica in the dead one's
+               pid space removes its spill dirs once its process is gone (`Replica.sweep_spill`)
     close()  ─► replicas shut down (sessions closed, spill files removed), everything written under
                snapshot_dir removed
 The snapshot directory must be one every replica can read: local disk on one machine, shared storage
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from ..errors import LivevlmError
 from ..session_config import SessionConfig
@@ -260,12 +261,25 @@ class Router:
         with self._lock:
             if not self._alive[index] or self._replicas[index] is not handle:
                 return
-            self._alive[index] = False
+            self._alive[index], dead = False, self.info[index]
             if not any(self._alive):  # the last one died: start a fresh replica in its place
                 self._replicas[index], self._alive[index] = self._start(), True
+                self.info[index] = ray.get(self._replicas[index].ready.remote())
             moved = [s for s in self._streams.values() if s.replica == index]
             for stream in moved:
                 self._restore(stream, index)
+            self._sweep(dead)
+
+    def _sweep(self, info: dict[str, Any]) -> None:
+        """Have a live replica in a dead one's pid space (`info`: its `ready()`) remove its spill dirs once
+        its process is gone (the kill is asynchronous: the restored sessions' disk tiers may come first)."""
+        for i, handle in enumerate(self._replicas):
+            if self._alive[i] and self.info[i].get("pid_space") == info.get("pid_space"):
+                try:
+                    ray.get(handle.sweep_spill.remote(info["pid"], info["pid_space"]), timeout=self.config.call_timeout_s)
+                except (RayActorError, RayTaskError, GetTimeoutError):
+                    continue  # the next disk tier made there removes them instead
+                return
 
     def _restore(self, stream: _Stream, dead: int) -> None:
         start = time.perf_counter()
