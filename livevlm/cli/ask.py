@@ -37,6 +37,9 @@ def add_parser(sub: Any) -> None:
                    help="decode the answer as JSON valid against this schema (inline JSON or a file)")  # fmt: skip
     a.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="stop decoding after this many seconds and print what there is")  # fmt: skip
+    a.add_argument("--within", default=None, metavar="START-END",
+                   help="answer over that part of the video alone, e.g. 1:00-1:30 or 60-90 (seconds); "
+                   "needs --kv retrieval or bilevel")  # fmt: skip
     add_session_args(ask)
 
 
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     question = check_question(args.question)  # an empty or undecodable question fails before anything loads
     config = session_config(args, max_frames=args.max_frames)  # bad flags fail before any source is read
     schema = _schema(args.json_schema)
+    args.within = _within(args.within, config)
     # opened before a model is loaded: a missing file, a broken one or a refused URL fails at once
     source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames)
     with source:
@@ -98,12 +102,51 @@ def run(args: argparse.Namespace) -> int:
 def _answer(session: Any, question: str, args: argparse.Namespace, schema: Any) -> None:
     """The answer in the form the flags ask for: a scored choice, a constrained or a free answer."""
     if args.choices is not None:
-        answer = session.choose(question, [c.strip() for c in args.choices.split(",")], deadline_s=args.deadline)
+        choices = [c.strip() for c in args.choices.split(",")]
+        answer = session.choose(question, choices, deadline_s=args.deadline, within=args.within)
         print(answer.choice, flush=True)
         probs = ", ".join(f"{c}={p:.3f}" for c, p in answer.probabilities.items())
         print(f"choices: {probs}", file=sys.stderr)
         return
-    print_answer(session.ask(question, regex=args.regex, json_schema=schema, deadline_s=args.deadline))
+    print_answer(
+        session.ask(question, regex=args.regex, json_schema=schema, deadline_s=args.deadline, within=args.within)
+    )
+
+
+def _within(text: str | None, config: Any) -> tuple[float, float] | None:
+    """--within START-END (seconds or [h:]m:ss each) as stream seconds; refused before any work when malformed
+    or when the KV policy cannot read a part of the stream alone."""
+    from ..cache.kv import KV_POLICIES
+    from ..errors import ConfigError
+
+    if text is None:
+        return None
+    parts = text.split("-")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, end = (_clock_seconds(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--within must be START-END in seconds or m:ss (e.g. 1:00-1:30), got {text!r}") from None
+    if start > end:
+        raise ConfigError(f"--within starts after it ends: {text!r}")
+    if not hasattr(KV_POLICIES.load(config.kv.policy), "within"):
+        raise ConfigError(f"--within needs --kv retrieval or bilevel (they select chunks per question), not "
+                          f"--kv {config.kv.policy}")  # fmt: skip
+    return start, end
+
+
+def _clock_seconds(text: str) -> float:
+    """'90', '1:30' or '1:01:30' as seconds (ValueError otherwise)."""
+    fields = text.strip().split(":")
+    if not 1 <= len(fields) <= 3 or any(not f for f in fields):
+        raise ValueError(text)
+    seconds = 0.0
+    for f in fields:
+        seconds = seconds * 60 + float(f)
+    if not 0 <= seconds < float("inf"):  # also refuses nan
+        raise ValueError(text)
+    return seconds
 
 
 def _schema(text: str | None) -> Any:

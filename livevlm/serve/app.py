@@ -53,6 +53,9 @@ class AskBody(BaseModel):
     choices: list[str] | None = Field(None, description="answer with the most likely of these (scored)")
     regex: str | None = Field(None, description="decode under this regular expression (the constrain extra)")
     json_schema: dict[str, Any] | None = Field(None, description="decode JSON matching this schema")
+    within: tuple[float, float] | None = Field(
+        None, description="[start, end] stream seconds: read only that part of the stream (kv retrieval, bilevel)"
+    )
 
 
 def build_app(config: ServeConfig, adapter: Any = None, manager: StreamManager | None = None) -> FastAPI:
@@ -256,7 +259,7 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
         stream.touch()
         job = AnswerJob(stream.session, scheduler, body.question, max_new_tokens=body.max_tokens,
                         deadline_s=body.deadline_s, choices=body.choices, regex=body.regex,
-                        json_schema=body.json_schema)  # fmt: skip
+                        json_schema=body.json_schema, within=body.within)  # fmt: skip
         events = job.events()
         kind, value = await anext(events)
         if kind == "error":

