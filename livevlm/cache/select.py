@@ -23,12 +23,12 @@ from typing import Any
 import torch
 
 from ..errors import QuestionError
-from ..kernels.pool import pool_tokens
 from ..records import InlineSelect, KVLayout
 from .chunked import ChunkedKV
 from .chunks import ChunkStore
 from .kv_configs import BilevelConfig, RetrievalConfig
 from .scoring import chunk_relevance, layer_ids, reduce_queries
+from .select_parts import equal_lengths, pool_all, ranked
 from .summary_log import SUMMARY_BLOCK
 
 SCORE_SPAN = 16 * SUMMARY_BLOCK
@@ -305,7 +305,7 @@ class RetrievalKV(_TieredKV):
                 if kv is not None:
                     parts.append(kv[layer, :, :, : choice[layer][i]])
             per_layer.append(parts + [kv[layer] for kv in window])
-        per_layer = _equal_lengths(per_layer)[first_layer:]
+        per_layer = equal_lengths(per_layer)[first_layer:]
         view = ChunkView.gather_per_layer(per_layer, self.num_layers - first_layer)
         dense = {i for c in choice for i in c} | set(in_window)
         self._record_answer(dense, 0, scores, view.get_seq_length(), start)
@@ -316,23 +316,6 @@ def _need(queries: torch.Tensor | None) -> torch.Tensor:
     if queries is None:
         raise ValueError("a query-aware KV policy needs the question's queries; the session probes them when needs_queries is set")
     return queries
-
-
-def _equal_lengths(per_layer: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
-    """Cut every layer's parts to the shortest layer's token count (only differs if a chunk vanished)."""
-    lengths = [sum(int(p.shape[2]) for p in parts) for parts in per_layer]
-    target = min(lengths)
-    if all(n == target for n in lengths):
-        return per_layer
-    out = []
-    for parts in per_layer:
-        kept, left = [], target
-        for p in parts:
-            if left > 0:
-                kept.append(p[:, :, :left])
-                left -= min(left, int(p.shape[2]))
-        out.append(kept)
-    return out
 
 
 class BilevelKV(_TieredKV):
@@ -362,7 +345,7 @@ class BilevelKV(_TieredKV):
         k = n if cfg.top_k is None else min(cfg.top_k, n)
         memory = snap.allowed(self._memory(self._first(n)))
         read = n if cfg.rest != "drop" and cfg.rest_max is None else k + len(memory) + (cfg.rest_max or 0)
-        order = _ranked(scores, self.store.forgotten, read, snap.span)
+        order = ranked(scores, self.store.forgotten, read, snap.span)
         dense = set(order[:k]) | set(memory)  # relevant, then salient
         others = [i for i in order if i not in dense]
         rest = [] if cfg.rest == "drop" else others if cfg.rest_max is None else others[: cfg.rest_max]
@@ -370,7 +353,7 @@ class BilevelKV(_TieredKV):
         chosen: dict[int, torch.Tensor | None] = {}
         for i in dense.union(rest if cfg.rest == "pooled" else ()):
             chosen[i] = self.store.load(snap.records[i])
-        pooled = _pool_all({i: chosen[i] for i in rest if i in chosen}, cfg.pool)
+        pooled = pool_all({i: chosen[i] for i in rest if i in chosen}, cfg.pool)
         fallback = [i for i in dense.union(rest) if chosen.get(i) is None and i not in summaries]
         summaries.update(self._summaries_of(fallback))
         parts = [snap.sink] if snap.sink is not None else []
@@ -381,32 +364,3 @@ class BilevelKV(_TieredKV):
         read_dense = [i for i in dense if chosen.get(i) is not None]  # a dropped chunk was read as its summary
         self._record_answer(read_dense, len(rest) + len(dense) - len(read_dense), scores, view.get_seq_length(), start)
         return view
-
-
-def _ranked(
-    scores: torch.Tensor | None, forgotten: int, count: int, span: tuple[int, int] | None = None
-) -> list[int]:
-    """The `count` best-scored chunks, best first, among those that still have an index row (from `forgotten`
-    on) and lie in `span`; filtered and cut as a tensor, so a long stream costs no Python loop per chunk."""
-    if scores is None:
-        return []
-    if span is not None:
-        lo = max(span[0], forgotten)
-        return (scores[lo : span[1]].argsort(descending=True) + lo)[:count].tolist()
-    order = scores.argsort(descending=True)
-    if forgotten:
-        order = order[order >= forgotten]
-    return order[:count].tolist()
-
-
-def _pool_all(kvs: dict[int, torch.Tensor | None], factor: int) -> dict[int, torch.Tensor]:
-    """`pool_tokens` of many chunks, batched by token count (one op per distinct chunk size)."""
-    by_size: dict[int, list[int]] = {}
-    for i, kv in kvs.items():
-        if kv is not None:
-            by_size.setdefault(int(kv.shape[3]), []).append(i)
-    out: dict[int, torch.Tensor] = {}
-    for members in by_size.values():
-        pooled = pool_tokens(torch.stack([kvs[i] for i in members]), factor)  # type: ignore[misc]
-        out.update(zip(members, pooled.unbind(0)))
-    return out
