@@ -237,8 +237,8 @@ class QuestionsMixin:
             s = self._stats
             snapshot, pending = self._kv.snapshot(), list(self._pending)
             if within is not None:  # a pending odd frame outside the range is left out too
-                snapshot = restrict(snapshot, *within)  # type: ignore[misc]
                 pending = pending if any(within[0] <= f.pts_seconds <= within[1] for f in pending) else []
+                snapshot = restrict(snapshot, *within, allow_empty=bool(pending))  # type: ignore[misc]
             state = AskState(snapshot, pending, s.chunks, self._max_position,
                              self._stored_end, s.first_pts_seconds, s.last_pts_seconds)  # fmt: skip
             self._stats.questions += 1

@@ -74,6 +74,9 @@ def test_within_refused_with_the_reason(tiny_adapters, frames):
             session.ask("What moves?", within=(100, 200))
         assert session.asks_within
         assert session.ask("What moves?", max_new_tokens=1, within=(0, 1)).chunks == 10  # still answers
+        session.push(frames[0].data, pts_seconds=10.0)  # an odd frame: pending, not yet a chunk
+        assert list(session.ask_ids("What moves?", max_new_tokens=1, within=(10, 10)))  # over that frame alone
+        assert session.stats.kv.last_dense == ()
     with _session(tiny_adapters["qwen2_5_vl"], "sink_window", frames[:4]) as session:
         assert not session.asks_within
         with pytest.raises(QuestionError, match="within= needs a KV policy that selects chunks per question"):
@@ -91,6 +94,9 @@ def test_summarize_describes_each_segment_over_its_own_chunks(tiny_adapters, kv)
         summarize(clip, session, options=SummarizeOptions(segment=2),
                   on_segment=lambda seg: read.append((seg.start, seg.end, session.stats.kv.last_dense)))  # fmt: skip
     assert [a for a, _, _ in read] == [0, 2, 4]
+    with Session(tiny_adapters["qwen2_5_vl"], config) as session:  # 1 frame per segment: each is a pending frame
+        result = summarize(clip, session, options=SummarizeOptions(segment=0.5))
+    assert len(result.segments) == 11 and all(s.frames == 1 for s in result.segments)
     frames = read_frames(clip, fps=2.0)
     for start, end, dense in read:
         assert dense and set(dense) <= _chunks_in(frames, start, end), (start, end, dense)

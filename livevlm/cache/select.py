@@ -117,13 +117,14 @@ class _TieredKV(ChunkedKV):
         with self.store.lock:
             return _Snapshot(self.sink, tuple(self.store.records))
 
-    def within(self, snap: _Snapshot, start: float, end: float) -> _Snapshot:
+    def within(self, snap: _Snapshot, start: float, end: float, allow_empty: bool = False) -> _Snapshot:
         """`snap` limited to the chunks with a frame in [start, end] stream seconds: the answer reads only those
-        (and the sink) and selects among them as it would among all. `QuestionError` when no chunk has one."""
+        (and the sink) and selects among them as it would among all. No chunk there: `QuestionError`, or with
+        `allow_empty` (a pending frame in range, not yet a chunk) a snapshot that reads none."""
         inside = [i for i, r in enumerate(snap.records) if any(start <= t <= end for t in r.pts_seconds)]
-        if not inside:
+        if not inside and not allow_empty:
             raise QuestionError(f"no frame of the stream lies between {start:g}s and {end:g}s")
-        return replace(snap, span=(inside[0], inside[-1] + 1))
+        return replace(snap, span=(inside[0], inside[-1] + 1) if inside else (0, 0))
 
     def probe_view(self, snap: _Snapshot) -> ChunkView:
         """The ingestion view as of `snap`: what the question is run on to probe its queries."""
