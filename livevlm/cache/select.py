@@ -44,12 +44,11 @@ class _Snapshot:
     span: tuple[int, int] | None = None
     """Chunks [lo, hi) the answer may read (`within`); None: all of them."""
 
-    def allowed(self, indices: range | Sequence[int]) -> list[int]:
-        """Those of `indices` inside the span."""
+    def allowed(self, lo: int, hi: int) -> range:
+        """Chunks [lo, hi) inside the span (a range: membership and length without a loop over the stream)."""
         if self.span is None:
-            return list(indices)
-        lo, hi = self.span
-        return [i for i in indices if lo <= i < hi]
+            return range(lo, hi)
+        return range(max(lo, self.span[0]), min(hi, self.span[1]))
 
 
 class _TieredKV(ChunkedKV):
@@ -226,10 +225,10 @@ class RetrievalKV(_TieredKV):
         n = len(snap.records)
         first = self._first(n)
         older = snap.records[:first]
-        in_window = snap.allowed(range(first, n))
+        in_window = snap.allowed(first, n)
         window = [kv for kv in (self.store.load(snap.records[i]) for i in in_window) if kv is not None]
         held = None  # which older chunks may be read dense (None: all of them, nothing was dropped or left out)
-        usable = set(snap.allowed(range(first)))
+        usable = snap.allowed(0, first)
         if len(usable) < first or any(rec.tier == "dropped" or not rec.tokens for rec in older):
             held = torch.tensor([i in usable and rec.tier != "dropped" and rec.tokens > 0 for i, rec in enumerate(older)])
         older = older if usable else ()
@@ -269,7 +268,7 @@ class RetrievalKV(_TieredKV):
         n = len(snap.records)
         first = self._first(n)
         older = snap.records[:first]
-        usable = set(snap.allowed(range(first)))
+        usable = snap.allowed(0, first)
         choice: list[dict[int, int]] = [{} for _ in range(self.num_layers)]
         scores = None
         if usable:
@@ -296,7 +295,7 @@ class RetrievalKV(_TieredKV):
                         choice[layer][i] = min(sizes[i], left)
                         left -= choice[layer][i]
         loaded = {i: self.store.load(older[i]) for i in set().union(*choice)}
-        in_window = snap.allowed(range(first, n))
+        in_window = snap.allowed(first, n)
         window = [kv for kv in (self.store.load(snap.records[i]) for i in in_window) if kv is not None]
         per_layer = []
         for layer in range(self.num_layers):
@@ -344,7 +343,7 @@ class BilevelKV(_TieredKV):
         cfg, n = self.config, len(snap.records)
         scores = self._relevance(_need(queries), n).mean(0) if n else None
         k = n if cfg.top_k is None else min(cfg.top_k, n)
-        memory = snap.allowed(self._memory(self._first(n)))
+        memory = [i for i in self._memory(self._first(n)) if i in snap.allowed(0, n)]
         read = n if cfg.rest != "drop" and cfg.rest_max is None else k + len(memory) + (cfg.rest_max or 0)
         order = ranked(scores, self.store.forgotten, read, snap.span)
         dense = set(order[:k]) | set(memory)  # relevant, then salient
