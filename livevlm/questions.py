@@ -102,7 +102,8 @@ class QuestionsMixin:
 
     @property
     def asks_within(self) -> bool:
-        """True when `ask(..., within=(start, end))` works: the KV policy selects chunks per question."""
+        """True when `ask(..., within=(start, end))` works: the KV policy keeps whole chunks it can select
+        (full, retrieval, bilevel; not sink_window, which has dropped all but its window)."""
         return hasattr(self._kv, "within")
 
     def ask(
@@ -219,7 +220,7 @@ class QuestionsMixin:
         restrict = getattr(self._kv, "within", None)
         if within is not None and restrict is None:
             raise QuestionError(
-                f"within= needs a KV policy that selects chunks per question (kv='retrieval' or 'bilevel'); this "
+                f"within= needs a KV policy that keeps the stream's chunks (kv='full', 'retrieval' or 'bilevel'); this "
                 f"session's is {self._kv.name!r}"
             )
         wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())

