@@ -4,6 +4,7 @@ training switch; v1 examples stay exactly as the bundled model's benchmarks made
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,12 @@ import torch
 from livevlm import SessionConfig, load_model
 from livevlm.models.preprocess import smart_resize
 from livevlm.stream.sampler import Sampler
-from tools.yardstick.batches import sample_batch
+from tools.yardstick.batches import Batcher, StepBatches, sample_batch
 from tools.yardstick.describe import parse_description, score_description
 from tools.yardstick.evaluate import answer_example
 from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.model import build_tokenizer
-from tools.yardstick.phrasing import TEMPLATES, parse, templates
+from tools.yardstick.phrasing import KIND_WORDS, TEMPLATES, filler_words, parse, perturb, templates
 from tools.yardstick.recipe import BUNDLED, TrainConfig
 from tools.yardstick.render_v2 import NEAR_SQUARE, SIDES
 from tools.yardstick.train import train
@@ -247,3 +248,45 @@ def test_order_clips_can_start_with_a_third_object_and_when_clips_can_hold_still
     for (track,), frames, q, a in steady:
         assert a == (track.colour if q.startswith("What colour") else track.shape)
         assert track.spans == [(0, frames)]
+
+
+def _content(text: str) -> list[str]:
+    words = [w.strip("?.,:!").lower() for w in text.split()]
+    return [w for w in words if w in KIND_WORDS or w in COLOURS or w in SHAPES]
+
+
+def test_phrase_noise_edits_one_filler_word_and_keeps_what_the_question_asks() -> None:
+    rng, fillers = np.random.default_rng(0), filler_words()
+    assert fillers and not set(fillers) & (KIND_WORDS | set(COLOURS) | set(SHAPES))
+    slots = {"shape": "circle", "colour": "red", "obj": "red circle", "a": "red circle", "b": "blue square",
+             "at": "start"}  # fmt: skip
+    changed = 0
+    for kind in TEMPLATES:
+        for template in templates(kind, "seen"):
+            question = template.format(**slots)
+            for _ in range(20):
+                noisy = perturb(question, rng, fillers)
+                assert _content(noisy) == _content(question), (question, noisy)
+                assert abs(len(noisy.split()) - len(question.split())) <= 1
+                changed += noisy != question
+    assert changed > 0.9 * 20 * sum(len(templates(k, "seen")) for k in TEMPLATES)
+
+
+def test_phrase_noise_changes_what_the_model_reads_not_what_it_is_taught() -> None:
+    """With `phrase_noise` the question tokens change; the answers and attention targets follow the true
+    question (a perturbed one does not parse), and at 0 the batches are the earlier runs' (no draw made)."""
+    adapter = load_model(BUNDLED)
+    base = TrainConfig(world=2, out="/tmp/x", batch=6, session_layout=True, attn_weight=0.5)
+    plain = StepBatches(Batcher(adapter), base)[3]
+    noisy = StepBatches(Batcher(adapter), replace(base, phrase_noise=1.0))[3]
+    assert plain["input_ids"].shape != noisy["input_ids"].shape or not torch.equal(plain["input_ids"], noisy["input_ids"])
+
+    def answers(batch):
+        return [row[row != -100].tolist() for row in batch["labels"]]
+
+    assert answers(plain) == answers(noisy)
+    assert plain["attn_about"].any()
+    assert [m.nonzero().tolist() for m in plain["attn_about"]] == [m.nonzero().tolist() for m in noisy["attn_about"]]
+    assert torch.equal(plain["token_targets"], noisy["token_targets"])
+    again = StepBatches(Batcher(adapter), replace(base, phrase_noise=0.0))[3]
+    assert torch.equal(again["input_ids"], plain["input_ids"])

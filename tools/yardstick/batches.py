@@ -14,6 +14,7 @@ from livevlm.models.qwen_vl import QwenVLAdapter
 from livevlm.summary.formats import clock
 from livevlm.summary.run import DESCRIBE_PROMPT
 from tools.yardstick.losses import attention_target, token_targets
+from tools.yardstick.phrasing import filler_words, perturb
 from tools.yardstick.world import COLOURS, FPS, SHAPES, Example, make_example
 from tools.yardstick.world_v2 import DESCRIBE_QUESTION
 
@@ -35,12 +36,14 @@ class Batcher:
         return list(self.adapter.tokenizer(text, add_special_tokens=False).input_ids)
 
     def encode(
-        self, ex: Example, extra: list[tuple[str, str]] = ()
+        self, ex: Example, extra: list[tuple[str, str]] = (), wording: str | None = None
     ) -> tuple[list[int], list[bool], torch.Tensor, tuple[int, int, int]]:
-        """Token ids (Session layout, then `extra` as further chat turns) and which of them are answer targets."""
+        """Token ids (Session layout, then `extra` as further chat turns) and which of them are answer targets;
+        `wording`: the question as the model reads it (None: `ex.question`)."""
         pixels, grid = frames_to_patches(ex.frames, self.adapter.geometry)
         n_video = grid[0] * grid[1] * grid[2] // self.adapter.merge**2
-        ids = self.prefix + [self.adapter.video_token_id] * n_video + self.adapter.suffix_ids(ex.question)
+        question = ex.question if wording is None else wording
+        ids = self.prefix + [self.adapter.video_token_id] * n_video + self.adapter.suffix_ids(question)
         target = [False] * len(ids)
         for i, (question, answer) in enumerate([("", ex.answer), *extra]):
             if i:
@@ -57,8 +60,12 @@ class Batcher:
         extra: list[list[tuple[str, str]]] | None = None,
         attention: bool = False,
         all_turns: bool = False,
+        wordings: list[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        enc = [self.encode(ex, turns) for ex, turns in zip(examples, extra or [[]] * len(examples))]
+        """`wordings`: each example's question as the model reads it (a perturbed one); the targets still
+        follow `ex.question`."""
+        wordings = wordings or [None] * len(examples)  # type: ignore[list-item]
+        enc = [self.encode(ex, turns, w) for ex, turns, w in zip(examples, extra or [[]] * len(examples), wordings)]
         length = max(len(ids) for ids, *_ in enc)
         input_ids = torch.full((len(enc), length), self.pad, dtype=torch.long)
         mask = torch.zeros((len(enc), length), dtype=torch.long)
@@ -157,9 +164,15 @@ class StepBatches(torch.utils.data.Dataset):
             examples = [timed(ex, rng) if ex.qtype == "describe" and rng.random() < self.cfg.timed_describe_share
                         else ex for ex in examples]  # fmt: skip
         extra = [pick_turns(ex, rng, self.cfg.extra_turns) for ex in examples]
+        wordings = None
+        if self.cfg.phrase_noise:  # drawn only when on, so that older runs' data stay the same
+            fillers = filler_words()
+            wordings = [perturb(ex.question, rng, fillers) if rng.random() < self.cfg.phrase_noise else ex.question
+                        for ex in examples]  # fmt: skip
         attention = bool(self.cfg.attn_weight) and not self.stage  # the tower stage runs no LLM attention
         batch = self.batcher(
-            examples, targets=True, extra=extra, attention=attention, all_turns=self.cfg.attn_all_turns
+            examples, targets=True, extra=extra, attention=attention, all_turns=self.cfg.attn_all_turns,
+            wordings=wordings,
         )
         if self.cfg.stream_offset_share and not self.stage:
             batch["stream_offset"] = torch.tensor([stream_offset(rng, self.cfg) for _ in examples])

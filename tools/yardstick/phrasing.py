@@ -225,3 +225,82 @@ def corpus(pool: str = "seen") -> list[str]:
                     out.append(template.format(shape=s, colour=c, obj=f"{c} {s}", a=f"{c} {s}", b=f"{c} {s}",
                                                at="start" if len(out) % 2 else "end"))  # fmt: skip
     return out
+
+
+KIND_WORDS = frozenset(
+    [
+        "colour",
+        "color",
+        "shape",
+        "shapes",
+        "many",
+        "times",
+        "often",
+        "count",
+        "appearances",
+        "appear",
+        "appears",
+        "appeared",
+        "first",
+        "earlier",
+        "flashed",
+        "flashing",
+        "flash",
+        "start",
+        "end",
+        "describe",
+        "description",
+        "happens",
+        "happen",
+        "summarise",
+        "summarize",
+        "visible",
+        "seen",
+        "see",
+        "shows",
+        "comes",
+        "came",
+        "object",
+    ]
+)
+"""Words that say what a question asks (its kind) or about what: `perturb` never drops, replaces or inserts them."""
+
+
+def filler_words() -> list[str]:
+    """The other words of the seen wordings (the, which, tell, me, ...): what `perturb` inserts or swaps in."""
+    words = {
+        w for kind in TEMPLATES for t in templates(kind, "seen") for w in re.findall(r"[a-z]+", t.lower())
+    }
+    return sorted(w for w in words - KIND_WORDS - set(_SLOTS) - set(COLOURS) - set(SHAPES) if len(w) > 1)
+
+
+def perturb(question: str, rng: np.random.Generator, fillers: Sequence[str]) -> str:
+    """`question` with one random edit of a word that neither names a slot nor says its kind: dropped, replaced
+    by a filler word, swapped with its neighbour, or a filler inserted. Training on such noise teaches the
+    model to read what a question asks from its content words rather than from one exact sentence."""
+    words = question.split()
+    bare = [re.sub(r"[^a-z]", "", w.lower()) for w in words]
+    free = [
+        i for i, w in enumerate(bare) if w and w not in KIND_WORDS and w not in COLOURS and w not in SHAPES
+    ]
+    edit = int(rng.integers(4)) if free else 3
+    if edit == 3:  # insert a filler before a random word
+        at = int(rng.integers(len(words) + 1))
+        return " ".join([*words[:at], fillers[int(rng.integers(len(fillers)))], *words[at:]])
+    i = free[int(rng.integers(len(free)))]
+    tail = words[i][
+        len(words[i].rstrip("?.,:!")) :
+    ]  # keep the punctuation a dropped or replaced word carried
+    if edit == 0 and len(words) > 3:
+        rest = words[:i] + words[i + 1 :]
+        if tail and i:
+            rest[i - 1] += tail
+        return " ".join(rest)
+    if edit == 2 and i + 1 < len(words) and i + 1 in free:
+        a, b = words[i].rstrip("?.,:!"), words[i + 1]
+        b_tail = b[len(b.rstrip("?.,:!")) :]
+        words[i], words[i + 1] = b.rstrip("?.,:!") + tail, a + b_tail
+        return " ".join(words)
+    filler = fillers[int(rng.integers(len(fillers)))]
+    words[i] = (filler.capitalize() if i == 0 else filler) + tail
+    return " ".join(words)

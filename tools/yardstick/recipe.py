@@ -115,6 +115,10 @@ class TrainConfig:
     describe_frames_max: int = DESCRIBE_FRAMES[1]
     """World 2 only: describe clips are 12 to this many frames (the world's own 32 = 16 s; summarize's default 30 s
     segment is 60 frames, longer than any describe clip the model saw at 32)."""
+    phrase_noise: float = 0.0
+    """This share of training questions is read with one word edited (`phrasing.perturb`: a filler word dropped,
+    replaced, swapped or inserted; the words naming the kind and slots kept), so that the model keys on content
+    words: the bundled model answered "Which of the A and the B is seen first?" with A's colour alone."""
 
     def __post_init__(self) -> None:
         if self.world not in (1, 2):
@@ -137,7 +141,7 @@ class TrainConfig:
             )
         if self.world == 2 and Path(self.out).resolve() == Path(BUNDLED).resolve():
             raise ValueError("a world-2 run must not write over the bundled v1 model: give --out DIR")
-        for name in ("stream_offset_share", "timed_describe_share"):
+        for name in ("stream_offset_share", "timed_describe_share", "phrase_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.stream_offset_max < 1:
