@@ -68,7 +68,7 @@ def test_within_the_whole_stream_is_the_plain_question_token_for_token(tiny_adap
         assert chosen == session.choose("What moves?", ["a bike", "a car"])
 
 
-def test_full_within_a_range_reads_that_range_alone(tiny_adapters, frames):
+def test_full_within_a_range_reads_that_range_alone(tiny_adapters, frames, tmp_path):
     """kv full: the answer over [0, 3.5] s (chunks 0-3) is the same whether the rest of the stream shows the same
     clip or the clip turned upside down from chunk 4 on; over the whole stream it is not."""
     swapped = [f if i < 8 else replace(f, data=np.ascontiguousarray(f.data[::-1, ::-1])) for i, f in enumerate(frames)]
@@ -83,6 +83,9 @@ def test_full_within_a_range_reads_that_range_alone(tiny_adapters, frames):
             )
             with pytest.raises(QuestionError, match="no frame of the stream lies between 100s and 200s"):
                 session.ask("What moves?", within=(100, 200))
+            session.save(tmp_path / name)
+        with Session.load(tmp_path / name, tiny_adapters["qwen2_5_vl"]) as restored:  # the chunks' ranges are kept
+            assert restored.choose("What moves?", ["a bike", "a car"], within=(0.0, 3.5)).log_likelihoods == answers[name][0]
     assert answers["same"][0] == pytest.approx(answers["swapped"][0], abs=1e-4)
     assert answers["same"][1] != pytest.approx(answers["swapped"][1], abs=1e-3)
 

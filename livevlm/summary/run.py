@@ -56,8 +56,8 @@ class SummarizeOptions:
     rather than over the descriptions alone."""
     segment_window: bool = True
     """Each description sees its own segment: with kv sink_window, its window is sized to one segment's chunks
-    (+1 for a patch across the boundary), so memory also stays flat whatever the video's length; with kv
-    retrieval / bilevel, the description selects among the segment's chunks alone (`ask(..., within=)`)."""
+    (+1 for a patch across the boundary), so memory also stays flat whatever the video's length; with kv full,
+    retrieval or bilevel, the description reads (or selects among) the segment's chunks alone (`ask(..., within=)`)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.segment, (int, float)) and 0 < self.segment < math.inf):
