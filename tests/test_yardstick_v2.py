@@ -290,3 +290,5 @@ def test_phrase_noise_changes_what_the_model_reads_not_what_it_is_taught() -> No
     assert torch.equal(plain["token_targets"], noisy["token_targets"])
     again = StepBatches(Batcher(adapter), replace(base, phrase_noise=0.0))[3]
     assert torch.equal(again["input_ids"], plain["input_ids"])
+    every_type = replace(base, phrase_noise=1.0, phrase_noise_skip=",".join(QUESTION_TYPES_V2))
+    assert torch.equal(StepBatches(Batcher(adapter), every_type)[3]["input_ids"], plain["input_ids"])

@@ -166,9 +166,9 @@ class StepBatches(torch.utils.data.Dataset):
         extra = [pick_turns(ex, rng, self.cfg.extra_turns) for ex in examples]
         wordings = None
         if self.cfg.phrase_noise:  # drawn only when on, so that older runs' data stay the same
-            fillers = filler_words()
-            wordings = [perturb(ex.question, rng, fillers) if rng.random() < self.cfg.phrase_noise else ex.question
-                        for ex in examples]  # fmt: skip
+            fillers, skip = filler_words(), set(self.cfg.phrase_noise_skip.split(","))
+            wordings = [perturb(ex.question, rng, fillers) if rng.random() < self.cfg.phrase_noise
+                        and ex.qtype not in skip else ex.question for ex in examples]  # fmt: skip
         attention = bool(self.cfg.attn_weight) and not self.stage  # the tower stage runs no LLM attention
         batch = self.batcher(
             examples, targets=True, extra=extra, attention=attention, all_turns=self.cfg.attn_all_turns,

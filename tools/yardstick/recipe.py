@@ -119,6 +119,8 @@ class TrainConfig:
     """This share of training questions is read with one word edited (`phrasing.perturb`: a filler word dropped,
     replaced, swapped or inserted; the words naming the kind and slots kept), so that the model keys on content
     words: the bundled model answered "Which of the A and the B is seen first?" with A's colour alone."""
+    phrase_noise_skip: str = ""
+    """Question types (comma list) whose questions `phrase_noise` leaves as they are (e.g. "describe")."""
 
     def __post_init__(self) -> None:
         if self.world not in (1, 2):
@@ -160,6 +162,9 @@ class TrainConfig:
                 f"got {self.describe_frames_max}"
             )
         self.type_weights()  # refuse a bad mix at construction, not at the first batch
+        unknown = set(filter(None, self.phrase_noise_skip.split(","))) - set(self.types())
+        if unknown:
+            raise ValueError(f"phrase_noise_skip names {sorted(unknown)}, not question types ({', '.join(self.types())})")
         if self.polish_steps < 0:
             raise ValueError(f"polish_steps must be >= 0, got {self.polish_steps}")
         if self.polish_steps:
