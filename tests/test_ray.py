@@ -16,6 +16,8 @@ from livevlm.stream import FileSourceConfig, read_frames
 
 ray = pytest.importorskip("ray")
 
+from ray.exceptions import GetTimeoutError, RayActorError
+
 from livevlm.ray import Router, RouterConfig
 
 QUESTION = "What is happening in the video?"
@@ -52,7 +54,7 @@ def test_streams_keep_answering_when_a_replica_is_killed(ray_cluster, tiny_check
         assert router.placement() == placement  # affinity: a stream stays where it was placed
 
         victim = placement[ids[0]]
-        ray.kill(router.replicas[victim])
+        _kill(router.replicas[victim])
         answers = {sid: router.ask(sid, QUESTION, 6) for sid in ids}  # every stream keeps answering
         whole = router.ask(ids[0], QUESTION, 6, within=(0.0, 1e6))  # ask options pass through the router
         assert whole["text"] == answers[ids[0]]["text"]
@@ -73,6 +75,21 @@ def test_streams_keep_answering_when_a_replica_is_killed(ray_cluster, tiny_check
             assert answers[sid]["pts_range"] != at_snapshot[sid]["pts_range"]
     assert list(snaps.iterdir()) == []  # snapshots removed on close
     assert list(spill.iterdir()) == []  # the killed replica's spill dir too (removed as stale by its successor)
+
+
+def _kill(handle) -> None:
+    """Kill a replica and wait until it is gone (`ray.kill` returns at once: a call made before the actor is
+    down may still be answered by it)."""
+    ray.kill(handle)
+
+    def gone() -> bool:
+        try:
+            ray.get(handle.ready.remote(), timeout=5)
+        except (RayActorError, GetTimeoutError):
+            return True
+        return False
+
+    _wait(gone)
 
 
 def _wait(condition, limit_s: float = 180.0) -> None:
@@ -155,7 +172,7 @@ def test_serve_over_ray_keeps_the_http_api_and_fails_over(ray_cluster, tiny_chec
         for i in range(6, 8):
             push(i)
         _wait(lambda: seen() == 8)
-        ray.kill(manager.router.replicas[manager.router.placement()[sid]])
+        _kill(manager.router.replicas[manager.router.placement()[sid]])
         r = httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": QUESTION, "max_tokens": 4, "stream": False})
         assert r.status_code == 200, r.text
         assert r.json() == before  # answered by the other replica, from the snapshot's memory
