@@ -7,6 +7,7 @@ the sentence. Templates are parsed back into their slots, so any world question 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -266,12 +267,13 @@ KIND_WORDS = frozenset(
 """Words that say what a question asks (its kind) or about what: `perturb` never drops, replaces or inserts them."""
 
 
-def filler_words() -> list[str]:
+@functools.cache
+def filler_words() -> tuple[str, ...]:
     """The other words of the seen wordings (the, which, tell, me, ...): what `perturb` inserts or swaps in."""
     words = {
         w for kind in TEMPLATES for t in templates(kind, "seen") for w in re.findall(r"[a-z]+", t.lower())
     }
-    return sorted(w for w in words - KIND_WORDS - set(_SLOTS) - set(COLOURS) - set(SHAPES) if len(w) > 1)
+    return tuple(sorted(w for w in words - KIND_WORDS - set(_SLOTS) - set(COLOURS) - set(SHAPES) if len(w) > 1))
 
 
 def perturb(question: str, rng: np.random.Generator, fillers: Sequence[str]) -> str:
