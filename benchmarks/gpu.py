@@ -76,8 +76,9 @@ def build_adapter(shape: str, device: str, dtype: str) -> Any:
 
         from livevlm.models.tiny import build_tiny_checkpoint
 
-        path = build_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="livevlm-gpu-")), "qwen2_5_vl")
-        return load_model(path, device=device, dtype=dtype, min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
+        with tempfile.TemporaryDirectory(prefix="livevlm-gpu-") as tmp:  # loaded into memory, then removed
+            path = build_tiny_checkpoint(Path(tmp), "qwen2_5_vl")
+            return load_model(path, device=device, dtype=dtype, min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
     model = build_full_model(shape, dtype, device)
     model.set_attn_implementation(attention_choice(device, model.dtype).backend)
     adapter_cls = MODEL_FAMILIES.load(model.config.model_type)

@@ -533,3 +533,27 @@ def test_snapshot_round_trip(adapter, clip, tmp_path):
         s.push(clip[5].data, pts_seconds=2.5)
     assert list(restored.ask_ids(QUESTION, max_new_tokens=NEW_TOKENS)) == list(
         session.ask_ids(QUESTION, max_new_tokens=NEW_TOKENS))
+
+
+def test_offline_tokenizers_leave_no_file_behind(tmp_path, monkeypatch):
+    """The BPE ranks are read in memory: nothing lands in the temp dir (tiktoken's own loader caches every file
+    it reads under <tmp>/data-gym-cache, one copy per path)."""
+    import tempfile
+
+    from livevlm.models.tokenizer import (
+        SMOLLM2_RANKS,
+        SMOLVLM_SPECIAL_TOKENS,
+        build_qwen2_tokenizer,
+        build_smolvlm_tokenizer,
+    )
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    smol, qwen = build_smolvlm_tokenizer(), build_qwen2_tokenizer()
+    assert not list(tmp_path.iterdir())
+    assert len(smol) == SMOLLM2_RANKS + len(SMOLVLM_SPECIAL_TOKENS)
+    assert smol.convert_tokens_to_ids("<image>") == SMOLLM2_RANKS + SMOLVLM_SPECIAL_TOKENS.index("<image>")
+    assert qwen.convert_tokens_to_ids("<|im_start|>") == 151_644  # Qwen2's id
+    for tok in (smol, qwen):
+        assert tok.decode(tok("What colour is the circle? 12 héllo")["input_ids"]) == "What colour is the circle? 12 héllo"

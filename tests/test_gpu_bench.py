@@ -6,6 +6,7 @@ are never asserted."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,13 @@ def test_gpu_benchmark_smoke(tmp_path):
     out = tmp_path / "gpu.json"
     flags = ["--device", "cpu", "--shapes", "tiny", "--frames", "8", "--long", "12", "--long-shapes", "tiny",
              "--new-tokens", "3", "--reps", "1", "--out", str(out)]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), *flags], check=False, capture_output=True, text=True, timeout=600
-    )
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = subprocess.run([sys.executable, str(SCRIPT), *flags], check=False, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TMPDIR": str(tmp)})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    left = [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_")]  # torch.compile's own cache
+    assert not left, f"the benchmark left {left} in the temp dir"
     result = json.loads(out.read_text())
     (shape,) = result["shapes"]
     assert shape["shape"] == "tiny" and set(shape["settings"]) == {"uncompressed", "compressed"}

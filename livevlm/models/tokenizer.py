@@ -5,8 +5,10 @@ Used for tests and the bundled default model; a real checkpoint ships its own to
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 # Qwen2 / Qwen2-VL special tokens, in id order after the 151,643 BPE ranks.
 QWEN2_VL_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -69,14 +71,26 @@ SMOLVLM_SPECIAL_TOKENS: tuple[str, ...] = (
 SMOLLM2_RANKS = 49_152  # SmolLM2's BPE vocabulary size
 
 
-def _truncated_ranks(count: int) -> Path:
-    """The first `count` Qwen2 BPE ranks as a tiktoken file (a valid BPE: every token's parts rank lower)."""
-    import tempfile
+def _bpe_ranks(count: int | None) -> dict[bytes, int]:
+    """Qwen2's BPE ranks (or the first `count`: still a valid BPE, every token's parts rank lower), read here
+    rather than by tiktoken's loader, which copies every file it reads into a cache under the temp dir."""
+    lines = _qwen_tiktoken_file().read_text().splitlines()
+    ranks: dict[bytes, int] = {}
+    for line in lines[:count] if count is not None else lines:
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
-    lines = _qwen_tiktoken_file().read_text().splitlines()[:count]
-    out = Path(tempfile.mkdtemp(prefix="livevlm-bpe-")) / f"ranks-{count}.tiktoken"
-    out.write_text("\n".join(lines) + "\n")
-    return out
+
+def _converter(ranks: dict[bytes, int], **kwargs: Any) -> Any:
+    """transformers' TikTokenConverter over ranks already in memory."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    class _InMemory(TikTokenConverter):
+        def load_tiktoken_bpe(self, tiktoken_url: str) -> dict[bytes, int]:  # type: ignore[override]
+            return ranks
+
+    return _InMemory(vocab_file="qwen.tiktoken", **kwargs)
 
 
 def build_smolvlm_tokenizer():
@@ -94,15 +108,10 @@ def build_qwen2_tokenizer(
     """Return a `PreTrainedTokenizerFast` equal to Qwen2-VL's (or, with other `special_tokens` in id order after
     the BPE ranks, another Qwen2-based family's; `ranks` keeps only the first ones), built offline (~2 s)."""
     from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    converter = TikTokenConverter(
-        vocab_file=str(_qwen_tiktoken_file() if ranks is None else _truncated_ranks(ranks)),
-        pattern=QWEN2_PATTERN,
-        extra_special_tokens=list(special_tokens),
-    )
+    backend = _converter(_bpe_ranks(ranks), pattern=QWEN2_PATTERN, extra_special_tokens=list(special_tokens))
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=converter.converted(),
+        tokenizer_object=backend.converted(),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         bos_token=None,
