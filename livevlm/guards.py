@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import FrameError, QuestionError
 from .stream import Frame
-
-MAX_PTS_SECONDS = 1e9
-"""Largest timestamp accepted (about 31 years): a bigger one is an epoch time or a unit mix-up."""
 
 
 def check_question(question: object) -> str:
@@ -47,6 +44,15 @@ def check_choices(choices: object) -> list[str]:
     return options
 
 
+def check_max_new_tokens(max_new_tokens: object, default: int) -> int:
+    """The answer's token budget: `default` for None, else a positive integer (`QuestionError` otherwise)."""
+    if max_new_tokens is None:
+        return default
+    if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise QuestionError(f"max_new_tokens must be a positive integer or None, got {max_new_tokens!r}")
+    return int(max_new_tokens)
+
+
 def check_within(within: object) -> tuple[float, float] | None:
     """`within` as (start, end) stream seconds if it is None or two finite numbers with start <= end; else
     `QuestionError`."""
@@ -61,24 +67,11 @@ def check_within(within: object) -> tuple[float, float] | None:
     return start, end
 
 
-def check_pts(pts: object, last: float | None) -> float:
-    """`pts` in seconds if it is a finite number in [0, 1e9] after `last`; else `FrameError`."""
-    if isinstance(pts, bool) or not isinstance(pts, numbers.Real):
-        raise FrameError(f"pts_seconds must be a number of seconds, got {type(pts).__name__} {pts!r}")
-    value = float(pts)
-    if not math.isfinite(value):
-        raise FrameError(f"pts_seconds must be finite, got {value}")
-    if not 0.0 <= value <= MAX_PTS_SECONDS:
-        raise FrameError(
-            f"pts_seconds must be seconds since the stream's start, in [0, {MAX_PTS_SECONDS:g}], got {value:g}"
-            + (" (an epoch time? subtract the first frame's)" if value > MAX_PTS_SECONDS else "")
-        )
-    if last is not None and value <= last:
-        raise FrameError(
-            f"pts_seconds must be after the previous frame's ({last:g} s), got {value:g}: "
-            "timestamps of one stream increase (ingest() / watch() shift a source that restarts)"
-        )
-    return value
+def check_frames(source: object) -> Iterable[Any]:
+    """What `ingest` reads when it is not a path: an iterable of frames, else `FrameError`."""
+    if not isinstance(source, Iterable):
+        raise FrameError(f"ingest takes a video path or an iterable of frames, got {type(source).__name__}")
+    return source
 
 
 def segment_offset(first_pts: float, last_pts: float | None, fps: float) -> float:

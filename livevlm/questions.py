@@ -20,7 +20,7 @@ from .answer_stop import AnswerStop, Penalties, answer_text, generation_eos
 from .context_fit import check_stream_fits
 from .errors import AnswerDeadlineError, ContextOverflowError, LivevlmError, QuestionError, SessionClosedError
 from .generate import AnswerPlan, decode_tokens, score_choices
-from .guards import check_choices, check_question, check_within
+from .guards import check_choices, check_max_new_tokens, check_question, check_within
 from .models.query_probe import InlineSelection, select_inline
 
 
@@ -128,6 +128,8 @@ class QuestionsMixin:
         with a frame in that range (kv retrieval / bilevel, which select chunks per question). Refused at the
         call (not at the first piece) like `ask_ids`."""
         if choices is not None:
+            if regex is not None or json_schema is not None:
+                raise QuestionError("give choices or a regex / json_schema constraint, not both")
             chosen = self.choose(question, choices, deadline_s=deadline_s, within=within)
             return AnswerStream(iter([chosen.choice]), chosen.pts_range, chosen.chunks, None)
         state, suffix, plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within)
@@ -164,7 +166,7 @@ class QuestionsMixin:
         """Check the request, take the snapshot and plan the decoding (everything `ask` refuses at the call)."""
         deadline = _deadline(deadline_s)
         constraint = self._constraint(regex, json_schema)
-        budget = max_new_tokens or self.config.max_new_tokens
+        budget = check_max_new_tokens(max_new_tokens, self.config.max_new_tokens)
         question = check_question(question)
         state, suffix, penalties = self._begin(question, budget, deadline, check_within(within))
         stop = AnswerStop(self.adapter.eos_token_ids | generation_eos(self.adapter.model.generation_config),

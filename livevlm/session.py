@@ -32,17 +32,18 @@ import torch
 from .cache import build_feature_cache, build_kv_store
 from .context_fit import expected_frames
 from .errors import ConfigError, FrameError, SessionClosedError
-from .guards import SegmentPush, check_pts
+from .guards import SegmentPush, check_frames
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
 from .prune import build_pruner
 from .questions import QuestionsMixin
 from .records import ChunkText
-from .session_config import SessionConfig, SessionStats
+from .session_config import SessionConfig, SessionStats, as_session_config
 from .session_snapshot import SnapshotMixin
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame, fit_frame
+from .stream.frame import check_pts, check_side
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -56,7 +57,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
     def __init__(
         self, model: str | Path | VideoLMAdapter | None = None, config: SessionConfig | None = None
     ) -> None:
-        config = config or SessionConfig()
+        config = as_session_config(config)
         if model is not None and not isinstance(model, (str, Path)):
             adapter: VideoLMAdapter = model
         else:
@@ -206,7 +207,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
                 info = probe(source)
                 total = expected_frames(info.duration_seconds, self.config.fps, self.config.max_frames, info.fps)
         else:
-            frames_iter = source
+            frames_iter = check_frames(source)
         count, push = 0, self._segment()
         try:
             with tqdm(total=total, unit="frame", desc="ingest", disable=not progress, leave=False) as bar:
@@ -299,6 +300,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
                 prune=replace(self._pruner.stats),
                 vit_cache=replace(vit) if vit is not None else None,
                 kv=replace(self._kv.stats),
+                frames_rejected=s.frames_rejected + (self._feed.stats.frames_rejected if self._feed else 0),
                 stream=stream,
                 kernels={op: str(choice) for op, choice in self._kernels().items()},
                 standing=self._standing.stats(),
@@ -379,15 +381,11 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             pts_seconds = self._stats.frames_seen / self.config.fps
             pts_seconds = pts_seconds if last is None or pts_seconds > last else last + 1 / self.config.fps
         pts = check_pts(pts_seconds, last)
-        frame = Frame(fit_frame(frame.data if isinstance(frame, Frame) else frame), pts)
+        frame = Frame(fit_frame(check_side(frame.data if isinstance(frame, Frame) else frame)), pts)
         if self._frame_shape is None:
             self._frame_shape = (frame.height, frame.width)
-            self._size = self.adapter.target_size(
-                frame.height,
-                frame.width,
-                min_pixels=self.config.min_pixels,
-                max_pixels=self.config.max_pixels,
-            )
+            self._size = self.adapter.target_size(frame.height, frame.width, min_pixels=self.config.min_pixels,
+                                                  max_pixels=self.config.max_pixels)  # fmt: skip
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame

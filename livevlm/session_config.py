@@ -6,6 +6,8 @@ here: after construction `vit_cache`, `prune` and `kv` hold the resolved configs
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,12 +66,15 @@ class SessionConfig:
     device, 3/4 in host RAM, older chunks spill to disk); None = the policy config's own tiers."""
 
     def __post_init__(self) -> None:
-        if not self.fps > 0:
-            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        _check_types(self)
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ConfigError(f"fps must be a finite number > 0, got {self.fps}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"max_frames must be >= 1 or None, got {self.max_frames}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.stop_repeats != 0 and self.stop_repeats < 2:
             raise ConfigError(f"stop_repeats must be 0 (off) or >= 2, got {self.stop_repeats}")
         if self.max_pixels is not None and self.max_pixels < 28 * 28:
@@ -80,6 +85,37 @@ class SessionConfig:
         prune = prune_config(self.prune)  # an unknown strategy or a bad budget is refused here
         self.prune = replace(prune, fps=self.fps)  # per-second budgets fall back to the stream's rate
         self.kv = kv_config_of(kv_config(self.kv, self.kv_budget))  # unknown policies, budgets for `full`: refused
+
+
+def as_session_config(config: object) -> SessionConfig:
+    """`config`, or the defaults for None; anything else (a dict, a path) is a `ConfigError`."""
+    if config is None:
+        return SessionConfig()
+    if not isinstance(config, SessionConfig):
+        raise ConfigError(f"config must be a SessionConfig (or None for the defaults), got {type(config).__name__}; "
+                          "e.g. SessionConfig(**options) for a dict")  # fmt: skip
+    return config
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_INTEGERS = ("max_frames", "max_new_tokens", "stop_repeats", "max_pixels", "min_pixels")
+_OPTIONAL = ("max_frames", "max_pixels", "min_pixels")
+
+
+def _check_types(config: SessionConfig) -> None:
+    """A `ConfigError` naming the field for a value of the wrong type (a string fps, a fractional max_frames)."""
+    def is_int(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if not isinstance(config.fps, numbers.Real) or isinstance(config.fps, bool):
+        raise ConfigError(f"fps must be a number, got {type(config.fps).__name__} {config.fps!r}")
+    for name in _INTEGERS:
+        value = getattr(config, name)
+        if not (is_int(value) or (value is None and name in _OPTIONAL)):
+            raise ConfigError(f"{name} must be an integer{' or None' if name in _OPTIONAL else ''}, got {value!r}")
+    for name in ("device", "dtype", "system_prompt"):
+        if not isinstance(getattr(config, name), str):
+            raise ConfigError(f"{name} must be a string, got {getattr(config, name)!r}")
 
 
 @dataclass

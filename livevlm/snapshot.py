@@ -60,9 +60,9 @@ def write_snapshot(path: str | Path, meta: dict[str, Any], tree: Any) -> Snapsho
     start = time.perf_counter()
     target = Path(path).absolute()
     _check_replaceable(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # (a file in the way: SnapshotError below)
         tmp.mkdir()
         with open(tmp / BLOBS, "wb") as out:
             blobs = _BlobWriter(out)

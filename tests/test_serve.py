@@ -180,7 +180,14 @@ def test_post_frames_raw_rgb_and_errors_keep_the_stream(server):
     again = httpx.post(f"{url}/v1/streams/{sid}/frames?width=64&height=48&pts=0.5", content=frame.tobytes(),
                        headers={"content-type": "application/octet-stream"})  # fmt: skip
     assert again.status_code == 202 and again.json()["frames_in"] == 2  # nothing before the errors was lost
+    back = httpx.post(f"{url}/v1/streams/{sid}/frames?width=64&height=48&pts=0.25", content=frame.tobytes(),
+                      headers={"content-type": "application/octet-stream"})  # fmt: skip
+    assert back.status_code == 422 and "not after the stream's last frame" in back.json()["error"]["message"]
+    tiny = httpx.post(f"{url}/v1/streams/{sid}/frames?width=1&height=1&pts=9", content=b"\0\0\0",
+                      headers={"content-type": "application/octet-stream"})  # fmt: skip
+    assert tiny.status_code == 422 and "too small" in tiny.json()["error"]["message"]
     wait_until(lambda: stream_status(url, sid)["status"]["chunks"] == 1, "the chunk of the two good frames")
+    assert stream_status(url, sid)["status"]["frames_rejected"] == 0  # refused at the door, not dropped later
     with connect(url.replace("http://", "ws://") + f"/v1/streams/{sid}/ws") as ws:
         ws.send("{not json")
         assert json.loads(ws.recv(timeout=HANG_GUARD))["status"] == 422
@@ -206,6 +213,13 @@ def test_typed_errors_are_json_without_traces(server):
     image_part = httpx.post(f"{url}/v1/chat/completions", json={"model": sid, "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]})  # fmt: skip
     assert image_part.status_code == 422 and "send frames to the stream" in image_part.json()["error"]["message"]
+    for tokens in ({"max_tokens": 0}, {"max_completion_tokens": -5}):
+        zero = httpx.post(f"{url}/v1/chat/completions", json={"model": sid, **tokens, "messages": [
+            {"role": "user", "content": QUESTION}]})  # fmt: skip
+        assert zero.status_code == 422, (tokens, zero.text)
+    both = httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": QUESTION, "choices": ["a", "b"],
+                                                           "regex": "red|blue"})  # fmt: skip
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
     for s in (sid, not_push):
         assert httpx.delete(f"{url}/v1/streams/{s}").status_code == 204
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import httpx2 as httpx
@@ -114,6 +116,15 @@ def test_sources_are_confined(server, source, status, says):
     assert says in r.json()["error"]["message"]
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature, IHDR and IEND: a few bytes that say `width` x `height` (no pixel data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 def test_limits_answer_413_422_429_with_a_message(server):
     url = server.url
     sid = httpx.post(f"{url}/v1/streams", json={"source": "push"}, headers=AUTH).json()["id"]
@@ -123,6 +134,13 @@ def test_limits_answer_413_422_429_with_a_message(server):
     huge = httpx.post(f"{url}/v1/streams/{sid}/frames?width=1000&height=1000", content=b"\0" * 1000,
                       headers={**AUTH, "content-type": "application/octet-stream"})  # fmt: skip
     assert huge.status_code == 413 and "pixels" in huge.json()["error"]["message"]
+    bomb = httpx.post(f"{url}/v1/streams/{sid}/frames", content=png_header(20_000, 20_000),
+                      headers={**AUTH, "content-type": "image/png"})  # fmt: skip
+    assert bomb.status_code == 413 and "pixels" in bomb.json()["error"]["message"]  # Pillow's own bomb check
+    junk = httpx.post(f"{url}/v1/streams/{sid}/frames", content=b"\x89PNG\r\n\x1a\n" + b"junk" * 10,
+                      headers={**AUTH, "content-type": "image/png"})  # fmt: skip
+    assert junk.status_code == 422 and "not a decodable PNG" in junk.json()["error"]["message"]
+    assert "BytesIO" not in junk.json()["error"]["message"]
     body = httpx.post(f"{url}/v1/streams", content=json.dumps({"source": "push", "name": "x" * 5000}),
                       headers={**AUTH, "content-type": "application/json"})  # fmt: skip
     assert body.status_code == 413 and "request body" in body.json()["error"]["message"]

@@ -322,10 +322,13 @@ async def _push_frame(stream: ServedStream, data: bytes, fmt: str | None, width:
     if pts is not None and (isinstance(pts, bool) or not isinstance(pts, (int, float)) or not math.isfinite(pts)
                             or pts < 0):  # fmt: skip
         raise FrameError(f"pts must be a finite number of seconds >= 0, got {pts!r}")
+    assert stream.push is not None
+    last = stream.push.stats.last_pts_seconds
+    if pts is not None and last is not None and pts <= last:  # refused now, not dropped after the 202
+        raise FrameError(f"pts {pts:g} is not after the stream's last frame ({last:g} s): a stream's times increase")
     limits = config.limits
     frame = await run_in_threadpool(decode_frame, data, fmt, width=width, height=height,
                                     max_bytes=limits.max_frame_bytes, max_pixels=limits.max_frame_pixels)  # fmt: skip
-    assert stream.push is not None
     if not stream.push.push(frame, None if pts is None else float(pts)):
         from ..errors import SessionClosedError
 

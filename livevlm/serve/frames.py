@@ -7,6 +7,7 @@ import io
 import numpy as np
 
 from ..errors import FrameError
+from ..stream.frame import check_side
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -59,9 +60,13 @@ def decode_frame(
             rgb = np.asarray(image.convert("RGB"))
     except FrameTooLargeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own size check runs in `open`, before ours
+        raise FrameTooLargeError(f"frame is over the limit of {max_pixels} pixels ({e})") from None
+    except UnidentifiedImageError:
+        raise FrameError(f"frame is not a decodable {fmt.upper()} image (its header cannot be read)") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise FrameError(f"frame is not a decodable {fmt.upper()} image: {e}") from None
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
+    return check_side(np.ascontiguousarray(rgb, dtype=np.uint8))
 
 
 def _raw_rgb(data: bytes, width: int | None, height: int | None, max_pixels: int) -> np.ndarray:
@@ -73,7 +78,7 @@ def _raw_rgb(data: bytes, width: int | None, height: int | None, max_pixels: int
         raise FrameError(
             f"raw RGB frame of {width}x{height} needs {width * height * 3} bytes, got {len(data)}"
         )
-    return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy()
+    return check_side(np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy())
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 80) -> bytes:

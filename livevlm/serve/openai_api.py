@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from .answers import AnswerJob, AnswerSummary
@@ -38,8 +38,8 @@ class ChatBody(BaseModel):
     model: str
     messages: list[dict[str, Any]]
     stream: bool = False
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     stream_id: str | None = None
     stream_options: dict[str, Any] | None = None
     n: int | None = None
@@ -98,7 +98,7 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
             raise InvalidRequestError("n must be 1: answers are greedy")
         stream = manager.get(body.stream_id or body.model)
         question = question_of(body.messages)
-        max_tokens = body.max_completion_tokens or body.max_tokens
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         config.limits.check_question(question, max_tokens)
         limiter.check(client_id(request.scope))
         stream.touch()

@@ -177,7 +177,7 @@ class StreamManager:
             "frames_in": frames_in,
             "frames_processed": processed,
             "frames_dropped": ing.buffer.frames_dropped if ing else 0,
-            "frames_rejected": (ing.frames_rejected if ing else 0) + stats.frames_rejected,
+            "frames_rejected": stats.frames_rejected + (stream.push.stats.frames_rejected if stream.push else 0),
             "frames_corrupt": ing.source.frames_corrupt if ing else 0,
             "fps_in": round((frames_in - in0) / dt, 2) if dt > 0 else 0.0,
             "fps_processed": round((processed - p0) / dt, 2) if dt > 0 else 0.0,

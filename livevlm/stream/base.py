@@ -37,6 +37,8 @@ class SourceStats:
     """Why the last connection was lost or the last reconnect attempt failed."""
     frames_downscaled: int = 0
     """Frames larger than the source's `max_input_pixels`, scaled down before they were yielded."""
+    frames_rejected: int = 0
+    """Frames refused as they were pushed (`PushSource.push`: not an RGB uint8 array, or a non-finite time)."""
 
 
 class Source:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..errors import FrameError
 from .base import Source, SourceStats
 from .buffer import FrameBuffer
 from .config import MAX_INPUT_PIXELS
@@ -47,18 +48,24 @@ class PushSource(Source):
         self._stats = value
 
     def push(self, frame: Frame | np.ndarray, pts_seconds: float | None = None) -> bool:
-        """Queue one RGB uint8 (H, W, 3) frame; pts defaults to seconds since the first push.
+        """Queue one RGB uint8 (H, W, 3) frame; pts defaults to the Frame's own, else seconds since the first push.
 
-        A malformed frame raises `FrameError`; returns False once the source has ended.
+        A malformed frame raises `FrameError` (counted in `stats.frames_rejected`); returns False once the source
+        has ended. Times are not checked against each other here: the consumer (a `Session`) does that.
         """
         with self._lock:
             now = time.monotonic()
             self._t0 = now if self._t0 is None else self._t0
             if pts_seconds is None:
                 pts_seconds = frame.pts_seconds if isinstance(frame, Frame) else now - self._t0
-        data = frame.data if isinstance(frame, Frame) else frame
-        fitted = data if self.max_input_pixels is None else fit_frame(data, self.max_input_pixels)
-        frame = Frame(fitted, float(pts_seconds), self.source_id)
+        try:
+            data = frame.data if isinstance(frame, Frame) else frame
+            fitted = data if self.max_input_pixels is None else fit_frame(data, self.max_input_pixels)
+            frame = Frame(fitted, float(pts_seconds), self.source_id)
+        except (FrameError, TypeError, ValueError) as e:
+            with self._lock:
+                self._stats.frames_rejected += 1
+            raise e if isinstance(e, FrameError) else FrameError(f"not a frame with a time in seconds: {e}") from None
         with self._lock:
             self._stats.frames_downscaled += int(fitted is not data)
             self._stats.frames_decoded += 1
