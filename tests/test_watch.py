@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,31 @@ def test_watch_answers_questions_from_stdin(tiny_checkpoints, tmp_path: Path) ->
     done = summary(res.stderr)
     assert done["questions"] == 1 and done["processed"] >= 2 and done["in"] >= done["processed"]
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("stop", ["duration", "sigint"])
+def test_watch_ends_cleanly_while_stdin_is_still_open(tiny_checkpoints, tmp_path: Path, stop: str) -> None:
+    """A user at a terminal: stdin stays open (nothing typed) when --duration ends or Ctrl-C comes. The stdin
+    reader is then still blocked in a read at exit, which once aborted the interpreter (exit 134)."""
+    env = dict(os.environ, LIVEVLM_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    flags = ["--duration", "3"] if stop == "duration" else ["--status-every", "0.5"]
+    proc = subprocess.Popen([sys.executable, "-m", "livevlm.cli", "watch", "lavfi:testsrc2=size=160x120:rate=15",
+                             "--model", tiny_checkpoints["qwen2_5_vl"], "--fps", "2", *flags],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        if stop == "sigint":
+            assert proc.stderr is not None
+            for line in proc.stderr:  # watching: the first status line
+                if line.startswith(b"[watch] t="):
+                    break
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)  # a hang guard only; stdin stays open (communicate() would close it)
+        assert proc.stderr is not None
+        text = proc.stderr.read().decode(errors="replace")
+    finally:
+        proc.kill()
+    assert proc.returncode == (0 if stop == "duration" else 130), text
+    assert "Fatal Python error" not in text and "Traceback" not in text
 
 
 def test_watch_rtsp_over_udp(tiny_checkpoints, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -9,10 +9,12 @@ The loop ends at --duration, on 'quit', on Ctrl-C, or once the source has ended 
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .flags import add_session_args, session_config
@@ -74,11 +76,32 @@ def _summary(session: Any) -> str:
 def _read_stdin(questions: queue.Queue[str | None]) -> None:
     """Queue the lines typed on stdin. Read as bytes: a line that is not UTF-8 keeps its bad bytes (as
     surrogates) and is refused by the session with a message, instead of killing this reader."""
-    raw = getattr(sys.stdin, "buffer", None)
-    lines = (line.decode("utf-8", "surrogateescape") for line in raw) if raw is not None else sys.stdin
-    for line in lines:
-        questions.put(line.strip())
+    for line in _stdin_lines():
+        questions.put(line.decode("utf-8", "surrogateescape").strip())
     questions.put(None)
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    """stdin's lines, read from its file descriptor with `os.read`: this thread may still be blocked in a read
+    when the process exits, and a read through `sys.stdin` would hold its buffer's lock then (a fatal error
+    at interpreter shutdown)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # a stdin replaced by an object without a descriptor
+        yield from (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        return
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # stdin closed under us: no more questions
+            chunk = b""
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        yield from lines
+    if pending:
+        yield pending
 
 
 def run(args: argparse.Namespace) -> int:
