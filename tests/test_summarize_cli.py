@@ -81,7 +81,7 @@ def test_ctrl_c_keeps_finished_segments_and_resume_gives_the_same_result(tmp_pat
         ([SAMPLE, "--segment", "0"], "segment must be a positive number"),
         ([SAMPLE, "--segment", "0.1"], "holds no frame"),
         ([SAMPLE, "--out", "/proc/version/x.md"], "is not a folder"),
-        ([SAMPLE, "--resume"], "resume needs out"),
+        ([SAMPLE, "--resume"], "resume needs an output file"),
         ([SAMPLE, "--kv", "full", "--kv-budget", "1M"], "budget"),
     ],
     ids=["missing", "zero-segment", "segment-without-frames", "unwritable-out", "resume-no-out", "bad-flags"],

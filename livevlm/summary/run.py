@@ -26,7 +26,7 @@ from ..stream import FileSource, FileSourceConfig, Frame, probe
 from ..stream.sampler import Sampler
 from .formats import clock, format_for
 from .records import SegmentResult, Summary, merge_chapters
-from .state import ResumeState, check_out, video_identity, write_text
+from .state import ResumeState, check_out, is_device, video_identity, write_text
 
 DESCRIBE_PROMPT = "Describe what happens in the video from {start} to {end}."
 SUMMARY_PROMPT = (
@@ -100,9 +100,10 @@ def summarize(
         raise SourceNotFoundError(f"video file not found: {path}")
     info = probe(path)  # not a video: NotAVideoError before a model is loaded
     fmt = format_for(out, fmt)
-    state = ResumeState(check_out(out)) if out is not None else None
+    target = check_out(out) if out is not None else None
+    state = ResumeState(target) if target is not None and not is_device(target) else None
     if state is None and resume:
-        raise ConfigError("resume needs out: the resume state lives beside the output file")
+        raise ConfigError("resume needs an output file (--out, or out=): the resume state lives beside it")
     if state is not None and not resume:
         state.refuse_overwrite()  # before the model loads
     given = model if isinstance(model, Session) else None

@@ -26,9 +26,17 @@ FORMAT, VERSION = "livevlm-summarize-state", 1
 _HASHED = 1 << 20  # bytes of the video hashed to recognise it (with its size)
 
 
+def is_device(path: Path) -> bool:
+    """Whether `path` is a device or pipe (/dev/stdout, /dev/null): written to directly, with no resume state."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def check_out(out: str | Path) -> Path:
-    """`out` as a path a file can be written to (its folder exists and takes files), else `OutputError`."""
-    path = Path(out)
+    """`out` as a path a file can be written to (its folder exists and takes files; a symlink resolved to its
+    target), else `OutputError`."""
+    path = Path(os.path.realpath(out))
+    if is_device(path):
+        return path
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder: give a file name (e.g. {path / 'summary.md'})")
@@ -48,7 +56,16 @@ def video_identity(path: Path) -> dict[str, Any]:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (a temp file beside it, fsynced, renamed over it)."""
+    """Write `text` to `path` atomically (a temp file beside it, fsynced, renamed over it). A symlink is written
+    through (its target replaced, the link kept); a device or pipe (/dev/stdout) is written to directly."""
+    path = Path(os.path.realpath(path))
+    if is_device(path):
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
+        except OSError as e:
+            raise OutputError(f"cannot write {path}: {e}") from e
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
