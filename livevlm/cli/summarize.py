@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted: the finished segments are kept in {args.out}.partial; run the same command with "
                   "--resume to continue", file=sys.stderr, flush=True)  # fmt: skip
         raise
+    if result.stats.get("shortfall"):  # as `ask` says it: the summary covers what could be read
+        print(f"livevlm: warning: {args.video}: {result.stats['shortfall']}", file=sys.stderr, flush=True)
     if args.out is None:
         sys.stdout.write(result.render(fmt))
         sys.stdout.flush()

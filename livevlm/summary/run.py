@@ -195,6 +195,7 @@ class _Run:
         self.data = {k: v for k, v in saved.items() if k not in ("format", "version", "snapshot")}
         self.segments = [SegmentResult(**s) for s in saved["segments"]]
         self.resumed = len(self.segments)
+        self.shortfall: str | None = None  # set once the file is read to its end
         self.started = time.perf_counter()
 
     def ingest(self, info: Any, progress: bool) -> None:
@@ -243,6 +244,7 @@ class _Run:
             cfg = FileSourceConfig(self.path, fps=fps, max_frames=limit)
             with FileSource(cfg) as source:
                 yield from source
+                self.shortfall = source.shortfall()
             return
         sampler = Sampler(fps)  # replay the original grid: anchored at its first frame, past its last
         sampler.keep(self.data["first_pts"])
@@ -255,6 +257,7 @@ class _Run:
                     count += 1
                     if limit is not None and count >= limit:
                         return
+            self.shortfall = source.shortfall()
 
     def _finish(self, cur: _Open, *, ended: bool) -> None:
         """1. describe the segment over the context so far, 2. save it (and the session) to the state."""
@@ -290,6 +293,7 @@ class _Run:
             "seconds": time.perf_counter() - self.started,
             "summary_seconds": time.perf_counter() - t0,
             "kv_policy": self.session.config.kv.policy,  # type: ignore[union-attr]
+            "shortfall": self.shortfall,  # a damaged or truncated file: what it promised and did not give
         }
         return Summary(str(self.path), float(self.options.segment), self.segments, chapters, text, stats)
 
