@@ -80,5 +80,10 @@ def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
     assert bad_range.returncode == 2 and "--within must be START-END" in bad_range.stderr
     not_selecting = run_cli("ask", sample, "q", "--kv", "sink_window", "--within", "0-2", home=str(tmp_path))
     assert not_selecting.returncode == 2 and "--within needs --kv full, retrieval or bilevel" in not_selecting.stderr
-    for res in (missing, bad_model, bad_range, not_selecting):
+    typo = run_cli("ask", sample, "q", "--model", "nodir", home=str(tmp_path))  # a folder or a hub id?
+    assert typo.returncode == 2 and f"no folder 'nodir' in {os.getcwd()}, and as a hub id it failed" in typo.stderr
+    (tmp_path / "afile").write_text("x")
+    tiny = run_cli("build-tiny", str(tmp_path / "afile"), home=str(tmp_path))
+    assert tiny.returncode == 2 and "cannot write a checkpoint folder at" in tiny.stderr
+    for res in (missing, bad_model, bad_range, not_selecting, typo, tiny):
         assert "Traceback" not in res.stderr

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from ..errors import LivevlmError
+from ..errors import LivevlmError, OutputError
 from ..models.tiny import TINY_FAMILIES
 from . import ask, doctor, serve, summarize, watch
 
@@ -24,11 +24,12 @@ DEFAULT_MODEL_NOTICE = (
     "clips of coloured shapes; it answers questions about colours, shapes, counts and order of such shapes "
     "(see README) and nothing else"
 )
+DESCRIPTION = "Answer questions about video files and live streams with a video language model, in bounded memory."
 COMMANDS = {"ask": ask, "watch": watch, "summarize": summarize, "serve": serve}
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="livevlm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="livevlm", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():
         command.add_parser(sub)
@@ -82,7 +83,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "build-tiny":
             from ..models.tiny import build_tiny_checkpoint
 
-            print(build_tiny_checkpoint(args.out, args.family, seed=args.seed))
+            try:
+                print(build_tiny_checkpoint(args.out, args.family, seed=args.seed))
+            except OSError as e:  # a file in the way, no permission, a full disk
+                raise OutputError(f"cannot write a checkpoint folder at {args.out}: {e.strerror or e}") from e
             return 0
     except LivevlmError as exc:
         print(f"livevlm: error: {exc}", file=sys.stderr)

@@ -122,9 +122,13 @@ def _load_config(name: str):
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        hint = (
-            "no such directory" if not Path(name).exists() and name.startswith(("/", ".", "~")) else str(exc)
-        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if Path(name).exists():
+            hint = first
+        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+            hint = "no such directory"
+        else:  # a typo'd local folder and a hub id look alike: say both
+            hint = f"no folder {name!r} in {Path.cwd()}, and as a hub id it failed: {first}"
         raise ModelLoadError(f"cannot load model config from {name!r}: {hint}") from exc
     if config.model_type not in MODEL_FAMILIES:
         raise ModelLoadError(
