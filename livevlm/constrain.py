@@ -181,7 +181,7 @@ def _tidy(message: str) -> str:
         if re.match(r"\s*\d+ \|", line):
             break
         lines.append(line)
-    return "\n".join(lines).strip()[:800]
+    return " ".join(" ".join(lines).split())[:800]  # one line: the CLI prints one error line
 
 
 def _llguidance():

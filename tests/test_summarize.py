@@ -197,6 +197,9 @@ def test_typed_errors_before_any_work(tmp_path):
             SummarizeOptions(segment=bad)
     with pytest.raises(ConfigError, match="holds no frame at 2.0 fps"):
         summarize(sample, options=SummarizeOptions(segment=0.2))
+    for bad in (-0.1, 1.5, "0.5", math.nan):
+        with pytest.raises(ConfigError, match=r"similarity must be a number in \[0, 1\]"):
+            SummarizeOptions(similarity=bad)
     with pytest.raises(ConfigError, match="prompt may only use"):
         SummarizeOptions(prompt="Describe {scene}")
     (tmp_path / "file").write_text("x")

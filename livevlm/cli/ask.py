@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..context_fit import expected_frames
-    from ..errors import UnboundedSourceError
+    from ..errors import ConfigError, UnboundedSourceError
     from ..guards import check_question
     from ..session import Session
     from ..stream import open_source
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     question = check_question(args.question)  # an empty or undecodable question fails before anything loads
     config = session_config(args, max_frames=args.max_frames)  # bad flags fail before any source is read
     schema = _schema(args.json_schema)
+    if args.choices is not None and (args.regex is not None or schema is not None):
+        raise ConfigError("give --choices or a --regex / --json-schema constraint, not both")
     args.within = _within(args.within, config)
     # opened before a model is loaded: a missing file, a broken one or a refused URL fails at once
     source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames)
@@ -158,12 +160,15 @@ def _schema(text: str | None) -> Any:
     if text is None:
         return None
     path = Path(text)
-    if not text.lstrip().startswith("{") and path.is_file():
+    inline = text.lstrip().startswith(("{", "["))
+    if not inline and path.is_file():
         text = path.read_text()
+    elif not inline:
+        raise ConfigError(f"--json-schema {text!r} is not inline JSON (a '{{...}}' object) nor a file that exists")
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise ConfigError(f"--json-schema is neither JSON nor a JSON file: {exc}") from None
+        raise ConfigError(f"--json-schema {'is not valid JSON' if inline else f'file {path} is not JSON'}: {exc}") from None
 
 
 def print_answer(pieces: Any) -> None:

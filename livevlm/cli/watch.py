@@ -106,10 +106,13 @@ def _stdin_lines() -> Iterator[bytes]:
 
 def run(args: argparse.Namespace) -> int:
     """The `watch` command; returns the exit status."""
+    from ..errors import ConfigError
     from ..session import Session
     from ..stream import LiveReader, ReaderConfig, open_source
 
     config = session_config(args)  # bad flags fail before a source is opened
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError(f"--duration must be a number of seconds > 0, got {args.duration}")
 
     # the source opens first: a bad URL or device fails before a model is loaded; a camera or stream is read
     # at once (what arrives while the model loads is dropped by the bounded buffer); a file (local or by URL)

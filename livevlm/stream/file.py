@@ -52,11 +52,24 @@ def require_av() -> None:
         raise SourceError("decoding video needs PyAV, which is not installed: `pip install av`")
 
 
+def _is_mp4(path: Path) -> bool:
+    """Whether `path` starts like an MP4 / MOV (an 'ftyp' box): only then can a lost index be the cause."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)[4:8] == b"ftyp"
+    except OSError:
+        return False
+
+
 def _open(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
     """Open `path` and pick its best video stream, mapping PyAV failures to livevlm errors."""
     require_av()
     if not path.exists():
         raise SourceNotFoundError(f"video file not found: {path}")
+    if path.is_dir():
+        raise NotAVideoError(f"not a video: {path} is a folder; give a video file in it")
+    if path.is_file() and path.stat().st_size == 0:
+        raise NotAVideoError(f"not a video: {path} is empty (0 bytes)")
     try:
         container = av.open(str(path))
     except (FileNotFoundError, PermissionError) as e:
@@ -64,8 +77,8 @@ def _open(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
         raise cls(f"cannot open video file {path}: {e.strerror or e}") from e
     except (av.FFmpegError, OSError) as e:
         raise NotAVideoError(
-            f"not a video: FFmpeg cannot open {path} ({e}); a truncated mp4 that lost its index "
-            "(moov atom) also fails this way"
+            f"not a video: FFmpeg cannot open {path} ({e})"
+            + ("; a truncated mp4 that lost its index (moov atom) also fails this way" if _is_mp4(path) else "")
         ) from e
     try:
         stream = container.streams.best("video")

@@ -62,8 +62,9 @@ class SummarizeOptions:
     def __post_init__(self) -> None:
         if not (isinstance(self.segment, (int, float)) and 0 < self.segment < math.inf):
             raise ConfigError(f"segment must be a positive number of seconds, got {self.segment!r}")
-        if not (isinstance(self.similarity, (int, float)) and self.similarity >= 0):
-            raise ConfigError(f"similarity must be a number >= 0 (0: one chapter), got {self.similarity!r}")
+        if not (isinstance(self.similarity, (int, float)) and 0 <= self.similarity <= 1):
+            raise ConfigError(f"similarity must be a number in [0, 1] (0: one chapter, 1: only identical segments "
+                              f"merge), got {self.similarity!r}")  # fmt: skip
         if not isinstance(self.summary_tokens, int) or self.summary_tokens < 1:
             raise ConfigError(f"summary_tokens must be an int >= 1, got {self.summary_tokens!r}")
         for name, keys in (("prompt", ("start", "end")), ("summary_prompt", ("descriptions",))):
