@@ -66,3 +66,17 @@ def check_stream_fits(
         f"{need}: use --kv bilevel (each question reads a bounded part of the stream) or --max-frames {frames} "
         "(the most that fit; SessionConfig(kv=..., max_frames=...) in Python)"
     )
+
+
+def check_answer_budget(adapter: Any, prompt_tokens: int, max_new_tokens: int) -> None:
+    """`ConfigError` (at construction, not after a stream was ingested) if `max_new_tokens` alone leaves no room in
+    the model's context after the system prompt for a question and a frame."""
+    from .errors import ConfigError
+
+    room = adapter.max_context - prompt_tokens
+    if max_new_tokens >= room:
+        raise ConfigError(
+            f"max_new_tokens {max_new_tokens} does not fit the model's context of {adapter.max_context} tokens "
+            f"({prompt_tokens} of them the system prompt): use --max-new-tokens below {room} (much lower leaves room "
+            "for the video)"
+        )

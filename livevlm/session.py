@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .cache import build_feature_cache, build_kv_store
-from .context_fit import expected_frames
+from .context_fit import check_answer_budget, expected_frames
 from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import SegmentPush, check_frames
 from .kernels import backend as kernel_backends
@@ -316,6 +316,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
 
     def _start_prompt(self) -> None:
         ids = self._prompt_ids = self.adapter.prefix_ids(self.config.system_prompt)
+        check_answer_budget(self.adapter, len(ids), self.config.max_new_tokens)
         self._prefill(self.adapter.embed_ids(ids), self.adapter.text_positions(0, len(ids)), is_prompt=True)
         self._max_position = len(ids) - 1
         self._place0 = ChunkPlace(0, len(ids), self._place0.seconds_per_chunk)

@@ -98,3 +98,17 @@ def test_a_malformed_non_blocking_push_is_raised_and_counted(tiny_adapters, fram
         with pytest.raises(FrameError, match="time in seconds"):
             session.push(frames[0].data, "soon", block=False)  # type: ignore[arg-type]
         assert session.stats.frames_rejected == 2
+
+
+def test_an_answer_budget_over_the_context_is_refused_when_the_session_starts(tiny_adapters) -> None:
+    adapter = tiny_adapters["qwen2_5_vl"]
+    with pytest.raises(ConfigError, match=f"max_new_tokens {10**9} does not fit the model's context of "
+                                          f"{adapter.max_context} tokens"):  # fmt: skip
+        Session(adapter, SessionConfig(kv="bilevel", max_new_tokens=10**9))  # not after ingesting a stream
+    Session(adapter, SessionConfig(kv="bilevel", max_new_tokens=adapter.max_context // 2)).close()
+
+
+@pytest.mark.parametrize("budget", [0, "0", "0M", -5])
+def test_a_kv_budget_of_nothing_is_refused(budget) -> None:
+    with pytest.raises(ConfigError, match="a KV budget must be a positive number of bytes"):
+        SessionConfig(kv="bilevel", kv_budget=budget)

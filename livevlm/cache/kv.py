@@ -114,7 +114,10 @@ def kv_config(spec: Any, budget: int | str | None = None) -> Any:
     if not hasattr(config, "with_budget"):
         bounded = [n for n in KV_POLICIES.names() if hasattr(KV_POLICIES.config_class(n), "with_budget")]
         raise ConfigError(f"a KV budget needs a bounded policy ({', '.join(bounded)}), not {config.policy!r}")
-    return config.with_budget(parse_bytes(budget))
+    total = parse_bytes(budget)
+    if total <= 0:
+        raise ConfigError(f"a KV budget must be a positive number of bytes (e.g. 256M), got {budget!r}")
+    return config.with_budget(total)
 
 
 def cache_nbytes(cache: Any) -> int:
