@@ -202,6 +202,10 @@ def test_typed_errors_are_json_without_traces(server):
     assert missing.status_code == 404 and "no stream 'nope'" in missing.json()["error"]["message"]
     bad_body = httpx.post(f"{url}/v1/streams", json={"nosource": 1})
     assert bad_body.status_code == 422 and "source" in bad_body.json()["error"]["message"]
+    broken = httpx.post(f"{url}/v1/streams", content=b'{"source": "push",', headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and "the body is not valid JSON at character" in broken.json()["error"]["message"]
+    as_text = httpx.post(f"{url}/v1/streams", content=b'{"source": "push"}', headers={"content-type": "text/plain"})
+    assert as_text.status_code == 422 and "content-type: application/json; got text/plain" in as_text.text
     sid = httpx.post(f"{url}/v1/streams", json={"source": "push"}).json()["id"]
     empty = httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": "   "})
     assert empty.status_code == 422 and "Traceback" not in empty.text

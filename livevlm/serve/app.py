@@ -129,11 +129,7 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
-            for e in exc.errors()
-        ]
-        return JSONResponse({"error": {"status": 422, "message": "; ".join(parts)}}, status_code=422)
+        return JSONResponse({"error": {"status": 422, "message": _validation_message(request, exc)}}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -294,6 +290,22 @@ def _jsonable(value: Any) -> Any:
     from .jsonable import jsonable
 
     return jsonable(value)
+
+
+def _validation_message(request: Request, exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line a client can act on (where, what; a body that is not JSON said so)."""
+    parts = []
+    for e in exc.errors():
+        loc = e.get("loc", ())
+        if e.get("type") == "json_invalid":
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            parts.append(f"the body is not valid JSON{at}: {(e.get('ctx') or {}).get('error', e.get('msg'))}")
+        elif tuple(loc) == ("body",) and e.get("type") in ("dict_type", "model_attributes_type"):
+            kind = request.headers.get("content-type") or "none"
+            parts.append(f"the body must be a JSON object (sent as content-type: application/json; got {kind})")
+        else:
+            parts.append(f"{'.'.join(str(p) for p in loc[1:]) or 'body'}: {e.get('msg')}")
+    return "; ".join(p if len(p) <= 300 else p[:297] + "..." for p in parts)
 
 
 def _push_stream(manager: StreamManager, sid: str) -> ServedStream:
