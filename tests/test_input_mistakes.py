@@ -112,3 +112,15 @@ def test_an_answer_budget_over_the_context_is_refused_when_the_session_starts(ti
 def test_a_kv_budget_of_nothing_is_refused(budget) -> None:
     with pytest.raises(ConfigError, match="a KV budget must be a positive number of bytes"):
         SessionConfig(kv="bilevel", kv_budget=budget)
+
+
+def test_a_question_over_the_context_is_one_clear_error(caplog) -> None:
+    """Not preceded by the tokenizer's own 'sequence length is longer than ...' warning (a fresh tokenizer: it
+    warns once per instance)."""
+    from livevlm import ContextOverflowError, load_model
+
+    with Session(load_model(None)) as session:
+        session.ingest(read_frames(sample_video_path(), fps=2.0, max_frames=2))
+        with caplog.at_level("WARNING"), pytest.raises(ContextOverflowError):
+            session.ask("why " * 5000)
+    assert not [r for r in caplog.records if "sequence length" in r.getMessage()]

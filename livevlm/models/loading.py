@@ -213,9 +213,13 @@ def _load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {exc}") from exc
+    # the session checks the context itself (ContextOverflowError); the tokenizer's own length warning, printed
+    # for a long question before that clear error, is noise (nothing here truncates by model_max_length)
+    tokenizer.model_max_length = max(int(tokenizer.model_max_length or 0), 1 << 60)
+    return tokenizer
 
 
 def load_model(
