@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from rtsp_server import RtspServer, require_rtsp
 from livevlm import Session
 from livevlm.cli import main
 from livevlm.errors import DeviceNotFoundError, NotAVideoError, SourceConnectionError
+
+HANG_GUARD = 300.0  # seconds: a hang guard only, never a speed limit
 
 
 def watch(*args: str, stdin: str, home: Path) -> subprocess.CompletedProcess:
@@ -70,21 +73,28 @@ def test_watch_ends_cleanly_while_stdin_is_still_open(tiny_checkpoints, tmp_path
     reader is then still blocked in a read at exit, which once aborted the interpreter (exit 134)."""
     env = dict(os.environ, LIVEVLM_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
     flags = ["--duration", "3"] if stop == "duration" else ["--status-every", "0.5"]
-    proc = subprocess.Popen([sys.executable, "-m", "livevlm.cli", "watch", "lavfi:testsrc2=size=160x120:rate=15",
-                             "--model", tiny_checkpoints["qwen2_5_vl"], "--fps", "2", *flags],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:  # a file, not a pipe: nothing can block on a full pipe nobody reads
+        proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "livevlm.cli", "watch",
+                                 "lavfi:testsrc2=size=160x120:rate=15", "--model", tiny_checkpoints["qwen2_5_vl"],
+                                 "--fps", "2", *flags], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                                env=env)  # fmt: skip
     try:
         if stop == "sigint":
-            assert proc.stderr is not None
-            for line in proc.stderr:  # watching: the first status line
-                if line.startswith(b"[watch] t="):
-                    break
+            deadline = time.monotonic() + HANG_GUARD
+            while b"[watch] t=" not in log.read_bytes():  # watching: the first status line
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
             proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=300)  # a hang guard only; stdin stays open (communicate() would close it)
-        assert proc.stderr is not None
-        text = proc.stderr.read().decode(errors="replace")
+        try:
+            proc.wait(timeout=HANG_GUARD)  # a hang guard only; stdin stays open (communicate() would close it)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack to the log
+            proc.wait(timeout=30)
+            pytest.fail("watch did not exit:\n" + log.read_text()[-6000:])
     finally:
         proc.kill()
+    text = log.read_text(errors="replace")
     assert proc.returncode == (0 if stop == "duration" else 130), text
     assert "Fatal Python error" not in text and "Traceback" not in text
 
