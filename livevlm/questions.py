@@ -84,8 +84,8 @@ class AnswerStream(Iterator[str]):
         """Why the answer ended: "stop" (end token, loop or a choice), "length" (max_new_tokens) or
         "deadline" (deadline_s); "running" while tokens may still come."""
         plan = self._plan
-        if plan is None or plan.stop.done:
-            return "stop"
+        if plan is None or plan.stop.done or (plan.constraint is not None and plan.constraint.done()):
+            return "stop"  # (a regex / schema that is complete ends the answer like an end token)
         if plan.cut_by_deadline:
             return "deadline"
         return "length" if plan.produced >= plan.budget else "running"

@@ -147,12 +147,15 @@ def test_constrained_answers_through_the_session(bundled):
     ex = example_set(1, "test", ["colour"])[0]
     with _fed(bundled, ex.frames) as session:
         pattern = "(red|green|blue|yellow|purple|orange) (circle|square|triangle|cross)"
-        text = "".join(session.ask(ex.question, regex=pattern, max_new_tokens=12))
+        answer = session.ask(ex.question, regex=pattern, max_new_tokens=12)
+        text = "".join(answer)
         assert re.fullmatch(pattern, text), text
+        assert answer.finish_reason == "stop"  # the complete pattern ended it (was "running" once read)
         schema = {"type": "object", "properties": {"colour": {"type": "string", "enum": list(COLOURS)}},
                   "required": ["colour"]}
-        reply = json.loads("".join(session.ask(ex.question, json_schema=schema, max_new_tokens=40)))
-        assert set(reply) == {"colour"} and reply["colour"] in COLOURS
+        answer = session.ask(ex.question, json_schema=schema, max_new_tokens=40)
+        reply = json.loads("".join(answer))
+        assert set(reply) == {"colour"} and reply["colour"] in COLOURS and answer.finish_reason == "stop"
         unbounded = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
         pieces = []
         with pytest.raises(AnswerIncompleteError):  # 3 tokens cannot close an object: said, not returned as JSON
