@@ -36,6 +36,8 @@ class AskState:
     first_pts_seconds: float | None
     pts_seconds: float | None
     """Stream time of the last frame ingested (pushed) when the snapshot was taken."""
+    read: tuple[int, float | None, float | None] = (0, None, None)
+    """(chunks, first, last frame time) the answer reads: the whole stream, or with `within=` the range's."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,12 @@ class ChoiceAnswer:
         return (self.first_pts_seconds, self.pts_seconds)
 
 
+def _with_pending(span: tuple[int, Any, Any], pending: list[Any]) -> tuple[int, Any, Any]:
+    """(chunks, first, last time) read by a ranged answer, its pending frames (in the range) included."""
+    times = [t for t in (span[1], span[2], *(f.pts_seconds for f in pending)) if t is not None]
+    return span[0], (min(times) if times else None), (max(times) if times else None)
+
+
 class AnswerStream(Iterator[str]):
     """The text pieces of one answer, with what it was asked over; `close()` stops decoding early."""
 
@@ -66,9 +74,10 @@ class AnswerStream(Iterator[str]):
     ) -> None:
         self._pieces = pieces
         self.pts_range = pts_range
-        """(first, last) stream time of the frames ingested when the question was asked."""
+        """(first, last) stream time of the frames the answer reads: those ingested when it was asked, or with
+        `within=` those of the chunks in the range."""
         self.chunks = chunks
-        """Chunks ingested when the question was asked."""
+        """Chunks the answer reads: every chunk ingested when it was asked, or with `within=` the range's."""
         self._plan = plan
 
     def __next__(self) -> str:
@@ -134,7 +143,7 @@ class QuestionsMixin:
             return AnswerStream(iter([chosen.choice]), chosen.pts_range, chosen.chunks, None)
         state, suffix, plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within)
         text = answer_text(self._answer(state, suffix, plan), self.adapter.decode_text)
-        return AnswerStream(text, (state.first_pts_seconds, state.pts_seconds), state.chunks, plan)
+        return AnswerStream(text, (state.read[1], state.read[2]), state.read[0], plan)
 
     def ask_ids(
         self,
@@ -201,9 +210,9 @@ class QuestionsMixin:
             options[best],
             {c: float(p) for c, p in zip(options, probs)},
             {c: float(s) for c, s in zip(options, scores)},
-            state.pts_seconds,
-            state.chunks,
-            state.first_pts_seconds,
+            state.read[2],
+            state.read[0],
+            state.read[1],
         )
 
     def _constraint(self, regex: str | None, json_schema: dict | str | None) -> Any:
@@ -239,11 +248,13 @@ class QuestionsMixin:
                 )
             s = self._stats
             snapshot, pending = self._kv.snapshot(), list(self._pending)
+            read = (s.chunks, s.first_pts_seconds, s.last_pts_seconds)  # what the answer reads: all of it
             if within is not None:  # a pending odd frame outside the range is left out too
                 pending = pending if any(within[0] <= f.pts_seconds <= within[1] for f in pending) else []
+                read = _with_pending(self._kv.span(snapshot, *within), pending)
                 snapshot = restrict(snapshot, *within, allow_empty=bool(pending))  # type: ignore[misc]
-            state = AskState(snapshot, pending, s.chunks, self._max_position,
-                             self._stored_end, s.first_pts_seconds, s.last_pts_seconds)  # fmt: skip
+            state = AskState(snapshot, pending, s.chunks, self._max_position, self._stored_end,
+                             s.first_pts_seconds, s.last_pts_seconds, read)  # fmt: skip
             self._stats.questions += 1
             visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra
             gen = self.adapter.model.generation_config

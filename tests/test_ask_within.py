@@ -83,6 +83,10 @@ def test_full_within_a_range_reads_that_range_alone(tiny_adapters, frames, tmp_p
             )
             with pytest.raises(QuestionError, match="no frame of the stream lies between 100s and 200s"):
                 session.ask("What moves?", within=(100, 200))
+            ranged = session.choose("What moves?", ["a bike", "a car"], within=(1.2, 2.6))
+            read = sorted(_chunks_in(stream, 1.2, 2.6))  # whole chunks: their frames may lie outside the range
+            assert ranged.chunks == len(read) and len(read) >= 2
+            assert ranged.pts_range == (stream[2 * read[0]].pts_seconds, stream[2 * read[-1] + 1].pts_seconds)
             session.save(tmp_path / name)
         with Session.load(tmp_path / name, tiny_adapters["qwen2_5_vl"]) as restored:  # the chunks' ranges are kept
             assert restored.choose("What moves?", ["a bike", "a car"], within=(0.0, 3.5)).log_likelihoods == answers[name][0]
@@ -98,9 +102,15 @@ def test_within_refused_with_the_reason(tiny_adapters, frames):
         with pytest.raises(QuestionError, match="no frame of the stream lies between 100s and 200s"):
             session.ask("What moves?", within=(100, 200))
         assert session.asks_within
-        assert session.ask("What moves?", max_new_tokens=1, within=(0, 1)).chunks == 10  # still answers
+        ranged, whole = session.ask("What moves?", max_new_tokens=1, within=(0, 1)), session.ask("What moves?", 1)
+        assert ranged.chunks == len(_chunks_in(frames, 0, 1)) == 2 and whole.chunks == 10  # what each reads
+        assert ranged.pts_range == (0.0, frames[3].pts_seconds) and whole.pts_range == (0.0, frames[-1].pts_seconds)
+        picked = session.choose("What moves?", ["a bike", "a car"], within=(2.0, 2.0))
+        assert picked.chunks == 1 and picked.pts_range == (frames[4].pts_seconds, frames[5].pts_seconds)
         session.push(frames[0].data, pts_seconds=10.0)  # an odd frame: pending, not yet a chunk
         assert list(session.ask_ids("What moves?", max_new_tokens=1, within=(10, 10)))  # over that frame alone
+        alone = session.ask("What moves?", max_new_tokens=1, within=(10, 10))
+        assert alone.chunks == 0 and alone.pts_range == (10.0, 10.0)
         assert session.stats.kv.last_dense == ()
     with _session(tiny_adapters["qwen2_5_vl"], "sink_window", frames[:4]) as session:
         assert not session.asks_within

@@ -186,6 +186,12 @@ class FullKV:
         per_layer = [(layer.keys.index_select(2, keep), layer.values.index_select(2, keep)) for layer in snapshot.layers]
         return ChunkView(per_layer, len(per_layer))
 
+    def span(self, snapshot: Any, start: float, end: float) -> tuple[int, float | None, float | None]:
+        """(chunks, first frame time, last frame time) of the chunks `within(snapshot, start, end)` reads."""
+        stop = int(snapshot.get_seq_length())
+        times = [c[2] for c in self.chunks or () if c[1] <= stop and any(start <= t <= end for t in c[2])]
+        return len(times), (min(times[0]) if times else None), (max(times[-1]) if times else None)
+
     def probe_view(self, snapshot: Any) -> Any:
         return share_cache(snapshot)
 

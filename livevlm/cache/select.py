@@ -125,6 +125,11 @@ class _TieredKV(ChunkedKV):
             raise QuestionError(f"no frame of the stream lies between {start:g}s and {end:g}s")
         return replace(snap, span=(inside[0], inside[-1] + 1) if inside else (0, 0))
 
+    def span(self, snap: _Snapshot, start: float, end: float) -> tuple[int, float | None, float | None]:
+        """(chunks, first frame time, last frame time) of the chunks `within(snap, start, end)` reads."""
+        times = [r.pts_seconds for r in snap.records if any(start <= t <= end for t in r.pts_seconds)]
+        return len(times), (min(times[0]) if times else None), (max(times[-1]) if times else None)
+
     def probe_view(self, snap: _Snapshot) -> ChunkView:
         """The ingestion view as of `snap`: what the question is run on to probe its queries."""
         parts = ([snap.sink] if snap.sink is not None else []) + self._ingest_context(snap.records)
