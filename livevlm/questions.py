@@ -244,7 +244,8 @@ class QuestionsMixin:
             if self._kv.stats.tokens + extra + len(suffix) + budget > self.adapter.max_context:
                 raise ContextOverflowError(
                     f"context of {self._kv.stats.tokens + extra} stream tokens + {len(suffix)} question tokens + "
-                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}"
+                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}: a bounded KV policy "
+                    "keeps the stream within it (--kv bilevel, SessionConfig(kv='bilevel')), or ask over fewer frames"
                 )
             s = self._stats
             snapshot, pending = self._kv.snapshot(), list(self._pending)

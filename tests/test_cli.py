@@ -91,5 +91,9 @@ def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
     assert no_file.returncode == 2 and "'nofile.json' is not inline JSON" in no_file.stderr
     zero = run_cli("watch", sample, "--duration", "0", home=str(tmp_path))
     assert zero.returncode == 2 and "--duration must be a number of seconds > 0" in zero.stderr
-    for res in (missing, bad_model, bad_range, not_selecting, typo, tiny, both, no_file, zero):
+    graph = "lavfi:testsrc2=size=320x240:rate=30"  # no headers to read: checked from its first frame
+    too_long = run_cli("ask", graph, "q", "--kv", "full", "--max-frames", "3000", "--fps", "30", home=str(tmp_path))
+    assert too_long.returncode == 2 and "3000 frames of" in too_long.stderr and "--max-frames 13" in too_long.stderr
+    assert "ingest: 100%" not in too_long.stderr  # refused before ingesting
+    for res in (missing, bad_model, bad_range, not_selecting, typo, tiny, both, no_file, zero, too_long):
         assert "Traceback" not in res.stderr

@@ -9,8 +9,10 @@ over what could be read, with one warning line on stderr saying what was skipped
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from ..context_fit import expected_frames
@@ -43,16 +45,26 @@ def add_parser(sub: Any) -> None:
     add_session_args(ask)
 
 
-def _check_fits(session: Any, source: Any, args: argparse.Namespace, question: str) -> None:
-    """A local video the context cannot hold (with `--kv full`) fails now, not after ingesting all of it."""
+def _checked_frames(session: Any, source: Any, args: argparse.Namespace, question: str) -> Iterable[Any]:
+    """The source's frames, once it is known that the context can hold them (with `--kv full`): a local file
+    from its headers, another source of known length (--max-frames, a URL's duration) from its first frame's
+    size. Fails now, not after ingesting all of it."""
     from ..stream import FileSource, probe
 
-    if not isinstance(source, FileSource):
-        return  # URLs and bounded live sources: checked when the question is asked
-    info = probe(args.video)
-    frames = expected_frames(info.duration_seconds, session.config.fps, args.max_frames, info.fps)
+    if isinstance(source, FileSource):
+        info = probe(args.video)
+        frames = expected_frames(info.duration_seconds, session.config.fps, args.max_frames, info.fps)
+        if frames:
+            session.check_fits(frames, (info.height, info.width), question)
+        return source
+    frames = expected_frames(source.declared_duration, session.config.fps, args.max_frames)
+    stream = iter(source)
+    first = next(stream, None)
+    if first is None:
+        return ()
     if frames:
-        session.check_fits(frames, (info.height, info.width), question)
+        session.check_fits(frames, (first.height, first.width), question)
+    return itertools.chain([first], stream)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
 
             hf_logging.disable_progress_bar()
         with Session(config=config) as session:  # closing deletes a disk tier's spill files
-            _check_fits(session, source, args, question)
+            frames = _checked_frames(session, source, args, question)
             total = expected_frames(source.declared_duration, config.fps, args.max_frames)
-            bar = tqdm(source, total=total, unit="frame", desc="ingest", disable=args.no_progress, leave=False)
+            bar = tqdm(frames, total=total, unit="frame", desc="ingest", disable=args.no_progress, leave=False)
             session.ingest(bar)  # closes the bar; the source is closed by `with source`
             shortfall = source.shortfall()
             if shortfall is not None:
