@@ -7,7 +7,8 @@
 The stream is watched on a background thread (`session.watch`); the main loop wakes at each new chunk
 (`session.wait_for_chunk`), scores the --choices as the answer (`session.choose`, within --deadline seconds)
 and prints `ALERT` when the state changes: the most likely choice, or `unsure` when none reaches --min-p
-(on the bundled sample: the green object is a triangle while it is in view, unsure otherwise). The session
+(on the bundled sample: "triangle" at p=1.00 once the green triangle is in view at 4 s; before it, with no
+green object to see, the small bundled model wavers between unsure and a guessed "square"). The session
 keeps only the newest --window chunks, so the answer is about what is in view now and memory stays bounded
 on a stream that never ends. Stops at --duration or Ctrl-C. The bundled model knows only its world of
 coloured shapes; for real video pass --model, a question and its choices.

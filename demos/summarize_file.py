@@ -3,7 +3,8 @@
     python demos/summarize_file.py                       # the bundled sample, 4 s segments
     python demos/summarize_file.py long.mp4 --segment 60
 
-prints lines like `[00:00-00:04] red circle, blue square`. The file is sampled at --fps; each segment is
+prints one line per chapter, e.g. `[00:00-00:08] red circle` on the bundled sample (its two 4 s segments agree,
+so they merge; only the red circle's colour reaches --min-p there). The file is sampled at --fps; each segment is
 ingested into its own session (all sharing one loaded model) and described with scored choices
 (`Session.choose`) over the words of the bundled model's world: which colours are in view, then the shape of
 each. The yardstick answers a colour question with the colour most in view and spreads its probability over
