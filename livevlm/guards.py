@@ -13,6 +13,9 @@ from typing import Any
 from .errors import FrameError, QuestionError
 from .stream import Frame
 
+MAX_PTS_SECONDS = 1e9
+"""Largest timestamp accepted (about 31 years): a bigger one is an epoch time or a unit mix-up."""
+
 
 def check_question(question: object) -> str:
     """The question if it is non-empty UTF-8 text, else `QuestionError` saying what is wrong."""
@@ -72,6 +75,26 @@ def check_frames(source: object) -> Iterable[Any]:
     if not isinstance(source, Iterable):
         raise FrameError(f"ingest takes a video path or an iterable of frames, got {type(source).__name__}")
     return source
+
+
+def check_pts(pts: object, last: float | None) -> float:
+    """`pts` in seconds if it is a finite number in [0, 1e9] after `last`; else `FrameError`."""
+    if isinstance(pts, bool) or not isinstance(pts, numbers.Real):
+        raise FrameError(f"pts_seconds must be a number of seconds, got {type(pts).__name__} {pts!r}")
+    value = float(pts)
+    if not math.isfinite(value):
+        raise FrameError(f"pts_seconds must be finite, got {value}")
+    if not 0.0 <= value <= MAX_PTS_SECONDS:
+        raise FrameError(
+            f"pts_seconds must be seconds since the stream's start, in [0, {MAX_PTS_SECONDS:g}], got {value:g}"
+            + (" (an epoch time? subtract the first frame's)" if value > MAX_PTS_SECONDS else "")
+        )
+    if last is not None and value <= last:
+        raise FrameError(
+            f"pts_seconds must be after the previous frame's ({last:g} s), got {value:g}: "
+            "timestamps of one stream increase (ingest() / watch() shift a source that restarts)"
+        )
+    return value
 
 
 def segment_offset(first_pts: float, last_pts: float | None, fps: float) -> float:

@@ -32,7 +32,7 @@ import torch
 from .cache import build_feature_cache, build_kv_store
 from .context_fit import check_answer_budget, expected_frames
 from .errors import ConfigError, FrameError, SessionClosedError
-from .guards import SegmentPush, check_frames
+from .guards import SegmentPush, check_frames, check_pts
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
@@ -43,7 +43,7 @@ from .session_config import SessionConfig, SessionStats, as_session_config
 from .session_snapshot import SnapshotMixin
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame, fit_frame
-from .stream.frame import check_pts, check_side
+from .stream.frame import check_side
 
 if TYPE_CHECKING:
     from typing_extensions import Self

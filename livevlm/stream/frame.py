@@ -10,7 +10,6 @@ by a block average, without any full-size copy; `fit_size` is the size the decod
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,10 +18,8 @@ import numpy as np
 from ..errors import FrameError
 from . import config as _config
 
-MAX_PTS_SECONDS = 1e9
-"""Largest timestamp accepted (about 31 years): a bigger one is an epoch time or a unit mix-up."""
 MIN_SIDE = 16
-"""Smallest frame side a session or push source takes: a smaller 'frame' is a mistaken shape or a thumbnail."""
+"""Smallest frame side a session (and the server's frame route) takes: a smaller 'frame' is a mistaken shape."""
 _BLOCK_BYTES = 8 << 20  # working memory of one slab of fit_frame's block average
 
 
@@ -190,26 +187,6 @@ def fit_frame(data: np.ndarray, max_pixels: int | None = None) -> np.ndarray:
         sums //= area
         out[r : r + n] = sums
     return out
-
-
-def check_pts(pts: object, last: float | None) -> float:
-    """`pts` in seconds if it is a finite number in [0, 1e9] after `last`; else `FrameError`."""
-    if isinstance(pts, bool) or not isinstance(pts, numbers.Real):
-        raise FrameError(f"pts_seconds must be a number of seconds, got {type(pts).__name__} {pts!r}")
-    value = float(pts)
-    if not math.isfinite(value):
-        raise FrameError(f"pts_seconds must be finite, got {value}")
-    if not 0.0 <= value <= MAX_PTS_SECONDS:
-        raise FrameError(
-            f"pts_seconds must be seconds since the stream's start, in [0, {MAX_PTS_SECONDS:g}], got {value:g}"
-            + (" (an epoch time? subtract the first frame's)" if value > MAX_PTS_SECONDS else "")
-        )
-    if last is not None and value <= last:
-        raise FrameError(
-            f"pts_seconds must be after the previous frame's ({last:g} s), got {value:g}: "
-            "timestamps of one stream increase (ingest() / watch() shift a source that restarts)"
-        )
-    return value
 
 
 def check_side(data: np.ndarray) -> np.ndarray:
