@@ -186,3 +186,47 @@ def make_wrapping_ts_clip(
         for packet in stream.encode(None):
             out.mux(packet)
     return Path(path)
+
+
+def make_timed_clip(
+    path: str | Path,
+    *,
+    seconds: float = 2.0,
+    fps: int = 10,
+    size: tuple[int, int] = (64, 48),
+    start: float = 0.0,
+    gop: int | None = None,
+    format: str | None = None,
+) -> Path:
+    """An H.264 clip whose first timestamp is `start` seconds (a recording's clock: MPEG-TS from a tuner, a
+    remux that kept it), a keyframe every `gop` frames (default: each second); each frame a distinct image
+    (a white block top-left, green rising with the index)."""
+    tb = Fraction(1, 90000)
+    with av.open(str(path), "w", format=format) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.time_base = tb
+        stream.codec_context.time_base = tb
+        stream.options = {"preset": "ultrafast", "g": str(gop or fps)}
+        for i in range(round(seconds * fps)):
+            img = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+            img[: size[1] // 4, : size[0] // 4] = 255
+            img[..., 1] = (i * 9) % 256
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = round((start + i / fps) / tb), tb
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return Path(path)
+
+
+def make_rotated_copy(src: str | Path, dst: str | Path, degrees: int) -> Path:
+    """Remux `src` (same packets, same pixels) with a display matrix rotating it `degrees` counterclockwise,
+    as a phone records a video held upright: landscape pixels and a 90-degree rotation for the player."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        stream.set_display_rotation(degrees)
+        for packet in inp.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return Path(dst)

@@ -87,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames)
     with source:
         if source.endless:
+            name = source.source_id  # a URL's password left out
             raise UnboundedSourceError(
-                f"{args.video} never ends (a camera, a live stream or a lavfi graph): `livevlm ask` reads "
+                f"{name} never ends (a camera, a live stream or a lavfi graph): `livevlm ask` reads "
                 "its source to the end before answering; give --max-frames N to answer over the first N "
-                f"sampled frames, or use `livevlm watch {args.video}` to ask while it plays"
+                f"sampled frames, or use `livevlm watch {name}` to ask while it plays"
             )
         if args.no_progress:
             from transformers.utils import logging as hf_logging
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             session.ingest(bar)  # closes the bar; the source is closed by `with source`
             shortfall = source.shortfall()
             if shortfall is not None:
-                print(f"livevlm: warning: {args.video}: {shortfall}", file=sys.stderr, flush=True)
+                print(f"livevlm: warning: {source.source_id}: {shortfall}", file=sys.stderr, flush=True)
             _answer(session, question, args, schema)
             floored = session.stats.prune.chunks_floored
             if floored:

@@ -22,7 +22,8 @@ class SourceStats:
     frames_decoded: int = 0
     frames_yielded: int = 0
     frames_corrupt: int = 0
-    """Packets that failed to decode (or container reads that failed) and were skipped."""
+    """Packets that failed to decode (or container reads that failed) and were skipped, or that the demuxer
+    flagged as damaged (MPEG-TS, RTP: the bad bytes are dropped and the rest decoded)."""
     last_pts_seconds: float | None = None
     """Presentation time of the last decoded frame."""
     disconnects: int = 0

@@ -4,7 +4,9 @@ path ─► av.open ─► demux(best video stream) ─► decode ─► Sampler
                      damaged packets are skipped and counted in `stats.frames_corrupt`
 backend='decord': the frame index gives every timestamp, the Sampler picks, decord decodes only those.
 Frames above `max_input_pixels` are scaled down in the conversion to RGB (`rgb_array`), never decoded to a
-full-size RGB array. After the read, `shortfall()` says what the file promised and the read did not give.
+full-size RGB array, and turned upright when the file says how to display it (a phone video's rotation).
+Times count from the file's start (a recording's MPEG-TS clock may start at 10 h: its first frame is still ~0).
+After the read, `shortfall()` says what the file promised and the read did not give.
 """
 
 from __future__ import annotations
@@ -93,24 +95,50 @@ def _open(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
 
 
 def rgb_array(frame: av.VideoFrame, max_pixels: int | None, stats: SourceStats) -> np.ndarray:
-    """The frame as uint8 RGB (H, W, 3); above `max_pixels`, scaled (area) by FFmpeg in the same conversion."""
+    """The frame as uint8 RGB (H, W, 3), upright as a player shows it (`upright`); above `max_pixels`, scaled
+    (area) by FFmpeg in the same conversion."""
     size = fit_size(frame.height, frame.width, max_pixels)
     if size == (frame.height, frame.width):
-        return frame.to_ndarray(format="rgb24")
+        return upright(frame.to_ndarray(format="rgb24"), frame)
     stats.frames_downscaled += 1
-    return frame.to_ndarray(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
+    data = frame.to_ndarray(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
+    return upright(data, frame)
+
+
+def upright(data: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
+    """`data` turned by the frame's display rotation (a phone held upright records landscape pixels and a
+    90-degree display matrix): the model sees what a player shows. Other angles than multiples of 90 are
+    ignored, as FFmpeg does."""
+    degrees = getattr(frame, "rotation", 0) or 0  # counterclockwise; PyAV < 13 has no `rotation`
+    turns = round(degrees / 90)
+    if turns % 4 == 0 or abs(degrees - 90 * turns) > 1:
+        return data
+    return np.ascontiguousarray(np.rot90(data, turns % 4))
+
+
+def start_seconds(container: Any) -> float:
+    """The container's first timestamp in seconds (0 when unknown), which a player shows as 0:00."""
+    start = container.start_time
+    return start / av.time_base if start is not None else 0.0
 
 
 def declared_duration(container: Any, stream: Any, video_only: bool = True) -> float | None:
     """The duration the headers declare for `stream`, in seconds; None if none.
 
     When the stream declares none (Matroska, WebM), the container's duration is used: with `video_only`, only
-    if the video is its only stream (another, e.g. a longer audio track, would overstate the video's).
+    if the video is its only stream (another, e.g. a longer audio track, would overstate the video's). A
+    Matroska file whose timestamps start late (remuxed with their original clock) declares its end time there,
+    not its length: the start is taken off.
     """
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None and (not video_only or len(container.streams) == 1):
-        return container.duration / av.time_base
+        seconds = container.duration / av.time_base
+        start = start_seconds(container)
+        matroska = container.format is not None and container.format.name.startswith("matroska")
+        if matroska and 0 < start < seconds:
+            seconds -= start
+        return seconds
     return None
 
 
@@ -153,6 +181,7 @@ class FileSource(Source):
             self._rate = _stream_rate(self._stream)
             self.declared_duration = declared_duration(self._container, self._stream)
         self.frame_period = 1 / self._rate if self._rate else None
+        self._origin = start_seconds(self._container) if backend == "av" else 0.0  # shown as 0:00
         self._anchor = (0.0, 0)  # (seconds, frame index) of the last frame that had a pts
         self.pacer = Pacer(config.realtime, self._stop)
 
@@ -185,12 +214,15 @@ class FileSource(Source):
                     ) from e
 
     def _decoded(self) -> Iterator[tuple[float, av.VideoFrame]]:
-        """Decoded frames with their time in seconds; undecodable packets are skipped and counted."""
+        """Decoded frames with their time in seconds; undecodable packets are skipped and counted, and so are
+        packets the demuxer flags as damaged (MPEG-TS skips the bad bytes, then decodes what is left)."""
         for packet in self._packets():
+            damaged = bool(getattr(packet, "is_corrupt", False))
+            self.stats.frames_corrupt += damaged
             try:
                 frames = packet.decode()
             except (av.FFmpegError, OSError):  # damaged data mid-file: skip this packet, keep going
-                self.stats.frames_corrupt += 1
+                self.stats.frames_corrupt += not damaged
                 continue
             for frame in frames:
                 t = self._seconds(frame)
@@ -200,10 +232,11 @@ class FileSource(Source):
         self._exhausted = True  # the demuxer reached the end of the data
 
     def _seconds(self, frame: av.VideoFrame) -> float:
-        """The frame's pts in seconds; without pts, the last real pts plus frames since then / stream rate."""
+        """The frame's pts in seconds from the file's start; without pts, the last real pts plus frames since
+        then / stream rate."""
         index = self.stats.frames_decoded
         if frame.pts is not None and frame.time_base is not None:
-            self._anchor = (float(frame.pts * frame.time_base), index)
+            self._anchor = (float(frame.pts * frame.time_base) - self._origin, index)
             return self._anchor[0]
         anchor_t, anchor_index = self._anchor
         return anchor_t + (index - anchor_index) / (self._rate or 30.0)
@@ -234,12 +267,8 @@ class FileSource(Source):
             )
 
     def _run_av(self, sampler: Sampler, start: float) -> Iterator[Frame]:
-        if start > 0 and self._stream.time_base is not None:
-            try:
-                self._container.seek(int(start / self._stream.time_base), stream=self._stream)
-            except (av.FFmpegError, OSError) as e:
-                raise SourceError(f"cannot seek {self.path} to {start}s ({e})") from e
-        for t, frame in self._decoded():
+        frames = self._seek(start) if start > 0 and self._stream.time_base is not None else self._decoded()
+        for t, frame in frames:
             if not sampler.keep(t):
                 continue
             if not self.pacer.wait(t):
@@ -248,6 +277,32 @@ class FileSource(Source):
             yield Frame(rgb_array(frame, self.config.max_input_pixels, self.stats), t, str(self.path))
             if self.config.max_frames is not None and self.stats.frames_yielded >= self.config.max_frames:
                 return
+
+    def _seek(self, start: float) -> Iterator[tuple[float, av.VideoFrame]]:
+        """Decoded frames from a keyframe at or before `start`. An indexed file (mp4, mkv) seeks there at
+        once; MPEG-TS has no index and FFmpeg may land on the keyframe after it, so it seeks again, ever
+        earlier. A file that cannot seek (raw H.264) is decoded from its start (the sampler skips the frames
+        before `start`)."""
+        margin = 0.0
+        while True:
+            target = max(0.0, start - margin)
+            try:
+                at = int((target + self._origin) / self._stream.time_base)
+                self._container.seek(at, stream=self._stream)
+            except (av.FFmpegError, OSError):
+                self._container.close()
+                self._container, self._stream = _open(self.path)
+                yield from self._decoded()
+                return
+            frames = self._decoded()
+            first = next(frames, None)
+            if first is None or first[0] <= start + 1e-6 or target == 0.0:
+                break
+            frames.close()  # landed after `start`: frames between it and the landing would be lost
+            margin = max(1.0, 2 * margin)
+        if first is not None:
+            yield first
+            yield from frames
 
 
 def read_frames(

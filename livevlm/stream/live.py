@@ -27,7 +27,7 @@ from ..errors import (
 )
 from .base import Source
 from .config import MAX_INPUT_PIXELS, ReconnectConfig
-from .file import _stream_rate, av, declared_duration, require_av, rgb_array
+from .file import _stream_rate, av, declared_duration, require_av, rgb_array, start_seconds
 from .frame import Frame
 from .sampler import Pacer, Sampler, Timeline
 
@@ -79,12 +79,17 @@ class AVLiveSource(Source):
         self._wall0: float | None = None  # monotonic clock at the first frame
         self._rebase_pending = False
         self._declares_end = False  # the input's headers declare a duration (set by `_open`)
+        self._origin = 0.0  # the input's first timestamp, which counts as 0 (set by `_open`)
         self._container, self._stream = self._open()  # fail fast: a bad URL or device is reported now
 
     # -- opening --------------------------------------------------------------------------------------
     def _not_found(self, error: Exception) -> SourceError:
         """The error for an input that does not exist (a device source says which devices do)."""
-        return SourceNotFoundError(f"cannot open {self.source_id}: not found ({error})")
+        return SourceNotFoundError(f"cannot open {self.source_id}: not found ({self._why(error)})")
+
+    def _why(self, error: Exception) -> str:
+        """An FFmpeg error's text, as put in livevlm's errors (a URL source leaves its password out)."""
+        return str(error)
 
     def _open(self) -> tuple[Any, Any]:
         """Open the input and pick its best video stream, mapping PyAV failures to typed errors."""
@@ -98,17 +103,18 @@ class AVLiveSource(Source):
         except (FileNotFoundError, av.error.HTTPNotFoundError) as e:
             raise self._not_found(e) from e
         except ConnectionError as e:
-            raise SourceConnectionError(f"cannot connect to {self.source_id}: {e}") from e
+            raise SourceConnectionError(f"cannot connect to {self.source_id}: {self._why(e)}") from e
         except av.error.LookupError as e:  # a protocol, filter or demuxer this FFmpeg does not have
-            raise ConfigError(f"cannot open {self.source_id}: {e}") from e
+            raise ConfigError(f"cannot open {self.source_id}: {self._why(e)}") from e
         except (av.FFmpegError, OSError) as e:
             if isinstance(e, av.ExitError) or time.monotonic() - start >= 0.9 * open_timeout:
                 raise SourceTimeoutError(
-                    f"cannot open {self.source_id}: no answer within open_timeout={open_timeout}s ({e})"
+                    f"cannot open {self.source_id}: no answer within open_timeout={open_timeout}s "
+                    f"({self._why(e)})"
                 ) from e
-            raise self._open_error(f"cannot open {self.source_id}: {e}") from e
+            raise self._open_error(f"cannot open {self.source_id}: {self._why(e)}") from e
         except ValueError as e:  # PyAV: an unknown input format name
-            raise ConfigError(f"cannot open {self.source_id}: {e}") from e
+            raise ConfigError(f"cannot open {self.source_id}: {self._why(e)}") from e
         stream = container.streams.best("video")
         if stream is None:
             kinds = ", ".join(s.type for s in container.streams) or "none"
@@ -120,6 +126,7 @@ class AVLiveSource(Source):
         self._timeline.period = 1 / rate if rate else self._timeline.period
         self.frame_period = self._timeline.period
         self.declared_duration = declared_duration(container, stream)
+        self._origin = start_seconds(container)
         self._declares_end = container.duration is not None or self.declared_duration is not None
         return container, stream
 
@@ -144,9 +151,8 @@ class AVLiveSource(Source):
                 cause = "the stream ended"
             except (av.FFmpegError, OSError) as e:
                 timed_out = isinstance(e, av.ExitError)
-                cause = (
-                    f"no data within read_timeout={self.timeouts[1]}s" if timed_out else f"read failed: {e}"
-                )
+                cause = f"read failed: {self._why(e)}"
+                cause = f"no data within read_timeout={self.timeouts[1]}s" if timed_out else cause
                 if self.reconnect is None:
                     cls = SourceTimeoutError if timed_out else SourceError
                     raise cls(f"cannot read {self.source_id}: {cause}") from e
@@ -179,14 +185,16 @@ class AVLiveSource(Source):
         for packet in self._container.demux(self._stream):
             if self.stopped:
                 return
+            damaged = bool(getattr(packet, "is_corrupt", False))  # flagged by the demuxer (MPEG-TS, RTP)
+            self.stats.frames_corrupt += damaged
             try:
                 decoded = packet.decode()
             except (av.FFmpegError, OSError):  # damaged data (or a lost UDP packet): skip, keep going
-                self.stats.frames_corrupt += 1
+                self.stats.frames_corrupt += not damaged
                 continue
             for frame in decoded:
                 if frame.pts is not None and frame.time_base is not None:
-                    anchor = (float(frame.pts * frame.time_base), index)
+                    anchor = (float(frame.pts * frame.time_base) - self._origin, index)
                 raw = anchor[0] + (index - anchor[1]) * self._timeline.period if anchor else None
                 index += 1
                 t = self._clock(raw)

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from ..errors import SourceConnectionError
 from .config import UrlSourceConfig
 from .live import AVLiveSource, OpenSpec
 
 _RTSP_SCHEMES = ("rtsp", "rtsps")
+
+
+def redact(url: str) -> str:
+    """`url` with the password of its user info replaced by '***' (rtsp://admin:***@cam/...): what errors,
+    stats and frames name the source by, so a camera's credentials never reach a log or a status page."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed netloc (e.g. a bad port): hide everything before '@'
+        head, at, _ = url.partition("://")[2].rpartition("@")
+        return url if not at else url.replace(head + at, "***@", 1)
+    if not password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def url_spec(config: UrlSourceConfig) -> OpenSpec:
@@ -31,7 +48,7 @@ class UrlSource(AVLiveSource):
         self.config = config
         super().__init__(
             url_spec(config),
-            source_id=config.url,
+            source_id=redact(config.url),
             fps=config.fps,
             live=config.is_live,
             open_timeout=config.open_timeout,
@@ -42,3 +59,7 @@ class UrlSource(AVLiveSource):
             max_input_pixels=config.max_input_pixels,
         )
         self.live = config.is_live or config.realtime  # paced, a URL to a file stands in for a camera
+
+    def _why(self, error: Exception) -> str:
+        """FFmpeg's error text names the URL it was given: name it by `source_id`, without its password."""
+        return str(error).replace(self.spec.file, self.source_id)

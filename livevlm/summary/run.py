@@ -93,11 +93,13 @@ def summarize(
     `kv="sink_window"` (bounded). `out`: the file written at the end in `fmt` (md, json, vtt; default from the
     suffix), with `OUT.partial/` beside it holding the finished segments meanwhile (see `state`): after an
     interruption, `resume=True` continues from the last finished segment. `on_segment` is called with each
-    finished (and saved) segment. Errors: `SourceNotFoundError`, `ConfigError` (segment), `OutputError`,
-    `ResumeError` (state of another video or settings, or an unfinished run's state without `resume`)."""
+    finished (and saved) segment. Errors: `SourceNotFoundError`, `ConfigError` (segment; a URL, camera or
+    lavfi graph instead of a file), `OutputError`, `ResumeError` (state of another video or settings, or an
+    unfinished run's state without `resume`)."""
     options = options or SummarizeOptions()
     path = Path(video)
     if not path.is_file():
+        _refuse_a_stream(video)
         raise SourceNotFoundError(f"video file not found: {path}")
     info = probe(path)  # not a video: NotAVideoError before a model is loaded
     fmt = format_for(out, fmt)
@@ -111,12 +113,15 @@ def summarize(
     if given is not None and given.stats.frames_seen:
         raise ConfigError("summarize needs a Session that has seen no frame yet (or a model)")
     session = given or _session(model, config, options)
+    begun: ResumeState | None = None  # the state this call started: removed if it fails before any segment
+    run: _Run | None = None
     try:
         _check_segment(options.segment, session.config.fps)
         header = json.loads(
             json.dumps({"video": video_identity(path), "settings": _settings(session, options)})
         )
         saved = state.begin(header, resume) if state is not None else None
+        begun = state if saved is None else None
         if saved is not None and saved["snapshot"] is not None:
             loaded = state.load_session(saved, session.adapter)  # type: ignore[union-attr]
             if given is None:
@@ -125,6 +130,10 @@ def summarize(
         run = _Run(session, path, options, state, saved or {**header, **_FRESH, "segments": []}, on_segment)
         run.ingest(info, progress)
         result = run.finish()
+    except Exception:
+        if begun is not None and (run is None or not run.segments):  # an empty video, a context it overflows:
+            begun.remove()  # nothing to resume, and a stale state would make the next run ask for --resume
+        raise
     finally:
         if session is not given:
             session.close()
@@ -133,6 +142,20 @@ def summarize(
     if state is not None:
         state.remove()
     return result
+
+
+def _refuse_a_stream(video: str | Path) -> None:
+    """A URL, camera or lavfi graph is not a file (Path() would even fold 'https://' into 'https:/'): say what
+    summarize reads, and what reads those, instead of 'video file not found'."""
+    from ..stream.url import redact
+
+    text = str(video) if isinstance(video, str) else ""
+    kind = text.partition(":")[0]
+    if "://" in text or (kind in ("lavfi", "webcam", "camera") and text[len(kind) + 1 :]):
+        raise ConfigError(
+            f"summarize reads a video file, and {redact(text)} is a stream or device: download the file first, "
+            "or ask over the stream while it plays with `livevlm watch` (`livevlm ask` for a URL to a file)"
+        )
 
 
 def _session(model: Any, config: SessionConfig | None, options: SummarizeOptions) -> Session:
