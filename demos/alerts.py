@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
-from livevlm import LivevlmError, Session, SessionConfig, open_source
+from livevlm import AnswerDeadlineError, LivevlmError, Session, SessionConfig, open_source
 from livevlm.assets import sample_video_path
 from livevlm.cache import SinkWindowConfig
 
@@ -28,6 +29,18 @@ from livevlm.cache import SinkWindowConfig
 def sample_as_camera() -> str:
     """The bundled 8 s sample as an endless live source: FFmpeg's movie filter, looped, paced in real time."""
     return f"lavfi:movie='{sample_video_path()}':loop=0,setpts=N/(FRAME_RATE*TB)"
+
+
+def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above 0."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,19 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--question", default="What shape is the green object?")
     parser.add_argument("--choices", default="circle,square,triangle,cross", help="comma-separated answers")
     parser.add_argument("--min-p", type=float, default=0.8, help="below this the state is 'unsure'")
-    parser.add_argument("--window", type=int, default=2, help="newest chunks kept (1 chunk = 2 frames)")
-    parser.add_argument("--duration", type=float, default=10.0, help="stop after this many seconds")
-    parser.add_argument("--deadline", type=float, default=2.0, help="seconds an answer may take")
+    parser.add_argument("--window", type=positive(int), default=2, help="newest chunks kept (1 chunk = 2 frames)")
+    parser.add_argument("--duration", type=positive(float), default=10.0, help="stop after this many seconds")
+    parser.add_argument("--deadline", type=positive(float), default=2.0, help="seconds an answer may take")
     parser.add_argument("--transport", default="tcp", choices=["tcp", "udp"], help="RTSP transport")
-    parser.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
+    parser.add_argument("--fps", type=positive(float), default=2.0, help="frames sampled per second")
     parser.add_argument("--model", default=None, help="path or hub id (default: the bundled yardstick model)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     choices = [c.strip() for c in args.choices.split(",") if c.strip()]
+    if len(set(choices)) < 2 or not args.question.strip():  # refused now, not at every chunk
+        parser.error("give a --question and at least two different --choices")
 
-    config = SessionConfig(fps=args.fps, device=args.device, kv=SinkWindowConfig(window=args.window))
     current, answers, alerts = None, 0, 0
     try:
+        config = SessionConfig(fps=args.fps, device=args.device, kv=SinkWindowConfig(window=args.window))
         with Session(args.model, config) as session:
             source = open_source(args.source or sample_as_camera(), fps=args.fps, realtime=True,
                                  transport=args.transport)
@@ -65,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 seen = chunks
                 try:
                     answer = session.choose(args.question, choices, deadline_s=args.deadline)
-                except LivevlmError as e:  # e.g. the deadline passed: try again at the next chunk
+                except AnswerDeadlineError as e:  # too slow this time: try again at the next chunk
                     print(f"(no answer: {e})", file=sys.stderr)
                     continue
                 answers += 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,14 +60,26 @@ class Robot:
         return action
 
 
+def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: a number of `kind` above 0 (a zero --leg or --window would make no robot)."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of robot time to simulate")
-    parser.add_argument("--leg", type=float, default=5.0, help="seconds between beacons")
-    parser.add_argument("--fps", type=float, default=2.0, help="camera frames per second")
-    parser.add_argument("--window", type=int, default=2, help="newest chunks kept (1 chunk = 2 frames)")
+    parser.add_argument("--duration", type=positive(float), default=10.0, help="seconds of robot time to simulate")
+    parser.add_argument("--leg", type=positive(float), default=5.0, help="seconds between beacons")
+    parser.add_argument("--fps", type=positive(float), default=2.0, help="camera frames per second")
+    parser.add_argument("--window", type=positive(int), default=2, help="newest chunks kept (1 chunk = 2 frames)")
     parser.add_argument("--min-p", type=float, default=0.5, help="act only on answers at least this likely")
     parser.add_argument("--realtime", action="store_true", help="the camera's pace, not as fast as possible")
     parser.add_argument("--model", default=None, help="path or hub id (default: the bundled yardstick model)")
@@ -74,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     robot = Robot(args.leg)
-    config = SessionConfig(fps=args.fps, device=args.device, kv=SinkWindowConfig(window=args.window))
     try:
+        config = SessionConfig(fps=args.fps, device=args.device, kv=SinkWindowConfig(window=args.window))
         with Session(args.model, config) as session:
             start = time.monotonic()
             for i in range(int(args.duration * args.fps)):

@@ -7,10 +7,13 @@ too long for the model fails at once, naming the remedy, instead of after decodi
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from .errors import ContextOverflowError
+
+logger = logging.getLogger(__name__)
 
 
 def expected_frames(
@@ -79,4 +82,15 @@ def check_answer_budget(adapter: Any, prompt_tokens: int, max_new_tokens: int) -
             f"max_new_tokens {max_new_tokens} does not fit the model's context of {adapter.max_context} tokens "
             f"({prompt_tokens} of them the system prompt): use --max-new-tokens below {room} (much lower leaves room "
             "for the video)"
+        )
+
+
+def say_when_past_context(before: int, after: int, max_context: int, policy: str) -> None:
+    """Log once, as a `kv="full"` stream (the default, which grows with the stream) grows from `before` to
+    `after` tokens past the model's context: from there a question over all of it is refused."""
+    if policy == "full" and before <= max_context < after:
+        logger.warning(
+            "the stream's context (%d tokens) is now longer than the model's (%d): a question over all of it "
+            "will be refused; ask within= a range, or use a bounded kv policy (sink_window, retrieval, bilevel) "
+            "for an endless stream", after, max_context,
         )

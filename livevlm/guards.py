@@ -61,7 +61,7 @@ def check_within(within: object) -> tuple[float, float] | None:
     `QuestionError`."""
     if within is None:
         return None
-    pair = tuple(within) if isinstance(within, (tuple, list)) else ()
+    pair = tuple(within) if isinstance(within, (tuple, list)) or getattr(within, "shape", None) == (2,) else ()  # numpy too
     if len(pair) != 2 or not all(isinstance(t, numbers.Real) and not isinstance(t, bool) for t in pair):
         raise QuestionError(f"within must be (start, end) in stream seconds, got {within!r}")
     start, end = float(pair[0]), float(pair[1])

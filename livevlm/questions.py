@@ -9,6 +9,9 @@ Ingestion goes on meanwhile: an answer holds the lock only while it takes its sn
 
 from __future__ import annotations
 
+import math
+import numbers
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -234,26 +237,28 @@ class QuestionsMixin:
                 f"within= needs a KV policy that keeps the stream's chunks (kv='full', 'retrieval' or 'bilevel'); this "
                 f"session's is {self._kv.name!r}"
             )
-        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        wait = -1 if deadline is None else min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
         if not self._lock.acquire(timeout=wait):
             raise AnswerDeadlineError("the deadline passed while ingestion held the session")
         try:
             self._check_open()
             suffix = self.adapter.suffix_ids(question)
             extra = self.adapter.tokens_per_chunk(self._size) if self._pending else 0
-            if self._kv.stats.tokens + extra + len(suffix) + budget > self.adapter.max_context:
-                raise ContextOverflowError(
-                    f"context of {self._kv.stats.tokens + extra} stream tokens + {len(suffix)} question tokens + "
-                    f"{budget} answer tokens exceeds the model's {self.adapter.max_context}: a bounded KV policy "
-                    "keeps the stream within it (--kv bilevel, SessionConfig(kv='bilevel')), or ask over fewer frames"
-                )
-            s = self._stats
+            s, used = self._stats, self._kv.stats.tokens
             snapshot, pending = self._kv.snapshot(), list(self._pending)
             read = (s.chunks, s.first_pts_seconds, s.last_pts_seconds)  # what the answer reads: all of it
             if within is not None:  # a pending odd frame outside the range is left out too
                 pending = pending if any(within[0] <= f.pts_seconds <= within[1] for f in pending) else []
                 read = _with_pending(self._kv.span(snapshot, *within), pending)
                 snapshot = restrict(snapshot, *within, allow_empty=bool(pending))  # type: ignore[misc]
+                extra = extra if pending else 0
+                used = snapshot.get_seq_length() if hasattr(snapshot, "get_seq_length") else used  # kv full: the range
+            if used + extra + len(suffix) + budget > self.adapter.max_context:
+                raise ContextOverflowError(
+                    f"context of {used + extra} stream tokens + {len(suffix)} question tokens + {budget} answer "
+                    f"tokens exceeds the model's {self.adapter.max_context}: a bounded KV policy keeps the stream "
+                    "within it (--kv bilevel, SessionConfig(kv='bilevel')), ask within= a shorter range, or over fewer frames"
+                )
             state = AskState(snapshot, pending, s.chunks, self._max_position, self._stored_end,
                              s.first_pts_seconds, s.last_pts_seconds, read)  # fmt: skip
             self._stats.questions += 1
@@ -334,6 +339,8 @@ class QuestionsMixin:
 def _deadline(seconds: float | None) -> float | None:
     if seconds is None:
         return None
-    if not isinstance(seconds, (int, float)) or not seconds > 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real) or not seconds > 0:  # numpy's too
         raise QuestionError(f"deadline_s must be a number of seconds > 0, got {seconds!r}")
+    if not math.isfinite(float(seconds)):
+        raise QuestionError(f"deadline_s must be finite (None: no deadline), got {seconds!r}")
     return time.monotonic() + float(seconds)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .cache import build_feature_cache, build_kv_store
-from .context_fit import check_answer_budget, expected_frames
+from .context_fit import check_answer_budget, expected_frames, say_when_past_context
 from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import SegmentPush, check_frames, check_pts
 from .kernels import backend as kernel_backends
@@ -42,8 +42,8 @@ from .records import ChunkText
 from .session_config import SessionConfig, SessionStats, as_session_config
 from .session_snapshot import SnapshotMixin
 from .standing import StandingMixin, StandingQueries
-from .stream import Frame, fit_frame
-from .stream.frame import check_side
+from .stream import Frame
+from .stream.frame import accept_pixels, resize_frame
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -186,6 +186,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         self._stored_end = max(self._stored_end, int(positions.max()) + 1)
         s = self._stats
         s.seconds.prefill += time.perf_counter() - start
+        say_when_past_context(s.kv_tokens, self._kv.stats.tokens, self.adapter.max_context, self._kv.name)
         s.kv_tokens, s.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
 
     def ingest(self, source: str | Path | Iterable[Frame], progress: bool = False) -> int:
@@ -232,6 +233,9 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         from .stream import Ingestor, open_source
 
         self._check_open()
+        if self._ingestor is not None and self._ingestor.running:  # close() stops one: a second would run on
+            raise ConfigError(f"this session already watches {self._ingestor.reader.source.source_id}: stop() the "
+                              "Ingestor watch() returned first (one source per session; push(block=False) is one)")
         push = self._segment()
         sink = push if turn is None else self._in_turn(push, turn)
         ingestor = Ingestor(open_source(source, fps=self.config.fps), sink, reader)
@@ -382,18 +386,12 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             pts_seconds = self._stats.frames_seen / self.config.fps
             pts_seconds = pts_seconds if last is None or pts_seconds > last else last + 1 / self.config.fps
         pts = check_pts(pts_seconds, last)
-        frame = Frame(fit_frame(check_side(frame.data if isinstance(frame, Frame) else frame)), pts)
+        frame = Frame(accept_pixels(frame.data if isinstance(frame, Frame) else frame), pts)  # a copy, not theirs
         if self._frame_shape is None:
             self._frame_shape = (frame.height, frame.width)
             self._size = self.adapter.target_size(frame.height, frame.width, min_pixels=self.config.min_pixels,
                                                   max_pixels=self.config.max_pixels)  # fmt: skip
         elif (frame.height, frame.width) != self._frame_shape:
-            frame = Frame(_resize_uint8(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
+            frame = Frame(resize_frame(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame
 
-
-def _resize_uint8(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 frame to the stream's first frame size (a camera changed resolution)."""
-    x = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)[None].float()
-    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -65,11 +65,11 @@ class SnapshotMixin:
         SessionConfig fields (e.g. device="cuda:1"). A corrupt, truncated or other-version snapshot raises
         `SnapshotError`."""
         manifest = read_manifest(path)
-        config = _with_overrides(config_from_json(manifest["config"]), spill_dir, overrides)
+        config = _with_overrides(config_from_json(_section(manifest, "config", path)), spill_dir, overrides)
         if model is None or isinstance(model, (str, Path)):
             config = dataclasses.replace(config, model=str(model)) if model is not None else config
             model = load_model(config.model, device=config.device, dtype=config.dtype)
-        _check_identity(manifest.get("model", {}), model, path)
+        _check_identity(_section(manifest, "model", path), model, path)
         tree = read_snapshot(path, manifest)
         session = cls.__new__(cls)
         session._build(model, config)  # type: ignore[attr-defined]
@@ -130,6 +130,14 @@ def _frame_state(frame: Frame) -> dict[str, Any]:
 
 def _frame_of(state: dict[str, Any]) -> Frame:
     return Frame(state["data"].numpy().copy(), float(state["pts"]), state["source_id"])
+
+
+def _section(manifest: dict[str, Any], name: str, path: str | Path) -> dict[str, Any]:
+    """The manifest's `name` object; a manifest without it (hand-edited, or not a session's) is corrupt."""
+    part = manifest.get(name)
+    if not isinstance(part, dict):
+        raise SnapshotError(f"the snapshot at {path} is corrupt: its manifest has no {name!r} object")
+    return part
 
 
 def _identity(adapter: VideoLMAdapter) -> dict[str, str]:

@@ -12,6 +12,8 @@ query, which goes on; the session's close() ends every query; `SessionStats.stan
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 import threading
 import time
 from collections import deque
@@ -252,7 +254,7 @@ class StandingQuery:
                     if chunks <= seen:
                         continue
                 if self.every_s is not None:
-                    if next_at is not None and self._stop.wait(max(0.0, next_at - time.monotonic())):
+                    if next_at is not None and self._stop.wait(_timeout(next_at - time.monotonic())):
                         return
                     now = time.monotonic()
                     next_at = max((next_at or now) + self.every_s, now)  # missed ticks are skipped
@@ -303,7 +305,7 @@ class StandingQuery:
             return choice.choice, choice.probabilities, choice.pts_seconds, choice.chunks
         # ask() takes its snapshot at the call: holding the (reentrant) lock across the call pins what it saw
         deadline = None if self.deadline_s is None else time.monotonic() + self.deadline_s
-        if not session._lock.acquire(timeout=-1 if self.deadline_s is None else self.deadline_s):
+        if not session._lock.acquire(timeout=-1 if self.deadline_s is None else _timeout(self.deadline_s)):
             raise AnswerDeadlineError("the deadline passed while ingestion held the session")
         try:
             chunk, pts = session._stats.chunks, session._stats.last_pts_seconds
@@ -330,6 +332,11 @@ class StandingQuery:
 def _seconds(name: str, value: float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise QuestionError(f"{name} must be a number of seconds > 0 or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:  # numpy's too
+        raise QuestionError(f"{name} must be a finite number of seconds > 0 or None, got {value!r}")
     return float(value)
+
+
+def _timeout(seconds: float) -> float:
+    """`seconds` as a wait the threading module takes (a huge one overflows it)."""
+    return min(max(0.0, seconds), threading.TIMEOUT_MAX)

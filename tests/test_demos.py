@@ -88,6 +88,19 @@ def test_robot_loop_acts_on_each_answer() -> None:
     assert sum(answer == beacon for _, answer, _, _, beacon in steps) >= 4  # it sees its beacons (red, blue)
 
 
+@pytest.mark.parametrize("name, args", [
+    ("robot_loop", ["--leg", "0"]), ("robot_loop", ["--fps", "0"]), ("robot_loop", ["--window", "0"]),
+    ("alerts", ["--deadline", "0"]), ("alerts", ["--choices", "red"]), ("alerts", ["--question", " "]),
+])  # fmt: skip
+def test_a_bad_argument_is_refused_before_the_demo_starts(name: str, args: list[str]) -> None:
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "demos" / f"{name}.py"), *args, "--duration", "3"],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2 and f"{name}.py: error:" in res.stderr, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and not res.stdout
+
+
 def _alert_lines(stdout: str) -> list[str]:
     alert = rf"^t=\d+\.\ds (?:first answer|ALERT \(was \w+\)): (?:{SHAPES}|unsure) \("
     return re.findall(alert, stdout, re.MULTILINE)

@@ -49,7 +49,7 @@ class SinkWindowConfig:
     """Only `device_bytes` applies: the window shrinks to the newest chunks that fit in it."""
 
     def __post_init__(self) -> None:
-        _check_count("SinkWindowConfig", "window", self.window)
+        _check_count("SinkWindowConfig", "window", self.window, minimum=1)  # 0 would keep no video at all
 
     def with_budget(self, total: int) -> SinkWindowConfig:
         """All `total` bytes on the device: the window shrinks to the newest chunks that fit."""

@@ -27,13 +27,25 @@ def _check_pixels(data: object, ndim: int, what: str) -> np.ndarray:
     if not isinstance(data, np.ndarray):
         raise FrameError(f"{what}.data must be a numpy array, got {type(data).__name__}")
     if data.dtype != np.uint8:
-        raise FrameError(f"{what}.data must be uint8, got {data.dtype}")
+        hint = " (values in [0, 1]: (x * 255).round().clip(0, 255).astype(np.uint8))" if data.dtype.kind == "f" else ""
+        raise FrameError(f"{what}.data must be uint8, got {data.dtype}{hint}")
     layout = "(H, W, 3)" if ndim == 3 else "(N, H, W, 3)"
     if data.ndim != ndim or data.shape[-1] != 3:
-        raise FrameError(f"{what}.data must have shape {layout} RGB, got {tuple(data.shape)}")
+        raise FrameError(f"{what}.data must have shape {layout} RGB, got {tuple(data.shape)}{_layout_hint(data, ndim)}")
     if data.shape[-3] < 1 or data.shape[-2] < 1:
         raise FrameError(f"{what}.data has an empty side: {tuple(data.shape)}")
     return data
+
+
+def _layout_hint(data: np.ndarray, ndim: int) -> str:
+    """How to turn the usual wrong layouts (grayscale, RGBA, channels first) into RGB channels last."""
+    if data.ndim == ndim - 1:
+        return ": grayscale? np.repeat(x[..., None], 3, axis=-1) makes it RGB"
+    if data.ndim == ndim and data.shape[-1] == 4:
+        return ": RGBA? x[..., :3] drops the alpha channel"
+    if data.ndim == ndim and data.shape[-3] == 3:
+        return ": channels first? x.transpose(1, 2, 0) (Frame.from_chw) puts them last"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -196,3 +208,22 @@ def check_side(data: np.ndarray) -> np.ndarray:
     if len(shape) == 3 and min(shape[:2]) < MIN_SIDE:
         raise FrameError(f"frame of {shape[1]}x{shape[0]} pixels is too small: each side must be >= {MIN_SIDE}")
     return data
+
+
+def accept_pixels(data: object) -> np.ndarray:
+    """What a session keeps of a pushed frame: checked (`FrameError`, with a hint for the usual mistakes),
+    sides >= `MIN_SIDE`, fitted to `MAX_INPUT_PIXELS`, and never the caller's own array (a loop that refills one
+    camera buffer must not rewrite frames still waiting to be encoded)."""
+    pixels = check_side(_check_pixels(data, 3, "Frame"))
+    fitted = fit_frame(pixels)
+    return np.array(fitted) if fitted is pixels else fitted
+
+
+def resize_frame(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 frame resized (antialiased bilinear) to `size` (height, width): a camera that changed
+    resolution mid-stream, fitted to the stream's first frame size."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(data)).permute(2, 0, 1)[None].float()
+    y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -50,27 +51,31 @@ class PushSource(Source):
     def push(self, frame: Frame | np.ndarray, pts_seconds: float | None = None) -> bool:
         """Queue one RGB uint8 (H, W, 3) frame; pts defaults to the Frame's own, else seconds since the first push.
 
-        A malformed frame raises `FrameError` (counted in `stats.frames_rejected`); returns False once the source
-        has ended. Times are not checked against each other here: the consumer (a `Session`) does that.
+        The pixels are copied as they are pushed, so a loop may refill one buffer for every frame (a camera
+        driver's). Frames from several threads are queued in the order of their default times. A malformed
+        frame raises `FrameError` (counted in `stats.frames_rejected`); returns False once the source has ended.
+        Times are not checked against each other here: the consumer (a `Session`) does that.
         """
-        with self._lock:
-            now = time.monotonic()
-            self._t0 = now if self._t0 is None else self._t0
-            if pts_seconds is None:
-                pts_seconds = frame.pts_seconds if isinstance(frame, Frame) else now - self._t0
         try:
             data = frame.data if isinstance(frame, Frame) else frame
             fitted = data if self.max_input_pixels is None else fit_frame(data, self.max_input_pixels)
-            frame = Frame(fitted, float(pts_seconds), self.source_id)
+            if pts_seconds is None and isinstance(frame, Frame):
+                pts_seconds = frame.pts_seconds
+            checked = Frame(fitted, 0.0 if pts_seconds is None else float(pts_seconds), self.source_id)
         except (FrameError, TypeError, ValueError) as e:
             with self._lock:
                 self._stats.frames_rejected += 1
             raise e if isinstance(e, FrameError) else FrameError(f"not a frame with a time in seconds: {e}") from None
-        with self._lock:
+        owned = np.array(fitted) if fitted is data else fitted  # queued frames never alias the caller's array
+        with self._lock:  # a default time is taken where the frame is queued: times follow the queue's order
+            now = time.monotonic()
+            self._t0 = now if self._t0 is None else self._t0
+            pts = checked.pts_seconds if pts_seconds is not None else now - self._t0
+            queued = replace(checked, data=owned, pts_seconds=pts)
             self._stats.frames_downscaled += int(fitted is not data)
             self._stats.frames_decoded += 1
-            self._stats.last_pts_seconds = frame.pts_seconds
-        return self.buffer.put(frame)
+            self._stats.last_pts_seconds = pts
+            return self.buffer.put(queued)
 
     def end(self) -> None:
         """No more frames will be pushed."""
