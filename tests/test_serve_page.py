@@ -200,3 +200,25 @@ def test_url_source_page_shows_frames_and_errors(server, browser):
     page.goto("about:blank")
     wait_until_no_streams(url)
     context.close()
+
+
+def test_a_double_click_on_use_my_camera_opens_one_stream(server, browser):
+    """Opening the camera takes a few awaits; a second click meanwhile must not leave a second stream behind."""
+    url = server()
+    context = browser.new_context()
+    page, errors = open_page(context, url + "/")
+    page.evaluate("() => { const b = document.querySelector('#use-camera'); b.click(); b.click(); }")
+    wait_frames(page, 2)
+    streams = get_json(f"{url}/v1/streams")[1]["streams"]
+    assert len(streams) == 1, streams
+    assert_answered(page, QUESTION, errors)
+    page.click("#use-camera")  # once open, the button switches to a fresh stream (the old one is deleted)
+    deadline = time.monotonic() + 60
+    while [s["id"] for s in get_json(f"{url}/v1/streams")[1]["streams"]] in ([], [streams[0]["id"]]):
+        assert time.monotonic() < deadline, "the camera never reopened as a new stream"
+        time.sleep(0.1)
+    wait_frames(page, 2)
+    assert len(get_json(f"{url}/v1/streams")[1]["streams"]) == 1
+    page.goto("about:blank")
+    wait_until_no_streams(url)
+    context.close()

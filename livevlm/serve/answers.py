@@ -4,6 +4,8 @@
                                                       with scheduler.turn(): answer = session.ask(...)
                                                           (the snapshot; choices are scored here)
                                                       per piece: with scheduler.turn(): next(answer)
+                                                      (`stop` strings: text that may begin one waits;
+                                                       a whole one ends the answer and is left out)
     events (asyncio.Queue, via call_soon_threadsafe) ◄─ ("delta", text) ... ("done", summary) | ("error", exc)
 A client that goes away cancels the job: the thread stops before its next turn.
 """
@@ -11,11 +13,15 @@ A client that goes away cancels the job: the thread stops before its next turn.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.responses import JSONResponse
+
+from ..errors import SessionClosedError
 from .scheduler import ModelScheduler
 
 
@@ -33,8 +39,10 @@ class AnswerSummary:
 class AnswerJob:
     """One question answered on a background thread; iterate `events()` on the event loop."""
 
-    def __init__(self, session: Any, scheduler: ModelScheduler, question: str, **ask: Any) -> None:
+    def __init__(self, session: Any, scheduler: ModelScheduler, question: str, stop: Sequence[str] = (),
+                 **ask: Any) -> None:  # fmt: skip
         self.session, self.scheduler, self.question, self.ask = session, scheduler, question, ask
+        self.stop = StopStrings(stop)
         self._cancel = threading.Event()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
@@ -50,18 +58,23 @@ class AnswerJob:
                 self._put("start", answer)
                 pieces: list[str] = []
                 try:
-                    while not self._cancel.is_set():
+                    while not self._cancel.is_set() and not self.stop.found:
                         with self.scheduler.turn():
                             piece = next(answer, None)
+                        text = self.stop.feed(piece)
+                        if text:
+                            pieces.append(text)
+                            self._put("delta", text)
                         if piece is None:
                             break
-                        pieces.append(piece)
-                        self._put("delta", piece)
                 finally:
                     answer.close()
-                summary = AnswerSummary("".join(pieces), answer.pts_range, answer.chunks, answer.tokens,
-                                        answer.finish_reason)  # fmt: skip
+                finish = "stop" if self.stop.found else answer.finish_reason
+                summary = AnswerSummary("".join(pieces), answer.pts_range, answer.chunks, answer.tokens, finish)
             self._put("done", summary)
+        except SessionClosedError:  # the Session's own words ("start a new Session") mean nothing to an HTTP client
+            self._put("error", SessionClosedError(
+                "the stream was closed while answering (deleted, idle past --idle-timeout, or the server stopping)"))  # fmt: skip
         except Exception as e:  # noqa: BLE001 -- handed to the request, which maps it to a status
             self._put("error", e)
 
@@ -77,3 +90,66 @@ class AnswerJob:
                     return
         finally:
             self._cancel.set()
+
+
+async def whole_answer(
+    events: AsyncIterator[tuple[str, Any]], client_gone: Callable[[], Awaitable[None]]
+) -> AnswerSummary | None:
+    """The done summary of a non-streamed answer; None when `client_gone()` returns first (the client left:
+    the job is cancelled, so nothing decodes for nobody). An error event is raised."""
+    gone = asyncio.ensure_future(client_gone())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(events))
+            await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                return None
+            kind, value = step.result()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                return value
+    finally:
+        gone.cancel()
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def client_gone(request: Any) -> None:
+    """Returns when the client of a Starlette `request` disconnects (its body has been read: only that is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def gone_response() -> JSONResponse:
+    """What a request whose client left is answered with (nobody reads it; 499 as nginx logs it)."""
+    return JSONResponse({"error": {"status": 499, "message": "the client closed the request"}}, status_code=499)
+
+
+class StopStrings:
+    """Cuts streamed text at the first of some stop strings (OpenAI's `stop`), which is itself left out.
+
+    `feed(piece)` returns the text that is safe to send now: text that could still become the start of a stop
+    string waits for the next piece; `feed(None)` (the answer ended) returns what waited."""
+
+    def __init__(self, stop: Sequence[str]) -> None:
+        self.strings = [s for s in stop if s]
+        self.found = False
+        self._held = ""
+
+    def feed(self, piece: str | None) -> str | None:
+        if not self.strings:
+            return piece
+        if piece is None:
+            held, self._held = self._held, ""
+            return held or None
+        text = self._held + piece
+        hits = [i for i in (text.find(s) for s in self.strings) if i >= 0]
+        if hits:
+            self.found, self._held = True, ""
+            return text[: min(hits)]
+        keep = max((n for s in self.strings for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]

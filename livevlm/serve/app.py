@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -30,10 +31,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FrameError, LivevlmError
-from .answers import AnswerJob, AnswerSummary
+from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, whole_answer
 from .config import ServeConfig
 from .errors import InvalidRequestError, NotAPushStreamError, RateLimitedError
-from .frames import decode_frame, encode_jpeg
+from .frames import decode_frame, encode_jpeg, sniff_format
 from .http_errors import error_body
 from .scheduler import ModelScheduler
 from .security import COOKIE, AuthMiddleware, BodyLimitMiddleware, RateLimiter, client_id
@@ -98,9 +99,14 @@ def build_app(config: ServeConfig, adapter: Any = None, manager: StreamManager |
     )
     frames_limit = config.limits.max_frame_bytes + 1024
     limited = BodyLimitMiddleware(
-        app, lambda path: frames_limit if path.endswith("/frames") else config.limits.max_body_bytes
+        app, lambda path: frames_limit if path.endswith("/frames") else config.limits.max_body_bytes,
+        lambda path: _CHAT_BODY_HINT if path == "/v1/chat/completions" else "",
     )
     return AuthMiddleware(limited, config.api_key)  # type: ignore[return-value]
+
+
+_CHAT_BODY_HINT = ("; a chat message takes the question as text only (images are not read from it: push frames to "
+                   "the stream, POST /v1/streams/{id}/frames or its WebSocket) and only the last user message is used")
 
 
 def _version() -> str:
@@ -207,7 +213,11 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
         stream = _push_stream(manager, sid)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         fmt = {"image/jpeg": "jpeg", "image/png": "png", "application/octet-stream": "rgb"}.get(kind)
-        await _push_frame(stream, await request.body(), fmt, width, height, pts, config)
+        data = await request.body()
+        if kind.startswith("multipart/") and sniff_format(data) is None:
+            raise FrameError("send the image itself as the request body (curl --data-binary @frame.jpg -H "
+                             "'content-type: image/jpeg'), not a multipart/form-data upload (curl -F)")  # fmt: skip
+        await _push_frame(stream, data, fmt, width, height, pts, config)
         return _ack(stream)
 
     @app.websocket("/v1/streams/{sid}/ws")
@@ -261,14 +271,8 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
         if kind == "error":
             raise value
         if not body.stream:
-            text = []
-            async for kind, value in events:
-                if kind == "error":
-                    raise value
-                if kind == "delta":
-                    text.append(value)
-                if kind == "done":
-                    return JSONResponse(summary_json(value))
+            summary = await whole_answer(events, lambda: client_gone(request))
+            return JSONResponse(summary_json(summary)) if summary else gone_response()
         return StreamingResponse(_sse_answer(events), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
 
@@ -335,17 +339,30 @@ async def _push_frame(stream: ServedStream, data: bytes, fmt: str | None, width:
                             or pts < 0):  # fmt: skip
         raise FrameError(f"pts must be a finite number of seconds >= 0, got {pts!r}")
     assert stream.push is not None
-    last = stream.push.stats.last_pts_seconds
-    if pts is not None and last is not None and pts <= last:  # refused now, not dropped after the 202
-        raise FrameError(f"pts {pts:g} is not after the stream's last frame ({last:g} s): a stream's times increase")
+    now = time.monotonic()
+    if pts is not None:
+        _check_after_last(stream, pts, "")  # refused now, not dropped by the session after the 202
     limits = config.limits
     frame = await run_in_threadpool(decode_frame, data, fmt, width=width, height=height,
                                     max_bytes=limits.max_frame_bytes, max_pixels=limits.max_frame_pixels)  # fmt: skip
-    if not stream.push.push(frame, None if pts is None else float(pts)):
+    if pts is None:  # its arrival time since the stream's first frame: stamped here, so checked like a sent one
+        pts = 0.0 if stream.push_t0 is None else now - stream.push_t0
+        _check_after_last(stream, pts, " (a frame without pts is stamped with its arrival time since the stream's "
+                                       "first frame): send a pts with every frame, or with none")
+    stream.push_t0 = now if stream.push_t0 is None else stream.push_t0
+    if not stream.push.push(frame, float(pts)):
         from ..errors import SessionClosedError
 
         raise SessionClosedError(f"stream {stream.id} was closed")
     stream.touch()
+
+
+def _check_after_last(stream: ServedStream, pts: float, hint: str) -> None:
+    assert stream.push is not None
+    last = stream.push.stats.last_pts_seconds
+    if last is not None and pts <= last:
+        raise FrameError(f"pts {pts:g} is not after the stream's last frame ({last:g} s): a stream's times increase"
+                         + hint)  # fmt: skip
 
 
 def _ack(stream: ServedStream) -> dict[str, Any]:

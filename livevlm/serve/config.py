@@ -75,10 +75,11 @@ class ServeConfig:
     limits: ServeLimits = field(default_factory=ServeLimits)
 
     def __post_init__(self) -> None:
+        origin = "given"
         if self.api_key is None:
-            self.api_key = os.environ.get("LIVEVLM_API_KEY") or None
+            self.api_key, origin = os.environ.get("LIVEVLM_API_KEY") or None, "in LIVEVLM_API_KEY"
         if self.api_key is not None and len(self.api_key) < 8:
-            raise ConfigError("the API key must be at least 8 characters")
+            raise ConfigError(f"the API key must be at least 8 characters; the one {origin} has {len(self.api_key)}")
         if not is_loopback(self.host) and self.api_key is None:
             raise ConfigError(
                 f"refusing to listen on {self.host} without an API key: anyone who can reach it could watch your "

@@ -43,6 +43,8 @@ def decode_frame(
         raise FrameTooLargeError(f"frame of {len(data)} bytes is over the limit of {max_bytes} bytes")
     if not data:
         raise FrameError("empty frame")
+    if fmt is not None and not isinstance(fmt, str):
+        raise FrameError(f"format must be 'jpeg', 'png' or 'rgb', got {fmt!r}")
     fmt = (fmt or sniff_format(data) or "").lower()
     if fmt == "jpg":
         fmt = "jpeg"

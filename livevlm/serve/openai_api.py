@@ -3,9 +3,10 @@
 The stream is named by the request's `model` (a stream id or name) or by the extra body field `stream_id`
 (`extra_body={"stream_id": ...}` in the `openai` client). The last user message is the question; earlier turns
 and system messages are not used (the stream's session has its own system prompt), decoding is greedy
-(temperature/top_p are accepted and ignored); `response_format` json_object / json_schema decodes under that
-schema (the constrain extra). Each response carries `livevlm`: the stream, the pts range it
-was asked over and the chunks it saw.
+(temperature/top_p are accepted and ignored); `stop` (up to 4 strings) ends the answer before the first of them;
+`response_format` json_object / json_schema decodes under that schema (the constrain extra). What it cannot do
+is refused (422), not ignored: several choices (`n`), tool calls, logprobs. Each response carries `livevlm`: the
+stream, the pts range it was asked over and the chunks it saw.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from .answers import AnswerJob, AnswerSummary
+from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, whole_answer
 from .config import ServeConfig
 from .errors import InvalidRequestError
 from .http_errors import error_body
@@ -44,6 +45,29 @@ class ChatBody(BaseModel):
     stream_options: dict[str, Any] | None = None
     n: int | None = None
     response_format: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    tool_choice: Any = None
+    logprobs: bool | None = None
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    """OpenAI's `stop`: one string or up to 4; the answer ends before the first that appears."""
+    strings = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(strings) > 4 or not all(strings):
+        raise InvalidRequestError(f"stop must be up to 4 non-empty strings, got {stop!r}")
+    return strings
+
+
+def check_unsupported(body: ChatBody) -> None:
+    """Refuse (422) the OpenAI features the server cannot honour, rather than silently answering without them."""
+    if body.n not in (None, 1):
+        raise InvalidRequestError("n must be 1: answers are greedy")
+    if (body.tools or body.functions) and body.tool_choice != "none":
+        raise InvalidRequestError("tools / function calling are not supported: the answer is text about the stream")
+    if body.logprobs:
+        raise InvalidRequestError("logprobs are not supported")
 
 
 def schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | str | None:
@@ -94,8 +118,8 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatBody, request: Request) -> Response:
-        if body.n not in (None, 1):
-            raise InvalidRequestError("n must be 1: answers are greedy")
+        check_unsupported(body)
+        stop = stop_strings(body.stop)
         stream = manager.get(body.stream_id or body.model)
         question = question_of(body.messages)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -104,7 +128,7 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         stream.touch()
         context_tokens = (await run_in_threadpool(lambda: stream.session.stats)).kv_tokens  # off the loop
         schema = schema_of(body.response_format)
-        job = AnswerJob(stream.session, scheduler, question, max_new_tokens=max_tokens, json_schema=schema)
+        job = AnswerJob(stream.session, scheduler, question, stop=stop, max_new_tokens=max_tokens, json_schema=schema)
         events = job.events()
         kind, value = await anext(events)
         if kind == "error":
@@ -112,11 +136,8 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         meta = {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": body.model}
         extra = {"stream_id": stream.id, "pts_range": list(value.pts_range), "chunks": value.chunks}
         if not body.stream:
-            async for kind, value in events:
-                if kind == "error":
-                    raise value
-                if kind == "done":
-                    return JSONResponse(_completion(meta, value, context_tokens, extra))
+            summary = await whole_answer(events, lambda: client_gone(request))
+            return JSONResponse(_completion(meta, summary, context_tokens, extra)) if summary else gone_response()
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         chunks = _chunks(events, meta, extra, context_tokens, include_usage)
         return StreamingResponse(

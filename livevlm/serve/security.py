@@ -89,17 +89,18 @@ class AuthMiddleware:
 class BodyLimitMiddleware:
     """Refuses HTTP bodies over the limit with 413, by Content-Length or while they stream in."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
-        self.app, self.limit_for = app, limit_for
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int], hint_for: Callable[[str], str] | None = None
+                 ) -> None:  # fmt: skip
+        self.app, self.limit_for, self.hint_for = app, limit_for, hint_for or (lambda path: "")
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.limit_for(scope["path"])
+        limit, hint = self.limit_for(scope["path"]), self.hint_for(scope["path"])
         for k, v in scope.get("headers", []):
             if k.lower() == b"content-length" and v.isdigit() and int(v) > limit:
                 return await send_error(
-                    send, 413, f"request body of {int(v)} bytes is over the limit of {limit}"
+                    send, 413, f"request body of {int(v)} bytes is over the limit of {limit}{hint}"
                 )
         received = 0
         started = False
@@ -122,7 +123,7 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge as e:
             if not started:
-                await send_error(send, 413, f"request body is over the limit of {e.limit} bytes")
+                await send_error(send, 413, f"request body is over the limit of {e.limit} bytes{hint}")
 
 
 class _BodyTooLarge(Exception):

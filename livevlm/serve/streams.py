@@ -43,6 +43,8 @@ class ServedStream:
     last_active: float = field(default_factory=time.monotonic)
     frames_seen: int = 0
     samples: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    push_t0: float | None = None
+    """When a push stream got its first frame (monotonic): a frame sent without pts is stamped with the time since."""
 
     def touch(self) -> None:
         self.last_active = time.monotonic()

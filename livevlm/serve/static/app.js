@@ -20,7 +20,7 @@ const KEY = (() => {
   return sessionStorage.getItem("livevlm_key") || "";
 })();
 
-const state = { stream: null, media: null, ws: null, loops: [], unacked: 0, frameUrl: null, busy: false };
+const state = { stream: null, media: null, ws: null, loops: [], unacked: 0, frameUrl: null, busy: false, opening: false };
 
 function authHeaders(extra = {}) {
   return KEY ? { ...extra, Authorization: `Bearer ${KEY}` } : extra;
@@ -141,8 +141,7 @@ async function sendFrame(ws, pts) {
   state.unacked += 1;
 }
 
-async function openUrl(ev) {
-  ev.preventDefault();
+async function openUrl() {
   showError(null);
   const source = $("source-url").value.trim();
   if (!source) { showError("type a source: rtsp://…, http(s)://…, lavfi:GRAPH or a file under the media dir"); return; }
@@ -271,6 +270,25 @@ function addHistory(question, text, done) {
   $("history").prepend(item);
 }
 
+// Opening a source takes several awaits (camera permission, POST, WebSocket): a second click meanwhile is ignored,
+// or both would make a stream and the first would be left open on the server.
+function oneAtATime(open) {
+  return async (ev) => {
+    ev.preventDefault();
+    if (state.opening) return;
+    state.opening = true;
+    $("use-camera").disabled = $("open-url").disabled = true;
+    try {
+      await open(ev);
+    } catch (e) {
+      showError(e);
+    } finally {
+      state.opening = false;
+      $("use-camera").disabled = $("open-url").disabled = false;
+    }
+  };
+}
+
 // ---- wiring --------------------------------------------------------------------------------------------
 
 function deleteOnUnload() {
@@ -280,8 +298,8 @@ function deleteOnUnload() {
 }
 
 async function init() {
-  $("use-camera").addEventListener("click", () => useCamera().catch(showError));
-  $("url-form").addEventListener("submit", (ev) => openUrl(ev).catch(showError));
+  $("use-camera").addEventListener("click", oneAtATime(useCamera));
+  $("url-form").addEventListener("submit", oneAtATime(openUrl));
   $("ask-form").addEventListener("submit", ask);
   window.addEventListener("pagehide", deleteOnUnload);
   window.addEventListener("pageshow", (ev) => ev.persisted && closeStream());  // back from the bfcache
