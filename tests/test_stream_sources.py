@@ -259,3 +259,12 @@ def test_reconnect_delays_back_off_with_jitter() -> None:
         column = [d[k] for d in delays]
         assert all(0.8 * base <= d <= 1.2 * base for d in column)
         assert len(set(column)) > 1  # jittered
+
+
+def test_default_reconnect_outlasts_an_ip_camera_reboot() -> None:
+    """A camera that reboots is gone for 30-90 s: the default retries must span that, not give up at ~15 s."""
+    import random
+
+    cfg = ReconnectConfig(jitter=0.0)
+    waited = sum(cfg.delay(k, random.Random(0)) for k in range(cfg.max_retries))
+    assert 80 <= waited <= 120 and ReconnectConfig().max_delay <= 10

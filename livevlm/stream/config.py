@@ -47,9 +47,10 @@ def _check_seconds(owner: str, name: str, value: float | None, optional: bool = 
 
 @dataclass(frozen=True)
 class ReconnectConfig:
-    """How a live source retries after its connection drops: exponential backoff with jitter."""
+    """How a live source retries after its connection drops: exponential backoff with jitter. The defaults keep
+    trying for about 85 s (0.5, 1, 2, 4, 8, then every 10 s): long enough for an IP camera to reboot."""
 
-    max_retries: int = 5
+    max_retries: int = 12
     """Failed attempts in a row before giving up with `SourceDisconnectedError` (0: never retry)."""
     initial_delay: float = 0.5
     """Seconds to wait before the first attempt."""
