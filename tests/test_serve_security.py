@@ -65,7 +65,7 @@ def routes(sid: str) -> list[tuple[str, str, dict | None]]:
 def test_every_route_needs_the_key(server):
     sid = httpx.post(f"{server.url}/v1/streams", json={"source": "push"}, headers=AUTH).json()["id"]
     for method, path, body in routes(sid):
-        for headers in ({}, {"Authorization": "Bearer wrong-key-000000"}):
+        for headers in ({}, {"Authorization": "Bearer wrong-key-000000"}, {"X-API-Key": "wrong-key-000000"}):
             r = httpx.request(method, server.url + path, json=body, headers=headers)
             assert r.status_code == 401, (method, path, r.status_code)
             assert "API key" in r.json()["error"]["message"]
@@ -80,6 +80,7 @@ def test_every_route_needs_the_key(server):
     assert page.status_code == 200 and "livevlm_key" in page.headers["set-cookie"]
     cookie = {"livevlm_key": KEY}
     assert httpx.get(f"{server.url}/v1/streams/{sid}", cookies=cookie).status_code == 200  # the page's calls
+    assert httpx.get(f"{server.url}/v1/streams/{sid}", headers={"X-API-Key": KEY}).status_code == 200
     assert httpx.delete(f"{server.url}/v1/streams/{sid}", headers=AUTH).status_code == 204
 
 
@@ -89,6 +90,8 @@ def test_non_loopback_bind_without_a_key_is_refused(monkeypatch):
         ServeConfig(host="0.0.0.0")
     ServeConfig(host="0.0.0.0", api_key=KEY)  # with a key it is allowed
     ServeConfig(host="::1")  # loopback in IPv6
+    with pytest.raises(ConfigError, match="printable ASCII"):  # a header could never carry it: no request would match
+        ServeConfig(api_key="schlüssel-geheim")
     env = {k: v for k, v in os.environ.items() if k != "LIVEVLM_API_KEY"}
     cli = subprocess.run([sys.executable, "-m", "livevlm.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=HANG_GUARD, check=False)  # fmt: skip

@@ -80,6 +80,8 @@ class ServeConfig:
             self.api_key, origin = os.environ.get("LIVEVLM_API_KEY") or None, "in LIVEVLM_API_KEY"
         if self.api_key is not None and len(self.api_key) < 8:
             raise ConfigError(f"the API key must be at least 8 characters; the one {origin} has {len(self.api_key)}")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()):
+            raise ConfigError(f"the API key {origin} must be printable ASCII (HTTP headers carry no other text)")
         if not is_loopback(self.host) and self.api_key is None:
             raise ConfigError(
                 f"refusing to listen on {self.host} without an API key: anyone who can reach it could watch your "

@@ -1,6 +1,6 @@
 """Auth, body-size limits and question rate limits, as plain ASGI middleware (HTTP and WebSocket alike).
 
-Key: `Authorization: Bearer KEY`, `?key=KEY` (page loads, WebSockets: browsers cannot set their headers), or
+Key: `Authorization: Bearer KEY` (or `X-API-Key: KEY`), `?key=KEY` (page loads, WebSockets: browsers cannot set their headers), or
 the `livevlm_key` cookie that `GET /?key=KEY` sets (HttpOnly, SameSite=Strict), so the page's own calls carry it.
 """
 
@@ -24,11 +24,13 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Await
 
 
 def request_key(scope: Scope) -> str | None:
-    """The key a request presents (header, then query, then cookie), or None."""
+    """The key a request presents (headers, then query, then cookie), or None."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
+    if "x-api-key" in headers:  # what many API clients send
+        return headers["x-api-key"].strip()
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     if query.get("key"):
         return query["key"][0]
