@@ -30,6 +30,11 @@ class UnknownNameError(ConfigError):
         self.valid = valid
 
 
+def _is_import_path(target: str) -> bool:
+    module, colon, attr = target.partition(":")
+    return bool(colon) and attr.isidentifier() and all(part.isidentifier() for part in module.split("."))
+
+
 def _resolve(target: Any) -> Any:
     if not isinstance(target, str):
         return target
@@ -71,6 +76,12 @@ class Registry(Generic[T]):
             self._entries[name] = Entry(name, obj, config if config is not None else getattr(obj, "config_class", None))
             return obj
 
+        for value in (target, config):
+            if isinstance(value, str) and not _is_import_path(value):
+                raise ConfigError(
+                    f"cannot register {self.kind} {name!r} as {value!r}: a lazy target is 'package.module:Name' "
+                    "(a colon before the attribute), or pass the class itself"
+                )
         if target is not None:
             self._entries[name] = Entry(name, target, config)
         return deco
@@ -91,10 +102,23 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def load(self, name: Any) -> Any:
-        return self.get(name).load()
+        """The class registered as `name`, imported on first use; a target that does not import (a typo in
+        "module:attr") raises this registry's typed error naming it."""
+        entry = self.get(name)
+        return self._import(entry, entry.target, entry.load)
 
     def config_class(self, name: Any) -> Any:
-        return self.get(name).config_class()
+        entry = self.get(name)
+        return self._import(entry, entry.config, entry.config_class)
+
+    def _import(self, entry: Entry, target: Any, load: Callable[[], Any]) -> Any:
+        try:
+            return load()
+        except (ImportError, AttributeError) as exc:
+            if not isinstance(target, str):
+                raise
+            error = self._error or ConfigError
+            raise error(f"{self.kind} {entry.name!r} is registered as {target!r}, which cannot be imported: {exc}") from exc
 
     def for_config(self, config: Any) -> Entry | None:
         """The entry whose config class is exactly `type(config)`, or None."""

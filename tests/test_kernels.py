@@ -128,3 +128,28 @@ def test_the_torch_path_never_imports_triton():
     env = {k: v for k, v in os.environ.items() if k not in (kernels.FORCE_ENV, "TRITON_INTERPRET")}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_a_kernel_setting_that_cannot_run_is_refused_when_the_model_loads(tiny_checkpoints, monkeypatch, capsys):
+    """LIVEVLM_KERNELS=triton on CPU without the interpreter used to load the model, ingest the whole video and
+    fail at the first question with a traceback; a misspelt value was a bare ValueError traceback."""
+    import livevlm
+    from livevlm.assets import sample_video_path
+    from livevlm.cli import main
+    from livevlm.errors import ConfigError
+
+    model = tiny_checkpoints["qwen2_vl"]
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cases = {"triton": "TRITON_INTERPRET=1", "Torhc": "must be one of torch, triton, auto"}
+    for value, needle in cases.items():
+        monkeypatch.setenv(kernels.FORCE_ENV, value)
+        with pytest.raises(ConfigError, match=needle):
+            livevlm.load_model(model)
+        assert main(["ask", str(sample_video_path()), "q", "--model", model, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("livevlm: error: ")]
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    if kernels.triton_version() is not None:  # the interpreter makes the forced kernels runnable on CPU
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setenv(kernels.FORCE_ENV, "triton")
+        assert livevlm.load_model(model).family == "qwen2_vl"

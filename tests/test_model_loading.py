@@ -259,3 +259,45 @@ def test_cache_keyword_follows_the_installed_transformers(tiny_adapters):
 
     expected = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
     assert cache_kwarg(lm) == expected
+
+
+# 6. hub ids without network: the local cache, read once, no retry rounds
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening: a connection to it is refused at once
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cache_hub_id(hf_home: Path, repo_id: str, checkpoint: Path) -> None:
+    """Lay out `checkpoint` in a Hugging Face cache under `hf_home` as `repo_id` at revision main (what an
+    earlier download leaves)."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(checkpoint, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+
+
+def test_a_cached_hub_id_loads_offline_without_retry_rounds(checkpoint, tmp_path):
+    """Offline, huggingface_hub retried every file lookup five times (~23 s each, a dozen lookups: minutes of
+    'Retrying in 8s'); a hub id that is not cached took two rounds (~50 s) to be refused."""
+    hf_home = tmp_path / "hf"
+    _cache_hub_id(hf_home, "acme/tiny-vl", checkpoint)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HOME=str(hf_home), HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", LIVEVLM_HOME=str(tmp_path))
+
+    def ask(model: str) -> subprocess.CompletedProcess:
+        args = ["ask", str(sample_video_path()), "q", "--model", model, "--max-new-tokens", "2", "--no-progress"]
+        return subprocess.run([sys.executable, "-m", "livevlm.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=900, check=False)  # fmt: skip
+
+    cached = ask("acme/tiny-vl")
+    assert cached.returncode == 0, cached.stderr
+    assert "Retrying" not in cached.stderr and cached.stdout.strip()
+    missing = ask("acme/not-cached")
+    _assert_one_line_error(missing, "'acme/not-cached'", "not in the local Hugging Face cache", "cannot be reached")
+    assert "Retrying" not in missing.stderr

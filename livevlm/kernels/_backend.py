@@ -92,6 +92,13 @@ def triton_choice(device: torch.device | str = "cpu") -> Choice:
     return Choice("triton", "cuda available")
 
 
+def check_forced(device: torch.device | str = "cpu") -> None:
+    """Raise now what LIVEVLM_KERNELS would raise at the first kernel call on `device` (`ValueError`: a bad
+    value; `KernelUnavailableError`: triton forced where it cannot run). `load_model` calls it before reading
+    weights (as a `ConfigError`), so a stream is not ingested only to fail at its first question."""
+    triton_choice(device)
+
+
 def use_triton(device: torch.device) -> bool:
     """The dispatch test every op with a Triton kernel makes per call."""
     return triton_choice(device).backend == "triton"

@@ -6,9 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
+from ..kernels import KernelUnavailableError
+from ..kernels._backend import check_forced
 from ..registry import Registry
 from .devices import check_device
+from .hub import looks_like_path, resolve_offline, typo_or_hub_hint
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +128,10 @@ def _load_config(name: str):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if Path(name).exists():
             hint = first
-        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        elif looks_like_path(name):
             hint = "no such directory"
         else:  # a typo'd local folder and a hub id look alike: say both
-            hint = f"no folder {name!r} in {Path.cwd()}, and as a hub id it failed: {first}"
+            hint = typo_or_hub_hint(name, first)
         raise ModelLoadError(f"cannot load model config from {name!r}: {hint}") from exc
     if config.model_type not in MODEL_FAMILIES:
         raise ModelLoadError(
@@ -227,18 +230,23 @@ def load_model(
 ):
     """Load `name_or_path` (None: the bundled default) and wrap it in its family's adapter.
 
-    Never runs code shipped with a checkpoint and never reads stdin. The device and dtype are checked first,
-    then the config, tokenizer files and safetensors headers, and only then are the weights read.
+    Never runs code shipped with a checkpoint and never reads stdin. The device, dtype and LIVEVLM_KERNELS are
+    checked first, then the config, the family's adapter class, tokenizer files and safetensors headers, and only
+    then are the weights read. A hub id with the hub unreachable loads from the local cache without retrying.
     Frame pixel bounds come from the checkpoint's video processor config when it has one; `min_pixels` /
     `max_pixels` in `adapter_kwargs` override them."""
     torch_dtype = _resolve_dtype(dtype)
     check_device(device)
-    name = str(default_model_path() if name_or_path is None else name_or_path)
+    try:  # a bad LIVEVLM_KERNELS fails here, not at the first question after a whole ingest
+        check_forced(device)
+    except (ValueError, KernelUnavailableError) as exc:
+        raise ConfigError(str(exc)) from None
+    name = resolve_offline(str(default_model_path() if name_or_path is None else name_or_path))
     config = _load_config(name)
+    adapter_cls = MODEL_FAMILIES.load(config.model_type)  # a registered family that does not import: before weights
     _check_tokenizer_files(name)
     model = _load_weights(name, config, torch_dtype, device)
     tokenizer = _load_tokenizer(name)
-    adapter_cls = MODEL_FAMILIES.load(config.model_type)
     bounds = getattr(adapter_cls, "pixel_bounds", checkpoint_pixel_bounds)  # a family may read them its own way
     adapter_kwargs = {**bounds(name), **{k: v for k, v in adapter_kwargs.items() if v}}
     return adapter_cls(model, tokenizer, **adapter_kwargs)

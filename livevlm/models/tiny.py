@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 
 TINY_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "llava_onevision", "smolvlm", "qwen3_vl")
 QWEN2_VOCAB = 151936  # the real (padded) embedding size of Qwen2-VL / Qwen2.5-VL
@@ -193,15 +193,21 @@ def save_processing(out: Path, family: str, config) -> None:
 def build_tiny_checkpoint(
     path: str | os.PathLike, family: str = "qwen2_5_vl", seed: int = 0, hidden: int = 64, layers: int = 2
 ) -> Path:
-    """Build a seeded tiny random-weight model and save it (weights, config, tokenizer) to `path`."""
+    """Build a seeded tiny random-weight model and save it (weights, config, tokenizer) to `path`: a new or empty
+    folder, never one holding files (`save_pretrained` would replace a real checkpoint's config and delete its
+    weight shards)."""
     import torch
     import transformers
 
+    out = Path(path)
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise OutputError(f"{str(out)!r} is not empty (it holds {shown}); build a tiny checkpoint into a new folder")
     config = tiny_config(family, hidden=hidden, layers=layers)
     cls = getattr(transformers, _MODEL_CLASSES[family])
     torch.manual_seed(seed)
     model = cls(config).eval()
-    out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     save_processing(out, family, config)

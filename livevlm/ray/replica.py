@@ -64,8 +64,12 @@ class Replica:
         self.sessions[stream_id] = session
         resumed = None
         if source is not None:
-            spec, resumed = resume_at(source, session.stats.last_pts_seconds, self.config.fps)
-            self.ingestors[stream_id] = session.watch(spec, turn=lambda: self.scheduler.turn(stream_id))
+            try:
+                spec, resumed = resume_at(source, session.stats.last_pts_seconds, self.config.fps)
+                self.ingestors[stream_id] = session.watch(spec, turn=lambda: self.scheduler.turn(stream_id))
+            except BaseException:  # a source that cannot be opened: the session is not kept (its KV freed)
+                self.close(stream_id)
+                raise
         return {**self._status(stream_id), "seconds": time.perf_counter() - start, "resumed_from": resumed}
 
     def push(self, stream_id: str, frames: list[np.ndarray], pts: list[float | None] | None = None) -> dict[str, Any]:
@@ -163,6 +167,24 @@ class Replica:
                 "last_pts_seconds": s.last_pts_seconds, "kv_bytes": s.kv_bytes,
                 "watching": bool(ingestor is not None and ingestor.running),
                 "error": str(ingestor.error) if ingestor is not None and ingestor.error else None}  # fmt: skip
+
+
+class ReplicaActor(Replica):
+    """What the router runs as an actor: a model that fails to load is kept and raised by `ready()`, so the
+    router gets the typed error (`ModelLoadError`, `DeviceUnavailableError`, ...); an actor whose constructor
+    raises just dies, and Ray reports only a traceback's text."""
+
+    def __init__(self, model: str | None, config: SessionConfig) -> None:
+        self.load_error: LivevlmError | None = None
+        try:
+            super().__init__(model, config)
+        except LivevlmError as e:
+            self.load_error = e
+
+    def ready(self) -> dict[str, Any]:
+        if self.load_error is not None:
+            raise self.load_error
+        return super().ready()
 
 
 def resume_at(source: Any, last_pts: float | None, fps: float) -> tuple[Any, float | None]:

@@ -17,6 +17,7 @@ The snapshot directory must be one every replica can read: local disk on one mac
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import threading
@@ -31,12 +32,14 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from ..errors import LivevlmError
+from ..errors import ConfigError, LivevlmError
 from ..session_config import SessionConfig
-from .replica import Replica
+from .replica import ReplicaActor, StreamNotHereError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+logger = logging.getLogger(__name__)
 
 
 class NoReplicaError(LivevlmError):
@@ -101,17 +104,30 @@ class Router:
     def __init__(self, config: RouterConfig | None = None) -> None:
         self.config = config = config or RouterConfig()
         if config.replicas < 1:
-            raise ValueError("a router needs at least one replica")
+            raise ConfigError(f"a router needs at least one replica, got replicas={config.replicas}")
         self._own_dir = config.snapshot_dir is None
         self.snapshot_dir = Path(config.snapshot_dir or tempfile.mkdtemp(prefix="livevlm-snapshots-"))
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        self._actor = ray.remote(Replica).options(
+        self._actor = ray.remote(ReplicaActor).options(
             num_cpus=config.replica_cpus, num_gpus=config.replica_gpus, max_concurrency=config.replica_concurrency
         )
         self._lock = threading.RLock()
         self._replicas: list[Any] = [self._start() for _ in range(config.replicas)]
         self._alive = [True] * config.replicas
-        self.info = ray.get([r.ready.remote() for r in self._replicas])
+        short = self._shortfall()
+        if short:
+            logger.warning("%s: they start only if the cluster grows (waiting up to %g s)", short, config.call_timeout_s)
+        try:  # a model that cannot load raises its typed error here (the same on every replica)
+            self.info = [self._get(ref) for ref in [r.ready.remote() for r in self._replicas]]
+        except GetTimeoutError:
+            self._discard()
+            raise NoReplicaError(
+                f"the replicas did not start within {config.call_timeout_s:g} s" + (f": {short}" if short else "")
+                + "; use fewer replicas (--replicas) or less per replica (--replica-cpus, --replica-gpus)"
+            ) from None
+        except BaseException:
+            self._discard()
+            raise
         self._streams: dict[str, _Stream] = {}
         self.restores: list[RestoreReport] = []
         self.snapshot_errors: list[str] = []  # saves that failed (a full disk...): the previous snapshot stays
@@ -128,9 +144,15 @@ class Router:
         sid = stream_id or "s-" + uuid.uuid4().hex[:8]
         with self._lock:
             if sid in self._streams:
-                raise ValueError(f"stream {sid!r} is open already")
+                raise ConfigError(f"stream {sid!r} is open already")
             stream = self._streams[sid] = _Stream(sid, self._least_loaded(), source)
-        self._call(stream, "open", None, source)
+        try:
+            self._call(stream, "open", None, source)
+        except BaseException:  # a source that cannot be opened: the id is free again and counts on no replica
+            with self._lock:
+                if self._streams.get(sid) is stream:
+                    del self._streams[sid]
+            raise
         return sid
 
     def push(self, stream_id: str, frames: np.ndarray | list[np.ndarray], pts: list[float | None] | None = None) -> int:
@@ -266,7 +288,7 @@ class Router:
             self._alive[index], dead = False, self.info[index]
             if not any(self._alive):  # the last one died: start a fresh replica in its place
                 self._replicas[index], self._alive[index] = self._start(), True
-                self.info[index] = ray.get(self._replicas[index].ready.remote())
+                self.info[index] = self._get(self._replicas[index].ready.remote())
             moved = [s for s in self._streams.values() if s.replica == index]
             for stream in moved:
                 self._restore(stream, index)
@@ -321,6 +343,24 @@ class Router:
             for path in [self.snapshot_dir / sid, *self.snapshot_dir.glob(f".{sid}.tmp-*")]:
                 shutil.rmtree(path, ignore_errors=True)
 
+    def _shortfall(self) -> str:
+        """What the replicas ask for beyond the cluster's resources now ("" when they fit): an autoscaling
+        cluster may still add the nodes, a fixed one never will."""
+        c = self.config
+        have = ray.cluster_resources()
+        need = {"CPU": c.replicas * c.replica_cpus, "GPU": c.replicas * c.replica_gpus}
+        if all(need[k] <= have.get(k, 0.0) + 1e-9 for k in need):
+            return ""
+        return (f"{c.replicas} replicas of {c.replica_cpus:g} CPU and {c.replica_gpus:g} GPU need {need['CPU']:g} CPU "
+                f"and {need['GPU']:g} GPU; the cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU")  # fmt: skip
+
+    def _discard(self) -> None:
+        """Undo a constructor that failed: its actors killed, its own snapshot dir removed."""
+        for replica in self._replicas:
+            ray.kill(replica)
+        if self._own_dir:
+            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+
     def __enter__(self) -> Self:
         return self
 
@@ -334,7 +374,7 @@ class Router:
         with self._lock:
             stream = self._streams.get(stream_id)
         if stream is None:
-            raise KeyError(f"no stream {stream_id!r} on this router")
+            raise StreamNotHereError(f"no stream {stream_id!r} on this router")
         return stream
 
     def _least_loaded(self) -> int:
