@@ -1,4 +1,5 @@
-"""`Session`: one stream, one model, the loop. Every model call is here; caches and stores only store.
+"""`Session`: one stream, one model, the loop. Every model call starts here (the ViT cache runs only the
+vision encoder it is handed); stores only store.
 
 push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
     0. admit    the pruner may refuse a near-duplicate patch before the ViT (dedup): nothing encoded or stored
@@ -10,10 +11,10 @@ push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
 ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv.probe_view(snapshot)] ─► kv.answer_view
     (one-pass policies: selected inside the question's forward) ─► prefill [pending frame] + question ─► decode
     ─► yields text; the stream context is untouched
-Input checks live in `guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`,
-the up-front context estimate in `context_fit`, standing queries (`watch_for`: a thread that re-asks a question
-at each chunk and calls back on a change) in `standing`, `save(dir)` / `Session.load(dir, model)` (the whole
-stream state as a snapshot) in `session_snapshot`. After `close()` every method but `stats` raises.
+The question side (`ask`, `choose`: prefill and decode) lives in `questions` and `generate`, input checks in
+`guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`, the up-front context
+estimate in `context_fit`, standing queries (`watch_for`) in `standing`, snapshots (`save` / `Session.load`:
+the whole stream state) in `session_snapshot`. After `close()` every method but `stats` raises.
 """
 
 from __future__ import annotations

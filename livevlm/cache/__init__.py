@@ -1,10 +1,11 @@
-"""Caches that only store: the stream's KV context (policies behind `KVStore`) and the ViT feature cache.
+"""The stream's KV context (policies behind `KVStore`) and the ViT feature cache.
 
 KV policies (`KV_POLICIES`): full (baseline, unbounded), sink_window (StreamingVLM-like), retrieval
 (ReKV-like), bilevel (Video-XL-2-like), fastv (FastV-style question-time ranking of the stored visual
-tokens); retrieval, bilevel and sink_window keep chunks across device / host / disk tiers
-(`KVTiers`). ViT cache policies (`VIT_CACHES`): none, frame, token; presets none, lossless, balanced, fast.
-Neither calls the model: the loop runs every forward on the views and encoders they are given.
+tokens); retrieval and bilevel keep chunks across device / host / disk tiers (`KVTiers`), sink_window keeps
+its window on the device. ViT cache policies (`VIT_CACHES`): none, frame, token; presets none, lossless,
+balanced, fast. The KV stores never call the model (the loop runs every LLM forward on the views they give);
+the ViT cache runs only the `VisionEncoder` it is handed (the full encode, or its block runner).
 """
 
 from .chunked import SinkWindowKV

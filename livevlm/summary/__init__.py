@@ -1,7 +1,7 @@
 """Long-video summarization: `summarize(video)` describes each segment in one bounded-memory pass, merges
 similar neighbours into chapters and writes a summary (Markdown, JSON or WebVTT); resumable after Ctrl-C.
 
-    from livevlm import summarize
+    from livevlm import SummarizeOptions, summarize
     result = summarize("lecture.mp4", options=SummarizeOptions(segment=60), out="lecture.md")
     print(result.summary); [print(c.start, c.text) for c in result.chapters]
 """
