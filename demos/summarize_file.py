@@ -11,7 +11,7 @@ each. The yardstick answers a colour question with the colour most in view and s
 the other colours there (it barely reads which shape the question names), so the colours scoring at least
 --min-p are listed. A real model would instead be asked `session.ask("Describe what happens.")`.
 
-`livevlm summarize` will replace this script when it lands.
+`livevlm summarize` is the full command (a describe prompt per segment, bounded KV, resume, md/json/vtt).
 """
 
 from __future__ import annotations

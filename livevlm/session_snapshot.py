@@ -164,6 +164,9 @@ def config_to_json(config: SessionConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
     out["prune"]["budget"] = str(config.prune.budget)  # type: ignore[union-attr]
     out["kv_budget"] = None  # already applied to out["kv"]["tiers"]
+    model = out.get("model")
+    if isinstance(model, str) and model and Path(model).expanduser().exists():  # a local checkpoint: loadable from
+        out["model"] = str(Path(model).expanduser().resolve())  # any working directory (a hub id stays as it is)
     return out
 
 

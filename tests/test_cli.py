@@ -97,3 +97,13 @@ def test_user_mistakes_exit_2_without_traceback(tiny_checkpoints, tmp_path):
     assert "ingest: 100%" not in too_long.stderr  # refused before ingesting
     for res in (missing, bad_model, bad_range, not_selecting, typo, tiny, both, no_file, zero, too_long):
         assert "Traceback" not in res.stderr
+
+
+def test_an_answer_cut_by_an_error_ends_its_line_before_the_message(tmp_path):
+    """A JSON answer that runs out of tokens: the partial text ends with a newline, so on a terminal the error
+    line does not run on after it ('...turnslivevlm: error: ...')."""
+    schema = '{"type": "object", "properties": {"c": {"type": "string"}}, "required": ["c"]}'
+    out = run_cli("ask", str(sample_video_path()), "What colour is the circle?", "--json-schema", schema,
+                  "--max-new-tokens", "3", "--no-progress", home=str(tmp_path))  # fmt: skip
+    assert out.returncode == 2 and "livevlm: error:" in out.stderr and "Traceback" not in out.stderr
+    assert out.stdout.startswith("{") and out.stdout.endswith("\n"), out.stdout

@@ -187,3 +187,21 @@ def test_paper_strategies_continue_alike_after_a_restore(tiny_adapters, frames, 
     assert list(restored.ask_ids(Q2, max_new_tokens=8)) == list(saved.ask_ids(Q2, max_new_tokens=8))
     assert (restored.stats.prune.tokens_kept, restored.stats.kv_tokens) == (
         saved.stats.prune.tokens_kept, saved.stats.kv_tokens)  # fmt: skip
+
+
+def test_a_snapshot_of_a_relative_checkpoint_loads_from_another_directory(tiny_checkpoints, frames, tmp_path, monkeypatch):
+    """Session("ckpt") names its model by a path relative to where it runs: the snapshot keeps it absolute, so
+    `Session.load(dir)` (the model from the saved config) works from any working directory."""
+    checkpoint = Path(tiny_checkpoints[FAMILY])
+    monkeypatch.chdir(checkpoint.parent)
+    session = Session(checkpoint.name, SessionConfig(kv="full"))
+    session.ingest(frames[:6])
+    expected = list(session.ask_ids(Q1, max_new_tokens=6))
+    session.save(tmp_path / "snap")
+    session.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with Session.load(tmp_path / "snap") as restored:
+        assert restored.config.model == str(checkpoint.resolve())
+        assert list(restored.ask_ids(Q1, max_new_tokens=6)) == expected

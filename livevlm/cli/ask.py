@@ -187,10 +187,16 @@ def _schema(text: str | None) -> Any:
 def print_answer(pieces: Any) -> None:
     """Stream an answer to stdout, ended by a newline; an empty one prints '(no answer)' on stderr instead."""
     text = ""
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-        text += piece
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            text += piece
+    except BaseException:
+        if text:  # an error (or Ctrl-C) after part of the answer: its message goes on a line of its own
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
     if text:
         sys.stdout.write("\n")
         sys.stdout.flush()
