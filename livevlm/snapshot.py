@@ -9,7 +9,9 @@
         (tensors on the CPU; blobs read from blobs.bin on demand, one at a time)
 
 A failure at any step raises `SnapshotError` and leaves an existing snapshot at `dir` as it was and no temp
-dir behind. What the tree means is the caller's business (`Session.save` / `Session.load`).
+dir behind. A killed writer (`kill -9`, a power cut) does leave its temp dir: its name carries the writer's pid,
+start time and pid space, and the next `write_snapshot` into the same folder removes those of writers that
+are gone. What the tree means is the caller's business (`Session.save` / `Session.load`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -31,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from .cache.disk import owner_gone, owner_tag
 from .errors import SnapshotError
 from .records import Blob
 
@@ -60,7 +64,8 @@ def write_snapshot(path: str | Path, meta: dict[str, Any], tree: Any) -> Snapsho
     start = time.perf_counter()
     target = Path(path).absolute()
     _check_replaceable(target)
-    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}"
+    remove_stale_temp_dirs(target.parent)
+    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}-{owner_tag()}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)  # (a file in the way: SnapshotError below)
         tmp.mkdir()
@@ -198,6 +203,32 @@ def _verify(path: Path, size: int, digest: str) -> None:
             h.update(block)
     if h.hexdigest() != digest:
         raise SnapshotError(f"{path} does not match its checksum: the snapshot is corrupt")
+
+
+_TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}-(\d+-\d*-[0-9a-f]{8})$")
+
+
+def remove_stale_temp_dirs(folder: str | Path) -> list[Path]:
+    """Remove the temp dirs that writers killed mid-write left in `folder`; their paths. Only dirs named as
+    `write_snapshot` names them, whose writer is gone (this pid space) and that hold nothing but snapshot files."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        try:
+            if not match or not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+            if not set(os.listdir(entry.path)) <= {MANIFEST, TENSORS, BLOBS} or not owner_gone(match.group(1)):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(Path(entry.path))
+    return removed
 
 
 def _check_replaceable(target: Path) -> None:

@@ -205,3 +205,50 @@ def test_a_snapshot_of_a_relative_checkpoint_loads_from_another_directory(tiny_c
     with Session.load(tmp_path / "snap") as restored:
         assert restored.config.model == str(checkpoint.resolve())
         assert list(restored.ask_ids(Q1, max_new_tokens=6)) == expected
+
+
+_KILLED_WRITER = """
+import sys, time, torch
+from livevlm.records import Blob
+from livevlm.snapshot import write_snapshot
+
+def stall():
+    print("writing", flush=True)  # the temp dir exists and holds a half-written blobs.bin
+    time.sleep(120)
+    return torch.zeros(8, dtype=torch.uint8)
+
+write_snapshot(sys.argv[1], {}, {"kv": torch.ones(1000), "spilled": Blob(8, stall)})
+"""
+
+
+def test_a_killed_writers_temp_dir_is_removed_by_the_next_save(tiny_adapters, frames, tmp_path):
+    """`kill -9` during a save (a summarize run, a Ray replica, a user's periodic save) left its temp dir beside
+    the target for good; the next save into that folder now removes those of writers that are gone."""
+    import signal
+    import subprocess
+    import sys
+
+    from livevlm.cache.disk import owner_tag
+
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "lecture")], cwd=root,
+                             env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    with child:
+        assert child.stdout.readline().strip() == "writing"  # type: ignore[union-attr]
+        child.kill()
+        assert child.wait(60) == -signal.SIGKILL
+    left = _leftovers(tmp_path)
+    assert len(left) == 1 and left[0].startswith(".lecture.tmp-") and not (tmp_path / "lecture").exists()
+    live = tmp_path / f".other.tmp-0badcafe-{owner_tag()}"  # a save in progress in a live process
+    older = tmp_path / ".old-format.tmp-12345678"  # no owner in its name: not ours to judge
+    foreign = tmp_path / f".notes.tmp-0badcafe-{child.pid}-1-{owner_tag().rpartition('-')[2]}"  # dead, not ours
+    for path in (live, older, foreign):
+        path.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    session = Session(tiny_adapters[FAMILY], SessionConfig(kv="full"))
+    for f in frames[:4]:
+        session.push(f)
+    session.save(tmp_path / "lecture")  # the same target
+    assert _leftovers(tmp_path) == sorted(p.name for p in (live, older, foreign))
+    assert (tmp_path / "lecture" / "manifest.json").is_file() and (foreign / "notes.txt").is_file()
+    session.close()

@@ -5,11 +5,16 @@ head. q·mean(k) is exactly the mean attention logit of q over the chunk's token
 so a summary is both the chunk's representative key for relevance scores and a one-token stand-in for it.
 With `key_reps` the row also carries the chunk's most atypical keys (a small event hides in the mean), and
 every chunk gets a query-free novelty score against the chunk before it (`scoring.py`). Summary rows live in host blocks of `SUMMARY_BLOCK` chunks; full blocks spill to disk when RAM runs out.
+
+A spill file that cannot grow (a full disk, an unwritable `spill_dir`: `OutputError`) is capped at the size it
+reached, as `disk_bytes` caps it: the oldest chunks make room (`stats.disk_error` says why). With no room on
+disk at all (`disk_bytes=0`), the oldest index blocks are forgotten so host RAM stays within `cpu_bytes`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from array import array
 from collections import deque
@@ -19,12 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import OutputError
 from ..kernels.quant import from_bytes, to_bytes
 from ..records import Blob
 from .disk import DiskTier
 from .scoring import novelty, representative_keys, top_salient
 from .summary_log import SummaryLog
 from .tiers import ChunkRecord, KVTiers
+
+logger = logging.getLogger(__name__)
 
 
 class ChunkStore:
@@ -52,6 +60,9 @@ class ChunkStore:
         self.lock = threading.RLock()
         self._queues: dict[str, deque[ChunkRecord]] = {t: deque() for t in self.bytes}
         self._disk: DiskTier | None = None
+        self._disk_limit: int | None = None  # the spill file's size when it could not grow (a full disk)
+        self.disk_error: str | None = None
+        """Why the spill file stopped growing, if it did (`OutputError`'s message)."""
 
     def pin(self, nbytes: int) -> None:
         """Count `nbytes` held on the device outside the store (the sink) against `device_bytes`."""
@@ -148,34 +159,44 @@ class ChunkStore:
         return out
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Replace the chunks with a `state_dict`'s; disk blobs go into a fresh spill file (compacted)."""
+        """Replace the chunks with a `state_dict`'s; disk blobs go into a fresh spill file (compacted). A spill
+        file that cannot be written (`OutputError`: a full disk) is removed at once, not left half-filled."""
         with self.lock:
             if self._disk is not None:
                 self._disk.close()
                 self._disk = None
-            base = int(state["base"])
-            self.records = [ChunkRecord(i, 0, (), "dropped") for i in range(base)]  # forgotten: index only
-            self._queues = {t: deque() for t in self.bytes}
-            for r in state["records"]:
-                rec = ChunkRecord(int(r["index"]), int(r["tokens"]), tuple(r["pts_seconds"]), r["tier"],
-                                  nbytes=int(r.get("nbytes", 0)))  # fmt: skip
-                if rec.tier == "device":
-                    rec.kv = r["kv"].to(self.device)
-                elif rec.tier == "cpu":
-                    rec.blob = r["blob"].to("cpu")
-                elif rec.tier == "disk":
-                    rec.offset = self._disk_tier().put(r["disk"].read())
-                self.records.append(rec)
-                if rec.tier != "dropped":
-                    self._queues[rec.tier].append(rec)
-            if self.summaries is not None and state["summaries"] is not None:
-                self.summaries.load_state(state["summaries"], self._disk_tier)
-            self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
-            self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
-            self.novelty = array("d", [0.0] * base + [float(x) for x in state["novelty"]])
-            self.alive = bytearray(rec.tier != "dropped" for rec in self.records)
-            last = state["last_values"]
-            self._last_values = last.to(self.device) if last is not None else None
+            try:
+                self._load_state(state)
+            except OutputError:
+                if self._disk is not None:
+                    self._disk.close()
+                    self._disk = None
+                raise
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        base = int(state["base"])
+        self.records = [ChunkRecord(i, 0, (), "dropped") for i in range(base)]  # forgotten: index only
+        self._queues = {t: deque() for t in self.bytes}
+        for r in state["records"]:
+            rec = ChunkRecord(int(r["index"]), int(r["tokens"]), tuple(r["pts_seconds"]), r["tier"],
+                              nbytes=int(r.get("nbytes", 0)))  # fmt: skip
+            if rec.tier == "device":
+                rec.kv = r["kv"].to(self.device)
+            elif rec.tier == "cpu":
+                rec.blob = r["blob"].to("cpu")
+            elif rec.tier == "disk":
+                rec.offset = self._disk_tier().put(r["disk"].read())
+            self.records.append(rec)
+            if rec.tier != "dropped":
+                self._queues[rec.tier].append(rec)
+        if self.summaries is not None and state["summaries"] is not None:
+            self.summaries.load_state(state["summaries"], self._disk_tier)
+        self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
+        self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
+        self.novelty = array("d", [0.0] * base + [float(x) for x in state["novelty"]])
+        self.alive = bytearray(rec.tier != "dropped" for rec in self.records)
+        last = state["last_values"]
+        self._last_values = last.to(self.device) if last is not None else None
 
     @property
     def disk_dir(self) -> str | None:
@@ -190,16 +211,55 @@ class ChunkStore:
         tiers, queues = self.tiers, self._queues
         while tiers.device_bytes is not None and self.bytes["device"] > tiers.device_bytes and queues["device"]:
             self._move(queues["device"].popleft(), "cpu")
-        ram = self.summaries.ram_bytes if self.summaries is not None else 0
-        while tiers.cpu_bytes is not None and self.bytes["cpu"] + ram > tiers.cpu_bytes:
-            if queues["cpu"]:
-                rec = queues["cpu"].popleft()
-                self._move(rec, "disk" if self._disk_room(rec.nbytes) else "dropped")
-            elif self.summaries is not None and tiers.disk_bytes != 0 and self._summary_room():
-                self.summaries.spill(self._disk_tier())
-                ram = self.summaries.ram_bytes
-            else:
+        failures = 0
+        while tiers.cpu_bytes is not None and self.bytes["cpu"] + self._index_ram() > tiers.cpu_bytes:
+            try:
+                if not self._free_ram():
+                    break
+            except OutputError as e:  # the spill file cannot grow: from now on it is capped at its size
+                failures += 1
+                self._disk_failed(e, give_up=failures > 1)
+
+    def _index_ram(self) -> int:
+        return self.summaries.ram_bytes if self.summaries is not None else 0
+
+    def _free_ram(self) -> bool:
+        """Move the oldest host chunk down (to disk, or dropped), else spill an index block, else forget the
+        oldest index block (no disk tier, or a full one: its chunks' KV goes too); False when nothing can go.
+        A failed spill write raises `OutputError` with nothing moved."""
+        queue, log = self._queues["cpu"], self.summaries
+        if queue:
+            rec = queue[0]
+            self._move(rec, "disk" if self._disk_room(rec.nbytes) else "dropped")
+            queue.popleft()
+            return True
+        if log is None or not log.can_spill:  # nothing in RAM but the open index block
+            return False
+        if self._disk_cap() != 0 and self._summary_room():
+            log.spill(self._disk_tier())
+            return True
+        device = self._queues["device"]
+        newest = device[0].index if device else len(self.records)  # blocks of device chunks stay
+        ram, start = log.ram_bytes, log.forgotten_rows
+        while log.ram_bytes == ram and (log.forgotten + 1) * log.block <= newest:
+            if not log.forget_oldest(self._disk, ram=True):
                 break
+        self._forget_records(start, log.forgotten_rows)
+        return log.ram_bytes < ram
+
+    def _disk_failed(self, error: OutputError, give_up: bool = False) -> None:
+        """Cap the spill file at the size it reached (0: no disk tier at all after `give_up`); logged once."""
+        size = 0 if give_up or self._disk is None else self._disk.extent
+        self._disk_limit = size if self._disk_limit is None else min(size, self._disk_limit)
+        if self.disk_error is None:
+            logger.warning("%s: the KV spill file stays at %d bytes from now on (the oldest chunks' KV is dropped "
+                           "to make room, as past --kv-disk-budget)", error, self._disk_limit)  # fmt: skip
+        self.disk_error = str(error)
+
+    def _disk_cap(self) -> int | None:
+        """`disk_bytes`, or less once the spill file could not grow: the size it had then."""
+        caps = [c for c in (self.tiers.disk_bytes, self._disk_limit) if c is not None]
+        return min(caps) if caps else None
 
     def _summary_room(self) -> bool:
         """Make room in the spill file for one more summary block: spilled blocks take at most half of
@@ -207,13 +267,13 @@ class ChunkStore:
         full block is left in RAM to spill or it cannot fit."""
         log = self.summaries
         assert log is not None
-        cap = self.tiers.disk_bytes
+        cap = self._disk_cap()
         if not log.can_spill or cap is None:
             return log.can_spill
         share = cap // 2 if log.block_bytes <= cap // 2 else cap
         while log.disk_bytes + log.block_bytes > share:
             start = log.forgotten_rows
-            if not log.forget_oldest(self._disk_tier()):
+            if not log.forget_oldest(self._disk):
                 break
             self._forget_records(start, log.forgotten_rows)
         return self._disk_room(log.block_bytes)
@@ -233,7 +293,7 @@ class ChunkStore:
     def _disk_room(self, nbytes: int) -> bool:
         """Drop the oldest disk chunks until `nbytes` more fit under `disk_bytes` together with the spilled
         summary blocks, in bytes and in the spill file; False when they cannot fit at all."""
-        cap = self.tiers.disk_bytes
+        cap = self._disk_cap()
         if cap is None or nbytes > cap:
             return cap is None
         disk, summaries = self._disk_tier(), (self.summaries.disk_bytes if self.summaries is not None else 0)
@@ -243,12 +303,14 @@ class ChunkStore:
         return self.bytes["disk"] + summaries + nbytes <= cap and disk.fits(nbytes, cap)
 
     def _move(self, rec: ChunkRecord, to: str) -> None:
+        """Move `rec` to tier `to` (its old queue is the caller's); a failed spill write changes nothing."""
+        offset = self._disk_tier().put(rec.blob) if to == "disk" else -1  # type: ignore[arg-type]
         self.bytes[rec.tier] -= rec.nbytes
         if to == "cpu":
             rec.blob, rec.kv = to_bytes(rec.kv, self.tiers.cpu_bits), None  # type: ignore[arg-type]
             rec.nbytes = rec.blob.numel()
         elif to == "disk":
-            rec.offset, rec.blob = self._disk_tier().put(rec.blob), None  # type: ignore[arg-type]
+            rec.offset, rec.blob = offset, None
         else:  # dropped: only the summary row is left
             self.alive[rec.index] = 0
             if rec.tier == "disk":

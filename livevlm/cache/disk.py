@@ -7,6 +7,8 @@ behind is removed by the next DiskTier made in the same parent (`remove_stale_sp
   - a spill dir with no readable owner file (an older livevlm's, or one caught being made) only when it holds
     nothing but those two files and none of them was touched for `STALE_SECONDS` (one hour).
 It never touches another user's dirs, symlinks, other names, or owners in another pid namespace.
+A write or a dir that fails (a full disk) raises `OutputError` and leaves the tier as it was.
+`owner_tag` / `owner_gone` give other temp files (snapshot temp dirs) the same test of their maker.
 
 SIGTERM kills a Python process without running finalizers; `install_sigterm_cleanup` makes it exit through
 SystemExit(143) instead, and a DiskTier made in the main thread installs it while SIGTERM has its default action.
@@ -15,6 +17,7 @@ SystemExit(143) instead, and a DiskTier made in the main thread installs it whil
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 import shutil
 import signal
@@ -26,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SessionClosedError
+from ..errors import OutputError, SessionClosedError
 
 PREFIX = "livevlm-kv-"
 SPILL_FILE = "chunks.bin"
@@ -42,9 +45,17 @@ class DiskTier:
         remove_stale_spill_dirs(parent)
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             install_sigterm_cleanup()  # (a no-op off the main thread)
-        self.dir = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
-        _write_owner(self.dir)
-        self._fd = os.open(os.path.join(self.dir, SPILL_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        where = parent or tempfile.gettempdir()
+        try:
+            self.dir = tempfile.mkdtemp(prefix=PREFIX, dir=parent)
+        except OSError as e:
+            raise OutputError(f"cannot make a KV spill directory in {where}: {e.strerror or e}") from e
+        try:
+            _write_owner(self.dir)
+            self._fd = os.open(os.path.join(self.dir, SPILL_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:  # a full disk: the half-made dir goes at once
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise OutputError(f"cannot write the KV spill file in {where}: {e.strerror or e}") from e
         self._end = 0
         self._holes: list[list[int]] = []  # free [offset, size] ranges below _end, by offset, never adjacent
         self.bytes = 0
@@ -55,15 +66,29 @@ class DiskTier:
         """Whether `put` of `n` bytes would keep the spill file within `limit` bytes."""
         return any(size >= n for _, size in self._holes) or self._end + n <= limit
 
+    @property
+    def extent(self) -> int:
+        """Bytes the spill file spans (used ranges and the free ones between them)."""
+        return self._end
+
     def put(self, buf: torch.Tensor) -> int:
-        """Write `buf` (flat uint8) to the first free range it fits or the file's end; returns its offset."""
+        """Write `buf` (flat uint8) to the first free range it fits or the file's end; returns its offset.
+
+        A failed write (a full disk, an I/O error) raises `OutputError` and leaves the tier as it was: the range
+        stays free and a file grown by a partial write is cut back."""
         n = buf.numel()
         with self._lock:
             fd = self._open_fd()
+            holes, end = [list(h) for h in self._holes], self._end
             offset = self._take(n)
             view, done = memoryview(buf.numpy()), 0
-            while done < n:
-                done += os.pwrite(fd, view[done:], offset + done)
+            try:
+                while done < n:
+                    done += os.pwrite(fd, view[done:], offset + done)
+            except OSError as e:
+                self._holes, self._end = holes, end
+                _truncate(fd, end)
+                raise OutputError(f"cannot write the KV spill file in {self.dir}: {e.strerror or e}") from e
             self.bytes += n
         return offset
 
@@ -110,6 +135,15 @@ class DiskTier:
                 return offset
         self._end += n
         return self._end - n
+
+
+def _truncate(fd: int, size: int) -> None:
+    """Cut the file back to `size` bytes if it grew past it (what a failed write appended is given back)."""
+    try:
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
+    except OSError:
+        pass  # the next write over that range replaces it anyway
 
 
 def _remove(fd: int, path: str, pid: int, lock: threading.Lock) -> None:
@@ -215,6 +249,24 @@ def remove_spill_dirs_of(pid: int, parent: str | None = None, wait_s: float = 10
     while _owner_alive(pid, "", _pid_namespace()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return remove_stale_spill_dirs(parent)
+
+
+def owner_tag() -> str:
+    """This process as `PID-START-SPACE` (its start time in clock ticks, a hash of its pid space): what the name
+    of a temp dir carries so that a later process can tell when its maker is gone (`owner_gone`)."""
+    pid = os.getpid()
+    space = hashlib.sha256(pid_space().encode()).hexdigest()[:8]
+    return f"{pid}-{_proc_stat(pid)[1]}-{space}"
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the process an `owner_tag` names is gone; False when it cannot tell (another machine or pid
+    namespace, a malformed tag)."""
+    pid, _, rest = tag.partition("-")
+    start, _, space = rest.partition("-")
+    if not pid.isdigit() or int(pid) <= 0 or space != owner_tag().rpartition("-")[2]:
+        return False
+    return not _owner_alive(int(pid), start, _pid_namespace())
 
 
 def _pid_namespace() -> str:

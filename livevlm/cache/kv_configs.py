@@ -167,6 +167,9 @@ class ChunkedKVStats(KVStats):
     """Host bytes: offloaded chunks plus the summary index held in RAM."""
     disk_bytes: int = 0
     """Bytes in the spill file: chunks plus spilled summary blocks."""
+    disk_error: str | None = None
+    """Why the spill file stopped growing (a full disk, an unwritable spill_dir), if it did: it keeps that size
+    from then on and the oldest chunks' KV makes room, as past `KVTiers.disk_bytes`."""
     summary_bytes: int = 0
     """Bytes of the per-chunk summary index (RAM and disk)."""
     chunks: int = 0

@@ -108,6 +108,7 @@ class _TieredKV(ChunkedKV):
         s.cpu_bytes = st.bytes["cpu"] + (log.ram_bytes if log else 0)
         s.disk_bytes = st.bytes["disk"] + (log.disk_bytes if log else 0)
         s.summary_bytes = (log.ram_bytes + log.disk_bytes) if log else 0
+        s.disk_error = st.disk_error
         s.bytes = s.device_bytes + s.cpu_bytes
         s.stored_tokens = self.sink_tokens + st.tokens
         s.tokens = self.sink_tokens + self._answer_bound(n)

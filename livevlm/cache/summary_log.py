@@ -122,15 +122,23 @@ class SummaryLog:
         """Chunks before this index have no index row any more (their block was forgotten)."""
         return min(self.forgotten * self.block, self.count)
 
-    def forget_oldest(self, disk: DiskTier) -> bool:
-        """Give up the oldest block in the spill file (its chunks can no longer be scored or stood in for);
-        False when none is there."""
-        if self.forgotten >= self._on_disk:
+    def forget_oldest(self, disk: DiskTier | None, ram: bool = False) -> bool:
+        """Give up the oldest block in the spill file (its chunks can no longer be scored or stood in for), or
+        with `ram`, once none is there, the oldest full block in host RAM (a store with no room on disk);
+        False when there is none."""
+        if self.forgotten < self._on_disk:
+            assert disk is not None
+            offset = self._blocks[self.forgotten]
+            assert isinstance(offset, int)
+            disk.free(offset, self._blocks_nbytes())
+            self.disk_bytes -= self._blocks_nbytes()
+        elif ram and self.can_spill:
+            blk = self._blocks[self.forgotten]
+            assert isinstance(blk, torch.Tensor)
+            self.ram_bytes -= blk.nbytes
+            self._on_disk += 1  # blocks before `_on_disk` are on disk or forgotten
+        else:
             return False
-        offset = self._blocks[self.forgotten]
-        assert isinstance(offset, int)
-        disk.free(offset, self._blocks_nbytes())
         self._blocks[self.forgotten] = None
-        self.disk_bytes -= self._blocks_nbytes()
         self.forgotten += 1
         return True

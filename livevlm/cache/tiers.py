@@ -32,7 +32,8 @@ class KVTiers:
     per (layer, head, token) row with a float32 scale and minimum."""
     disk_bytes: int | None = None
     """Chunk KV kept in the spill file; beyond it the oldest chunks are dropped (their summaries stay).
-    0 = no disk tier; None = no limit."""
+    0 = no disk tier (the summary index's oldest blocks are then forgotten to stay within `cpu_bytes`);
+    None = no limit but the disk's (once it is full the file keeps its size, as if capped there)."""
     spill_dir: str | None = None
     """Where the spill file's private directory is made (removed on close); None = the system temp dir."""
 

@@ -37,7 +37,8 @@ class IngestStats:
     """Wall time since the ingestion started."""
     running: bool = False
     error: str | None = None
-    """Why ingestion stopped early (the source's or the sink's typed error), if it did."""
+    """Why ingestion stopped early (the source's or the sink's typed error; any other exception of the sink,
+    e.g. out of memory, with its type name), if it did."""
 
 
 class Ingestor:
@@ -47,7 +48,9 @@ class Ingestor:
         self, source: Source | LiveReader, sink: Callable[[Frame], object], reader: ReaderConfig | None = None
     ) -> None:
         self.reader = source if isinstance(source, LiveReader) else LiveReader(source, reader)
-        self.error: LivevlmError | None = None
+        self.error: Exception | None = None
+        """Why ingestion stopped early: the source's or sink's `LivevlmError`, or any other exception the sink
+        raised (re-raised on the thread too, so its traceback is printed)."""
         self._sink = sink
         self._stop = threading.Event()
         self._processed = 0
@@ -79,6 +82,9 @@ class Ingestor:
                 self._processed += 1
         except LivevlmError as e:  # the source gave up, or the sink refused to go on
             self.error = e
+        except Exception as e:  # a bug or a resource failure in the sink: stats say why ingestion stopped
+            self.error = e
+            raise
         finally:
             self.reader.close()
             self._t1 = time.monotonic()
@@ -114,5 +120,13 @@ class Ingestor:
             self._rejected,
             seconds,
             self.running,
-            str(error) if error is not None else None,
+            _describe(error),
         )
+
+
+def _describe(error: Exception | None) -> str | None:
+    """A typed error's message as it is; another exception's with its type name (a bare 'CUDA out of memory'
+    or '[Errno 28] ...' would not say what failed)."""
+    if error is None or isinstance(error, LivevlmError):
+        return str(error) if error is not None else None
+    return f"{type(error).__name__}: {error}"
