@@ -78,6 +78,9 @@ class SnapshotMixin:
         except (KeyError, TypeError, ValueError, IndexError) as e:
             session.close()  # type: ignore[attr-defined]
             raise SnapshotError(f"the snapshot at {path} does not fit this session: {type(e).__name__}: {e}") from e
+        except BaseException:  # e.g. a full spill dir (OutputError): the half-built session's store is released
+            session.close()  # type: ignore[attr-defined]
+            raise
         return session
 
     def _snapshot_tree(self) -> dict[str, Any]:

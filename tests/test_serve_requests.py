@@ -220,3 +220,34 @@ def test_deleting_a_stream_mid_answer_says_so_in_the_servers_words(server):
     kind, error = events[-1]
     assert kind == "error" and error["status"] == 410
     assert "the stream was closed while answering" in error["message"] and "Session" not in error["message"]
+
+
+def test_a_camera_password_is_not_listed(server, tmp_path):
+    """GET /v1/streams echoes each stream's source: a URL's password must not be in it."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    from livevlm.assets import sample_video_path
+
+    shutil.copy(sample_video_path(), tmp_path / "cam.mp4")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    www = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=www.serve_forever, daemon=True).start()
+    try:
+        url = f"http://viewer:s3cret-pw@127.0.0.1:{www.server_address[1]}/cam.mp4"
+        created = httpx.post(f"{server.url}/v1/streams", json={"source": url})
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        wait_until(lambda: status(server.url, sid)["status"]["chunks"] >= 2, "two chunks")
+        listed = httpx.get(f"{server.url}/v1/streams").text + httpx.get(f"{server.url}/v1/streams/{sid}").text
+        assert "s3cret-pw" not in listed and "viewer:***@127.0.0.1" in listed
+        assert httpx.delete(f"{server.url}/v1/streams/{sid}").status_code == 204
+    finally:
+        www.shutdown()
+        www.server_close()

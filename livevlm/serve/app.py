@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FrameError, LivevlmError
+from ..stream.url import redact
 from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, whole_answer
 from .config import ServeConfig
 from .errors import InvalidRequestError, NotAPushStreamError, RateLimitedError
@@ -316,7 +317,7 @@ def _push_stream(manager: StreamManager, sid: str) -> ServedStream:
     stream = manager.get(sid)
     if stream.push is None:
         raise NotAPushStreamError(
-            f"stream {sid!r} reads {stream.source}; frames can only be sent to a 'push' stream"
+            f"stream {sid!r} reads {redact(stream.source)}; frames can only be sent to a 'push' stream"
         )
     return stream
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..session import Session
 from ..stream import LiveReader, PushSource, ReaderConfig, open_source
+from ..stream.url import redact
 from .config import ServeConfig
 from .errors import ConflictError, InvalidRequestError, StreamNotFoundError, TooManyStreamsError
 from .scheduler import ModelScheduler
@@ -193,7 +194,7 @@ class StreamManager:
         out: dict[str, Any] = {
             "id": stream.id,
             "name": stream.name,
-            "source": stream.source,
+            "source": redact(stream.source),  # a camera URL's password is not shown
             "kind": stream.kind,
             "created": stream.created,
             "running": bool(ing and ing.running),
@@ -202,6 +203,8 @@ class StreamManager:
         }
         if full:
             out["stats"] = jsonable(stats)
+            if isinstance(out["stats"].get("kv"), dict):  # one score per chunk of the whole stream: a status the
+                out["stats"]["kv"].pop("last_scores", None)  # page polls each second would grow with the stream
         return out
 
 
