@@ -16,14 +16,12 @@ from .errors import ContextOverflowError
 logger = logging.getLogger(__name__)
 
 
-def expected_frames(
-    duration: float | None, fps: float, max_frames: int | None, video_fps: float | None = None
-) -> int | None:
-    """How many frames sampling `duration` seconds at `fps` gives (a slower video gives one per frame)."""
+def expected_frames(duration: float | None, fps: float, max_frames: int | None) -> int | None:
+    """How many frames sampling `duration` seconds at `fps` gives (a video slower than `fps` has its frames
+    held on the instants between them, as a player shows them: still one per 1/fps)."""
     if duration is None:
         return max_frames
-    rate = min(fps, video_fps) if video_fps else fps
-    n = max(1, math.ceil(duration * rate - 1e-9))
+    n = max(1, math.ceil(duration * fps - 1e-9))
     return min(n, max_frames) if max_frames else n
 
 

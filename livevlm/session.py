@@ -207,7 +207,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             frames_iter: Iterable[Frame] = FileSource(cfg)
             if progress:
                 info = probe(source)
-                total = expected_frames(info.duration_seconds, self.config.fps, self.config.max_frames, info.fps)
+                total = expected_frames(info.duration_seconds, self.config.fps, self.config.max_frames)
         else:
             frames_iter = check_frames(source)
         count, push = 0, self._segment()

@@ -109,8 +109,8 @@ def test_missing_pts_falls_back_to_index_over_rate(tmp_path: Path) -> None:
 def test_variable_frame_rate(tmp_path: Path) -> None:
     clip = make_vfr_clip(tmp_path / "vfr.mp4", [0.0, 0.1, 0.15, 0.9, 1.0, 2.5, 2.6])
     pts = [f.pts_seconds for f in read_frames(clip, fps=2.0)]
-    # 0.9 reaches the 0.5 s instant, 1.0 the 1.0 s one; the 1.5 s and 2.0 s instants fall in the gap
-    assert pts == pytest.approx([0.0, 0.9, 1.0, 2.5])
+    # 0.9 reaches the 0.5 s instant, 1.0 the 1.0 s one; at 1.5 s and 2.0 s the 1.0 s frame is still on screen
+    assert pts == pytest.approx([0.0, 0.9, 1.0, 1.5, 2.0, 2.5])
 
 
 def test_iterating_a_closed_source_raises() -> None:

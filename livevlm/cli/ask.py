@@ -53,7 +53,7 @@ def _checked_frames(session: Any, source: Any, args: argparse.Namespace, questio
 
     if isinstance(source, FileSource):
         info = probe(args.video)
-        frames = expected_frames(info.duration_seconds, session.config.fps, args.max_frames, info.fps)
+        frames = expected_frames(info.duration_seconds, session.config.fps, args.max_frames)
         if frames:
             session.check_fits(frames, (info.height, info.width), question)
         return source

@@ -1,7 +1,9 @@
 """`FileSource`: decode a video file and yield RGB `Frame`s sampled at a target fps.
 
 path ─► av.open ─► demux(best video stream) ─► decode ─► Sampler: t0 + k/fps ─► Pacer ─► Frame(rgb24, pts)
-                     damaged packets are skipped and counted in `stats.frames_corrupt`
+                     damaged packets are skipped and counted in `stats.frames_corrupt`;
+                     an instant no frame reaches (a still stretch of a variable-rate file, a source slower than
+                     fps) repeats the frame on screen, as a player shows it (`_Hold`)
 backend='decord': the frame index gives every timestamp, the Sampler picks, decord decodes only those.
 Frames above `max_input_pixels` are scaled down in the conversion to RGB (`rgb_array`), never decoded to a
 full-size RGB array, and turned upright when the file says how to display it (a phone video's rotation).
@@ -11,6 +13,7 @@ After the read, `shortfall()` says what the file promised and the read did not g
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +37,10 @@ except ImportError:  # a training-only install (no decoder): livevlm imports, op
 __all__ = ["FileSource", "FileSourceConfig", "SourceStats", "VideoInfo", "probe", "read_frames"]
 
 _MAX_DEMUX_RETRIES = 8  # consecutive container read errors before giving up
+_EPS = 1e-6  # the Sampler's slack (seconds) when comparing a time to a sampling instant
+MAX_HOLD_SECONDS = 60.0
+"""A frame is repeated at the sampling instants up to the next frame only when that one comes within this many
+seconds: a longer jump is a timestamp discontinuity (a broken recording), skipped as before, not hours of copies."""
 
 
 @dataclass(frozen=True)
@@ -268,15 +275,43 @@ class FileSource(Source):
 
     def _run_av(self, sampler: Sampler, start: float) -> Iterator[Frame]:
         frames = self._seek(start) if start > 0 and self._stream.time_base is not None else self._decoded()
+        hold = _Hold(self.config.fps)
+        held: tuple[float, av.VideoFrame] | None = None  # the frame on screen: the last one decoded
         for t, frame in frames:
+            if held is not None and t - held[0] <= MAX_HOLD_SECONDS:  # instants no frame reached: the held one
+                for out in self._repeat(held, hold.instants(t), sampler):
+                    yield out
+                    if self._done():
+                        return
+            held = (t, frame)
             if not sampler.keep(t):
                 continue
+            hold.kept(t)
             if not self.pacer.wait(t):
                 return
             self.stats.frames_yielded += 1
             yield Frame(rgb_array(frame, self.config.max_input_pixels, self.stats), t, str(self.path))
-            if self.config.max_frames is not None and self.stats.frames_yielded >= self.config.max_frames:
+            if self._done():
                 return
+        if held is not None and not self.stopped and self.declared_duration is not None:
+            # the last frame stays on screen for its duration, within what the headers say the video lasts
+            end = min(held[0] + min(_frame_seconds(held[1]), MAX_HOLD_SECONDS), self.declared_duration)
+            yield from self._repeat(held, hold.instants(end), sampler)
+
+    def _done(self) -> bool:
+        return self.config.max_frames is not None and self.stats.frames_yielded >= self.config.max_frames
+
+    def _repeat(
+        self, held: tuple[float, av.VideoFrame], instants: list[float], sampler: Sampler
+    ) -> Iterator[Frame]:
+        """The held frame again at each of `instants` (times of the sampling grid), while `max_frames` allows."""
+        data = None
+        for t in instants:
+            if self._done() or not sampler.keep(t) or not self.pacer.wait(t):
+                return
+            data = rgb_array(held[1], self.config.max_input_pixels, self.stats) if data is None else data.copy()
+            self.stats.frames_yielded += 1
+            yield Frame(data, t, str(self.path))
 
     def _seek(self, start: float) -> Iterator[tuple[float, av.VideoFrame]]:
         """Decoded frames from a keyframe at or before `start`. An indexed file (mp4, mkv) seeks there at
@@ -303,6 +338,41 @@ class FileSource(Source):
         if first is not None:
             yield first
             yield from frames
+
+
+def _frame_seconds(frame: av.VideoFrame) -> float:
+    """How long `frame` is shown (its duration in the container); 0 when the file does not say."""
+    duration, base = getattr(frame, "duration", None), frame.time_base
+    return float(duration * base) if duration and base is not None and duration > 0 else 0.0
+
+
+class _Hold:
+    """The instants of `Sampler`'s grid (t0 + k/fps) that fall between two decoded frames, shown the held frame.
+
+    A variable-frame-rate file (screen recorders write a frame only when the picture changes) or a source slower
+    than `fps` leaves instants that no frame starts in: sampling alone would hand a 14 s still clip to the model
+    as 3 frames, its time squeezed. Every instant before the last one at or before the next frame is filled,
+    so a source at `fps` or faster (at most one instant between two frames) never repeats a frame."""
+
+    def __init__(self, fps: float | None) -> None:
+        self.fps = fps
+        self._t0: float | None = None
+        self._next: float | None = None
+
+    def kept(self, t: float) -> None:
+        """The sampler kept a frame at `t`: the next instant is the first of the grid after it (as `Sampler`)."""
+        if self.fps is None:
+            return
+        self._t0 = t if self._t0 is None else self._t0
+        self._next = self._t0 + (math.floor((t - self._t0) * self.fps + _EPS) + 1) / self.fps
+
+    def instants(self, until: float) -> list[float]:
+        """The instants to show the held frame at before a frame at `until` (or the held frame's end)."""
+        out: list[float] = []
+        while self._next is not None and self.fps is not None and self._next + 1 / self.fps <= until + _EPS:
+            out.append(self._next)
+            self.kept(self._next)
+        return out
 
 
 def read_frames(

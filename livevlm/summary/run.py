@@ -231,7 +231,7 @@ class _Run:
         if self.data["ended"]:
             return
         fps, max_frames = self.session.config.fps, self.session.config.max_frames
-        total = expected_frames(info.duration_seconds, fps, max_frames, info.fps)
+        total = expected_frames(info.duration_seconds, fps, max_frames)
         done = self.data["frames"]
         if total and total > done:  # kv full over a file the context cannot hold: refused now, not at minute 7
             last = self.options.prompt.format(start=clock(0), end=clock(info.duration_seconds or 0))
