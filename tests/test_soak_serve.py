@@ -15,6 +15,7 @@ import time
 import httpx2 as httpx
 import numpy as np
 import pytest
+from leaks import open_files
 from serve_fixtures import start_server
 from websockets.sync.client import connect
 
@@ -26,15 +27,6 @@ HANG_GUARD = 60.0
 W, H = 160, 120
 LAVFI = f"lavfi:testsrc2=size={W}x{H}:rate=10"
 
-
-def _fds() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out.add(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass  # the descriptor of the listing itself
-    return out
 
 
 def _sockets(fds: set[str]) -> int:
@@ -99,14 +91,14 @@ def test_streams_created_and_deleted_in_a_loop_leave_nothing_behind(tmp_path):
             if not counted and i == 3:  # the server's own threads and sockets have all started by now
                 time.sleep(0.5)
                 gc.collect()
-                threads, fds, counted = len(threading.enumerate()), _fds(), True
+                threads, fds, counted = len(threading.enumerate()), open_files(), True
         assert httpx.get(f"{url}/v1/streams", timeout=HANG_GUARD).json()["streams"] == []
         deadline = time.monotonic() + HANG_GUARD
         while len(threading.enumerate()) > threads and time.monotonic() < deadline:
             time.sleep(0.05)  # the last deleted stream's threads end, the vanished clients' sockets close
         gc.collect()
         assert len(threading.enumerate()) <= threads, [t.name for t in threading.enumerate()]
-        now = _fds()
+        now = open_files()
         assert {f for f in now - fds if not f.startswith("socket:")} == set()
         assert _sockets(now) <= _sockets(fds)  # (socket inode names are reused: count them)
         assert os.listdir(tmp_path) == []  # every deleted stream's spill dir is gone

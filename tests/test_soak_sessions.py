@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from leaks import open_files
 
 from livevlm import Session, SessionConfig
 from livevlm.cache import BilevelConfig, KVTiers, RetrievalConfig
@@ -27,15 +28,6 @@ MODES = ("push", "push_nonblocking", "watch", "standing")
 def bundled():
     return load_model(None)
 
-
-def _fds() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out.add(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass  # the fd listdir itself used, already closed
-    return out
 
 
 def _settled(before: set[str]) -> set[str]:
@@ -79,7 +71,7 @@ def test_sessions_opened_and_closed_in_a_loop_leave_nothing_behind(bundled, tmp_
     "".join(warm.ask("What colour is the circle?"))
     warm.close()
     gc.collect()
-    threads, fds = {t.name for t in threading.enumerate()}, _fds()
+    threads, fds = {t.name for t in threading.enumerate()}, open_files()
     spilled = 0
     for i in range(60):
         session = Session(bundled, configs[i % 2])
@@ -91,4 +83,4 @@ def test_sessions_opened_and_closed_in_a_loop_leave_nothing_behind(bundled, tmp_
     gc.collect()
     assert spilled >= 30  # most sessions did reach the disk tier
     assert _settled(threads) == set()
-    assert _fds() - fds == set()
+    assert open_files() - fds == set()
