@@ -15,7 +15,6 @@ asked after streams of 200-260 frames.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -25,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli
 
 import livevlm
 from livevlm import SessionConfig, load_model
 from livevlm.cache import available_kv_policies, kv_config_of
 from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
+from livevlm.errors import ConfigError
 from livevlm.prune import available_pruners, parse_prune_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
@@ -74,6 +74,15 @@ def knob(text: str) -> Any:
 def setting_config(name: str) -> SessionConfig:
     """'baseline' | 'vit:PRESET' | 'prune:STRATEGY:BUDGET[:FIELD=VALUE...]' | 'kv:POLICY[:FIELD=VALUE...]'
     -> the session config. Knobs follow, e.g. prune:dedup:0.5:threshold=0.02, kv:fastv:keep_ratio=0.25."""
+    try:
+        return _setting_config(name)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # an unknown knob (a field the config lacks) or a bad value
+        raise ConfigError(str(e)) from None
+
+
+def _setting_config(name: str) -> SessionConfig:
     kind, _, rest = name.partition(":")
     if kind == "baseline":
         return SessionConfig()
@@ -83,17 +92,22 @@ def setting_config(name: str) -> SessionConfig:
         strategy, _, rest = rest.partition(":")
         budget, *knobs = rest.split(":") if rest else [""]
         config = parse_prune_spec(strategy, budget or None)
-        values = dict(k.split("=", 1) for k in knobs)
+        values = dict(_knob_pair(k) for k in knobs)
         return SessionConfig(prune=replace(config, **{k: knob(v) for k, v in values.items()}))
     if kind == "kv":
         policy, *knobs = rest.split(":")
         if not knobs:
             return SessionConfig(kv=policy)
-        values = {k: knob(v) for k, v in (x.split("=", 1) for x in knobs)}
+        values = {k: knob(v) for k, v in (_knob_pair(x) for x in knobs)}
         return SessionConfig(kv=replace(kv_config_of(policy), **values))
-    raise SystemExit(
-        f"unknown setting {name!r}: use baseline, vit:PRESET, prune:STRATEGY:BUDGET or kv:POLICY"
-    )
+    raise ConfigError(f"unknown setting {name!r}: use baseline, vit:PRESET, prune:STRATEGY:BUDGET or kv:POLICY")
+
+
+def _knob_pair(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq:
+        raise ConfigError(f"knob {text!r} is not FIELD=VALUE")
+    return key, value
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -103,21 +117,14 @@ def ratio(a: float, b: float) -> float | None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     adapter = load_model(args.model, dtype=args.dtype)
-    types = args.types.split(",") if args.types else list(QUESTION_TYPES)
+    types, settings = args.types, args.settings
     examples = example_set(args.per_type, args.split, types)
-    default = prune_settings() if args.prune_only else all_settings()
-    settings = args.settings.split(",") if args.settings else default
-    if "baseline" not in settings:
-        settings.insert(0, "baseline")
     report: dict[str, Any] = {
-        "benchmark": "accuracy",
+        **provenance(__file__, args, args.argv),
         "model": str(args.model or "bundled yardstick"),
         "per_type": args.per_type,
         "split": args.split,
         "types": types,
-        "command": " ".join(["python benchmarks/accuracy.py", *args.argv]),
-        "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "cpu": cpu_info()},
         "livevlm": livevlm.__version__,
@@ -188,6 +195,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.list:
         print("\n".join(prune_settings() if args.prune_only else all_settings()))
         return
+    # checked before the model loads: a typo must not surface after the baseline has run
+    args.types = args.types.split(",") if args.types else list(QUESTION_TYPES)
+    unknown = [t for t in args.types if t not in QUESTION_TYPES]
+    if unknown:
+        parser.error(f"--types: unknown {', '.join(unknown)}; choose from {', '.join(QUESTION_TYPES)}")
+    default = prune_settings() if args.prune_only else all_settings()
+    args.settings = args.settings.split(",") if args.settings else default
+    if "baseline" not in args.settings:
+        args.settings.insert(0, "baseline")
+    for name in args.settings:
+        try:
+            setting_config(name)
+        except ConfigError as e:
+            parser.error(f"--settings {name}: {e}")
+    if args.per_type < 1:
+        parser.error("--per-type must be at least 1")
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
@@ -196,4 +219,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

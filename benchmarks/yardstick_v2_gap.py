@@ -14,7 +14,6 @@ wordings. Validation split by default: the test split is scored once, for the re
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info
+from _machine import cpu_info, provenance, run_cli
 
 import livevlm
 from livevlm import SessionConfig, load_model
@@ -45,6 +44,8 @@ CONDITIONS: dict[str, dict[str, Any]] = {
     "v2 clips, v1 wording": {"version": 2, "phrasing": "canonical", "source_frames": True},
     "v2 clips, seen wordings": {"version": 2, "phrasing": "seen", "source_frames": True},
 }
+BASELINE = "v1 clips, v1 wording"
+"""The condition every other is reported against (`vs_baseline`): the v1 model's own clips and wording."""
 FOOTAGE = "v2 clips over real footage, seen wordings"
 """The condition added when clips are given: the same as "v2 clips, seen wordings", every clip over footage."""
 
@@ -61,12 +62,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     adapter = load_model(args.model, dtype=args.dtype)
     report: dict[str, Any] = {
-        "benchmark": "yardstick_v2_gap",
+        **provenance(__file__, args, args.argv),
         "model": str(args.model or "bundled yardstick"),
         "split": args.split,
         "per_type": args.per_type,
-        "command": " ".join(["python benchmarks/yardstick_v2_gap.py", *args.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -78,9 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "conditions": {},
     }
     bank = open_bank(args.background_clips, 1.0, args.background_bank)
-    conditions = args.conditions.split(";") if args.conditions else [*CONDITIONS, *([FOOTAGE] if bank else [])]
-    if FOOTAGE in conditions and bank is None:
-        raise SystemExit(f"{FOOTAGE!r} needs --background-clips or --background-bank")
+    conditions = args.conditions or [*CONDITIONS, *([FOOTAGE] if bank else [])]
     report["footage"] = None if bank is None else {"digest": bank.digest(), "clips": sorted(
         {r.path for ranges in bank.ranges.values() for r in ranges})}  # fmt: skip
     for name in conditions:
@@ -98,12 +95,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": time.perf_counter() - start,
             "answers": rows if args.answers else None,
         }
-        acc = report["conditions"][name]["accuracy"]
-        print(
-            f"{name:32s} " + " ".join(f"{t} {acc[t]:.2f}" for t in [*types, "overall"] if t in acc),
-            flush=True,
-        )
+        done = report["conditions"][name]
+        print(f"{name}: overall {done['accuracy']['overall']:.2f} ({done['seconds']:.0f} s)", flush=True)
+    base = report["conditions"].get(BASELINE)
+    for entry in report["conditions"].values():  # each condition's accuracy over the baseline's, per shared type
+        entry["vs_baseline"] = None if base is None else {
+            t: a / base["accuracy"][t] if base["accuracy"].get(t) else None
+            for t, a in entry["accuracy"].items() if t in base["accuracy"]
+        }  # fmt: skip
     return report
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """Accuracy per type and condition; `x base`: overall accuracy over the baseline condition's (same run)."""
+    types = list(dict.fromkeys(t for e in report["conditions"].values() for t in e["accuracy"] if t != "overall"))
+    head = ["condition", *types, "overall", "x base"]
+    lines = [head, ["---"] * len(head)]
+    for name, e in report["conditions"].items():
+        acc, ratio = e["accuracy"], (e["vs_baseline"] or {}).get("overall")
+        lines.append([name, *(f"{acc[t]:.2f}" if t in acc else "-" for t in [*types, "overall"]),
+                      "-" if ratio is None else f"{ratio:.2f}"])  # fmt: skip
+    print("\n".join("| " + " | ".join(line) + " |" for line in lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,11 +141,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.conditions:  # checked before the model loads and the clips decode
+        args.conditions = [c.strip() for c in args.conditions.split(";") if c.strip()]
+        unknown = [c for c in args.conditions if c not in (*CONDITIONS, FOOTAGE)]
+        if unknown:
+            parser.error(f"--conditions: unknown {unknown}; choose from: {'; '.join([*CONDITIONS, FOOTAGE])}")
+        if BASELINE not in args.conditions:  # every condition is reported against it
+            args.conditions.insert(0, BASELINE)
+        if FOOTAGE in args.conditions and not (args.background_clips or args.background_bank):
+            parser.error(f"{FOOTAGE!r} needs --background-clips or --background-bank")
+    if args.per_type < 1:
+        parser.error("--per-type must be at least 1")
     report = run(args)
+    print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -36,3 +36,22 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert shape["settings"]["compressed"]["tokens_kept"] < shape["settings"]["compressed"]["visual_tokens"]
     assert [(p["policy"], p["frames"]) for p in shape["long"]] == [("bilevel", 12), ("full", 12)]
     assert {"model", "simd_flags"} <= set(result["cpu"])
+    assert result["benchmark"] == "gpu" and result["command"].split()[:2] == ["python", "benchmarks/gpu.py"]
+    assert result["flags"]["shapes"] == ["tiny"] and result["date"]
+    # every figure beside its ratio to the uncompressed setting of the same run; long points to `full`'s TTFT
+    assert shape["settings"]["uncompressed"]["vs_uncompressed"]["ttft_ms"] == 1.0
+    compressed = shape["settings"]["compressed"]["vs_uncompressed"]
+    assert compressed["ingest_fps"] == shape["settings"]["compressed"]["ingest_fps"] / shape["settings"][
+        "uncompressed"]["ingest_fps"]  # fmt: skip
+    assert [p["ttft_vs_full"] is not None for p in shape["long"]] == [True, True]
+    assert "x)" in done.stdout  # the table prints the ratios
+
+
+def test_gpu_benchmark_without_cuda_names_the_cpu_smoke_run():
+    """Without a GPU the default run (2B/3B/7B shapes) is refused in one line, not built in RAM for minutes."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    done = subprocess.run([sys.executable, str(SCRIPT)], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--device cpu --shapes tiny" in done.stderr and "Traceback" not in done.stderr

@@ -21,15 +21,17 @@ pytest.importorskip("uvicorn")
 
 def test_serve_load_smoke(tmp_path):
     out = tmp_path / "serve_load.json"
-    flags = ["--seconds", "2", "--streams", "1,2", "--questioners", "1", "--out", str(out)]
+    flags = ["--seconds", "2", "--streams", "2", "--questioners", "1", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *flags], check=False, capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "TTFT p95" in done.stdout and str(out) in done.stdout
+    assert "adding N=1" in done.stdout  # the baseline every N is reported against, measured in the same run
 
     result = json.loads(out.read_text())
     assert result["benchmark"] == "serve_load" and result["shape"] == "bundled"
+    assert result["command"] == "python benchmarks/serve_load.py " + " ".join(flags) and result["date"]
     assert result["flags"]["streams"] == [1, 2] and result["torch_threads"] == 1
     assert {"model", "simd_flags"} <= set(result["cpu"])
     assert result["goal"]["ttft_p95_ratio_4_vs_1"] is None  # no N = 4 setting in this run

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from livevlm.errors import ConfigError, SourceError, SourceNotFoundError
+from livevlm.errors import ConfigError, LivevlmError, SourceError, SourceNotFoundError
 from livevlm.stream import FileSource, FileSourceConfig, probe
 from tools.yardstick.files import TrainFileError, meta_array, read_meta, read_npz, write_npz
 from tools.yardstick.world import FPS, SPLITS
@@ -278,7 +278,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("clips", nargs="+", help="video files or folders (as for --background-clips)")
     parser.add_argument("--frames-per-clip", type=int, default=FRAMES_PER_CLIP)
     args = parser.parse_args(argv)
-    bank = ClipBank.load(args.clips, frames_per_clip=args.frames_per_clip)
+    if args.frames_per_clip < 1:
+        parser.error("--frames-per-clip must be at least 1")
+    if not Path(args.write_bank).resolve().parent.is_dir():
+        parser.error(f"--write-bank {args.write_bank}: its folder does not exist")
+    try:
+        bank = ClipBank.load(args.clips, frames_per_clip=args.frames_per_clip)
+    except LivevlmError as e:  # a missing clip, a folder with none, too few frames: one line, not a traceback
+        parser.error(str(e))
     size = bank.save(args.write_bank)
     frames = {s: [r.frames.shape[0] for r in v] for s, v in bank.ranges.items()}
     print(f"wrote {args.write_bank}: {size / 1e6:.1f} MB ({bank.nbytes / 1e6:.1f} MB of frames), digest "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,7 +143,7 @@ class TrainConfig:
                 f"vocab_from {self.vocab_from!r} holds no tokenizer.json (a saved yardstick model)"
             )
         if self.world == 2 and Path(self.out).resolve() == Path(BUNDLED).resolve():
-            raise ValueError("a world-2 run must not write over the bundled v1 model: give --out DIR")
+            raise ValueError(f"a world-2 run must not write over the bundled model ({BUNDLED}): give --out DIR")
         for name in ("stream_offset_share", "timed_describe_share", "phrase_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -212,3 +213,12 @@ class TrainConfig:
         if total <= 0:
             raise ValueError(f"mix {self.mix!r} gives every question type weight 0")
         return np.array(list(weights.values())) / total
+
+
+def require_out(argv: list[str] | None) -> list[str]:
+    """The command line (`sys.argv[1:]` for None) if it names --out; else exit: the default `out` is the bundled
+    model's folder, which a trial run (`--steps 2`) or the v1 recipe would replace with its own model."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not any(a == "--out" or a.startswith("--out=") for a in argv):
+        raise SystemExit(f"train: give --out DIR ({BUNDLED} holds the bundled model; --out {BUNDLED} replaces it)")
+    return argv

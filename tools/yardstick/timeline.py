@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not args.minutes > 0:
+        p.error("--minutes must be > 0")
+    if not args.out.resolve().parent.is_dir():
+        p.error(f"{args.out}: its folder does not exist")
     events = write_video(args.out, args.minutes * 60, args.seed)
     print(f"wrote {args.out} and {events_path(args.out)} ({len(events)} events)")
 

@@ -1,6 +1,6 @@
 """Train the yardstick model on the procedural world, on CPU, and save it as a Hugging Face checkpoint.
 
-    python -m tools.yardstick.train  # the v1 model: 800 tower + 3000 + 1000 polish steps, 115 min
+    python -m tools.yardstick.train --out V1_DIR  # the v1 model: 800 tower + 3000 + 1000 polish steps, 115 min
     python -m tools.yardstick.train --world 2 --out DIR [--device cuda --workers 14]  # the v2 world (#20)
     # the bundled model: six world-2 runs, each warm-started from the one before in the v1 model's vocabulary (97 +
     # 90 + 39 + 65 + 66 + 63 min, 2 cores; the first ran on the world of commit c712ca7, before ORDER_DISTRACTOR,
@@ -74,7 +74,7 @@ from tools.yardstick.model import (
     load_tokenizer,
     write_video_processor_config,
 )
-from tools.yardstick.recipe import TrainConfig
+from tools.yardstick.recipe import TrainConfig, require_out
 from tools.yardstick.world import FRAME_SIZE, Example, make_example
 
 
@@ -379,10 +379,14 @@ def parse_command(argv: list[str] | None = None) -> tuple[TrainConfig, Control]:
         checkpoint=args.pop("checkpoint"),
         moment_bytes=args.pop("moment_bytes"),
     )
-    return TrainConfig(**args), control
+    try:
+        return TrainConfig(**args), control
+    except ValueError as e:  # a refused combination of flags: argparse's one-line error, not a traceback
+        parser.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = require_out(argv)
     log = train(*parse_command(argv))
     if "stopped" in log:
         print(json.dumps(log["stopped"]))
