@@ -21,9 +21,9 @@ from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.model import build_tokenizer
 from tools.yardstick.phrasing import KIND_WORDS, TEMPLATES, filler_words, parse, perturb, templates
 from tools.yardstick.recipe import BUNDLED, TrainConfig
-from tools.yardstick.render_v2 import NEAR_SQUARE, SIDES
+from tools.yardstick.render_v2 import NEAR_SQUARE, SIDES, Style, label_size, render_v2
 from tools.yardstick.train import train
-from tools.yardstick.world import COLOURS, FRAME_SIZE, QUESTION_TYPES, SHAPES, make_example
+from tools.yardstick.world import COLOURS, FRAME_SIZE, QUESTION_TYPES, SHAPES, Track, make_example
 from tools.yardstick.world_v2 import QUESTION_TYPES_V2, _order_v2, _when_v2, corpus_lines_v2
 
 V1_DIGEST = "dd43f97db2e7d26d"
@@ -292,3 +292,66 @@ def test_phrase_noise_changes_what_the_model_reads_not_what_it_is_taught() -> No
     assert torch.equal(again["input_ids"], plain["input_ids"])
     every_type = replace(base, phrase_noise=1.0, phrase_noise_skip=",".join(QUESTION_TYPES_V2))
     assert torch.equal(StepBatches(Batcher(adapter), every_type)[3]["input_ids"], plain["input_ids"])
+
+
+V2_DIGEST = "713709c4f3dde820"
+"""sha256 prefix of 28 v2 examples (no footage) before `variety` existed: at 0 it draws nothing."""
+
+
+def test_variety_zero_leaves_the_v2_world_as_it_was() -> None:
+    total = hashlib.sha256()
+    for split in ("train", "val"):
+        for qtype in QUESTION_TYPES_V2:
+            for i in (0, 3):
+                ex = make_example(split, i, qtype, needle_frames=(16, 40), version=2, variety=0.0)
+                one = hashlib.sha256(ex.frames.tobytes() + ex.labels.tobytes())
+                one.update(repr((ex.question, ex.answer, ex.qtype, ex.seed, ex.extra)).encode())
+                total.update(one.hexdigest()[:16].encode())
+    assert total.hexdigest()[:16] == V2_DIGEST
+    with pytest.raises(ValueError, match="variety needs --world 2"):
+        TrainConfig(variety=0.5)
+    with pytest.raises(ValueError, match=r"variety must be in \[0, 1\]"):
+        TrainConfig(world=2, out="/tmp/x", variety=1.5)
+
+
+def test_variety_draws_light_backgrounds_small_objects_and_wide_frames_whose_labels_match_the_pixels() -> None:
+    """`variety` redraws clips as other generators draw them; the pixel labels (and so the aux and attention
+    targets) still say what is drawn where, at the grid the model's preprocessing gives a wide frame."""
+    bright = wide = small = 0
+    for i in range(40):
+        ex = make_example("train", i, "colour", version=2, variety=1.0)
+        frames, labels = ex.frames, ex.labels
+        h, w = frames.shape[1:3]
+        assert labels.shape[1:3] == label_size(h, w)
+        rows = ((np.arange(labels.shape[1]) + 0.5) * h / labels.shape[1]).astype(int)
+        cols = ((np.arange(labels.shape[2]) + 0.5) * w / labels.shape[2]).astype(int)
+        seen = frames[:, rows][:, :, cols].astype(int)
+        colour = labels[..., 0]
+        for c, rgb in enumerate(COLOURS.values()):  # each labelled pixel shows its object's colour (jitter: +-12)
+            if (colour == c).any():
+                assert np.median(np.abs(seen[colour == c] - rgb).max(-1)) <= 20
+        background = seen[colour < 0]
+        bright += background.mean() > 130
+        wide += labels.shape[1] != labels.shape[2]
+        area = (colour[0] >= 0).sum() / colour[0].size
+        small += 0 < area < 0.01
+    assert bright >= 10 and wide >= 6 and small >= 2
+    circle = Track("circle", 12.0, "red", [(0, 2)], (42.0, 42.0), (0.0, 0.0))
+    plain = Style(2.0, (90, 160), None, 1.0, "plain", 0.0)
+    for true_aspect, ratio in ((True, 1.0), (False, 160 / 90)):  # round in pixels, or the world's square stretched
+        pixels, _ = render_v2([circle], 2, replace(plain, true_aspect=true_aspect), np.random.default_rng(0), False)
+        ys, xs = np.nonzero((pixels[0, ..., 0].astype(int) - pixels[0, ..., 1]) > 100)
+        assert (np.ptp(xs) + 1) / (np.ptp(ys) + 1) == pytest.approx(ratio, rel=0.1)
+
+
+def test_variety_batches_give_every_visual_token_a_target() -> None:
+    """A 16:9 frame is 2 x 4 tokens a chunk, not the world's 3 x 3: the token and attention targets follow."""
+    adapter = load_model(BUNDLED)
+    cfg = TrainConfig(world=2, out="/tmp/x", batch=8, long_every=0, session_layout=True, variety=1.0)
+    for step in range(3):
+        batch = StepBatches(Batcher(adapter), cfg)[step]
+        video = int((batch["input_ids"] == adapter.video_token_id).sum())
+        assert batch["token_targets"].shape[0] == video
+        assert batch["attn_about"].shape[1] == batch["input_ids"].shape[1]
+    examples = sample_batch(np.random.default_rng([cfg.seed, 1]), 1, cfg)
+    assert len({ex.labels.shape[1:3] for ex in examples}) >= 2

@@ -129,7 +129,8 @@ def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[
     if cfg.long_every and step % cfg.long_every == cfg.long_every - 1:
         indices = [int(rng.integers(2**40)) for _ in range(cfg.long_batch)]
         return [
-            make_example("train", i, "needle", needle_frames=(64, 260), version=cfg.world, clips=clips)
+            make_example("train", i, "needle", needle_frames=(64, 260), version=cfg.world, clips=clips,
+                         variety=cfg.variety)
             for i in indices
         ]
     out, weights, types = [], cfg.type_weights(), cfg.types()
@@ -143,7 +144,7 @@ def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[
             out.append(make_example("train", index, qtype, needle_frames=(16, 64), phrasing="seen"))
         else:
             out.append(make_example("train", index, qtype, needle_frames=(16, 64), version=cfg.world, clips=clips,
-                                    describe_frames=cfg.describe_frames_max))  # fmt: skip
+                                    describe_frames=cfg.describe_frames_max, variety=cfg.variety))  # fmt: skip
     return out
 
 

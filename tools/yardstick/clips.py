@@ -78,6 +78,8 @@ class ClipView:
     flip: bool
     saturation: float
     dim: float
+    cap: float = BACKGROUND_MAX
+    """No pixel brighter than this (255: footage as shot, for `render_v2.vary`'s undimmed clips)."""
 
 
 def clip_paths(spec: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -268,7 +270,7 @@ class ClipBackground:
         rows += img[self.rows[1]] * self.wy[1]
         out = rows[:, self.cols[0]] * self.wx[0]
         out += rows[:, self.cols[1]] * self.wx[1]
-        return np.minimum(out, BACKGROUND_MAX, out=out)
+        return np.minimum(out, self.view.cap, out=out)
 
 
 def main(argv: list[str] | None = None) -> None:

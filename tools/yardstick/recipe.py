@@ -122,6 +122,11 @@ class TrainConfig:
     words: the bundled model answered "Which of the A and the B is seen first?" with A's colour alone."""
     phrase_noise_skip: str = ""
     """Question types (comma list) whose questions `phrase_noise` leaves as they are (e.g. "describe")."""
+    variety: float = 0.0
+    """World 2 only: this share of v2 clips is redrawn by `render_v2.vary` toward what other generators draw: a light
+    background or footage undimmed, small objects, 16:9 / 4:3 frames with round shapes. An independent generator
+    found the model failing there (backgrounds over ~130 of 255, undimmed busy footage, objects under 6 % of the
+    side); the world's own backgrounds are all darker than 125."""
 
     def __post_init__(self) -> None:
         if self.world not in (1, 2):
@@ -144,7 +149,9 @@ class TrainConfig:
             )
         if self.world == 2 and Path(self.out).resolve() == Path(BUNDLED).resolve():
             raise ValueError(f"a world-2 run must not write over the bundled model ({BUNDLED}): give --out DIR")
-        for name in ("stream_offset_share", "timed_describe_share", "phrase_noise"):
+        if self.variety and self.world != 2:
+            raise ValueError("variety needs --world 2 (v1 clips are drawn as the bundled model saw them)")
+        for name in ("stream_offset_share", "timed_describe_share", "phrase_noise", "variety"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.stream_offset_max < 1:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from livevlm.models.preprocess import smart_resize
 from livevlm.stream.sampler import Sampler
 from tools.yardstick.clips import BACKGROUND_MAX, ClipBackground, ClipView
+from tools.yardstick.losses import TOKEN_PIXELS
 from tools.yardstick.world import COLOURS, FPS, FRAME_SIZE, Track, _mask
 
 SOURCE_FPS = (2.0, 3.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 24.0, 25.0, 29.97, 30.0)
@@ -43,6 +45,12 @@ class Style:
     noise: float
     clip: ClipView | None = None
     """Real footage drawn instead of `background` (still drawn from the generator, so all else stays the same)."""
+    bright: bool = False
+    """The procedural background mirrored into the light half (`Background`): objects on white paper or a lit
+    wall. Off in every style `draw_style` draws; `vary` turns it on."""
+    true_aspect: bool = False
+    """Shapes drawn round in pixels on a non-square frame (as a camera sees them; resizing to the model's square
+    input then squashes them). Off: shapes are drawn in the world's square coordinates stretched to the frame."""
 
     @property
     def kind(self) -> str:
@@ -62,6 +70,25 @@ def draw_style(rng: np.random.Generator, frames: int) -> Style:
     rim = RIMS[int(rng.integers(len(RIMS)))] if rng.random() < 0.6 else None
     return Style(fps, size, rim, float(rng.uniform(1.0, 3.0)), BACKGROUNDS[int(rng.integers(4))],
                  float(rng.choice([0.0, 0.0, 3.0, 6.0])))  # fmt: skip
+
+
+WIDE = ((90, 160), (72, 128), (108, 192), (120, 160), (160, 120), (96, 176))
+"""(height, width) of `vary`'s non-square frames: 16:9, 4:3 and portrait."""
+SMALL_SCALE = (0.45, 0.8)
+"""`vary`'s extra radius factor for small objects (down to ~2.3 pixels of 84, 6 % of the side across)."""
+
+
+def vary(rng: np.random.Generator, style: Style, share: float) -> tuple[Style, float]:
+    """With probability `share`, redraw `style` toward what other generators draw and the world's own styles do
+    not: a light background (or real footage undimmed), small objects, a 16:9 / 4:3 frame with round shapes.
+    Returns the style and a factor for the objects' radii. `rng` is the clip's own variety generator, so the scene
+    and every other draw stay the same. (Over real footage, world_v2 reads `bright` as undimmed footage.)"""
+    if share <= 0 or rng.random() >= share:
+        return style, 1.0
+    bright, small_on, wide = rng.random() < 0.5, rng.random() < 0.35, rng.random() < 0.35
+    small = float(rng.uniform(*SMALL_SCALE)) if small_on else 1.0
+    size = WIDE[int(rng.integers(len(WIDE)))] if wide else style.size
+    return replace(style, bright=bright, size=size, true_aspect=wide), small
 
 
 def sampled_indices(style: Style, frames: int) -> list[int]:
@@ -86,7 +113,7 @@ def _bounce(p0: float, v: float, t: float, lo: float, hi: float) -> float:
 class Background:
     """A background as a function of time (world frames), drawn once per clip."""
 
-    def __init__(self, rng: np.random.Generator, kind: str, size: tuple[int, int]) -> None:
+    def __init__(self, rng: np.random.Generator, kind: str, size: tuple[int, int], bright: bool = False) -> None:
         h, w = size
         self.kind, self.size = kind, size
         self.drift = rng.uniform(-1.5, 1.5, size=2) * (rng.random() < 0.5)  # pixels (84-scale) per frame
@@ -115,7 +142,11 @@ class Background:
             field = (field - field.mean()) / (field.std() + 1e-9)
             mix = field[..., :1] + 0.3 * field  # mostly luminance, a little colour
             self.tile = 60 + 22 * mix
-        self.tile = np.clip(self.tile, 0, BACKGROUND_MAX).astype(np.float32)
+        self.tile = np.clip(self.tile, 0, BACKGROUND_MAX)
+        if bright:  # the pattern's grey mirrored into 130-255, its tint halved: never an object's saturated colour
+            grey = self.tile.mean(-1, keepdims=True)
+            self.tile = 255.0 - grey + 0.5 * (self.tile - grey)
+        self.tile = self.tile.astype(np.float32)
 
     def at(self, t: float) -> np.ndarray:
         h, w = self.size
@@ -128,9 +159,10 @@ def render_v2(
     tracks: Sequence[Track], frames: int, style: Style, rng: np.random.Generator, source: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw the clip in `style`: every source frame (`source`) or only those the 2-fps sampler keeps; also the
-    owner of each pixel of the kept frames at `FRAME_SIZE` (nearest pixel), as `render` gives it."""
+    owner of each pixel of the kept frames at `label_size` (nearest pixel; `FRAME_SIZE` square, as `render` gives
+    it, unless the frame is wide)."""
     h, w = style.size
-    background: Background | ClipBackground = Background(rng, style.background, style.size)
+    background: Background | ClipBackground = Background(rng, style.background, style.size, style.bright)
     if style.clip is not None:
         background = ClipBackground(style.clip, style.size)
     jitter = [rng.integers(-12, 13, size=3) for _ in tracks]
@@ -139,6 +171,10 @@ def render_v2(
     indices = range(kept[-1] + 1) if source else kept
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     gy, gx = (yy + 0.5) * FRAME_SIZE / h - 0.5, (xx + 0.5) * FRAME_SIZE / w - 0.5  # 84-scale coordinates
+    uy, ux = 1.0, 1.0
+    if style.true_aspect:  # one scale for both axes (the short side's); centres keep their share of each side
+        uy, ux = h / min(h, w), w / min(h, w)
+        gy, gx = (yy + 0.5) * FRAME_SIZE / min(h, w) - 0.5, (xx + 0.5) * FRAME_SIZE / min(h, w) - 0.5
     rim = style.rim_width
     out = np.empty((len(indices), h, w, 3), np.uint8)
     owner = np.full((frames, h, w), -1, np.int8)
@@ -153,6 +189,7 @@ def render_v2(
                 continue
             lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
             cx, cy = (_bounce(tr.xy[k], tr.velocity[k], t, lo, hi) for k in range(2))
+            cx, cy = (cx + 0.5) * ux - 0.5, (cy + 0.5) * uy - 0.5
             rgb = np.clip(np.array(COLOURS[tr.colour_at(now)]) + jitter[i], 0, 255)
             mask = _mask(tr.shape, cx, cy, tr.radius, gx, gy)
             if style.rim is not None:
@@ -164,6 +201,14 @@ def render_v2(
         out[n] = np.clip(frame, 0, 255).astype(np.uint8)
         if j in keep:
             owner[keep[j]] = mine
-    rows = ((np.arange(FRAME_SIZE) + 0.5) * h / FRAME_SIZE).astype(int)
-    cols = ((np.arange(FRAME_SIZE) + 0.5) * w / FRAME_SIZE).astype(int)
+    lh, lw = label_size(h, w)
+    rows = ((np.arange(lh) + 0.5) * h / lh).astype(int)
+    cols = ((np.arange(lw) + 0.5) * w / lw).astype(int)
     return out, owner[:, rows][:, :, cols]
+
+
+def label_size(height: int, width: int) -> tuple[int, int]:
+    """The (h, w) the model's preprocessing resizes a height x width frame to (area `FRAME_SIZE`**2, aspect kept):
+    84 x 84 for the world's square and near-square frames, 56 x 112 for 16:9; pixel labels are drawn at it so that
+    they line up with the visual tokens."""
+    return smart_resize(height, width, TOKEN_PIXELS, FRAME_SIZE**2, FRAME_SIZE**2)

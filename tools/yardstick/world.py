@@ -263,18 +263,20 @@ def make_example(
     source_frames: bool = False,
     clips: ClipBank | None = None,
     describe_frames: int = DESCRIBE_FRAMES[1],
+    variety: float = 0.0,
 ) -> Example:
     """The `index`-th example of `split`; `qtype` None draws the type from the seed too.
 
     `version` 2 is the v2 world (varied renders, the describe type, paraphrased questions; `world_v2`); `phrasing`
     ("canonical", "seen", "held_out") rewords a clip's questions; `source_frames`: v2 clips at their source rate;
     `clips`: a share of v2 clips over real footage (`clips.ClipBank`); `describe_frames`: the longest v2 describe clip
-    (`DESCRIBE_FRAMES`: 12 to 32 frames is the world's own range, so longer ones are a training choice)."""
-    if version != 1 or phrasing is not None or clips is not None:
+    (`DESCRIBE_FRAMES`: 12 to 32 frames is the world's own range, so longer ones are a training choice); `variety`:
+    a share of v2 clips redrawn toward other generators' styles (`render_v2.vary`)."""
+    if version != 1 or phrasing is not None or clips is not None or variety:
         from tools.yardstick.world_v2 import make_example_v2
 
         return make_example_v2(
-            split, index, qtype, needle_frames, version, phrasing, source_frames, clips, describe_frames
+            split, index, qtype, needle_frames, version, phrasing, source_frames, clips, describe_frames, variety
         )
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

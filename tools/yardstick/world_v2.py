@@ -18,7 +18,7 @@ import numpy as np
 from tools.yardstick.clips import ClipBank
 from tools.yardstick.describe import describe
 from tools.yardstick.phrasing import POOLS, corpus, reword
-from tools.yardstick.render_v2 import draw_style, render_v2
+from tools.yardstick.render_v2 import draw_style, render_v2, vary
 from tools.yardstick.world import (
     COLOURS,
     DESCRIBE_FRAMES,
@@ -47,6 +47,9 @@ DESCRIBE_QUESTION = "Describe what happens."
 RADIUS_SCALE = (0.6, 1.3)
 """v2 objects are v1's size times this (radii 5.1-16.9 pixels of 84)."""
 _PHRASING_SALT = 0x5048
+_VARIETY_SALT = 0x5641
+UNDIMMED_TONE = ((0.3, 0.9), (0.7, 1.0))
+"""Saturation and dim of `vary`'s undimmed footage (the world's own: 0-0.4 and 0.3-0.49, capped at 125)."""
 
 
 def _describe_scene(
@@ -141,9 +144,10 @@ def make_example_v2(
     source_frames: bool,
     clips: ClipBank | None = None,
     describe_frames: int = DESCRIBE_FRAMES[1],
+    variety: float = 0.0,
 ) -> Example:
     """A v2 clip (or, `version` 1, the v1 clip) with its questions worded from `phrasing` (default: v1 canonical,
-    v2 seen), a share of v2 clips over `clips`' footage."""
+    v2 seen), a share of v2 clips over `clips`' footage, a `variety` share redrawn by `render_v2.vary`."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if version not in (1, 2):
@@ -160,8 +164,8 @@ def make_example_v2(
     if version == 1:
         if source_frames:
             raise ValueError("v1 clips have no other source frame rate")
-        if clips is not None:
-            raise ValueError("v1 clips have no backgrounds from clips (use version=2)")
+        if clips is not None or variety:
+            raise ValueError("v1 clips have no backgrounds from clips or variety (use version=2)")
         ex = make_example(split, index, qtype, needle_frames)
         extra = ex.extra
     else:
@@ -170,13 +174,20 @@ def make_example_v2(
         rng = np.random.default_rng(seed)
         qtype = qtype or QUESTION_TYPES_V2[int(rng.integers(len(QUESTION_TYPES_V2)))]
         tracks, frames, q, a = _scene(rng, qtype, needle_frames or NEEDLE_TEST_FRAMES, describe_frames)
-        for tr in tracks:
-            tr.radius *= float(rng.uniform(*RADIUS_SCALE))
+        scales = [float(rng.uniform(*RADIUS_SCALE)) for _ in tracks]
+        style = draw_style(rng, frames)
+        style, small = vary(np.random.default_rng((*seed, _VARIETY_SALT)), style, variety)
+        for tr, scale in zip(tracks, scales, strict=True):
+            tr.radius *= scale * small
             lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
             tr.xy = tuple(float(np.clip(v, lo, hi)) for v in tr.xy)
-        style = draw_style(rng, frames)
         if clips is not None:
             style = replace(style, clip=clips.view(split, seed, style.size))
+            if style.clip is not None and style.bright:  # footage as shot: bright, coloured, busy
+                tone = np.random.default_rng((*seed, _VARIETY_SALT, 1))
+                style = replace(style, bright=False, clip=replace(
+                    style.clip, saturation=float(tone.uniform(*UNDIMMED_TONE[0])),
+                    dim=float(tone.uniform(*UNDIMMED_TONE[1])), cap=255.0))  # fmt: skip
         pixels, owner = render_v2(tracks, frames, style, rng, source_frames)
         extra = [(eq, ea) for eq, ea in _v2_extra(tracks, frames, qtype) if eq != q]
         ex = Example(pixels, q, a, qtype, seed, _pixel_labels(tracks, owner), extra,
