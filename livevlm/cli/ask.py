@@ -52,7 +52,7 @@ def _checked_frames(session: Any, source: Any, args: argparse.Namespace, questio
     from ..stream import FileSource, probe
 
     if isinstance(source, FileSource):
-        info = probe(args.video)
+        info = probe(source.path)  # 'file:///x.mp4' opens /x.mp4
         frames = expected_frames(info.duration_seconds, session.config.fps, args.max_frames)
         if frames:
             session.check_fits(frames, (info.height, info.width), question)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..summary import format_for, summarize
-    from ..summary.formats import NOTHING, clock
+    from ..summary.formats import NOTHING, clocks
 
     config = session_config(args, max_frames=args.max_frames)  # bad flags fail before anything loads
     options = SummarizeOptions(segment=args.segment, prompt=args.prompt, similarity=args.similarity,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     def report(seg: Any) -> None:
         if not args.no_progress:
-            tqdm.write(f"[{clock(seg.start)}-{clock(seg.end)}] {seg.text or NOTHING}", file=sys.stderr)
+            tqdm.write(f"[{'-'.join(clocks(seg.start, seg.end))}] {seg.text or NOTHING}", file=sys.stderr)
 
     try:
         result = summarize(args.video, config.model, config, options, out=args.out, fmt=fmt, resume=args.resume,

@@ -39,6 +39,11 @@ class SourceStats:
     frames_downscaled: int = 0
     """Frames larger than the source's `max_input_pixels`, scaled down before they were yielded."""
     frames_rejected: int = 0
+    frames_lost: int = 0
+    """Frames a file's demuxer dropped over damaged data without a sign (Matroska resyncing to its next cluster),
+    estimated from the hole they left at the stream's frame rate (see `livevlm.stream._damage`)."""
+    last_loss: tuple[float, float] | None = None
+    """(last time before, first time after) the most recent such hole."""
     """Frames refused as they were pushed (`PushSource.push`: not an RGB uint8 array, or a non-finite time)."""
 
 
@@ -76,7 +81,8 @@ class Source:
     def shortfall(self) -> str | None:
         """What the read so far skipped or missed, as one line; None when nothing is known to be missing.
 
-        'N corrupt packets skipped' (damaged data, stepped over) and/or 'stopped at A s of B s' when the input
+        'N corrupt packets skipped' (damaged data, stepped over), 'about N frames lost to damaged data' (a stretch
+        the demuxer skipped, see `SourceStats.frames_lost`) and/or 'stopped at A s of B s' when the input
         ran out more than a frame (and 0.1 s) before the duration its headers declare (a truncated file or
         download). A read ended by `max_frames` or `stop()` has stopped early on purpose: no 'stopped at'.
         """
@@ -88,7 +94,11 @@ class Source:
             if self.declared_duration - end > max(period, 0.1):
                 stopped = f"stopped at {end:.1f} s of {self.declared_duration:.1f} s"
         n = s.frames_corrupt
-        corrupt = f"{n} corrupt packet{'' if n == 1 else 's'} skipped" if n else None
+        damage = [f"{n} corrupt packet{'' if n == 1 else 's'} skipped"] if n else []
+        if s.frames_lost and s.last_loss is not None:
+            a, b = s.last_loss
+            damage.append(f"about {s.frames_lost} frames lost to damaged data (the last between {a:.1f} s and {b:.1f} s)")
+        corrupt = ", ".join(damage) or None
         if stopped and corrupt:
             return f"{stopped} ({corrupt})"
         return stopped or corrupt

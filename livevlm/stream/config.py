@@ -88,7 +88,9 @@ class FileSourceConfig:
     start_seconds: float = 0.0
     """Seek here and skip frames whose presentation time is before it (0: from the first frame)."""
     backend: str = "av"
-    """'av' (PyAV, skips and counts damaged packets), 'decord' (random access), 'auto' (decord if installed)."""
+    """'av' (PyAV, skips and counts damaged packets), 'decord' (random access), 'auto' (decord if installed).
+    A file decord cannot read as PyAV does (rotated, damaged, without timestamps) is read by PyAV: logged, and
+    `FileSource.fallback` says why."""
     realtime: bool = False
     """Yield frames at the pace of their timestamps, like a camera; False reads as fast as possible."""
     max_input_pixels: int | None = MAX_INPUT_PIXELS

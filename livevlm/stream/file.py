@@ -4,19 +4,22 @@ path ─► av.open ─► demux(best video stream) ─► decode ─► Sampler
                      damaged packets are skipped and counted in `stats.frames_corrupt`;
                      an instant no frame reaches (a still stretch of a variable-rate file, a source slower than
                      fps) repeats the frame on screen, as a player shows it (`_Hold`)
-backend='decord': the frame index gives every timestamp, the Sampler picks, decord decodes only those.
+backend='decord': the demuxer gives every timestamp, the same schedule picks, decord decodes only those (a
+file decord cannot read as PyAV does falls back to PyAV, logged: see `_decord`).
 Frames above `max_input_pixels` are scaled down in the conversion to RGB (`rgb_array`), never decoded to a
-full-size RGB array, and turned upright when the file says how to display it (a phone video's rotation).
+full-size RGB array, and turned upright when the file says how to display it (a phone video's rotation);
+non-square pixels (anamorphic DVD, DV, HDV) are stretched to the display aspect, as a player shows them.
 Times count from the file's start (a recording's MPEG-TS clock may start at 10 h: its first frame is still ~0).
 After the read, `shortfall()` says what the file promised and the read did not give.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ import numpy as np
 
 from ..errors import EmptyVideoError, NotAVideoError, SourceError, SourceNotFoundError
 from . import _decord
+from ._damage import Losses
+from ._schedule import MAX_HOLD_SECONDS, schedule
 from .base import Source, SourceStats
 from .config import FileSourceConfig
 from .frame import Frame, fit_size
@@ -35,12 +40,9 @@ except ImportError:  # a training-only install (no decoder): livevlm imports, op
     av = None
 
 __all__ = ["FileSource", "FileSourceConfig", "SourceStats", "VideoInfo", "probe", "read_frames"]
+logger = logging.getLogger(__name__)
 
 _MAX_DEMUX_RETRIES = 8  # consecutive container read errors before giving up
-_EPS = 1e-6  # the Sampler's slack (seconds) when comparing a time to a sampling instant
-MAX_HOLD_SECONDS = 60.0
-"""A frame is repeated at the sampling instants up to the next frame only when that one comes within this many
-seconds: a longer jump is a timestamp discontinuity (a broken recording), skipped as before, not hours of copies."""
 
 
 @dataclass(frozen=True)
@@ -101,15 +103,40 @@ def _open(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
     return container, stream
 
 
-def rgb_array(frame: av.VideoFrame, max_pixels: int | None, stats: SourceStats) -> np.ndarray:
-    """The frame as uint8 RGB (H, W, 3), upright as a player shows it (`upright`); above `max_pixels`, scaled
-    (area) by FFmpeg in the same conversion."""
-    size = fit_size(frame.height, frame.width, max_pixels)
+def rgb_array(
+    frame: av.VideoFrame, max_pixels: int | None, stats: SourceStats, aspect: Fraction | None = None
+) -> np.ndarray:
+    """The frame as uint8 RGB (H, W, 3), as a player shows it: its width scaled by the pixel `aspect` (see
+    `pixel_aspect`), then upright (`upright`); above `max_pixels`, scaled (area) by FFmpeg in the same
+    conversion."""
+    shown = (frame.height, display_width(frame.width, aspect))
+    size = fit_size(*shown, max_pixels)
     if size == (frame.height, frame.width):
         return upright(frame.to_ndarray(format="rgb24"), frame)
-    stats.frames_downscaled += 1
-    data = frame.to_ndarray(width=size[1], height=size[0], format="rgb24", interpolation="AREA")
+    stats.frames_downscaled += size != shown
+    smaller = size[0] <= frame.height and size[1] <= frame.width
+    data = frame.to_ndarray(
+        width=size[1], height=size[0], format="rgb24", interpolation="AREA" if smaller else "BICUBIC"
+    )
     return upright(data, frame)
+
+
+def pixel_aspect(stream: Any) -> Fraction | None:
+    """The width:height of one stored pixel where it visibly changes the picture (anamorphic video: a 720x576
+    widescreen DVD frame is shown 1024 wide, HDV's 1440x1080 1920 wide); else None.
+
+    None for square pixels, an unknown aspect, one beyond 1:8..8:1 (a broken header), and one within 10 % of
+    square (CIF's 12:11, NTSC DV's 10:11): every model resizes its input by as much to fit its patch grid, and
+    stretching would only resample the frame."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if not sar or abs(sar - 1) < Fraction(1, 10) or not Fraction(1, 8) <= sar <= 8:
+        return None
+    return Fraction(sar)
+
+
+def display_width(width: int, aspect: Fraction | None) -> int:
+    """The width a player shows `width` stored pixels at (FFmpeg's `scale=iw*sar:ih`)."""
+    return width if aspect is None else max(1, int(width * aspect))
 
 
 def upright(data: np.ndarray, frame: av.VideoFrame) -> np.ndarray:
@@ -173,24 +200,38 @@ class FileSource(Source):
             backend = "decord" if _decord.available() else "av"
         self.backend = backend
         self.live = config.realtime  # a file paced in real time stands in for a camera
-        self._stream: Any = None
-        self._decord_downscale = False
-        if backend == "decord":
-            if not self.path.exists():
-                raise SourceNotFoundError(f"video file not found: {self.path}")
-            info = probe(self.path)
-            size = fit_size(info.height, info.width, config.max_input_pixels)
-            self._decord_downscale = size != (info.height, info.width)
-            self._container: Any = _decord.open_reader(self.path, size if self._decord_downscale else None)
-            self.declared_duration, self._rate = info.duration_seconds, info.fps
-        else:
-            self._container, self._stream = _open(self.path)
-            self._rate = _stream_rate(self._stream)
-            self.declared_duration = declared_duration(self._container, self._stream)
+        self._container, self._stream = _open(self.path)
+        self._rate = _stream_rate(self._stream)
+        self.declared_duration = declared_duration(self._container, self._stream)
         self.frame_period = 1 / self._rate if self._rate else None
-        self._origin = start_seconds(self._container) if backend == "av" else 0.0  # shown as 0:00
+        self._origin = start_seconds(self._container)  # shown as 0:00
+        self._aspect = pixel_aspect(self._stream)
         self._anchor = (0.0, 0)  # (seconds, frame index) of the last frame that had a pts
+        self._losses = Losses(self._container, self.frame_period)
         self.pacer = Pacer(config.realtime, self._stop)
+        self.fallback: str | None = None
+        """Why decord was asked for and PyAV reads this file (None: the backend asked for, or 'auto')."""
+        self._decord: tuple[Any, _decord.FrameIndex, bool] | None = None  # (reader, index, downscaled)
+        if backend == "decord":
+            self._open_decord(config.backend == "decord")
+
+    def _open_decord(self, asked: bool) -> None:
+        """Read with decord, or keep PyAV (logged, in `fallback`) where decord would read otherwise."""
+        index = _decord.frame_index(self._container, self._stream, self._origin)
+        if not isinstance(index, str):
+            h, w = self._stream.codec_context.height, self._stream.codec_context.width
+            shown = (h, display_width(w, self._aspect))
+            size = fit_size(*shown, self.config.max_input_pixels)
+            reader = _decord.open_reader(self.path, size if size != (h, w) else None)
+            index = _decord.disagreement(reader, index) or index
+            self._decord = None if isinstance(index, str) else (reader, index, size != shown)
+        self._container.close()
+        if self._decord is not None:
+            self._container = None
+            return
+        self.backend, self.fallback = "av", str(index)
+        (logger.warning if asked else logger.info)("%s: read with PyAV, not decord: %s", self.path, index)
+        self._container, self._stream = _open(self.path)
 
     @property
     def endless(self) -> bool:
@@ -198,9 +239,9 @@ class FileSource(Source):
         return False
 
     def _release(self) -> None:
-        if self.backend == "av":
+        if self._container is not None:
             self._container.close()
-        self._container = None
+        self._container = self._decord = None
 
     def _packets(self) -> Iterator[av.Packet]:
         """Demux the video stream, resuming after a failed container read (counted as corrupt)."""
@@ -224,6 +265,7 @@ class FileSource(Source):
         """Decoded frames with their time in seconds; undecodable packets are skipped and counted, and so are
         packets the demuxer flags as damaged (MPEG-TS skips the bad bytes, then decodes what is left)."""
         for packet in self._packets():
+            self._losses.packet(packet)
             damaged = bool(getattr(packet, "is_corrupt", False))
             self.stats.frames_corrupt += damaged
             try:
@@ -233,10 +275,12 @@ class FileSource(Source):
                 continue
             for frame in frames:
                 t = self._seconds(frame)
+                self._losses.frame(t)
                 self.stats.frames_decoded += 1
                 self.stats.last_pts_seconds = t
                 yield t, frame
         self._exhausted = True  # the demuxer reached the end of the data
+        self._losses.finish(self._container, self._stream, self._origin, self.stats)
 
     def _seconds(self, frame: av.VideoFrame) -> float:
         """The frame's pts in seconds from the file's start; without pts, the last real pts plus frames since
@@ -251,15 +295,18 @@ class FileSource(Source):
     def _run(self) -> Iterator[Frame]:
         cfg, start = self.config, float(self.config.start_seconds)
         sampler = Sampler(cfg.fps, start if start > 0 else None)
-        if self.backend == "decord":
+        if self._decord is not None:
+            reader, index, downscaled = self._decord
             yield from _decord.decord_frames(
-                self._container,
+                reader,
+                index,
                 self.path,
                 sampler,
                 self.stats,
                 cfg.max_frames,
                 self.pacer.wait,
-                self._decord_downscale,
+                self.declared_duration,
+                downscaled,
             )
             self._exhausted = not self.stopped and (
                 cfg.max_frames is None or self.stats.frames_yielded < cfg.max_frames
@@ -275,43 +322,26 @@ class FileSource(Source):
 
     def _run_av(self, sampler: Sampler, start: float) -> Iterator[Frame]:
         frames = self._seek(start) if start > 0 and self._stream.time_base is not None else self._decoded()
-        hold = _Hold(self.config.fps)
-        held: tuple[float, av.VideoFrame] | None = None  # the frame on screen: the last one decoded
-        for t, frame in frames:
-            if held is not None and t - held[0] <= MAX_HOLD_SECONDS:  # instants no frame reached: the held one
-                for out in self._repeat(held, hold.instants(t), sampler):
-                    yield out
-                    if self._done():
-                        return
-            held = (t, frame)
-            if not sampler.keep(t):
-                continue
-            hold.kept(t)
+        last: tuple[av.VideoFrame, np.ndarray] | None = None  # the last frame converted, for its repeats
+        for t, frame, repeated in schedule(frames, sampler, self._end):
             if not self.pacer.wait(t):
                 return
-            self.stats.frames_yielded += 1
-            yield Frame(rgb_array(frame, self.config.max_input_pixels, self.stats), t, str(self.path))
-            if self._done():
-                return
-        if held is not None and not self.stopped and self.declared_duration is not None:
-            # the last frame stays on screen for its duration, within what the headers say the video lasts
-            end = min(held[0] + min(_frame_seconds(held[1]), MAX_HOLD_SECONDS), self.declared_duration)
-            yield from self._repeat(held, hold.instants(end), sampler)
-
-    def _done(self) -> bool:
-        return self.config.max_frames is not None and self.stats.frames_yielded >= self.config.max_frames
-
-    def _repeat(
-        self, held: tuple[float, av.VideoFrame], instants: list[float], sampler: Sampler
-    ) -> Iterator[Frame]:
-        """The held frame again at each of `instants` (times of the sampling grid), while `max_frames` allows."""
-        data = None
-        for t in instants:
-            if self._done() or not sampler.keep(t) or not self.pacer.wait(t):
-                return
-            data = rgb_array(held[1], self.config.max_input_pixels, self.stats) if data is None else data.copy()
+            if repeated and last is not None and last[0] is frame:
+                data = last[1].copy()
+            else:
+                data = rgb_array(frame, self.config.max_input_pixels, self.stats, self._aspect)
+                last = (frame, data)
             self.stats.frames_yielded += 1
             yield Frame(data, t, str(self.path))
+            if self.config.max_frames is not None and self.stats.frames_yielded >= self.config.max_frames:
+                return
+
+    def _end(self, t: float, frame: av.VideoFrame) -> float | None:
+        """When the last frame leaves the screen: after its duration, within what the headers say the video
+        lasts (None when they say nothing)."""
+        if self.declared_duration is None:
+            return None
+        return min(t + min(_frame_seconds(frame), MAX_HOLD_SECONDS), self.declared_duration)
 
     def _seek(self, start: float) -> Iterator[tuple[float, av.VideoFrame]]:
         """Decoded frames from a keyframe at or before `start`. An indexed file (mp4, mkv) seeks there at
@@ -344,35 +374,6 @@ def _frame_seconds(frame: av.VideoFrame) -> float:
     """How long `frame` is shown (its duration in the container); 0 when the file does not say."""
     duration, base = getattr(frame, "duration", None), frame.time_base
     return float(duration * base) if duration and base is not None and duration > 0 else 0.0
-
-
-class _Hold:
-    """The instants of `Sampler`'s grid (t0 + k/fps) that fall between two decoded frames, shown the held frame.
-
-    A variable-frame-rate file (screen recorders write a frame only when the picture changes) or a source slower
-    than `fps` leaves instants that no frame starts in: sampling alone would hand a 14 s still clip to the model
-    as 3 frames, its time squeezed. Every instant before the last one at or before the next frame is filled,
-    so a source at `fps` or faster (at most one instant between two frames) never repeats a frame."""
-
-    def __init__(self, fps: float | None) -> None:
-        self.fps = fps
-        self._t0: float | None = None
-        self._next: float | None = None
-
-    def kept(self, t: float) -> None:
-        """The sampler kept a frame at `t`: the next instant is the first of the grid after it (as `Sampler`)."""
-        if self.fps is None:
-            return
-        self._t0 = t if self._t0 is None else self._t0
-        self._next = self._t0 + (math.floor((t - self._t0) * self.fps + _EPS) + 1) / self.fps
-
-    def instants(self, until: float) -> list[float]:
-        """The instants to show the held frame at before a frame at `until` (or the held frame's end)."""
-        out: list[float] = []
-        while self._next is not None and self.fps is not None and self._next + 1 / self.fps <= until + _EPS:
-            out.append(self._next)
-            self.kept(self._next)
-        return out
 
 
 def read_frames(

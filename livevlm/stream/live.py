@@ -14,10 +14,12 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from fractions import Fraction
+from typing import Any, NoReturn
 
 from ..errors import (
     ConfigError,
+    EmptyVideoError,
     NotAVideoError,
     SourceConnectionError,
     SourceDisconnectedError,
@@ -27,7 +29,7 @@ from ..errors import (
 )
 from .base import Source
 from .config import MAX_INPUT_PIXELS, ReconnectConfig
-from .file import _stream_rate, av, declared_duration, require_av, rgb_array, start_seconds
+from .file import _stream_rate, av, declared_duration, pixel_aspect, require_av, rgb_array, start_seconds
 from .frame import Frame
 from .sampler import Pacer, Sampler, Timeline
 
@@ -80,6 +82,7 @@ class AVLiveSource(Source):
         self._rebase_pending = False
         self._declares_end = False  # the input's headers declare a duration (set by `_open`)
         self._origin = 0.0  # the input's first timestamp, which counts as 0 (set by `_open`)
+        self._aspect: Fraction | None = None  # the input's pixel aspect, when not square (set by `_open`)
         self._container, self._stream = self._open()  # fail fast: a bad URL or device is reported now
 
     # -- opening --------------------------------------------------------------------------------------
@@ -91,30 +94,46 @@ class AVLiveSource(Source):
         """An FFmpeg error's text, as put in livevlm's errors (a URL source leaves its password out)."""
         return str(error)
 
+    def _hides_secret(self) -> bool:
+        """Whether `source_id` leaves out a secret FFmpeg's errors name (a URL's password)."""
+        return False
+
+    def _raise(self, error: SourceError | ConfigError, cause: Exception) -> NoReturn:
+        """Raise `error` from FFmpeg's `cause`, or, where its text would show a password (a logged traceback
+        prints the whole chain), from nothing: `error`'s own message already holds the cause, redacted.
+        Called outside the `except` block, so the cause is not kept as the implicit context either."""
+        if self._hides_secret():
+            raise error from None
+        raise error from cause
+
     def _open(self) -> tuple[Any, Any]:
         """Open the input and pick its best video stream, mapping PyAV failures to typed errors."""
         require_av()
         spec, (open_timeout, _) = self.spec, self.timeouts
         start = time.monotonic()
+        failure: tuple[SourceError | ConfigError, Exception] | None = None
         try:
             container = av.open(
                 spec.file, format=spec.format, options=dict(spec.options), timeout=self.timeouts
             )
         except (FileNotFoundError, av.error.HTTPNotFoundError) as e:
-            raise self._not_found(e) from e
+            failure = self._not_found(e), e
         except ConnectionError as e:
-            raise SourceConnectionError(f"cannot connect to {self.source_id}: {self._why(e)}") from e
+            failure = SourceConnectionError(f"cannot connect to {self.source_id}: {self._why(e)}"), e
         except av.error.LookupError as e:  # a protocol, filter or demuxer this FFmpeg does not have
-            raise ConfigError(f"cannot open {self.source_id}: {self._why(e)}") from e
+            failure = ConfigError(f"cannot open {self.source_id}: {self._why(e)}"), e
         except (av.FFmpegError, OSError) as e:
             if isinstance(e, av.ExitError) or time.monotonic() - start >= 0.9 * open_timeout:
-                raise SourceTimeoutError(
+                failure = SourceTimeoutError(
                     f"cannot open {self.source_id}: no answer within open_timeout={open_timeout}s "
                     f"({self._why(e)})"
-                ) from e
-            raise self._open_error(f"cannot open {self.source_id}: {self._why(e)}") from e
+                ), e
+            else:
+                failure = self._open_error(f"cannot open {self.source_id}: {self._why(e)}"), e
         except ValueError as e:  # PyAV: an unknown input format name
-            raise ConfigError(f"cannot open {self.source_id}: {self._why(e)}") from e
+            failure = ConfigError(f"cannot open {self.source_id}: {self._why(e)}"), e
+        if failure is not None:
+            self._raise(*failure)
         stream = container.streams.best("video")
         if stream is None:
             kinds = ", ".join(s.type for s in container.streams) or "none"
@@ -127,6 +146,7 @@ class AVLiveSource(Source):
         self.frame_period = self._timeline.period
         self.declared_duration = declared_duration(container, stream)
         self._origin = start_seconds(container)
+        self._aspect = pixel_aspect(stream)
         self._declares_end = container.duration is not None or self.declared_duration is not None
         return container, stream
 
@@ -140,6 +160,7 @@ class AVLiveSource(Source):
         failures = 0
         while not self.stopped:
             decoded_before = self.stats.frames_decoded
+            failure: tuple[SourceError, Exception] | None = None
             try:
                 for frame in self._read_connection():
                     yield frame
@@ -147,6 +168,7 @@ class AVLiveSource(Source):
                         return
                 if self.reconnect is None:
                     self._exhausted = not self.stopped
+                    self._check_not_empty()
                     return
                 cause = "the stream ended"
             except (av.FFmpegError, OSError) as e:
@@ -155,7 +177,9 @@ class AVLiveSource(Source):
                 cause = f"no data within read_timeout={self.timeouts[1]}s" if timed_out else cause
                 if self.reconnect is None:
                     cls = SourceTimeoutError if timed_out else SourceError
-                    raise cls(f"cannot read {self.source_id}: {cause}") from e
+                    failure = cls(f"cannot read {self.source_id}: {cause}"), e
+            if failure is not None:
+                self._raise(*failure)
             if self.stopped:
                 return
             self.stats.disconnects += 1
@@ -163,6 +187,16 @@ class AVLiveSource(Source):
             self._release()
             failures = 0 if self.stats.frames_decoded > decoded_before else failures  # it worked for a while
             failures = self._reconnect(failures, cause)
+
+    def _check_not_empty(self) -> None:
+        """An input that ended without a single frame is an error, as an empty file is (`EmptyVideoError`):
+        asked about, it would be answered without any video."""
+        s = self.stats
+        if s.frames_yielded == 0 and not self.stopped:
+            raise EmptyVideoError(
+                f"empty video: {self.source_id} ended without a frame "
+                f"(decoded {s.frames_decoded}, corrupt packets {s.frames_corrupt})"
+            )
 
     @property
     def endless(self) -> bool:
@@ -205,7 +239,7 @@ class AVLiveSource(Source):
                 if not self.pacer.wait(t):
                     return
                 self.stats.frames_yielded += 1
-                yield Frame(rgb_array(frame, self.max_input_pixels, self.stats), t, self.source_id)
+                yield Frame(rgb_array(frame, self.max_input_pixels, self.stats, self._aspect), t, self.source_id)
 
     def _clock(self, raw: float | None) -> float:
         """Stream time of a frame (raw None: no pts yet); a reconnect restarts at the wall-clock time."""

@@ -60,6 +60,9 @@ class UrlSource(AVLiveSource):
         )
         self.live = config.is_live or config.realtime  # paced, a URL to a file stands in for a camera
 
+    def _hides_secret(self) -> bool:
+        return self.source_id != self.config.url
+
     def _why(self, error: Exception) -> str:
         """FFmpeg's error text names the URL it was given: name it by `source_id`, without its password."""
         return str(error).replace(self.spec.file, self.source_id)

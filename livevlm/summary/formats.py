@@ -30,6 +30,15 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
+def clocks(start: float, end: float) -> tuple[str, str]:
+    """`clock` of a span's start and end; with tenths of a second where whole seconds would print the same
+    ('0:05.0', '0:05.2': a video's short last segment, not '0:05-0:05')."""
+    a, b = clock(start), clock(end)
+    if a != b or end <= start:
+        return a, b
+    return f"{a}.{int((start % 1) * 10 + 1e-6)}", f"{b}.{int((end % 1) * 10 + 1e-6)}"
+
+
 def vtt_time(seconds: float) -> str:
     """hh:mm:ss.ttt as WebVTT wants it."""
     ms = round(seconds * 1000)
@@ -58,7 +67,7 @@ def _markdown(summary: Any) -> str:
         "",
     ]
     for c in summary.chapters:
-        lines += [f"### {clock(c.start)} – {clock(c.end)}", "", _one_line(c.text) or NOTHING, ""]
+        lines += [f"### {' – '.join(clocks(c.start, c.end))}", "", _one_line(c.text) or NOTHING, ""]
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError, ContextOverflowError, FrameError, SourceNotFou
 from ..session import Session, SessionConfig
 from ..stream import FileSource, FileSourceConfig, Frame, probe
 from ..stream.sampler import Sampler
-from .formats import clock, format_for
+from .formats import clock, clocks, format_for
 from .records import SegmentResult, Summary, merge_chapters
 from .state import ResumeState, check_out, is_device, video_identity, write_text
 
@@ -220,6 +220,7 @@ class _Run:
         self.segments = [SegmentResult(**s) for s in saved["segments"]]
         self.resumed = len(self.segments)
         self.shortfall: str | None = None  # set once the file is read to its end
+        self.duration: float | None = None  # what the file's headers declare: the last segment ends there
         self.started = time.perf_counter()
 
     def ingest(self, info: Any, progress: bool) -> None:
@@ -231,6 +232,7 @@ class _Run:
         if self.data["ended"]:
             return
         fps, max_frames = self.session.config.fps, self.session.config.max_frames
+        self.duration = info.duration_seconds
         total = expected_frames(info.duration_seconds, fps, max_frames)
         done = self.data["frames"]
         if total and total > done:  # kv full over a file the context cannot hold: refused now, not at minute 7
@@ -288,11 +290,13 @@ class _Run:
         seg = self.options.segment
         start = float(cur.index * seg)
         end = float(min(start + seg, cur.last_pts + 1 / self.session.config.fps) if ended else start + seg)
+        end = min(end, self.duration) if ended and self.duration and self.duration > cur.last_pts else end
         ingest_seconds = time.perf_counter() - cur.started
         t0 = time.perf_counter()
         context = self.session.stats.kv_tokens
         own = {"within": (start, end)} if self.options.segment_window and self.session.asks_within else {}
-        answer = self.session.ask(self.options.prompt.format(start=clock(start), end=clock(end)), **own)
+        first, last = clocks(start, end)
+        answer = self.session.ask(self.options.prompt.format(start=first, end=last), **own)
         text = "".join(answer).strip()
         result = SegmentResult(cur.index, start, end, cur.first_pts, cur.last_pts, cur.frames, text, answer.tokens,
                                answer.finish_reason, context, ingest_seconds, time.perf_counter() - t0)  # fmt: skip
@@ -308,7 +312,7 @@ class _Run:
         """3. chapters and the final summary."""
         chapters = merge_chapters(self.segments, self.options.similarity)
         t0 = time.perf_counter()
-        lines = [f"{clock(c.start)}-{clock(c.end)}: {' '.join(c.text.split())}" for c in chapters if c.text]
+        lines = [f"{'-'.join(clocks(c.start, c.end))}: {' '.join(c.text.split())}" for c in chapters if c.text]
         text = self._summary(lines) if lines else ""
         stats = {
             "frames": self.data["frames"],
