@@ -5,7 +5,8 @@
     python benchmarks/baseline.py --shape qwen2-vl-2b --dtype float32 --vit-cache none balanced  # peak RSS of each
 
 Full shapes are random-weight models with the exact architecture configs of the released checkpoints: they
-are built, saved with the real Qwen2 tokenizer (and the family's processor config) and loaded back through `livevlm.load_model`, like a download.
+are built, saved with the real Qwen2 tokenizer (and the family's processor config) and loaded back through
+`livevlm.load_model`, like a download.
 Timings come from `SessionStats` (ViT, stream prefill) and from timing the `ask_ids` iterator (TTFT, decode).
 With several `--vit-cache` presets each runs in its own child process, so each peak RSS is that setting's alone.
 """
@@ -44,8 +45,7 @@ UNCOMPRESSED = {"vit_cache": "none", "prune": "none", "kv": "full"}  # every sta
 TOKEN_IDS = {"image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
              "vision_end_token_id": 151653}
 _TEXT = {"vocab_size": 151936, "hidden_act": "silu", "rms_norm_eps": 1e-6, "bos_token_id": 151643,
-         "eos_token_id": 151645, "tie_word_embeddings": True, "use_sliding_window": False,
-         "sliding_window": 32768,
+         "eos_token_id": 151645, "tie_word_embeddings": True, "use_sliding_window": False, "sliding_window": 32768,
          "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}}
 # config.json of Qwen/Qwen2-VL-2B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (architecture fields only).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -243,27 +243,22 @@ def run(args: argparse.Namespace, model_dir: Path, vit_cache: str = "none") -> d
 
     encoded = s1.chunks * fpc  # frames through the ViT during ingest (an odd last frame waits for ask)
     ms = 1e3
+    # ids can arrive in bursts (text held back while it could still become a stop string, then released
+    # together), so the per-token figure is the whole answer's span over its gaps, not the median gap
+    decode = ms * sum(gaps) / len(gaps) if gaps else None
     metrics: dict[str, Any] = {
-        "frames": frames,
-        "chunks": s1.chunks,
-        "visual_tokens": s1.visual_tokens,
-        "visual_tokens_per_frame": s1.visual_tokens / encoded,
-        "kv_tokens": s1.kv_tokens,
-        "kv_bytes_per_frame": (s1.kv_bytes - s0.kv_bytes) / encoded,
+        "frames": frames, "chunks": s1.chunks,
+        "visual_tokens": s1.visual_tokens, "visual_tokens_per_frame": s1.visual_tokens / encoded,
+        "kv_tokens": s1.kv_tokens, "kv_bytes_per_frame": (s1.kv_bytes - s0.kv_bytes) / encoded,
         "kv_mib": s1.kv_bytes / 2**20,
-        "vit_ms_per_frame": ms * median(vit),
-        "vit_ms_per_frame_mean": ms * s1.seconds.vit / encoded,
+        "vit_ms_per_frame": ms * median(vit), "vit_ms_per_frame_mean": ms * s1.seconds.vit / encoded,
         "prefill_ms_per_token": ms * median(prefill),
         "prefill_ms_per_token_mean": ms * s1.seconds.prefill / s1.visual_tokens,
         "ingest_ms_per_frame": ms * ingest_s / frames,
         "ttft_ms": ms * (stamps[0] - t0),
-        # ids can arrive in bursts (text held back while it could still become a stop string, then released
-        # together), so the per-token figure is the whole answer's span over its gaps, not the median gap
-        "decode_ms_per_token": ms * sum(gaps) / len(gaps) if gaps else None,
-        "decode_ms_per_token_mean": ms * sum(gaps) / len(gaps) if gaps else None,
+        "decode_ms_per_token": decode, "decode_ms_per_token_mean": decode,
         "decode_gap_ms_median": ms * median(gaps) if gaps else None,
-        "answer_tokens": len(stamps),
-        "question_tokens": len(adapter.suffix_ids(QUESTION)),
+        "answer_tokens": len(stamps), "question_tokens": len(adapter.suffix_ids(QUESTION)),
         "stream_seconds_per_second": frames / args.fps / ingest_s,
         "load_seconds": load_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

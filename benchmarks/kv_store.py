@@ -78,9 +78,8 @@ def session_for(args: argparse.Namespace, policy: str, model_dir: str) -> Sessio
     kv = kv_config(policy.removesuffix("-probe"), args.kv_budget if policy != "full" else None)
     if policy.endswith("-probe"):
         kv = replace(kv_config_of(kv), one_pass=False)
-    config = SessionConfig(kv=kv,
-                           min_pixels=pixels, max_pixels=pixels, device=args.device, dtype=args.dtype,
-                           vit_cache=args.vit_cache)
+    config = SessionConfig(kv=kv, min_pixels=pixels, max_pixels=pixels, device=args.device, dtype=args.dtype,
+                           vit_cache=args.vit_cache)  # fmt: skip
     return Session(adapter, config)
 
 
@@ -118,8 +117,7 @@ def serve_point(conn: Any, args: argparse.Namespace, policy: str, frames: int, m
                 sync()
                 wall.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
-            ttft += wall
-            ttft_cpu += cpu
+            ttft, ttft_cpu = ttft + wall, ttft_cpu + cpu
             conn.send((wall, cpu))
     except EOFError:  # the benchmark ended (another point failed): nothing to report to
         session.close()
@@ -134,17 +132,13 @@ def serve_point(conn: Any, args: argparse.Namespace, policy: str, frames: int, m
     edge = max(1, len(per_chunk) // 10)
     out = {
         "policy": policy, "frames": frames, "chunks": len(per_chunk),
-        "ttft_ms": 1e3 * median(ttft),
-        "ttft_cpu_ms": 1e3 * median(ttft_cpu),
-        "ttft_ms_min": 1e3 * min(ttft),
-        "select_ms": 1e3 * getattr(kv, "last_select_seconds", 0.0),
-        "probe_ms": 1e3 * median(probe),
+        "ttft_ms": 1e3 * median(ttft), "ttft_cpu_ms": 1e3 * median(ttft_cpu), "ttft_ms_min": 1e3 * min(ttft),
+        "select_ms": 1e3 * getattr(kv, "last_select_seconds", 0.0), "probe_ms": 1e3 * median(probe),
         "session_rope_index_ms": 1e3 * rope_index_s,
         "ingest_ms_per_chunk_first10pct": 1e3 * median(per_chunk[1 : edge + 1] or per_chunk),
         "ingest_ms_per_chunk_last10pct": 1e3 * median(per_chunk[-edge:]),
         "ingest_ms_per_chunk": 1e3 * median(per_chunk[1:] or per_chunk),
-        "ingest_s": ingest_s,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ingest_s": ingest_s, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
         "kv": {k: v for k, v in vars(kv).items() if k != "last_scores"},
         "attention": {k: v for k, v in session.stats.kernels.items() if k.startswith("attention_")},
@@ -322,6 +316,16 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def shown(path: str, parser: argparse.ArgumentParser) -> str:
+    """`--show`: the table of a saved result; a missing, unreadable or foreign file is a flag error (one line)."""
+    try:
+        return table(json.loads(Path(path).read_text())["runs"])
+    except OSError as e:
+        parser.error(f"--show {path}: {e.strerror or e}")
+    except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, another benchmark's, a --soak result
+        parser.error(f"--show {path}: not a kv_store.py result with runs")
+
+
 def _num(x: float | None, width: int, digits: int) -> str:
     return f"{x:>{width}.{digits}f}" if x is not None else f"{'-':>{width}}"
 
@@ -350,8 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--show", default=None, help="print the table of a saved result JSON and exit")
     args = parser.parse_args(argv)
     if args.show:
-        print(table(json.loads(Path(args.show).read_text())["runs"]))
-        return
+        return print(shown(args.show, parser))
     # checked here, before the model is built and a process per point starts
     parse_bytes(args.kv_budget)
     check_device(args.device)
@@ -364,14 +367,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = os.path.join(tmp, args.shape)
         build_model(args, model_dir)
-        meta = {**provenance(__file__, args, argv),
-                "shape": args.shape, "device": args.device, "dtype": args.dtype, "size": args.size,
-                "vit_cache": args.vit_cache, "pool": args.pool,
-                "kv_budget": args.kv_budget, "threads": args.threads, "torch": torch.__version__,
-                "python": platform.python_version(), "loadavg_1m_before": os.getloadavg()[0],
-                "cpu_count": os.cpu_count(), "cpu": cpu_info(), "host": platform.node(), "note": args.note,
-                "reps": args.reps, "parallel_ingest": args.parallel,
-                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
+        meta = {**provenance(__file__, args, argv), "shape": args.shape, "device": args.device, "dtype": args.dtype,
+                "size": args.size, "vit_cache": args.vit_cache, "pool": args.pool, "kv_budget": args.kv_budget,
+                "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+                "loadavg_1m_before": os.getloadavg()[0], "cpu_count": os.cpu_count(), "cpu": cpu_info(),
+                "host": platform.node(), "note": args.note, "reps": args.reps, "parallel_ingest": args.parallel,
+                "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}  # fmt: skip
         if args.soak:
             out = Path(args.out or results / f"kv_store-soak-{args.shape}.json")
             report = {**meta, "soak_frames": args.soak, **soak(args, model_dir)}

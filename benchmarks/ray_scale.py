@@ -12,7 +12,9 @@ after. On a machine with N free cores the ratio is bounded by N; on a shared box
 snapshot: a `retrieval` KV store at Qwen2-VL-2B's KV shape (28 layers, 2 KV heads, head_dim 128, bfloat16:
 28 KiB per token; 64 tokens per 224x224 temporal patch) filled to its budget with random KV through the same
 view/commit path a forward uses, then written with the snapshot format (`livevlm.snapshot`) and read back
-into a fresh store. KV values do not change the cost. Not included: the ViT token cache's reference state
+into a fresh store. KV values do not change the cost. Each row counts chunks per tier and those whose KV was
+dropped (`chunks_dropped`): a chunk is 1.75 MiB at this shape and the summary index (`summary_bytes`, 64 chunks'
+rows allocated at once) is charged to the host tier, so small budgets keep few chunks or none. Not included: the ViT token cache's reference state
 (4 x patches x 1280 x 32 blocks x 2 bytes = 84 MB at 256 patches for the 2B tower) and pruner state.
 """
 
@@ -130,6 +132,7 @@ def snapshot(args: argparse.Namespace) -> list[dict[str, Any]]:
                 fresh.close(), store.close()
             rows.append({"kv_budget": budget, "disk_bytes": disk or 0, "chunks": s.chunks,
                          "chunks_device": s.chunks_device, "chunks_cpu": s.chunks_cpu, "chunks_disk": s.chunks_disk,
+                         "chunks_dropped": s.chunks_dropped, "summary_bytes": s.summary_bytes,
                          "snapshot_bytes": info.bytes, "save_ms": round(save_s * 1e3, 1),
                          "load_ms": round(load_s * 1e3, 1), "save_mb_s": round(info.bytes / save_s / 2**20, 1)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
@@ -169,11 +172,12 @@ def main(argv: list[str] | None = None) -> None:
         for r in out["scale"]:
             print(f"| {r['replicas']} | {r['streams']} | {r['frames_per_s']} | {r['ratio_vs_1']} |")
     if "snapshot" in out:
-        print("\n| KV budget | disk | chunks (dev/cpu/disk) | snapshot MB | save ms | load ms |\n|---|---|---|---|---|---|")
+        print("\n| KV budget | disk | chunks (dev/cpu/disk/dropped) | index MB | snapshot MB | save ms | load ms |"
+              "\n|---|---|---|---|---|---|---|")  # fmt: skip
         for r in out["snapshot"]:
             print(f"| {r['kv_budget'] >> 20}M | {r['disk_bytes'] >> 20}M | {r['chunks']} ({r['chunks_device']}/"
-                  f"{r['chunks_cpu']}/{r['chunks_disk']}) | {r['snapshot_bytes'] / 2**20:.1f} | {r['save_ms']} | "
-                  f"{r['load_ms']} |")  # fmt: skip
+                  f"{r['chunks_cpu']}/{r['chunks_disk']}/{r['chunks_dropped']}) | {r['summary_bytes'] / 2**20:.1f} | "
+                  f"{r['snapshot_bytes'] / 2**20:.1f} | {r['save_ms']} | {r['load_ms']} |")  # fmt: skip
     out["load_average_after"] = os.getloadavg()  # other work on the box skews the ratio
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

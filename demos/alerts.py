@@ -19,28 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+
+from _common import positive, sample_as_camera
 
 from livevlm import AnswerDeadlineError, LivevlmError, Session, SessionConfig, open_source
-from livevlm.assets import sample_video_path
 from livevlm.cache import SinkWindowConfig
-
-
-def sample_as_camera() -> str:
-    """The bundled 8 s sample as an endless live source: FFmpeg's movie filter, looped, paced in real time."""
-    return f"lavfi:movie='{sample_video_path()}':loop=0,setpts=N/(FRAME_RATE*TB)"
-
-
-def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
-    """An argparse type: a number of `kind` above 0."""
-
-    def parse(text: str) -> float:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,9 @@ import sys
 import threading
 import time
 
+from _common import positive, sample_as_camera
+
 from livevlm import LivevlmError, Session, SessionConfig, open_source
-from livevlm.assets import sample_video_path
-
-
-def sample_as_camera() -> str:
-    """The bundled 8 s sample as an endless live source: FFmpeg's movie filter, looped, paced in real time."""
-    return f"lavfi:movie='{sample_video_path()}':loop=0,setpts=N/(FRAME_RATE*TB)"
 
 
 def read_stdin(questions: queue.Queue) -> None:
@@ -68,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="webcam:0, rtsp://..., a file or lavfi:GRAPH (default: the sample, looped)")
     parser.add_argument("--question", action="append", default=[],
                         help="ask this every --every seconds (repeatable); none: read questions from stdin")
-    parser.add_argument("--every", type=float, default=3.0, help="seconds between rounds of --question")
-    parser.add_argument("--duration", type=float, default=10.0, help="stop after this many seconds")
-    parser.add_argument("--deadline", type=float, default=2.0, help="seconds an answer may take")
-    parser.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
+    parser.add_argument("--every", type=positive(float), default=3.0, help="seconds between rounds of --question")
+    parser.add_argument("--duration", type=positive(float), default=10.0, help="stop after this many seconds")
+    parser.add_argument("--deadline", type=positive(float), default=2.0, help="seconds an answer may take")
+    parser.add_argument("--fps", type=positive(float), default=2.0, help="frames sampled per second")
     parser.add_argument("--model", default=None, help="path or hub id (default: the bundled yardstick model)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

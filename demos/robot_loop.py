@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _common import positive
 
 from livevlm import LivevlmError, Session, SessionConfig
 from livevlm.cache import SinkWindowConfig
@@ -58,18 +58,6 @@ class Robot:
         action, turn = ACTIONS.get(colour, ("straight on", 0.0))
         self.heading = float(np.clip(self.heading + turn, -45.0, 45.0))
         return action
-
-
-def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
-    """An argparse type: a number of `kind` above 0 (a zero --leg or --window would make no robot)."""
-
-    def parse(text: str) -> float:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

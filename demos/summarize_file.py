@@ -20,6 +20,8 @@ import argparse
 import sys
 from collections.abc import Iterator
 
+from _common import positive
+
 from livevlm import Frame, LivevlmError, Session, SessionConfig, load_model, open_source
 from livevlm.assets import sample_video_path
 
@@ -61,14 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("video", nargs="?", default=str(sample_video_path()), help="(default: the sample)")
-    parser.add_argument("--segment", type=float, default=4.0, help="seconds per chapter before merging")
-    parser.add_argument("--fps", type=float, default=2.0, help="frames sampled per second")
+    parser.add_argument("--segment", type=positive(float), default=4.0, help="seconds per chapter before merging")
+    parser.add_argument("--fps", type=positive(float), default=2.0, help="frames sampled per second")
     parser.add_argument("--min-p", type=float, default=0.15, help="list the colours at least this likely")
     parser.add_argument("--model", default=None, help="path or hub id (default: the bundled yardstick model)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    if not args.segment > 0:
-        parser.error("--segment must be > 0")
 
     chapter: list = []  # [start, end, text] of the chapter not printed yet
 

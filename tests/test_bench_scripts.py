@@ -100,6 +100,8 @@ BAD = [
     ("pruner.py", ["--budget", "lots"], "bad budget 'lots'"),
     ("pruner.py", ["--yardstick", "x"], "--qa"),
     ("kv_store.py", ["--kv-budget", "lots"], "not a byte size"),
+    ("kv_store.py", ["--show", "/nope.json"], "--show /nope.json: No such file or directory"),
+    ("kv_store.py", ["--show", "benchmarks/README.md"], "not a kv_store.py result with runs"),
     ("vit_cache.py", ["--frames", "1"], "--frames"),
     ("snapshot_size.py", ["--device", "lots"], "not a byte size"),
     ("serve_load.py", ["--streams", "1,x"], "--streams"),
@@ -146,6 +148,20 @@ def test_a_missing_optional_package_is_named_with_its_install_line(tmp_path: Pat
                               capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
         assert done.returncode != 0 and hint in done.stderr, (script, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (script, done.stderr[-2000:])
+
+
+def test_snapshot_rows_account_for_every_chunk_dropped_ones_too(tmp_path: Path) -> None:
+    """A budget below one chunk of the 2B KV shape keeps no chunk's KV: the rows and the table say they were
+    dropped (their count was missing: '5 (0/0/0)' read as chunks on no tier)."""
+    out = tmp_path / "snap.json"
+    done = bench("ray_scale.py", "--part", "snapshot", "--budgets", "1M", "--disk", "2M", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["snapshot"]
+    assert len(rows) == 2 and all(r["chunks_dropped"] > 0 for r in rows)
+    for r in rows:
+        tiers = (r["chunks_device"], r["chunks_cpu"], r["chunks_disk"], r["chunks_dropped"])
+        assert sum(tiers) == r["chunks"] and r["summary_bytes"] > 0
+        assert f"| {r['chunks']} ({'/'.join(map(str, tiers))}) |" in done.stdout, done.stdout
 
 
 def test_a_failed_kv_point_ends_the_run_instead_of_hanging(tmp_path: Path) -> None:

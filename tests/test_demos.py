@@ -49,6 +49,17 @@ def test_demo_is_short_documented_and_in_the_readme(name: str) -> None:
     assert res.stdout.startswith("usage:") and "--model" in res.stdout
 
 
+def test_demos_share_their_helpers_instead_of_copying_them() -> None:
+    """A helper two demos need lives once, in demos/_common.py (the flag type and the looped sample were copied)."""
+    defined: dict[str, list[str]] = {}
+    for name in DEMOS:
+        tree = ast.parse((ROOT / "demos" / f"{name}.py").read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name != "main":
+                defined.setdefault(node.name, []).append(name)
+    assert {f: names for f, names in defined.items() if len(names) > 1} == {}
+
+
 def test_live_qa_answers_repeated_questions_with_the_stream_time() -> None:
     q1, q2 = "What colour is the circle?", "What shape is the blue object?"
     res = demo("live_qa", "--question", q1, "--question", q2, "--every", "1", "--duration", "4")
@@ -91,6 +102,7 @@ def test_robot_loop_acts_on_each_answer() -> None:
 @pytest.mark.parametrize("name, args", [
     ("robot_loop", ["--leg", "0"]), ("robot_loop", ["--fps", "0"]), ("robot_loop", ["--window", "0"]),
     ("alerts", ["--deadline", "0"]), ("alerts", ["--choices", "red"]), ("alerts", ["--question", " "]),
+    ("live_qa", ["--deadline", "0"]), ("live_qa", ["--fps", "0"]), ("live_qa", ["--every", "-1"]),
 ])  # fmt: skip
 def test_a_bad_argument_is_refused_before_the_demo_starts(name: str, args: list[str]) -> None:
     res = subprocess.run(

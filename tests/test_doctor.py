@@ -52,4 +52,22 @@ def test_doctor_text_shows_the_automatic_choice_and_survives_a_bad_setting(monke
     for field in ("versions:", "flash-attn:", "triton:", "bfloat16:", "cpu_isa:", "torch_cpu_capability:"):
         assert field in res.stdout
     bad = _doctor("--json", LIVEVLM_KERNELS="fastest")
-    assert bad.returncode == 0 and "LIVEVLM_KERNELS" in json.loads(bad.stdout)["kernels"]["cpu"]["error"]
+    assert bad.returncode == 1 and "LIVEVLM_KERNELS" in json.loads(bad.stdout)["kernels"]["cpu"]["error"]
+    assert "got 'fastest'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_doctor_with_triton_forced_where_it_cannot_run_still_shows_the_kernel_table():
+    """Triton forced on CPU without the interpreter: every op is listed, the Triton ones marked, exit status 1."""
+    text = _doctor(LIVEVLM_KERNELS="triton", TRITON_INTERPRET="")
+    assert text.returncode == 1, text.stderr
+    why = "LIVEVLM_KERNELS=triton on cpu tensors needs TRITON_INTERPRET=1"
+    for op in kernels.TRITON_OPS:
+        assert f"    {op}: UNAVAILABLE: {why}" in text.stdout  # was: one error line instead of the table
+    for op in ("similarity", "linear", "packed_linear", "attention", "attention_grouped_llm"):
+        assert f"    {op}: " in text.stdout and f"    {op}: UNAVAILABLE" not in text.stdout
+    assert text.stderr.count(why) == 1
+    table = json.loads(_doctor("--json", LIVEVLM_KERNELS="triton", TRITON_INTERPRET="").stdout)["kernels"]["cpu"]
+    assert "error" not in table and table["linear"].startswith(("torch", "onednn"))
+    interpreted = _doctor("--json", LIVEVLM_KERNELS="triton", TRITON_INTERPRET="1")
+    assert interpreted.returncode == 0, interpreted.stderr
+    assert json.loads(interpreted.stdout)["kernels"]["cpu"]["pool"] == "triton: forced by LIVEVLM_KERNELS=triton (interpreter)"

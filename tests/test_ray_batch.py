@@ -9,7 +9,7 @@ import pytest
 
 from livevlm import Session, SessionConfig
 from livevlm.assets import sample_video_path
-from livevlm.errors import ConfigError, QuestionError, SourceNotFoundError
+from livevlm.errors import ConfigError, ModelLoadError, QuestionError, SourceNotFoundError
 from livevlm.models import load_model
 from livevlm.stream import FileSource, FileSourceConfig, read_frames
 
@@ -94,3 +94,12 @@ def test_a_directory_is_read_in_name_order(ray_cluster, config, tmp_path):
         (str(tmp_path / "b.mp4"), 16),
     ]
     assert results[0].answers == results[1].answers
+
+
+def test_a_mistyped_model_is_one_typed_error_before_any_segment(ray_cluster, config, tmp_path):
+    """It started every segment's task and came back with the same ModelLoadError text in each result."""
+    clip = sample_video_path()
+    wrong = SessionConfig(model=str(tmp_path / "no-such-checkpoint"), max_new_tokens=2)
+    with pytest.raises(ModelLoadError, match="no-such-checkpoint") as caught:
+        ingest_many([clip, clip], QUESTIONS, config=wrong, segment_seconds=1.0, progress=False)
+    assert "Traceback" not in str(caught.value) and "RayTaskError" not in str(caught.value)

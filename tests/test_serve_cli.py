@@ -75,3 +75,27 @@ def test_port_in_use_is_a_clear_error(serve_process):
                            text=True, cwd=ROOT, env=env, timeout=HANG_GUARD, check=False)  # fmt: skip
     assert again.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_max_body_bytes_and_max_tokens_limit_raise_the_request_limits(serve_process):
+    """A long chat history (~100 KB) is over the 64 KiB default; `--max-body-bytes 256K` lets it through.
+    `max_tokens` over 512 had no flag at all; `--max-tokens-limit` sets it."""
+    _, url = serve_process("--max-body-bytes", "256K", "--max-new-tokens", "2", "--max-tokens-limit", "600")
+    sid = httpx.post(f"{url}/v1/streams", json={"source": "lavfi:testsrc=size=96x96:rate=4"}).json()["id"]
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 1000} for i in range(100)]
+    body = {"model": sid, "messages": [*history, {"role": "user", "content": "What is shown?"}]}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=HANG_GUARD)
+    assert r.status_code == 200, r.text
+    body["messages"] = history * 3
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=HANG_GUARD)
+    assert r.status_code == 413 and "over the limit of 262144" in r.json()["error"]["message"]
+    for tokens, code in ((600, 200), (601, 422)):
+        r = httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": "What is shown?", "max_tokens": tokens,
+                                                             "stream": False, "stop": "."}, timeout=HANG_GUARD)  # fmt: skip
+        assert r.status_code == code, r.text
+    assert "over the server's limit of 600 (livevlm serve --max-tokens-limit)" in r.json()["error"]["message"]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bad = subprocess.run([sys.executable, "-m", "livevlm.cli", "serve", "--port", "0", "--max-body-bytes", "lots"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=HANG_GUARD, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "not a byte size: 'lots'" in bad.stderr and "Traceback" not in bad.stderr

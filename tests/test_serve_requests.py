@@ -14,7 +14,7 @@ import time
 import httpx2 as httpx
 import numpy as np
 import pytest
-from openai import OpenAI, UnprocessableEntityError
+from openai import NotFoundError, OpenAI, UnprocessableEntityError
 from PIL import Image
 from serve_fixtures import start_server
 from websockets.sync.client import connect
@@ -94,6 +94,88 @@ def test_openai_stop_strings_end_the_answer(server, stream):
 
     with pytest.raises(UnprocessableEntityError, match="stop must be up to 4"):
         client.chat.completions.create(model=stream, messages=messages, stop=["a", "b", "c", "d", "e"])
+
+
+def ask_json(url: str, sid: str, **body) -> httpx.Response:
+    return httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": QUESTION, "stream": False, **body},
+                      timeout=HANG_GUARD)  # fmt: skip
+
+
+def test_ask_takes_stop_strings_like_the_chat_endpoint(server, stream):
+    """POST /ask honours `stop` as /v1/chat/completions does: cut before the first, left out, finish 'stop'."""
+    url = server.url
+    full = ask_json(url, stream).json()
+    text = full["text"]
+    assert len(text) > 12, text
+    stop = text[8:12]
+    expected = text[: text.find(stop)]
+
+    cut = ask_json(url, stream, stop=["never-in-it-%%", stop])
+    assert cut.status_code == 200, cut.text  # was: the field was ignored, the whole answer came back
+    assert cut.json()["text"] == expected and cut.json()["finish_reason"] == "stop"
+    assert cut.json()["tokens"] < full["tokens"]  # decoding stopped there too
+
+    deltas, done = [], None
+    with httpx.stream("POST", f"{url}/v1/streams/{stream}/ask", json={"question": QUESTION, "stop": stop},
+                      timeout=HANG_GUARD) as resp:  # fmt: skip
+        event = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if event == "delta":
+                    deltas.append(data["text"])
+                elif event == "done":
+                    done = data
+    assert "".join(deltas) == expected and done["text"] == expected and done["finish_reason"] == "stop"
+
+    assert ask_json(url, stream, stop="never-in-it-%%").json()["text"] == text
+    for bad, says in ((["a", "b", "c", "d", "e"], "stop must be up to 4"), ([""], "stop must be up to 4"),
+                      ("x", "stop cannot be combined with choices")):  # fmt: skip
+        extra = {"choices": ["yes", "no"]} if says.startswith("stop cannot") else {}
+        r = ask_json(url, stream, stop=bad, **extra)
+        assert r.status_code == 422 and says in r.json()["error"]["message"], r.text
+
+
+def test_a_long_chat_history_413_names_the_flag_that_raises_it(server, stream):
+    """A chat request carries its whole history: past 64 KiB the 413 says which setting raises the limit."""
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 1000} for i in range(80)]
+    body = {"model": stream, "messages": [*history, {"role": "user", "content": QUESTION}], "max_tokens": 4}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=HANG_GUARD)
+    assert r.status_code == 413
+    assert "livevlm serve --max-body-bytes" in r.json()["error"]["message"]
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_not_a_500(server, stream):
+    """A body sent without Content-Length (chunked) is counted as it streams in: a frame over the limit was a
+    500 with a traceback in the log, a JSON body a 400 'error parsing the body'."""
+    def chunked(data: bytes):
+        for i in range(0, len(data), 65536):
+            yield data[i : i + 65536]
+
+    frame = httpx.post(f"{server.url}/v1/streams/{stream}/frames?pts=50", content=chunked(b"\xff" * (5 << 20)),
+                       headers={"content-type": "image/jpeg"}, timeout=HANG_GUARD)  # fmt: skip
+    assert frame.status_code == 413, frame.text
+    assert "--max-frame-bytes" in frame.json()["error"]["message"]
+    body = json.dumps({"question": "x" * 70_000}).encode()
+    ask = httpx.post(f"{server.url}/v1/streams/{stream}/ask", content=chunked(body),
+                     headers={"content-type": "application/json"}, timeout=HANG_GUARD)  # fmt: skip
+    assert ask.status_code == 413, ask.text
+    assert "over the limit of 65536 bytes (raise it with livevlm serve --max-body-bytes" in ask.text
+
+
+def test_openai_model_lookup_and_unknown_routes_are_explained(server, stream):
+    """`client.models.retrieve(id)` was a bare 404 'Not Found', as was any route the server does not have."""
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    assert client.models.retrieve(stream).id == stream
+    with pytest.raises(NotFoundError, match="no stream 'nope'"):
+        client.models.retrieve("nope")
+    with pytest.raises(NotFoundError, match="no route POST /v1/completions: the routes are listed at /docs"):
+        client.completions.create(model=stream, prompt="x")
+    wrong = httpx.get(f"{server.url}/v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert "/v1/chat/completions takes POST" in wrong.json()["error"]["message"]
 
 
 def test_openai_features_it_cannot_honour_are_refused(server, stream):

@@ -1,5 +1,8 @@
 """`livevlm doctor`: what a bug report needs about this machine — devices, library versions, dtype support,
-CPU ISA, and which backend every kernel runs and why. `--json` prints the same as one JSON object."""
+CPU ISA, and which backend every kernel runs and why. `--json` prints the same as one JSON object.
+
+A kernel setting that cannot run here (a bad LIVEVLM_KERNELS, triton forced on CPU without TRITON_INTERPRET=1)
+is marked in the table, said once on stderr, and makes the exit status 1."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from .. import __version__, kernels
 from ..kernels.attention import attention_choice, grouped_choice
 
 NOT_INSTALLED = "not installed"
+UNAVAILABLE = "UNAVAILABLE"
 PACKAGES = ("torch", "transformers", "triton", "flash-attn")
 ISA_PREFIXES = ("avx2", "avx512", "amx", "avx_vnni", "avx_ne_convert", "fma", "f16c")
 NATIVE_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
@@ -71,14 +75,33 @@ def _dtypes(device: str, flags: frozenset[str]) -> dict[str, Any]:
 
 
 def _kernels(device: str) -> dict[str, str]:
+    """Op -> "backend: reason" on `device`; an op the forced backend cannot run here is marked UNAVAILABLE."""
     try:
-        table = {op: str(choice) for op, choice in kernels.backend(torch.bfloat16, device).items()}
-        return table | {
-            "attention": str(attention_choice(device, torch.bfloat16)),
-            "attention_grouped_llm": str(grouped_choice(device, torch.bfloat16)),
-        }
-    except (ValueError, kernels.KernelUnavailableError) as exc:  # a bad LIVEVLM_KERNELS: report, do not crash
+        kernels.forced_torch()
+    except ValueError as exc:  # a bad LIVEVLM_KERNELS value: no op can say what it would run; report, do not crash
         return {"error": str(exc)}
+    dtype = torch.bfloat16
+    try:
+        table = {op: str(choice) for op, choice in kernels.backend(dtype, device).items()}
+    except kernels.KernelUnavailableError as exc:  # triton forced where it cannot run: the rest still shown
+        table = {"similarity": "torch: reference (only backend)",
+                 **dict.fromkeys(kernels.TRITON_OPS, f"{UNAVAILABLE}: {exc}"),
+                 "linear": str(kernels.linear_choice(torch.device(device), dtype)),
+                 "packed_linear": str(kernels.pack_choice(device, dtype))}  # fmt: skip
+    return table | {
+        "attention": str(attention_choice(device, dtype)),
+        "attention_grouped_llm": str(grouped_choice(device, dtype)),
+    }
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    """The kernel settings of a `report()` that cannot run here ("device op: why"), deduplicated."""
+    found: dict[str, None] = {}
+    for device, table in data["kernels"].items():
+        for op, choice in table.items():
+            if op == "error" or choice.startswith(UNAVAILABLE):
+                found[f"{device}: {choice.removeprefix(UNAVAILABLE + ': ')}"] = None
+    return list(found)
 
 
 def report() -> dict[str, Any]:
@@ -122,4 +145,7 @@ def run(args: argparse.Namespace) -> int:
     """The `doctor` command; returns the exit status."""
     data = report()
     print(json.dumps(data, indent=2) if args.json else "\n".join(_text(data)))
-    return 0
+    found = problems(data)
+    for problem in found:  # the table above is still whole; this says why the exit status is 1
+        print(f"livevlm doctor: kernels on {problem}", file=sys.stderr)
+    return 1 if found else 0

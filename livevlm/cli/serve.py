@@ -36,6 +36,12 @@ def add_parser(sub: Any) -> None:
     s.add_argument(
         "--max-frame-bytes", type=int, default=d.max_frame_bytes, help="largest pushed frame in bytes"
     )
+    s.add_argument("--max-body-bytes", default=str(d.max_body_bytes), metavar="BYTES",
+                   help=f"largest JSON request body, e.g. 1M (default: {d.max_body_bytes >> 10}K; a chat request "
+                        "carries its whole history)")  # fmt: skip
+    s.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
+                   help=f"most answer tokens a client may ask for (max_tokens); default: {d.max_new_tokens}, or "
+                        "--max-new-tokens where that is more")  # fmt: skip
     s.add_argument("--max-question-chars", type=int, default=d.max_question_chars, help="longest question")
     s.add_argument("--buffer", type=int, default=d.buffer_frames,
                    help="frames a stream buffers before dropping the oldest")  # fmt: skip
@@ -57,10 +63,14 @@ def add_parser(sub: Any) -> None:
 
 def serve_config(args: argparse.Namespace) -> Any:
     """The `ServeConfig` the flags describe (refused here, before any model is loaded, if impossible)."""
+    from ..cache import parse_bytes
     from ..serve import ServeConfig, ServeLimits
 
+    tokens = max(ServeLimits.max_new_tokens, args.max_new_tokens)  # a client may ask for the default answer length
     limits = ServeLimits(
         max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes, max_question_chars=args.max_question_chars,
+        max_body_bytes=parse_bytes(args.max_body_bytes),
+        max_new_tokens=tokens if args.max_tokens_limit is None else args.max_tokens_limit,
         questions_per_minute=args.questions_per_minute, idle_timeout_s=args.idle_timeout, buffer_frames=args.buffer,
     )  # fmt: skip
     schemes = tuple(x.strip() for x in args.allow_schemes.split(",") if x.strip())

@@ -5,7 +5,8 @@
                   [0, duration) cut into `Segment`s of `segment_seconds` (the last one shorter)
       2. fan out  one Ray task per segment: a fresh `Session` on the worker's model (loaded once per worker
                   process, cached by path/device/dtype) ingests only `FileSource(path, start_seconds, max_frames)`
-                  and answers every question over it
+                  and answers every question over it; the model is loaded once first, by one task like
+                  the others: a model that cannot load raises its `ModelLoadError` before any segment starts
       3. merge    results gathered as tasks finish (a tqdm bar over segments), returned in plan order; a segment
                   that fails carries its error, the others still come back
 `run_segment` is the task's body, callable without Ray (the reference a test compares with).
@@ -118,6 +119,12 @@ def _model(config: SessionConfig) -> Any:
     return _MODELS[key]
 
 
+def _check_model(config: SessionConfig) -> None:
+    """Load `config`'s model in this process (a Ray worker keeps it for the segments it then runs): a model that
+    cannot load fails once here, not once per segment."""
+    _model(config)
+
+
 def run_segment(
     segment: Segment, questions: Sequence[str], config: SessionConfig, max_new_tokens: int | None = None
 ) -> SegmentResult:
@@ -153,7 +160,8 @@ def ingest_many(
     `model` (or `config.model`) is loaded once per worker process; `config` (sampling `fps`, pruning, KV policy,
     ...) is each segment's `Session` config. Raises before any task starts: `SourceNotFoundError` for a missing
     file or a directory without videos, `ConfigError` for a `segment_seconds` that holds no frame at
-    `config.fps`, `QuestionError` for no question or an empty one. Uses the Ray cluster `ray.init` connected
+    `config.fps`, `QuestionError` for no question or an empty one; then, from one task that loads the model,
+    what `load_model` raises (`ModelLoadError` for a mistyped path). Uses the Ray cluster `ray.init` connected
     to (Ray starts a local one if none is)."""
     from tqdm.auto import tqdm
 
@@ -164,8 +172,11 @@ def ingest_many(
     if not questions or not all(isinstance(q, str) and q.strip() for q in questions):
         raise QuestionError(f"questions must be non-empty strings (at least one), got {questions!r}")
     plan = plan_segments(video_files(sources), segment_seconds, config.fps)
+    resources = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if any(isinstance(s, Segment) for s in plan):  # on a worker like the tasks': its device, its model files
+        _raise_cause(ray.remote(_check_model).options(**resources).remote(config))
 
-    task = ray.remote(run_segment).options(num_cpus=num_cpus, num_gpus=num_gpus)
+    task = ray.remote(run_segment).options(**resources)
     results: list[SegmentResult | None] = [s if isinstance(s, SegmentResult) else None for s in plan]
     pending = {task.remote(s, questions, config, max_new_tokens): i
                for i, s in enumerate(plan) if isinstance(s, Segment)}  # fmt: skip
@@ -185,3 +196,13 @@ def ingest_many(
                                                error=error)  # fmt: skip
                 bar.update(1)
     return [r for r in results if r is not None]
+
+
+def _raise_cause(ref: Any) -> None:
+    """`ray.get(ref)`, raising a livevlm error the task raised as itself (its message, not Ray's traceback)."""
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, LivevlmError):
+            raise e.cause from None
+        raise

@@ -22,6 +22,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from ..errors import SessionClosedError
+from .errors import InvalidRequestError
 from .scheduler import ModelScheduler
 
 
@@ -126,6 +127,14 @@ async def client_gone(request: Any) -> None:
 def gone_response() -> JSONResponse:
     """What a request whose client left is answered with (nobody reads it; 499 as nginx logs it)."""
     return JSONResponse({"error": {"status": 499, "message": "the client closed the request"}}, status_code=499)
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    """OpenAI's `stop`: one string or up to 4; the answer ends before the first that appears."""
+    strings = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(strings) > 4 or not all(strings):
+        raise InvalidRequestError(f"stop must be up to 4 non-empty strings, got {stop!r}")
+    return strings
 
 
 class StopStrings:

@@ -32,13 +32,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FrameError, LivevlmError
 from ..stream.url import redact
-from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, whole_answer
+from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, stop_strings, whole_answer
 from .config import ServeConfig
 from .errors import InvalidRequestError, NotAPushStreamError, RateLimitedError
 from .frames import decode_frame, encode_jpeg, sniff_format
 from .http_errors import error_body
 from .scheduler import ModelScheduler
-from .security import COOKIE, AuthMiddleware, BodyLimitMiddleware, RateLimiter, client_id
+from .security import COOKIE, AuthMiddleware, BodyLimitMiddleware, BodyTooLargeError, RateLimiter, client_id
 from .streams import ServedStream, StreamManager
 
 
@@ -52,6 +52,9 @@ class AskBody(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="most answer tokens (default: the server's)")
     stream: bool = Field(True, description="stream Server-Sent Events (true) or answer with one JSON object")
     deadline_s: float | None = Field(None, gt=0, description="no token is decoded after this many seconds")
+    stop: str | list[str] | None = Field(
+        None, description="up to 4 strings: the answer ends before the first that appears (it is left out)"
+    )
     choices: list[str] | None = Field(None, description="answer with the most likely of these (scored)")
     regex: str | None = Field(None, description="decode under this regular expression (the constrain extra)")
     json_schema: dict[str, Any] | None = Field(None, description="decode JSON matching this schema")
@@ -100,14 +103,21 @@ def build_app(config: ServeConfig, adapter: Any = None, manager: StreamManager |
     )
     frames_limit = config.limits.max_frame_bytes + 1024
     limited = BodyLimitMiddleware(
-        app, lambda path: frames_limit if path.endswith("/frames") else config.limits.max_body_bytes,
-        lambda path: _CHAT_BODY_HINT if path == "/v1/chat/completions" else "",
+        app, lambda path: frames_limit if path.endswith("/frames") else config.limits.max_body_bytes, _body_hint
     )
     return AuthMiddleware(limited, config.api_key)  # type: ignore[return-value]
 
 
 _CHAT_BODY_HINT = ("; a chat message takes the question as text only (images are not read from it: push frames to "
                    "the stream, POST /v1/streams/{id}/frames or its WebSocket) and only the last user message is used")
+
+
+def _body_hint(path: str) -> str:
+    """What a 413 adds: the setting that raises the limit (and, for a chat, why images do not belong there)."""
+    if path.endswith("/frames"):
+        return " (a frame's limit: livevlm serve --max-frame-bytes, ServeLimits.max_frame_bytes)"
+    hint = " (raise it with livevlm serve --max-body-bytes, ServeLimits.max_body_bytes)"
+    return hint + (_CHAT_BODY_HINT if path == "/v1/chat/completions" else "")
 
 
 def _version() -> str:
@@ -140,9 +150,16 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"status": exc.status_code, "message": str(exc.detail)}}, status_code=exc.status_code
-        )
+        if isinstance(exc.__cause__, BodyTooLargeError):  # a chunked JSON body: FastAPI made it "cannot parse"
+            return await typed(request, exc.__cause__)
+        message, where = str(exc.detail), f"{request.method} {request.url.path}"
+        if exc.status_code == 404 and message == "Not Found":  # no such route (a missing stream says so itself)
+            message = f"no route {where}: the routes are listed at /docs"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{where} is not allowed" + (f"; {request.url.path} takes {allowed}" if allowed else "")
+        return JSONResponse({"error": {"status": exc.status_code, "message": message}}, status_code=exc.status_code,
+                            headers=exc.headers)  # fmt: skip
 
     @app.exception_handler(Exception)
     async def untyped(request: Request, exc: Exception) -> JSONResponse:
@@ -260,11 +277,14 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
 
     @app.post("/v1/streams/{sid}/ask", response_model=None)
     async def ask(sid: str, body: AskBody, request: Request) -> Response:
+        stop = stop_strings(body.stop)
+        if stop and body.choices:
+            raise InvalidRequestError("stop cannot be combined with choices: the answer is one of the choices")
         stream = manager.get(sid)
         config.limits.check_question(body.question, body.max_tokens)
         limiter.check(client_id(request.scope))
         stream.touch()
-        job = AnswerJob(stream.session, scheduler, body.question, max_new_tokens=body.max_tokens,
+        job = AnswerJob(stream.session, scheduler, body.question, stop=stop, max_new_tokens=body.max_tokens,
                         deadline_s=body.deadline_s, choices=body.choices, regex=body.regex,
                         json_schema=body.json_schema, within=body.within)  # fmt: skip
         events = job.events()

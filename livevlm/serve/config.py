@@ -24,8 +24,9 @@ class ServeLimits:
     max_frame_pixels: int = 3840 * 2160
     """Largest pushed frame in pixels (width x height); larger ones are refused before decoding."""
     max_body_bytes: int = 64 * 1024
-    """Largest JSON request body."""
+    """Largest JSON request body (a chat request carries its whole history: raise this for long chats)."""
     max_question_chars: int = 2000
+    """Longest question (a chat's last user message)."""
     max_new_tokens: int = 512
     """Most tokens a client may ask for in one answer (max_tokens)."""
     questions_per_minute: int = 60
@@ -55,7 +56,8 @@ class ServeLimits:
                 f"question of {len(question)} characters is over the limit of {self.max_question_chars}"
             )
         if max_tokens is not None and max_tokens > self.max_new_tokens:
-            raise InvalidRequestError(f"max_tokens {max_tokens} is over the server's limit of {self.max_new_tokens}")
+            raise InvalidRequestError(f"max_tokens {max_tokens} is over the server's limit of {self.max_new_tokens} "
+                                      "(livevlm serve --max-tokens-limit)")  # fmt: skip
 
 
 @dataclass

@@ -40,7 +40,8 @@ def decode_frame(
     Raises `FrameTooLargeError` over the limits (checked from the header, before decoding) and `FrameError`
     for anything that is not a decodable image of that format."""
     if len(data) > max_bytes:
-        raise FrameTooLargeError(f"frame of {len(data)} bytes is over the limit of {max_bytes} bytes")
+        raise FrameTooLargeError(f"frame of {len(data)} bytes is over the limit of {max_bytes} bytes "
+                                 "(livevlm serve --max-frame-bytes)")
     if not data:
         raise FrameError("empty frame")
     if fmt is not None and not isinstance(fmt, str):

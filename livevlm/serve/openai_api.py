@@ -1,4 +1,5 @@
-"""OpenAI-compatible routes: `GET /v1/models` lists the streams, `POST /v1/chat/completions` answers over one.
+"""OpenAI-compatible routes: `GET /v1/models` lists the streams (`GET /v1/models/{id}`: one), `POST
+/v1/chat/completions` answers over one.
 
 The stream is named by the request's `model` (a stream id or name) or by the extra body field `stream_id`
 (`extra_body={"stream_id": ...}` in the `openai` client). The last user message is the question; earlier turns
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, whole_answer
+from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, stop_strings, whole_answer
 from .config import ServeConfig
 from .errors import InvalidRequestError
 from .http_errors import error_body
@@ -50,14 +51,6 @@ class ChatBody(BaseModel):
     functions: list[Any] | None = None
     tool_choice: Any = None
     logprobs: bool | None = None
-
-
-def stop_strings(stop: str | list[str] | None) -> list[str]:
-    """OpenAI's `stop`: one string or up to 4; the answer ends before the first that appears."""
-    strings = [stop] if isinstance(stop, str) else list(stop or [])
-    if len(strings) > 4 or not all(strings):
-        raise InvalidRequestError(f"stop must be up to 4 non-empty strings, got {stop!r}")
-    return strings
 
 
 def check_unsupported(body: ChatBody) -> None:
@@ -112,9 +105,11 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
                       config: ServeConfig) -> None:  # fmt: skip
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        data = [{"id": s.name or s.id, "object": "model", "created": int(s.created), "owned_by": "livevlm"}
-                for s in manager.list()]  # fmt: skip
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [_model_card(s) for s in manager.list()]}
+
+    @app.get("/v1/models/{model}")
+    async def model(model: str) -> dict[str, Any]:
+        return _model_card(manager.get(model))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatBody, request: Request) -> Response:
@@ -143,6 +138,11 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         return StreamingResponse(
             chunks, media_type="text/event-stream", headers={"Cache-Control": "no-store"}
         )
+
+
+def _model_card(stream: Any) -> dict[str, Any]:
+    """A stream as an OpenAI model object (`GET /v1/models`, `client.models.retrieve(id)`)."""
+    return {"id": stream.name or stream.id, "object": "model", "created": int(stream.created), "owned_by": "livevlm"}
 
 
 def _usage(summary: AnswerSummary, context_tokens: int) -> dict[str, int]:

@@ -16,7 +16,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
-from .errors import RateLimitedError
+from .errors import RateLimitedError, ServeError
 
 COOKIE = "livevlm_key"
 Scope = dict[str, Any]
@@ -112,8 +112,9 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge(limit)
+                if received > limit:  # a body without Content-Length (chunked): a typed error, so the app's
+                    # handler answers 413 (an untyped one was caught as a 500 before it got back here)
+                    raise BodyTooLargeError(f"request body is over the limit of {limit} bytes{hint}")
             return message
 
         async def tracking_send(message: dict) -> None:
@@ -123,15 +124,15 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge as e:
+        except BodyTooLargeError as e:  # read outside the app's own handlers
             if not started:
-                await send_error(send, 413, f"request body is over the limit of {e.limit} bytes{hint}")
+                await send_error(send, 413, str(e))
 
 
-class _BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
+class BodyTooLargeError(ServeError):
+    """A request body over the server's limit (HTTP 413)."""
+
+    status = 413
 
 
 class RateLimiter:
