@@ -13,8 +13,9 @@ snapshot: a `retrieval` KV store at Qwen2-VL-2B's KV shape (28 layers, 2 KV head
 28 KiB per token; 64 tokens per 224x224 temporal patch) filled to its budget with random KV through the same
 view/commit path a forward uses, then written with the snapshot format (`livevlm.snapshot`) and read back
 into a fresh store. KV values do not change the cost. Each row counts chunks per tier and those whose KV was
-dropped (`chunks_dropped`): a chunk is 1.75 MiB at this shape and the summary index (`summary_bytes`, 64 chunks'
-rows allocated at once) is charged to the host tier, so small budgets keep few chunks or none. Not included: the ViT token cache's reference state
+dropped (`chunks_dropped`): a chunk is 1.75 MiB at this shape, its summary index row 140 KiB (`summary_bytes`,
+charged to the host tier; its blocks shrink under a small budget and spill first past half of it), so budgets under
+a few chunks keep none in host RAM (a warning says so). Not included: the ViT token cache's reference state
 (4 x patches x 1280 x 32 blocks x 2 bytes = 84 MB at 256 patches for the 2B tower) and pruner state.
 """
 

@@ -39,8 +39,11 @@ from .errors import SnapshotError
 from .records import Blob
 
 FORMAT = "livevlm-session"
-VERSION = 2
-"""Bumped on any change a reader of the previous version would misread; readers refuse other versions."""
+VERSION = 3
+"""Bumped on any change a reader of the previous version would misread; readers refuse versions not in `READS`.
+3: a KV index's open block holds only its used rows, and its block size is saved (2 misread both)."""
+READS = (2, 3)
+"""Versions this livevlm reads (2: the KV index's block size is 64 and its open block whole)."""
 MANIFEST, TENSORS, BLOBS = "manifest.json", "tensors.safetensors", "blobs.bin"
 _HASH_BLOCK = 8 << 20
 
@@ -106,10 +109,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise SnapshotError(f"the snapshot manifest {target / MANIFEST} is unreadable or corrupt: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotError(f"{target} is not a livevlm session snapshot")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READS:
         raise SnapshotError(
             f"the snapshot at {target} has format version {manifest.get('version')!r}; this livevlm reads "
-            f"version {VERSION} only (save it again with the livevlm that reads it, or use the one that wrote it)"
+            f"versions {', '.join(map(str, READS))} (save it again with the livevlm that reads it, or use the one "
+            "that wrote it)"
         )
     return manifest
 

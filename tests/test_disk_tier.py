@@ -200,20 +200,21 @@ def test_chunk_store_keeps_the_spill_file_under_disk_bytes(tmp_path):
 def test_chunk_store_spill_file_stays_under_disk_bytes_with_chunks_of_varying_size(tmp_path):
     cap = 4096
     tiers = KVTiers(device_bytes=0, cpu_bytes=0, disk_bytes=cap, spill_dir=str(tmp_path))
-    store = ChunkStore(tiers, (1, 1, 4), torch.float32, "cpu")  # a summary block (64 rows) is 2 KiB
+    store = ChunkStore(tiers, (1, 1, 4), torch.float32, "cpu")  # an index row is 32 bytes; no host RAM: 1-row blocks
     sizes = [[3, 5, 8, 4, 7, 1, 6][(i * i + i // 3) % 7] for i in range(600)]  # 96..256 bytes per chunk
     for i, tokens in enumerate(sizes):
         store.add(torch.full((1, 2, 1, tokens, 4), float(i)))
         spill = os.path.getsize(Path(store.disk_dir) / "chunks.bin")
         assert spill <= cap and store.bytes["disk"] + store.summaries.disk_bytes <= cap  # index blocks count too
     log = store.summaries
-    assert log.disk_bytes == 2048 and store.forgotten == 512  # blocks 0-7 forgotten, 8 on disk, 9 open in RAM
+    assert log.block == 1 and log.disk_bytes == 2048  # spilled rows take half of disk_bytes: 64 of them
+    assert store.forgotten == 535 and log.ram_bytes == 32  # rows 0-534 forgotten, 535-598 on disk, 599 open in RAM
     kept = [r for r in store.records if r.tier == "disk"]
     assert store.dropped == 600 - len(kept) and sum(r.nbytes for r in kept) > 1024
     assert all(r.index >= store.forgotten for r in kept)
     assert all(torch.equal(store.load(r), torch.full((1, 2, 1, r.tokens, 4), float(r.index))) for r in kept)
-    assert torch.equal(store.summary_rows(512, 600)[0, 0, 0, :, 0], torch.arange(512.0, 600.0))
-    assert not store.summary_rows(0, 512).any()  # forgotten rows read as zeros (and are never scored)
+    assert torch.equal(store.summary_rows(535, 600)[0, 0, 0, :, 0], torch.arange(535.0, 600.0))
+    assert not store.summary_rows(0, 535).any()  # forgotten rows read as zeros (and are never scored)
     store.close()
 
 

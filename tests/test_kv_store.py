@@ -300,8 +300,8 @@ def test_disk_tier_reuses_freed_slots_and_is_removed_on_close(tmp_path):
 
 
 def test_chunk_store_moves_oldest_chunks_down_the_tiers(tmp_path):
-    kv = torch.randn(2, 2, 2, 4, 16)  # 2 KiB per chunk; a summary block (64 rows) is 32 KiB
-    tiers = KVTiers(device_bytes=4096, cpu_bytes=4096 + 2**15, disk_bytes=4096, spill_dir=str(tmp_path))
+    kv = torch.randn(2, 2, 2, 4, 16)  # 2 KiB per chunk; an index row is 512 bytes (4-row blocks in 8 KiB of RAM)
+    tiers = KVTiers(device_bytes=4096, cpu_bytes=4096 + 4096, disk_bytes=4096, spill_dir=str(tmp_path))
     store = ChunkStore(tiers, (2, 2, 16), torch.float32, "cpu")
     records = [store.add(kv + i) for i in range(8)]
     assert [r.tier for r in records] == ["dropped"] * 2 + ["disk"] * 2 + ["cpu"] * 2 + ["device"] * 2

@@ -26,8 +26,9 @@ def frames():
 
 
 def _tiers(spill_dir: Path, **kw) -> KVTiers:
-    """Budgets a few chunks deep (a tiny-model chunk is ~20 KB): chunks go down to host RAM and to disk."""
-    return KVTiers(device_bytes=60_000, cpu_bytes=140_000, spill_dir=str(spill_dir), **kw)
+    """Budgets a few chunks deep (a tiny-model chunk is ~20 KB, its index row 2.5 KB): chunks go down to disk,
+    8-bit ones through host RAM."""
+    return KVTiers(device_bytes=60_000, cpu_bytes=30_000, spill_dir=str(spill_dir), **kw)
 
 
 def _configs(spill: Path) -> dict[str, SessionConfig]:

@@ -4,7 +4,10 @@ Each chunk also leaves one summary row: the mean of its (rotated) keys and of it
 head. q·mean(k) is exactly the mean attention logit of q over the chunk's tokens, for a query at any position,
 so a summary is both the chunk's representative key for relevance scores and a one-token stand-in for it.
 With `key_reps` the row also carries the chunk's most atypical keys (a small event hides in the mean), and
-every chunk gets a query-free novelty score against the chunk before it (`scoring.py`). Summary rows live in host blocks of `SUMMARY_BLOCK` chunks; full blocks spill to disk when RAM runs out.
+every chunk gets a query-free novelty score against the chunk before it (`scoring.py`). Summary rows live in
+host blocks of up to `SUMMARY_BLOCK` chunks, smaller under a small host budget (`summary_log.block_for`); full
+blocks spill to disk when RAM runs out, first whenever the index holds more than half the host budget, so the
+index does not crowd chunk KV out of host RAM.
 
 A spill file that cannot grow (a full disk, an unwritable `spill_dir`: `OutputError`) is capped at the size it
 reached, as `disk_bytes` caps it: the oldest chunks make room (`stats.disk_error` says why). With no room on
@@ -29,7 +32,7 @@ from ..kernels.quant import from_bytes, to_bytes
 from ..records import Blob
 from .disk import DiskTier
 from .scoring import novelty, representative_keys, top_salient
-from .summary_log import SummaryLog
+from .summary_log import SummaryLog, block_for
 from .tiers import ChunkRecord, KVTiers
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,9 @@ class ChunkStore:
         self.records: list[ChunkRecord] = []
         self.key_reps = key_reps
         self.summaries = SummaryLog(layout, dtype, width=2 + key_reps) if summaries else None
+        if self.summaries is not None:  # its open block takes at most a quarter of the host budget
+            self.summaries.block = block_for(tiers.cpu_bytes, self.summaries.row_bytes)
+        self._warned_host = False
         self.novelty = array("d")  # per chunk: how much it differs from the chunk before (scoring.novelty)
         self.alive = bytearray()  # per chunk: 1 while some tier holds its dense KV
         self._last_values: torch.Tensor | None = None
@@ -224,10 +230,15 @@ class ChunkStore:
         return self.summaries.ram_bytes if self.summaries is not None else 0
 
     def _free_ram(self) -> bool:
-        """Move the oldest host chunk down (to disk, or dropped), else spill an index block, else forget the
-        oldest index block (no disk tier, or a full one: its chunks' KV goes too); False when nothing can go.
-        A failed spill write raises `OutputError` with nothing moved."""
+        """Spill an index block while the index holds over half the host budget, else move the oldest host
+        chunk down (to disk, or dropped), else spill an index block, else forget the oldest index block (no disk
+        tier, or a full one: its chunks' KV goes too); False when nothing can go. A failed spill write raises
+        `OutputError` with nothing moved."""
         queue, log = self._queues["cpu"], self.summaries
+        half = (self.tiers.cpu_bytes or 0) // 2
+        if queue and log is not None and log.ram_bytes > half and self._disk_cap() != 0 and self._summary_room():
+            log.spill(self._disk_tier())
+            return True
         if queue:
             rec = queue[0]
             self._move(rec, "disk" if self._disk_room(rec.nbytes) else "dropped")
@@ -246,6 +257,18 @@ class ChunkStore:
                 break
         self._forget_records(start, log.forgotten_rows)
         return log.ram_bytes < ram
+
+    def _check_host_room(self, nbytes: int) -> None:
+        """Warn once when a nonzero host budget cannot hold one chunk (`nbytes` there) beside the index's open
+        block: no chunk KV stays in host RAM, every one goes to disk or is dropped (a budget is in bytes)."""
+        cap, log = self.tiers.cpu_bytes, self.summaries
+        index = log.block_bytes if log is not None else 0
+        if self._warned_host or not cap or nbytes + index <= cap:
+            return
+        self._warned_host = True
+        logger.warning("the host KV budget of %d bytes holds no chunk of this stream (a chunk takes %d bytes there, "
+                       "the summary index up to %d more): every chunk goes to disk or is dropped; a budget is in "
+                       "bytes and --kv-budget puts 3/4 of it in host RAM (256M, 1G)", cap, nbytes, index)  # fmt: skip
 
     def _disk_failed(self, error: OutputError, give_up: bool = False) -> None:
         """Cap the spill file at the size it reached (0: no disk tier at all after `give_up`); logged once."""
@@ -309,6 +332,7 @@ class ChunkStore:
         if to == "cpu":
             rec.blob, rec.kv = to_bytes(rec.kv, self.tiers.cpu_bits), None  # type: ignore[arg-type]
             rec.nbytes = rec.blob.numel()
+            self._check_host_room(rec.nbytes)
         elif to == "disk":
             rec.offset, rec.blob = offset, None
         else:  # dropped: only the summary row is left

@@ -202,6 +202,7 @@ class _TieredKV(ChunkedKV):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.store.load_state(state["store"])
+        self._update_stats()  # the bytes the store holds now (an index's open block loads at its used rows)
 
     def close(self) -> None:
         super().close()
