@@ -47,6 +47,16 @@ class QuestionError(LivevlmError, ValueError):
     """A question that cannot be asked (empty, not a string)."""
 
 
+class NoVideoError(QuestionError):
+    """A question over the video asked before any frame was ingested (no chunk, no pending frame), or of a
+    watched source that ended, failed or sent nothing in time before its first frame. `reason`: that source's
+    own error, if it failed (also the exception's cause). A text-only question: `ask(..., needs_video=False)`."""
+
+    def __init__(self, message: str, reason: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class DeviceNotFoundError(SourceNotFoundError):
     """A camera index or name that no capture device answers to."""
 

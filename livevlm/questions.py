@@ -1,6 +1,7 @@
 """The question side of `Session`: ask (free text, regex / JSON-constrained), choose (scored choices), deadlines.
 
-    ask / ask_ids / choose ─► _begin: snapshot of the KV store under the lock (waits at most to the deadline)
+    ask / ask_ids / choose ─► [no frame yet: wait for a watched source's first, else NoVideoError]
+        ─► _begin: snapshot of the KV store under the lock (waits at most to the deadline)
         ─► _prefill_question: [probe queries] ─► kv.answer_view ─► [pending odd frame] ─► the question
            (one-pass policies: the ingestion view, and the question selects inside its own forward instead)
         ─► generate.decode_tokens (greedy, penalties, loop stop, constraint)  |  generate.score_choices
@@ -56,6 +57,8 @@ class ChoiceAnswer:
     """Chunks ingested when the question was asked (what the answer saw, a pending odd frame aside)."""
     first_pts_seconds: float | None = None
     """Stream time of the stream's first frame."""
+    pending_frames: int = 0
+    """Frames not yet a chunk (a half-filled temporal patch) that the answer read too, in its own prefill."""
 
     @property
     def pts_range(self) -> tuple[float | None, float | None]:
@@ -73,7 +76,12 @@ class AnswerStream(Iterator[str]):
     """The text pieces of one answer, with what it was asked over; `close()` stops decoding early."""
 
     def __init__(
-        self, pieces: Iterator[str], pts_range: tuple[float | None, float | None], chunks: int, plan: Any
+        self,
+        pieces: Iterator[str],
+        pts_range: tuple[float | None, float | None],
+        chunks: int,
+        plan: Any,
+        pending_frames: int = 0,
     ) -> None:
         self._pieces = pieces
         self.pts_range = pts_range
@@ -81,6 +89,8 @@ class AnswerStream(Iterator[str]):
         `within=` those of the chunks in the range."""
         self.chunks = chunks
         """Chunks the answer reads: every chunk ingested when it was asked, or with `within=` the range's."""
+        self.pending_frames = pending_frames
+        """Frames not yet a chunk (a half-filled temporal patch) the answer reads too, in its own prefill."""
         self._plan = plan
 
     def __next__(self) -> str:
@@ -128,6 +138,7 @@ class QuestionsMixin:
         json_schema: dict | str | None = None,
         deadline_s: float | None = None,
         within: tuple[float, float] | None = None,
+        needs_video: bool = True,
     ) -> AnswerStream:
         """Stream the answer's text over the context so far; the stream context is left unchanged.
 
@@ -138,15 +149,24 @@ class QuestionsMixin:
         that constraint; `deadline_s`: no token is decoded after that many seconds (what came stands; none at
         all raises `AnswerDeadlineError`); `within`: (start, end) stream seconds, the answer reads only the chunks
         with a frame in that range (kv retrieval / bilevel, which select chunks per question). Refused at the
-        call (not at the first piece) like `ask_ids`."""
+        call (not at the first piece) like `ask_ids`.
+
+        Before any frame was ingested (no chunk, no pending frame) it raises `NoVideoError` rather than answer
+        from the question alone; while a source is being watched it first waits for that source's first frame
+        (see `wait_for_video`; at most until `deadline_s`). `needs_video=False` asks a text-only question on
+        purpose (what `summarize`'s final pass over its descriptions does): no frame is needed, and any there
+        is still read."""
         if choices is not None:
             if regex is not None or json_schema is not None:
                 raise QuestionError("give choices or a regex / json_schema constraint, not both")
-            chosen = self.choose(question, choices, deadline_s=deadline_s, within=within)
-            return AnswerStream(iter([chosen.choice]), chosen.pts_range, chosen.chunks, None)
-        state, suffix, plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within)
+            chosen = self.choose(question, choices, deadline_s=deadline_s, within=within,
+                                 needs_video=needs_video)  # fmt: skip
+            return AnswerStream(iter([chosen.choice]), chosen.pts_range, chosen.chunks, None,
+                                chosen.pending_frames)  # fmt: skip
+        state, suffix, plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within,
+                                         needs_video)  # fmt: skip
         text = answer_text(self._answer(state, suffix, plan), self.adapter.decode_text)
-        return AnswerStream(text, (state.read[1], state.read[2]), state.read[0], plan)
+        return AnswerStream(text, (state.read[1], state.read[2]), state.read[0], plan, len(state.pending))
 
     def ask_ids(
         self,
@@ -157,14 +177,16 @@ class QuestionsMixin:
         json_schema: dict | str | None = None,
         deadline_s: float | None = None,
         within: tuple[float, float] | None = None,
+        needs_video: bool = True,
     ) -> Iterator[int]:
         """Greedy token ids of the answer (the end-of-turn token included when reached).
 
         The question must be non-empty UTF-8 text (`QuestionError`). Decoding follows the checkpoint's
         generation config (end tokens, repetition_penalty, no_repeat_ngram_size) and stops on a clear loop
         (`config.stop_repeats`), keeping one copy (`stats.answers_stopped_repeating`). If the session is
-        closed before the answer ends, its next token raises `SessionClosedError`."""
-        return self._answer(*self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within))
+        closed before the answer ends, its next token raises `SessionClosedError`. No frame yet: as `ask`."""
+        plan = self._plan(question, max_new_tokens, regex, json_schema, deadline_s, within, needs_video)
+        return self._answer(*plan)
 
     def _plan(
         self,
@@ -174,13 +196,14 @@ class QuestionsMixin:
         json_schema: dict | str | None,
         deadline_s: float | None,
         within: tuple[float, float] | None = None,
+        needs_video: bool = True,
     ) -> tuple[AskState, list[int], AnswerPlan]:
         """Check the request, take the snapshot and plan the decoding (everything `ask` refuses at the call)."""
         deadline = _deadline(deadline_s)
         constraint = self._constraint(regex, json_schema)
         budget = check_max_new_tokens(max_new_tokens, self.config.max_new_tokens)
         question = check_question(question)
-        state, suffix, penalties = self._begin(question, budget, deadline, check_within(within))
+        state, suffix, penalties = self._begin(question, budget, deadline, check_within(within), needs_video)
         stop = AnswerStop(self.adapter.eos_token_ids | generation_eos(self.adapter.model.generation_config),
                           self.config.stop_repeats if constraint is None else 0)  # fmt: skip
         return state, suffix, AnswerPlan(budget, stop, penalties, constraint, deadline)
@@ -192,14 +215,17 @@ class QuestionsMixin:
         *,
         deadline_s: float | None = None,
         within: tuple[float, float] | None = None,
+        needs_video: bool = True,
     ) -> ChoiceAnswer:
         """Score each of `choices` as the answer (log-likelihood of its tokens and the end of the turn, one
-        forward per choice on a copy of the question's cache) and return the best with the probabilities."""
+        forward per choice on a copy of the question's cache) and return the best with the probabilities.
+        No frame yet: as `ask` (`NoVideoError`, or `needs_video=False` for a text-only question)."""
         deadline = _deadline(deadline_s)
         question = check_question(question)
         options = check_choices(choices)
         ids = [self.adapter.answer_ids(c) for c in options]
-        state, suffix, _ = self._begin(question, max(len(i) for i in ids), deadline, check_within(within))
+        budget = max(len(i) for i in ids)
+        state, suffix, _ = self._begin(question, budget, deadline, check_within(within), needs_video)
         t0 = time.perf_counter()
         try:
             logits, cache, next_pos = self._prefill_question(state, suffix)
@@ -216,6 +242,7 @@ class QuestionsMixin:
             state.read[2],
             state.read[0],
             state.read[1],
+            len(state.pending),
         )
 
     def _constraint(self, regex: str | None, json_schema: dict | str | None) -> Any:
@@ -227,16 +254,23 @@ class QuestionsMixin:
                                 regex=regex, json_schema=json_schema)  # fmt: skip
 
     def _begin(
-        self, question: str, budget: int, deadline: float | None, within: tuple[float, float] | None = None
+        self,
+        question: str,
+        budget: int,
+        deadline: float | None,
+        within: tuple[float, float] | None = None,
+        needs_video: bool = True,
     ) -> tuple[AskState, list[int], Penalties]:
         """The snapshot an answer is given (under the lock, waited for at most until the deadline), limited to
-        the chunks `within` a time range."""
+        the chunks `within` a time range; with `needs_video`, once there is a frame (else `NoVideoError`)."""
         restrict = getattr(self._kv, "within", None)
         if within is not None and restrict is None:
             raise QuestionError(
                 f"within= needs a KV policy that keeps the stream's chunks (kv='full', 'retrieval' or 'bilevel'); this "
                 f"session's is {self._kv.name!r}"
             )
+        if needs_video:
+            self._require_video(deadline)  # waits for a watched source's first frame (session_sources)
         wait = -1 if deadline is None else min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
         if not self._lock.acquire(timeout=wait):
             raise AnswerDeadlineError("the deadline passed while ingestion held the session")

@@ -8,10 +8,12 @@ push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
     2. prune    the strategy keeps the salient tokens at their original positions
     3. forward  adapter.forward(kept tokens) on kv.ingest_view(): what the policy lets a chunk attend to
     4. commit   kv.commit(view): the store keeps the chunk's KV (tiers, summaries, window)
-ask(question) ─► kv.snapshot() ─► [probe: adapter.question_queries on kv.probe_view(snapshot)] ─► kv.answer_view
-    (one-pass policies: selected inside the question's forward) ─► prefill [pending frame] + question ─► decode
-    ─► yields text; the stream context is untouched
-The question side (`ask`, `choose`: prefill and decode) lives in `questions` and `generate`, input checks in
+ask(question) ─► [no frame yet: wait for a watched source's first, else NoVideoError] ─► kv.snapshot()
+    ─► [probe: adapter.question_queries on kv.probe_view(snapshot)] ─► kv.answer_view (one-pass policies:
+    selected inside the question's forward) ─► prefill [pending frame] + question ─► decode ─► yields text;
+    the stream context is untouched
+The question side (`ask`, `choose`: prefill and decode) lives in `questions` and `generate`; `ingest`, `watch`
+and the wait of a question asked before the first frame (`NoVideoError`) in `session_sources`; input checks in
 `guards`, how an answer ends (end tokens, repetition settings, loops) in `answer_stop`, the up-front context
 estimate in `context_fit`, standing queries (`watch_for`) in `standing`, snapshots (`save` / `Session.load`:
 the whole stream state) in `session_snapshot`. After `close()` every method but `stats` raises.
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from .cache import build_feature_cache, build_kv_store
-from .context_fit import check_answer_budget, expected_frames, say_when_past_context
+from .context_fit import check_answer_budget, say_when_past_context
 from .errors import ConfigError, FrameError, SessionClosedError
-from .guards import SegmentPush, check_frames, check_pts
+from .guards import check_pts
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
@@ -42,6 +42,7 @@ from .questions import QuestionsMixin
 from .records import ChunkText
 from .session_config import SessionConfig, SessionStats, as_session_config
 from .session_snapshot import SnapshotMixin
+from .session_sources import SourcesMixin
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame
 from .stream.frame import accept_pixels, resize_frame
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["Session", "SessionConfig", "SessionStats"]
 
 
-class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
+class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
     """Watches one stream with one model; `ask()` answers over everything ingested so far. Thread-safe."""
 
     def __init__(
@@ -127,6 +128,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             self._stats.last_pts_seconds = frame.pts_seconds
             if self._stats.first_pts_seconds is None:
                 self._stats.first_pts_seconds = frame.pts_seconds
+            self._chunk_done.notify_all()  # a question waiting for the stream's first frame
             return self.step() if len(self._pending) == self.adapter.frames_per_chunk else None
 
     def step(self) -> VisualChunk:
@@ -167,17 +169,6 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             self._chunk_done.wait_for(lambda: self._stats.chunks > after or self._closed, timeout)
             return self._stats.chunks
 
-    def _feeder(self) -> Any:
-        """The bounded, keep-latest PushSource behind `push(block=False)`, watched on first use."""
-        from .stream import PushSource
-
-        with self._lock:
-            self._check_open()
-            if self._feed is None:
-                self._feed = PushSource(capacity=8, policy="latest", source_id="push(block=False)")
-                self.watch(self._feed)
-            return self._feed
-
     def _prefill(self, embeds: torch.Tensor, positions: torch.Tensor, **commit: Any) -> None:
         """Run `embeds` at `positions` on the store's ingestion view and commit their KV to the stream."""
         start = time.perf_counter()
@@ -189,78 +180,6 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
         s.seconds.prefill += time.perf_counter() - start
         say_when_past_context(s.kv_tokens, self._kv.stats.tokens, self.adapter.max_context, self._kv.name)
         s.kv_tokens, s.kv_bytes = self._kv.stats.tokens, self._kv.stats.bytes
-
-    def ingest(self, source: str | Path | Iterable[Frame], progress: bool = False) -> int:
-        """Push every frame of a video file (sampled at `config.fps`) or an iterable of frames.
-
-        One call is one segment: if its first frame is not after the stream's last (a second file, frames
-        restarting at 0), the segment's times are shifted to follow on. `check_fits()` tells beforehand
-        whether a file fits the model's context."""
-        from tqdm.auto import tqdm
-
-        from .stream import FileSource, FileSourceConfig, probe
-
-        self._check_open()
-        total = None
-        if isinstance(source, (str, Path)):
-            cfg = FileSourceConfig(str(source), fps=self.config.fps, max_frames=self.config.max_frames)
-            frames_iter: Iterable[Frame] = FileSource(cfg)
-            if progress:
-                info = probe(source)
-                total = expected_frames(info.duration_seconds, self.config.fps, self.config.max_frames)
-        else:
-            frames_iter = check_frames(source)
-        count, push = 0, self._segment()
-        try:
-            with tqdm(total=total, unit="frame", desc="ingest", disable=not progress, leave=False) as bar:
-                for frame in frames_iter:
-                    push(frame)
-                    count += 1
-                    bar.update(1)
-        finally:
-            if hasattr(frames_iter, "close"):
-                frames_iter.close()
-        return count
-
-    def watch(
-        self, source: Any, reader: Any = None, *, turn: Callable[[], AbstractContextManager[Any]] | None = None
-    ) -> Any:
-        """Ingest a live source (URL, 'webcam:0', 'lavfi:...', file, config, Source) on a background thread.
-
-        Returns the running `livevlm.stream.Ingestor` (`stop()`, `wait()`, `stats`); `ask()` keeps working.
-        `turn`: each frame is pushed inside `with turn():` -- how a scheduler sharing one model between
-        sessions (`livevlm.serve.ModelScheduler`) interleaves their ingestion.
-        """
-        from .stream import Ingestor, open_source
-
-        self._check_open()
-        if self._ingestor is not None and self._ingestor.running:  # close() stops one: a second would run on
-            raise ConfigError(f"this session already watches {self._ingestor.reader.source.source_id}: stop() the "
-                              "Ingestor watch() returned first (one source per session; push(block=False) is one)")
-        push = self._segment()
-        sink = push if turn is None else self._in_turn(push, turn)
-        ingestor = Ingestor(open_source(source, fps=self.config.fps), sink, reader)
-        with self._lock:  # known before it starts: a close() (or SIGTERM) right after the start stops it
-            self._ingestor = ingestor
-        return ingestor.start()
-
-    def _in_turn(
-        self, push: Callable[[Any], Any], turn: Callable[[], AbstractContextManager[Any]]
-    ) -> Callable[[Any], Any]:
-        """`push` run inside `turn()` when the frame completes a temporal patch (a model call); a frame that
-        only joins the pending patch is pushed at once. Only the watched source's thread pushes."""
-
-        def pushed(frame: Any) -> Any:
-            if len(self._pending) + 1 < self.adapter.frames_per_chunk:
-                return push(frame)
-            with turn():
-                return push(frame)
-
-        return pushed
-
-    def _segment(self) -> SegmentPush:
-        """`push` for one source (an ingest() or watch()): shifted, once, to follow the stream's last frame."""
-        return SegmentPush(self.push, lambda: self._stats.last_pts_seconds, self.config.fps)
 
     def close(self) -> None:
         """Stop a watched source and the standing queries, release the KV store (a disk tier's files are deleted).
@@ -305,6 +224,7 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
                 prune=replace(self._pruner.stats),
                 vit_cache=replace(vit) if vit is not None else None,
                 kv=replace(self._kv.stats),
+                pending_frames=len(self._pending),
                 frames_rejected=s.frames_rejected + (self._feed.stats.frames_rejected if self._feed else 0),
                 stream=stream,
                 kernels={op: str(choice) for op, choice in self._kernels().items()},
@@ -388,10 +308,10 @@ class Session(QuestionsMixin, StandingMixin, SnapshotMixin):
             pts_seconds = pts_seconds if last is None or pts_seconds > last else last + 1 / self.config.fps
         pts = check_pts(pts_seconds, last)
         frame = Frame(accept_pixels(frame.data if isinstance(frame, Frame) else frame), pts)  # a copy, not theirs
-        if self._frame_shape is None:
-            self._frame_shape = (frame.height, frame.width)
+        if self._frame_shape is None:  # sized first: a frame the model refuses must not fix the stream's size
             self._size = self.adapter.target_size(frame.height, frame.width, min_pixels=self.config.min_pixels,
                                                   max_pixels=self.config.max_pixels)  # fmt: skip
+            self._frame_shape = (frame.height, frame.width)
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(resize_frame(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)
         return frame

@@ -134,6 +134,8 @@ class SessionStats:
     frames_seen: int = 0
     frames_rejected: int = 0
     chunks: int = 0
+    pending_frames: int = 0
+    """Frames accepted but not yet a chunk (a half-filled temporal patch): an answer reads them in its own prefill."""
     visual_tokens: int = 0
     """Visual tokens the encoder produced (before pruning)."""
     kv_tokens: int = 0

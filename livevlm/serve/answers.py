@@ -1,6 +1,7 @@
 """Answering on the shared model: a thread decodes inside scheduler turns; the event loop awaits its events.
 
-    request (event loop) ─► AnswerJob.start() ─► thread: with scheduler.question():
+    request (event loop) ─► AnswerJob.start() ─► thread: session.wait_for_video() (a first frame, outside turns)
+                                                  with scheduler.question():
                                                       with scheduler.turn(): answer = session.ask(...)
                                                           (the snapshot; choices are scored here)
                                                       per piece: with scheduler.turn(): next(answer)
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,8 @@ class AnswerSummary:
     chunks: int
     tokens: int
     finish_reason: str
+    pending_frames: int = 0
+    """Frames not yet a chunk that the answer read too (in its own prefill)."""
 
 
 class AnswerJob:
@@ -51,8 +56,23 @@ class AnswerJob:
     def _put(self, kind: str, value: Any) -> None:
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
 
+    def _wait_for_video(self) -> None:
+        """Wait for a stream's first frame before taking the model: that frame's chunk may need a turn (one frame
+        per chunk in some families) that a question holding the model would keep from it. A stream that gets
+        none is refused by `session.ask` in its turn, at once, after the request's other checks."""
+        wait = getattr(self.session, "wait_for_video", None)  # a Ray replica's stream has none here
+        if wait is None:
+            return
+        deadline = self.ask.get("deadline_s")
+        finite = isinstance(deadline, (int, float)) and 0 < deadline < math.inf  # else ask refuses it
+        t0 = time.monotonic()
+        wait(deadline if finite else None)
+        if finite:  # the wait spent part of the answer's deadline
+            self.ask["deadline_s"] = max(1e-3, deadline - (time.monotonic() - t0))
+
     def _run(self) -> None:
         try:
+            self._wait_for_video()
             with self.scheduler.question():
                 with self.scheduler.turn():  # choices are scored here, a constraint compiled
                     answer = self.session.ask(self.question, **self.ask)
@@ -71,7 +91,9 @@ class AnswerJob:
                 finally:
                     answer.close()
                 finish = "stop" if self.stop.found else answer.finish_reason
-                summary = AnswerSummary("".join(pieces), answer.pts_range, answer.chunks, answer.tokens, finish)
+                pending = getattr(answer, "pending_frames", 0)  # a Ray replica's answer does not say
+                summary = AnswerSummary("".join(pieces), answer.pts_range, answer.chunks, answer.tokens, finish,
+                                        pending)  # fmt: skip
             self._put("done", summary)
         except SessionClosedError:  # the Session's own words ("start a new Session") mean nothing to an HTTP client
             self._put("error", SessionClosedError(

@@ -172,8 +172,8 @@ def sse(event: str, data: Any) -> str:
 
 
 def summary_json(s: AnswerSummary) -> dict[str, Any]:
-    return {"text": s.text, "pts_range": list(s.pts_range), "chunks": s.chunks, "tokens": s.tokens,
-            "finish_reason": s.finish_reason}  # fmt: skip
+    return {"text": s.text, "pts_range": list(s.pts_range), "chunks": s.chunks, "pending_frames": s.pending_frames,
+            "tokens": s.tokens, "finish_reason": s.finish_reason}  # fmt: skip
 
 
 def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, limiter: RateLimiter,

@@ -8,6 +8,7 @@ from ..errors import (
     AnswerDeadlineError,
     ContextOverflowError,
     LivevlmError,
+    NoVideoError,
     SessionClosedError,
     SourceConnectionError,
     SourceNotFoundError,
@@ -22,6 +23,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (ServeError, 0),  # its own status
     (FrameTooLargeError, 413),
     (SessionClosedError, 410),
+    (NoVideoError, 409),  # a question before the stream's first frame: the stream's state, not the request
     (AnswerDeadlineError, 504),
     (SourceTimeoutError, 504),
     (SourceConnectionError, 502),

@@ -129,7 +129,9 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         if kind == "error":
             raise value
         meta = {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": body.model}
-        extra = {"stream_id": stream.id, "pts_range": list(value.pts_range), "chunks": value.chunks}
+        pending = getattr(value, "pending_frames", 0)  # a Ray replica's answer does not say
+        extra = {"stream_id": stream.id, "pts_range": list(value.pts_range), "chunks": value.chunks,
+                 "pending_frames": pending}  # fmt: skip
         if not body.stream:
             summary = await whole_answer(events, lambda: client_gone(request))
             return JSONResponse(_completion(meta, summary, context_tokens, extra)) if summary else gone_response()

@@ -335,10 +335,11 @@ class _Run:
 
 
 def _reduce(session: Session, options: SummarizeOptions, lines: list[str], depth: int = 0) -> str:
-    """Summarise `lines`; when they overflow the context, summarise each half and then the two summaries."""
+    """Summarise `lines`; when they overflow the context, summarise each half and then the two summaries. A text
+    question on purpose (`needs_video=False`): the fresh text-only session has no frame (look_back's reads its own)."""
     try:
         prompt = options.summary_prompt.format(descriptions="\n".join(lines))
-        return "".join(session.ask(prompt, options.summary_tokens)).strip()
+        return "".join(session.ask(prompt, options.summary_tokens, needs_video=False)).strip()
     except ContextOverflowError:
         if len(lines) < 2 or depth > 8:
             raise
