@@ -57,15 +57,29 @@ class VisionGeometry:
         return self.patch_size * self.merge_size
 
 
+MAX_ASPECT = 200
+"""The longest side over the shortest that Qwen-VL's processors take (HF's `smart_resize` refuses more)."""
+
+
+def aspect_error(height: int, width: int) -> FrameError:
+    """The error for a `height` x `width` frame over `MAX_ASPECT`, in one line: the size, the model's limit and
+    the crop or pad that brings the frame within it (a resize that keeps the aspect would not)."""
+    long, short = max(height, width), min(height, width)
+    crop, pad = (MAX_ASPECT * short, short), (long, math.ceil(long / MAX_ASPECT))
+    crop_wh, pad_wh = (crop, pad) if width >= height else (crop[::-1], pad[::-1])
+    return FrameError(
+        f"frame of {width}x{height} pixels has an aspect ratio of {long / short:.1f}:1, over this model's input "
+        f"limit of {MAX_ASPECT}:1: crop it (e.g. to {crop_wh[0]}x{crop_wh[1]}), pad it (e.g. to "
+        f"{pad_wh[0]}x{pad_wh[1]}) or resize it to a ratio of at most {MAX_ASPECT}:1 before giving it to the model"
+    )
+
+
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """HF's `smart_resize`: (h, w) multiples of `factor`, area within [min, max] pixels, aspect ratio kept."""
     if height <= 0 or width <= 0:
         raise FrameError(f"frame size must be positive, got {height}x{width}")
-    if max(height, width) / min(height, width) > 200:
-        raise FrameError(
-            f"absolute aspect ratio must be at most 200, got {height}x{width} "
-            f"(ratio {max(height, width) / min(height, width):.1f})"
-        )
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise aspect_error(height, width)
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:

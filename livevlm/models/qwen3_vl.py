@@ -29,12 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import FrameError
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
 from .lm_side import LanguageModelSide
 from .loading import processor_config
-from .preprocess import VisionGeometry, frames_to_patches
+from .preprocess import MAX_ASPECT, VisionGeometry, aspect_error, frames_to_patches
 
 IMAGENET_STANDARD = (0.5, 0.5, 0.5)
 CLIP_MIN_PIXELS = 128 * 32 * 32  # Qwen3VLVideoProcessor.size, for a whole clip
@@ -45,11 +44,12 @@ def clip_smart_resize(
     frames: int, height: int, width: int, factor: int, temporal: int, min_pixels: int, max_pixels: int
 ) -> tuple[int, int]:
     """The Qwen3-VL video processor's size rule for a clip of `frames` frames (its budget covers all of them)."""
+    given = (height, width)
     if height < factor or width < factor:
         scale = max(factor / height, factor / width)
         height, width = int(height * scale), int(width * scale)
-    if max(height, width) / min(height, width) > 200:
-        raise FrameError(f"absolute aspect ratio must be at most 200, got {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise aspect_error(*given)
     h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
     t_bar = round(frames / temporal) * temporal
     if t_bar * h_bar * w_bar > max_pixels:

@@ -10,6 +10,7 @@ by a block average, without any full-size copy; `fit_size` is the size the decod
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from . import config as _config
 MIN_SIDE = 16
 """Smallest frame side a session (and the server's frame route) takes: a smaller 'frame' is a mistaken shape."""
 _BLOCK_BYTES = 8 << 20  # working memory of one slab of fit_frame's block average
+_HANDED: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+"""Arrays livevlm made for a frame and handed on (`hand_over`), by id; an entry leaves with its array."""
 
 
 def _check_pixels(data: object, ndim: int, what: str) -> np.ndarray:
@@ -210,13 +213,24 @@ def check_side(data: np.ndarray) -> np.ndarray:
     return data
 
 
+def hand_over(data: np.ndarray) -> np.ndarray:
+    """`data`, an array livevlm itself just made for a frame (a pushed frame's copy) and holds nowhere else,
+    marked so that the first `accept_pixels` of it takes it as it is: no caller can refill it, so a second copy
+    would only cost time."""
+    _HANDED[id(data)] = data
+    return data
+
+
 def accept_pixels(data: object) -> np.ndarray:
     """What a session keeps of a pushed frame: checked (`FrameError`, with a hint for the usual mistakes),
     sides >= `MIN_SIDE`, fitted to `MAX_INPUT_PIXELS`, and never the caller's own array (a loop that refills one
-    camera buffer must not rewrite frames still waiting to be encoded)."""
+    camera buffer must not rewrite frames still waiting to be encoded). An array `hand_over` marked (a
+    `PushSource`'s copy) is taken once without another copy."""
     pixels = check_side(_check_pixels(data, 3, "Frame"))
     fitted = fit_frame(pixels)
-    return np.array(fitted) if fitted is pixels else fitted
+    if fitted is not pixels or _HANDED.pop(id(pixels), None) is pixels:
+        return fitted
+    return np.array(fitted)
 
 
 def resize_frame(data: np.ndarray, size: tuple[int, int]) -> np.ndarray:

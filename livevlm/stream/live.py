@@ -1,6 +1,6 @@
 """`AVLiveSource`: frames from anything FFmpeg opens by name (URL, device, lavfi); timeouts, reconnects.
 
-open (fail fast, typed error) ─► demux ─► decode ─► Timeline ─► Sampler ─► Pacer ─► Frame
+open (fail fast, typed error) ─► demux ─► decode ─► Timeline ─► Sampler (+ hold, a URL to a file) ─► Pacer ─► Frame
    ▲                               │ read error / read timeout / end of a live stream
    └── backoff + jitter ◄──────────┘ (stats: disconnects, reconnects, gap_seconds; gives up after max_retries)
 
@@ -27,9 +27,19 @@ from ..errors import (
     SourceNotFoundError,
     SourceTimeoutError,
 )
+from ._schedule import MAX_HOLD_SECONDS, schedule
 from .base import Source
 from .config import MAX_INPUT_PIXELS, ReconnectConfig
-from .file import _stream_rate, av, declared_duration, pixel_aspect, require_av, rgb_array, start_seconds
+from .file import (
+    _frame_seconds,
+    _stream_rate,
+    av,
+    declared_duration,
+    pixel_aspect,
+    require_av,
+    rgb_array,
+    start_seconds,
+)
 from .frame import Frame
 from .sampler import Pacer, Sampler, Timeline
 
@@ -65,8 +75,11 @@ class AVLiveSource(Source):
         max_frames: int | None = None,
         duration_seconds: float | None = None,
         max_input_pixels: int | None = MAX_INPUT_PIXELS,
+        hold: bool = False,
     ) -> None:
         super().__init__(source_id)
+        self.hold = hold
+        """Repeat the frame on screen at sampling instants no frame reaches, when the input ends (`_holds`)."""
         self.spec = spec
         self.live = live
         self.timeouts = (open_timeout, read_timeout)
@@ -213,7 +226,40 @@ class AVLiveSource(Source):
         return self.duration_seconds is not None and (s.last_pts_seconds or 0.0) >= self.duration_seconds
 
     def _read_connection(self) -> Iterator[Frame]:
-        """Frames of the current connection; damaged packets are skipped and counted."""
+        """Frames of the current connection, sampled (and, for a file by URL, held: `_holds`)."""
+        decoded = self._decoded()
+        if self._holds():
+            picked = schedule(decoded, self._sampler, self._end)
+        else:
+            picked = ((t, frame, False) for t, frame in decoded if self._sampler.keep(t))
+        last: tuple[Any, Any] | None = None  # the last frame converted, for its repeats
+        for t, frame, repeated in picked:
+            if not self.pacer.wait(t):
+                return
+            if repeated and last is not None and last[0] is frame:
+                data = last[1].copy()
+            else:
+                data = rgb_array(frame, self.max_input_pixels, self.stats, self._aspect)
+                last = (frame, data)
+            self.stats.frames_yielded += 1
+            yield Frame(data, t, self.source_id)
+
+    def _holds(self) -> bool:
+        """Whether an instant no frame reaches gets the frame on screen again, as a file read does (`schedule`):
+        only for an input that ends (not live, a declared duration: a URL to a file). A live stream, a camera
+        or a lavfi graph yields only frames that arrived."""
+        return self.hold and self.reconnect is None and self._declares_end
+
+    def _end(self, t: float, frame: Any) -> float | None:
+        """When the last frame leaves the screen (as `FileSource`): after its duration, within the declared
+        duration."""
+        if self.declared_duration is None:
+            return None
+        return min(t + min(_frame_seconds(frame), MAX_HOLD_SECONDS), self.declared_duration)
+
+    def _decoded(self) -> Iterator[tuple[float, Any]]:
+        """Decoded frames of the current connection with their stream time; damaged packets are skipped and
+        counted."""
         anchor: tuple[float, int] | None = None  # (raw seconds, index) of the last frame with a pts
         index = 0
         for packet in self._container.demux(self._stream):
@@ -234,12 +280,7 @@ class AVLiveSource(Source):
                 t = self._clock(raw)
                 self.stats.frames_decoded += 1
                 self.stats.last_pts_seconds = t
-                if not self._sampler.keep(t):
-                    continue
-                if not self.pacer.wait(t):
-                    return
-                self.stats.frames_yielded += 1
-                yield Frame(rgb_array(frame, self.max_input_pixels, self.stats, self._aspect), t, self.source_id)
+                yield t, frame
 
     def _clock(self, raw: float | None) -> float:
         """Stream time of a frame (raw None: no pts yet); a reconnect restarts at the wall-clock time."""

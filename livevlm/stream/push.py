@@ -13,7 +13,7 @@ from ..errors import FrameError
 from .base import Source, SourceStats
 from .buffer import FrameBuffer
 from .config import MAX_INPUT_PIXELS
-from .frame import Frame, fit_frame
+from .frame import Frame, fit_frame, hand_over
 
 
 class PushSource(Source):
@@ -52,8 +52,9 @@ class PushSource(Source):
         """Queue one RGB uint8 (H, W, 3) frame; pts defaults to the Frame's own, else seconds since the first push.
 
         The pixels are copied as they are pushed, so a loop may refill one buffer for every frame (a camera
-        driver's). Frames from several threads are queued in the order of their default times. A malformed
-        frame raises `FrameError` (counted in `stats.frames_rejected`); returns False once the source has ended.
+        driver's); a `Session` watching this source keeps that copy (`hand_over`) rather than copying it again.
+        Frames from several threads are queued in the order of their default times. A malformed frame raises
+        `FrameError` (counted in `stats.frames_rejected`); returns False once the source has ended.
         Times are not checked against each other here: the consumer (a `Session`) does that.
         """
         try:
@@ -66,7 +67,7 @@ class PushSource(Source):
             with self._lock:
                 self._stats.frames_rejected += 1
             raise e if isinstance(e, FrameError) else FrameError(f"not a frame with a time in seconds: {e}") from None
-        owned = np.array(fitted) if fitted is data else fitted  # queued frames never alias the caller's array
+        owned = hand_over(np.array(fitted) if fitted is data else fitted)  # never the caller's array
         with self._lock:  # a default time is taken where the frame is queued: times follow the queue's order
             now = time.monotonic()
             self._t0 = now if self._t0 is None else self._t0

@@ -57,6 +57,7 @@ class UrlSource(AVLiveSource):
             max_frames=config.max_frames,
             realtime=config.realtime and not config.is_live,  # a live stream is paced by its sender
             max_input_pixels=config.max_input_pixels,
+            hold=True,  # a URL to a file is held over instants no frame reaches, as a local file is
         )
         self.live = config.is_live or config.realtime  # paced, a URL to a file stands in for a camera
 
