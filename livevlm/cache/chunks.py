@@ -237,7 +237,7 @@ class ChunkStore:
         queue, log = self._queues["cpu"], self.summaries
         half = (self.tiers.cpu_bytes or 0) // 2
         if queue and log is not None and log.ram_bytes > half and self._disk_cap() != 0 and self._summary_room():
-            log.spill(self._disk_tier())
+            log.spill(self._disk_tier(), pack=self._disk_cap() is None)
             return True
         if queue:
             rec = queue[0]
@@ -247,7 +247,7 @@ class ChunkStore:
         if log is None or not log.can_spill:  # nothing in RAM but the open index block
             return False
         if self._disk_cap() != 0 and self._summary_room():
-            log.spill(self._disk_tier())
+            log.spill(self._disk_tier(), pack=self._disk_cap() is None)
             return True
         device = self._queues["device"]
         newest = device[0].index if device else len(self.records)  # blocks of device chunks stay

@@ -5,16 +5,21 @@ host RAM; full ones spill to the store's spill file when RAM runs out, and the o
 forgotten when the spill file's budget runs out (an endless stream's index would otherwise grow without
 bound). The open last block never spills; it grows by doubling (1, 2, 4, ... rows), so a short stream holds
 only about the rows it has, and a snapshot writes only its used rows.
+
+Blocks smaller than `SUMMARY_BLOCK` (a small host budget: 1 row each at `cpu_bytes=0`) are packed once spilled:
+each run of `SUMMARY_BLOCK` rows on disk is rewritten as one extent (`Packed`), so a question reads the index in
+`SUMMARY_BLOCK`-row reads, not one read per chunk (2000 chunks: 4x the question time of a normal budget).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from ..errors import OutputError
 from ..kernels.quant import from_bytes, to_bytes
 from ..records import Blob
 from .disk import DiskTier
@@ -31,6 +36,14 @@ def block_for(cpu_bytes: int | None, row_bytes: int) -> int:
     return block
 
 
+class Packed(NamedTuple):
+    """A spilled block that lives in a packed extent: `SUMMARY_BLOCK` rows (a whole group of blocks) laid out as
+    one block of that many rows, starting at `offset` in the spill file; the block is the group's `slot`-th."""
+
+    offset: int
+    slot: int
+
+
 class SummaryLog:
     """One (layers, width, kv_heads, head_dim) row per chunk, appended in order (width 2: mean key and value;
     the representative-keys log: `key_reps` keys); old full blocks may go to disk."""
@@ -39,10 +52,11 @@ class SummaryLog:
         self, layout: tuple[int, int, int], dtype: torch.dtype, block: int = SUMMARY_BLOCK, width: int = 2
     ) -> None:
         self.layout, self.dtype, self.block, self.width = layout, dtype, block, width
-        self._blocks: list[torch.Tensor | int | None] = []  # a host tensor, its offset in the spill file, or None
+        self._blocks: list[torch.Tensor | int | Packed | None] = []  # in RAM, spilled (alone or packed), forgotten
         # (only the last block may hold fewer than `block` rows: its capacity doubles as rows arrive)
         self._on_disk = 0  # leading blocks that live in the spill file (or were forgotten)
         self.forgotten = 0  # leading blocks given up to keep the spill file within its budget
+        self._packed_groups = 0  # leading groups of blocks packed (or passed over: some of their rows forgotten)
         self.count = 0
         self.ram_bytes = 0
         self.disk_bytes = 0
@@ -74,26 +88,49 @@ class SummaryLog:
     def rows(self, start: int, stop: int, disk: DiskTier | None, layers: slice | None = None) -> torch.Tensor:
         """Index rows of chunks [start, stop) as one (layers, width, kv_heads, stop - start, head_dim) host tensor
         (zeros for forgotten chunks); `layers` (a step-1 slice) reads only those layers (a contiguous part of a
-        spilled block)."""
+        spilled block or packed extent, each read once)."""
         start, stop = max(start, 0), min(stop, self.count)
         first, last, _ = (layers or slice(None)).indices(self.layout[0])
-        shape = (last - first, *self._shape()[1:])
-        per_layer = self._blocks_nbytes() // self.layout[0]
-        parts = []
+        runs: list[list[Any]] = []  # [source tensor, first row, end row]: consecutive rows of one source merged
+        extents: dict[int, torch.Tensor] = {}  # packed extents read by this call, by offset
         for b in range(start // self.block, -(-stop // self.block) if stop > start else 0):
-            blk = self._blocks[b]
-            if blk is None:
-                blk = torch.zeros(shape, dtype=self.dtype)
-            elif isinstance(blk, int):
-                buf = disk.get(blk + first * per_layer, (last - first) * per_layer)  # type: ignore[union-attr]
-                blk = from_bytes(buf, shape, self.dtype, 0, "cpu")
+            source, base = self._source(b, first, last, disk, extents)
+            lo = base + max(start - b * self.block, 0)
+            hi = base + min(stop - b * self.block, self.block)
+            if runs and runs[-1][0] is source and runs[-1][2] == lo:
+                runs[-1][2] = hi
             else:
-                blk = blk[first:last]
-            lo, hi = max(start - b * self.block, 0), min(stop - b * self.block, self.block)
-            parts.append(blk[:, :, :, lo:hi])
-        if not parts:
-            return torch.zeros((*shape[:3], 0, shape[4]), dtype=self.dtype)
+                runs.append([source, lo, hi])
+        if not runs:
+            return torch.zeros((last - first, *self._shape(0)[1:]), dtype=self.dtype)
+        parts = [source[:, :, :, lo:hi] for source, lo, hi in runs]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 3)
+
+    def _source(
+        self, b: int, first: int, last: int, disk: DiskTier | None, extents: dict[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
+        """Block `b`'s layers [first, last) as (a tensor holding its rows, the row they start at in it)."""
+        blk = self._blocks[b]
+        if isinstance(blk, Packed):
+            if blk.offset not in extents:
+                extents[blk.offset] = self._read(disk, blk.offset, self._group * self.block, first, last)
+            return extents[blk.offset], blk.slot * self.block
+        if isinstance(blk, int):
+            return self._read(disk, blk, self.block, first, last), 0
+        if blk is None:
+            return torch.zeros((last - first, *self._shape()[1:]), dtype=self.dtype), 0
+        return blk[first:last], 0
+
+    def _read(self, disk: DiskTier | None, offset: int, rows: int, first: int, last: int) -> torch.Tensor:
+        """Layers [first, last) of `rows` rows laid out as one block at `offset` in the spill file."""
+        per_layer = self._blocks_nbytes() // self.block * rows // self.layout[0]
+        buf = disk.get(offset + first * per_layer, (last - first) * per_layer)  # type: ignore[union-attr]
+        return from_bytes(buf, (last - first, *self._shape(rows)[1:]), self.dtype, 0, "cpu")
+
+    @property
+    def _group(self) -> int:
+        """Blocks per packed extent (1: blocks of `SUMMARY_BLOCK` rows are never packed)."""
+        return max(1, SUMMARY_BLOCK // self.block)
 
     def _blocks_nbytes(self) -> int:
         layers, heads, dim = self.layout
@@ -103,16 +140,32 @@ class SummaryLog:
         """Blocks as host tensors (of the open last one a copy of its used rows only) or disk `Blob`s, the
         block size and the counters."""
         blocks: list[Any] = []
+        packed = self._packed_reader(disk)
         for i, blk in enumerate(self._blocks):
             if blk is None:
                 blocks.append(None)
             elif isinstance(blk, int):
                 blocks.append(Blob(self._blocks_nbytes(), functools.partial(disk.get, blk, self._blocks_nbytes())))  # type: ignore[union-attr]
+            elif isinstance(blk, Packed):  # the block's own rows, as if it had spilled alone
+                blocks.append(Blob(self._blocks_nbytes(), functools.partial(packed, blk)))
             else:
                 last = i == len(self._blocks) - 1
                 blocks.append(blk[:, :, :, : self.count - i * self.block].clone() if last else blk)
         return {"blocks": blocks, "block": self.block, "on_disk": self._on_disk, "count": self.count,
                 "forgotten": self.forgotten, "ram_bytes": self.ram_bytes, "disk_bytes": self.disk_bytes}  # fmt: skip
+
+    def _packed_reader(self, disk: DiskTier | None) -> Callable[[Packed], torch.Tensor]:
+        """Bytes of a packed block, laid out as a block of its own; blocks read in order read each extent once
+        (the last one read is held)."""
+        held: dict[int, torch.Tensor] = {}
+
+        def read(blk: Packed) -> torch.Tensor:
+            if blk.offset not in held:
+                held.clear()
+                held[blk.offset] = self._read(disk, blk.offset, self._group * self.block, 0, self.layout[0])
+            return to_bytes(held[blk.offset][:, :, :, blk.slot * self.block : (blk.slot + 1) * self.block], 0)
+
+        return read
 
     def load_state(self, state: dict[str, Any], disk: Callable[[], DiskTier]) -> None:
         """Take a `state_dict`'s blocks (its block size too: a snapshot of an older livevlm has 64-row blocks
@@ -123,11 +176,14 @@ class SummaryLog:
             for b in state["blocks"]
         ]
         self._on_disk, self.count, self.forgotten = int(state["on_disk"]), int(state["count"]), int(state["forgotten"])
+        self._packed_groups = 0  # spilled blocks come back alone: the next spill packs them
         self.ram_bytes = sum(b.nbytes for b in self._blocks if isinstance(b, torch.Tensor))
         self.disk_bytes = int(state["disk_bytes"])
 
-    def spill(self, disk: DiskTier) -> bool:
-        """Move the oldest full block in RAM to the spill file; False when none is left to move."""
+    def spill(self, disk: DiskTier, pack: bool = True) -> bool:
+        """Move the oldest full block in RAM to the spill file; False when none is left to move. With `pack`, each
+        group of blocks now all on disk is rewritten as one extent (`_pack`): the caller passes False when the
+        spill file has a byte budget, whose oldest rows go block by block."""
         if self._on_disk >= len(self._blocks) - 1:
             return False
         blk = self._blocks[self._on_disk]
@@ -136,7 +192,26 @@ class SummaryLog:
         self.ram_bytes -= blk.nbytes
         self.disk_bytes += blk.nbytes
         self._on_disk += 1
+        while pack and self._group > 1 and (self._packed_groups + 1) * self._group <= self._on_disk:
+            self._pack(disk, self._packed_groups)
+            self._packed_groups += 1
         return True
+
+    def _pack(self, disk: DiskTier, group: int) -> None:
+        """Rewrite the spilled blocks of `group` as one extent of `SUMMARY_BLOCK` rows and free theirs. A group
+        with forgotten or already packed blocks is left as it is, and so is one the spill file cannot take (a
+        failed write changes nothing: its blocks stay where they are)."""
+        blocks = range(group * self._group, (group + 1) * self._group)
+        offsets = [self._blocks[b] for b in blocks]
+        if not all(type(o) is int for o in offsets):
+            return
+        try:
+            offset = disk.put(to_bytes(self.rows(blocks[0] * self.block, blocks[-1] * self.block + self.block, disk), 0))
+        except OutputError:
+            return
+        for slot, (b, old) in enumerate(zip(blocks, offsets, strict=True)):
+            disk.free(old, self._blocks_nbytes())  # type: ignore[arg-type]
+            self._blocks[b] = Packed(offset, slot)
 
     @property
     def can_spill(self) -> bool:
@@ -156,11 +231,17 @@ class SummaryLog:
         """Give up the oldest block in the spill file (its chunks can no longer be scored or stood in for), or
         with `ram`, once none is there, the oldest full block in host RAM (a store with no room on disk);
         False when there is none."""
+        blk = self._blocks[self.forgotten] if self.forgotten < self._on_disk else None
+        if isinstance(blk, Packed):  # its extent goes whole: every block in it with it
+            assert disk is not None and blk.slot == 0
+            disk.free(blk.offset, self._group * self._blocks_nbytes())
+            self.disk_bytes -= self._group * self._blocks_nbytes()
+            self._blocks[self.forgotten : self.forgotten + self._group] = [None] * self._group
+            self.forgotten += self._group
+            return True
         if self.forgotten < self._on_disk:
-            assert disk is not None
-            offset = self._blocks[self.forgotten]
-            assert isinstance(offset, int)
-            disk.free(offset, self._blocks_nbytes())
+            assert disk is not None and isinstance(blk, int)
+            disk.free(blk, self._blocks_nbytes())
             self.disk_bytes -= self._blocks_nbytes()
         elif ram and self.can_spill:
             blk = self._blocks[self.forgotten]
