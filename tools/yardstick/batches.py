@@ -15,6 +15,7 @@ from livevlm.summary.formats import clock
 from livevlm.summary.run import DESCRIBE_PROMPT
 from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.phrasing import filler_words, perturb
+from tools.yardstick.timeline_describe import draw_window
 from tools.yardstick.world import COLOURS, FPS, SHAPES, Example, make_example
 from tools.yardstick.world_v2 import DESCRIBE_QUESTION
 
@@ -142,6 +143,8 @@ def sample_batch(rng: np.random.Generator, step: int, cfg: TrainConfig) -> list[
         index = int(rng.integers(2**40))
         if cfg.world == 2 and qtype != "describe" and rng.random() < cfg.v1_share:
             out.append(make_example("train", index, qtype, needle_frames=(16, 64), phrasing="seen"))
+        elif qtype == "describe" and cfg.timeline_describe_share and rng.random() < cfg.timeline_describe_share:
+            out.append(draw_window(rng, cfg.describe_frames_max, clips, cfg.variety))  # drawn only when on
         else:
             out.append(make_example("train", index, qtype, needle_frames=(16, 64), version=cfg.world, clips=clips,
                                     describe_frames=cfg.describe_frames_max, variety=cfg.variety))  # fmt: skip

@@ -113,6 +113,11 @@ class TrainConfig:
     timed_describe_share: float = 0.0
     """World 2 only: this share of describe clips is asked with summarize's per-segment prompt ("Describe what
     happens in the video from 1:02:00 to 1:02:16.", random times) instead of a world wording."""
+    timeline_describe_share: float = 0.0
+    """World 2 only: this share of describe clips is instead a window of 20 to `describe_frames_max` frames of a long
+    scene (`timeline_describe.draw_window`): objects on screen from before the window and past it, events every 8-16 s,
+    as in summarize's segments of long videos (the bundled model, trained on standalone scenes alone, scored event
+    recall ~0.45 there: "X appears, X leaves" of an object that only appeared)."""
     describe_frames_max: int = DESCRIBE_FRAMES[1]
     """World 2 only: describe clips are 12 to this many frames (the world's own 32 = 16 s; summarize's default 30 s
     segment is 60 frames, longer than any describe clip the model saw at 32)."""
@@ -151,7 +156,8 @@ class TrainConfig:
             raise ValueError(f"a world-2 run must not write over the bundled model ({BUNDLED}): give --out DIR")
         if self.variety and self.world != 2:
             raise ValueError("variety needs --world 2 (v1 clips are drawn as the bundled model saw them)")
-        for name in ("stream_offset_share", "timed_describe_share", "phrase_noise", "variety"):
+        for name in ("stream_offset_share", "timed_describe_share", "timeline_describe_share", "phrase_noise",
+                     "variety"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.stream_offset_max < 1:
@@ -162,6 +168,8 @@ class TrainConfig:
             )
         if self.timed_describe_share and self.world != 2:
             raise ValueError("timed_describe_share needs --world 2 (the describe type)")
+        if self.timeline_describe_share and self.world != 2:
+            raise ValueError("timeline_describe_share needs --world 2 (the describe type)")
         if self.describe_frames_max != DESCRIBE_FRAMES[1] and self.world != 2:
             raise ValueError("describe_frames_max needs --world 2 (the describe type)")
         if self.describe_frames_max < DESCRIBE_FRAMES[0]:

@@ -166,35 +166,54 @@ def make_example_v2(
             raise ValueError("v1 clips have no other source frame rate")
         if clips is not None or variety:
             raise ValueError("v1 clips have no backgrounds from clips or variety (use version=2)")
-        ex = make_example(split, index, qtype, needle_frames)
-        extra = ex.extra
-    else:
-        salt = zlib.crc32((qtype or "any").encode())
-        seed = (SPLITS[split], salt, int(index), 2)
-        rng = np.random.default_rng(seed)
-        qtype = qtype or QUESTION_TYPES_V2[int(rng.integers(len(QUESTION_TYPES_V2)))]
-        tracks, frames, q, a = _scene(rng, qtype, needle_frames or NEEDLE_TEST_FRAMES, describe_frames)
-        scales = [float(rng.uniform(*RADIUS_SCALE)) for _ in tracks]
-        style = draw_style(rng, frames)
-        style, small = vary(np.random.default_rng((*seed, _VARIETY_SALT)), style, variety)
-        for tr, scale in zip(tracks, scales, strict=True):
-            tr.radius *= scale * small
-            lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
-            tr.xy = tuple(float(np.clip(v, lo, hi)) for v in tr.xy)
-        if clips is not None:
-            style = replace(style, clip=clips.view(split, seed, style.size))
-            if style.clip is not None and style.bright:  # footage as shot: bright, coloured, busy
-                tone = np.random.default_rng((*seed, _VARIETY_SALT, 1))
-                style = replace(style, bright=False, clip=replace(
-                    style.clip, saturation=float(tone.uniform(*UNDIMMED_TONE[0])),
-                    dim=float(tone.uniform(*UNDIMMED_TONE[1])), cap=255.0))  # fmt: skip
-        pixels, owner = render_v2(tracks, frames, style, rng, source_frames)
-        extra = [(eq, ea) for eq, ea in _v2_extra(tracks, frames, qtype) if eq != q]
-        ex = Example(pixels, q, a, qtype, seed, _pixel_labels(tracks, owner), extra,
-                     style.fps if source_frames else 2.0, style)  # fmt: skip
+        return reworded(make_example(split, index, qtype, needle_frames), pool)
+    salt = zlib.crc32((qtype or "any").encode())
+    seed = (SPLITS[split], salt, int(index), 2)
+    rng = np.random.default_rng(seed)
+    qtype = qtype or QUESTION_TYPES_V2[int(rng.integers(len(QUESTION_TYPES_V2)))]
+    scene = _scene(rng, qtype, needle_frames or NEEDLE_TEST_FRAMES, describe_frames)
+    return reworded(draw_scene(split, seed, rng, qtype, scene, clips, variety, source_frames), pool)
+
+
+def draw_scene(
+    split: str,
+    seed: tuple[int, ...],
+    rng: np.random.Generator,
+    qtype: str,
+    scene: tuple[list[Track], int, str, str],
+    clips: ClipBank | None = None,
+    variety: float = 0.0,
+    source_frames: bool = False,
+) -> Example:
+    """A v2 scene (tracks, frames, question, answer) drawn as every v2 clip is: object sizes, a style, `variety`'s
+    redraw, `clips`' footage, then the renderer, all from `rng` (the clip's generator, past its scene draws) and
+    `seed`. Alters the tracks' radii and positions. The question is not reworded yet (`reworded`)."""
+    tracks, frames, q, a = scene
+    scales = [float(rng.uniform(*RADIUS_SCALE)) for _ in tracks]
+    style = draw_style(rng, frames)
+    style, small = vary(np.random.default_rng((*seed, _VARIETY_SALT)), style, variety)
+    for tr, scale in zip(tracks, scales, strict=True):
+        tr.radius *= scale * small
+        lo, hi = tr.radius, FRAME_SIZE - 1 - tr.radius
+        tr.xy = tuple(float(np.clip(v, lo, hi)) for v in tr.xy)
+    if clips is not None:
+        style = replace(style, clip=clips.view(split, seed, style.size))
+        if style.clip is not None and style.bright:  # footage as shot: bright, coloured, busy
+            tone = np.random.default_rng((*seed, _VARIETY_SALT, 1))
+            style = replace(style, bright=False, clip=replace(
+                style.clip, saturation=float(tone.uniform(*UNDIMMED_TONE[0])),
+                dim=float(tone.uniform(*UNDIMMED_TONE[1])), cap=255.0))  # fmt: skip
+    pixels, owner = render_v2(tracks, frames, style, rng, source_frames)
+    extra = [(eq, ea) for eq, ea in _v2_extra(tracks, frames, qtype) if eq != q]
+    return Example(pixels, q, a, qtype, seed, _pixel_labels(tracks, owner), extra,
+                   style.fps if source_frames else 2.0, style)  # fmt: skip
+
+
+def reworded(ex: Example, pool: str) -> Example:
+    """`ex` with its questions worded from `pool`, drawn from the clip's own phrasing generator (in place)."""
     words = np.random.default_rng((*ex.seed, _PHRASING_SALT))
     ex.question = reword(ex.question, pool, words)
-    ex.extra = [(reword(q, pool, words), a) for q, a in extra]
+    ex.extra = [(reword(q, pool, words), a) for q, a in ex.extra]
     return ex
 
 
