@@ -4,7 +4,8 @@
                                       `Session.load`ed; a source (file, URL, lavfi) is watched here, a file
                                       resumed at the first sampling instant after the restored stream time
            ─► replica.push(id, frames)        session.push per frame, in order (nothing dropped)
-           ─► replica.ask(id, question)       the whole answer's text
+           ─► replica.ask(id, question)       the whole answer's text (a watched source's first frame waited
+                                              for before the question takes the model)
            ─► replica.snapshot_all(root)      each stream's `Session.save(root/<id>)`, atomic per stream
 A plain class: the router wraps it with `ray.remote`; tests and single-process use may call it directly.
 Calls run on the actor's thread pool (`RouterConfig.replica_concurrency`); they and the watched sources'
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import time
 from collections.abc import Iterator
@@ -86,14 +88,17 @@ class Replica:
         return {"text": "".join(pieces), **tail, **head}
 
     def ask_stream(self, stream_id: str, question: str, **ask: Any) -> Iterator[Any]:
-        """{"pts_range", "chunks"}, then the answer's text pieces, then {"tokens", "finish_reason"} (a Ray
-        streaming generator through the router). `ask`: what `Session.ask` takes. Decoded as the server does:
+        """{"pts_range", "chunks", "pending_frames"}, then the answer's text pieces, then {"tokens",
+        "finish_reason"} (a Ray streaming generator through the router). `ask`: what `Session.ask` takes.
+        Decoded as the server does: a watched source's first frame waited for outside the model's turns, then
         answers ahead of ingestion, one token per model turn."""
         session = self._session(stream_id)
+        _wait_for_video(session, ask)
         with self.scheduler.question():
             with self.scheduler.turn():
                 answer = session.ask(question, **ask)
-            yield {"pts_range": list(answer.pts_range), "chunks": answer.chunks}
+            yield {"pts_range": list(answer.pts_range), "chunks": answer.chunks,
+                   "pending_frames": answer.pending_frames}  # fmt: skip
             try:
                 while True:
                     with self.scheduler.turn():
@@ -104,6 +109,11 @@ class Replica:
             finally:
                 answer.close()
         yield {"tokens": answer.tokens, "finish_reason": answer.finish_reason}
+
+    def wait_for_video(self, stream_id: str, timeout: float | None = None) -> bool:
+        """`Session.wait_for_video` of the stream: whether it has a frame to answer over (waited for while a
+        watched source may still deliver its first)."""
+        return self._session(stream_id).wait_for_video(timeout)
 
     def stats(self, stream_id: str) -> Any:
         """The stream's `SessionStats`."""
@@ -185,6 +195,22 @@ class ReplicaActor(Replica):
         if self.load_error is not None:
             raise self.load_error
         return super().ready()
+
+
+def _wait_for_video(session: Session, ask: dict[str, Any]) -> None:
+    """Wait for a watched source's first frame before the question takes the model: with one frame per
+    chunk (llava_onevision, smolvlm) that frame needs an ingestion turn, which a question holding the model
+    would keep from it until its wait ran out. The time waited is taken off `ask["deadline_s"]`; a text-only question or
+    a deadline `ask` refuses does not wait (none gets video: `ask` raises `NoVideoError` in its turn)."""
+    deadline = ask.get("deadline_s")
+    valid = deadline is None or (isinstance(deadline, numbers.Real) and not isinstance(deadline, bool)
+                                 and 0 < deadline < math.inf)  # fmt: skip
+    if not ask.get("needs_video", True) or not valid:
+        return
+    t0 = time.monotonic()
+    session.wait_for_video(deadline)
+    if deadline is not None:
+        ask["deadline_s"] = max(1e-3, deadline - (time.monotonic() - t0))
 
 
 def resume_at(source: Any, last_pts: float | None, fps: float) -> tuple[Any, float | None]:

@@ -60,9 +60,7 @@ class AnswerJob:
         """Wait for a stream's first frame before taking the model: that frame's chunk may need a turn (one frame
         per chunk in some families) that a question holding the model would keep from it. A stream that gets
         none is refused by `session.ask` in its turn, at once, after the request's other checks."""
-        wait = getattr(self.session, "wait_for_video", None)  # a Ray replica's stream has none here
-        if wait is None:
-            return
+        wait = self.session.wait_for_video  # a Session, or a Ray stream's RemoteSession
         deadline = self.ask.get("deadline_s")
         finite = isinstance(deadline, (int, float)) and 0 < deadline < math.inf  # else ask refuses it
         t0 = time.monotonic()
@@ -91,7 +89,7 @@ class AnswerJob:
                 finally:
                     answer.close()
                 finish = "stop" if self.stop.found else answer.finish_reason
-                pending = getattr(answer, "pending_frames", 0)  # a Ray replica's answer does not say
+                pending = answer.pending_frames
                 summary = AnswerSummary("".join(pieces), answer.pts_range, answer.chunks, answer.tokens, finish,
                                         pending)  # fmt: skip
             self._put("done", summary)

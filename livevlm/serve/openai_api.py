@@ -129,7 +129,7 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         if kind == "error":
             raise value
         meta = {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": body.model}
-        pending = getattr(value, "pending_frames", 0)  # a Ray replica's answer does not say
+        pending = value.pending_frames
         extra = {"stream_id": stream.id, "pts_range": list(value.pts_range), "chunks": value.chunks,
                  "pending_frames": pending}  # fmt: skip
         if not body.stream:

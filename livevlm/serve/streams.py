@@ -187,6 +187,7 @@ class StreamManager:
             "context_tokens": stats.kv_tokens,
             "kv_bytes": stats.kv_bytes,
             "chunks": stats.chunks,
+            "pending_frames": stats.pending_frames,  # not yet a chunk: an answer reads them in its own prefill
             "questions": stats.questions,
             "first_pts_seconds": stats.first_pts_seconds,
             "last_pts_seconds": stats.last_pts_seconds,

@@ -255,10 +255,14 @@ async function ask(ev) {
   }
 }
 
+// An answer always read video (asked before the stream's first frame, it is a 409): its chunks and the pending
+// frames (not yet a chunk) it read in its own prefill.
 function describe(done) {
-  const [first, last] = done.pts_range || [];
-  const range = first == null ? "no frames yet" : `stream time ${first.toFixed(1)}–${last.toFixed(1)} s`;
-  return `${range} · ${done.chunks} chunks · ${done.tokens} tokens · ${done.finish_reason}`;
+  const [first, last] = done.pts_range;
+  const n = done.pending_frames || 0;
+  const pending = n ? ` + ${n} pending frame${n === 1 ? "" : "s"}` : "";
+  return `stream time ${first.toFixed(1)}–${last.toFixed(1)} s · ${done.chunks} chunks${pending} · ` +
+    `${done.tokens} tokens · ${done.finish_reason}`;
 }
 
 function addHistory(question, text, done) {
