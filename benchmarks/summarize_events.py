@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _foreign_timeline import TIMELINE_CONDITIONS, write_foreign_video
 from _machine import cpu_info, provenance, run_cli
 
 from livevlm import SummarizeOptions
@@ -98,16 +99,16 @@ def _num(x: Any, fmt: str = "{:.2f}") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["video", "policy", "events", "recall", "precision", "segment recall", "segment precision", "chapters",
+    head = ["video", "drawn", "policy", "events", "recall", "precision", "segment recall", "segment precision", "chapters",
             "obj recall", "obj precision", "time s", "frames/s", "peak RSS MiB", "RSS growth", "ctx tokens"]  # fmt: skip
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         if "error" in r:
-            lines.append(" | ".join([r["video"], r["policy"], "", r["error"][:60], *[""] * 11]))
+            lines.append(" | ".join([r["video"], r.get("drawn", "world"), r["policy"], "", r["error"][:60], *[""] * 11]))
             continue
         s, o = r["score_chapters"]["strict"], r["score_chapters"]["objects"]
         g = r["score_segments"]["strict"]
-        cells = [r["video"], r["policy"], str(r["score_chapters"]["events"]), _num(s["recall"]), _num(s["precision"]),
+        cells = [r["video"], r.get("drawn", "world"), r["policy"], str(r["score_chapters"]["events"]), _num(s["recall"]), _num(s["precision"]),
                  _num(g["recall"]), _num(g["precision"]), str(r["chapters"]), _num(o["recall"]), _num(o["precision"]), f"{r['seconds']:.0f}", f"{r['frames_per_s']:.1f}",
                  f"{r['peak_rss_mb']:.0f}", f"{100 * r['rss_growth_after_warmup']:.1f}%", str(r["context_tokens_max"])]  # fmt: skip
         lines.append(" | ".join(cells))
@@ -125,6 +126,16 @@ def _minutes(text: str) -> list[float]:
     return values
 
 
+def _draws(text: str) -> list[str]:
+    """'world,foreign:light' -> ['world', 'foreign:light']; each a known drawing."""
+    known = ("world", *(f"foreign:{c}" for c in TIMELINE_CONDITIONS))
+    draws = [d.strip() for d in text.split(",")]
+    bad = [d for d in draws if d not in known]
+    if bad or not draws:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or text!r}: choose from {', '.join(known)}")
+    return draws
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=_minutes, default="10,60", help="video lengths (comma list, default 10,60)")
@@ -137,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="checkpoint directory (default: the bundled model)")
     p.add_argument("--tolerance", type=float, default=5.0, help="seconds an event may lie outside its window")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draw", type=_draws, default="world",
+                   help="who draws the timeline (comma list): world (its renderer, the default) or foreign:"
+                   f"{'|'.join(TIMELINE_CONDITIONS)} (yardstick_foreign.py's generator: the same events, other "
+                   "pixels); each drawing is run with every policy")  # fmt: skip
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--out", type=Path, default=RESULTS / "summarize-events.json")
     args = p.parse_args(argv)
@@ -154,20 +169,22 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="livevlm-events-") as tmp:
         for i, m in enumerate(minutes):
-            video = Path(tmp) / f"world-{m:g}min.mp4"
-            t0 = time.perf_counter()
-            events = write_video(video, m * 60, args.seed)
-            print(
-                f"{video.name}: {len(events)} events, generated in {time.perf_counter() - t0:.1f} s",
-                flush=True,
-            )
-            for policy in (args.policies if i == 0 else args.long_policies).split(","):
-                row = {
-                    "video": f"{m:g} min",
-                    **in_child(str(video), policy, options, args.threads, args.tolerance, args.model),
-                }
-                rows.append(row)
-                print(table([row]).splitlines()[-1], flush=True)
+            for draw in args.draw:
+                video = Path(tmp) / f"{draw.replace(':', '-')}-{m:g}min.mp4"
+                t0 = time.perf_counter()
+                if draw == "world":
+                    events = write_video(video, m * 60, args.seed)
+                else:
+                    events = write_foreign_video(video, m * 60, args.seed, draw.split(":")[1])
+                print(f"{video.name}: {len(events)} events, drawn in {time.perf_counter() - t0:.1f} s", flush=True)
+                for policy in (args.policies if i == 0 else args.long_policies).split(","):
+                    row = {
+                        "video": f"{m:g} min",
+                        "drawn": draw,
+                        **in_child(str(video), policy, options, args.threads, args.tolerance, args.model),
+                    }
+                    rows.append(row)
+                    print(table([row]).splitlines()[-1], flush=True)
     result = {
         **provenance(__file__, args, argv),
         "machine": {"cpu": cpu_info(), "cpus": os.cpu_count(), "torch": torch.__version__},
