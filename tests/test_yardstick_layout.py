@@ -78,8 +78,9 @@ def test_stream_offsets_are_log_uniform_up_to_the_maximum() -> None:
 
 def test_teacher_forcing_at_the_session_layout_is_the_sessions_greedy_answer(adapter) -> None:
     """A 60-frame clip (its temporal ids pass the question's): the Session decodes from max(position) + 1. Its
-    greedy answer, teacher-forced at `answer_positions`, is reproduced token for token; in HF's layout of the
-    whole sequence (answer right after the question) it is not."""
+    greedy answer, teacher-forced at `answer_positions`, is reproduced token for token; HF's layout of the whole
+    sequence (answer right after the question) puts the answer at other positions. (Whether a model also answers the
+    same there is the model's: the v2 model bundled on 2026-12-02 did not for this clip, the variety model does.)"""
     frames = _timeline_clip(60)
     question = "Describe what happens."
     with Session(adapter, SessionConfig(dtype="float32")) as session:
@@ -94,7 +95,10 @@ def test_teacher_forcing_at_the_session_layout_is_the_sessions_greedy_answer(ada
     assert adapter.tokenizer.decode(ids) == answer  # the reply's tokens read back as the Session's
     with torch.no_grad():
         assert bool(exact_match(adapter.model, batch, session_layout=True)[0])
-        assert not bool(exact_match(adapter.model, batch, session_layout=False)[0])
+        hf, _ = adapter.model.model.get_rope_index(**{k: batch[k] for k in (
+            "input_ids", "mm_token_type_ids", "video_grid_thw", "second_per_grid_ts", "attention_mask")})
+        answer_at = batch["labels"][0] != -100
+        assert not torch.equal(answer_positions(adapter.model, batch)[..., 0, answer_at], hf[..., 0, answer_at])
         short = Batcher(adapter)([replace(ex, frames=frames[:16])])
         positions = answer_positions(adapter.model, short)
         inputs = {k: v for k, v in short.items() if k != "labels"}
