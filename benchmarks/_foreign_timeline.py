@@ -18,10 +18,10 @@ from pathlib import Path as FsPath
 
 import av
 import numpy as np
-from _foreign_world import CONDITIONS, PALETTE, TICK, Backdrop, Footage, Path, Sprite, _coverage
+from _foreign_world import CONDITIONS, TICK, Backdrop, Footage, Path, _coverage, make_sprite
 
 from tools.yardstick.timeline import Event, events_path, make_timeline
-from tools.yardstick.world import COLOURS, FPS, Track
+from tools.yardstick.world import FPS, Track
 
 TIMELINE_CONDITIONS = ("dark", "light", "midgrey", "footage")
 """Conditions a timeline can be drawn in (the others change sizes or rates the timeline fixes)."""
@@ -52,16 +52,7 @@ def draw_timeline(tracks: list[Track], frames: int, condition: str, seed: int,
     rim_kind, rim_width = int(rng.integers(3)), float(rng.uniform(1.0, 2.0))
     sprites = []
     for tr, q in zip(tracks, _quarters(tracks, rng)):
-        cell = cells[q]
-        rim = None if rim_kind == 0 else (np.full(3, 240.0 if rim_kind == 1 else 20.0), rim_width)
-        grow = rim[1] if rim else 0.0
-        fit = min(cell[2] - cell[0], cell[3] - cell[1]) / 2 - grow - 1.5
-        r = max(2.0, min(rng.uniform(*cond.diameter) * min(w, h) / 2, 0.92 * fit))
-        rgb = {c: np.clip(np.array(COLOURS[c]) * rng.uniform(0.92, 1.04) + rng.uniform(-8, 8, 3), 0, 255)
-               for c in PALETTE}  # fmt: skip
-        sprite = Sprite(r, 0.0 if tr.shape == "circle" else math.radians(rng.uniform(-15, 15)), rgb, rim)
-        m = r + grow + 1.0
-        free = (cell[0] + m, cell[1] + m, max(cell[0] + m, cell[2] - m), max(cell[1] + m, cell[3] - m))
+        sprite, free, _ = make_sprite(rng, tr.shape, cells[q], cond, (w, h), rim_kind, rim_width)
         sprite.paths = [Path.draw(rng, free, (a * TICK, b * TICK), False) for a, b in tr.spans]
         sprites.append(sprite)
     out = np.empty((frames, h, w, 3), np.uint8)

@@ -310,6 +310,23 @@ class Sprite:
     paths: list[Path] = field(default_factory=list)
 
 
+def make_sprite(rng: np.random.Generator, shape: str, cell: tuple[float, float, float, float], cond: Condition,
+                size: tuple[int, int], rim_kind: int, rim_width: float,
+                ) -> tuple[Sprite, tuple[float, float, float, float], float]:  # fmt: skip
+    """A thing's look in its `cell` (radius in the condition's range, capped by the cell; its own shade of every
+    colour; a tilt): the sprite without paths, the box its centre may move in and its margin."""
+    w, h = size
+    rim = None if rim_kind == 0 else (np.full(3, 240.0 if rim_kind == 1 else 20.0), rim_width)
+    grow = rim[1] if rim else 0.0
+    fit = min(cell[2] - cell[0], cell[3] - cell[1]) / 2 - grow - 1.5
+    r = max(2.0, min(rng.uniform(*cond.diameter) * min(w, h) / 2, 0.92 * fit))
+    rgb = {c: np.clip(np.array(COLOURS[c]) * rng.uniform(0.92, 1.04) + rng.uniform(-8, 8, 3), 0, 255)
+           for c in PALETTE}  # fmt: skip
+    sprite = Sprite(r, 0.0 if shape == "circle" else math.radians(rng.uniform(-15, 15)), rgb, rim)
+    m = r + grow + 1.0
+    return sprite, (cell[0] + m, cell[1] + m, max(cell[0] + m, cell[2] - m), max(cell[1] + m, cell[3] - m)), m
+
+
 def _coverage(shape: str, cx: float, cy: float, r: float, angle: float, grow: float,
               box: tuple[int, int, int, int]) -> np.ndarray:  # fmt: skip
     """The share of each pixel of `box` the shape covers (grown outward by `grow` pixels), from a 4x render."""
@@ -351,15 +368,7 @@ def draw_clip(scene: Scene, name: str, seed: int, index: int, footage: Footage |
     noise, noise_seed = float(rng.choice([0.0, 2.0, 4.0])) * (cond.background != "footage"), int(rng.integers(2**31))
     sprites = []
     for thing, cell in zip(scene.things, _cells(rng, len(scene.things), w, h)):
-        rim = None if rim_kind == 0 else (np.full(3, 240.0 if rim_kind == 1 else 20.0), rim_width)
-        grow = rim[1] if rim else 0.0
-        fit = min(cell[2] - cell[0], cell[3] - cell[1]) / 2 - grow - 1.5
-        r = max(2.0, min(rng.uniform(*cond.diameter) * min(w, h) / 2, 0.92 * fit))
-        rgb = {c: np.clip(np.array(COLOURS[c]) * rng.uniform(0.92, 1.04) + rng.uniform(-8, 8, 3), 0, 255)
-               for c in PALETTE}  # fmt: skip
-        sprite = Sprite(r, 0.0 if thing.shape == "circle" else math.radians(rng.uniform(-15, 15)), rgb, rim)
-        m = r + grow + 1.0
-        free = (cell[0] + m, cell[1] + m, max(cell[0] + m, cell[2] - m), max(cell[1] + m, cell[3] - m))
+        sprite, free, m = make_sprite(rng, thing.shape, cell, cond, (w, h), rim_kind, rim_width)
         for k, (a, b) in enumerate(thing.spans):
             path = Path.draw(rng, free, (a * TICK, b * TICK), thing.slow)
             if thing.may_enter and k == 0 and a == 0 and rng.random() < 0.3:  # from an edge its cell touches
