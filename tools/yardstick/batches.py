@@ -13,6 +13,7 @@ from livevlm.models.preprocess import frames_to_patches
 from livevlm.models.qwen_vl import QwenVLAdapter
 from livevlm.summary.formats import clock
 from livevlm.summary.run import DESCRIBE_PROMPT
+from tools.yardstick import compose
 from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.phrasing import filler_words, perturb
 from tools.yardstick.timeline_describe import draw_window
@@ -169,10 +170,17 @@ class StepBatches(torch.utils.data.Dataset):
                         else ex for ex in examples]  # fmt: skip
         extra = [pick_turns(ex, rng, self.cfg.extra_turns) for ex in examples]
         wordings = None
+        if self.cfg.composed_wordings:  # drawn only when on, so that older runs' data stay the same
+            share = self.cfg.composed_wordings
+            wordings = [compose.reword(ex.question, rng) if rng.random() < share else ex.question for ex in examples]
+            if not self.cfg.attn_all_turns:  # attention targets read only the first question's words
+                extra = [[(compose.reword(q, rng) if rng.random() < share else q, a) for q, a in turns]
+                         for turns in extra]  # fmt: skip
         if self.cfg.phrase_noise:  # drawn only when on, so that older runs' data stay the same
             fillers, skip = filler_words(), set(self.cfg.phrase_noise_skip.split(","))
-            wordings = [perturb(ex.question, rng, fillers) if rng.random() < self.cfg.phrase_noise
-                        and ex.qtype not in skip else ex.question for ex in examples]  # fmt: skip
+            read = wordings or [ex.question for ex in examples]
+            wordings = [perturb(w, rng, fillers) if rng.random() < self.cfg.phrase_noise
+                        and ex.qtype not in skip else w for ex, w in zip(examples, read)]  # fmt: skip
         attention = bool(self.cfg.attn_weight) and not self.stage  # the tower stage runs no LLM attention
         batch = self.batcher(
             examples, targets=True, extra=extra, attention=attention, all_turns=self.cfg.attn_all_turns,

@@ -127,6 +127,11 @@ class TrainConfig:
     words: the bundled model answered "Which of the A and the B is seen first?" with A's colour alone."""
     phrase_noise_skip: str = ""
     """Question types (comma list) whose questions `phrase_noise` leaves as they are (e.g. "describe")."""
+    composed_wordings: float = 0.0
+    """This share of training questions (and of their further chat turns) is read in a composed wording of its kind
+    (`compose.reword`: hundreds per kind from shared openers, verbs and tails; held-out constructions left out), so
+    that the kind is read from what is asked about rather than from a phrase: the bundled model stopped "Which of the
+    A and the B is seen first?" after A's colour ("is seen" is a count wording). The targets follow the true question."""
     variety: float = 0.0
     """World 2 only: this share of v2 clips is redrawn by `render_v2.vary` toward what other generators draw: a light
     background or footage undimmed, small objects, 16:9 / 4:3 frames with round shapes. An independent generator
@@ -157,7 +162,7 @@ class TrainConfig:
         if self.variety and self.world != 2:
             raise ValueError("variety needs --world 2 (v1 clips are drawn as the bundled model saw them)")
         for name in ("stream_offset_share", "timed_describe_share", "timeline_describe_share", "phrase_noise",
-                     "variety"):
+                     "variety", "composed_wordings"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.stream_offset_max < 1:
