@@ -4,8 +4,9 @@
     python benchmarks/yardstick_v2_gap.py --model DIR --per-type 10 --out /tmp/gap.json
 
 Every condition answers through `livevlm.Session` (tools.yardstick.evaluate, as benchmarks/accuracy.py does),
-uncompressed. Conditions: v1 clips in the v1 wording (the baseline), in seen v2 wordings and in held-out wordings
-(the same clips each time: paired); v2 clips (varied renders, pushed at their source frame rate and sampled to
+uncompressed. Conditions: v1 clips in the v1 wording (the baseline), in seen v2 wordings, in held-out wordings and
+in fresh wordings (benchmarks/_fresh_wordings.py: written after the composed training wordings, to report; the
+same clips each time: paired); v2 clips (varied renders, pushed at their source frame rate and sampled to
 2 fps) in the v1 wording and in seen wordings, with the describe type; with `--background-clips` or
 `--background-bank` also v2 clips played over that real footage (every clip, the split's own part of it), in seen
 wordings. Validation split by default: the test split is scored once, for the retrained model's final figures.
@@ -19,11 +20,13 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _fresh_wordings import fresh_template, freshen
 from _machine import cpu_info, provenance, run_cli
 
 import livevlm
@@ -41,6 +44,7 @@ CONDITIONS: dict[str, dict[str, Any]] = {
     "v1 clips, v1 wording": {"version": 1},
     "v1 clips, seen wordings": {"version": 1, "phrasing": "seen"},
     "v1 clips, held-out wordings": {"version": 1, "phrasing": "held_out"},
+    "v1 clips, fresh wordings": {"version": 1, "fresh": True},
     "v2 clips, v1 wording": {"version": 2, "phrasing": "canonical", "source_frames": True},
     "v2 clips, seen wordings": {"version": 2, "phrasing": "seen", "source_frames": True},
 }
@@ -54,7 +58,8 @@ def by_template(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Accuracy per question wording (template), over the rows that used it."""
     hits: dict[str, list[bool]] = {}
     for row in rows:
-        hits.setdefault(parse(row["question"]).template, []).append(row["correct"])
+        template = fresh_template(row["question"]) or parse(row["question"]).template
+        hits.setdefault(template, []).append(row["correct"])
     return {t: float(np.mean(v)) for t, v in sorted(hits.items())}
 
 
@@ -83,7 +88,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in conditions:
         kw = CONDITIONS[name] if name != FOOTAGE else {**CONDITIONS["v2 clips, seen wordings"], "clips": bank}
         types = QUESTION_TYPES_V2 if kw["version"] == 2 else QUESTION_TYPES
-        examples = [make_example(args.split, i, t, **kw) for t in types for i in range(args.per_type)]
+        made = {k: v for k, v in kw.items() if k != "fresh"}
+        examples = [make_example(args.split, i, t, **made) for t in types for i in range(args.per_type)]
+        if kw.get("fresh"):  # the same clips and answers, asked as a new user would (benchmarks/_fresh_wordings.py)
+            examples = [replace(ex, question=freshen(ex.question, i)) for i, ex in enumerate(examples)]
         kw = {k: v for k, v in kw.items() if k != "clips"}
         start = time.perf_counter()
         results = evaluate(adapter, examples, SessionConfig(), progress=not args.quiet)
