@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from _fresh_wordings import fresh_template, freshen
 from _machine import cpu_info, provenance, run_cli
 
 import livevlm
 from livevlm import SessionConfig, load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
+from _fresh_wordings import fresh_template, freshen  # after the root: it reads tools.yardstick
+
 from tools.yardstick.clips import open_bank
 from tools.yardstick.evaluate import as_rows, evaluate, summarize
 from tools.yardstick.phrasing import parse
