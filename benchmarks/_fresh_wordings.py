@@ -8,11 +8,10 @@ on composed wordings was scored, and are used to report, not to choose: contract
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from tools.yardstick.phrasing import _SLOTS, parse
+from tools.yardstick.phrasing import _pattern as template_pattern
+from tools.yardstick.phrasing import parse
 
 FRESH: dict[str, tuple[str, ...]] = {
     "colour": (
@@ -61,12 +60,7 @@ FRESH: dict[str, tuple[str, ...]] = {
 """Question kind (as `phrasing.TEMPLATES`, without describe) -> fresh templates with the same slots."""
 
 
-def _pattern(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(\w+)\}", template)
-    return re.compile("^" + "".join(re.escape(p) if i % 2 == 0 else _SLOTS[p] for i, p in enumerate(parts)) + "$")
-
-
-_PATTERNS = [(t, _pattern(t)) for group in FRESH.values() for t in group]
+_PATTERNS = [(t, template_pattern(t)) for group in FRESH.values() for t in group]
 
 
 def freshen(question: str, index: int) -> str:
