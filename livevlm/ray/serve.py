@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import QuestionError
+from ..errors import NoVideoError, QuestionError
 from ..serve.config import ServeConfig
 from ..serve.scheduler import SchedulerStats
 from ..serve.sources import ResolvedSource
@@ -130,7 +130,13 @@ class RemoteSession:
         self.router, self.id, self.feed = router, stream_id, feed
 
     def ask(self, question: str, **ask: Any) -> RemoteAnswer:
-        return RemoteAnswer(self.router.ask_stream(self.id, question, **ask))
+        try:
+            return RemoteAnswer(self.router.ask_stream(self.id, question, **ask))
+        except NoVideoError as error:  # the replica's session sees no source: name the front end's, as one process
+            if self.feed is None or self.feed.delivered or self.feed.stats.buffer.frames_in:
+                raise
+            raise NoVideoError(f"nothing has been ingested yet: no frame has been pushed to the push source "
+                               f"'push:{self.id}' (stats.frames_seen is 0): push frames before asking") from error
 
     def wait_for_video(self, timeout: float | None = None) -> bool:
         """`Session.wait_for_video` across Ray: a push stream's frames still in the front end's feed reach the
