@@ -75,9 +75,15 @@ class Replica:
         return {**self._status(stream_id), "seconds": time.perf_counter() - start, "resumed_from": resumed}
 
     def push(self, stream_id: str, frames: list[np.ndarray], pts: list[float | None] | None = None) -> dict[str, Any]:
-        """Push `frames` (RGB uint8 arrays) in order, with their stream times (None: the next 1/fps instant)."""
+        """Push `frames` (RGB uint8 arrays) in order, with their stream times (None: the next 1/fps instant).
+        Only a frame that completes a temporal patch (a model call) waits for an ingestion turn; one that joins
+        the pending patch is pushed at once, as a watched source's are (`Session.watch(turn=...)`)."""
         session = self._session(stream_id)
+        per_chunk = session.adapter.frames_per_chunk
         for frame, t in zip(frames, pts or [None] * len(frames)):
+            if session.stats.pending_frames + 1 < per_chunk:
+                session.push(frame, t)
+                continue
             with self.scheduler.turn(stream_id):
                 session.push(frame, t)
         return self._status(stream_id)
