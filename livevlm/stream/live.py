@@ -44,6 +44,20 @@ from .frame import Frame
 from .sampler import Pacer, Sampler, Timeline
 
 _TS_WRAP_SECONDS = 2**33 / 90_000  # MPEG-TS 33-bit 90 kHz timestamps wrap every ~26.5 h
+_PLAYLIST_FORMATS = ("hls", "dash")  # their byte size is the playlist's, not the stream's
+
+
+def _has_byte_size(container: Any) -> bool:
+    """Whether the input is bytes of known length -- a file, or an HTTP answer with a Content-Length -- so it
+    ends even with no duration in its headers (MPEG-TS served without byte ranges: FFmpeg cannot seek to its
+    end to find one). A live HTTP stream is sent chunked, of unknown length; a device or lavfi graph has none."""
+    name = container.format.name if container.format is not None else ""
+    if any(part in _PLAYLIST_FORMATS for part in name.split(",")):
+        return False
+    try:
+        return int(container.size) > 0
+    except (AttributeError, TypeError, ValueError, OSError):  # an input without a byte stream
+        return False
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class AVLiveSource(Source):
         self._timeline = Timeline(start=0.0 if live else None)
         self._wall0: float | None = None  # monotonic clock at the first frame
         self._rebase_pending = False
-        self._declares_end = False  # the input's headers declare a duration (set by `_open`)
+        self._declares_end = False  # the input declares a duration, or a byte size (set by `_open`)
         self._origin = 0.0  # the input's first timestamp, which counts as 0 (set by `_open`)
         self._aspect: Fraction | None = None  # the input's pixel aspect, when not square (set by `_open`)
         self._container, self._stream = self._open()  # fail fast: a bad URL or device is reported now
@@ -160,7 +174,8 @@ class AVLiveSource(Source):
         self.declared_duration = declared_duration(container, stream)
         self._origin = start_seconds(container)
         self._aspect = pixel_aspect(stream)
-        self._declares_end = container.duration is not None or self.declared_duration is not None
+        self._declares_end = (container.duration is not None or self.declared_duration is not None
+                              or _has_byte_size(container))  # fmt: skip
         return container, stream
 
     def _release(self) -> None:

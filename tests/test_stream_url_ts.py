@@ -1,0 +1,124 @@
+"""An MPEG-TS file served by an HTTP server that ignores byte ranges (Python's http.server) has no duration
+FFmpeg can find without seeking to its end; its Content-Length still says it ends. It is read as its local path
+is, and `livevlm ask` answers over it (before: taken for an endless live stream and refused). The same bytes
+sent chunked, of unknown length, as a live HTTP stream is, still count as endless."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from media import encode_lavfi
+
+from livevlm.stream import open_source
+
+HANG_GUARD = 60.0  # seconds; only there to turn a hang into a failure
+
+
+def _remux_to_ts(src: Path, out: Path) -> Path:
+    with av.open(str(src)) as inp, av.open(str(out), "w", format="mpegts") as dst:
+        video = inp.streams.video[0]
+        stream = dst.add_stream_from_template(video)
+        for packet in inp.demux(video):
+            if packet.dts is not None:  # not the demuxer's final flush packet
+                packet.stream = stream
+                dst.mux(packet)
+    return out
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Whole files with a Content-Length; a Range header is ignored (200, never 206)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _chunked_handler(data: bytes) -> type[http.server.BaseHTTPRequestHandler]:
+    class Chunked(http.server.BaseHTTPRequestHandler):
+        """`data` sent with Transfer-Encoding: chunked and no Content-Length, as a live HTTP stream is."""
+
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(data), 4096):
+                piece = data[i : i + 4096]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+
+    return Chunked
+
+
+def _serve(handler: object) -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
+    """A 4 s MPEG-TS clip at 5 fps: its path, its URL without byte ranges, its URL sent chunked."""
+    root = tmp_path_factory.mktemp("ts")
+    clip = _remux_to_ts(encode_lavfi(root / "clip.mp4", seconds=4, fps=5, size=(64, 48)), root / "clip.ts")
+    files, files_thread = _serve(functools.partial(_QuietFiles, directory=str(root)))
+    chunked, chunked_thread = _serve(_chunked_handler(clip.read_bytes()))
+    yield (clip, f"http://127.0.0.1:{files.server_address[1]}/clip.ts",
+           f"http://127.0.0.1:{chunked.server_address[1]}/clip.ts")  # fmt: skip
+    for server, thread in ((files, files_thread), (chunked, chunked_thread)):
+        server.shutdown()
+        server.server_close()
+        thread.join(HANG_GUARD)
+
+
+def test_a_ts_file_without_byte_ranges_ends_and_reads_as_its_path(served: tuple[Path, str, str]) -> None:
+    path, url, _ = served
+    with av.open(url) as probe:
+        assert probe.duration is None  # what made it look endless: no duration without seeking to the end
+    with open_source(str(path), fps=2.0, realtime=False) as local_source:
+        local = list(local_source)
+    with open_source(url, fps=2.0, realtime=False) as remote_source:
+        assert not remote_source.live and not remote_source.endless  # was: endless
+        remote = list(remote_source)
+    assert len(local) == 8
+    assert [f.pts_seconds for f in remote] == [f.pts_seconds for f in local]
+    for a, b in zip(local, remote, strict=True):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_the_same_bytes_sent_chunked_stay_endless(served: tuple[Path, str, str]) -> None:
+    _, _, chunked = served
+    with open_source(chunked, fps=2.0, realtime=False) as source:
+        assert source.endless  # no length: may be a live stream; `ask` asks for --max-frames
+        assert len([next(source) for _ in range(3)]) == 3
+
+
+def test_livevlm_ask_answers_over_a_ts_url_without_byte_ranges(served: tuple[Path, str, str], tmp_path: Path) -> None:
+    _, url, chunked = served
+    env = dict(os.environ, LIVEVLM_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+
+    def ask(source: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "livevlm.cli", "ask", source, "What colour is the circle?",
+                               "--stats", "--no-progress"], capture_output=True, text=True, env=env,
+                              timeout=600, check=False)  # fmt: skip
+
+    answered = ask(url)
+    assert answered.returncode == 0, answered.stderr  # was 2: "... never ends (a camera, a live stream ...)"
+    assert answered.stdout.strip() and "frames_seen=8" in answered.stderr
+    refused = ask(chunked)
+    assert refused.returncode == 2 and "never ends" in refused.stderr and "--max-frames" in refused.stderr
