@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import os
 import re
@@ -20,7 +18,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import tracemalloc
 from collections.abc import Iterator
 from fractions import Fraction
@@ -29,6 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from http_files import serving_files
 from media import (
     make_garbage_spliced_copy,
     make_lavfi_clip,
@@ -59,25 +57,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real HTTP server on 127.0.0.1 (a free port) serving `tmp_path / 'www'`."""
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-    server.server_close()
-    thread.join(60)
+    with serving_files(root) as url:
+        yield url, root
 
 
 def ask(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

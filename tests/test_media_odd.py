@@ -5,12 +5,9 @@ files and real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import json
 import re
-import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -19,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from http_files import serving_files
 from media import (
     make_anamorphic_clip,
     make_garbage_spliced_copy,
@@ -180,22 +178,12 @@ def test_start_seconds_on_a_stream_that_cannot_seek_reads_from_there(tmp_path: P
 # -- a camera URL with a password ---------------------------------------------------------------------------
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def www(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], root
-    server.shutdown()
-    server.server_close()
-    thread.join(60)
+    with serving_files(root) as url:
+        yield int(url.rsplit(":", 1)[1]), root
 
 
 def test_a_password_in_a_url_never_reaches_errors_stats_or_frames(www: tuple[int, Path]) -> None:

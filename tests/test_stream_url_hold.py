@@ -3,15 +3,13 @@ read at 2 fps) gets the frame on screen again. A live stream (RTSP) or a lavfi g
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
+from http_files import serving_files
 from media import encode_lavfi, make_stream_clip
 from rtsp_server import RtspServer, require_rtsp
 
@@ -21,25 +19,13 @@ from livevlm.stream import Frame, open_source
 HANG_GUARD = 60.0  # seconds; only there to turn a hang into a failure
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A 6 s clip at 1 fps, as a local path and as its URL on a real HTTP server on 127.0.0.1."""
     root = tmp_path_factory.mktemp("served")
     clip = encode_lavfi(root / "slow.mp4", seconds=6, fps=1, size=(64, 48), source="testsrc2")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield clip, f"http://127.0.0.1:{server.server_address[1]}/{clip.name}"
-    server.shutdown()
-    server.server_close()
-    thread.join(HANG_GUARD)
+    with serving_files(root) as url:
+        yield clip, f"{url}/{clip.name}"
 
 
 def _read(source: str, **kw: object) -> list[Frame]:

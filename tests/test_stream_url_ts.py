@@ -5,23 +5,20 @@ sent chunked, of unknown length, as a live HTTP stream is, still count as endles
 
 from __future__ import annotations
 
-import functools
 import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from http_files import serving, serving_files
 from media import encode_lavfi
 
 from livevlm.stream import open_source
-
-HANG_GUARD = 60.0  # seconds; only there to turn a hang into a failure
 
 
 def _remux_to_ts(src: Path, out: Path) -> Path:
@@ -33,13 +30,6 @@ def _remux_to_ts(src: Path, out: Path) -> Path:
                 packet.stream = stream
                 dst.mux(packet)
     return out
-
-
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    """Whole files with a Content-Length; a Range header is ignored (200, never 206)."""
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def _chunked_handler(data: bytes) -> type[http.server.BaseHTTPRequestHandler]:
@@ -64,26 +54,13 @@ def _chunked_handler(data: bytes) -> type[http.server.BaseHTTPRequestHandler]:
     return Chunked
 
 
-def _serve(handler: object) -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, str]]:
     """A 4 s MPEG-TS clip at 5 fps: its path, its URL without byte ranges, its URL sent chunked."""
     root = tmp_path_factory.mktemp("ts")
     clip = _remux_to_ts(encode_lavfi(root / "clip.mp4", seconds=4, fps=5, size=(64, 48)), root / "clip.ts")
-    files, files_thread = _serve(functools.partial(_QuietFiles, directory=str(root)))
-    chunked, chunked_thread = _serve(_chunked_handler(clip.read_bytes()))
-    yield (clip, f"http://127.0.0.1:{files.server_address[1]}/clip.ts",
-           f"http://127.0.0.1:{chunked.server_address[1]}/clip.ts")  # fmt: skip
-    for server, thread in ((files, files_thread), (chunked, chunked_thread)):
-        server.shutdown()
-        server.server_close()
-        thread.join(HANG_GUARD)
+    with serving_files(root) as files, serving(_chunked_handler(clip.read_bytes())) as chunked:  # Range ignored
+        yield clip, f"{files}/clip.ts", f"{chunked}/clip.ts"
 
 
 def test_a_ts_file_without_byte_ranges_ends_and_reads_as_its_path(served: tuple[Path, str, str]) -> None:
