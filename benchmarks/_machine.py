@@ -17,6 +17,10 @@ from typing import Any
 import torch
 
 from livevlm.errors import LivevlmError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # tools/ (the yardstick world) is not installed: a script run as
+    sys.path.insert(1, str(REPO_ROOT))  # `python benchmarks/x.py` imports it from the checkout, as each helper here may
 from livevlm.kernels import backend, cpu_flags
 
 SIMD_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx_ne_convert", "amx_bf16", "neon", "asimd")

@@ -24,7 +24,8 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 from _foreign_timeline import TIMELINE_CONDITIONS, draw_timeline, write_foreign_video
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+"""As a contributor runs a script: no PYTHONPATH (livevlm installed, the checkout's tools/ found by the script)."""
 PALETTE = np.array(list(COLOURS.values()), np.float64)
 
 
