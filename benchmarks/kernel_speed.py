@@ -2,8 +2,8 @@
 and the largest difference, in one run. On CUDA the numbers are the issue-21 kernel table; on CPU the kernels
 run in Triton's interpreter (TRITON_INTERPRET=1, set here) at a tiny size, which checks the script, not speed.
 
-    python benchmarks/kernels.py --device cuda                   # Qwen2.5-VL-7B shape, writes results/kernels-*.json
-    python benchmarks/kernels.py --device cpu     # interpreter smoke run: 8 chunks, 2 reps (no JSON unless --out)
+    python benchmarks/kernel_speed.py --device cuda                   # Qwen2.5-VL-7B shape, writes results/kernels-*.json
+    python benchmarks/kernel_speed.py --device cpu     # interpreter smoke run: 8 chunks, 2 reps (no JSON unless --out)
 
 Ops: chunk relevance (question queries x 1 mean + `--key-reps` representative keys per chunk, late layers, max
 fused) over `--chunks` chunks; pooling one chunk's KV 4x (bilevel); loading a 4-/8-bit host chunk to the device
