@@ -79,13 +79,9 @@ class Replica:
         Only a frame that completes a temporal patch (a model call) waits for an ingestion turn; one that joins
         the pending patch is pushed at once, as a watched source's are (`Session.watch(turn=...)`)."""
         session = self._session(stream_id)
-        per_chunk = session.adapter.frames_per_chunk
+        pushed = session._in_turn(lambda item: session.push(*item), lambda: self.scheduler.turn(stream_id))
         for frame, t in zip(frames, pts or [None] * len(frames)):
-            if session.stats.pending_frames + 1 < per_chunk:
-                session.push(frame, t)
-                continue
-            with self.scheduler.turn(stream_id):
-                session.push(frame, t)
+            pushed((frame, t))
         return self._status(stream_id)
 
     def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, **ask: Any) -> dict[str, Any]:
