@@ -72,7 +72,9 @@ def build_constraint(tokenizer, vocab_size: int, eos_token_ids: frozenset[int], 
     llg = _llguidance()
     prepared = _prepared(llg, tokenizer, vocab_size, eos)
     matcher = prepared.matcher(llg, key, what)
-    return _Answer(matcher, vocab_size, prepared.n_text, prepared.n_vocab)
+    answer = _Answer(matcher, vocab_size, prepared.n_text, prepared.n_vocab)
+    answer.mask(refuse=f"{what} matches no answer the model can write")  # at the call, not at the first token
+    return answer
 
 
 class _Answer:
@@ -85,10 +87,15 @@ class _Answer:
         self._words = torch.zeros((n_vocab + 31) // 32, dtype=torch.int32)
         self._bytes = self._words.numpy().view(np.uint8)
 
-    def mask(self) -> torch.Tensor:
+    def mask(self, refuse: str | None = None) -> torch.Tensor:
+        """The allowed tokens; a matcher in error (no token can extend the text) raises `ConfigError` starting
+        with `refuse` when given (the first mask, computed at the call), else RuntimeError."""
         self._matcher.unsafe_compute_mask_ptr(self._words.data_ptr(), self._words.numel() * 4)
         if self._matcher.is_error():
-            raise RuntimeError(f"constrained decoding failed: {self._matcher.get_error()}")
+            reason = (self._matcher.get_error().strip().splitlines() or ["?"])[0]
+            if refuse is not None:
+                raise ConfigError(f"{refuse} ({reason}): check the pattern")
+            raise RuntimeError(f"constrained decoding failed: {reason}")
         bits = np.unpackbits(self._bytes, count=self._vocab_size, bitorder="little")
         allowed = torch.from_numpy(bits).view(torch.bool)
         allowed[self._n_text:] = False

@@ -12,9 +12,7 @@ from typing import Any
 
 from .errors import FrameError, QuestionError
 from .stream import Frame
-
-MAX_PTS_SECONDS = 1e9
-"""Largest timestamp accepted (about 31 years): a bigger one is an epoch time or a unit mix-up."""
+from .stream.frame import check_time
 
 
 def check_question(question: object) -> str:
@@ -41,7 +39,10 @@ def check_choices(choices: object) -> list[str]:
     """`choices` as a list of strings if there are at least two, distinct and non-empty; else `QuestionError`."""
     if isinstance(choices, (str, bytes)):
         raise QuestionError(f"choices must be a list of strings, got one string {choices!r}")
-    options = [str(c) for c in choices or ()]  # type: ignore[union-attr]
+    options = list(choices or ())  # type: ignore[call-overload]
+    wrong = [c for c in options if not isinstance(c, str)]
+    if wrong:
+        raise QuestionError(f"choices must be strings, got {type(wrong[0]).__name__} {wrong[0]!r} among {options!r}")
     if len(options) < 2 or len(set(options)) != len(options) or not all(c.strip() for c in options):
         raise QuestionError(f"choices must be at least two distinct non-empty strings, got {options!r}")
     return options
@@ -79,16 +80,7 @@ def check_frames(source: object) -> Iterable[Any]:
 
 def check_pts(pts: object, last: float | None) -> float:
     """`pts` in seconds if it is a finite number in [0, 1e9] after `last`; else `FrameError`."""
-    if isinstance(pts, bool) or not isinstance(pts, numbers.Real):
-        raise FrameError(f"pts_seconds must be a number of seconds, got {type(pts).__name__} {pts!r}")
-    value = float(pts)
-    if not math.isfinite(value):
-        raise FrameError(f"pts_seconds must be finite, got {value}")
-    if not 0.0 <= value <= MAX_PTS_SECONDS:
-        raise FrameError(
-            f"pts_seconds must be seconds since the stream's start, in [0, {MAX_PTS_SECONDS:g}], got {value:g}"
-            + (" (an epoch time? subtract the first frame's)" if value > MAX_PTS_SECONDS else "")
-        )
+    value = check_time(pts)
     if last is not None and value <= last:
         raise FrameError(
             f"pts_seconds must be after the previous frame's ({last:g} s), got {value:g}: "

@@ -92,6 +92,7 @@ class AnswerStream(Iterator[str]):
         self.pending_frames = pending_frames
         """Frames not yet a chunk (a half-filled temporal patch) the answer reads too, in its own prefill."""
         self._plan = plan
+        self._closed = False
 
     def __next__(self) -> str:
         return next(self._pieces)
@@ -103,17 +104,20 @@ class AnswerStream(Iterator[str]):
 
     @property
     def finish_reason(self) -> str:
-        """Why the answer ended: "stop" (end token, loop or a choice), "length" (max_new_tokens) or
-        "deadline" (deadline_s); "running" while tokens may still come."""
+        """Why the answer ended: "stop" (end token, loop or a choice), "length" (max_new_tokens), "deadline"
+        (deadline_s) or "closed" (`close()` before any of those); "running" while tokens may still come."""
         plan = self._plan
         if plan is None or plan.stop.done or (plan.constraint is not None and plan.constraint.done()):
             return "stop"  # (a regex / schema that is complete ends the answer like an end token)
         if plan.cut_by_deadline:
             return "deadline"
-        return "length" if plan.produced >= plan.budget else "running"
+        if plan.produced >= plan.budget:
+            return "length"
+        return "closed" if self._closed else "running"
 
     def close(self) -> None:
         """Stop decoding (the session's counters still record what was decoded)."""
+        self._closed = True
         close = getattr(self._pieces, "close", None)
         if close is not None:
             close()
@@ -288,6 +292,7 @@ class QuestionsMixin:
                 extra = extra if pending else 0
                 used = snapshot.get_seq_length() if hasattr(snapshot, "get_seq_length") else used  # kv full: the range
             if used + extra + len(suffix) + budget > self.adapter.max_context:
+                self._refuse_question_size(len(suffix), budget)
                 raise ContextOverflowError(
                     f"context of {used + extra} stream tokens + {len(suffix)} question tokens + {budget} answer "
                     f"tokens exceeds the model's {self.adapter.max_context}: a bounded KV policy keeps the stream "
@@ -302,6 +307,18 @@ class QuestionsMixin:
             return state, suffix, penalties
         finally:
             self._lock.release()
+
+    def _refuse_question_size(self, question_tokens: int, budget: int) -> None:
+        """The question and answer budget leave no room for even one chunk of video: no KV policy helps, so say
+        which of the two to cut (`ContextOverflowError`)."""
+        chunk = self.adapter.tokens_per_chunk(self._size) if self._size is not None else 0
+        room = self.adapter.max_context - len(self._prompt_ids) - chunk
+        if question_tokens + budget > room:
+            raise ContextOverflowError(
+                f"the question ({question_tokens} tokens) and max_new_tokens ({budget}) alone exceed what the "
+                f"model's context of {self.adapter.max_context} leaves beside one chunk of video ({room}): "
+                "shorten the question or lower max_new_tokens"
+            )
 
     def _answer(self, state: AskState, suffix: list[int], plan: AnswerPlan) -> Iterator[int]:
         """prefill the question on the selected context, then decode greedily (like gpt-fast's generate)."""

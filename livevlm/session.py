@@ -36,7 +36,7 @@ from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import check_pts
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
-from .models import ChunkPlace, VideoLMAdapter, VisualChunk, load_model
+from .models import ChunkPlace, VideoLMAdapter, VisualChunk, check_adapter, load_model
 from .prune import build_pruner
 from .questions import QuestionsMixin
 from .records import ChunkText
@@ -61,7 +61,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
     ) -> None:
         config = as_session_config(config)
         if model is not None and not isinstance(model, (str, Path)):
-            adapter: VideoLMAdapter = model
+            adapter: VideoLMAdapter = check_adapter(model)
         else:
             config = replace(config, model=str(model)) if model is not None else config
             adapter = load_model(config.model, device=config.device, dtype=config.dtype)

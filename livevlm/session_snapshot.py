@@ -23,7 +23,7 @@ import torch
 
 from .cache import KV_POLICIES, KVTiers, ViTCacheConfig
 from .errors import ConfigError, SnapshotError
-from .models import ChunkPlace, VideoLMAdapter, load_model
+from .models import ChunkPlace, VideoLMAdapter, check_adapter, load_model
 from .prune import PRUNERS
 from .records import load_fields
 from .session_config import SessionConfig, StageSeconds
@@ -69,6 +69,7 @@ class SnapshotMixin:
         if model is None or isinstance(model, (str, Path)):
             config = dataclasses.replace(config, model=str(model)) if model is not None else config
             model = load_model(config.model, device=config.device, dtype=config.dtype)
+        model = check_adapter(model)
         _check_identity(_section(manifest, "model", path), model, path)
         tree = read_snapshot(path, manifest)
         session = cls.__new__(cls)

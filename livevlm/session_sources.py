@@ -145,6 +145,7 @@ class SourcesMixin:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
                                     or not timeout >= 0):  # fmt: skip
             raise QuestionError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        self._check_open()  # (the fast path below would answer True from a closed session's counters)
         deadline = None if timeout is None else time.monotonic() + min(float(timeout), 1e9)
         return self._missing_video(deadline) is None
 

@@ -65,7 +65,7 @@ class SnapshotInfo:
 def write_snapshot(path: str | Path, meta: dict[str, Any], tree: Any) -> SnapshotInfo:
     """Write `tree` (dicts, lists, tensors, `Blob`s, JSON values) with `meta` as the snapshot at `path`."""
     start = time.perf_counter()
-    target = Path(path).absolute()
+    target = snapshot_path(path).absolute()
     _check_replaceable(target)
     remove_stale_temp_dirs(target.parent)
     tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(4)}-{owner_tag()}"
@@ -99,7 +99,7 @@ def write_snapshot(path: str | Path, meta: dict[str, Any], tree: Any) -> Snapsho
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest of the snapshot at `path`, its format and version checked (the files are not read)."""
-    target = Path(path)
+    target = snapshot_path(path)
     try:
         with open(target / MANIFEST) as f:
             manifest = json.load(f)
@@ -120,7 +120,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def read_snapshot(path: str | Path, manifest: dict[str, Any] | None = None) -> Any:
     """The tree written at `path` (tensors on the CPU, `Blob`s reading blobs.bin), every file verified first."""
-    target = Path(path)
+    target = snapshot_path(path)
     manifest = manifest if manifest is not None else read_manifest(target)
     try:
         files = manifest["files"]
@@ -235,8 +235,24 @@ def remove_stale_temp_dirs(folder: str | Path) -> list[Path]:
     return removed
 
 
+def snapshot_path(path: Any) -> Path:
+    """`path` as a Path: a non-empty str or os.PathLike, else `SnapshotError` (Path("") is the current directory)."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise SnapshotError(f"a snapshot path must be a str or os.PathLike, not {type(path).__name__}")
+    if not os.fspath(path).strip():
+        raise SnapshotError("a snapshot path must not be empty (give the directory to write, e.g. 'run.snapshot')")
+    return Path(path)
+
+
 def _check_replaceable(target: Path) -> None:
-    """Refuse to replace something at `target` that is not a snapshot (an unrelated directory, a file)."""
+    """Refuse to replace something at `target` that is not a snapshot (an unrelated directory, a file), or the
+    current directory or one above it (swapping it out would leave the process in a deleted directory)."""
+    try:
+        here, real = Path.cwd(), target.resolve()
+    except OSError:  # the current directory is gone: nothing to protect
+        here = real = None
+    if here is not None and (real == here or real in here.parents):
+        raise SnapshotError(f"{target} is the current directory or holds it: give a snapshot directory inside it")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise SnapshotError(f"{target} exists and is not a snapshot directory: refusing to replace it")
     if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).exists():

@@ -1,7 +1,7 @@
 """Model adapters: one per Hugging Face family, behind the `VideoLMAdapter` protocol and `MODEL_FAMILIES`."""
 
 from ..records import ChunkPlace, KVLayout, VisionEncoder, VisualChunk
-from .base import DEFAULT_SYSTEM_PROMPT, VideoLMAdapter
+from .base import DEFAULT_SYSTEM_PROMPT, VideoLMAdapter, check_adapter
 from .loading import MODEL_FAMILIES, load_model, register_model_family, supported_families
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "VideoLMAdapter",
     "VisionEncoder",
     "VisualChunk",
+    "check_adapter",
     "load_model",
     "register_model_family",
     "supported_families",

@@ -11,11 +11,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..records import ChunkPlace, KVLayout, VisionEncoder, VisualChunk
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "ChunkPlace", "VideoLMAdapter", "VisualChunk"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "ChunkPlace", "VideoLMAdapter", "VisualChunk", "check_adapter"]
+_ADAPTER_PARTS = ("fingerprint", "frames_per_chunk", "kv_layout", "vision_encoder", "preprocess")
 
 
 class VideoLMAdapter(Protocol):
@@ -101,3 +103,18 @@ class VideoLMAdapter(Protocol):
         """(layers, heads, q_len, head_dim): each layer's query states of every token of `embeds`, with
         `cache` as the past. The cache is a throwaway view: what the forward appends to it is discarded."""
         ...
+
+
+def check_adapter(model: object) -> VideoLMAdapter:
+    """`model` when it is a loaded adapter; anything else given where a model goes (a config, a dict, bytes) is a
+    `ConfigError` naming what goes there, not an AttributeError from deep in the session."""
+    missing = [name for name in _ADAPTER_PARTS if not hasattr(model, name)]
+    if not missing:
+        return model  # type: ignore[return-value]
+    hint = ""
+    if type(model).__name__ == "SessionConfig" or isinstance(model, dict):
+        hint = ": the config goes second, Session(model, config) (None as the model: the bundled default)"
+    raise ConfigError(
+        "model must be a checkpoint path or hub id (str or Path), a model loaded with livevlm.load_model, or None "
+        f"for the bundled default, not {type(model).__name__}{hint}"
+    )

@@ -10,6 +10,7 @@ by a block average, without any full-size copy; `fit_size` is the size the decod
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 from ..errors import FrameError
 from . import config as _config
 
+MAX_PTS_SECONDS = 1e9
+"""Largest timestamp accepted (about 31 years): a bigger one is an epoch time or a unit mix-up."""
 MIN_SIDE = 16
 """Smallest frame side a session (and the server's frame route) takes: a smaller 'frame' is a mistaken shape."""
 _BLOCK_BYTES = 8 << 20  # working memory of one slab of fit_frame's block average
@@ -211,6 +214,22 @@ def check_side(data: np.ndarray) -> np.ndarray:
     if len(shape) == 3 and min(shape[:2]) < MIN_SIDE:
         raise FrameError(f"frame of {shape[1]}x{shape[0]} pixels is too small: each side must be >= {MIN_SIDE}")
     return data
+
+
+def check_time(pts: object) -> float:
+    """`pts` in seconds if it is a finite number in [0, `MAX_PTS_SECONDS`], else `FrameError` (a str, a bool, NaN,
+    an epoch time); whether it follows the stream's last frame is the session's check (`guards.check_pts`)."""
+    if isinstance(pts, bool) or not isinstance(pts, numbers.Real):
+        raise FrameError(f"pts_seconds must be a number of seconds, got {type(pts).__name__} {pts!r}")
+    value = float(pts)
+    if not math.isfinite(value):
+        raise FrameError(f"pts_seconds must be finite, got {value}")
+    if not 0.0 <= value <= MAX_PTS_SECONDS:
+        raise FrameError(
+            f"pts_seconds must be seconds since the stream's start, in [0, {MAX_PTS_SECONDS:g}], got {value:g}"
+            + (" (an epoch time? subtract the first frame's)" if value > MAX_PTS_SECONDS else "")
+        )
+    return value
 
 
 def hand_over(data: np.ndarray) -> np.ndarray:

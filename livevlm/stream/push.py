@@ -13,7 +13,7 @@ from ..errors import FrameError
 from .base import Source, SourceStats
 from .buffer import FrameBuffer
 from .config import MAX_INPUT_PIXELS
-from .frame import Frame, fit_frame, hand_over
+from .frame import Frame, check_side, check_time, fit_frame, hand_over
 
 
 class PushSource(Source):
@@ -59,10 +59,12 @@ class PushSource(Source):
         """
         try:
             data = frame.data if isinstance(frame, Frame) else frame
-            fitted = data if self.max_input_pixels is None else fit_frame(data, self.max_input_pixels)
             if pts_seconds is None and isinstance(frame, Frame):
                 pts_seconds = frame.pts_seconds
-            checked = Frame(fitted, 0.0 if pts_seconds is None else float(pts_seconds), self.source_id)
+            when = 0.0 if pts_seconds is None else check_time(pts_seconds)  # a str or a bool is not a time
+            pixels = check_side(Frame(data, when, self.source_id).data)  # (a 1x1 frame: refused here, not later)
+            fitted = pixels if self.max_input_pixels is None else fit_frame(pixels, self.max_input_pixels)
+            checked = Frame(fitted, when, self.source_id)
         except (FrameError, TypeError, ValueError) as e:
             with self._lock:
                 self._stats.frames_rejected += 1
