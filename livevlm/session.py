@@ -45,7 +45,8 @@ from .session_snapshot import SnapshotMixin
 from .session_sources import SourcesMixin
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame
-from .stream.frame import accept_pixels, resize_frame
+from .stream import config as _stream_config
+from .stream.frame import accept_pixels, fit_size, resize_frame
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -298,6 +299,14 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             raise ConfigError(f"prune={self._pruner.name!r} reads the attention of every ViT token: it cannot "
                               "run with a ViT feature cache (use vit_cache='none')")  # fmt: skip
         return layers
+
+    def check_first_frame_size(self, height: int, width: int) -> None:
+        """`FrameError` if the model cannot take a first frame of `height` x `width` (an aspect ratio over its
+        limit): a server refuses such a frame when it is sent rather than after accepting it. Once the stream
+        has a size, any frame is fine (it is resized to the first one's)."""
+        if self._frame_shape is None:
+            h, w = fit_size(height, width, _stream_config.MAX_INPUT_PIXELS)
+            self.adapter.target_size(h, w, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels)
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
         last = self._stats.last_pts_seconds

@@ -189,13 +189,17 @@ def _first_frame(
     source, stats = ingestor.reader.source, ingestor.stats
     if not ingestor.running:
         error = ingestor.error
-        refused = f" ({stats.frames_rejected} frames refused)" if stats.frames_rejected else ""
+        refused = (f" ({stats.frames_rejected} frames refused; the last: {stats.last_rejection})"
+                   if stats.frames_rejected else "")  # fmt: skip
         why = f": {error}" if error is not None else ""
         return (f"nothing has been ingested yet: {source.source_id} ended after {stats.seconds:.1f} s without a "
                 f"frame{refused}{why}"), error  # fmt: skip
     if isinstance(source, PushSource):
         buffer = stats.buffer
         if buffer.depth == 0 and buffer.frames_out <= stats.frames_processed + stats.frames_rejected:
+            if stats.frames_rejected:  # pushed, and every one refused by the session: say why
+                return (f"nothing has been ingested yet: the {stats.frames_rejected} frames pushed to the push "
+                        f"source {source.source_id!r} were all refused (the last: {stats.last_rejection})"), None
             return (f"nothing has been ingested yet: no frame has been pushed to the push source "
                     f"{source.source_id!r} (stats.frames_seen is 0): push frames before asking"), None  # fmt: skip
         return deadline if deadline is not None else start + FIRST_FRAME_S  # frames on their way

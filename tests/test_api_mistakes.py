@@ -4,6 +4,7 @@ that names the fix, with nothing ingested lost. Real tiny checkpoints of the rea
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from livevlm.assets import sample_video_path
 from livevlm.stream import read_frames
 
 QUESTION = "What colour is the circle?"
+HANG_GUARD = 60.0  # seconds; only there to turn a hang into a failure
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +168,23 @@ def test_wait_for_video_after_close_raises(tiny_adapters, frames) -> None:
     s.close()
     with pytest.raises(SessionClosedError):
         s.wait_for_video(0)
+
+
+def test_a_question_after_every_pushed_frame_was_refused_says_why(tiny_adapters) -> None:
+    """It said 'no frame has been pushed' though frames were: the session refused them (here: a 312:1 aspect)."""
+    source = PushSource()
+    with Session(tiny_adapters["qwen2_5_vl"]) as s:
+        ingestor = s.watch(source)
+        for i in range(3):
+            assert source.push(np.zeros((16, 5000, 3), np.uint8), i * 0.5)
+        deadline = time.monotonic() + HANG_GUARD
+        while ingestor.stats.frames_rejected < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "aspect ratio" in ingestor.stats.last_rejection
+        why = r"frame of 5000x16 pixels has an aspect ratio of 312.5:1"
+        with pytest.raises(livevlm.NoVideoError, match=rf"the 3 frames pushed .* were all refused \(the last: {why}"):
+            s.ask(QUESTION)
+        source.end()
+        assert ingestor.wait(HANG_GUARD)
+        with pytest.raises(livevlm.NoVideoError, match=rf"ended .* without a frame \(3 frames refused; the last: {why}"):
+            s.ask(QUESTION)

@@ -271,7 +271,7 @@ def test_a_client_that_leaves_stops_its_unstreamed_answer(server, stream, route)
         return httpx.get(f"{url}/v1/health").json()["scheduler"]["answers_running"]
 
     with socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD) as sock:
-        sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)  # fmt: skip
         wait_until(lambda: running() == 1, "the answer to start")
     wait_until(lambda: running() == 0, "the answer to stop")

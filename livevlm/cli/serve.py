@@ -8,6 +8,8 @@ down gracefully: every stream's session is closed and its spill files removed.
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import socket
 import sys
 from typing import Any
@@ -112,6 +114,16 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+_KEY_IN_QUERY = re.compile(r"((?:^|[?&])key=)[^&\s]*")
+
+
+def _redact_key(record: logging.LogRecord) -> bool:
+    """An access-log line without the API key a page URL carries (`/?key=KEY` would print it at --log-level info)."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(_KEY_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """The `serve` command; returns the exit status."""
     import uvicorn
@@ -130,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         ws_max = max(16 * 1024 * 1024, 2 * config.limits.max_frame_bytes)
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, ws_max_size=ws_max, lifespan="on",
                                                timeout_graceful_shutdown=5))  # fmt: skip
+        logging.getLogger("uvicorn.access").addFilter(_redact_key)  # (after Config: it sets up uvicorn's logging)
         server.run(sockets=[sock])
     finally:
         sock.close()

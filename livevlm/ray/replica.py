@@ -117,6 +117,10 @@ class Replica:
         watched source may still deliver its first)."""
         return self._session(stream_id).wait_for_video(timeout)
 
+    def check_first_frame_size(self, stream_id: str, height: int, width: int) -> None:
+        """`Session.check_first_frame_size` of the stream (`FrameError` for a first frame the model refuses)."""
+        self._session(stream_id).check_first_frame_size(height, width)
+
     def stats(self, stream_id: str) -> Any:
         """The stream's `SessionStats`."""
         return self._session(stream_id).stats

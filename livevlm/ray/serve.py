@@ -128,6 +128,7 @@ class RemoteSession:
 
     def __init__(self, router: Router, stream_id: str, feed: PushFeed | None = None) -> None:
         self.router, self.id, self.feed = router, stream_id, feed
+        self._sized = False
 
     def ask(self, question: str, **ask: Any) -> RemoteAnswer:
         try:
@@ -137,6 +138,13 @@ class RemoteSession:
                 raise
             raise NoVideoError(f"nothing has been ingested yet: no frame has been pushed to the push source "
                                f"'push:{self.id}' (stats.frames_seen is 0): push frames before asking") from error
+
+    def check_first_frame_size(self, height: int, width: int) -> None:
+        """`Session.check_first_frame_size` on the replica, until one size passed: the frame of that size sets
+        the stream's (any later frame is resized to it), so the round trip is not paid for every frame."""
+        if not self._sized:
+            self.router.call(self.id, "check_first_frame_size", height, width)
+            self._sized = True
 
     def wait_for_video(self, timeout: float | None = None) -> bool:
         """`Session.wait_for_video` across Ray: a push stream's frames still in the front end's feed reach the

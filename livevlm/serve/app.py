@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import math
-import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -31,15 +30,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FrameError, LivevlmError
-from ..stream.url import redact
 from .answers import AnswerJob, AnswerSummary, client_gone, gone_response, stop_strings, whole_answer
 from .config import ServeConfig
-from .errors import InvalidRequestError, NotAPushStreamError, RateLimitedError
-from .frames import decode_frame, encode_jpeg, sniff_format
+from .errors import InvalidRequestError, RateLimitedError
+from .frames import encode_jpeg, sniff_format
 from .http_errors import error_body
+from .pushed import ack, frame_meta, push_frame, push_stream
 from .scheduler import ModelScheduler
 from .security import COOKIE, AuthMiddleware, BodyLimitMiddleware, BodyTooLargeError, RateLimiter, client_id
-from .streams import ServedStream, StreamManager
+from .streams import StreamManager
 
 
 class CreateStream(BaseModel):
@@ -155,16 +154,29 @@ def _handlers(app: FastAPI) -> None:
         message, where = str(exc.detail), f"{request.method} {request.url.path}"
         if exc.status_code == 404 and message == "Not Found":  # no such route (a missing stream says so itself)
             message = f"no route {where}: the routes are listed at /docs"
-        elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names the first route of the path only (GET of /v1/streams)
+            allowed = _methods_of(request) or (exc.headers or {}).get("Allow", "")
+            headers = {**(exc.headers or {}), "Allow": allowed} if allowed else exc.headers
             message = f"{where} is not allowed" + (f"; {request.url.path} takes {allowed}" if allowed else "")
         return JSONResponse({"error": {"status": exc.status_code, "message": message}}, status_code=exc.status_code,
-                            headers=exc.headers)  # fmt: skip
+                            headers=headers)  # fmt: skip
 
     @app.exception_handler(Exception)
     async def untyped(request: Request, exc: Exception) -> JSONResponse:
         status, body = error_body(exc)
         return JSONResponse(body, status_code=status)
+
+
+def _methods_of(request: Request) -> str:
+    """Every method the routes of this request's path take ('GET, HEAD, POST'), for a 405's Allow header."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
 
 
 def sse(event: str, data: Any) -> str:
@@ -228,21 +240,21 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
     @app.post("/v1/streams/{sid}/frames", status_code=202)
     async def post_frame(sid: str, request: Request, pts: float | None = None, width: int | None = None,
                          height: int | None = None) -> dict[str, Any]:  # fmt: skip
-        stream = _push_stream(manager, sid)
+        stream = push_stream(manager, sid)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         fmt = {"image/jpeg": "jpeg", "image/png": "png", "application/octet-stream": "rgb"}.get(kind)
         data = await request.body()
         if kind.startswith("multipart/") and sniff_format(data) is None:
             raise FrameError("send the image itself as the request body (curl --data-binary @frame.jpg -H "
                              "'content-type: image/jpeg'), not a multipart/form-data upload (curl -F)")  # fmt: skip
-        await _push_frame(stream, data, fmt, width, height, pts, config)
-        return _ack(stream)
+        await push_frame(stream, data, fmt, width, height, pts, config)
+        return ack(stream)
 
     @app.websocket("/v1/streams/{sid}/ws")
     async def push_ws(ws: WebSocket, sid: str) -> None:
         await ws.accept()
         try:
-            stream = _push_stream(manager, sid)
+            stream = push_stream(manager, sid)
         except LivevlmError as e:
             status, body = error_body(e)
             await ws.send_json({"type": "error", **body["error"]})
@@ -256,14 +268,14 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
                     return
                 if message.get("text") is not None:
                     try:
-                        meta = _frame_meta(message["text"])
+                        meta = frame_meta(message["text"])
                     except InvalidRequestError as e:
                         await ws.send_json({"type": "error", "status": 422, "message": str(e)})
                     continue
                 data, info, meta = message.get("bytes") or b"", meta, {}  # metadata applies to one frame
                 try:
                     fmt, w, h, pts = (info.get(k) for k in ("format", "width", "height", "pts"))
-                    await _push_frame(stream, data, fmt, w, h, pts, config)
+                    await push_frame(stream, data, fmt, w, h, pts, config)
                 except LivevlmError as e:
                     status, body = error_body(e)
                     await ws.send_json({"type": "error", **body["error"]})
@@ -271,7 +283,7 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
                         await ws.close(code=4410)
                         return
                     continue
-                await ws.send_json({"type": "ack", **_ack(stream)})
+                await ws.send_json({"type": "ack", **ack(stream)})
         except (WebSocketDisconnect, RuntimeError):  # the client left (a send after its close raises RuntimeError)
             return
 
@@ -282,14 +294,15 @@ def _routes(app: FastAPI, manager: StreamManager, scheduler: ModelScheduler, lim
             raise InvalidRequestError("stop cannot be combined with choices: the answer is one of the choices")
         stream = manager.get(sid)
         config.limits.check_question(body.question, body.max_tokens)
-        limiter.check(client_id(request.scope))
+        limiter.check(client_id(request.scope, config.api_key is not None))
         stream.touch()
         job = AnswerJob(stream.session, scheduler, body.question, stop=stop, max_new_tokens=body.max_tokens,
                         deadline_s=body.deadline_s, choices=body.choices, regex=body.regex,
                         json_schema=body.json_schema, within=body.within)  # fmt: skip
-        events = job.events()
+        events = stream.answer_events(job.events())  # (a stream answering is not idle)
         kind, value = await anext(events)
         if kind == "error":
+            await events.aclose()
             raise value
         if not body.stream:
             summary = await whole_answer(events, lambda: client_gone(request))
@@ -331,62 +344,3 @@ def _validation_message(request: Request, exc: RequestValidationError) -> str:
         else:
             parts.append(f"{'.'.join(str(p) for p in loc[1:]) or 'body'}: {e.get('msg')}")
     return "; ".join(p if len(p) <= 300 else p[:297] + "..." for p in parts)
-
-
-def _push_stream(manager: StreamManager, sid: str) -> ServedStream:
-    stream = manager.get(sid)
-    if stream.push is None:
-        raise NotAPushStreamError(
-            f"stream {sid!r} reads {redact(stream.source)}; frames can only be sent to a 'push' stream"
-        )
-    return stream
-
-
-def _frame_meta(text: str) -> dict[str, Any]:
-    try:
-        meta = json.loads(text)
-    except ValueError:
-        raise InvalidRequestError(
-            "a text message must be JSON frame metadata: {pts, format, width, height}"
-        ) from None
-    if not isinstance(meta, dict):
-        raise InvalidRequestError("frame metadata must be a JSON object")
-    return meta
-
-
-async def _push_frame(stream: ServedStream, data: bytes, fmt: str | None, width: Any, height: Any, pts: Any,
-                      config: ServeConfig) -> None:  # fmt: skip
-    if pts is not None and (isinstance(pts, bool) or not isinstance(pts, (int, float)) or not math.isfinite(pts)
-                            or pts < 0):  # fmt: skip
-        raise FrameError(f"pts must be a finite number of seconds >= 0, got {pts!r}")
-    assert stream.push is not None
-    now = time.monotonic()
-    if pts is not None:
-        _check_after_last(stream, pts, "")  # refused now, not dropped by the session after the 202
-    limits = config.limits
-    frame = await run_in_threadpool(decode_frame, data, fmt, width=width, height=height,
-                                    max_bytes=limits.max_frame_bytes, max_pixels=limits.max_frame_pixels)  # fmt: skip
-    if pts is None:  # its arrival time since the stream's first frame: stamped here, so checked like a sent one
-        pts = 0.0 if stream.push_t0 is None else now - stream.push_t0
-        _check_after_last(stream, pts, " (a frame without pts is stamped with its arrival time since the stream's "
-                                       "first frame): send a pts with every frame, or with none")
-    stream.push_t0 = now if stream.push_t0 is None else stream.push_t0
-    if not stream.push.push(frame, float(pts)):
-        from ..errors import SessionClosedError
-
-        raise SessionClosedError(f"stream {stream.id} was closed")
-    stream.touch()
-
-
-def _check_after_last(stream: ServedStream, pts: float, hint: str) -> None:
-    assert stream.push is not None
-    last = stream.push.stats.last_pts_seconds
-    if last is not None and pts <= last:
-        raise FrameError(f"pts {pts:g} is not after the stream's last frame ({last:g} s): a stream's times increase"
-                         + hint)  # fmt: skip
-
-
-def _ack(stream: ServedStream) -> dict[str, Any]:
-    assert stream.push is not None
-    buffer = stream.push.buffer.stats
-    return {"accepted": True, "frames_in": buffer.frames_in, "frames_dropped": buffer.frames_dropped}

@@ -91,7 +91,10 @@ def question_of(messages: list[dict[str, Any]]) -> str:
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                texts.append(str(part.get("text", "")))
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise InvalidRequestError(f"a text part's text must be a string, got {type(text).__name__}")
+                texts.append(text)
             else:
                 raise InvalidRequestError(
                     f"message part of type {kind!r} is not supported: send frames to the stream (WebSocket or "
@@ -119,14 +122,15 @@ def add_openai_routes(app: FastAPI, manager: StreamManager, scheduler: ModelSche
         question = question_of(body.messages)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         config.limits.check_question(question, max_tokens)
-        limiter.check(client_id(request.scope))
+        limiter.check(client_id(request.scope, config.api_key is not None))
         stream.touch()
         context_tokens = (await run_in_threadpool(lambda: stream.session.stats)).kv_tokens  # off the loop
         schema = schema_of(body.response_format)
         job = AnswerJob(stream.session, scheduler, question, stop=stop, max_new_tokens=max_tokens, json_schema=schema)
-        events = job.events()
+        events = stream.answer_events(job.events())  # (a stream answering is not idle)
         kind, value = await anext(events)
         if kind == "error":
+            await events.aclose()
             raise value
         meta = {"id": "chatcmpl-" + secrets.token_hex(12), "created": int(time.time()), "model": body.model}
         pending = value.pending_frames

@@ -45,9 +45,10 @@ def request_key(scope: Scope) -> str | None:
     return None
 
 
-def client_id(scope: Scope) -> str:
-    """Who a request counts against for rate limits: its key, else its address."""
-    key = request_key(scope)
+def client_id(scope: Scope, keyed: bool) -> str:
+    """Who a request counts against for rate limits: its key on a server with one (`keyed`: checked by
+    `AuthMiddleware`), else its address (a made-up key must not buy a fresh allowance)."""
+    key = request_key(scope) if keyed else None
     if key:
         return "key:" + key
     client = scope.get("client") or ("?", 0)
@@ -64,28 +65,69 @@ async def send_error(send: Callable[[dict], Awaitable[None]], status: int, messa
 
 
 class AuthMiddleware:
-    """Refuses every HTTP request and WebSocket without the server's key (401)."""
+    """Refuses every HTTP request and WebSocket without the server's key (401). A server without a key (it only
+    listens on loopback) answers only requests addressed to a loopback name and not sent by another site's page
+    (403): otherwise any web page its user opens could push frames or ask through the browser (a cross-site
+    request carries an Origin), or read answers by pointing a name of its own at 127.0.0.1 (DNS rebinding: the
+    Host header is the attacker's name)."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app, self.api_key = app, api_key
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if self.api_key is None or scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        if self.api_key is None:
+            refused = foreign_request(scope)
+            if refused is None:
+                return await self.app(scope, receive, send)
+            return await _refuse(scope, receive, send, 403, refused)
         key = request_key(scope)
         if key is not None and hmac.compare_digest(key.encode(), self.api_key.encode()):
             return await self.app(scope, receive, send)
         message = "missing or wrong API key: send 'Authorization: Bearer KEY' (or open the page as /?key=KEY)"
-        if scope["type"] == "http":
-            return await send_error(send, 401, message, [(b"www-authenticate", b"Bearer")])
-        await receive()  # websocket.connect
-        if "websocket.http.response" in scope.get("extensions", {}):
-            body = json.dumps({"error": {"status": 401, "message": message}}).encode()
-            await send({"type": "websocket.http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong API key"})
+        await _refuse(scope, receive, send, 401, message)
+
+
+def foreign_request(scope: Scope) -> str | None:
+    """Why a keyless server refuses this request (a Host that is not a loopback name, an Origin other than the
+    server itself), or None."""
+    from .config import is_loopback
+
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    host = headers.get("host", "")
+    if host and not is_loopback(_hostname(host)):
+        return (f"Host {host!r} is not this server's: a server without an API key answers requests to 127.0.0.1 "
+                "or localhost only (set --api-key to serve it under another name)")  # fmt: skip
+    origin = headers.get("origin")
+    if origin is not None and origin.partition("://")[2] != host:
+        return (f"requests from the page of {origin!r} are refused: a server without an API key takes requests "
+                "from its own page and from programs only (set --api-key to allow other sites' pages)")  # fmt: skip
+    return None
+
+
+def _hostname(host: str) -> str:
+    """The name in a Host header, without its port ('[::1]:8000' -> '::1')."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+async def _refuse(scope: Scope, receive: Any, send: Any, status: int, message: str) -> None:
+    """An HTTP error response, or a WebSocket handshake refused with it (a close where the server cannot
+    answer the handshake with HTTP)."""
+    if scope["type"] == "http":
+        extra = [(b"www-authenticate", b"Bearer")] if status == 401 else None
+        return await send_error(send, status, message, extra)
+    await receive()  # websocket.connect
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = json.dumps({"error": {"status": status, "message": message}}).encode()
+        await send({"type": "websocket.http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        reason = "missing or wrong API key" if status == 401 else message[:120]
+        await send({"type": "websocket.close", "code": 1008, "reason": reason})
 
 
 class BodyLimitMiddleware:

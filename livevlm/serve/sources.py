@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import SourceNotFoundError
-from .errors import SourceNotAllowedError
+from .errors import InvalidRequestError, SourceNotAllowedError
 
 # ffmpeg filters a lavfi graph may use: generators and pixel-only filters; none reads or writes files.
 LAVFI_FILTERS = frozenset(
@@ -70,8 +70,8 @@ class ResolvedSource:
 
 def resolve_source(source: str, allowed_schemes: tuple[str, ...], media_dir: str | None) -> ResolvedSource:
     """Check `source` against the server's policy; returns what to open."""
-    if not isinstance(source, str) or not source.strip():
-        raise SourceNotAllowedError("source must be 'push', a URL, 'lavfi:GRAPH' or a file under --media-dir")
+    if not isinstance(source, str) or not source.strip():  # a mistake, not a source the policy refuses: 422
+        raise InvalidRequestError("source must be 'push', a URL, 'lavfi:GRAPH' or a file under --media-dir")
     source = source.strip()
     if source == "push":
         return ResolvedSource("push", "push")

@@ -14,6 +14,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +48,22 @@ class ServedStream:
     push_t0: float | None = None
     """When a push stream got its first frame (monotonic): a frame sent without pts is stamped with the time since."""
 
+    answering: int = 0
+    """Answers being decoded over the stream: it is not idle while one runs, however long it takes."""
+
     def touch(self) -> None:
         self.last_active = time.monotonic()
+
+    async def answer_events(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """`events` (an answer's), counted in `answering` until they end or are closed."""
+        self.answering += 1
+        try:
+            async for item in events:
+                yield item
+        finally:
+            self.answering -= 1
+            self.touch()
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 class StreamManager:
@@ -153,7 +168,7 @@ class StreamManager:
             if seen != stream.frames_seen:
                 stream.frames_seen = seen
                 stream.touch()
-            elif now - stream.last_active > timeout:
+            elif now - stream.last_active > timeout and not stream.answering:
                 idle.append(stream.id)
         for sid in idle:
             try:

@@ -39,6 +39,8 @@ class IngestStats:
     error: str | None = None
     """Why ingestion stopped early (the source's or the sink's typed error; any other exception of the sink,
     e.g. out of memory, with its type name), if it did."""
+    last_rejection: str | None = None
+    """Why the sink refused the last frame it refused (its `FrameError`'s message), if any."""
 
 
 class Ingestor:
@@ -55,6 +57,7 @@ class Ingestor:
         self._stop = threading.Event()
         self._processed = 0
         self._rejected = 0
+        self._last_rejection: str | None = None
         self._t0: float | None = None
         self._t1: float | None = None
         self._thread = threading.Thread(
@@ -76,8 +79,9 @@ class Ingestor:
                     break
                 try:
                     self._sink(frame)
-                except FrameError:
+                except FrameError as e:
                     self._rejected += 1
+                    self._last_rejection = str(e)
                     continue
                 self._processed += 1
         except LivevlmError as e:  # the source gave up, or the sink refused to go on
@@ -121,6 +125,7 @@ class Ingestor:
             seconds,
             self.running,
             _describe(error),
+            self._last_rejection,
         )
 
 
