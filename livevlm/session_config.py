@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .models import DEFAULT_SYSTEM_PROMPT
 from .prune import PrunerConfig, PruneStats, prune_config
 from .standing import StandingStats
+from .stream.config import MAX_FPS
 
 KVPolicyConfig = FullKVConfig | SinkWindowConfig | RetrievalConfig | BilevelConfig
 
@@ -69,6 +70,8 @@ class SessionConfig:
         _check_types(self)
         if not (self.fps > 0 and math.isfinite(self.fps)):
             raise ConfigError(f"fps must be a finite number > 0, got {self.fps}")
+        if self.fps > MAX_FPS:  # a typo: 1e9 frames a second of video would exhaust memory sampling it
+            raise ConfigError(f"fps must be at most {MAX_FPS:g} frames per second, got {self.fps:g}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"max_frames must be >= 1 or None, got {self.max_frames}")
         if self.max_new_tokens < 1:

@@ -107,3 +107,15 @@ def test_an_answer_cut_by_an_error_ends_its_line_before_the_message(tmp_path):
                   "--max-new-tokens", "3", "--no-progress", home=str(tmp_path))  # fmt: skip
     assert out.returncode == 2 and "livevlm: error:" in out.stderr and "Traceback" not in out.stderr
     assert out.stdout.startswith("{") and out.stdout.endswith("\n"), out.stdout
+
+
+def test_python_dash_m_livevlm_is_the_command(tmp_path):
+    """`python -m livevlm` (for an environment whose scripts folder is not on PATH) was 'No module named
+    livevlm.__main__'."""
+    env = dict(os.environ, LIVEVLM_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-m", "livevlm", "sample"], capture_output=True, text=True, check=False,
+                         env=env, timeout=600)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip() == str(sample_video_path()), res.stderr
+    res = subprocess.run([sys.executable, "-m", "livevlm", "ask", "--help"], capture_output=True, text=True,
+                         check=False, env=env, timeout=600)  # fmt: skip
+    assert res.returncode == 0 and "usage: livevlm ask" in res.stdout, res.stdout + res.stderr

@@ -9,6 +9,7 @@ generated once from `SessionConfig` (`livevlm.cli.flags`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -36,9 +37,10 @@ def _build_parser() -> argparse.ArgumentParser:
     doctor.add_parser(sub)
     sub.add_parser("sample", help="print the path of the bundled sample clip")
     tiny = sub.add_parser("build-tiny", help="save a tiny random-weight checkpoint (for tests and demos)")
-    tiny.add_argument("out")
-    tiny.add_argument("--family", default="qwen2_5_vl", choices=list(TINY_FAMILIES))
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("out", help="the checkpoint folder to create (it must not exist or be empty)")
+    tiny.add_argument("--family", default="qwen2_5_vl", choices=list(TINY_FAMILIES),
+                      help="the architecture (default: %(default)s)")  # fmt: skip
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     return parser
 
 
@@ -56,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return _run(args)
+    except BrokenPipeError:  # stdout closed early (`livevlm ask ... | head -c 2`): quiet, as Unix tools are
+        with contextlib.suppress(OSError):  # (and no second error when Python flushes stdout at exit)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe stopped
     except Terminated:
         # every session and source was closed while unwinding (spill files removed); exit now rather than
         # let interpreter shutdown race native threads (FFmpeg, torch) a stopped source may still be leaving

@@ -69,6 +69,8 @@ def field_docs(cls: type) -> dict[str, str]:
 def _add(group: Any, name: str, extra: dict[str, Any], override: tuple[Any, str] | None = None) -> None:
     field = {f.name: f for f in dataclasses.fields(SessionConfig)}[name]
     default, help_text = override or (field.default, field_docs(SessionConfig).get(name, ""))
+    if default is not None and "default" not in help_text.lower():
+        help_text += " (default: %(default)s)"
     kwargs: dict[str, Any] = {"default": default, "help": help_text}
     if default is not None and not isinstance(default, str):
         kwargs["type"] = type(default)

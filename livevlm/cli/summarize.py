@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..summary import FORMATS, SummarizeOptions
@@ -29,7 +30,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument("video", help="video file")
     docs = field_docs(SummarizeOptions)
     s.add_argument(
-        "--segment", type=float, default=SummarizeOptions.segment, metavar="SECONDS", help=docs["segment"]
+        "--segment", type=float, default=SummarizeOptions.segment, metavar="SECONDS",
+        help=docs["segment"] + " (default: %(default)s)",
     )
     s.add_argument("--format", default=None, choices=FORMATS,
                    help="md (Markdown chapters), json (segments with times, text, timings) or vtt (WebVTT "
@@ -39,7 +41,8 @@ def add_parser(sub: Any) -> None:
                    "segments until the end, for --resume")  # fmt: skip
     s.add_argument("--resume", action="store_true", help="continue an interrupted run (same video, --out and "
                    "settings) from its last finished segment")  # fmt: skip
-    s.add_argument("--similarity", type=float, default=SummarizeOptions.similarity, help=docs["similarity"])
+    s.add_argument("--similarity", type=float, default=SummarizeOptions.similarity,
+                   help=docs["similarity"] + " (default: %(default)s)")  # fmt: skip
     s.add_argument("--prompt", default=SummarizeOptions.prompt, help=docs["prompt"])
     s.add_argument("--look-back", action="store_true", help=docs["look_back"])
     s.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         result = summarize(args.video, config.model, config, options, out=args.out, fmt=fmt, resume=args.resume,
                            progress=not args.no_progress, on_segment=report)  # fmt: skip
     except KeyboardInterrupt:
-        if args.out is not None:
+        if args.out is not None and Path(f"{args.out}.partial", "state.json").is_file():  # (none before a segment)
             print(f"interrupted: the finished segments are kept in {args.out}.partial; run the same command with "
                   "--resume to continue", file=sys.stderr, flush=True)  # fmt: skip
         raise

@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     config = session_config(args)  # bad flags fail before a source is opened
     if args.duration is not None and not args.duration > 0:
         raise ConfigError(f"--duration must be a number of seconds > 0, got {args.duration}")
+    if args.buffer < 1:  # (ReaderConfig would name its own field, not the flag)
+        raise ConfigError(f"--buffer must be at least 1 frame, got {args.buffer}")
 
     # the source opens first: a bad URL or device fails before a model is loaded; a camera or stream is read
     # at once (what arrives while the model loads is dropped by the bounded buffer); a file (local or by URL)

@@ -77,7 +77,7 @@ def open_reader(path: Path, size: tuple[int, int] | None = None) -> Any:
         raise ConfigError("backend='decord' needs decord: pip install 'livevlm[decord]'") from e
     try:
         h, w = size if size is not None else (-1, -1)
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, width=w, height=h)
+        return decord.VideoReader(str(Path(path).absolute()), ctx=decord.cpu(0), num_threads=1, width=w, height=h)
     except (decord.DECORDError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NotAVideoError(f"not a video: decord cannot open {path} ({first})") from e

@@ -24,9 +24,15 @@ Sources count such frames in `SourceStats.frames_downscaled`; the model resizes 
 """
 
 
+MAX_FPS = 1000.0
+"""The highest sampling rate taken (a high-speed camera's); more is a typo (1e9 built lists of every instant)."""
+
+
 def _check_fps(owner: str, fps: float | None) -> None:
     if fps is not None and not (isinstance(fps, (int, float)) and 0 < fps < math.inf):
         raise ConfigError(f"{owner}.fps must be a positive number or None, got {fps!r}")
+    if fps is not None and fps > MAX_FPS:
+        raise ConfigError(f"{owner}.fps must be at most {MAX_FPS:g} frames per second, got {fps:g}")
 
 
 def _check_count(owner: str, name: str, value: int | None, low: int = 1, optional: bool = True) -> None:

@@ -82,7 +82,7 @@ def _open(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
     if path.is_file() and path.stat().st_size == 0:
         raise NotAVideoError(f"not a video: {path} is empty (0 bytes)")
     try:
-        container = av.open(str(path))
+        container = av.open(str(path.absolute()))  # (relative "10:30.mp4" would be read as protocol "10")
     except (FileNotFoundError, PermissionError) as e:
         cls = SourceNotFoundError if isinstance(e, FileNotFoundError) else SourceError
         raise cls(f"cannot open video file {path}: {e.strerror or e}") from e

@@ -100,10 +100,12 @@ def summarize(
     path = Path(video)
     if not path.is_file():
         _refuse_a_stream(video)
+        if path.is_dir():
+            raise SourceNotFoundError(f"{path} is a folder: give a video file in it")
         raise SourceNotFoundError(f"video file not found: {path}")
     info = probe(path)  # not a video: NotAVideoError before a model is loaded
     fmt = format_for(out, fmt)
-    target = check_out(out) if out is not None else None
+    target = check_out(out, path) if out is not None else None
     state = ResumeState(target) if target is not None and not is_device(target) else None
     if state is None and resume:
         raise ConfigError("resume needs an output file (--out, or out=): the resume state lives beside it")
@@ -130,9 +132,11 @@ def summarize(
         run = _Run(session, path, options, state, saved or {**header, **_FRESH, "segments": []}, on_segment)
         run.ingest(info, progress)
         result = run.finish()
-    except Exception:
-        if begun is not None and (run is None or not run.segments):  # an empty video, a context it overflows:
-            begun.remove()  # nothing to resume, and a stale state would make the next run ask for --resume
+    except BaseException:  # (Ctrl-C too)
+        if begun is not None and (run is None or not run.segments):  # an empty video, a context it overflows,
+            begun.remove()  # Ctrl-C before the first segment: nothing to resume, and a stale state would make
+        if state is not None:  # the next run ask for --resume
+            state.release()
         raise
     finally:
         if session is not given:
@@ -220,6 +224,7 @@ class _Run:
         self.segments = [SegmentResult(**s) for s in saved["segments"]]
         self.resumed = len(self.segments)
         self.shortfall: str | None = None  # set once the file is read to its end
+        self.refused: FrameError | None = None  # the last frame the session refused
         self.duration: float | None = None  # what the file's headers declare: the last segment ends there
         self.started = time.perf_counter()
 
@@ -248,8 +253,9 @@ class _Run:
                     cur = None
                 try:
                     self.session.push(frame)
-                except FrameError:
-                    continue  # a damaged file's out-of-order time: counted in stats.frames_rejected
+                except FrameError as e:  # a damaged file's out-of-order time: counted in stats.frames_rejected
+                    self.refused = e
+                    continue
                 if self.data["first_pts"] is None:
                     self.data["first_pts"] = frame.pts_seconds
                 cur = cur or _Open(index, frame.pts_seconds, time.perf_counter())
@@ -259,6 +265,8 @@ class _Run:
                 bar.set_postfix_str(f"segment {len(self.segments) + 1}", refresh=False)
         if cur is not None:
             self._finish(cur, ended=True)
+        elif self.refused is not None and not self.data["frames"]:  # every frame refused (a 64x8 video): say why
+            raise FrameError(f"no frame of {self.path} could be used: {self.refused}")
 
     def _frames(self, limit: int | None) -> Iterator[Frame]:
         """Sampled frames after the state's last one, on the same sampling grid as an uninterrupted run."""

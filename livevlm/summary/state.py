@@ -27,16 +27,20 @@ _HASHED = 1 << 20  # bytes of the video hashed to recognise it (with its size)
 
 
 def is_device(path: Path) -> bool:
-    """Whether `path` is a device or pipe (/dev/stdout, /dev/null): written to directly, with no resume state."""
+    """Whether `path` is a device or pipe (/dev/stdout, /dev/null): written to directly, with no resume state.
+    Asked of the path as given: /dev/stdout on a pipe resolves to '/proc/PID/fd/pipe:[N]', which is no path."""
     return path.exists() and not path.is_file() and not path.is_dir()
 
 
-def check_out(out: str | Path) -> Path:
+def check_out(out: str | Path, video: Path | None = None) -> Path:
     """`out` as a path a file can be written to (its folder exists and takes files; a symlink resolved to its
-    target), else `OutputError`."""
+    target; not the `video` being summarized), else `OutputError`."""
+    if is_device(Path(out)):
+        return Path(out)
     path = Path(os.path.realpath(out))
-    if is_device(path):
-        return path
+    if video is not None and path.exists() and os.path.samefile(path, video):
+        raise OutputError(f"--out {out} is the video being summarized: writing there would replace it; give "
+                          f"another file (e.g. {path.with_suffix('.md').name})")  # fmt: skip
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise OutputError(f"--out {path} is a folder: give a file name (e.g. {path / 'summary.md'})")
@@ -58,7 +62,7 @@ def video_identity(path: Path) -> dict[str, Any]:
 def write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically (a temp file beside it, fsynced, renamed over it). A symlink is written
     through (its target replaced, the link kept); a device or pipe (/dev/stdout) is written to directly."""
-    path = Path(os.path.realpath(path))
+    path = path if is_device(path) else Path(os.path.realpath(path))
     if is_device(path):
         try:
             with open(path, "w", encoding="utf-8") as f:
@@ -85,21 +89,52 @@ class ResumeState:
     def __init__(self, out: Path) -> None:
         self.dir = out.with_name(out.name + ".partial")
         self.file = self.dir / "state.json"
+        self._lock: int | None = None  # an fd of `dir` this run holds an exclusive flock on
 
     def exists(self) -> bool:
         return self.file.is_file()
 
     def refuse_overwrite(self) -> None:
-        """A new run (no --resume) would throw away an interrupted run's finished segments: refuse."""
+        """A new run (no --resume) would throw away an interrupted run's finished segments: refuse (and say
+        so when that run is not interrupted but still going)."""
+        self.refuse_busy()
         if self.exists():
             raise ResumeError(
                 f"{self.dir} holds an interrupted summarize run: pass --resume (resume=True) to continue it, "
                 f"or delete that folder to start over"
             )
 
+    def refuse_busy(self) -> None:
+        """`ResumeError` when another process runs summarize into the same state now (it holds the lock)."""
+        if self._lock is None and self.dir.is_dir():
+            fd = self._try_lock()
+            if fd is not None:
+                os.close(fd)
+
+    def _try_lock(self) -> int | None:
+        """An fd of `dir` with an exclusive lock on it; `ResumeError` when another process holds it; None when
+        the folder is gone."""
+        import fcntl
+
+        try:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ResumeError(
+                f"another summarize run is writing {self.dir} now (the same --out): wait for it to finish, or "
+                "stop it and run again with --resume"
+            ) from None
+        return fd
+
     def begin(self, header: dict[str, Any], resume: bool) -> dict[str, Any] | None:
         """The saved run to continue (its video and settings must be `header`'s), or None after starting a new
-        state (nothing to resume)."""
+        state (nothing to resume). The state folder is locked for this run until `remove` or `release`."""
+        if self.dir.is_dir():
+            self._lock = self._try_lock()  # (before reading: a running writer's state.json is not ours)
         if not resume:
             self.refuse_overwrite()
         elif self.exists():
@@ -111,6 +146,8 @@ class ResumeState:
             self.dir.mkdir(exist_ok=True)
         except OSError as e:
             raise OutputError(f"cannot create the resume state folder {self.dir}: {e}") from e
+        if self._lock is None:
+            self._lock = self._try_lock()
         self._write(
             {**header, "first_pts": None, "frames": 0, "ended": False, "segments": [], "snapshot": None}
         )
@@ -137,6 +174,13 @@ class ResumeState:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let another run take the state folder (this process's lock on it dropped)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _read(self) -> dict[str, Any]:
         try:
