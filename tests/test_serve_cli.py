@@ -3,6 +3,7 @@ and on SIGTERM closes every stream (spill files removed) and exits."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -99,3 +100,27 @@ def test_max_body_bytes_and_max_tokens_limit_raise_the_request_limits(serve_proc
     bad = subprocess.run([sys.executable, "-m", "livevlm.cli", "serve", "--port", "0", "--max-body-bytes", "lots"],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=HANG_GUARD, check=False)  # fmt: skip
     assert bad.returncode == 2 and "not a byte size: 'lots'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_server_ends_a_running_answer_with_its_error_event(serve_process, sig):
+    """An answer longer than uvicorn's graceful timeout (5 s) was cut mid-SSE (no `error` event, a partial
+    transfer) and the log showed a CancelledError traceback; the streams are now closed first."""
+    proc, url = serve_process("--max-tokens-limit", "2000")
+    sid = httpx.post(f"{url}/v1/streams", json={"source": "lavfi:testsrc=size=96x96:rate=4"}).json()["id"]
+    body = {"question": "What colour is the circle?", "max_tokens": 2000, "regex": "(red ){1990}", "stream": True}
+    events, error = [], None
+    with httpx.stream("POST", f"{url}/v1/streams/{sid}/ask", json=body, timeout=HANG_GUARD) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                events.append(line)
+                if len(events) == 3:  # decoding: stop the server
+                    proc.send_signal(sig)
+            elif line.startswith("data:") and events[-1] == "event: error":
+                error = json.loads(line[5:])
+    assert events[-1] == "event: error", events[-3:]
+    assert error["status"] == 410 and "the server stopping" in error["message"], error
+    _, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
+    assert "Traceback" not in err and "CancelledError" not in err, err

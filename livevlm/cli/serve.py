@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..serve import build_app  # a missing 'serve' extra is a typed error here
+    from ..serve.server import Server
 
     config = serve_config(args)
     sock = bind(config.host, config.port)
@@ -140,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"livevlm serve: listening on http://{shown}:{port}/{key_hint} (API docs: /docs)", file=sys.stderr,
               flush=True)  # fmt: skip
         ws_max = max(16 * 1024 * 1024, 2 * config.limits.max_frame_bytes)
-        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, ws_max_size=ws_max, lifespan="on",
-                                               timeout_graceful_shutdown=5))  # fmt: skip
+        server = Server(uvicorn.Config(app, log_level=args.log_level, ws_max_size=ws_max, lifespan="on",
+                                       timeout_graceful_shutdown=5))  # fmt: skip
         logging.getLogger("uvicorn.access").addFilter(_redact_key)  # (after Config: it sets up uvicorn's logging)
         server.run(sockets=[sock])
     finally:

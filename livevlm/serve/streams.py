@@ -152,6 +152,11 @@ class StreamManager:
         self.scheduler.drop_stream(stream.id)
 
     def close_all(self) -> None:
+        """Close every stream and what holds them (the server is stopping)."""
+        self.close_streams()
+
+    def close_streams(self) -> None:
+        """Close every stream (answers still decoding end with their 410 event); the manager stays usable."""
         with self._lock:
             streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
