@@ -148,3 +148,11 @@ def test_a_null_chat_text_part_is_a_422(server, frame) -> None:
 def test_a_blank_source_is_a_422_not_a_403(server) -> None:
     r = httpx.post(f"{server.url}/v1/streams", json={"source": "  "}, timeout=HANG_GUARD)
     assert r.status_code == 422, r.text
+
+
+def test_a_body_nested_too_deeply_is_a_422_that_says_so(server) -> None:
+    """FastAPI's own 400 'There was an error parsing the body' was the one error that named nothing."""
+    body = "[" * 20000 + "]" * 20000
+    r = httpx.post(f"{server.url}/v1/streams", content=body, headers={"content-type": "application/json"},
+                   timeout=HANG_GUARD)  # fmt: skip
+    assert r.status_code == 422 and "could not be read as JSON" in r.json()["error"]["message"], r.text

@@ -152,14 +152,18 @@ def _handlers(app: FastAPI) -> None:
         if isinstance(exc.__cause__, BodyTooLargeError):  # a chunked JSON body: FastAPI made it "cannot parse"
             return await typed(request, exc.__cause__)
         message, where = str(exc.detail), f"{request.method} {request.url.path}"
-        if exc.status_code == 404 and message == "Not Found":  # no such route (a missing stream says so itself)
+        status = exc.status_code
+        if status == 404 and message == "Not Found":  # no such route (a missing stream says so itself)
             message = f"no route {where}: the routes are listed at /docs"
+        elif status == 400 and message == "There was an error parsing the body":  # FastAPI's, e.g. [[[...]]] 60 KB deep
+            status, message = 422, ("the body could not be read as JSON (nested too deeply, or not JSON): send one "
+                                    "JSON object")  # fmt: skip
         headers = exc.headers
         if exc.status_code == 405:  # Starlette's Allow names the first route of the path only (GET of /v1/streams)
             allowed = _methods_of(request) or (exc.headers or {}).get("Allow", "")
             headers = {**(exc.headers or {}), "Allow": allowed} if allowed else exc.headers
             message = f"{where} is not allowed" + (f"; {request.url.path} takes {allowed}" if allowed else "")
-        return JSONResponse({"error": {"status": exc.status_code, "message": message}}, status_code=exc.status_code,
+        return JSONResponse({"error": {"status": status, "message": message}}, status_code=status,
                             headers=headers)  # fmt: skip
 
     @app.exception_handler(Exception)
