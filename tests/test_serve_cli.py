@@ -124,3 +124,13 @@ def test_stopping_the_server_ends_a_running_answer_with_its_error_event(serve_pr
     _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
     assert "Traceback" not in err and "CancelledError" not in err, err
+
+
+def test_a_keyless_server_rate_limits_by_the_real_address_not_x_forwarded_for(serve_process):
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 by default: a new header value was a new allowance."""
+    _, url = serve_process("--questions-per-minute", "2")
+    sid = httpx.post(f"{url}/v1/streams", json={"source": "lavfi:testsrc=size=96x96:rate=4"}).json()["id"]
+    codes = [httpx.post(f"{url}/v1/streams/{sid}/ask", json={"question": "What colour?", "max_tokens": 1},
+                        headers={"x-forwarded-for": f"10.0.0.{i}"}, timeout=HANG_GUARD).status_code
+             for i in range(3)]  # fmt: skip
+    assert codes == [200, 200, 429], codes

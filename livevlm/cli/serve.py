@@ -141,8 +141,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"livevlm serve: listening on http://{shown}:{port}/{key_hint} (API docs: /docs)", file=sys.stderr,
               flush=True)  # fmt: skip
         ws_max = max(16 * 1024 * 1024, 2 * config.limits.max_frame_bytes)
+        # X-Forwarded-For from 127.0.0.1 (uvicorn trusts it by default) would let any local client pick the address
+        # a keyless server rate-limits it as; a keyed server limits per key, and behind a proxy logs its clients
         server = Server(uvicorn.Config(app, log_level=args.log_level, ws_max_size=ws_max, lifespan="on",
-                                       timeout_graceful_shutdown=5))  # fmt: skip
+                                       timeout_graceful_shutdown=5, proxy_headers=config.api_key is not None))  # fmt: skip
         logging.getLogger("uvicorn.access").addFilter(_redact_key)  # (after Config: it sets up uvicorn's logging)
         server.run(sockets=[sock])
     finally:
