@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -23,12 +25,14 @@ from media import (
     make_raw_h264_copy,
     make_rotated_copy,
     make_timed_clip,
+    make_truncated_copy,
     make_vfr_clip,
     make_zero_frame_video,
 )
 from rtsp_server import free_port
 
 from livevlm import summarize
+from livevlm.assets import sample_video_path
 from livevlm.cli import main
 from livevlm.errors import EmptyVideoError, SourceConnectionError, SourceNotFoundError
 from livevlm.stream import FileSource, FileSourceConfig, UrlSource, UrlSourceConfig, probe, read_frames
@@ -254,3 +258,34 @@ def test_ask_over_a_url_with_no_frame_says_so(www: tuple[int, Path], tmp_path: P
     rc, out, err = cli("ask", f"file://{clip}", "What colour is the square?", "--no-progress",
                        "--max-new-tokens", "2")  # fmt: skip
     assert rc == 0 and out.strip(), err  # before: "video file not found: file:/tmp/..."
+
+
+def test_watch_names_a_url_cut_short_without_its_password(www: tuple[int, Path]) -> None:
+    """The warning after the file ended printed the URL as typed, password and all."""
+    port, root = www
+    make_truncated_copy(sample_video_path(), root / "cut.mp4", 0.5)
+    res = subprocess.run([sys.executable, "-m", "livevlm", "watch", f"http://viewer:{SECRET}@127.0.0.1:{port}/cut.mp4",
+                          "--fast"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+                         check=False)  # fmt: skip
+    rc, out, err = res.returncode, res.stdout, res.stderr
+    assert rc == 0 and "livevlm: warning: http://viewer:***@127.0.0.1" in err and "stopped at" in err, err
+    assert SECRET not in err + out
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("rtsp://127.0.0.1:1/stream?user=admin&password=SECRET&ch=1", "?user=admin&password=***&ch=1"),
+    ("https://cam.example/live.m3u8?token=SECRET", "?token=***"),
+    ("rtsp://admin:SECRET@cam/x?pwd=SECRET", "rtsp://admin:***@cam/x?pwd=***"),
+])  # fmt: skip
+def test_credentials_in_the_query_string_are_redacted_too(url: str, shown: str) -> None:
+    from livevlm.stream.url import redact
+
+    assert shown in redact(url) and "SECRET" not in redact(url)
+
+
+def test_an_upper_case_scheme_opens(www: tuple[int, Path]) -> None:
+    """'HTTP://...' was 'Protocol not found' (FFmpeg's protocol names are lower case; URL schemes are not)."""
+    port, root = www
+    make_timed_clip(root / "clip.mp4", seconds=1.0)
+    with UrlSource(UrlSourceConfig(f"HTTP://127.0.0.1:{port}/clip.mp4", fps=2.0)) as src:
+        assert len(list(src)) == 2

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         reader.close()
     shortfall = source.shortfall()  # a damaged file, a download cut short
     if shortfall is not None:
-        print(f"livevlm: warning: {args.source}: {shortfall}", file=sys.stderr)
+        print(f"livevlm: warning: {source.source_id}: {shortfall}", file=sys.stderr)  # (the URL's password redacted)
     if ingestor.error is not None:
         print(f"livevlm: error: {ingestor.error}", file=sys.stderr)
         return 2

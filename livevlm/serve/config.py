@@ -53,7 +53,8 @@ class ServeLimits:
 
         if len(question) > self.max_question_chars:
             raise InvalidRequestError(
-                f"question of {len(question)} characters is over the limit of {self.max_question_chars}"
+                f"question of {len(question)} characters is over the limit of {self.max_question_chars} "
+                "(livevlm serve --max-question-chars)"
             )
         if max_tokens is not None and max_tokens > self.max_new_tokens:
             raise InvalidRequestError(f"max_tokens {max_tokens} is over the server's limit of {self.max_new_tokens} "

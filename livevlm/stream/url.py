@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SourceConnectionError
@@ -11,9 +12,16 @@ from .live import AVLiveSource, OpenSpec
 _RTSP_SCHEMES = ("rtsp", "rtsps")
 
 
+_SECRET_PARAMS = re.compile(r"([?&;](?:password|passwd|pass|pwd|token|access_token|auth|key|secret|sig|signature)=)"
+                            r"[^&;#]*", re.IGNORECASE)  # fmt: skip
+"""Query parameters that carry credentials (many IP cameras take ?user=admin&password=...)."""
+
+
 def redact(url: str) -> str:
-    """`url` with the password of its user info replaced by '***' (rtsp://admin:***@cam/...): what errors,
-    stats and frames name the source by, so a camera's credentials never reach a log or a status page."""
+    """`url` with the password of its user info and the values of credential query parameters (password=,
+    token=, ...) replaced by '***' (rtsp://admin:***@cam/...): what errors, stats and frames name the source by,
+    so a camera's credentials never reach a log or a status page."""
+    url = _SECRET_PARAMS.sub(r"\1***", url)
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -31,7 +39,8 @@ def url_spec(config: UrlSourceConfig) -> OpenSpec:
     options = dict(config.options)
     if config.scheme in _RTSP_SCHEMES and config.transport is not None:
         options.setdefault("rtsp_transport", config.transport)
-    return OpenSpec(config.url, config.format, options)
+    scheme, sep, rest = config.url.partition("://")  # schemes are case-insensitive; FFmpeg's protocol names are not
+    return OpenSpec(scheme.lower() + sep + rest if sep else config.url, config.format, options)
 
 
 class UrlSource(AVLiveSource):
