@@ -93,5 +93,5 @@ def test_cli_flags_come_from_the_session_config():
     for name in (*SESSION_FLAGS, *COMPRESSION_FLAGS):
         assert name in fields, f"--{name} sets no SessionConfig field"
         assert actions[name].default == fields[name].default
-        assert actions[name].help == field_docs(SessionConfig)[name]
+        assert actions[name].help.removesuffix(" (default: %(default)s)") == field_docs(SessionConfig)[name]
     assert actions["prune"].choices == PRUNERS.names() and actions["kv"].choices == KV_POLICIES.names()
