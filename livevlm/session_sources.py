@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .context_fit import expected_frames
-from .errors import ConfigError, NoVideoError, QuestionError
+from .errors import ConfigError, NoVideoError, QuestionError, UnboundedSourceError
 from .guards import SegmentPush, check_frames
 from .stream import Frame
 
@@ -55,6 +55,13 @@ class SourcesMixin:
             from .stream import open_source
 
             frames_iter = open_source(source, fps=self.config.fps, realtime=False, max_frames=self.config.max_frames)
+            if frames_iter.endless:  # a live stream would be read for ever (each end of it a reconnect)
+                frames_iter.close()
+                raise UnboundedSourceError(
+                    f"{frames_iter.source_id} never ends (a live stream): ingest() reads its source to the end; "
+                    "give SessionConfig(max_frames=N) to ingest its first N sampled frames, or watch() it to ask "
+                    "while it plays"
+                )
         elif isinstance(source, (str, Path)):
             cfg = FileSourceConfig(str(source), fps=self.config.fps, max_frames=self.config.max_frames)
             frames_iter: Iterable[Frame] = FileSource(cfg)

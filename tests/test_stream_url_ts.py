@@ -99,3 +99,14 @@ def test_livevlm_ask_answers_over_a_ts_url_without_byte_ranges(served: tuple[Pat
     assert answered.stdout.strip() and "frames_seen=8" in answered.stderr
     refused = ask(chunked)
     assert refused.returncode == 2 and "never ends" in refused.stderr and "--max-frames" in refused.stderr
+
+
+def test_session_ingest_refuses_an_endless_url_unless_bounded(served: tuple[Path, str, str]) -> None:
+    """`Session.ingest(live URL)` never returned (an RTSP clip's every end was a reconnect)."""
+    from livevlm import Session, SessionConfig, UnboundedSourceError
+
+    _, _, chunked = served
+    with Session() as session, pytest.raises(UnboundedSourceError, match=r"never ends .*SessionConfig\(max_frames=N\)"):
+        session.ingest(chunked)
+    with Session(config=SessionConfig(max_frames=4)) as session:
+        assert session.ingest(chunked) == 4
