@@ -122,7 +122,7 @@ def test_stopping_the_server_ends_a_running_answer_with_its_error_event(serve_pr
     assert events[-1] == "event: error", events[-3:]
     assert error["status"] == 410 and "the server stopping" in error["message"], error
     _, err = proc.communicate(timeout=HANG_GUARD)
-    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], err
+    assert proc.returncode in {signal.SIGINT: (0, 130), signal.SIGTERM: (143,)}[sig], err  # (uvicorn: 0 or 130)
     assert "Traceback" not in err and "CancelledError" not in err, err
 
 

@@ -28,7 +28,7 @@ HANG_GUARD = 60.0  # seconds; only there to turn a hang into a failure
 
 
 def frame(i: int) -> Frame:
-    return Frame(np.full((4, 4, 3), i % 256, np.uint8), i / 30)
+    return Frame(np.full((16, 16, 3), i % 256, np.uint8), i / 30)
 
 
 def wait_until(cond, what: str) -> None:
@@ -138,7 +138,7 @@ def test_push_source_from_many_threads() -> None:
 
     def robot(k: int) -> None:
         for i in range(50):
-            src.push(np.full((8, 8, 3), k, np.uint8), pts_seconds=k * 100 + i)
+            src.push(np.full((16, 16, 3), k, np.uint8), pts_seconds=k * 100 + i)
 
     threads = [threading.Thread(target=robot, args=(k,)) for k in range(4)]
     for t in threads:
@@ -151,7 +151,7 @@ def test_push_source_from_many_threads() -> None:
     assert src.stats.frames_decoded == 200 and src.stats.frames_yielded == 200
     with pytest.raises(FrameError):
         src.push(np.zeros((8, 8), np.uint8))
-    assert not src.push(np.zeros((8, 8, 3), np.uint8))  # ended
+    assert not src.push(np.zeros((16, 16, 3), np.uint8))  # ended
 
 
 def test_push_source_keeps_latest_without_blocking_the_robot() -> None:

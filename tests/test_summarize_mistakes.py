@@ -96,12 +96,14 @@ def test_ctrl_c_before_the_first_segment_leaves_nothing_and_a_second_run_is_refu
     while not state.is_file() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert state.is_file(), first.communicate()[1]
+    first.send_signal(signal.SIGSTOP)  # paused, its lock held: however fast this machine, it is still running below
     for extra in (("--resume",), ()):
         second = cli(*args, *extra, cwd=tmp_path)
         _, err = second.communicate(timeout=HANG_GUARD)
         assert second.returncode == 2 and "another summarize run is writing" in err, err
-    assert first.poll() is None, "the first run ended before it could be interrupted: give it a longer video"
+    assert first.poll() is None, "the first run ended before it could be paused: give it a longer video"
     first.send_signal(signal.SIGINT)
+    first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=HANG_GUARD)
     assert first.returncode == 130, err
     assert "finished segments are kept" not in err  # there are none
