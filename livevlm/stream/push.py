@@ -62,9 +62,10 @@ class PushSource(Source):
             if pts_seconds is None and isinstance(frame, Frame):
                 pts_seconds = frame.pts_seconds
             when = 0.0 if pts_seconds is None else check_time(pts_seconds)  # a str or a bool is not a time
-            pixels = check_side(Frame(data, when, self.source_id).data)  # (a 1x1 frame: refused here, not later)
+            checked = Frame(data, when, self.source_id)  # the pixels checked once per frame
+            pixels = check_side(checked.data)  # (a 1x1 frame: refused here, not later)
             fitted = pixels if self.max_input_pixels is None else fit_frame(pixels, self.max_input_pixels)
-            checked = Frame(fitted, when, self.source_id)
+            checked = checked if fitted is pixels else replace(checked, data=fitted)
         except (FrameError, TypeError, ValueError) as e:
             with self._lock:
                 self._stats.frames_rejected += 1
