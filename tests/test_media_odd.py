@@ -31,10 +31,10 @@ from media import (
 )
 from rtsp_server import free_port
 
-from livevlm import summarize
+from livevlm import SessionConfig, summarize
 from livevlm.assets import sample_video_path
 from livevlm.cli import main
-from livevlm.errors import EmptyVideoError, SourceConnectionError, SourceNotFoundError
+from livevlm.errors import ConfigError, EmptyVideoError, SourceConnectionError, SourceNotFoundError
 from livevlm.stream import FileSource, FileSourceConfig, UrlSource, UrlSourceConfig, probe, read_frames
 from livevlm.summary import SegmentResult, SummarizeOptions
 from livevlm.summary.formats import clocks
@@ -141,6 +141,50 @@ def test_resumed_summary_of_a_file_without_an_index_equals_an_uninterrupted_run(
 
     assert frames(resumed) == frames(whole)  # before: the frames 3.0 and 3.5 were lost after the resume
     assert resumed.stats["frames"] == whole.stats["frames"] == 16
+
+
+@pytest.mark.parametrize("backend", ["av", "decord"])
+def test_a_read_resumed_on_the_whole_reads_grid_picks_and_holds_the_same_frames(tmp_path, backend) -> None:
+    clip = make_timed_clip(tmp_path / "slow.mp4", seconds=4.0, fps=2, size=(96, 64))  # frames at 0, 0.5, ...
+
+    def read(**fields):
+        with FileSource(FileSourceConfig(clip, fps=2.6, backend=backend, **fields)) as src:
+            return [(round(f.pts_seconds, 6), int(f.data[40, 60, 1])) for f in src]
+
+    whole = read()
+    assert len(whole) == 10 and len({g for _, g in whole}) == 8  # 2.6 fps over 2 fps: some frames shown twice
+    for i in range(len(whole) - 1):
+        first, last = whole[0][0], whole[i][0]
+        assert read(resume_after=(first, last)) == whole[i + 1 :], last
+    assert read(start_seconds=1.2)[0][0] == 1.5  # without the grid: the first frame at or after the start
+    for wrong in ((2.0, 1.0), (0.0,), (0.0, float("nan")), (0.0, True), 1.0):
+        with pytest.raises(ConfigError, match="resume_after"):
+            FileSourceConfig(clip, fps=3.0, resume_after=wrong)
+    with pytest.raises(ConfigError, match="one of them"):
+        FileSourceConfig(clip, fps=3.0, start_seconds=1.0, resume_after=(0.0, 1.0))
+
+
+def test_resumed_summary_sampled_faster_than_the_file_equals_an_uninterrupted_run(tmp_path) -> None:
+    # a 2 fps file sampled at 5 fps: most instants show the frame held on screen; the resumed read repeats it too
+    clip = make_timed_clip(tmp_path / "slow.mp4", seconds=6.0, fps=2, size=(96, 64))
+    config = SessionConfig(fps=5.0, max_new_tokens=4)
+    options = SummarizeOptions(segment=1.9, summary_tokens=8)  # segment ends fall between the file's frames
+    whole = summarize(clip, config=config, options=options, out=tmp_path / "whole.json")
+
+    def stop_after_the_first(seg: SegmentResult) -> None:
+        if seg.index == 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        summarize(clip, config=config, options=options, out=tmp_path / "cut.json", on_segment=stop_after_the_first)
+    resumed = summarize(clip, config=config, options=options, out=tmp_path / "cut.json", resume=True)
+    assert resumed.stats["resumed_segments"] == 1
+
+    def frames(result):
+        return [(s.index, round(s.first_pts, 6), round(s.last_pts, 6), s.frames) for s in result.segments]
+
+    assert frames(resumed) == frames(whole)  # before: the resumed read gave the file's own 2 frames a second
+    assert resumed.stats["frames"] == whole.stats["frames"] == 30
 
 
 def test_a_damaged_mpeg_ts_recording_is_reported(tmp_path: Path) -> None:

@@ -223,7 +223,8 @@ def resume_at(source: Any, last_pts: float | None, fps: float) -> tuple[Any, flo
     """`source` to watch for a stream whose memory ends at `last_pts`, and where a file resumes (else None).
 
     A file (a path, file:// URL or `FileSourceConfig`) restarts at the first sampling instant after
-    `last_pts` on the same grid (start + k/fps), so the frames read again are exactly those not in memory.
+    `last_pts` on the same grid (start + k/fps), so the frames read again are exactly those not in memory (read
+    from its start: `FileSourceConfig.resume_after`, as summarize --resume).
     A live source (camera, RTSP, lavfi) is simply opened again: what it showed meanwhile is gone."""
     if last_pts is None:
         return source, None
@@ -236,4 +237,7 @@ def resume_at(source: Any, last_pts: float | None, fps: float) -> tuple[Any, flo
         return source, None
     rate, s0 = source.fps, source.start_seconds
     start = s0 + (math.floor((last_pts - s0) * rate + 1e-6) + 1) / rate if rate else last_pts + 1e-6
+    if s0 == 0:  # a whole file: its grid from 0 on, with the frames a slow file holds over instants
+        first = source.resume_after[0] if source.resume_after is not None else 0.0
+        return dataclasses.replace(source, resume_after=(first, last_pts)), start
     return dataclasses.replace(source, start_seconds=start), start

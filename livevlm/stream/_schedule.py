@@ -28,10 +28,9 @@ class Hold:
     as 3 frames, its time squeezed. Every instant before the last one at or before the next frame is filled,
     so a source at `fps` or faster (at most one instant between two frames) never repeats a frame."""
 
-    def __init__(self, fps: float | None) -> None:
+    def __init__(self, fps: float | None, grid: tuple[float, float] | None = None) -> None:
         self.fps = fps
-        self._t0: float | None = None
-        self._next: float | None = None
+        self._t0, self._next = grid if grid is not None else (None, None)  # a resumed read: the sampler's grid
 
     def kept(self, t: float) -> None:
         """The sampler kept a frame at `t`: the next instant is the first of the grid after it (as `Sampler`)."""
@@ -57,7 +56,7 @@ def schedule(
     """(time, frame, repeated) to yield for `frames` (time, frame) in presentation order: the frames `sampler`
     keeps, and the frame on screen again at each instant no frame reached (`repeated`), also after the last
     frame up to `end(time, frame)` (when it stops being shown; None: unknown, nothing is added)."""
-    hold = Hold(sampler.fps)
+    hold = Hold(sampler.fps, sampler.grid)
     held: tuple[float, T] | None = None  # the frame on screen: the last one decoded
     for t, frame in frames:
         if held is not None and t - held[0] <= MAX_HOLD_SECONDS:

@@ -82,6 +82,16 @@ class ReconnectConfig:
         return base * (1 + self.jitter * rng.uniform(-1.0, 1.0))
 
 
+def _check_resume_after(value: object, start_seconds: float) -> None:
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
+    ok = ok and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < math.inf for t in value)
+    if not ok or value[0] > value[1]:  # type: ignore[index]
+        raise ConfigError(f"FileSourceConfig.resume_after must be (first, last) times with 0 <= first <= last, "
+                          f"got {value!r}")  # fmt: skip
+    if start_seconds:
+        raise ConfigError("FileSourceConfig.resume_after replaces start_seconds: give one of them")
+
+
 @dataclass(frozen=True)
 class FileSourceConfig:
     """What to read from a video file and how densely to sample it."""
@@ -93,6 +103,10 @@ class FileSourceConfig:
     """Stop after yielding this many frames; None reads to the end."""
     start_seconds: float = 0.0
     """Seek here and skip frames whose presentation time is before it (0: from the first frame)."""
+    resume_after: tuple[float, float] | None = None
+    """(first, last): continue an earlier read at the same fps whose first frame was at `first` seconds and whose
+    last was at `last`: this read yields what the whole read would have yielded after `last` (the same sampling
+    instants, a frame held over those no frame reaches), reading the file from there. Replaces start_seconds."""
     backend: str = "av"
     """'av' (PyAV, skips and counts damaged packets), 'decord' (random access), 'auto' (decord if installed).
     A file decord cannot read as PyAV does (rotated, damaged, without timestamps) is read by PyAV: logged, and
@@ -113,6 +127,9 @@ class FileSourceConfig:
             raise ConfigError(
                 f"FileSourceConfig.start_seconds must be finite and >= 0, got {self.start_seconds!r}"
             )
+        if self.resume_after is not None:
+            _check_resume_after(self.resume_after, self.start_seconds)
+            object.__setattr__(self, "resume_after", tuple(self.resume_after))  # a list from JSON too
         if self.backend not in FILE_BACKENDS:
             raise ConfigError(
                 f"FileSourceConfig.backend must be one of {FILE_BACKENDS}, got {self.backend!r}"

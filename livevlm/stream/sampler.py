@@ -96,6 +96,11 @@ class Sampler:
         self._t0: float | None = None
         self._next = -math.inf
 
+    @property
+    def grid(self) -> tuple[float, float] | None:
+        """(t0, the next instant) once the grid is anchored; None before (or without fps)."""
+        return None if self._t0 is None or self.fps is None else (self._t0, self._next)
+
     def keep(self, t: float) -> bool:
         """Whether the frame at time `t` is kept; advances to the next instant when it is."""
         floor = self._next if self.start is None else max(self.start, self._next)

@@ -23,7 +23,6 @@ from typing import Any
 from ..errors import ConfigError, ContextOverflowError, FrameError, SourceNotFoundError
 from ..session import Session, SessionConfig
 from ..stream import FileSource, FileSourceConfig, Frame, probe
-from ..stream.sampler import Sampler
 from .formats import clock, clocks, format_for
 from .records import SegmentResult, Summary, merge_chapters
 from .state import ResumeState, check_out, is_device, video_identity, write_text
@@ -34,7 +33,6 @@ SUMMARY_PROMPT = (
     "Summarize the whole video in a few sentences."
 )
 _FRESH = {"first_pts": None, "frames": 0, "ended": False, "segments": []}
-_RESUME_GAP = 1e-3  # seconds after the last frame in the snapshot where the file is read again
 
 
 @dataclass(frozen=True)
@@ -274,23 +272,11 @@ class _Run:
         if limit is not None and limit <= 0:
             return
         last = self.session.stats.last_pts_seconds
-        if last is None:  # a fresh run: the source samples
-            cfg = FileSourceConfig(self.path, fps=fps, max_frames=limit)
-            with FileSource(cfg) as source:
-                yield from source
-                self.shortfall = source.shortfall()
-            return
-        sampler = Sampler(fps)  # replay the original grid: anchored at its first frame, past its last
-        sampler.keep(self.data["first_pts"])
-        sampler.keep(last)
-        count = 0
-        with FileSource(FileSourceConfig(self.path, fps=None, start_seconds=last + _RESUME_GAP)) as source:
-            for frame in source:
-                if sampler.keep(frame.pts_seconds):
-                    yield frame
-                    count += 1
-                    if limit is not None and count >= limit:
-                        return
+        cfg = FileSourceConfig(self.path, fps=fps, max_frames=limit)
+        if last is not None:  # resumed: read from just after the snapshot's last frame, on the whole read's grid
+            cfg = replace(cfg, resume_after=(self.data["first_pts"], last))
+        with FileSource(cfg) as source:
+            yield from source
             self.shortfall = source.shortfall()
 
     def _finish(self, cur: _Open, *, ended: bool) -> None:
