@@ -150,7 +150,9 @@ class UrlSourceConfig:
     read_timeout: float = 5.0
     """Seconds without data before a read fails (then a live source reconnects)."""
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
-    """Retry policy after a live connection drops; the first open fails at once with a typed error."""
+    """Retry policy after a live connection drops, or a URL to a file whose download breaks (opened again and read
+    on from the last frame; out of tries, the read ends there and `shortfall()` says so). The first open fails at
+    once with a typed error."""
     live: bool | None = None
     """Treat the end of the stream as a dropped connection; None: True for rtsp/rtmp/udp/srt/rtp/tcp URLs."""
     max_frames: int | None = None

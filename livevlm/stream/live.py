@@ -3,6 +3,8 @@
 open (fail fast, typed error) ─► demux ─► decode ─► Timeline ─► Sampler (+ hold, a URL to a file) ─► Pacer ─► Frame
    ▲                               │ read error / read timeout / end of a live stream
    └── backoff + jitter ◄──────────┘ (stats: disconnects, reconnects, gap_seconds; gives up after max_retries)
+A URL to a file whose download breaks is opened again the same way and read on from its last frame (seeking when
+the server takes byte ranges); out of tries, the read ends with what it gave and `shortfall()` says why.
 
 Every blocking FFmpeg call runs under PyAV's interrupt timeout (`open_timeout`, `read_timeout`); every wait
 is on the source's stop event, so `stop()` from another thread ends the iteration within one read timeout.
@@ -31,6 +33,7 @@ from ._schedule import MAX_HOLD_SECONDS, schedule
 from .base import Source
 from .config import MAX_INPUT_PIXELS, ReconnectConfig
 from .file import (
+    RESUME_GAP,
     _frame_seconds,
     _stream_rate,
     av,
@@ -98,6 +101,10 @@ class AVLiveSource(Source):
         self.live = live
         self.timeouts = (open_timeout, read_timeout)
         self.reconnect = reconnect if live else None
+        self.resume = reconnect if not live else None
+        """Retry policy for a URL to a file whose connection breaks: opened again and read on from the last frame."""
+        self._broken: str | None = None  # why a download ended early, after its retries (see `shortfall`)
+        self._last_yielded: float | None = None  # stream time of the last frame yielded
         self.max_frames = max_frames
         self.duration_seconds = duration_seconds
         self.max_input_pixels = max_input_pixels
@@ -186,11 +193,14 @@ class AVLiveSource(Source):
     # -- reading --------------------------------------------------------------------------------------
     def _run(self) -> Iterator[Frame]:
         failures = 0
+        resume_at: float | None = None  # a download read on after a break: from this stream time
+        corrupt_at_last_frame = 0
         while not self.stopped:
-            decoded_before = self.stats.frames_decoded
+            decoded_before, yielded_before = self.stats.frames_decoded, self.stats.frames_yielded
             failure: tuple[SourceError, Exception] | None = None
             try:
-                for frame in self._read_connection():
+                for frame in self._read_connection(resume_at):
+                    corrupt_at_last_frame = self.stats.frames_corrupt
                     yield frame
                     if self._done():
                         return
@@ -203,7 +213,7 @@ class AVLiveSource(Source):
                 timed_out = isinstance(e, av.ExitError)
                 cause = f"read failed: {self._why(e)}"
                 cause = f"no data within read_timeout={self.timeouts[1]}s" if timed_out else cause
-                if self.reconnect is None:
+                if self.reconnect is None and not self._resumable():
                     cls = SourceTimeoutError if timed_out else SourceError
                     failure = cls(f"cannot read {self.source_id}: {cause}"), e
             if failure is not None:
@@ -213,8 +223,32 @@ class AVLiveSource(Source):
             self.stats.disconnects += 1
             self.stats.last_error = cause
             self._release()
-            failures = 0 if self.stats.frames_decoded > decoded_before else failures  # it worked for a while
-            failures = self._reconnect(failures, cause)
+            if self.reconnect is not None:
+                failures = 0 if self.stats.frames_decoded > decoded_before else failures  # it worked for a while
+                failures = self._reconnect(failures, cause, self.reconnect)
+                continue
+            failures = 0 if self.stats.frames_yielded > yielded_before else failures  # read on past the last break
+            self.stats.frames_corrupt = corrupt_at_last_frame  # the packet the break cut short is read again
+            try:  # a download that broke: the same file again, read on from where it broke
+                failures = self._reconnect(failures, cause, self.resume, rebase=False)
+            except SourceDisconnectedError as e:
+                if not self.stats.frames_yielded:
+                    raise
+                self._broken, self._exhausted = str(e), True  # what was read stays read: `shortfall` says why
+                return
+            resume_at = self._last_yielded
+
+    def _resumable(self) -> bool:
+        """Whether a read error is a download to resume: a URL to a file (it declares its end) with a policy."""
+        return self.resume is not None and self.resume.max_retries > 0 and self._declares_end
+
+    def shortfall(self) -> str | None:
+        """As `Source.shortfall`, and a download that broke and could not be resumed."""
+        base = super().shortfall()
+        if self._broken is None:
+            return base
+        where = f"connection lost after {self._last_yielded or 0.0:.1f} s ({self._broken})"
+        return where if base is None else f"{base}; {where}"
 
     def _check_not_empty(self) -> None:
         """An input that ended without a single frame is an error, as an empty file is (`EmptyVideoError`):
@@ -240,9 +274,10 @@ class AVLiveSource(Source):
             return True
         return self.duration_seconds is not None and (s.last_pts_seconds or 0.0) >= self.duration_seconds
 
-    def _read_connection(self) -> Iterator[Frame]:
-        """Frames of the current connection, sampled (and, for a file by URL, held: `_holds`)."""
-        decoded = self._decoded()
+    def _read_connection(self, resume_at: float | None = None) -> Iterator[Frame]:
+        """Frames of the current connection, sampled (and, for a file by URL, held: `_holds`); a download opened
+        again after a break yields only frames after `resume_at`, the last one yielded before it."""
+        decoded = self._decoded() if resume_at is None else self._decoded_after(resume_at)
         if self._holds():
             picked = schedule(decoded, self._sampler, self._end)
         else:
@@ -257,7 +292,34 @@ class AVLiveSource(Source):
                 data = rgb_array(frame, self.max_input_pixels, self.stats, self._aspect)
                 last = (frame, data)
             self.stats.frames_yielded += 1
+            self._last_yielded = t
             yield Frame(data, t, self.source_id)
+
+    def _decoded_after(self, seconds: float) -> Iterator[tuple[float, Any]]:
+        """`_decoded` for a download opened again: from a keyframe at or before `seconds` when the server takes a
+        byte range, else from the start; the stream's own clock again, the sampler past what was yielded."""
+        self._sampler.start = seconds + RESUME_GAP
+        for attempt in ("seek", "from the start"):
+            self._timeline = Timeline(wrap_seconds=self._timeline.wrap_seconds, period=self._timeline.period)
+            base = self._stream.time_base
+            if attempt == "seek" and base is not None and seconds > 0:
+                try:
+                    self._container.seek(int((max(0.0, seconds - 1.0) + self._origin) / base), stream=self._stream)
+                except (av.FFmpegError, OSError):  # no byte ranges: the seek failed, the container is spent
+                    self._release()
+                    self._container, self._stream = self._open()
+                    continue
+            frames = self._decoded()
+            first = next(frames, None)
+            if attempt == "seek" and first is not None and first[0] > seconds + 1e-6:
+                frames.close()  # landed past the break (MPEG-TS): frames in between would be lost
+                self._release()
+                self._container, self._stream = self._open()
+                continue
+            if first is not None:
+                yield first
+            yield from frames
+            return
 
     def _holds(self) -> bool:
         """Whether an instant no frame reaches gets the frame on screen again, as a file read does (`schedule`):
@@ -312,9 +374,10 @@ class AVLiveSource(Source):
             self.stats.last_gap = (before, t)
         return t
 
-    def _reconnect(self, failures: int, cause: str) -> int:
-        """Reopen with exponential backoff and jitter; returns the failure count, raises when out of tries."""
-        cfg = self.reconnect or ReconnectConfig(max_retries=0)
+    def _reconnect(self, failures: int, cause: str, cfg: ReconnectConfig | None, rebase: bool = True) -> int:
+        """Reopen with exponential backoff and jitter; returns the failure count, raises when out of tries. A live
+        stream's clock goes on from the wall-clock time (`rebase`); a download's is the file's own."""
+        cfg = cfg or ReconnectConfig(max_retries=0)
         first_loss = time.monotonic()
         while True:
             if failures >= cfg.max_retries:
@@ -331,5 +394,5 @@ class AVLiveSource(Source):
                 self.stats.last_error = str(e)
                 continue
             self.stats.reconnects += 1
-            self._rebase_pending = True
+            self._rebase_pending = rebase
             return failures + 1
