@@ -108,3 +108,13 @@ def test_server_killed_mid_stream_then_restarted(clip: Path, tiny_adapters) -> N
     s = session.stats
     assert s.frames_seen == len(pts) and s.chunks == len(pts) // 2
     assert "".join(session.ask("What happened?", max_new_tokens=4))
+
+
+def test_livevlm_ask_over_rtsp_takes_the_transport(clip: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from livevlm.cli import main
+
+    with RtspServer(clip) as server:
+        rc = main(["ask", server.url, "What colour is the circle?", "--transport", "udp", "--max-frames", "4",
+                   "--no-progress", "--stats", "--max-new-tokens", "2"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0 and out.strip() and "frames_seen=4" in err, err  # before: no --transport on ask (argparse exit 2)

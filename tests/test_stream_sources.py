@@ -186,6 +186,9 @@ def test_open_source_dispatch(tmp_path: Path) -> None:
         open_source(str(tmp_path / "missing.mp4"))
     with pytest.raises(ConfigError):
         open_source(3.5)
+    for empty, what in (("lavfi:", "names no graph: e.g. 'lavfi:testsrc2"), ("webcam:", "names no camera")):
+        with pytest.raises(ConfigError, match=what):  # before: "video file not found: lavfi:"
+            open_source(empty)
 
 
 def test_decord_backend_matches_pyav() -> None:

@@ -18,6 +18,7 @@ import pytest
 from http_files import serving, serving_files
 from media import encode_lavfi
 
+from livevlm.errors import ConfigError
 from livevlm.stream import open_source
 
 
@@ -83,6 +84,27 @@ def test_the_same_bytes_sent_chunked_stay_endless(served: tuple[Path, str, str])
     with open_source(chunked, fps=2.0, realtime=False) as source:
         assert source.endless  # no length: may be a live stream; `ask` asks for --max-frames
         assert len([next(source) for _ in range(3)]) == 3
+
+
+def test_a_chunked_stream_that_ends_says_so_and_reconnects_when_live(served: tuple[Path, str, str]) -> None:
+    _, _, chunked = served
+    with open_source(chunked, fps=2.0, realtime=False) as source:
+        assert len(list(source)) == 8 and source.stats.reconnects == 0
+        assert "declares no length" in (source.shortfall() or "")  # before: it ended without a word (watch exit 0)
+    with open_source(chunked, fps=2.0, realtime=False, live=True, max_frames=12) as source:
+        times = [f.pts_seconds for f in source]
+        assert len(times) == 12 and source.stats.reconnects == 1  # the end was a drop: opened again
+        assert times == sorted(times) and source.shortfall() is None
+    with pytest.raises(ConfigError, match="applies to a URL"):
+        open_source("lavfi:testsrc2", live=True)
+
+
+def test_watch_warns_when_a_stream_without_length_ends(served: tuple[Path, str, str], tmp_path: Path) -> None:
+    _, _, chunked = served
+    env = dict(os.environ, LIVEVLM_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "livevlm.cli", "watch", chunked, "--fast", "--status-every", "0"],
+                          input="", capture_output=True, text=True, env=env, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0 and "declares no length" in done.stderr and "--live" in done.stderr, done.stderr
 
 
 def test_livevlm_ask_answers_over_a_ts_url_without_byte_ranges(served: tuple[Path, str, str], tmp_path: Path) -> None:

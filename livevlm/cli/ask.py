@@ -29,6 +29,7 @@ def add_parser(sub: Any) -> None:
     )
     ask.add_argument("question")
     ask.add_argument("--max-frames", type=int, default=None, help="stop after this many sampled frames")
+    ask.add_argument("--transport", default="tcp", choices=["tcp", "udp"], help="RTSP transport (default tcp)")
     ask.add_argument("--stats", action="store_true", help="print the session's stats to stderr at the end")
     ask.add_argument("--no-progress", action="store_true", help="hide the ingestion progress bar")
     a = ask.add_argument_group("answer form")
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --choices or a --regex / --json-schema constraint, not both")
     args.within = _within(args.within, config)
     # opened before a model is loaded: a missing file, a broken one or a refused URL fails at once
-    source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames)
+    source = open_source(args.video, fps=config.fps, realtime=False, max_frames=args.max_frames,
+                         transport=args.transport)  # fmt: skip
     with source:
         if source.endless:
             name = source.source_id  # a URL's password left out

@@ -28,6 +28,9 @@ def add_parser(sub: Any) -> None:
     w.add_argument("source", help="file, URL (rtsp://, http(s)://, ...), webcam:N / webcam:NAME, lavfi:GRAPH")
     w.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     w.add_argument("--transport", default="tcp", choices=["tcp", "udp"], help="RTSP transport (default tcp)")
+    w.add_argument("--live", action="store_true",
+                   help="a URL's end is a dropped connection: reconnect with backoff (rtsp, rtmp, udp, srt, ... always "
+                        "are; for an HTTP camera or stream)")  # fmt: skip
     w.add_argument("--fast", action="store_true", help="read a file as fast as possible, not in real time")
     w.add_argument("--buffer", type=int, default=8, help="frames buffered before dropping the oldest")
     w.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines (0: off)")
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     # the source opens first: a bad URL or device fails before a model is loaded; a camera or stream is read
     # at once (what arrives while the model loads is dropped by the bounded buffer); a file (local or by URL)
     # waits for the model
-    source = open_source(args.source, fps=args.fps, realtime=not args.fast, transport=args.transport)
+    source = open_source(args.source, fps=args.fps, realtime=not args.fast, transport=args.transport,
+                         live=args.live or None)  # fmt: skip
     reader = LiveReader(source, ReaderConfig(capacity=args.buffer))
     if source.live and source.endless:
         reader.start()

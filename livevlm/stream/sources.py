@@ -33,6 +33,7 @@ def open_source(
     realtime: bool | None = None,
     transport: str | None = "tcp",
     max_frames: int | None = None,
+    live: bool | None = None,
 ) -> Source | LiveReader:
     """Open `source`, sampled at `fps`; a Source, LiveReader or config passes through as is (its own settings).
 
@@ -45,6 +46,8 @@ def open_source(
     as the source goes by default: a file or a URL to a file as fast as possible, a lavfi graph in real time.
     A camera or a live stream (rtsp, rtmp, udp, srt, ...) arrives in real time whatever `realtime` says
     (`source.live` is True; no pacing is added). `max_frames`: stop after this many frames (None: no limit).
+    `live`: for a URL, whether its end is a dropped connection to reconnect (`UrlSourceConfig.live`; None: by
+    scheme); refused for other sources.
     """
     if isinstance(source, (Source, LiveReader)):
         return source
@@ -59,6 +62,11 @@ def open_source(
     text = str(source)
     if isinstance(source, str) and not Path(text).exists():
         kind, _, rest = text.partition(":")
+        if live is not None and "://" not in text:
+            raise ConfigError(f"live= (--live) applies to a URL, not to {text!r}")
+        if kind in ("lavfi", "webcam", "camera") and not rest:
+            example = "lavfi:testsrc2=size=640x480:rate=30" if kind == "lavfi" else f"{kind}:0"
+            raise ConfigError(f"{text!r} names no {'graph' if kind == 'lavfi' else 'camera'}: e.g. {example!r}")
         if kind == "lavfi" and rest:
             return build_source("lavfi", LavfiConfig(rest, fps=fps, realtime=not fast, max_frames=max_frames))
         if kind in ("webcam", "camera") and rest:
@@ -70,9 +78,11 @@ def open_source(
             text = text[len("file://") :]
         elif "://" in text:
             cfg = UrlSourceConfig(
-                text, fps=fps, transport=transport, realtime=bool(realtime), max_frames=max_frames
+                text, fps=fps, transport=transport, realtime=bool(realtime), max_frames=max_frames, live=live
             )
             return build_source("url", cfg)
+    if live is not None:
+        raise ConfigError(f"live= (--live) applies to a URL, not to {text!r}")
     return build_source(
         "file", FileSourceConfig(text, fps=fps, realtime=bool(realtime), max_frames=max_frames)
     )

@@ -70,6 +70,16 @@ class UrlSource(AVLiveSource):
         )
         self.live = config.is_live or config.realtime  # paced, a URL to a file stands in for a camera
 
+    def shortfall(self) -> str | None:
+        """As `AVLiveSource.shortfall`, and a stream of no declared length that ended: perhaps a live stream (an
+        HTTP camera) its server closed, not read again unless `live`."""
+        base = super().shortfall()
+        if not (self._exhausted and not self._declares_end and self.reconnect is None):
+            return base
+        ended = ("the stream ended, and it declares no length: if it is a live stream its server closed, "
+                 "UrlSourceConfig(live=True) (livevlm watch --live) reconnects when it ends")  # fmt: skip
+        return ended if base is None else f"{base}; {ended}"
+
     def _hides_secret(self) -> bool:
         return self.source_id != self.config.url
 
