@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from livevlm.stream import (
     read_frames,
     webcam_spec,
 )
+
+HANG_GUARD = 60.0  # seconds; only there to turn a hang into a failure
 
 
 def free_port() -> int:
@@ -100,6 +103,34 @@ def test_silent_server_times_out_on_open() -> None:
             with pytest.raises(SourceTimeoutError, match="open_timeout=1.0") as info:
                 UrlSource(UrlSourceConfig(url, open_timeout=1.0, read_timeout=1.0))
             assert isinstance(info.value, TimeoutError)
+
+
+OPEN_A_SILENT_URL = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a terminal (a run in the background ignores it)
+from livevlm.stream import UrlSource, UrlSourceConfig
+print("opening", flush=True)
+UrlSource(UrlSourceConfig(sys.argv[1], open_timeout=3600))
+"""
+
+
+@pytest.mark.parametrize("scheme", ["http", "rtsp"])
+def test_ctrl_c_while_a_silent_url_opens_stops_at_once(scheme: str) -> None:
+    with socket.socket() as listener:  # accepts connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/live"
+        proc = subprocess.Popen([sys.executable, "-c", OPEN_A_SILENT_URL, url], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "opening\n"
+            conn, _ = listener.accept()  # FFmpeg is connected and waiting for an answer
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=HANG_GUARD)  # before: only after open_timeout (an hour here)
+            conn.close()
+        finally:
+            proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
 
 
 @pytest.mark.parametrize("retries", [0, 1])

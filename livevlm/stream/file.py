@@ -42,9 +42,6 @@ except ImportError:  # a training-only install (no decoder): livevlm imports, op
 __all__ = ["FileSource", "FileSourceConfig", "SourceStats", "VideoInfo", "probe", "read_frames"]
 logger = logging.getLogger(__name__)
 
-RESUME_GAP = 1e-3
-"""Seconds after an earlier read's last frame where a resumed read (`resume_after`) starts: past that frame, before
-any later one (sampling at up to MAX_FPS)."""
 _MAX_DEMUX_RETRIES = 8  # consecutive container read errors before giving up
 
 
@@ -299,10 +296,8 @@ class FileSource(Source):
         cfg, start = self.config, float(self.config.start_seconds)
         sampler = Sampler(cfg.fps, start if start > 0 else None)
         if cfg.resume_after is not None:  # the whole read's sampler, as it was after its frame at `last`
-            start = cfg.resume_after[1] + RESUME_GAP
-            sampler = Sampler(cfg.fps)
-            sampler.keep(cfg.resume_after[0]), sampler.keep(cfg.resume_after[1])
-            sampler.start = start
+            sampler = Sampler.after(cfg.fps, *cfg.resume_after)
+            start = sampler.start or 0.0
         if self._decord is not None:
             reader, index, downscaled = self._decord
             yield from _decord.decord_frames(

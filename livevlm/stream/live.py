@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from typing import Any, NoReturn
 
 from ..errors import (
@@ -29,11 +30,12 @@ from ..errors import (
     SourceNotFoundError,
     SourceTimeoutError,
 )
+from ._download import DownloadResume
+from ._interruptible import open_interruptibly
 from ._schedule import MAX_HOLD_SECONDS, schedule
 from .base import Source
 from .config import MAX_INPUT_PIXELS, ReconnectConfig
 from .file import (
-    RESUME_GAP,
     _frame_seconds,
     _stream_rate,
     av,
@@ -72,11 +74,13 @@ class OpenSpec:
     options: dict[str, str] = field(default_factory=dict)
 
 
-class AVLiveSource(Source):
+class AVLiveSource(DownloadResume, Source):
     """A PyAV input read frame by frame; live inputs reconnect after a loss and rebase their timestamps."""
 
     _open_error: type[SourceError] = SourceError
     """The error for an input that fails to open for another reason than a timeout or a missing name."""
+    _network = False
+    """Opened over a network (a URL): the open waits in a worker thread, so Ctrl-C stops it at once."""
 
     def __init__(
         self,
@@ -147,9 +151,8 @@ class AVLiveSource(Source):
         start = time.monotonic()
         failure: tuple[SourceError | ConfigError, Exception] | None = None
         try:
-            container = av.open(
-                spec.file, format=spec.format, options=dict(spec.options), timeout=self.timeouts
-            )
+            opening = partial(av.open, spec.file, format=spec.format, options=dict(spec.options), timeout=self.timeouts)
+            container = open_interruptibly(opening, lambda c: c.close()) if self._network else opening()
         except (FileNotFoundError, av.error.HTTPNotFoundError) as e:
             failure = self._not_found(e), e
         except ConnectionError as e:
@@ -238,18 +241,6 @@ class AVLiveSource(Source):
                 return
             resume_at = self._last_yielded
 
-    def _resumable(self) -> bool:
-        """Whether a read error is a download to resume: a URL to a file (it declares its end) with a policy."""
-        return self.resume is not None and self.resume.max_retries > 0 and self._declares_end
-
-    def shortfall(self) -> str | None:
-        """As `Source.shortfall`, and a download that broke and could not be resumed."""
-        base = super().shortfall()
-        if self._broken is None:
-            return base
-        where = f"connection lost after {self._last_yielded or 0.0:.1f} s ({self._broken})"
-        return where if base is None else f"{base}; {where}"
-
     def _check_not_empty(self) -> None:
         """An input that ended without a single frame is an error, as an empty file is (`EmptyVideoError`):
         asked about, it would be answered without any video."""
@@ -294,32 +285,6 @@ class AVLiveSource(Source):
             self.stats.frames_yielded += 1
             self._last_yielded = t
             yield Frame(data, t, self.source_id)
-
-    def _decoded_after(self, seconds: float) -> Iterator[tuple[float, Any]]:
-        """`_decoded` for a download opened again: from a keyframe at or before `seconds` when the server takes a
-        byte range, else from the start; the stream's own clock again, the sampler past what was yielded."""
-        self._sampler.start = seconds + RESUME_GAP
-        for attempt in ("seek", "from the start"):
-            self._timeline = Timeline(wrap_seconds=self._timeline.wrap_seconds, period=self._timeline.period)
-            base = self._stream.time_base
-            if attempt == "seek" and base is not None and seconds > 0:
-                try:
-                    self._container.seek(int((max(0.0, seconds - 1.0) + self._origin) / base), stream=self._stream)
-                except (av.FFmpegError, OSError):  # no byte ranges: the seek failed, the container is spent
-                    self._release()
-                    self._container, self._stream = self._open()
-                    continue
-            frames = self._decoded()
-            first = next(frames, None)
-            if attempt == "seek" and first is not None and first[0] > seconds + 1e-6:
-                frames.close()  # landed past the break (MPEG-TS): frames in between would be lost
-                self._release()
-                self._container, self._stream = self._open()
-                continue
-            if first is not None:
-                yield first
-            yield from frames
-            return
 
     def _holds(self) -> bool:
         """Whether an instant no frame reaches gets the frame on screen again, as a file read does (`schedule`):

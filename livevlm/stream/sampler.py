@@ -12,6 +12,9 @@ import threading
 import time
 
 _EPS = 1e-6  # seconds of float slack when comparing a pts to a sampling instant
+RESUME_GAP = 1e-3
+"""Seconds after an earlier read's last frame where a resumed read starts: past that frame, before any later one
+(sampling at up to MAX_FPS)."""
 
 
 class Timeline:
@@ -100,6 +103,15 @@ class Sampler:
     def grid(self) -> tuple[float, float] | None:
         """(t0, the next instant) once the grid is anchored; None before (or without fps)."""
         return None if self._t0 is None or self.fps is None else (self._t0, self._next)
+
+    @classmethod
+    def after(cls, fps: float | None, first: float, last: float) -> Sampler:
+        """The sampler of a read whose first frame kept was at `first` and last at `last`, as it was then: a
+        read resumed there keeps what the whole read would have kept after `last`."""
+        sampler = cls(fps)
+        sampler.keep(first), sampler.keep(last)
+        sampler.start = last + RESUME_GAP
+        return sampler
 
     def keep(self, t: float) -> bool:
         """Whether the frame at time `t` is kept; advances to the next instant when it is."""

@@ -52,6 +52,7 @@ class UrlSource(AVLiveSource):
     """
 
     _open_error = SourceConnectionError
+    _network = True
 
     def __init__(self, config: UrlSourceConfig) -> None:
         self.config = config
