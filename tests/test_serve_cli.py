@@ -81,7 +81,8 @@ def test_port_in_use_is_a_clear_error(serve_process):
 def test_max_body_bytes_and_max_tokens_limit_raise_the_request_limits(serve_process):
     """A long chat history (~100 KB) is over the 64 KiB default; `--max-body-bytes 256K` lets it through.
     `max_tokens` over 512 had no flag at all; `--max-tokens-limit` sets it."""
-    _, url = serve_process("--max-body-bytes", "256K", "--max-new-tokens", "2", "--max-tokens-limit", "600")
+    _, url = serve_process("--max-body-bytes", "256K", "--max-new-tokens", "2", "--max-tokens-limit", "600",
+                           "--max-frame-pixels", "4096")  # fmt: skip
     sid = httpx.post(f"{url}/v1/streams", json={"source": "lavfi:testsrc=size=96x96:rate=4"}).json()["id"]
     history = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 1000} for i in range(100)]
     body = {"model": sid, "messages": [*history, {"role": "user", "content": "What is shown?"}]}
@@ -95,6 +96,13 @@ def test_max_body_bytes_and_max_tokens_limit_raise_the_request_limits(serve_proc
                                                              "stream": False, "stop": "."}, timeout=HANG_GUARD)  # fmt: skip
         assert r.status_code == code, r.text
     assert "over the server's limit of 600 (livevlm serve --max-tokens-limit)" in r.json()["error"]["message"]
+    pushed = httpx.post(f"{url}/v1/streams", json={"source": "push"}).json()["id"]
+    raw = {"content-type": "application/octet-stream"}
+    for side, code in ((64, 202), (65, 413)):  # 64x64 = 4096 pixels: at the limit
+        r = httpx.post(f"{url}/v1/streams/{pushed}/frames?width={side}&height={side}", content=b"\0" * (3 * side * side),
+                       headers=raw, timeout=HANG_GUARD)  # fmt: skip
+        assert r.status_code == code, r.text
+    assert "over the limit of 4096 pixels (livevlm serve --max-frame-pixels)" in r.json()["error"]["message"]
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     bad = subprocess.run([sys.executable, "-m", "livevlm.cli", "serve", "--port", "0", "--max-body-bytes", "lots"],

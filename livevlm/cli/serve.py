@@ -38,6 +38,8 @@ def add_parser(sub: Any) -> None:
     s.add_argument(
         "--max-frame-bytes", type=int, default=d.max_frame_bytes, help="largest pushed frame in bytes"
     )
+    s.add_argument("--max-frame-pixels", type=int, default=d.max_frame_pixels,
+                   help="largest pushed frame in pixels, width x height (default: 3840x2160)")  # fmt: skip
     s.add_argument("--max-body-bytes", default=str(d.max_body_bytes), metavar="BYTES",
                    help=f"largest JSON request body, e.g. 1M (default: {d.max_body_bytes >> 10}K; a chat request "
                         "carries its whole history)")  # fmt: skip
@@ -71,6 +73,7 @@ def serve_config(args: argparse.Namespace) -> Any:
     tokens = max(ServeLimits.max_new_tokens, args.max_new_tokens)  # a client may ask for the default answer length
     limits = ServeLimits(
         max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes, max_question_chars=args.max_question_chars,
+        max_frame_pixels=args.max_frame_pixels,
         max_body_bytes=parse_bytes(args.max_body_bytes),
         max_new_tokens=tokens if args.max_tokens_limit is None else args.max_tokens_limit,
         questions_per_minute=args.questions_per_minute, idle_timeout_s=args.idle_timeout, buffer_frames=args.buffer,

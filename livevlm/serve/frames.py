@@ -13,6 +13,9 @@ _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
+_PIXELS = " (livevlm serve --max-frame-pixels)"
+
+
 class FrameTooLargeError(FrameError):
     """A pushed frame over the server's byte or pixel limit (HTTP 413)."""
 
@@ -59,12 +62,12 @@ def decode_frame(
         with Image.open(io.BytesIO(data), formats=[fmt.upper()]) as image:
             w, h = image.size  # from the header: nothing decoded yet
             if w * h > max_pixels:
-                raise FrameTooLargeError(f"frame of {w}x{h} pixels is over the limit of {max_pixels} pixels")
+                raise FrameTooLargeError(f"frame of {w}x{h} pixels is over the limit of {max_pixels} pixels{_PIXELS}")
             rgb = np.asarray(image.convert("RGB"))
     except FrameTooLargeError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own size check runs in `open`, before ours
-        raise FrameTooLargeError(f"frame is over the limit of {max_pixels} pixels ({e})") from None
+        raise FrameTooLargeError(f"frame is over the limit of {max_pixels} pixels{_PIXELS} ({e})") from None
     except UnidentifiedImageError:
         raise FrameError(f"frame is not a decodable {fmt.upper()} image (its header cannot be read)") from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -76,7 +79,7 @@ def _raw_rgb(data: bytes, width: int | None, height: int | None, max_pixels: int
     if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
         raise FrameError("a raw RGB frame needs positive integer width and height")
     if width * height > max_pixels:
-        raise FrameTooLargeError(f"frame of {width}x{height} pixels is over the limit of {max_pixels} pixels")
+        raise FrameTooLargeError(f"frame of {width}x{height} pixels is over the limit of {max_pixels} pixels{_PIXELS}")
     if len(data) != width * height * 3:
         raise FrameError(
             f"raw RGB frame of {width}x{height} needs {width * height * 3} bytes, got {len(data)}"
