@@ -91,9 +91,11 @@ def check_pts(pts: object, last: float | None) -> float:
 
 def segment_offset(first_pts: float, last_pts: float | None, fps: float) -> float:
     """Shift for a segment (one ingest() or watch()) whose first frame is at `first_pts`, so that it follows
-    the stream: 0 when it already starts after the last frame, else what moves it one period after it."""
-    start = 0.0 if last_pts is None else last_pts + 1.0 / fps
-    return start - first_pts if first_pts < start else 0.0
+    the stream: 0 when it already starts after the last frame (however closely: a robot's batches at 30 Hz keep
+    their clock), else what moves it one period after it (a second file, a source restarting at 0)."""
+    if last_pts is None or first_pts > last_pts:
+        return 0.0
+    return last_pts + 1.0 / fps - first_pts
 
 
 class SegmentPush:

@@ -188,3 +188,30 @@ def test_a_question_after_every_pushed_frame_was_refused_says_why(tiny_adapters)
         assert ingestor.wait(HANG_GUARD)
         with pytest.raises(livevlm.NoVideoError, match=rf"ended .* without a frame \(3 frames refused; the last: {why}"):
             s.ask(QUESTION)
+
+
+def test_batches_of_a_robot_clock_keep_their_times(tiny_adapters, frames) -> None:
+    """A robot's 30 Hz frames ingested ten at a time (or pushed without blocking after blocking pushes) were moved
+    a sampling period after the stream's last frame, each batch drifting 0.47 s, and `within=` read other frames."""
+    from livevlm import Frame
+
+    pictures = [f.data for f in frames]
+    times = [round(i / 30, 4) for i in range(30)]
+    with Session(tiny_adapters["qwen2_5_vl"], SessionConfig(max_new_tokens=2)) as session:
+        for batch in range(3):
+            session.ingest(Frame(pictures[i % 4], t) for i, t in enumerate(times[batch * 10 : batch * 10 + 10]))
+            assert session.stats.last_pts_seconds == times[batch * 10 + 9]  # before: 0.3, 1.1, 1.9
+        answer = session.ask(QUESTION, within=(0.5, 0.75))
+        "".join(answer)
+        assert 0.4 < answer.pts_range[0] <= 0.5 and 0.75 <= answer.pts_range[1] < 0.85, answer.pts_range  # whole chunks
+        session.ingest([Frame(pictures[0], 0.0)])  # a new clip from 0: not after the last frame, so it follows it
+        assert session.stats.last_pts_seconds == pytest.approx(times[-1] + 1 / session.config.fps)
+    with Session(tiny_adapters["qwen2_5_vl"]) as session:
+        for t in (0.0, 0.5, 1.0, 1.5):
+            session.push(pictures[0], t)
+        session.push(pictures[1], 1.6, block=False)
+        session.push(pictures[2], 1.7, block=False)
+        deadline = time.monotonic() + HANG_GUARD
+        while session.stats.frames_seen < 6 and time.monotonic() < deadline:  # ingested by the background thread
+            time.sleep(0.01)
+        assert session.stats.last_pts_seconds == 1.7  # before: 2.1
