@@ -287,8 +287,9 @@ class QuestionsMixin:
             read = (s.chunks, s.first_pts_seconds, s.last_pts_seconds)  # what the answer reads: all of it
             if within is not None:  # a pending odd frame outside the range is left out too
                 pending = pending if any(within[0] <= f.pts_seconds <= within[1] for f in pending) else []
-                read = _with_pending(self._kv.span(snapshot, *within), pending)
-                snapshot = restrict(snapshot, *within, allow_empty=bool(pending))  # type: ignore[misc]
+                stored = self._stand_ins.widen(*within)  # frames that stored nothing: the chunk standing for them
+                read = _with_pending(self._kv.span(snapshot, *stored), pending)
+                snapshot = restrict(snapshot, *stored, allow_empty=bool(pending))  # type: ignore[misc]
                 extra = extra if pending else 0
                 used = snapshot.get_seq_length() if hasattr(snapshot, "get_seq_length") else used  # kv full: the range
             if used + extra + len(suffix) + budget > self.adapter.max_context:

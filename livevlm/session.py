@@ -43,6 +43,7 @@ from .records import ChunkText
 from .session_config import SessionConfig, SessionStats, as_session_config
 from .session_snapshot import SnapshotMixin
 from .session_sources import SourcesMixin
+from .stand_ins import StandIns
 from .standing import StandingMixin, StandingQueries
 from .stream import Frame
 from .stream import config as _stream_config
@@ -88,6 +89,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         self._no_tokens: torch.Tensor | None = None  # (0, D): the embeds of a patch skipped before the ViT
         self._max_position = -1  # the highest position of any visual token, kept or not
         self._stored_end = 0  # one past the highest position stored in the KV context
+        self._stand_ins = StandIns()  # which stored chunk stands for frames that stored nothing (within=)
         self._stats = SessionStats()
         self._ingestor: Any = None
         self._feed: Any = None  # the PushSource behind push(block=False)
@@ -144,6 +146,9 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             kept = self._pruner(chunk)  # 2. prune
             if kept.num_tokens:  # 3. forward on the store's view, 4. commit
                 self._prefill(*kept.with_text(), pts_seconds=chunk.pts_seconds)
+                self._stand_ins.stored(chunk.pts_seconds)
+            else:
+                self._stand_ins.skipped(chunk.pts_seconds)
             s = self._stats
             s.chunks += 1
             s.visual_tokens += chunk.num_tokens
@@ -157,6 +162,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             replace(self._place0, index=index, start=self._max_position + 1), h, w
         )
         self._max_position = max(self._max_position, int(positions.max()))
+        self._stand_ins.skipped(tuple(f.pts_seconds for f in frames))
         self._stats.chunks += 1
         self._chunk_done.notify_all()
         none = torch.zeros(0, dtype=torch.long, device=positions.device)

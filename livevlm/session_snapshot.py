@@ -93,7 +93,7 @@ class SnapshotMixin:
             "latest": _frame_state(s._latest) if s._latest is not None else None,
             "frame_shape": s._frame_shape, "size": s._size, "grid_hw": s._grid_hw,
             "max_position": s._max_position, "stored_end": s._stored_end, "prompt_ids": s._prompt_ids,
-            "place0": dataclasses.astuple(s._place0),
+            "place0": dataclasses.astuple(s._place0), "stand_ins": s._stand_ins.state_dict(),
             "stats": {**stats, "seconds": dataclasses.asdict(s._stats.seconds)},
         }  # fmt: skip
         return {
@@ -121,6 +121,7 @@ class SnapshotMixin:
         s._max_position, s._stored_end = int(st["max_position"]), int(st["stored_end"])
         s._prompt_ids = [int(i) for i in st["prompt_ids"]]
         s._place0 = ChunkPlace(*st["place0"])
+        s._stand_ins.load_state(st.get("stand_ins"))
         stats = dict(st["stats"])
         s._stats.seconds = StageSeconds(**stats.pop("seconds"))
         load_fields(s._stats, stats)

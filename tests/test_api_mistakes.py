@@ -215,3 +215,29 @@ def test_batches_of_a_robot_clock_keep_their_times(tiny_adapters, frames) -> Non
         while session.stats.frames_seen < 6 and time.monotonic() < deadline:  # ingested by the background thread
             time.sleep(0.01)
         assert session.stats.last_pts_seconds == 1.7  # before: 2.1
+
+
+@pytest.mark.parametrize("kv", ["full", "bilevel"])
+def test_within_over_frames_dedup_skipped_reads_the_chunk_standing_for_them(tiny_adapters, frames, tmp_path, kv) -> None:
+    """A robot parked before an unchanged scene, asking about the last second: dedup stored nothing for those
+    frames, and within= said "no frame of the stream lies between 2.5s and 3.5s" though 8 frames came."""
+    from livevlm.prune import parse_prune_spec
+
+    config = SessionConfig(prune=parse_prune_spec("dedup"), max_new_tokens=2, kv=kv)
+    still, moved = frames[0].data, frames[3].data
+    with Session(tiny_adapters["qwen2_5_vl"], config) as session:
+        for i in range(8):
+            session.push(still, i * 0.5)
+        assert session.stats.prune.chunks_skipped == 3
+        answer = session.ask(QUESTION, within=(2.5, 3.5))
+        assert "".join(answer) is not None and answer.pts_range == (0.0, 0.5) and answer.chunks == 1  # the stand-in
+        for i in range(8, 10):
+            session.push(moved, i * 0.5)  # the scene changed: a chunk of its own
+        answer = session.ask(QUESTION, within=(4.0, 4.5))
+        "".join(answer)
+        assert answer.pts_range == (4.0, 4.5) and answer.chunks == 1  # a range of stored frames reads them alone
+        session.save(tmp_path / "parked")
+    with Session.load(tmp_path / "parked", tiny_adapters["qwen2_5_vl"]) as restored:
+        answer = restored.ask(QUESTION, within=(2.5, 3.5))
+        "".join(answer)
+        assert answer.pts_range == (0.0, 0.5)
