@@ -47,9 +47,11 @@ def stop_on_ctrl_c() -> threading.Event:
 
 
 def answer(session: Session, question: str, deadline_s: float) -> None:
-    t = session.stats.last_pts_seconds  # the newest frame the answer sees
+    t = None
     try:
-        text = "".join(session.ask(question, deadline_s=deadline_s)).strip() or "(no answer)"
+        reply = session.ask(question, deadline_s=deadline_s)
+        t = reply.pts_range[1]  # the newest frame the answer sees (taken with its snapshot of the stream)
+        text = "".join(reply).strip() or "(no answer)"
     except LivevlmError as e:  # a deadline passed, a bad question: say so and keep watching
         text = f"(no answer: {e})"
     stamp = "t=  -  " if t is None else f"t={t:5.1f}s"

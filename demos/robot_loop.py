@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="path or hub id (default: the bundled yardstick model)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.min_p <= 1.0:
+        parser.error(f"--min-p is a probability in [0, 1], got {args.min_p:g}")
+    if args.duration * args.fps < 2:  # one chunk is two frames: fewer would ask nothing
+        parser.error(f"--duration {args.duration:g} at --fps {args.fps:g} gives fewer than the 2 frames of one "
+                     f"chunk: give at least {2 / args.fps:g} s")  # fmt: skip
 
     robot = Robot(args.leg)
     try:

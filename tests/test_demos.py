@@ -101,6 +101,7 @@ def test_robot_loop_acts_on_each_answer() -> None:
 
 @pytest.mark.parametrize("name, args", [
     ("robot_loop", ["--leg", "0"]), ("robot_loop", ["--fps", "0"]), ("robot_loop", ["--window", "0"]),
+    ("robot_loop", ["--min-p", "5"]), ("robot_loop", ["--fps", "0.5"]),  # 3 s at 0.5 fps: not one 2-frame chunk
     ("alerts", ["--deadline", "0"]), ("alerts", ["--choices", "red"]), ("alerts", ["--question", " "]),
     ("live_qa", ["--deadline", "0"]), ("live_qa", ["--fps", "0"]), ("live_qa", ["--every", "-1"]),
 ])  # fmt: skip
