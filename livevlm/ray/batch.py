@@ -26,7 +26,7 @@ import ray
 from ..errors import ConfigError, LivevlmError, QuestionError, SourceNotFoundError
 from ..models import load_model
 from ..session import Session
-from ..session_config import SessionConfig
+from ..session_config import SessionConfig, as_session_config
 from ..stream import FileSource, FileSourceConfig, probe
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg")
@@ -165,7 +165,7 @@ def ingest_many(
     to (Ray starts a local one if none is)."""
     from tqdm.auto import tqdm
 
-    config = config or SessionConfig()
+    config = as_session_config(config)
     if model is not None:
         config = dataclasses.replace(config, model=str(model))
     questions = [questions] if isinstance(questions, str) else list(questions)

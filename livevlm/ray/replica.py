@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..cache.disk import pid_space, remove_spill_dirs_of
-from ..errors import LivevlmError, SessionClosedError, SnapshotError
+from ..errors import FrameError, LivevlmError, SessionClosedError, SnapshotError
 from ..models import load_model
 from ..serve.scheduler import ModelScheduler
 from ..session import Session
@@ -79,6 +79,8 @@ class Replica:
         Only a frame that completes a temporal patch (a model call) waits for an ingestion turn; one that joins
         the pending patch is pushed at once, as a watched source's are (`Session.watch(turn=...)`)."""
         session = self._session(stream_id)
+        if pts is not None and len(pts) != len(frames):
+            raise FrameError(f"{len(frames)} frames and {len(pts)} times: give one time per frame (or None)")
         pushed = session._in_turn(lambda item: session.push(*item), lambda: self.scheduler.turn(stream_id))
         for frame, t in zip(frames, pts or [None] * len(frames)):
             pushed((frame, t))

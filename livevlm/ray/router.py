@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,68 +32,15 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from ..errors import ConfigError, LivevlmError
-from ..session_config import SessionConfig
 from .replica import ReplicaActor, StreamNotHereError
+from .router_config import NoReplicaError, RestoreReport, RouterConfig, _Stream, check_stream_id
+
+__all__ = ["NoReplicaError", "RestoreReport", "Router", "RouterConfig"]
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 logger = logging.getLogger(__name__)
-
-
-class NoReplicaError(LivevlmError):
-    """Every replica of the router is dead: nothing can hold a stream."""
-
-
-@dataclass
-class RouterConfig:
-    """How many replicas, what each holds, and how often streams are snapshotted."""
-
-    model: str | None = None
-    """Checkpoint every replica loads (None: `session.model`, else the bundled default)."""
-    session: SessionConfig = field(default_factory=SessionConfig)
-    """The config of every stream's session."""
-    replicas: int = 2
-    replica_cpus: float = 1.0
-    replica_gpus: float = 0.0
-    """GPUs per replica actor: 1 = one replica per GPU."""
-    replica_concurrency: int = 16
-    """Calls a replica serves at once on its thread pool (a status read need not wait for a long answer);
-    model work still takes turns through the replica's scheduler."""
-    snapshot_dir: str | None = None
-    """Where streams are snapshotted (shared by the replicas); None = a temp dir of the router's own."""
-    snapshot_every_s: float | None = 30.0
-    """Seconds between snapshot rounds of every stream; None = only when `snapshot()` is called."""
-    call_timeout_s: float = 600.0
-
-
-@dataclass(frozen=True)
-class RestoreReport:
-    """A stream moved off a dead replica: what it came back with and what was lost."""
-
-    stream: str
-    dead_replica: int
-    replica: int
-    snapshot_frames: int
-    """Frames the stream had seen at its last snapshot (0: it had none; it restarted empty)."""
-    frames_lost: int
-    """Frames seen after that snapshot (as last confirmed by the dead replica) that the restored memory lacks
-    and nothing will bring back: 0 for a file source, which is read again from the snapshot on."""
-    pts_lost: tuple[float | None, float | None]
-    """Stream time of the last frame kept and of the last frame lost."""
-    seconds: float
-    resumed_from: float | None = None
-    """A file source's stream time the restored replica reads it again from (None: pushed or live frames)."""
-
-
-@dataclass
-class _Stream:
-    id: str
-    replica: int
-    source: Any = None
-    frames_seen: int = 0
-    last_pts: float | None = None
-    snapshot: dict[str, Any] | None = None  # what the replica reported when it saved the last snapshot
 
 
 class Router:
@@ -103,8 +49,6 @@ class Router:
 
     def __init__(self, config: RouterConfig | None = None) -> None:
         self.config = config = config or RouterConfig()
-        if config.replicas < 1:
-            raise ConfigError(f"a router needs at least one replica, got replicas={config.replicas}")
         self._own_dir = config.snapshot_dir is None
         self.snapshot_dir = Path(config.snapshot_dir or tempfile.mkdtemp(prefix="livevlm-snapshots-"))
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
@@ -141,10 +85,13 @@ class Router:
     def open(self, stream_id: str | None = None, source: Any = None) -> str:
         """A new stream on the least-loaded live replica; returns its id. `source` (a path the replicas can
         read, a URL, 'lavfi:...', a `FileSourceConfig`): the replica watches it; else frames come by `push`."""
-        sid = stream_id or "s-" + uuid.uuid4().hex[:8]
+        sid = "s-" + uuid.uuid4().hex[:8] if stream_id is None else check_stream_id(stream_id)
         with self._lock:
             if sid in self._streams:
                 raise ConfigError(f"stream {sid!r} is open already")
+            if (self.snapshot_dir / sid).exists():  # never restored from, never removed: not this router's
+                raise ConfigError(f"{self.snapshot_dir / sid} exists (another run's snapshot, or files of yours): "
+                                  "give the stream another id, or the router another snapshot_dir")  # fmt: skip
             stream = self._streams[sid] = _Stream(sid, self._least_loaded(), source)
         try:
             self._call(stream, "open", None, source)
@@ -157,7 +104,7 @@ class Router:
 
     def push(self, stream_id: str, frames: np.ndarray | list[np.ndarray], pts: list[float | None] | None = None) -> int:
         """Push one frame (H, W, 3) or several to the stream's replica; returns the frames it has seen."""
-        batch = [frames] if isinstance(frames, np.ndarray) and frames.ndim == 3 else list(frames)
+        batch = [frames] if isinstance(frames, np.ndarray) and frames.ndim != 4 else list(frames)  # (a bad one: its error)
         status = self._call(self._stream(stream_id), "push", batch, pts)
         return int(status["frames_seen"])
 
@@ -290,8 +237,14 @@ class Router:
                 self._replicas[index], self._alive[index] = self._start(), True
                 self.info[index] = self._get(self._replicas[index].ready.remote())
             moved = [s for s in self._streams.values() if s.replica == index]
-            for stream in moved:
-                self._restore(stream, index)
+            for stream in moved:  # each on its own: one that cannot come back does not hold the others
+                try:
+                    self._restore(stream, index)
+                except (LivevlmError, RayActorError, RayTaskError, GetTimeoutError) as e:
+                    self._streams.pop(stream.id, None)
+                    self.restores.append(RestoreReport(stream.id, index, -1, 0, stream.frames_seen,
+                                                       (None, stream.last_pts), 0.0, None, f"closed: {e}"))  # fmt: skip
+                    logger.error("stream %r could not be restored after replica %d died: %s", stream.id, index, e)
             self._sweep(dead)
 
     def _sweep(self, info: dict[str, Any]) -> None:
@@ -306,17 +259,24 @@ class Router:
                 return
 
     def _restore(self, stream: _Stream, dead: int) -> None:
-        start = time.perf_counter()
-        stream.replica = self._least_loaded()
-        saved = self.snapshot_dir / stream.id  # what the replica last saved, even if it died before saying so
+        """Open `stream` on the least-loaded live replica from its last snapshot (what the replica last saved, even
+        if it died before saying so); a source that cannot be opened again: the memory alone, the error reported."""
+        start, target, error = time.perf_counter(), self._least_loaded(), None
+        saved = self.snapshot_dir / stream.id
         path = str(saved) if (saved / "manifest.json").exists() else None
-        status = ray.get(self._replicas[stream.replica].open.remote(stream.id, path, stream.source),
-                         timeout=self.config.call_timeout_s)  # fmt: skip
+        try:
+            status = self._get(self._replicas[target].open.remote(stream.id, path, stream.source))
+        except LivevlmError as e:
+            if stream.source is None:
+                raise
+            error, stream.source = f"its source could not be opened again: {type(e).__name__}: {e}", None
+            status = self._get(self._replicas[target].open.remote(stream.id, path, None))
+        stream.replica = target
         kept, resumed = int(status["frames_seen"]), status["resumed_from"]
         lost = 0 if resumed is not None else max(0, stream.frames_seen - kept)
         self.restores.append(RestoreReport(
             stream.id, dead, stream.replica, kept, lost, (status["last_pts_seconds"], stream.last_pts),
-            time.perf_counter() - start, resumed,
+            time.perf_counter() - start, resumed, error,
         ))  # fmt: skip
         stream.frames_seen, stream.last_pts = kept, status["last_pts_seconds"]
 
