@@ -84,6 +84,16 @@ def test_segments_come_back_in_order_and_answer_like_a_plain_session(ray_cluster
     assert good[2].answers == good[0].answers  # the truncated copy's first half is the same stretch
 
 
+def test_a_segment_a_truncated_file_stops_in_says_so(ray_cluster, config, tmp_path):
+    clip = sample_video_path()  # 8 s at 2 fps
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) // 3])  # the packets end inside the first 4 s
+    whole, part, after = ingest_many([clip, cut], QUESTIONS[:1], config=config, segment_seconds=4, progress=False)[1:]
+    assert whole.shortfall is None and part.ok and 0 < part.frames < 8
+    assert part.shortfall is not None and "stopped at" in part.shortfall  # before: nothing told it from a whole one
+    assert after.error is not None and after.error.startswith("EmptyVideoError")
+
+
 def test_a_directory_is_read_in_name_order(ray_cluster, config, tmp_path):
     for name in ("b.mp4", "a.mp4"):
         shutil.copy(sample_video_path(), tmp_path / name)

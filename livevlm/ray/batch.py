@@ -58,6 +58,9 @@ class SegmentResult:
     """Stream times of the first and last frame ingested."""
     error: str | None = None
     """`ErrorType: message` when the segment failed (then `answers` is empty)."""
+    shortfall: str | None = None
+    """What the file promised in this stretch and did not give (`FileSource.shortfall`: a truncated file's 'stopped
+    at A s of B s', corrupt packets skipped); the answers are over the frames it did give."""
 
     @property
     def ok(self) -> bool:
@@ -133,14 +136,14 @@ def run_segment(
     source = FileSourceConfig(segment.source, fps=config.fps, start_seconds=segment.start_seconds,
                               max_frames=segment.max_frames)  # fmt: skip
     try:
-        with Session(_model(config), config) as session:
-            frames = session.ingest(FileSource(source))
+        with Session(_model(config), config) as session, FileSource(source) as read:
+            frames = session.ingest(read)
             answers = {q: "".join(session.ask(q, max_new_tokens)) for q in questions}
-            stats = session.stats
+            stats, short = session.stats, read.shortfall()
     except LivevlmError as e:
         return dataclasses.replace(result, error=f"{type(e).__name__}: {e}")
     pts = (stats.first_pts_seconds, stats.last_pts_seconds)
-    return dataclasses.replace(result, frames=frames, answers=answers, pts_range=pts)
+    return dataclasses.replace(result, frames=frames, answers=answers, pts_range=pts, shortfall=short)
 
 
 def ingest_many(
