@@ -108,6 +108,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         `block=False` never waits for the model: the frame goes to a bounded buffer (8 frames, the oldest
         dropped first, as the live reader does) that a background thread ingests; drops show in
         `stats.stream` and the call returns None. Its `pts_seconds` default to seconds since the first such push.
+        The thread holds the session until `close()` (use `with Session(...)`), so a dropped one is not freed.
 
         `pts_seconds` (None: the `Frame`'s own, or for an array the next 1/fps instant after the last frame) is
         seconds since the stream's start: a finite number in [0, 1e9], greater than the previous accepted
