@@ -23,10 +23,15 @@ SAMPLE = sample_video_path()
 HANG_GUARD = 300.0  # seconds; only there to turn a hang into a failure
 
 
+SIGINT_AS_AT_A_TERMINAL = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+"""Run argv[1:] with Ctrl-C as at a terminal: a test run started in the background (`cmd &`) ignores SIGINT, and a
+child inherits that through exec (Python then installs no KeyboardInterrupt handler)."""
+
+
 def cli(*args: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "livevlm", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kw)  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", SIGINT_AS_AT_A_TERMINAL, sys.executable, "-m", "livevlm", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)  # fmt: skip
 
 
 def test_out_naming_the_video_itself_is_refused_and_the_video_kept(tmp_path, capsys) -> None:
