@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _parser import BenchParser  # noqa: F401 -- the scripts import it from here
 
 from livevlm.errors import LivevlmError
 

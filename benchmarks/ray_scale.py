@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, provenance, require, run_cli
+from _machine import BenchParser, cpu_info, provenance, require, run_cli
 
 from livevlm.cache import build_kv_store, kv_config, parse_bytes
 from livevlm.records import KVLayout
@@ -141,7 +141,7 @@ def snapshot(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("scale", "snapshot", "both"), default="both")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     p.add_argument("--streams", type=int, default=4)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, provenance, require, run_cli
+from _machine import BenchParser, cpu_info, provenance, require, run_cli
 
 import livevlm
 from livevlm import SessionConfig, load_model
@@ -561,7 +561,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["bundled", "qwen2-vl-2b", "qwen2.5-vl-3b"], default="bundled")
     p.add_argument(
         "--streams", default="1,4,8", help="comma-separated numbers of push streams (one setting each)"

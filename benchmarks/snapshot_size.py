@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, provenance, run_cli
+from _machine import BenchParser, cpu_info, provenance, run_cli
 
 from livevlm import Session, SessionConfig
 from livevlm.cache import KVTiers, RetrievalConfig, parse_bytes
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = BenchParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=10_000)
     p.add_argument(
         "--size", type=int, default=56, help="frame side in pixels (56: the smallest, 2x2 patches)"

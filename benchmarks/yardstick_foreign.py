@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import provenance, require, run_cli, run_context, write_result
+from _machine import BenchParser, provenance, require, run_cli, run_context, write_result
 
 require("PIL", hint="the clips are drawn with Pillow: pip install pillow")
 from _foreign_world import CONDITIONS, TYPES, Clip, Footage, draw_clip, make_scene
@@ -159,7 +159,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = BenchParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the bundled yardstick)")
     parser.add_argument("--per-condition", type=int, default=40,
                         help="questions per type and condition (default 40: ~10 min on one CPU thread)")

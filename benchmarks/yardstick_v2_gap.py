@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _machine import cpu_info, provenance, run_cli
+from _machine import BenchParser, cpu_info, provenance, run_cli
 
 import livevlm
 from livevlm import SessionConfig, load_model
@@ -128,7 +128,7 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = BenchParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint path (default: the bundled yardstick)")
     parser.add_argument(
         "--per-type", type=int, default=30, help="questions per type and condition (default 30)"

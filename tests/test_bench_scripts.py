@@ -111,6 +111,8 @@ BAD = [
     ("summarize_events.py", ["--minutes", "ten"], "--minutes"),
     ("yardstick_v2_gap.py", ["--conditions", "v1 clips"], "unknown ['v1 clips']"),
     ("vit_cache_versus.py", ["--rev", "no-such-revision"], "is not a commit"),
+    ("baseline.py", ["--threads", "-1"], "--threads must be at least 1"),  # was torch's traceback after the build
+    ("gpu.py", ["--device", "cpu", "--shapes", "tiny", "--budget-s", "-1"], "--budget-s must be"),
 ]
 
 
@@ -122,6 +124,13 @@ def test_a_bad_flag_is_one_line_before_any_work(script: str, flags: list[str], m
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "Loading weights" not in done.stderr  # refused before a model loaded
     assert not out.exists()
+
+
+@pytest.mark.parametrize("script", ["kernel_speed.py", "baseline.py", "pruner.py"])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(script: str, tmp_path: Path) -> None:
+    for out, message in ((tmp_path, "is a folder"), (Path("/proc/livevlm-nope/x.json"), "cannot be made")):
+        done = bench(script, "--out", str(out), timeout=120)  # was a traceback after the whole run
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
 def test_a_missing_optional_package_is_named_with_its_install_line(tmp_path: Path) -> None:

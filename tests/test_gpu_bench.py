@@ -47,6 +47,18 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert "x)" in done.stdout  # the table prints the ratios
 
 
+def test_shapes_past_the_budget_are_in_the_json_as_in_the_table(tmp_path):
+    out = tmp_path / "gpu.json"
+    flags = ["--device", "cpu", "--shapes", "tiny", "tiny", "--frames", "8", "--long", "12", "--long-shapes", "tiny",
+             "--budget-s", "0.001", "--out", str(out)]  # fmt: skip
+    done = subprocess.run([sys.executable, str(SCRIPT), *flags], check=False, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    shapes = json.loads(out.read_text())["shapes"]  # before: no file at all (it said "wrote" all the same)
+    assert [s["not_measured"] for s in shapes] == [["past --budget-s"]] * 2
+    assert done.stdout.count("past --budget-s") >= 2
+
+
 def test_gpu_benchmark_without_cuda_names_the_cpu_smoke_run():
     """Without a GPU the default run (2B/3B/7B shapes) is refused in one line, not built in RAM for minutes."""
     import torch
