@@ -241,3 +241,10 @@ def test_within_over_frames_dedup_skipped_reads_the_chunk_standing_for_them(tiny
         answer = restored.ask(QUESTION, within=(2.5, 3.5))
         "".join(answer)
         assert answer.pts_range == (0.0, 0.5)
+
+
+@pytest.mark.parametrize("bounds", [{"max_pixels": -5}, {"min_pixels": 10}, {"max_pixels": 1.5e6},
+                                    {"min_pixels": 200_000, "max_pixels": 100_000}])  # fmt: skip
+def test_load_model_refuses_pixel_bounds_that_are_not_ones(tiny_checkpoints, bounds) -> None:
+    with pytest.raises(ConfigError, match="pixels"):  # max_pixels=-5 was a ValueError "math domain error" at the first push
+        livevlm.load_model(tiny_checkpoints["qwen2_5_vl"], **bounds)

@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 
+import livevlm
 from livevlm import kernels
 from livevlm.cache.vit_cache import ViTCacheConfig, build_feature_cache
 from livevlm.kernels import _backend
@@ -280,8 +281,10 @@ def test_backend_reasons_without_triton_cuda_or_interpreter(monkeypatch):
     monkeypatch.delenv(kernels.FORCE_ENV)
     assert str(kernels.triton_choice("cuda")) == "torch: no triton"
     monkeypatch.setenv(kernels.FORCE_ENV, "fast")
-    with pytest.raises(ValueError, match="LIVEVLM_KERNELS"):
+    with pytest.raises(ValueError, match="LIVEVLM_KERNELS") as bad:
         kernels.backend()
+    assert isinstance(bad.value, livevlm.LivevlmError)  # every error raised on purpose is one (was a bare ValueError)
+    assert issubclass(kernels.KernelUnavailableError, livevlm.LivevlmError)
 
 
 PARTIAL_EVERY_CHUNK = ViTCacheConfig("fast", cut_fraction=1.0, drift_limit=1.0, backoff=0)

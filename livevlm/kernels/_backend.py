@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError, LivevlmError
+
 FORCE_ENV = "LIVEVLM_KERNELS"
 FORCE_VALUES = ("", "auto", "torch", "triton")
 INTERPRET_ENV = "TRITON_INTERPRET"
 
 
-class KernelUnavailableError(RuntimeError):
+class KernelUnavailableError(LivevlmError, RuntimeError):
     """A forced backend cannot run here (triton not installed, or CPU tensors without the interpreter)."""
 
 
@@ -34,7 +36,7 @@ def forced() -> str:
     """The backend the user forced with LIVEVLM_KERNELS ("torch", "triton"), or "" for the automatic choice."""
     value = os.environ.get(FORCE_ENV, "").strip().lower()
     if value not in FORCE_VALUES:
-        raise ValueError(f"{FORCE_ENV} must be one of torch, triton, auto (or unset), got {value!r}")
+        raise ConfigError(f"{FORCE_ENV} must be one of torch, triton, auto (or unset), got {value!r}")
     return "" if value == "auto" else value
 
 

@@ -225,6 +225,15 @@ def _load_tokenizer(name: str):
     return tokenizer
 
 
+def _check_pixel_bounds(min_pixels: object, max_pixels: object) -> None:
+    """`min_pixels` / `max_pixels` given to `load_model`: None or ints >= 784 (one 28x28 patch), min <= max."""
+    for name, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 28 * 28):
+            raise ConfigError(f"{name} must be an int >= 784 (one 28x28 patch) or None, got {value!r}")
+    if isinstance(min_pixels, int) and isinstance(max_pixels, int) and min_pixels > max_pixels:
+        raise ConfigError(f"min_pixels ({min_pixels}) must not be above max_pixels ({max_pixels})")
+
+
 def load_model(
     name_or_path: str | Path | None = None, *, device: str = "cpu", dtype: str = "auto", **adapter_kwargs: Any
 ):
@@ -237,6 +246,7 @@ def load_model(
     `max_pixels` in `adapter_kwargs` override them."""
     torch_dtype = _resolve_dtype(dtype)
     check_device(device)
+    _check_pixel_bounds(adapter_kwargs.get("min_pixels"), adapter_kwargs.get("max_pixels"))
     try:  # a bad LIVEVLM_KERNELS fails here, not at the first question after a whole ingest
         check_forced(device)
     except (ValueError, KernelUnavailableError) as exc:
