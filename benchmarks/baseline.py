@@ -381,8 +381,9 @@ def main(argv: list[str] | None = None) -> None:
             build_tiny_checkpoint(tmp, "qwen2_5_vl")
         if len(args.vit_cache) == 1:
             result = run(args, Path(tmp), args.vit_cache[0])
-        else:
-            result = {"settings": {p: run_child(args, Path(tmp), p) for p in args.vit_cache}}
+        else:  # the ratios need the uncompressed run of this same run: added first when not asked for
+            presets = ["none", *(p for p in args.vit_cache if p != "none")]
+            result = {"settings": {p: run_child(args, Path(tmp), p) for p in presets}}
             vs_none(result["settings"])
     result = {**provenance(__file__, args, argv), **result}
 

@@ -126,6 +126,16 @@ def test_a_bad_flag_is_one_line_before_any_work(script: str, flags: list[str], m
     assert not out.exists()
 
 
+def test_baseline_vit_cache_presets_get_their_ratios_without_none_asked(tmp_path: Path) -> None:
+    out = tmp_path / "bl.json"
+    done = bench("baseline.py", "--vit-cache", "balanced", "fast", "--frames", "4", "--new-tokens", "2",
+                 "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    settings = json.loads(out.read_text())["settings"]
+    assert list(settings) == ["none", "balanced", "fast"]  # before: no `none`, and every vs_none null
+    assert all(r["vs_none"] and r["vs_none"]["ttft_ms"] for r in settings.values())
+
+
 @pytest.mark.parametrize("script", ["kernel_speed.py", "baseline.py", "pruner.py"])
 def test_an_out_that_cannot_be_written_is_refused_before_any_work(script: str, tmp_path: Path) -> None:
     for out, message in ((tmp_path, "is a folder"), (Path("/proc/livevlm-nope/x.json"), "cannot be made")):
