@@ -108,15 +108,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name}: overall {done['accuracy']['overall']:.2f} ({done['seconds']:.0f} s)", flush=True)
     base = report["conditions"].get(BASELINE)
     for entry in report["conditions"].values():  # each condition's accuracy over the baseline's, per shared type
-        entry["vs_baseline"] = None if base is None else {
-            t: a / base["accuracy"][t] if base["accuracy"].get(t) else None
-            for t, a in entry["accuracy"].items() if t in base["accuracy"]
-        }  # fmt: skip
+        entry["vs_baseline"] = None if base is None else _vs(entry["accuracy"], base["accuracy"])
     return report
 
 
+def _vs(acc: dict[str, float], base: dict[str, float]) -> dict[str, float | None]:
+    """`acc` over `base` per type both have; "overall" over the types both asked alone (the mean of their
+    accuracies), so a type only one condition asks (v2's describe) does not move the headline."""
+    shared = [t for t in acc if t in base and t != "overall"]
+    out: dict[str, float | None] = {t: acc[t] / base[t] if base[t] else None for t in shared}
+    mean_base = sum(base[t] for t in shared) / len(shared) if shared else 0.0
+    out["overall"] = (sum(acc[t] for t in shared) / len(shared)) / mean_base if mean_base else None
+    return out
+
+
 def print_table(report: dict[str, Any]) -> None:
-    """Accuracy per type and condition; `x base`: overall accuracy over the baseline condition's (same run)."""
+    """Accuracy per type and condition; `x base`: the mean accuracy over the types both asked, over the baseline
+    condition's (same run)."""
     types = list(dict.fromkeys(t for e in report["conditions"].values() for t in e["accuracy"] if t != "overall"))
     head = ["condition", *types, "overall", "x base"]
     lines = [head, ["---"] * len(head)]

@@ -257,3 +257,11 @@ def test_no_script_shadows_an_installed_module() -> None:
     assert "kernel_speed" in stems
     shadowed = [s for s in stems if importlib.machinery.PathFinder.find_spec(s, elsewhere) is not None]
     assert shadowed == []
+
+
+def test_v2_gap_headline_ratio_compares_the_types_both_conditions_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH))
+    from yardstick_v2_gap import _vs
+
+    v2 = {"colour": 1.0, "shape": 0.5, "describe": 0.0, "overall": 0.5}  # describe: asked in v2 only
+    assert _vs(v2, {"colour": 1.0, "shape": 1.0, "overall": 1.0}) == {"colour": 1.0, "shape": 0.5, "overall": 0.75}
