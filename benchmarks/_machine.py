@@ -27,8 +27,10 @@ from livevlm.kernels import backend, cpu_flags
 SIMD_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx_ne_convert", "amx_bf16", "neon", "asimd")
 
 
-def cpu_info(dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
-    """CPU model, torch's ISA level, the SIMD flags that choose kernels, and each kernel's backend."""
+def cpu_info(dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """CPU model, torch's ISA level, the SIMD flags that choose kernels, and each kernel's backend: for `dtype`,
+    or (None) for float32 and bfloat16 weights both, as "kernels" and "kernels_bfloat16" (a script that does not
+    say its dtype records both, and the run's own `kernels` say which ran)."""
     model = ""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
@@ -39,7 +41,8 @@ def cpu_info(dtype: torch.dtype = torch.bfloat16) -> dict[str, Any]:
         "model": model or platform.processor(),
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "simd_flags": sorted(f for f in SIMD_FLAGS if f in cpu_flags()),
-        "kernels": {op: str(choice) for op, choice in backend(dtype).items()},
+        "kernels": {op: str(choice) for op, choice in backend(dtype or torch.float32).items()},
+        **({"kernels_bfloat16": {op: str(c) for op, c in backend(torch.bfloat16).items()}} if dtype is None else {}),
     }
 
 
