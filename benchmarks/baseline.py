@@ -348,8 +348,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path; default: benchmarks/results/baseline-<shape>-<device>.json")
     args = p.parse_args(argv)  # checked below before a full-shape checkpoint is built (minutes)
-    if (args.frames is not None and args.frames < 1) or args.new_tokens < 1 or not args.fps > 0:
-        p.error("--frames and --new-tokens must be at least 1, --fps > 0")
+    if (args.frames is not None and args.frames < 2) or args.new_tokens < 1 or not args.fps > 0:
+        p.error("--frames must be at least 2 (one chunk), --new-tokens at least 1, --fps > 0")
+    if args.max_pixels is not None and args.max_pixels < 28 * 28:
+        p.error(f"--max-pixels must be at least 784 (one 28x28 patch), got {args.max_pixels}")
     if args.video is not None and not args.video.is_file():
         p.error(f"--video {args.video}: no such file")
     check_device(args.device)

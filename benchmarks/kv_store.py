@@ -356,10 +356,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.show:
         return print(shown(args.show, parser))
     # checked here, before the model is built and a process per point starts
-    parse_bytes(args.kv_budget)
+    if parse_bytes(args.kv_budget) < 1:
+        parser.error(f"--kv-budget must be at least 1 byte, got {args.kv_budget!r}")
     check_device(args.device)
-    if min(args.frames) < 2 or args.reps < 1 or args.pool < 1 or args.size < 28 or args.every < 1:
-        parser.error("--frames need at least 2 (one chunk), --reps, --pool and --every at least 1, --size >= 28")
+    if min(args.frames) < 2 or args.reps < 1 or args.pool < 1 or args.size < 28 or args.every < 1 or args.soak < 0:
+        parser.error("--frames need at least 2 (one chunk), --reps, --pool and --every at least 1, --size >= 28, "
+                     "--soak >= 0")  # fmt: skip
     if not args.soak and "full" not in args.policies:  # every ratio is to `full` at the same frame count
         args.policies.insert(0, "full")
         print("adding full: the bounded policies are reported against it", flush=True)

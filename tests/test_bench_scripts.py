@@ -112,6 +112,8 @@ BAD = [
     ("yardstick_v2_gap.py", ["--conditions", "v1 clips"], "unknown ['v1 clips']"),
     ("vit_cache_versus.py", ["--rev", "no-such-revision"], "is not a commit"),
     ("baseline.py", ["--threads", "-1"], "--threads must be at least 1"),  # was torch's traceback after the build
+    ("baseline.py", ["--frames", "1"], "--frames must be at least 2"), ("baseline.py", ["--max-pixels", "-5"], "784"),
+    ("kv_store.py", ["--kv-budget", "0"], "--kv-budget must be at least 1"), ("kv_store.py", ["--soak", "-5"], "--soak"),
     ("gpu.py", ["--device", "cpu", "--shapes", "tiny", "--budget-s", "-1"], "--budget-s must be"),
 ]
 
