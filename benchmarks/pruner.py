@@ -309,6 +309,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--yardstick and --qa go together: the trained model and the QA set it is scored on")
     if (args.frames is not None and args.frames < 2) or args.repeats < 1 or not args.fps > 0:
         p.error("--frames must be at least 2 (one chunk), --repeats at least 1, --fps > 0")
+    if args.max_pixels is not None and args.max_pixels < 28 * 28:
+        p.error(f"--max-pixels must be at least 784 (one 28x28 patch), got {args.max_pixels}")
+    for flag, path in (("--yardstick", args.yardstick), ("--qa", args.qa)):
+        if path and not Path(path).exists():
+            p.error(f"{flag} {path}: no such file or folder")
     for name in args.clips:
         clip_path(name)
     check_device(args.device)

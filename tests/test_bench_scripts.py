@@ -100,6 +100,8 @@ BAD = [
     ("baseline.py", ["--video", "/no/such.mp4"], "no such file"),
     ("pruner.py", ["--budget", "lots"], "bad budget 'lots'"),
     ("pruner.py", ["--yardstick", "x"], "--qa"),
+    ("pruner.py", ["--yardstick", "/no/model", "--qa", "/no/qa.jsonl"], "--yardstick /no/model: no such file"),
+    ("pruner.py", ["--max-pixels", "-1"], "784"),
     ("kv_store.py", ["--kv-budget", "lots"], "not a byte size"),
     ("kv_store.py", ["--show", "/nope.json"], "--show /nope.json: No such file or directory"),
     ("kv_store.py", ["--show", "benchmarks/README.md"], "not a kv_store.py result with runs"),
