@@ -294,10 +294,9 @@ class FileSource(Source):
 
     def _run(self) -> Iterator[Frame]:
         cfg, start = self.config, float(self.config.start_seconds)
-        sampler = Sampler(cfg.fps, start if start > 0 else None)
-        if cfg.resume_after is not None:  # the whole read's sampler, as it was after its frame at `last`
-            sampler = Sampler.after(cfg.fps, *cfg.resume_after)
-            start = sampler.start or 0.0
+        sampler = (Sampler(cfg.fps, start if start > 0 else None) if cfg.resume_after is None
+                   else Sampler.after(cfg.fps, *cfg.resume_after))  # the whole read's, as after its frame at `last`
+        start = sampler.start or 0.0
         if self._decord is not None:
             reader, index, downscaled = self._decord
             yield from _decord.decord_frames(
