@@ -14,6 +14,7 @@ from livevlm.models.qwen_vl import QwenVLAdapter
 from livevlm.summary.formats import clock
 from livevlm.summary.run import DESCRIBE_PROMPT
 from tools.yardstick import compose
+from tools.yardstick.describe_attention import clause_rows, token_objects
 from tools.yardstick.losses import attention_target, token_targets
 from tools.yardstick.phrasing import filler_words, perturb
 from tools.yardstick.timeline_describe import draw_window
@@ -63,9 +64,10 @@ class Batcher:
         attention: bool = False,
         all_turns: bool = False,
         wordings: list[str] | None = None,
+        describe_clauses: bool = False,
     ) -> dict[str, torch.Tensor]:
         """`wordings`: each example's question as the model reads it (a perturbed one); the targets still
-        follow `ex.question`."""
+        follow `ex.question`. `describe_clauses` (with `attention`): a row for every clause of a describe answer."""
         wordings = wordings or [None] * len(examples)  # type: ignore[list-item]
         enc = [self.encode(ex, turns, w) for ex, turns, w in zip(examples, extra or [[]] * len(examples), wordings)]
         length = max(len(ids) for ids, *_ in enc)
@@ -77,7 +79,7 @@ class Batcher:
             mask[i, : len(ids)] = 1
             labels[i, : len(ids)] = torch.where(torch.tensor(target), torch.tensor(ids), -100)
         turns = extra if all_turns and extra else [[]] * len(examples)
-        aux = self._targets(examples, input_ids, labels, attention, turns) if targets else {}
+        aux = self._targets(examples, input_ids, labels, attention, turns, describe_clauses) if targets else {}
         # which tokens are video (2): without it transformers gives every token a 1-D text position, while a
         # Session places video tokens at their (t, h, w) M-RoPE positions
         types = (input_ids == self.adapter.video_token_id).to(torch.int) * 2
@@ -99,6 +101,7 @@ class Batcher:
         labels: torch.Tensor,
         attention: bool,
         turns: list[list[tuple[str, str]]],
+        describe_clauses: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Dense targets: each visual token's colour / shape and, with `attention`, one row per supervised answer
         (the first of each example, and those of `turns`): the sequence, the position that predicts the answer's
@@ -112,12 +115,20 @@ class Batcher:
         for i, (ex, tt) in enumerate(zip(examples, per_token)):
             video = (input_ids[i] == self.adapter.video_token_id).nonzero().squeeze(1)
             questions = [_about(ex.question), *(q for q, _ in turns[i])]
-            for pos, question in zip(starts[i].nonzero().squeeze(1).tolist(), questions):
+            firsts = starts[i].nonzero().squeeze(1).tolist()
+            for pos, question in zip(firsts, questions):
                 mask = torch.zeros(input_ids.shape[1], dtype=torch.bool)
                 mask[video] = attention_target(question, tt, len(tt) // -(-ex.num_frames // 2))
                 rows.append(i)
                 query.append(pos - 1)
                 about.append(mask)
+            if describe_clauses and ex.qtype == "describe" and ex.labels is not None:
+                for k, place in clause_rows(ex.answer, self._text(ex.answer), token_objects(ex.labels), self._text):
+                    mask = torch.zeros(input_ids.shape[1], dtype=torch.bool)
+                    mask[video] = place
+                    rows.append(i)
+                    query.append(firsts[0] + k - 1)
+                    about.append(mask)
         return {
             "token_targets": torch.cat(per_token),
             "attn_row": torch.tensor(rows),
@@ -184,7 +195,7 @@ class StepBatches(torch.utils.data.Dataset):
         attention = bool(self.cfg.attn_weight) and not self.stage  # the tower stage runs no LLM attention
         batch = self.batcher(
             examples, targets=True, extra=extra, attention=attention, all_turns=self.cfg.attn_all_turns,
-            wordings=wordings,
+            wordings=wordings, describe_clauses=self.cfg.describe_attention,
         )
         if self.cfg.stream_offset_share and not self.stage:
             batch["stream_offset"] = torch.tensor([stream_offset(rng, self.cfg) for _ in examples])

@@ -132,6 +132,9 @@ class TrainConfig:
     (`compose.reword`: hundreds per kind from shared openers, verbs and tails; held-out constructions left out), so
     that the kind is read from what is asked about rather than from a phrase: the bundled model stopped "Which of the
     A and the B is seen first?" after A's colour ("is seen" is a count wording). The targets follow the true question."""
+    describe_attention: bool = False
+    """With `attn_weight`: also supervise the attention at the first token of every later clause of a describe answer,
+    onto the chunk where its object or event is (`describe_attention`); off, only the answer's first token is."""
     variety: float = 0.0
     """World 2 only: this share of v2 clips is redrawn by `render_v2.vary` toward what other generators draw: a light
     background or footage undimmed, small objects, 16:9 / 4:3 frames with round shapes. An independent generator
@@ -165,6 +168,8 @@ class TrainConfig:
                      "variety", "composed_wordings"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.describe_attention and not self.attn_weight:
+            raise ValueError("describe_attention needs attn_weight > 0 (it adds rows to the attention loss)")
         if self.stream_offset_max < 1:
             raise ValueError(f"stream_offset_max must be >= 1, got {self.stream_offset_max}")
         if self.stream_offset_share and not self.session_layout:
