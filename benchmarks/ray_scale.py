@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         parse_bytes(size)
     if min(args.replicas) < 1 or args.streams < 1 or args.frames < 2 or args.new_tokens < 1:
         p.error("--replicas and --streams must be >= 1, --frames >= 2 (one chunk), --new-tokens >= 1")
+    if args.dir is not None and not (os.path.isdir(args.dir) and os.access(args.dir, os.W_OK)):
+        p.error(f"--dir {args.dir}: not a folder this run can write (snapshots go in a temp dir made inside it)")
     if args.part in ("scale", "both"):
         require("ray", hint="the scale part runs replicas on Ray: pip install 'livevlm[ray]' (or --part snapshot)")
         if 1 not in args.replicas:  # the ratio's baseline: one replica, in the same run

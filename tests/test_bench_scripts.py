@@ -117,6 +117,7 @@ BAD = [
     ("baseline.py", ["--frames", "1"], "--frames must be at least 2"), ("baseline.py", ["--max-pixels", "-5"], "784"),
     ("kv_store.py", ["--kv-budget", "0"], "--kv-budget must be at least 1"), ("kv_store.py", ["--soak", "-5"], "--soak"),
     ("gpu.py", ["--device", "cpu", "--shapes", "tiny", "--budget-s", "-1"], "--budget-s must be"),
+    ("ray_scale.py", ["--part", "snapshot", "--dir", "/no/such/dir"], "--dir /no/such/dir: not a folder"),
 ]
 
 
