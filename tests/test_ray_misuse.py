@@ -75,6 +75,9 @@ def test_stream_ids_never_name_a_directory_that_is_not_the_routers(ray_cluster, 
         with pytest.raises(FrameError, match=r"\(224, 224\)"):  # before: "got (224,)", a row taken for a frame
             router.push(sid, np.zeros((224, 224), np.uint8))
         assert router.push(sid, [frame, frame], [0.0, 0.5]) == 2
+        with pytest.raises(FrameError, match=r"1 of 3 frames rejected, the other 2 pushed: frame 1: "):
+            router.push(sid, [frame, frame[..., :2], frame], [1.0, 1.5, 2.0])  # before: frame 2 dropped unsaid
+        assert router.push(sid, [frame], [2.5]) == 5
         router.snapshot()
         assert (snaps / "cam-1" / "manifest.json").exists()
     assert (snaps / "lobby" / "data.txt").read_text() == "precious" and (victim / "keep.txt").exists()

@@ -82,8 +82,17 @@ class Replica:
         if pts is not None and len(pts) != len(frames):
             raise FrameError(f"{len(frames)} frames and {len(pts)} times: give one time per frame (or None)")
         pushed = session._in_turn(lambda item: session.push(*item), lambda: self.scheduler.turn(stream_id))
-        for frame, t in zip(frames, pts or [None] * len(frames)):
-            pushed((frame, t))
+        rejected = []
+        for i, (frame, t) in enumerate(zip(frames, pts or [None] * len(frames))):
+            try:
+                pushed((frame, t))
+            except FrameError as e:  # skipped and counted, as Session.push does; the frames after it still go in
+                if len(frames) == 1:
+                    raise
+                rejected.append(f"frame {i}: {e}")
+        if rejected:
+            raise FrameError(f"{len(rejected)} of {len(frames)} frames rejected, the other "
+                             f"{len(frames) - len(rejected)} pushed: {'; '.join(rejected)}")  # fmt: skip
         return self._status(stream_id)
 
     def ask(self, stream_id: str, question: str, max_new_tokens: int | None = None, **ask: Any) -> dict[str, Any]:

@@ -103,7 +103,8 @@ class Router:
         return sid
 
     def push(self, stream_id: str, frames: np.ndarray | list[np.ndarray], pts: list[float | None] | None = None) -> int:
-        """Push one frame (H, W, 3) or several to the stream's replica; returns the frames it has seen."""
+        """Push one frame (H, W, 3) or several to the stream's replica; returns the frames it has seen. A frame the
+        session rejects is skipped and the rest are pushed, then `FrameError` names each rejected one."""
         batch = [frames] if isinstance(frames, np.ndarray) and frames.ndim != 4 else list(frames)  # (a bad one: its error)
         status = self._call(self._stream(stream_id), "push", batch, pts)
         return int(status["frames_seen"])
