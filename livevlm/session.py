@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -312,8 +313,18 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         limit): a server refuses such a frame when it is sent rather than after accepting it. Once the stream
         has a size, any frame is fine (it is resized to the first one's)."""
         if self._frame_shape is None:
-            h, w = fit_size(height, width, _stream_config.MAX_INPUT_PIXELS)
-            self.adapter.target_size(h, w, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels)
+            self._model_size(fit_size(height, width, _stream_config.MAX_INPUT_PIXELS), (height, width))
+
+    def _model_size(self, fitted: tuple[int, int], given: tuple[int, int]) -> tuple[int, int]:
+        """The adapter's size for a first frame `fitted` from one of `given` (height, width); a refusal names the
+        frame as given, not as downscaled (a 16x2,000,000 frame was described as 8x1,000,000)."""
+        size = partial(self.adapter.target_size, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels)
+        try:
+            return size(*fitted)
+        except FrameError:
+            if fitted != given:
+                size(*given)  # the same refusal, in the caller's numbers
+            raise
 
     def _as_frame(self, frame: Frame | np.ndarray, pts_seconds: float | None) -> Frame:
         last = self._stats.last_pts_seconds
@@ -323,10 +334,10 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             pts_seconds = self._stats.frames_seen / self.config.fps
             pts_seconds = pts_seconds if last is None or pts_seconds > last else last + 1 / self.config.fps
         pts = check_pts(pts_seconds, last)
-        frame = Frame(accept_pixels(frame.data if isinstance(frame, Frame) else frame), pts)  # a copy, not theirs
+        given = frame.data if isinstance(frame, Frame) else frame
+        frame = Frame(accept_pixels(given), pts)  # a copy, not theirs
         if self._frame_shape is None:  # sized first: a frame the model refuses must not fix the stream's size
-            self._size = self.adapter.target_size(frame.height, frame.width, min_pixels=self.config.min_pixels,
-                                                  max_pixels=self.config.max_pixels)  # fmt: skip
+            self._size = self._model_size((frame.height, frame.width), tuple(np.shape(given)[:2]))
             self._frame_shape = (frame.height, frame.width)
         elif (frame.height, frame.width) != self._frame_shape:
             frame = Frame(resize_frame(frame.data, self._frame_shape), frame.pts_seconds, frame.source_id)

@@ -248,3 +248,14 @@ def test_within_over_frames_dedup_skipped_reads_the_chunk_standing_for_them(tiny
 def test_load_model_refuses_pixel_bounds_that_are_not_ones(tiny_checkpoints, bounds) -> None:
     with pytest.raises(ConfigError, match="pixels"):  # max_pixels=-5 was a ValueError "math domain error" at the first push
         livevlm.load_model(tiny_checkpoints["qwen2_5_vl"], **bounds)
+
+
+def test_a_refused_huge_first_frame_is_named_as_it_was_given(tiny_adapters) -> None:
+    """A 16x2,000,000 frame is downscaled (area) before the model sizes it; the refusal described the downscaled
+    frame (1414213x11 pixels), a size the caller never gave."""
+    with Session(tiny_adapters["qwen2_5_vl"]) as s:
+        with pytest.raises(livevlm.FrameError, match=r"frame of 2000000x16 pixels has an aspect ratio of 125000.0:1"):
+            s.push(np.zeros((16, 2_000_000, 3), np.uint8))
+        with pytest.raises(livevlm.FrameError, match=r"frame of 2000000x16 pixels"):
+            s.check_first_frame_size(16, 2_000_000)
+        assert s.stats.frames_rejected == 1
