@@ -167,10 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--key-reps", type=int, default=8, help="representative keys per chunk (BilevelConfig)"
     )
-    parser.add_argument("--tokens", type=int, default=144, help="tokens per chunk (2 frames at 336x336: 144)")
-    parser.add_argument(
-        "--vit-tokens", type=int, default=576, help="ViT tokens per temporal patch (336x336: 24x24 patches)"
-    )
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="tokens per chunk (default 144, 2 frames at 336x336; 16 in the CPU interpreter)")
+    parser.add_argument("--vit-tokens", type=int, default=None,
+                        help="ViT tokens per temporal patch (default 576, 336x336's 24x24 patches; 150 on cpu)")
     parser.add_argument("--vit-changed", type=float, default=0.1, help="fraction of ViT rows recomputed")
     parser.add_argument("--reps", type=int, default=None, help="timed runs (default 50 on cuda, 2 on cpu)")
     parser.add_argument(
@@ -182,12 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     cuda = args.device == "cuda"
     args.chunks = args.chunks if args.chunks is not None else 10_000 if cuda else 8  # the interpreter is slow
     args.reps = args.reps if args.reps is not None else 50 if cuda else 2
+    args.tokens = args.tokens if args.tokens is not None else 144 if cuda else 16  # given ones are kept as given
+    args.vit_tokens = args.vit_tokens if args.vit_tokens is not None else 576 if cuda else 150
     if min(args.chunks, args.key_reps, args.tokens, args.vit_tokens, args.reps) < 1 or not 0 < args.vit_changed <= 1:
         parser.error("--chunks, --key-reps, --tokens, --vit-tokens and --reps must be >= 1, --vit-changed in (0, 1]")
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported: they are decorated then
-        args.tokens = min(args.tokens, 16)
-        args.vit_tokens = min(args.vit_tokens, 150)
     sys.path.insert(0, str(Path(__file__).parent))
     from _machine import cpu_info, provenance, require  # after TRITON_INTERPRET: it imports livevlm.kernels
 
