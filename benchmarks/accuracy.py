@@ -185,11 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--settings", default=None, help="comma list (default: every setting; see --list)")
     parser.add_argument("--list", action="store_true", help="print the settings and exit")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto (the checkpoint's), float32, bfloat16 or float16")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: all cores)")
     parser.add_argument("--answers", action="store_true", help="keep every reply in the JSON")
     parser.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.list:

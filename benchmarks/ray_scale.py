@@ -142,15 +142,16 @@ def snapshot(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     p = BenchParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("scale", "snapshot", "both"), default="both")
-    p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--streams", type=int, default=4)
-    p.add_argument("--frames", type=int, default=160)
-    p.add_argument("--new-tokens", type=int, default=8)
-    p.add_argument("--budgets", nargs="+", default=["64M", "256M"])
+    p.add_argument("--part", choices=("scale", "snapshot", "both"), default="both",
+                   help="scale: frames/s with 1..N Ray replicas; snapshot: snapshot size and time per KV budget")
+    p.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="replica counts tried (1 is always added)")
+    p.add_argument("--streams", type=int, default=4, help="streams pushed at once (default 4)")
+    p.add_argument("--frames", type=int, default=160, help="frames per stream (default 160)")
+    p.add_argument("--new-tokens", type=int, default=8, help="tokens decoded per answer (default 8)")
+    p.add_argument("--budgets", nargs="+", default=["64M", "256M"], help="KV budgets of the snapshot part (bytes: 64M)")
     p.add_argument("--disk", nargs="*", default=["512M"], help="disk-tier sizes tried besides none")
     p.add_argument("--dir", default=None, help="where snapshots are written (default: the temp dir)")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ray_scale.json"))
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ray_scale.json"), help="JSON path")
     args = p.parse_args(argv)
     # checked before Ray starts or a store fills: a typo must fail at once
     for size in [*args.budgets, *args.disk]:

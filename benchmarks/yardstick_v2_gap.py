@@ -151,11 +151,12 @@ def main(argv: list[str] | None = None) -> None:
                         "the footage condition")
     parser.add_argument("--background-bank", default="", help="a bank written by `python -m tools.yardstick.clips "
                         "--write-bank` (instead of decoding --background-clips)")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto (the checkpoint's), float32, bfloat16 or float16")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default 0: all cores)")
     parser.add_argument("--answers", action="store_true", help="keep every reply in the JSON")
     parser.add_argument("--out", type=Path, default=RESULTS / "yardstick-v2-gap.json")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines, only the table")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.conditions:  # checked before the model loads and the clips decode
