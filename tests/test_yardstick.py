@@ -412,7 +412,7 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     new = {"world", "v1_share", "background_clips", "background_share", "background_bank", "vocab_from",
            "session_layout", "stream_offset_share", "stream_offset_max", "timed_describe_share",
            "describe_frames_max", "phrase_noise", "phrase_noise_skip", "variety", "timeline_describe_share",
-           "composed_wordings"}  # fmt: skip
+           "composed_wordings", "describe_attention"}  # fmt: skip
     assert set(defaults) - set(v1["config"]) == new  # made before world 2 existed
     assert defaults["world"] == 1
     assert logs[1]["config"]["init"] == logs[1]["config"]["vocab_from"] == "livevlm/assets/yardstick"  # v1, then
