@@ -317,7 +317,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
 
     def _model_size(self, fitted: tuple[int, int], given: tuple[int, int]) -> tuple[int, int]:
         """The adapter's size for a first frame `fitted` from one of `given` (height, width); a refusal names the
-        frame as given, not as downscaled (a 16x2,000,000 frame was described as 8x1,000,000)."""
+        frame as given, not as downscaled (a 16x2,000,000 frame was described as 1414213x11)."""
         size = partial(self.adapter.target_size, min_pixels=self.config.min_pixels, max_pixels=self.config.max_pixels)
         try:
             return size(*fitted)
