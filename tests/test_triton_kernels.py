@@ -352,3 +352,29 @@ def test_forcing_each_backend_gives_the_same_answers_on_the_tiny_model(
     assert answers == reference
     assert all(triton_kernels[op].startswith("triton: forced") for op in kernels.TRITON_OPS)
     assert all(torch_kernels[op].startswith("torch: forced") for op in kernels.TRITON_OPS)
+    assert triton_kernels["vision_attention"].startswith("varlen: forced")  # dense encodes in one call per block
+    assert torch_kernels["vision_attention"].startswith("torch: forced")
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_dense_vision_encode_agrees_across_backends_with_uneven_windows(
+    tiny_adapters, tiny_checkpoints, family, monkeypatch
+):
+    """140x140: a 10x10 patch grid the tiny Qwen2.5-VL's 4x4 windows do not tile, so the varlen path runs every
+    row through the sparse-row Triton kernel; against transformers' per-window forward (forced torch)."""
+    import numpy as np
+
+    from livevlm.models.preprocess import frames_to_patches
+
+    adapter = _tiny_adapter(family, tiny_adapters, tiny_checkpoints)
+    frames = np.random.default_rng(2).integers(0, 256, (2, 140, 140, 3), dtype=np.uint8)
+    pixels, grid = frames_to_patches(frames, adapter.geometry, size=(140, 140))
+    pixels = pixels.to(DEVICE)
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    reference = adapter.vision_features(pixels, tuple(grid))
+    monkeypatch.setenv(kernels.FORCE_ENV, "triton")
+    layout = adapter.vision_runner().layout(tuple(grid))
+    if family == "qwen2_5_vl":
+        windowed = [i for i, c in enumerate(layout.cu_seqlens) if len(c) > 2]
+        assert windowed and all((len(layout.cu_seqlens[i]) - 1) * layout.longest[i] != 100 for i in windowed)
+    torch.testing.assert_close(adapter.vision_features(pixels, tuple(grid)), reference, rtol=1e-4, atol=1e-4)

@@ -10,6 +10,9 @@
     packed_linear     PackedLinear, pack_linears (every linear but   bf16 on CPU: oneDNN's blocked layout, packed
                       the output head; bit-identical products)       once at load in place of the plain weight
     grouped_attention grouped-query SDPA without repeated KV (LLM)   torch SDPA, query heads folded into rows
+    varlen_attention  varlen_attention (a Qwen vision block's        (ViT)          varlen on cuda (op
+                      frames / windows in one call, no host sync)                  "vision_attention"), else the
+                                                                                   tower's per-segment SDPA calls
 
 `backend()` says which backend each op runs and why; `LIVEVLM_KERNELS=torch` forces the torch references,
 `LIVEVLM_KERNELS=triton` the Triton kernels. Triton modules (`_triton_*.py`) are imported only when chosen.
@@ -35,6 +38,7 @@ from .quant import from_bytes, to_bytes
 from .relevance import chunk_logits
 from .similarity import dither_rank, merge_dropped, top_k, unit_rows
 from .sparse_attention import sparse_row_attention
+from .varlen_attention import varlen_attention, vision_choice
 
 TRITON_OPS = ("pool", "quant", "relevance", "sparse_attention")
 
@@ -48,6 +52,7 @@ def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[st
     out.update(dict.fromkeys(TRITON_OPS, triton_choice(device)))
     out["linear"] = linear_choice(torch.device(device), dtype)
     out["packed_linear"] = pack_choice(device, dtype)
+    out["vision_attention"] = vision_choice(device)
     return out
 
 
@@ -76,4 +81,6 @@ __all__ = [
     "triton_choice",
     "triton_version",
     "unit_rows",
+    "varlen_attention",
+    "vision_choice",
 ]

@@ -28,6 +28,7 @@ import torch
 from ..kernels.linear import RowLinears
 from ..kernels.packed_linear import is_packed, pack_linears
 from ..kernels.sparse_attention import sparse_row_attention
+from ..kernels.varlen_attention import VARLEN, varlen_attention, vision_choice
 
 
 def patch_linear(conv: torch.nn.Conv3d) -> torch.nn.Module:
@@ -62,6 +63,8 @@ class VisionLayout:
     `received_attention`; partial passes use `cu_seqlens`)."""
     pos_embeds: torch.Tensor | None = None
     """(N, D) learned position embeddings interpolated onto the grid (Qwen3-VL), added to the patch embeddings."""
+    longest: tuple[int, ...] = ()
+    """Per block: the longest segment's length (read once per grid, so varlen attention never syncs for it)."""
 
     @property
     def num_tokens(self) -> int:
@@ -109,6 +112,14 @@ class QwenVisionRunner:
         weight = visual.patch_embed.proj.weight
         self.linear = RowLinears(weight.device, weight.dtype, enabled=fast_linear, packed=is_packed(visual))
         self._patch_linear: torch.nn.Module | None = None
+        self._device = weight.device
+        self._layouts: dict[tuple[int, int, int], VisionLayout] = {}
+
+    @property
+    def varlen(self) -> bool:
+        """Whether full passes attend with `varlen_attention` (`kernels.vision_choice`, read per call as every op's
+        backend is); flash-attn's own implementation is varlen already."""
+        return not self._flash and vision_choice(self._device).backend == VARLEN
 
     block_state = BlockState
     """`BlockState(keys=, values=)`: what a restored ViT cache rebuilds its per-block state with."""
@@ -143,7 +154,9 @@ class QwenVisionRunner:
             seg = [None if i in full or len(win_cu) == 2 else win_seg for i in range(self.depth)]
         win_mask = next((m[:, None] == m[None, :] for m in seg if m is not None), None)
         masks = tuple(None if m is None else win_mask for m in seg)
-        return VisionLayout(tuple(grid), cos, sin, tuple(cu), tuple(seg), order, masks)
+        lengths = {id(c): int((c[1:] - c[:-1]).max()) for c in cu}
+        longest = tuple(lengths[id(c)] for c in cu)
+        return VisionLayout(tuple(grid), cos, sin, tuple(cu), tuple(seg), order, masks, longest=longest)
 
     def _permute(self, t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """Reorder rows by merge unit (what the tower's `permute_input_for_window_attn` does)."""
@@ -193,6 +206,29 @@ class QwenVisionRunner:
             return linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
         return mlp(x)
 
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The dense encode of one temporal patch through our loop: (M, D) merged tokens in output order, what the
+        tower's forward gives (its layout built once per grid, no state kept). Qwen2-VL / Qwen2.5-VL: Qwen3-VL's
+        DeepStack merge also needs block outputs."""
+        layout = self._layouts.get(tuple(grid))
+        if layout is None:
+            if len(self._layouts) >= 8:  # a stream changes size rarely; a bound keeps odd streams from piling up
+                self._layouts.clear()
+            layout = self._layouts[tuple(grid)] = self.layout(grid)
+        x = self.embed(pixels, layout)
+        for i, blk in enumerate(self.blocks):
+            x = self._block(i, blk, x, layout)[0]
+        return self.merge(x, layout)
+
+    def _block(self, i: int, blk: Any, x: torch.Tensor, layout: VisionLayout) -> tuple[torch.Tensor, BlockState]:
+        """Block `i` for every token: its output and its rotated keys / values as (H, N, d) views."""
+        q, k, v = self._qkv(blk, x, layout.cos, layout.sin)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, H, N, d)
+        longest = layout.longest[i] if layout.longest else None
+        out = self._attend_segments(blk.attn, q, k, v, layout.cu_seqlens[i], longest)
+        return self._finish(blk, x, out), BlockState(k[0], v[0])
+
     def full(self, x: torch.Tensor, layout: VisionLayout) -> tuple[torch.Tensor, FullPass]:
         """Every token through every block, exactly as the tower's forward; returns final hidden + state.
 
@@ -201,20 +237,20 @@ class QwenVisionRunner:
         block's rotated keys and qkv output. A caller that updates them in place copies them first."""
         state = FullPass([], [], [])
         for i, blk in enumerate(self.blocks):
-            q, k, v = self._qkv(blk, x, layout.cos, layout.sin)
-            q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (1, H, N, d)
-            out = self._attend_segments(blk.attn, q, k, v, layout.cu_seqlens[i])
             state.inputs.append(x)
-            state.blocks.append(BlockState(k[0], v[0]))
-            x = self._finish(blk, x, out)
+            x, block_state = self._block(i, blk, x, layout)
+            state.blocks.append(block_state)
             state.outputs.append(x)
         return x, state
 
-    def _attend_segments(self, attn: Any, q, k, v, cu: torch.Tensor) -> torch.Tensor:
-        """The attention module's own dispatch: varlen flash over `cu`, else one call per segment."""
+    def _attend_segments(self, attn: Any, q, k, v, cu: torch.Tensor, longest: int | None = None) -> torch.Tensor:
+        """Attention within each segment of `cu`: `varlen_attention` on CUDA (`self.varlen`), else the attention
+        module's own dispatch (varlen flash over `cu`, or one call per segment as transformers' SDPA path)."""
+        if self.varlen:
+            return varlen_attention(q, k, v, cu, longest, attn.scaling)
         common = {"attention_mask": None, "scaling": attn.scaling, "dropout": 0.0, "is_causal": False}
         if self._flash:
-            longest = int((cu[1:] - cu[:-1]).max())
+            longest = int((cu[1:] - cu[:-1]).max()) if longest is None else longest
             out, _ = self._attention(
                 attn,
                 q,

@@ -94,7 +94,12 @@ class QwenVLAdapter(LanguageModelSide):
 
     @torch.inference_mode()
     def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The model's own full vision encode of one temporal patch: (h*w/merge^2, D) merged tokens."""
+        """The model's own full vision encode of one temporal patch: (h*w/merge^2, D) merged tokens. On CUDA it
+        runs in our block loop (`QwenVisionRunner.encode`: one varlen attention call per block, the layout kept
+        per grid), elsewhere as the tower's forward."""
+        runner = self.vision_runner()
+        if runner.varlen:
+            return runner.encode(pixels, grid).to(self.dtype)
         grid_t = torch.tensor([grid], dtype=torch.long, device=self.device)
         out = self.model.model.get_video_features(pixels, grid_t, return_dict=True)
         return out.pooler_output[0].to(self.dtype)
