@@ -12,7 +12,9 @@ the model's forward and after each encode, so each stage's GPU work is counted t
 throwaway session per setting (kernel selection, Triton compilation). Points that would pass `--budget-s`
 are recorded as not measured. The JSON (one file for the run) is rewritten after every shape.
 `uncompressed_torch_kernels` is `uncompressed` with LIVEVLM_KERNELS=torch: the vision tower through transformers'
-forward (one SDPA per window, a host sync per block) instead of one varlen call per block. `--profile SHAPE`
+forward (one SDPA per window, a host sync per block) instead of one varlen call per block, and PyTorch's own SDPA
+backend order (cuDNN, which plans every new context length) for the LLM; it runs first, so neither setting
+finds plans the other built. `--profile SHAPE`
 adds a torch.profiler summary per setting (GPU-busy vs wall time, launches and host syncs per chunk / token).
 """
 
@@ -46,15 +48,16 @@ SIDE = 336
 CLIPS = ("bikes", "bigbuckbunny", "carphone_pristine")
 QUESTIONS = ("What is happening in the video?", "What happened at the very start?", "Was there a red car?")
 SETTINGS: dict[str, dict[str, Any]] = {
-    "uncompressed": {"vit_cache": "none", "prune": "none", "kv": "full"},
     "uncompressed_torch_kernels": {"vit_cache": "none", "prune": "none", "kv": "full"},
+    "uncompressed": {"vit_cache": "none", "prune": "none", "kv": "full"},
     "compressed": {"vit_cache": "balanced", "prune": ("temporal", "0.25"), "kv": "bilevel"},
 }
 
 
 SETTING_ENV = {"uncompressed_torch_kernels": {FORCE_ENV: "torch"}}
-"""Settings run with kernels forced to their torch references: uncompressed, that is only the vision attention
-(transformers' forward, one SDPA per window and a host sync per block, instead of one varlen call)."""
+"""Settings run with kernels forced to their torch references: uncompressed, that is the vision attention
+(transformers' forward, one SDPA per window and a host sync per block, instead of one varlen call) and the LLM's
+SDPA backends (PyTorch's order, cuDNN first on Hopper, instead of flash / memory-efficient)."""
 
 
 @contextlib.contextmanager
@@ -88,8 +91,9 @@ def clip_frames(n: int) -> list[np.ndarray]:
 def build_adapter(shape: str, device: str, dtype: str) -> Any:
     """Random weights at `shape`; full shapes are built on the device (no checkpoint written: a 7B one is 16 GB)
     and wrapped like `load_model` does, with the attention implementation `load_model` would choose."""
-    from livevlm.kernels.attention import attention_choice
+    from livevlm.kernels.attention import GROUPED_SDPA, attention_choice, grouped_choice
     from livevlm.models import load_model
+    from livevlm.models.grouped_sdpa import enable_grouped_sdpa
     from livevlm.models.loading import MODEL_FAMILIES
     from livevlm.models.tokenizer import build_qwen2_tokenizer
 
@@ -103,6 +107,8 @@ def build_adapter(shape: str, device: str, dtype: str) -> Any:
             return load_model(path, device=device, dtype=dtype, min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
     model = build_full_model(shape, dtype, device)
     model.set_attn_implementation(attention_choice(device, model.dtype).backend)
+    if grouped_choice(device, model.dtype).backend == GROUPED_SDPA:  # as load_model does
+        enable_grouped_sdpa(model.get_decoder())
     adapter_cls = MODEL_FAMILIES.load(model.config.model_type)
     return adapter_cls(model, build_qwen2_tokenizer(), min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE)
 

@@ -31,6 +31,7 @@ from ._backend import (
     triton_choice,
     triton_version,
 )
+from .attention import sdpa_choice
 from .linear import RowLinears, linear_choice
 from .packed_linear import PackedLinear, pack_choice, pack_linears, packed_report
 from .pool import pool_tokens
@@ -53,6 +54,7 @@ def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[st
     out["linear"] = linear_choice(torch.device(device), dtype)
     out["packed_linear"] = pack_choice(device, dtype)
     out["vision_attention"] = vision_choice(device)
+    out["sdpa_backends"] = sdpa_choice(device)
     return out
 
 

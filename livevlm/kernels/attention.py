@@ -4,6 +4,9 @@ dtype when the `gpu` extra is installed, else PyTorch's SDPA. Both go through tr
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 
 from ._backend import Choice, forced_torch, installed_version
@@ -31,6 +34,27 @@ def attention_choice(device: torch.device | str, dtype: torch.dtype | None) -> C
     if dtype not in (torch.float16, torch.bfloat16):
         return Choice(SDPA, f"dtype {str(dtype).removeprefix('torch.')} (flash-attn needs float16/bfloat16)")
     return Choice(FLASH, f"flash-attn {flash_attn_version()} on cuda")
+
+
+def sdpa_choice(device: torch.device | str) -> Choice:
+    """Which of PyTorch's SDPA backends the language model's attention may use on `device`, and why."""
+    device = torch.device(device)
+    if forced_torch():
+        return Choice("default", "forced by LIVEVLM_KERNELS=torch (PyTorch's own backend order)")
+    if device.type != "cuda":
+        return Choice("default", f"tensors on {device.type}")
+    return Choice("no_cudnn", "cuDNN plans each new key length (a stream's context grows every chunk and token)")
+
+
+def sdpa_backends(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """Around a forward on `device`: on CUDA, SDPA without its cuDNN backend (flash, memory-efficient, math).
+    cuDNN builds an execution plan per new key length, ~1.9 ms of host time per call at the Qwen2.5-VL-7B shape on
+    an H200 (`benchmarks/gpu.py --profile`): 28 layers of it per answer token. The others plan nothing."""
+    if sdpa_choice(device).backend != "no_cudnn":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def grouped_choice(device: torch.device | str, dtype: torch.dtype | None) -> Choice:

@@ -49,7 +49,7 @@ def grouped_sdpa(
     if mask is not None:
         mask = mask.repeat(1, 1, groups, 1)
     out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling)
-    return out.view(batch, heads, q_len, -1).transpose(1, 2).contiguous()
+    return out.reshape(batch, heads, q_len, -1).transpose(1, 2).contiguous()  # CUDA kernels return strided outputs
 
 
 def grouped_attention_forward(fallback: Callable[..., Any]) -> Callable[..., Any]:

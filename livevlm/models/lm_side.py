@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..kernels.attention import sdpa_backends
 from ..records import KVLayout
 from .query_probe import enable_query_probe, probe_queries
 
@@ -126,7 +127,8 @@ class LanguageModelSide:
         """(L, D) final hidden states of the decoder over `cache` (which the forward appends to)."""
         inputs, extra = self._decoder_inputs(embeds)
         extra[self._cache_kwarg] = cache
-        out = self._lm(inputs_embeds=inputs, position_ids=self._position_ids(positions), use_cache=True, **extra)
+        with sdpa_backends(self.device):  # on CUDA no cuDNN SDPA: it plans every new context length
+            out = self._lm(inputs_embeds=inputs, position_ids=self._position_ids(positions), use_cache=True, **extra)
         return out.last_hidden_state[0]
 
     def answer_ids(self, text: str) -> list[int]:
