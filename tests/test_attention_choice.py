@@ -60,3 +60,21 @@ def test_doctor_reports_the_attention_choice():
         table["attention"] == str(attention.attention_choice(device, torch.bfloat16))
         for device, table in tables.items()
     )
+
+
+def test_sdpa_backends_leave_out_cudnn_on_cuda_only(monkeypatch):
+    """cuDNN's SDPA plans each new key length (1.9 ms of host time per call at 7B on an H200): on CUDA the LLM's
+    forwards exclude it; elsewhere, and with LIVEVLM_KERNELS=torch, PyTorch's own order stays."""
+    import contextlib
+
+    from livevlm import kernels
+    from livevlm.kernels.attention import sdpa_backends, sdpa_choice
+
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    assert sdpa_choice("cuda:0").backend == "no_cudnn" and sdpa_choice("cpu").backend == "default"
+    assert kernels.backend(device="cuda")["sdpa_backends"].backend == "no_cudnn"
+    assert isinstance(sdpa_backends("cpu"), contextlib.nullcontext)
+    assert not isinstance(sdpa_backends("cuda"), contextlib.nullcontext)
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    assert str(sdpa_choice("cuda")).startswith("default: forced by LIVEVLM_KERNELS=torch")
+    assert isinstance(sdpa_backends("cuda"), contextlib.nullcontext)
