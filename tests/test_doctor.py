@@ -35,9 +35,12 @@ def test_doctor_json_reports_devices_versions_dtypes_isa_and_every_kernel_backen
                                                                           "avx_ne_convert", "fma", "f16c")))  # fmt: skip
     assert data["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     table = data["kernels"]["cpu"]
-    assert set(table) == {"similarity", *kernels.TRITON_OPS, "linear", "packed_linear", "attention", "attention_grouped_llm"}
+    assert set(table) == {"similarity", *kernels.TRITON_OPS, "linear", "packed_linear", "attention",
+                          "attention_grouped_llm", "vision_attention", "sdpa_backends"}  # fmt: skip
     assert table.pop("attention") == "sdpa: forced by LIVEVLM_KERNELS=torch"
     assert table.pop("attention_grouped_llm").startswith("sdpa: forced by LIVEVLM_KERNELS=torch")
+    assert table.pop("vision_attention").startswith("torch: forced by LIVEVLM_KERNELS=torch")
+    assert table.pop("sdpa_backends").startswith("default: forced by LIVEVLM_KERNELS=torch")
     assert all(reason == "torch: forced by LIVEVLM_KERNELS=torch" for reason in table.values())
     assert data["env"]["LIVEVLM_KERNELS"] == "torch"
     assert ("cuda:0" in data["devices"]) == torch.cuda.is_available()

@@ -16,9 +16,10 @@ from livevlm.kernels import linear as linear_module
 
 def test_backend_reports_every_op_with_a_reason():
     table = kernels.backend()
-    assert set(table) == {"similarity", "pool", "quant", "relevance", "sparse_attention", "linear", "packed_linear"}
+    assert set(table) == {"similarity", "pool", "quant", "relevance", "sparse_attention", "linear", "packed_linear",
+                          "vision_attention", "sdpa_backends"}  # fmt: skip
     for choice in table.values():
-        assert choice.backend in ("torch", "onednn", "packed") and choice.reason
+        assert choice.backend in ("torch", "onednn", "packed", "default") and choice.reason
 
 
 def test_linear_choice_per_dtype_device_and_cpu(monkeypatch):
