@@ -9,7 +9,7 @@ Ops: chunk relevance (question queries x 1 mean + `--key-reps` representative ke
 fused) over `--chunks` chunks; pooling one chunk's KV 4x (bilevel); loading a 4-/8-bit host chunk to the device
 (the torch path dequantises on the host and copies floats; the Triton path copies codes and dequantises there);
 sparse-row attention of the ViT cache (`--vit-changed` of a temporal patch's `--vit-tokens` rows over the keys of
-their window / frame, the shape's vision tower) vs its torch reference and vs the dense-mask SDPA it replaced.
+their window / frame, the shape's vision tower) vs its torch reference and vs the masked SDPA CUDA runs instead.
 """
 
 from __future__ import annotations
@@ -90,10 +90,8 @@ def _load_row(kv: torch.Tensor, bits: int, dev: str, reps: int) -> dict[str, Any
 def _sparse_rows(args: argparse.Namespace, dev: str, dtype: torch.dtype) -> list[dict[str, Any]]:
     """The ViT cache's partial-recompute attention at the shape's vision tower: windowed blocks (Qwen2.5-VL) and
     full-attention blocks (the frame), a sorted `--vit-changed` fraction of the rows as queries."""
-    import torch.nn.functional as F
-
     from livevlm.kernels import _triton_sparse_attention as T
-    from livevlm.kernels.sparse_attention import sparse_row_attention_torch
+    from livevlm.kernels.sparse_attention import sparse_row_attention_masked, sparse_row_attention_torch
 
     heads, dim, window = VIT_SHAPES[args.shape]
     n_tok, g = args.vit_tokens, torch.Generator(device=dev).manual_seed(1)
@@ -104,13 +102,9 @@ def _sparse_rows(args: argparse.Namespace, dev: str, dtype: torch.dtype) -> list
     out = []
     for kind, size in ([("windows", window)] if window else []) + [("frame", n_tok)]:
         cu = torch.tensor([*range(0, n_tok, size), n_tok], dtype=torch.int32, device=dev)
-        seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=dev), cu.diff().long())
-        mask = seg[:, None] == seg[None, :]
         shape = f"{heads}x{len(rows)}/{n_tok} rows, d {dim}, {kind} of {size}"
         ref = lambda cu=cu: sparse_row_attention_torch(q, keys, values, rows, cu, dim**-0.5)
-        dense = lambda m=(None if size == n_tok else mask): F.scaled_dot_product_attention(  # the old path
-            q[None], keys[None], values[None], attn_mask=None if m is None else m[rows],
-            scale=dim**-0.5)[0]  # fmt: skip
+        dense = lambda cu=cu: sparse_row_attention_masked(q, keys, values, rows, cu, dim**-0.5)  # cuda's choice
         ours = lambda cu=cu: T.sparse_row_attention_triton(q, keys, values, rows, cu, dim**-0.5)
         out.append(_row(f"sparse_rows:{kind}", shape, ours, ref, dev, args.reps))
         out.append(_row(f"sparse_rows:{kind} vs mask", shape, ours, dense, dev, args.reps))

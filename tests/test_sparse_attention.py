@@ -9,7 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from livevlm import kernels
-from livevlm.kernels.sparse_attention import sparse_row_attention_torch
+from livevlm.kernels.sparse_attention import (
+    sparse_row_attention_masked,
+    sparse_row_attention_torch,
+    sparse_row_choice,
+)
 
 N = 37
 SEGMENTS = {  # cu_seqlens over N tokens: uneven windows with a 1-token one, the whole frame, no bounds
@@ -70,6 +74,53 @@ def test_torch_reference_matches_the_dense_masked_oracle(dtype, segments, kind):
     assert err <= 2 * dense_err + 1e-6, f"{err:.3g} vs the dense path's {dense_err:.3g}"
     if dtype == torch.float32:
         assert err < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("segments", list(SEGMENTS))
+@pytest.mark.parametrize("kind", ["empty", "all", "unsorted", "lone"])
+def test_masked_path_matches_the_reference(dtype, segments, kind):
+    """CUDA's backend (one SDPA, the segment mask built on the device), run here on CPU tensors: the reference's
+    answers to rounding, a no-row call an empty result, one segment the reference's very call."""
+    cu = SEGMENTS[segments]
+    q, keys, values, rows = inputs(kind, dtype, seed=1)
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    out = sparse_row_attention_masked(q, keys, values, rows, cu_t, 0.3)
+    reference = sparse_row_attention_torch(q, keys, values, rows, cu_t, 0.3)
+    assert out.shape == q.shape and out.dtype == dtype
+    if segments != "windows":
+        assert torch.equal(out, reference)
+    oracle = masked_sdpa(q.double(), keys.double(), values.double(), rows, cu, 0.3)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.double(), oracle, rtol=tol, atol=tol)
+    torch.testing.assert_close(out, reference, rtol=tol, atol=tol)
+
+
+def test_masked_path_keeps_rows_to_their_own_segment():
+    q, keys, values, rows = inputs("all", torch.float32)
+    cu = torch.tensor(SEGMENTS["windows"], dtype=torch.int64)
+    before = sparse_row_attention_masked(q, keys, values, rows, cu, 0.5)
+    keys[:, 6:20] += 10.0  # a third segment's keys and values moved: only its rows may change
+    values[:, 6:20] -= 3.0
+    after = sparse_row_attention_masked(q, keys, values, rows, cu, 0.5)
+    inside = (rows >= 6) & (rows < 20)
+    assert torch.equal(after[:, ~inside], before[:, ~inside])
+    assert not torch.isclose(after[:, inside], before[:, inside]).all(dim=-1).any()
+
+
+def test_backend_choice_per_device(monkeypatch):
+    """cuda: the masked SDPA (measured faster than the Triton kernel on an H200); cpu: the per-segment
+    reference; LIVEVLM_KERNELS forces either kernel."""
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    assert sparse_row_choice("cuda:0").backend == "sdpa"
+    assert "no host sync" in sparse_row_choice("cuda").reason
+    assert kernels.backend(device="cuda")["sparse_attention"] == sparse_row_choice("cuda")
+    assert sparse_row_choice("cpu").backend == "torch"
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    assert str(sparse_row_choice("cuda")) == "torch: forced by LIVEVLM_KERNELS=torch"
+    monkeypatch.setenv(kernels.FORCE_ENV, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert sparse_row_choice("cuda").backend == sparse_row_choice("cpu").backend == "triton"
 
 
 def test_each_row_reads_only_its_own_segment():

@@ -4,8 +4,8 @@
     pool              pool_tokens                                    (KV bilevel)   triton on cuda, else torch
     quant             to_bytes / from_bytes (8/4-bit KV rows)        (KV host tier) triton dequant on cuda, else torch
     relevance         chunk_logits (question queries x summary keys) (KV selection) triton on cuda, else torch
-    sparse_attention  sparse_row_attention (changed rows x the keys  (ViT cache)    triton on cuda, else torch
-                      of their own frame / window, varlen)
+    sparse_attention  sparse_row_attention (changed rows x the keys  (ViT cache)    masked SDPA on cuda (triton
+                      of their own frame / window, varlen)                         when forced), else torch
     linear            RowLinears (few-row linears, ViT cache)        onednn on fp32 weights as they are (no copy)
     packed_linear     PackedLinear, pack_linears (every linear but   bf16 on CPU: oneDNN's blocked layout, packed
                       the output head; bit-identical products)       once at load in place of the plain weight
@@ -38,10 +38,10 @@ from .pool import pool_tokens
 from .quant import from_bytes, to_bytes
 from .relevance import chunk_logits
 from .similarity import dither_rank, merge_dropped, top_k, unit_rows
-from .sparse_attention import sparse_row_attention
+from .sparse_attention import sparse_row_attention, sparse_row_choice
 from .varlen_attention import varlen_attention, vision_choice
 
-TRITON_OPS = ("pool", "quant", "relevance", "sparse_attention")
+TRITON_OPS = ("pool", "quant", "relevance", "sparse_attention")  # ops with a Triton kernel (what =triton runs)
 
 
 def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[str, Choice]:
@@ -51,6 +51,7 @@ def backend(dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> dict[st
     )
     out = {"similarity": reference}
     out.update(dict.fromkeys(TRITON_OPS, triton_choice(device)))
+    out["sparse_attention"] = sparse_row_choice(device)  # its Triton kernel is slower than a masked SDPA on cuda
     out["linear"] = linear_choice(torch.device(device), dtype)
     out["packed_linear"] = pack_choice(device, dtype)
     out["vision_attention"] = vision_choice(device)
@@ -78,6 +79,7 @@ __all__ = [
     "packed_report",
     "pool_tokens",
     "sparse_row_attention",
+    "sparse_row_choice",
     "to_bytes",
     "top_k",
     "triton_choice",

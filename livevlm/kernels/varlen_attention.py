@@ -5,7 +5,7 @@ transformers' Qwen vision attention on SDPA copies the segment bounds to the hos
 sync on a GPU, so the CPU stops queueing work) and runs one SDPA per segment: at 336x336 a Qwen2.5-VL windowed
 block is a sync and 9 calls, 32 blocks per frame. `varlen_attention` takes the bounds with the longest segment's
 length (known once per grid) and answers in one call: equal segments (a grid the windows tile, the usual case) as
-one batched SDPA, uneven ones as `sparse_row_attention` over every row (Triton on CUDA). Each query still attends
+one batched SDPA, uneven ones as `sparse_row_attention` over every row (on CUDA a masked SDPA). Each query still attends
 only to its own segment's keys. Used on CUDA by `models.qwen_vision.QwenVisionRunner` (see `vision_choice`).
 """
 
