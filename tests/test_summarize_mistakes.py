@@ -46,6 +46,20 @@ def test_out_naming_the_video_itself_is_refused_and_the_video_kept(tmp_path, cap
     assert video.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "link.md"]
 
 
+def test_an_out_suffix_naming_another_format_is_refused_before_any_work(tmp_path, capsys) -> None:
+    """`--out summary.pdf` wrote Markdown into summary.pdf (exit 0); a bare name or .txt is Markdown, and --format
+    says what goes into any name."""
+    assert main(["summarize", str(SAMPLE), "--out", str(tmp_path / "summary.pdf"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "summary.pdf: a .pdf file cannot be written" in err and "--format" in err
+    assert not list(tmp_path.iterdir())  # no state, no output
+    assert main(["summarize", str(SAMPLE), "--out", str(tmp_path / "summary.pdf"), "--format", "json",
+                 "--no-progress", "--max-frames", "4"]) == 0  # fmt: skip
+    assert (tmp_path / "summary.pdf").read_text().lstrip().startswith("{")
+    assert main(["summarize", str(SAMPLE), "--out", str(tmp_path / "notes"), "--no-progress", "--max-frames", "4"]) == 0
+    assert (tmp_path / "notes").read_text().startswith("#")
+
+
 def test_a_relative_file_name_with_a_colon_opens(tmp_path, monkeypatch) -> None:
     """FFmpeg read '2024-05-01T10' as a protocol name ('not a video ... Protocol not found')."""
     for name in ("2024-05-01T10:30:00.mp4", "lavfi:x.mp4"):

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     config = session_config(args, max_frames=args.max_frames)  # bad flags fail before anything loads
     options = SummarizeOptions(segment=args.segment, prompt=args.prompt, similarity=args.similarity,
                                look_back=args.look_back)  # fmt: skip
-    fmt = format_for(args.out, args.format)
+    fmt = format_for(None, args.format)  # stdout's; summarize checks --out's suffix after --out itself
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"[{'-'.join(clocks(seg.start, seg.end))}] {seg.text or NOTHING}", file=sys.stderr)
 
     try:
-        result = summarize(args.video, config.model, config, options, out=args.out, fmt=fmt, resume=args.resume,
+        result = summarize(args.video, config.model, config, options, out=args.out, fmt=args.format, resume=args.resume,
                            progress=not args.no_progress, on_segment=report)  # fmt: skip
     except KeyboardInterrupt:
         if args.out is not None and Path(f"{args.out}.partial", "state.json").is_file():  # (none before a segment)

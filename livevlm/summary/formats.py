@@ -11,13 +11,22 @@ from ..errors import ConfigError
 NOTHING = "(nothing was described)"
 """The text shown for a summary or chapter the model gave no description of."""
 FORMATS = ("md", "json", "vtt")
-_SUFFIXES = {".md": "md", ".markdown": "md", ".json": "json", ".vtt": "vtt"}
+_SUFFIXES = {".md": "md", ".markdown": "md", ".txt": "md", "": "md", ".json": "json", ".vtt": "vtt"}
 
 
 def format_for(out: str | Path | None, fmt: str | None) -> str:
-    """The format asked for, else the one `out`'s suffix names, else md."""
+    """The format asked for, else the one `out`'s suffix names (none or .txt: md); a suffix naming another format
+    (.pdf, .html, .srt) is refused rather than given Markdown under its name."""
     if fmt is None:
-        return _SUFFIXES.get(Path(out).suffix.lower(), "md") if out is not None else "md"
+        if out is None:
+            return "md"
+        suffix = Path(out).suffix.lower()
+        if suffix not in _SUFFIXES:
+            raise ConfigError(
+                f"{out}: a {suffix} file cannot be written; summaries are Markdown (.md), JSON (.json) or WebVTT "
+                f"(.vtt): name the file so, or give the format (--format / fmt=)"
+            )
+        return _SUFFIXES[suffix]
     if fmt not in FORMATS:
         raise ConfigError(f"unknown summary format {fmt!r}: use one of {', '.join(FORMATS)}")
     return fmt

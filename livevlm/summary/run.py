@@ -102,8 +102,8 @@ def summarize(
             raise SourceNotFoundError(f"{path} is a folder: give a video file in it")
         raise SourceNotFoundError(f"video file not found: {path}")
     info = probe(path)  # not a video: NotAVideoError before a model is loaded
+    target = check_out(out, path) if out is not None else None  # (the video itself as --out: said first)
     fmt = format_for(out, fmt)
-    target = check_out(out, path) if out is not None else None
     state = ResumeState(target) if target is not None and not is_device(target) else None
     if state is None and resume:
         raise ConfigError("resume needs an output file (--out, or out=): the resume state lives beside it")
