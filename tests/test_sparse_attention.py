@@ -96,18 +96,6 @@ def test_masked_path_matches_the_reference(dtype, segments, kind):
     torch.testing.assert_close(out, reference, rtol=tol, atol=tol)
 
 
-def test_masked_path_keeps_rows_to_their_own_segment():
-    q, keys, values, rows = inputs("all", torch.float32)
-    cu = torch.tensor(SEGMENTS["windows"], dtype=torch.int64)
-    before = sparse_row_attention_masked(q, keys, values, rows, cu, 0.5)
-    keys[:, 6:20] += 10.0  # a third segment's keys and values moved: only its rows may change
-    values[:, 6:20] -= 3.0
-    after = sparse_row_attention_masked(q, keys, values, rows, cu, 0.5)
-    inside = (rows >= 6) & (rows < 20)
-    assert torch.equal(after[:, ~inside], before[:, ~inside])
-    assert not torch.isclose(after[:, inside], before[:, inside]).all(dim=-1).any()
-
-
 def test_backend_choice_per_device(monkeypatch):
     """cuda: the masked SDPA (measured faster than the Triton kernel on an H200); cpu: the per-segment
     reference; LIVEVLM_KERNELS forces either kernel."""
@@ -123,13 +111,14 @@ def test_backend_choice_per_device(monkeypatch):
     assert sparse_row_choice("cuda").backend == sparse_row_choice("cpu").backend == "triton"
 
 
-def test_each_row_reads_only_its_own_segment():
+@pytest.mark.parametrize("attend", [sparse_row_attention_torch, sparse_row_attention_masked], ids=["torch", "masked"])
+def test_each_row_reads_only_its_own_segment(attend):
     q, keys, values, rows = inputs("all", torch.float32)
     cu = torch.tensor(SEGMENTS["windows"], dtype=torch.int32)
-    before = sparse_row_attention_torch(q, keys, values, rows, cu, 0.5)
-    keys[:, 6:20] += 10.0  # a third segment's keys moved: only its rows may change
+    before = attend(q, keys, values, rows, cu, 0.5)
+    keys[:, 6:20] += 10.0  # a third segment's keys and values moved: only its rows may change
     values[:, 6:20] -= 3.0
-    after = sparse_row_attention_torch(q, keys, values, rows, cu, 0.5)
+    after = attend(q, keys, values, rows, cu, 0.5)
     inside = (rows >= 6) & (rows < 20)
     assert torch.equal(after[:, ~inside], before[:, ~inside])
     assert not torch.isclose(after[:, inside], before[:, inside]).all(dim=-1).any()
