@@ -24,7 +24,7 @@ def format_for(out: str | Path | None, fmt: str | None) -> str:
         if suffix not in _SUFFIXES:
             raise ConfigError(
                 f"{out}: a {suffix} file cannot be written; summaries are Markdown (.md), JSON (.json) or WebVTT "
-                f"(.vtt): name the file so, or give the format (--format / fmt=)"
+                f"(.vtt): name the file so, or give the format (--format; fmt= in Python)"
             )
         return _SUFFIXES[suffix]
     if fmt not in FORMATS:
