@@ -119,3 +119,21 @@ def test_dense_vision_encode_on_cuda_is_varlen_and_matches_the_towers_forward(
     reference = adapter.vision_features(pixels.cuda(), tuple(grid))
     print(f"{family} grid {tuple(grid)}: max |varlen - forward| {(ours - reference).abs().max().item():.3g}")
     torch.testing.assert_close(ours.float(), reference.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_sparse_rows_past_the_mask_limit_take_the_triton_kernel_on_cuda(monkeypatch):
+    """A call whose (rows x keys) mask would pass MASK_LIMIT runs the Triton kernel instead of building it: same
+    answers as the reference (the limit lowered to 1 so that a small call takes that branch)."""
+    from livevlm.kernels import sparse_attention
+
+    monkeypatch.delenv(kernels.FORCE_ENV, raising=False)
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randperm(300, generator=g)[:90].cuda()
+    q = torch.randn(4, 90, 64, generator=g).cuda()
+    keys, values = (torch.randn(4, 300, 64, generator=g).cuda() for _ in range(2))
+    cu = torch.tensor([0, 64, 65, 200, 300], dtype=torch.int32, device="cuda")
+    reference = sparse_attention.sparse_row_attention_torch(q, keys, values, rows, cu, 0.125)
+    monkeypatch.setattr(sparse_attention, "sparse_row_attention_masked", None)  # must not be reached
+    monkeypatch.setattr(sparse_attention, "MASK_LIMIT", 1)
+    out = kernels.sparse_row_attention(q, keys, values, rows, cu, 0.125)
+    torch.testing.assert_close(out, reference, rtol=2e-3, atol=2e-3)

@@ -117,9 +117,9 @@ def test_ctrl_c_before_the_first_segment_leaves_nothing_and_a_second_run_is_refu
         _, err = second.communicate(timeout=HANG_GUARD)
         assert second.returncode == 2 and "another summarize run is writing" in err, err
     assert first.poll() is None, "the first run ended before it could be paused: give it a longer video"
+    first.send_signal(signal.SIGCONT)  # running again (as a user presses Ctrl-C on a running command)
     first.send_signal(signal.SIGINT)
-    first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=HANG_GUARD)
-    assert first.returncode == 130, err
+    assert first.returncode == 130, f"exit {first.returncode}: {err}"
     assert "finished segments are kept" not in err  # there are none
     assert not list(tmp_path.iterdir())  # no OUT.partial/ left to ask for --resume
