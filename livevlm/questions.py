@@ -4,7 +4,7 @@
         ─► _begin: snapshot of the KV store under the lock (waits at most to the deadline)
         ─► _prefill_question: [probe queries] ─► kv.answer_view ─► [pending odd frame] ─► the question
            (one-pass policies: the ingestion view, and the question selects inside its own forward instead)
-        ─► generate.decode_tokens (greedy, penalties, loop stop, constraint)  |  generate.score_choices
+        ─► generate.token_step (dynamic | static | graph) ─► generate.decode_tokens  |  generate.score_choices
 Ingestion goes on meanwhile: an answer holds the lock only while it takes its snapshot.
 """
 
@@ -23,7 +23,7 @@ import torch
 from .answer_stop import AnswerStop, Penalties, answer_text, generation_eos
 from .context_fit import check_stream_fits
 from .errors import AnswerDeadlineError, ContextOverflowError, LivevlmError, QuestionError, SessionClosedError
-from .generate import AnswerPlan, decode_tokens, score_choices
+from .generate import AnswerPlan, decode_tokens, score_choices, token_step
 from .guards import check_choices, check_max_new_tokens, check_question, check_within
 from .models.query_probe import InlineSelection, select_inline
 
@@ -323,12 +323,13 @@ class QuestionsMixin:
 
     def _answer(self, state: AskState, suffix: list[int], plan: AnswerPlan) -> Iterator[int]:
         """prefill the question on the selected context, then decode greedily (like gpt-fast's generate)."""
-        prefill, t0 = 0.0, time.perf_counter()
+        prefill, t0, path = 0.0, time.perf_counter(), ""
         try:
             self._check_open()
             logits, cache, next_pos = self._prefill_question(state, suffix)
             prefill, t0 = time.perf_counter() - t0, time.perf_counter()
-            yield from decode_tokens(self.adapter, logits, cache, next_pos, plan, self._check_open)
+            step_fn, path = token_step(self.adapter, cache, plan.budget, self.config.decode)
+            yield from decode_tokens(logits, step_fn, next_pos, plan, self._check_open)
         except Exception as e:  # the session closed under a running step: say so, not what broke
             if self._closed and not isinstance(e, LivevlmError):
                 raise SessionClosedError("the session was closed while this answer was being decoded") from e
@@ -339,6 +340,7 @@ class QuestionsMixin:
                 s.answer_tokens += plan.produced
                 s.answers_stopped_repeating += plan.stop.looped
                 s.answers_cut_by_deadline += plan.cut_by_deadline
+                s.answers_by_decode.update({path: s.answers_by_decode.get(path, 0) + 1} if path else {})
                 s.seconds.prefill += prefill
                 s.seconds.decode += time.perf_counter() - t0
 

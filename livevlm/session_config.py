@@ -24,6 +24,7 @@ from .cache import (
     resolve_vit_cache,
 )
 from .errors import ConfigError
+from .generate import DECODE_PATHS
 from .models import DEFAULT_SYSTEM_PROMPT
 from .prune import PrunerConfig, PruneStats, prune_config
 from .standing import StandingStats
@@ -65,6 +66,9 @@ class SessionConfig:
     kv_budget: int | str | None = None
     """Bytes of KV a bounded policy keeps in memory (e.g. 268435456, '256M'; retrieval/bilevel: 1/4 on the
     device, 3/4 in host RAM, older chunks spill to disk); None = the policy config's own tiers."""
+    decode: str = "dynamic"
+    """How answer tokens after the first run: dynamic (on the growing cache), static (fixed-size buffers; equal
+    tokens), graph (static steps replayed as a CUDA graph: CUDA only). Not yet measured on a GPU: opt-in."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -84,6 +88,10 @@ class SessionConfig:
             raise ConfigError(f"max_pixels must be >= 784, got {self.max_pixels}")
         if self.min_pixels is not None and not 28 * 28 <= self.min_pixels <= (self.max_pixels or 2**62):
             raise ConfigError(f"min_pixels must be in [784, max_pixels], got {self.min_pixels}")
+        if self.decode not in DECODE_PATHS:
+            raise ConfigError(f"decode must be one of {', '.join(DECODE_PATHS)}, got {self.decode!r}")
+        if self.decode == "graph" and not self.device.startswith("cuda"):
+            raise ConfigError(f"decode='graph' needs a CUDA device (CUDA graphs), got device {self.device!r}")
         self.vit_cache = resolve_vit_cache(self.vit_cache)
         prune = prune_config(self.prune)  # an unknown strategy or a bad budget is refused here
         self.prune = replace(prune, fps=self.fps)  # per-second budgets fall back to the stream's rate
@@ -116,7 +124,7 @@ def _check_types(config: SessionConfig) -> None:
         value = getattr(config, name)
         if not (is_int(value) or (value is None and name in _OPTIONAL)):
             raise ConfigError(f"{name} must be an integer{' or None' if name in _OPTIONAL else ''}, got {value!r}")
-    for name in ("device", "dtype", "system_prompt"):
+    for name in ("device", "dtype", "system_prompt", "decode"):
         if not isinstance(getattr(config, name), str):
             raise ConfigError(f"{name} must be a string, got {getattr(config, name)!r}")
 
@@ -150,6 +158,8 @@ class SessionStats:
     """Answers that stopped at their `deadline_s` with what they had."""
     answers_stopped_repeating: int = 0
     """Answers stopped on a loop (`SessionConfig.stop_repeats`), their repeated copies trimmed."""
+    answers_by_decode: dict[str, int] = field(default_factory=dict)
+    """Answers per decode path taken (`SessionConfig.decode`; "dynamic: ..." says why a fixed-shape one was not)."""
     first_pts_seconds: float | None = None
     """Stream time of the first frame accepted."""
     last_pts_seconds: float | None = None

@@ -137,3 +137,25 @@ def test_sparse_rows_past_the_mask_limit_take_the_triton_kernel_on_cuda(monkeypa
     monkeypatch.setattr(sparse_attention, "MASK_LIMIT", 1)
     out = kernels.sparse_row_attention(q, keys, values, rows, cu, 0.125)
     torch.testing.assert_close(out, reference, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize(
+    "kv", ["full", BilevelConfig(window=1, top_k=1, memory=1)], ids=["full", "bilevel-one-pass-unequal-layers"]
+)
+def test_graph_decode_on_cuda_answers_the_tokens_of_the_usual_decode(cuda_adapters, frames, family, kv):
+    """decode='graph': the answer's steps after the first replay one captured CUDA graph (fixed buffers, a mask
+    per layer); its tokens are those of the usual decode and of the same fixed steps run eagerly."""
+    adapter = cuda_adapters[family]
+    paths = {}
+    tokens = {}
+    for decode in ("dynamic", "static", "graph"):
+        session = Session(adapter, SessionConfig(device="cuda", fps=2.0, kv=kv, decode=decode, stop_repeats=0))
+        for f in frames:
+            session.push(f)
+        tokens[decode] = list(session.ask_ids(QUESTION, max_new_tokens=10))
+        tokens[decode + " again"] = list(session.ask_ids(QUESTION, max_new_tokens=10))  # a second graph, same answer
+        paths[decode] = session.stats.answers_by_decode
+        session.close()
+    assert paths == {"dynamic": {"dynamic": 2}, "static": {"static": 2}, "graph": {"graph": 2}}
+    assert len(tokens["dynamic"]) == 10 and len(set(map(tuple, tokens.values()))) == 1, tokens

