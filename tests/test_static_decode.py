@@ -111,3 +111,14 @@ def test_an_impossible_decode_is_refused_at_construction(decode, device, message
     with pytest.raises(ConfigError) as info:
         SessionConfig(decode=decode, device=device)
     assert str(info.value) == message
+
+
+def test_the_command_line_takes_decode(capsys):
+    from livevlm.assets import sample_video_path
+    from livevlm.cli import main
+
+    video = str(sample_video_path())
+    assert main(["ask", video, "What colour is the circle?", "--decode", "static", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["ask", video, "What colour is the circle?", "--decode", "graph", "--no-progress"]) == 2
+    assert "decode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import itertools
 from typing import Any
 
 from ..cache import KV_POLICIES, VIT_CACHE_PRESETS, parse_bytes
+from ..generate import DECODE_PATHS
 from ..prune import PRUNERS, parse_prune_spec
 from ..session import SessionConfig
 
@@ -26,6 +27,7 @@ SESSION_FLAGS: dict[str, dict[str, Any]] = {
     "dtype": {"choices": DTYPES},
     "fps": {},
     "max_new_tokens": {},
+    "decode": {"choices": DECODE_PATHS},
 }
 """`SessionConfig` fields every subcommand takes -> argparse extras (type, default, help: from the field)."""
 
