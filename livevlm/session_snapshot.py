@@ -33,7 +33,7 @@ from .stream import Frame
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-OVERRIDABLE = ("device", "max_new_tokens", "stop_repeats", "max_frames")
+OVERRIDABLE = ("device", "max_new_tokens", "stop_repeats", "max_frames", "decode")
 """SessionConfig fields `Session.load` may change: none of them changes what the snapshot stored."""
 _STAGES = ("prune", "vit_cache", "kv", "stream", "kernels", "standing", "seconds")
 

@@ -122,3 +122,16 @@ def test_the_command_line_takes_decode(capsys):
     assert capsys.readouterr().out.strip()
     assert main(["ask", video, "What colour is the circle?", "--decode", "graph", "--no-progress"]) == 2
     assert "decode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
+
+
+def test_a_restored_session_may_decode_in_fixed_shapes(tiny_adapters, frames, tmp_path):
+    adapter = tiny_adapters["qwen2_5_vl"]
+    session = Session(adapter, SessionConfig(kv=BilevelConfig(window=1, top_k=2), max_pixels=SMALL, stop_repeats=0))
+    session.ingest(frames)
+    usual = list(session.ask_ids(QUESTION, max_new_tokens=12))
+    snap = session.save(tmp_path / "snap").path
+    session.close()
+    restored = Session.load(snap, adapter, decode="static")  # it changes nothing the snapshot stored
+    assert list(restored.ask_ids(QUESTION, max_new_tokens=12)) == usual
+    assert restored.stats.answers_by_decode == {"dynamic": 1, "static": 1}  # the saved count, then this answer
+    restored.close()
