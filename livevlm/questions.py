@@ -328,7 +328,7 @@ class QuestionsMixin:
             self._check_open()
             logits, cache, next_pos = self._prefill_question(state, suffix)
             prefill, t0 = time.perf_counter() - t0, time.perf_counter()
-            step_fn, path = token_step(self.adapter, cache, plan.budget, self.config.decode)
+            (step_fn, path), cache = token_step(self.adapter, cache, plan.budget, self.config.decode), None
             yield from decode_tokens(logits, step_fn, next_pos, plan, self._check_open)
         except Exception as e:  # the session closed under a running step: say so, not what broke
             if self._closed and not isinstance(e, LivevlmError):
