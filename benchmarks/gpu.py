@@ -229,7 +229,7 @@ def run_shape(
         }  # fmt: skip
     if shape in args.profile:
         out["profile"] = {}
-        for setting in out["settings"]:  # (those measured)
+        for setting in [s for s in out["settings"] if s not in CUDA_ONLY]:  # (measured; no capture under CUPTI)
             with setting_env(setting):
                 session = session_for(adapter, setting, args)
                 n = 10 * adapter.frames_per_chunk  # 2 warm-up chunks, 8 profiled
