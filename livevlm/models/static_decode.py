@@ -12,6 +12,7 @@ tokens (bilevel selects per layer): each reads its own mask, passed through the 
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -20,6 +21,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from ..kernels.attention import sdpa_backends
 from ..kernels.grouped_attention import GROUPED_SDPA, layer_masks
 from .query_probe import PREFIX as PROBE_PREFIX
+
+_CAPTURE = threading.Lock()
+"""One CUDA graph capture at a time in a process (CUDA's rule); answers in other threads capture in turn."""
 
 
 class FixedLayer(CacheLayerMixin):
@@ -111,7 +115,7 @@ class StaticDecode:
                 torch.cuda.current_stream().wait_stream(stream)
                 return out
             self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph, capture_error_mode="thread_local"):  # ingestion may run meanwhile
+            with _CAPTURE, torch.cuda.graph(self._graph, capture_error_mode="thread_local"):  # ingestion goes on
                 self._logits = self._run()
         self._graph.replay()
         assert self._logits is not None
