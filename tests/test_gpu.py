@@ -159,3 +159,26 @@ def test_graph_decode_on_cuda_answers_the_tokens_of_the_usual_decode(cuda_adapte
         session.close()
     assert paths == {"dynamic": {"dynamic": 2}, "static": {"static": 2}, "graph": {"graph": 2}}
     assert len(tokens["dynamic"]) == 10 and len(set(map(tuple, tokens.values()))) == 1, tokens
+
+
+def test_graph_decode_answers_in_two_threads_at_once(cuda_adapters, frames):
+    """Two sessions on one model answer at the same time with decode='graph': captures take turns (one at a time
+    in a process), replays run side by side; each answer is the one it gives alone."""
+    import threading
+
+    adapter = cuda_adapters["qwen2_5_vl"]
+    sessions = [Session(adapter, SessionConfig(device="cuda", fps=2.0, decode="graph", stop_repeats=0)) for _ in "ab"]
+    for session in sessions:
+        for f in frames:
+            session.push(f)
+    alone = [list(s.ask_ids(QUESTION, max_new_tokens=10)) for s in sessions]
+    together: list[list[int]] = [[], []]
+    threads = [threading.Thread(target=lambda i=i: together[i].extend(sessions[i].ask_ids(QUESTION, max_new_tokens=10)))
+               for i in range(2)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone and all(s.stats.answers_by_decode == {"graph": 2} for s in sessions)
+    for session in sessions:
+        session.close()
