@@ -135,3 +135,17 @@ def test_a_restored_session_may_decode_in_fixed_shapes(tiny_adapters, frames, tm
     assert list(restored.ask_ids(QUESTION, max_new_tokens=12)) == usual
     assert restored.stats.answers_by_decode == {"dynamic": 1, "static": 1}  # the saved count, then this answer
     restored.close()
+
+
+def test_a_constrained_answer_over_a_range_is_the_same_in_fixed_shapes(tiny_adapters, frames):
+    """A regex constraint masks the fixed steps' logits as it masks the usual ones; `within=` narrows the cache
+    before it is copied."""
+    adapter = tiny_adapters["qwen2_5_vl"]
+    texts = {}
+    for decode in ("dynamic", "static"):
+        session = Session(adapter, SessionConfig(decode=decode, max_pixels=SMALL, stop_repeats=0))
+        session.ingest(frames)
+        texts[decode] = "".join(session.ask(QUESTION, max_new_tokens=12, regex="[a-z ]{3,10}", within=(1.0, 5.0)))
+        assert session.stats.answers_by_decode == {decode: 1}
+        session.close()
+    assert texts["static"] == texts["dynamic"] and 3 <= len(texts["dynamic"]) <= 10
