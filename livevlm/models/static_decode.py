@@ -64,7 +64,7 @@ def static_decode_refusal(adapter: Any, cache: Any) -> str | None:
         return "it needs every layer to attend to the whole context (this model has sliding-window layers)"
     if adapter._decoder_inputs(adapter.embed_ids([0]))[1]:
         return "it needs a text token to enter the decoder as one embedding (this model adds extra inputs)"
-    if not all(hasattr(layer, "keys") and layer.keys is not None and layer.keys.dim() == 4 for layer in cache.layers):
+    if not all(getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 for layer in cache.layers):
         return "it needs a filled cache of (1, heads, tokens, dim) keys per layer"
     return None
 
@@ -77,8 +77,7 @@ class StaticDecode:
         self.adapter = adapter
         lengths = [int(layer.keys.shape[2]) for layer in cache.layers]
         past = max(lengths)
-        first = cache.layers[0].keys
-        device = first.device
+        device = cache.layers[0].keys.device
         capacity = past + budget
         self.at = torch.full((1,), past, dtype=torch.long, device=device)
         self.masks = torch.zeros(len(lengths), 1, 1, 1, capacity, dtype=torch.bool, device=device)
