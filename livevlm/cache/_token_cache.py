@@ -49,6 +49,8 @@ import torch
 
 from ..errors import ConfigError
 from ..records import VisionEncoder
+from ._change import relative_change, row_norms
+from ._fixed_recompute import FixedRecompute
 from .vit_cache import FeatureCacheBase, ViTCacheConfig
 
 
@@ -121,16 +123,6 @@ class _Backoff:
     """The last dense chunk's patch embedding (what the probe after a backoff compares with)."""
 
 
-def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """Per row L2 norm as float32 (reduced in x's dtype, which accumulates in float32: no float copy of x)."""
-    return torch.linalg.vector_norm(x, dim=-1).float()
-
-
-def relative_change(delta: torch.Tensor, ref_norms: torch.Tensor) -> torch.Tensor:
-    """Per row: |delta| / |ref| (L2, float32)."""
-    return row_norms(delta) / ref_norms.clamp_min(1e-6)
-
-
 def select_tokens(change: torch.Tensor, threshold: float, cap: int) -> torch.Tensor:
     """Rows whose change exceeds `threshold`, at most `cap` of them (the largest), in ascending order."""
     over = change > threshold
@@ -153,6 +145,9 @@ class TokenRecomputeCache(FeatureCacheBase):
         self.runner: VisionRunner = encoder.runner()
         self._ref: _Reference | None = None
         self._pan = _Backoff()
+        self._fixed: FixedRecompute | None = None
+        """Fixed-shape partial passes of the current grid (`ViTCacheConfig.recompute` static / graph)."""
+        self.stats.recompute = str(config.recompute)
 
     def _encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         ref, pan, c = self._ref, self._pan, self.config
@@ -309,9 +304,11 @@ class TokenRecomputeCache(FeatureCacheBase):
     def _partial(self, pixels: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ref, runner, c = self._ref, self.runner, self.config
         assert ref is not None
-        self._own(ref)
         n = x.shape[0]
         cap = math.ceil(c.budget * n)
+        if c.recompute != "dynamic" and cap:
+            return self._partial_fixed(pixels, x, cap)
+        self._own(ref)
         touched = torch.zeros(n, dtype=torch.bool, device=x.device)
         counts = []
         taps = set(getattr(runner, "taps", ()))
@@ -343,6 +340,25 @@ class TokenRecomputeCache(FeatureCacheBase):
         ref.age += 1
         self.stats.chunks_partial += bool(len(slots))
         embeds, _ = self._account("partial" if len(slots) else "reuse", counts, n, ref.merged)
+        return embeds, changed
+
+    def _partial_fixed(self, pixels: torch.Tensor, x: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_partial` in fixed shapes (`_fixed_recompute`): `cap` rows per block always, the same features."""
+        ref, c = self._ref, self.config
+        assert ref is not None
+        graph = c.recompute == "graph"
+        if graph and x.device.type != "cuda":
+            raise ConfigError(f"ViTCacheConfig.recompute='graph' needs the vision tower on CUDA, it runs on {x.device}")
+        if self._fixed is None or self._fixed.layout.grid != ref.grid:
+            self._fixed = FixedRecompute(self.runner, ref.layout, cap, float(c.threshold), graph)
+        self._fixed.adopt(ref)
+        changed, counts = self._fixed.run(x)
+        ref.pixels = pixels.clone()
+        ref.age += 1
+        partial = any(counts)
+        self.stats.chunks_partial += partial
+        self.stats.tokens_padded += cap * len(counts) - sum(counts)
+        embeds, _ = self._account("partial" if partial else "reuse", counts, x.shape[0], ref.merged)
         return embeds, changed
 
     def _merge(self, x: torch.Tensor, layout: Any, units: torch.Tensor | None, outputs: Any) -> torch.Tensor:

@@ -47,7 +47,9 @@ _DEFAULTS: dict[str, Any] = {
     "pan_fraction": 0.9,
     "backoff": 1,
     "backoff_max": 8,
+    "recompute": "dynamic",
 }
+RECOMPUTE_PATHS = ("dynamic", "static", "graph")
 
 
 @dataclass
@@ -81,6 +83,10 @@ class ViTCacheConfig:
     backoff_max: int | None = None
     """token: the backoff doubles each time the probe after it is busy again, up to this many chunks; it resets
     to `backoff` once a detection finds a chunk that is not busy."""
+    recompute: str | None = None
+    """token: how a partial pass runs: dynamic (exactly the rows over `threshold`), static (always the
+    `budget` share of rows, the ones not over it computed and dropped: fixed shapes, the same features),
+    graph (static, replayed as a CUDA graph: CUDA only). Not yet measured on a GPU: opt-in."""
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -99,6 +105,15 @@ class ViTCacheConfig:
         for name in ("max_age", "backoff", "backoff_max"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise ConfigError(f"ViTCacheConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.recompute not in RECOMPUTE_PATHS:
+            raise ConfigError(
+                f"ViTCacheConfig.recompute must be one of {', '.join(RECOMPUTE_PATHS)}, got {self.recompute!r}"
+            )
+        if self.recompute != "dynamic" and self.policy != "token":
+            raise ConfigError(
+                f"ViTCacheConfig.recompute={self.recompute!r} shapes the token policy's partial passes; "
+                f"policy {self.policy!r} has none (use recompute='dynamic' or policy='token')"
+            )
         if self.backoff_max < self.backoff:
             raise ConfigError(
                 f"ViTCacheConfig.backoff_max ({self.backoff_max}) must be >= backoff ({self.backoff})"
@@ -138,6 +153,11 @@ class ViTCacheStats:
     seconds: float = 0.0
     """Wall time inside the cache's encode, summed."""
     last_seconds: float = 0.0
+    recompute: str = ""
+    """token: the path partial passes take (`ViTCacheConfig.recompute`): dynamic, static or graph."""
+    tokens_padded: int = 0
+    """token, static / graph: token-block rows computed and dropped to keep the shapes fixed (not in
+    `tokens_recomputed`, which counts the rows whose result is kept)."""
 
     @property
     def recompute_fraction(self) -> float:

@@ -90,6 +90,15 @@ class FullPass:
     blocks: list[BlockState]
 
 
+def keep_cached(
+    state: BlockState, rows: torch.Tensor, valid: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, n, d) fresh keys / values of `rows`, with the cached ones where `valid` is False."""
+    mask = valid[None, :, None]
+    return (torch.where(mask, k, state.keys.index_select(1, rows)),
+            torch.where(mask, v, state.values.index_select(1, rows)))  # fmt: skip
+
+
 class QwenVisionRunner:
     """Runs a Qwen2/2.5-VL vision tower (`model.model.visual`) block by block; holds no per-stream state."""
 
@@ -268,19 +277,30 @@ class QwenVisionRunner:
         return torch.cat([self._attention(attn, *qkv, **common)[0] for qkv in zip(*splits)], dim=1)
 
     def partial(
-        self, index: int, x: torch.Tensor, rows: torch.Tensor, state: BlockState, layout: VisionLayout
+        self,
+        index: int,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        state: BlockState,
+        layout: VisionLayout,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Block `index` for tokens `rows` of `x`, against the cached `state` (whose rows it updates).
 
         Each recomputed query attends over its whole segment (frame or window): fresh K/V for `rows`, the
         cached K/V (from the last time each was computed) for every other token. Returns (len(rows), D).
+        `valid` ((len(rows),) bool): only those rows' fresh K/V are stored, the others' outputs are computed
+        against the cache and meant to be dropped (a fixed-shape pass, `cache._fixed_recompute`).
         """
         blk = self.blocks[index]
         xr = x.index_select(0, rows)  # (index_select: a few times faster than x[rows] for a row gather)
         cos, sin = layout.cos.index_select(0, rows), layout.sin.index_select(0, rows)
         q, k, v = self._qkv(blk, xr, cos, sin, self.linear)
-        state.keys.index_copy_(1, rows, k.transpose(0, 1))
-        state.values.index_copy_(1, rows, v.transpose(0, 1))
+        k, v = k.transpose(0, 1), v.transpose(0, 1)
+        if valid is not None:
+            k, v = keep_cached(state, rows, valid, k, v)
+        state.keys.index_copy_(1, rows, k)
+        state.values.index_copy_(1, rows, v)
         attn = sparse_row_attention(
             q.transpose(0, 1), state.keys, state.values, rows, layout.cu_seqlens[index], blk.attn.scaling
         )  # (H, n, d): each row over its own segment's keys only, no (n, N) mask

@@ -26,7 +26,7 @@ import torch
 from ..kernels.linear import RowLinears
 from ..kernels.packed_linear import is_packed
 from ..kernels.sparse_attention import sparse_row_attention
-from .qwen_vision import BlockState, FullPass
+from .qwen_vision import BlockState, FullPass, keep_cached
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,24 @@ class SiglipVisionRunner:
         return x, state
 
     def partial(
-        self, index: int, x: torch.Tensor, rows: torch.Tensor, state: BlockState, layout: FrameLayout
+        self,
+        index: int,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        state: BlockState,
+        layout: FrameLayout,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Layer `index` for tokens `rows` of `x` against the cached `state` (whose rows it updates)."""
+        """Layer `index` for tokens `rows` of `x` against the cached `state` (whose rows it updates); `valid` as
+        the Qwen runner's (only those rows' keys / values are stored)."""
         blk = self.blocks[index]
         xr = x.index_select(0, rows)
         q, k, v = self._qkv(blk, xr, self.linear)
-        state.keys.index_copy_(1, rows, k[0])
-        state.values.index_copy_(1, rows, v[0])
+        k, v = k[0], v[0]
+        if valid is not None:
+            k, v = keep_cached(state, rows, valid, k, v)
+        state.keys.index_copy_(1, rows, k)
+        state.values.index_copy_(1, rows, v)
         # one segment (the frame): every row over all keys
         out = sparse_row_attention(q[0], state.keys, state.values, rows, None, blk.self_attn.scale)
         return self._finish(blk, xr, out.transpose(0, 1), self.linear)

@@ -12,18 +12,15 @@ tokens (bilevel selects per layer): each reads its own mask, passed through the 
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from ..kernels.attention import sdpa_backends
+from ..kernels.cuda_graph import GraphedCall
 from ..kernels.grouped_attention import GROUPED_SDPA, layer_masks
 from .query_probe import PREFIX as PROBE_PREFIX
-
-_CAPTURE = threading.Lock()
-"""One CUDA graph capture at a time in a process (CUDA's rule); answers in other threads capture in turn."""
 
 
 class FixedLayer(CacheLayerMixin):
@@ -93,8 +90,7 @@ class StaticDecode:
         self.token = torch.zeros(1, dtype=torch.long, device=device)
         self.positions = adapter.text_positions(0, 1).clone()
         self.graph = graph and device.type == "cuda"
-        self._graph: Any = None
-        self._logits: torch.Tensor | None = None
+        self._graphed = GraphedCall(self._run) if self.graph else None  # eager, captured, then replayed
         self.steps = 0
 
     @torch.inference_mode()
@@ -103,22 +99,7 @@ class StaticDecode:
         self.token.fill_(token)
         self.positions.copy_(self.adapter.text_positions(position, 1))
         self.steps += 1
-        if not self.graph:
-            return self._run().clone()
-        if self._graph is None:
-            if self.steps == 1:  # one eager step on a side stream first: lazy inits (cuBLAS, allocator) are not captured
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    out = self._run().clone()
-                torch.cuda.current_stream().wait_stream(stream)
-                return out
-            self._graph = torch.cuda.CUDAGraph()
-            with _CAPTURE, torch.cuda.graph(self._graph, capture_error_mode="thread_local"):  # ingestion goes on
-                self._logits = self._run()
-        self._graph.replay()
-        assert self._logits is not None
-        return self._logits.clone()
+        return (self._run() if self._graphed is None else self._graphed()).clone()
 
     def _run(self) -> torch.Tensor:
         """One token's forward on the buffers: its slot joins every layer's mask, then the slot moves on."""

@@ -1,0 +1,49 @@
+"""One fixed-shape computation replayed as a CUDA graph: the decode step, the ViT cache's partial pass.
+
+    call 1 ─► fn() eagerly on a side stream (lazy inits: cuBLAS handles, allocator pools, Triton compiles)
+    call 2 ─► fn() captured (nothing runs while capturing), then replayed
+    call 3.. ─► replayed: one launch for every kernel fn issued
+
+fn must read and write the same tensors on every call and never sync with the host; its outputs are the graph's
+own tensors from call 2 on (callers copy what they keep). Captures take turns process-wide (`CAPTURE`), so a
+thread answering a question and one ingesting frames never capture at once; other threads may keep running
+kernels meanwhile (thread-local capture errors).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+CAPTURE = threading.Lock()
+"""One CUDA graph capture at a time in a process."""
+
+
+class GraphedCall:
+    """`fn()` eager once, then captured and replayed (see the module docstring)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._out: Any = None
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if self.graph is None:
+            if self.calls == 1:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    out = self.fn()
+                torch.cuda.current_stream().wait_stream(stream)
+                return out
+            graph = torch.cuda.CUDAGraph()
+            with CAPTURE, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._out = self.fn()
+            self.graph = graph
+        self.graph.replay()
+        return self._out
