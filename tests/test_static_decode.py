@@ -67,11 +67,24 @@ def test_static_decode_on_the_other_families(tmp_path, frames, family):
 def test_layers_of_different_lengths_each_read_their_own_past(adapters):
     """A cache whose layers hold 9, 2 (, 5, 9) past tokens: each step's logits equal the usual forward's; the
     shorter layers' buffers have unused slots before their past, which their masks must hide."""
-    adapter = adapters["qwen2_5_vl"]
+    lengths = [9, 2, 5, 9][: adapters["qwen2_5_vl"].kv_layout().layers]
+    assert len(set(lengths)) > 1
+    check_steps(adapters["qwen2_5_vl"], lengths)
+
+
+def test_transformers_sdpa_reads_the_decoders_mask_over_the_fixed_buffers(tiny_checkpoints, monkeypatch):
+    """Under transformers' own SDPA (fast paths forced off) every layer reads the one mask the decoder is given:
+    with layers of equal pasts each step's logits equal the usual forward's (the buffers' unused slots hidden)."""
+    monkeypatch.setenv("LIVEVLM_KERNELS", "torch")
+    adapter = load_model(tiny_checkpoints["qwen2_5_vl"], max_pixels=SMALL)
+    assert adapter._lm.config._attn_implementation == "sdpa"
+    check_steps(adapter, [6] * adapter.kv_layout().layers)
+
+
+def check_steps(adapter, lengths: list[int]) -> None:
+    """Random pasts of `lengths` per layer: three fixed steps give the usual forward's logits."""
     layout = adapter.kv_layout()
     g = torch.Generator().manual_seed(0)
-    lengths = [9, 2, 5, 9][: layout.layers]
-    assert len(set(lengths)) > 1
 
     def past(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = (torch.randn(1, layout.kv_heads, n, layout.head_dim, generator=g).to(layout.dtype) for _ in "kv")
@@ -80,7 +93,8 @@ def test_layers_of_different_lengths_each_read_their_own_past(adapters):
     per_layer = [past(n) for n in lengths]
     usual_cache = ChunkView(per_layer, len(per_layer))
     fixed = StaticDecode(adapter, ChunkView(per_layer, len(per_layer)), budget=4)
-    assert bool(fixed.cache.layers[1].keys[0, :, :7].eq(0).all())  # the gap before layer 1's 2 tokens
+    gap = max(lengths) - lengths[1]
+    assert bool(fixed.cache.layers[1].keys[0, :, :gap].eq(0).all())  # the gap before layer 1's past, if any
     for step, token in enumerate([11, 47, 3]):
         position = 20 + step
         usual = adapter.forward(adapter.embed_ids([token]), adapter.text_positions(position, 1), usual_cache)
@@ -158,13 +172,17 @@ def test_a_constrained_answer_over_a_range_is_the_same_in_fixed_shapes(adapters,
     assert texts["static"] == texts["dynamic"] and 3 <= len(texts["dynamic"]) <= 10
 
 
-def test_a_model_on_transformers_sdpa_says_why_and_decodes_as_usual(tiny_checkpoints, frames, monkeypatch):
+def test_a_model_on_transformers_sdpa_decodes_in_fixed_shapes_when_its_layers_agree(tiny_checkpoints, frames,
+                                                                                     monkeypatch):  # fmt: skip
     """With the fast paths forced off the language model runs transformers' own SDPA, which reads one mask for
-    every layer: the answer decodes as usual and the stats say why."""
+    every layer: a cache whose layers hold the same past decodes in fixed shapes (the usual tokens); one-pass
+    bilevel's layers of different lengths decode as usual, and the stats say why."""
     monkeypatch.setenv("LIVEVLM_KERNELS", "torch")
     adapter = load_model(tiny_checkpoints["qwen2_5_vl"], max_pixels=SMALL)
-    usual, _ = answer(adapter, frames, "dynamic", "full", 8)
-    same, paths = answer(adapter, frames, "static", "full", 8)
-    assert same == usual
-    assert paths == {"dynamic: no static decode, it needs grouped-query SDPA attention (the model runs another "
-                     "attention function)": 1}  # fmt: skip
+    assert adapter._lm.config._attn_implementation == "sdpa"
+    unequal = ("dynamic: no static decode, its layers hold pasts of different lengths, which transformers' SDPA "
+               "cannot mask (one mask for every layer; livevlm's grouped SDPA reads one per layer)")  # fmt: skip
+    for kv, path in (("full", "static"), ("sink_window", "static"), (BilevelConfig(window=1, top_k=2, memory=1), unequal)):
+        usual, _ = answer(adapter, frames, "dynamic", kv, 12)
+        same, paths = answer(adapter, frames, "static", kv, 12)
+        assert paths == {path: 1} and same == usual and len(usual) == 12, kv

@@ -7,7 +7,8 @@ Every step has the same shapes and reads and writes the same tensors, so on CUDA
 graph (`graph=True`) and replayed: one launch for the whole forward instead of one per op (an answer token at
 Qwen2.5-VL-7B shape was 33 ms of launches for 6.5 ms of GPU work). Layers may hold different numbers of past
 tokens (bilevel selects per layer): each reads its own mask, passed through the grouped-SDPA attention function
-(`kernels.grouped_attention.layer_masks`). What this needs of a model is checked by `static_decode_refusal`.
+(`kernels.grouped_attention.layer_masks`); transformers' own SDPA reads the one mask the decoder is given, which
+serves when every layer holds the same past. What this needs of a model is checked by `static_decode_refusal`.
 """
 
 from __future__ import annotations
@@ -55,14 +56,18 @@ class FixedLayer(CacheLayerMixin):
 def static_decode_refusal(adapter: Any, cache: Any) -> str | None:
     """Why this adapter / cache cannot decode in fixed shapes (the answer then decodes as usual), or None."""
     text = adapter.model.config.get_text_config()
-    if getattr(adapter._lm.config, "_attn_implementation", None) not in (GROUPED_SDPA, PROBE_PREFIX + GROUPED_SDPA):
-        return "it needs grouped-query SDPA attention (the model runs another attention function)"
+    impl = str(getattr(adapter._lm.config, "_attn_implementation", None)).removeprefix(PROBE_PREFIX)
+    if impl not in (GROUPED_SDPA, "sdpa"):
+        return f"it needs SDPA attention (the model runs {impl!r})"
     if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
         return "it needs every layer to attend to the whole context (this model has sliding-window layers)"
     if adapter._decoder_inputs(adapter.embed_ids([0]))[1]:
         return "it needs a text token to enter the decoder as one embedding (this model adds extra inputs)"
     if not all(getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 for layer in cache.layers):
         return "it needs a filled cache of (1, heads, tokens, dim) keys per layer"
+    if impl == "sdpa" and len({int(layer.keys.shape[2]) for layer in cache.layers}) > 1:
+        return ("its layers hold pasts of different lengths, which transformers' SDPA cannot mask (one mask for "
+                "every layer; livevlm's grouped SDPA reads one per layer)")  # fmt: skip
     return None
 
 
