@@ -256,11 +256,15 @@ def test_query_probe_reads_the_models_own_queries_and_changes_nothing(tiny_adapt
     lm = adapter.model.get_decoder()
     ids = adapter.prefix_ids() + adapter.suffix_ids("What is it?")
     embeds, positions = adapter.embed_ids(ids), torch.arange(len(ids)).expand(3, -1)
+    original = lm.config._attn_implementation
     lm.set_attn_implementation("sdpa")
-    ref = adapter.forward(embeds, positions, adapter.new_cache())
-    adapter.enable_query_probe()
-    with probe_queries() as queries:
-        out = adapter.forward(embeds, positions, adapter.new_cache())
+    try:
+        ref = adapter.forward(embeds, positions, adapter.new_cache())
+        adapter.enable_query_probe()
+        with probe_queries() as queries:
+            out = adapter.forward(embeds, positions, adapter.new_cache())
+    finally:  # the adapters are shared by the whole run: later tests find the attention they were loaded with
+        lm.set_attn_implementation(original)
     assert torch.equal(out, ref)
     assert sorted(queries) == list(range(len(lm.layers)))
     with torch.inference_mode():  # layer 0's query, by hand: norm -> q_proj -> rotary (M-RoPE cos/sin)
