@@ -126,3 +126,18 @@ def test_mistakes_are_refused_at_construction(adapters):
     cache.encode(p0, grid)  # the first chunk is a full pass
     with pytest.raises(ConfigError, match="needs the vision tower on CUDA, it runs on cpu"):
         cache.encode(p1, grid)
+
+
+def test_the_command_line_takes_the_recompute_path(capsys):
+    from livevlm.assets import sample_video_path
+    from livevlm.cli import main
+
+    ask = ["ask", str(sample_video_path()), "What colour is the circle?", "--no-progress"]
+    assert main([*ask, "--vit-cache", "balanced", "--vit-recompute", "static", "--stats"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip() and "recompute='static'" in printed.err and "chunks_partial=0," not in printed.err
+    assert main([*ask, "--vit-recompute", "static"]) == 2  # --vit-cache defaults to none
+    assert "--vit-recompute shapes the token ViT cache's partial passes and needs --vit-cache balanced or fast " \
+           "(got --vit-cache none)" in capsys.readouterr().err  # fmt: skip
+    assert main([*ask, "--vit-cache", "fast", "--vit-recompute", "graph"]) == 2
+    assert "ViTCacheConfig.recompute='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err

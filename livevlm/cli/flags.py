@@ -14,7 +14,8 @@ import inspect
 import itertools
 from typing import Any
 
-from ..cache import KV_POLICIES, VIT_CACHE_PRESETS, parse_bytes
+from ..cache import KV_POLICIES, VIT_CACHE_PRESETS, ViTCacheConfig, parse_bytes
+from ..cache.vit_cache import RECOMPUTE_PATHS
 from ..generate import DECODE_PATHS
 from ..prune import PRUNERS, parse_prune_spec
 from ..session import SessionConfig
@@ -45,6 +46,13 @@ EXTRA_FLAGS: dict[str, dict[str, Any]] = {
         "help": "pruning budget: tokens per frame (64), a ratio (0.25) or tokens per second (32/s); "
         "needs --prune",
     },
+    "vit_recompute": {
+        "default": None,
+        "choices": RECOMPUTE_PATHS,
+        "help": "how the token ViT cache's partial passes run: dynamic (the rows that moved), static (the budget's "
+        "rows always: fixed shapes, the same features), graph (static, replayed as a CUDA graph; CUDA only); "
+        "needs --vit-cache balanced or fast; default: dynamic",
+    },
     "kv_disk_budget": {
         "default": None,
         "metavar": "BYTES",
@@ -52,7 +60,8 @@ EXTRA_FLAGS: dict[str, dict[str, Any]] = {
         "dropped and only their summary stays; default: no cap",
     },
 }
-"""Flags that refine a field's config rather than set a field: --budget (prune), --kv-disk-budget (kv)."""
+"""Flags that refine a field's config rather than set a field: --budget (prune), --vit-recompute (vit_cache),
+--kv-disk-budget (kv)."""
 
 
 @functools.cache
@@ -109,6 +118,11 @@ def session_config(args: argparse.Namespace, **fields: Any) -> SessionConfig:
     if args.budget is not None and args.prune == "none":
         raise ConfigError("--budget sets the pruning budget and needs --prune STRATEGY (e.g. --prune temporal)")
     values["prune"] = parse_prune_spec(args.prune, args.budget)
+    if args.vit_recompute is not None:
+        if ViTCacheConfig(args.vit_cache).policy != "token":
+            raise ConfigError("--vit-recompute shapes the token ViT cache's partial passes and needs "
+                              f"--vit-cache balanced or fast (got --vit-cache {args.vit_cache})")  # fmt: skip
+        values["vit_cache"] = ViTCacheConfig(args.vit_cache, recompute=args.vit_recompute)
     config = SessionConfig(**values, **fields)
     if args.kv_disk_budget is not None:
         if not hasattr(config.kv, "tiers") or config.kv.policy == "sink_window":
