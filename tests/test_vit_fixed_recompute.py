@@ -141,3 +141,26 @@ def test_the_command_line_takes_the_recompute_path(capsys):
            "(got --vit-cache none)" in capsys.readouterr().err  # fmt: skip
     assert main([*ask, "--vit-cache", "fast", "--vit-recompute", "graph"]) == 2
     assert "ViTCacheConfig.recompute='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
+
+
+def test_fixed_passes_keep_their_tensors_through_refreshes(adapters, frames):
+    """What a captured CUDA graph needs: every partial pass of a grid reads and writes the same tensors, so a new
+    reference (an age refresh here) is copied into the buffers the first pass of the grid allocated."""
+    adapter = adapters["qwen2_5_vl"]
+    session = Session(adapter, SessionConfig(vit_cache=ViTCacheConfig("balanced", max_age=2, recompute="static"),
+                                             max_pixels=SMALL))  # fmt: skip
+    cache = session._feature_cache
+    seen, events = set(), []
+    for frame in frames[:20]:
+        if session.push(frame) is None:
+            continue
+        events.append(cache.stats.last_event)
+        fixed = cache._fixed
+        if fixed is not None and cache.stats.last_event == "partial":
+            ref = fixed.ref
+            tensors = [fixed.x, ref.merged, *ref.inputs, *ref.norms, *ref.outputs]
+            tensors += [t for b in ref.blocks for t in (b.keys, b.values)]
+            seen.add(tuple(t.data_ptr() for t in tensors))
+    assert events.count("full:age") >= 2 and events.count("partial") >= 4, events
+    assert len(seen) == 1  # one set of buffers for the whole stream
+    session.close()
