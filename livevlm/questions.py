@@ -258,6 +258,7 @@ class QuestionsMixin:
             prefill, t0 = time.perf_counter() - t0, time.perf_counter()
             (step_fn, path), cache = token_step(self.adapter, cache, plan.budget, self.config.decode), None
             yield from decode_tokens(logits, step_fn, next_pos, plan, self._check_open)
+            path = getattr(getattr(step_fn, "__self__", None), "path", path)  # a fixed decode whose capture failed
         except Exception as e:  # the session closed under a running step: say so, not what broke
             if self._closed and not isinstance(e, LivevlmError):
                 raise SessionClosedError("the session was closed while this answer was being decoded") from e

@@ -162,7 +162,8 @@ class SessionStats:
     answers_stopped_repeating: int = 0
     """Answers stopped on a loop (`SessionConfig.stop_repeats`), their repeated copies trimmed."""
     answers_by_decode: dict[str, int] = field(default_factory=dict)
-    """Answers per decode path taken (`SessionConfig.decode`; "dynamic: ..." says why a fixed-shape one was not)."""
+    """Answers per decode path taken (`SessionConfig.decode`; "dynamic: ..." says why a fixed-shape one was not,
+    "static: the graph capture failed, ..." why a graph decode ran its fixed steps eagerly)."""
     first_pts_seconds: float | None = None
     """Stream time of the first frame accepted."""
     last_pts_seconds: float | None = None

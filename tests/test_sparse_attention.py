@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from host_syncs import HostWaits
 
 from livevlm import kernels
 from livevlm.kernels.sparse_attention import (
@@ -131,6 +132,21 @@ def test_public_op_runs_the_reference_on_cpu(monkeypatch):
     assert kernels.backend()["sparse_attention"].backend == "torch"
     expected = sparse_row_attention_torch(q, keys, values, rows, cu, 12**-0.5)
     assert torch.equal(kernels.sparse_row_attention(q, keys, values, rows, cu), expected)  # scale: d^-1/2
+
+
+@pytest.mark.parametrize("force", ["", "torch"])
+def test_a_sync_free_call_never_reads_the_bounds_on_the_host(monkeypatch, force):
+    """What a fixed-shape ViT pass asks for (it is captured as a CUDA graph on a GPU, where a host read fails the
+    capture): the masked SDPA in place of the per-segment reference, on CPU and under LIVEVLM_KERNELS=torch."""
+    monkeypatch.setenv(kernels.FORCE_ENV, force)
+    q, keys, values, rows = inputs("unsorted", torch.float32)
+    cu = torch.tensor(SEGMENTS["windows"], dtype=torch.int32)
+    with HostWaits() as usual:
+        expected = kernels.sparse_row_attention(q, keys, values, rows, cu)
+    with HostWaits() as waits:
+        out = kernels.sparse_row_attention(q, keys, values, rows, cu, sync_free=True)
+    assert usual.found["tolist"] >= 1 and not waits.found, (usual.found, waits.found)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,11 @@ class FixedRecompute:
     def captured(self) -> bool:
         return self._graphed is not None and self._graphed.graph is not None
 
+    @property
+    def failed(self) -> str | None:
+        """Why this grid's graph capture failed (its passes then run eagerly), or None."""
+        return None if self._graphed is None else self._graphed.failed
+
     def adopt(self, ref: Any) -> None:
         """Make `ref`'s state live in the buffers: copied in once per reference (replaces `_own`'s copy)."""
         if ref is self.ref:

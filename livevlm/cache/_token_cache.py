@@ -353,6 +353,8 @@ class TokenRecomputeCache(FeatureCacheBase):
             self._fixed = FixedRecompute(self.runner, ref.layout, cap, float(c.threshold), graph)
         self._fixed.adopt(ref)
         changed, counts = self._fixed.run(x)
+        if self._fixed.failed is not None:
+            self.stats.recompute = f"static: the graph capture failed, {self._fixed.failed}"
         ref.pixels = pixels.clone()
         ref.age += 1
         partial = any(counts)

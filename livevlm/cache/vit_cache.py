@@ -154,7 +154,8 @@ class ViTCacheStats:
     """Wall time inside the cache's encode, summed."""
     last_seconds: float = 0.0
     recompute: str = ""
-    """token: the path partial passes take (`ViTCacheConfig.recompute`): dynamic, static or graph."""
+    """token: the path partial passes take (`ViTCacheConfig.recompute`): dynamic, static or graph; "static: the
+    graph capture failed, <why>" when a capture failed and the fixed passes run eagerly from then on."""
     tokens_padded: int = 0
     """token, static / graph: token-block rows computed and dropped to keep the shapes fixed (not in
     `tokens_recomputed`, which counts the rows whose result is kept)."""

@@ -7,12 +7,15 @@
 fn must read and write the same tensors on every call and never sync with the host; its outputs are the graph's
 own tensors from call 2 on (callers copy what they keep). Captures take turns process-wide (`CAPTURE`), so a
 thread answering a question and one ingesting frames never capture at once; other threads may keep running
-kernels meanwhile (thread-local capture errors).
+kernels meanwhile (thread-local capture errors). A capture that fails (fn synced with the host after all, or an
+op that cannot be captured) is not fatal: fn runs eagerly from then on, `failed` says why, and a warning is
+issued once; nothing of fn ran while capturing, so the eager call does the step the capture was meant to.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +32,14 @@ class GraphedCall:
         self.fn = fn
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed: str | None = None
+        """Why the capture failed (fn then runs eagerly every call), or None."""
         self._out: Any = None
 
     def __call__(self) -> Any:
         self.calls += 1
+        if self.failed is not None:
+            return self.fn()
         if self.graph is None:
             if self.calls == 1:
                 stream = torch.cuda.Stream()
@@ -42,8 +49,15 @@ class GraphedCall:
                 torch.cuda.current_stream().wait_stream(stream)
                 return out
             graph = torch.cuda.CUDAGraph()
-            with CAPTURE, torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._out = self.fn()
+            try:
+                with CAPTURE, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    self._out = self.fn()
+            except RuntimeError as exc:  # e.g. "operation not permitted when stream is capturing"
+                self.failed = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                self._out = None
+                warnings.warn(f"a CUDA graph capture failed, running eagerly instead: {self.failed}",
+                              RuntimeWarning, stacklevel=2)  # fmt: skip
+                return self.fn()
             self.graph = graph
         self.graph.replay()
         return self._out

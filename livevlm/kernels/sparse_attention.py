@@ -55,12 +55,17 @@ def sparse_row_attention(
     rows: torch.Tensor,
     cu_seqlens: torch.Tensor | None = None,
     scale: float | None = None,
+    sync_free: bool = False,
 ) -> torch.Tensor:
     """(H, n, d) queries of tokens `rows` (n,) over (H, N, d) keys / values, each only within its segment of
-    `cu_seqlens` ((S+1,) ints from 0 to N; None: one segment) -> (H, n, d) in q's dtype; rows in any order."""
+    `cu_seqlens` ((S+1,) ints from 0 to N; None: one segment) -> (H, n, d) in q's dtype; rows in any order.
+    `sync_free`: never the torch reference, which reads the bounds on the host (a pass captured as a CUDA graph
+    must not; the masked SDPA takes its place, on any device)."""
     check_shapes(q, keys, values, rows, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     choice = sparse_row_choice(q.device).backend
+    if sync_free and choice == "torch":  # the torch reference reads the segment bounds on the host
+        choice = SDPA_MASK
     if choice == SDPA_MASK and q.shape[1] * keys.shape[1] > MASK_LIMIT and use_triton(q.device):
         choice = "triton"
     if choice == SDPA_MASK:

@@ -302,8 +302,9 @@ class QwenVisionRunner:
         state.keys.index_copy_(1, rows, k)
         state.values.index_copy_(1, rows, v)
         attn = sparse_row_attention(
-            q.transpose(0, 1), state.keys, state.values, rows, layout.cu_seqlens[index], blk.attn.scaling
-        )  # (H, n, d): each row over its own segment's keys only, no (n, N) mask
+            q.transpose(0, 1), state.keys, state.values, rows, layout.cu_seqlens[index], blk.attn.scaling,
+            sync_free=valid is not None,
+        )  # (H, n, d): each row over its own segment's keys only (a fixed pass: never a host sync)
         return self._finish(blk, xr, attn.transpose(0, 1), self.linear)
 
     def merge(self, x: torch.Tensor, layout: VisionLayout, units: torch.Tensor | None = None) -> torch.Tensor:

@@ -142,7 +142,9 @@ class SiglipVisionRunner:
         state.keys.index_copy_(1, rows, k)
         state.values.index_copy_(1, rows, v)
         # one segment (the frame): every row over all keys
-        out = sparse_row_attention(q[0], state.keys, state.values, rows, None, blk.self_attn.scale)
+        out = sparse_row_attention(
+            q[0], state.keys, state.values, rows, None, blk.self_attn.scale, sync_free=valid is not None
+        )
         return self._finish(blk, xr, out.transpose(0, 1), self.linear)
 
     def merge(self, x: torch.Tensor, layout: FrameLayout, units: torch.Tensor | None = None) -> torch.Tensor:

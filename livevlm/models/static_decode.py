@@ -98,6 +98,12 @@ class StaticDecode:
         self._graphed = GraphedCall(self._run) if self.graph else None  # eager, captured, then replayed
         self.steps = 0
 
+    @property
+    def path(self) -> str:
+        """What the answer's steps ran as: "graph", "static", or the failed capture's reason (eager after it)."""
+        failed = None if self._graphed is None else self._graphed.failed
+        return ("graph" if self.graph else "static") if failed is None else f"static: the graph capture failed, {failed}"
+
     @torch.inference_mode()
     def step(self, token: int, position: int) -> torch.Tensor:
         """(vocab,) float logits after `token` at `position` (the next free slot of the buffers)."""
