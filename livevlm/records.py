@@ -87,6 +87,8 @@ class KVLayout:
     head_dim: int
     device: torch.device
     dtype: torch.dtype
+    query_heads: int = 0
+    """Attention (query) heads per layer; 0: as many as kv_heads."""
 
     @property
     def shape3(self) -> tuple[int, int, int]:

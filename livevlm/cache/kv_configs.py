@@ -189,6 +189,9 @@ class ChunkedKVStats(KVStats):
     last_context_tokens: int = 0
     """Tokens of the context the last question was answered on (before the question itself)."""
     last_select_seconds: float = 0.0
+    warmed: tuple[str, ...] = ()
+    """Triton kernels a question runs that were compiled at the first chunk (relevance, pool), so the first
+    question does not compile them (CUDA with triton, or LIVEVLM_KERNELS=triton)."""
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)

@@ -23,12 +23,13 @@ from typing import Any
 import torch
 
 from ..errors import QuestionError
+from ..kernels._backend import use_triton
 from ..records import InlineSelect, KVLayout
 from .chunked import ChunkedKV
 from .chunks import ChunkStore
 from .kv_configs import BilevelConfig, RetrievalConfig
 from .scoring import chunk_relevance, layer_ids, reduce_queries
-from .select_parts import equal_lengths, pool_all, ranked
+from .select_parts import equal_lengths, pool_all, ranked, warm_answer_kernels
 from .summary_log import SUMMARY_BLOCK
 
 SCORE_SPAN = 16 * SUMMARY_BLOCK
@@ -60,6 +61,8 @@ class _TieredKV(ChunkedKV):
     def __init__(self, layout: KVLayout, config: Any) -> None:
         super().__init__(layout, config)
         self.store = ChunkStore(config.tiers, self.layout, self.dtype, self.device, key_reps=config.key_reps)
+        self._query_heads = layout.query_heads or layout.kv_heads
+        self._warm_checked = False
 
     def _first(self, n: int) -> int:
         """Index of the first chunk of the window among n."""
@@ -90,6 +93,19 @@ class _TieredKV(ChunkedKV):
         if self.sink is not None and self.sink.nbytes != sink_bytes:
             self.store.pin(self.sink.nbytes - sink_bytes)
             self._update_stats()
+        if not self._warm_checked and self.store.records:
+            self._warm_answer_kernels()
+
+    def _warm_answer_kernels(self) -> None:
+        """The Triton kernels a question runs, compiled now, on the first chunk, not at the first question."""
+        self._warm_checked = True
+        if use_triton(self.device):
+            layers, _, dim = self.layout
+            queries = torch.zeros(layers, self._query_heads, 1, dim, dtype=self.dtype, device=self.device)
+            self.stats.warmed = warm_answer_kernels(
+                lambda: self._relevance(queries, len(self.store.records)), self.store.load(self.store.records[-1]),
+                self.config.pool if getattr(self.config, "rest", None) == "pooled" else 0, self.config.tiers.cpu_bits,
+            )  # fmt: skip
 
     def _keep(self, kv: torch.Tensor, pts_seconds: tuple[float, ...]) -> None:
         self.store.add(kv, pts_seconds)

@@ -92,8 +92,9 @@ class LanguageModelSide:
         text = self.model.config.get_text_config()
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         return KVLayout(
-            int(text.num_hidden_layers), int(text.num_key_value_heads), int(head_dim), self.device, self.dtype
-        )
+            int(text.num_hidden_layers), int(text.num_key_value_heads), int(head_dim), self.device, self.dtype,
+            query_heads=int(text.num_attention_heads),
+        )  # fmt: skip
 
     def enable_query_probe(self) -> None:
         enable_query_probe(self.model.get_decoder())
