@@ -110,6 +110,9 @@ class VisionEncoder:
     """(patches, grid, layers as fractions of the depth) -> (the `full` features, per layer (M,) attention
     each merged token receives there); None when the family cannot report it. What attention-guided
     pruners (hiprune) read; the session calls it, a pruner never does."""
+    graphed: bool = False
+    """`full` is replayed as a CUDA graph (`SessionConfig(encode="graph")`): a token cache's dense passes that
+    keep no state (a pan's) call it instead of running the runner's blocks."""
 
 
 @dataclass(frozen=True)

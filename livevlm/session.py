@@ -38,6 +38,7 @@ from .guards import check_pts
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, check_adapter, load_model
+from .models.graphed_encode import GraphedEncode
 from .prune import build_pruner
 from .questions import QuestionsMixin
 from .records import ChunkText
@@ -79,7 +80,12 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         self._kv = build_kv_store(config.kv, self.adapter.kv_layout())
         if self._kv.needs_queries:
             self.adapter.enable_query_probe()  # refused here if the model's attention cannot be probed
-        self._feature_cache = build_feature_cache(config.vit_cache, self.adapter.vision_encoder())
+        encoder = self.adapter.vision_encoder()
+        self._graphed_encode = GraphedEncode(encoder.full) if config.encode == "graph" else None
+        if self._graphed_encode is not None:
+            encoder = replace(encoder, full=self._graphed_encode, graphed=True)
+        self._encoder = encoder
+        self._feature_cache = build_feature_cache(config.vit_cache, encoder)
         self._pruner = build_pruner(config.prune)
         self._vision_layers = self._attention_layers()
         self._pending: list[Frame] = []
@@ -238,6 +244,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
                 stream=stream,
                 kernels={op: str(choice) for op, choice in self._kernels().items()},
                 standing=self._standing.stats(),
+                encodes_by_path=dict(self._graphed_encode.calls) if self._graphed_encode is not None else {},
             )
 
     def _kernels(self) -> dict[str, Any]:
@@ -271,7 +278,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             embeds, attention = self.adapter.vision_encoder().attention(pixels, grid, self._vision_layers)
             changed = None
         else:
-            embeds, changed = self.adapter.vision_encoder().full(pixels, grid), None
+            embeds, changed = self._encoder.full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)
         place = replace(self._place0, index=index, start=first)
         before, after = self.adapter.chunk_text_ids(place, tuple(f.pts_seconds for f in frames))

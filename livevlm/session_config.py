@@ -69,6 +69,9 @@ class SessionConfig:
     decode: str = "dynamic"
     """How answer tokens after the first run: dynamic (on the growing cache), static (fixed-size buffers; equal
     tokens), graph (static steps replayed as a CUDA graph: CUDA only). Not yet measured on a GPU: opt-in."""
+    encode: str = "eager"
+    """How dense vision encodes run: eager, or graph (each frame size's encode replayed as a CUDA graph: CUDA
+    only; a ViT cache's full encodes and a pan's too). Not yet measured on a GPU: opt-in."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -92,6 +95,10 @@ class SessionConfig:
             raise ConfigError(f"decode must be one of {', '.join(DECODE_PATHS)}, got {self.decode!r}")
         if self.decode == "graph" and not self.device.startswith("cuda"):
             raise ConfigError(f"decode='graph' needs a CUDA device (CUDA graphs), got device {self.device!r}")
+        if self.encode not in ENCODE_PATHS:
+            raise ConfigError(f"encode must be one of {', '.join(ENCODE_PATHS)}, got {self.encode!r}")
+        if self.encode == "graph" and not self.device.startswith("cuda"):
+            raise ConfigError(f"encode='graph' needs a CUDA device (CUDA graphs), got device {self.device!r}")
         self.vit_cache = resolve_vit_cache(self.vit_cache)
         if self.vit_cache.recompute == "graph" and not self.device.startswith("cuda"):
             raise ConfigError("ViTCacheConfig.recompute='graph' needs a CUDA device (CUDA graphs), "
@@ -112,6 +119,7 @@ def as_session_config(config: object) -> SessionConfig:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENCODE_PATHS = ("eager", "graph")
 _INTEGERS = ("max_frames", "max_new_tokens", "stop_repeats", "max_pixels", "min_pixels")
 _OPTIONAL = ("max_frames", "max_pixels", "min_pixels")
 
@@ -127,7 +135,7 @@ def _check_types(config: SessionConfig) -> None:
         value = getattr(config, name)
         if not (is_int(value) or (value is None and name in _OPTIONAL)):
             raise ConfigError(f"{name} must be an integer{' or None' if name in _OPTIONAL else ''}, got {value!r}")
-    for name in ("device", "dtype", "system_prompt", "decode"):
+    for name in ("device", "dtype", "system_prompt", "decode", "encode"):
         if not isinstance(getattr(config, name), str):
             raise ConfigError(f"{name} must be a string, got {getattr(config, name)!r}")
 
@@ -161,6 +169,9 @@ class SessionStats:
     """Answers that stopped at their `deadline_s` with what they had."""
     answers_stopped_repeating: int = 0
     """Answers stopped on a loop (`SessionConfig.stop_repeats`), their repeated copies trimmed."""
+    encodes_by_path: dict[str, int] = field(default_factory=dict)
+    """encode='graph': dense vision encodes per path, graph or "eager: the graph capture failed, ..." (a ViT
+    cache's full encodes and pans included; its partial passes are in `vit_cache.recompute`). Empty otherwise."""
     answers_by_decode: dict[str, int] = field(default_factory=dict)
     """Answers per decode path taken (`SessionConfig.decode`; "dynamic: ..." says why a fixed-shape one was not,
     "static: the graph capture failed, ..." why a graph decode ran its fixed steps eagerly)."""

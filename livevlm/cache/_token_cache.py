@@ -185,10 +185,13 @@ class TokenRecomputeCache(FeatureCacheBase):
         """A full encode whose state is dropped (a pan): the runner's full pass, the tower's own ops (the same
         features as the model's encode, at its cost: the pass copies nothing); the reference goes stale. Its
         patch embedding is kept for the probe that ends the backoff."""
-        layout = self.runner.layout(grid) if layout is None else layout
-        x0 = self.runner.embed(pixels, layout)
-        x, state = self.runner.full(x0, layout)
-        merged = self._merge(x, layout, None, state.outputs)
+        if self.encoder.graphed:  # the model's encode replayed as a CUDA graph; the probe re-embeds the pixels
+            x0, merged = None, self.encoder.full(pixels, grid)
+        else:
+            layout = self.runner.layout(grid) if layout is None else layout
+            x0 = self.runner.embed(pixels, layout)
+            x, state = self.runner.full(x0, layout)
+            merged = self._merge(x, layout, None, state.outputs)
         pan = self._pan
         pan.pixels, pan.merged, pan.embed = pixels.clone(), merged, x0
         s = self.stats

@@ -19,6 +19,7 @@ from ..cache.vit_cache import RECOMPUTE_PATHS
 from ..generate import DECODE_PATHS
 from ..prune import PRUNERS, parse_prune_spec
 from ..session import SessionConfig
+from ..session_config import ENCODE_PATHS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -29,6 +30,7 @@ SESSION_FLAGS: dict[str, dict[str, Any]] = {
     "fps": {},
     "max_new_tokens": {},
     "decode": {"choices": DECODE_PATHS},
+    "encode": {"choices": ENCODE_PATHS},
 }
 """`SessionConfig` fields every subcommand takes -> argparse extras (type, default, help: from the field)."""
 
