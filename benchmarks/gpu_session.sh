@@ -13,8 +13,9 @@ for t in .whl/*.tar.xz; do [ -e "$t" ] && { tar -xJf "$t" -C /tmp/site || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv; python3 -m livevlm.cli doctor; } > "$OUT/doctor.txt" 2>&1
 start=$SECONDS
-timeout 170 python3 -m pytest -q -p no:cacheprovider -rs tests/test_triton_kernels.py tests/test_gpu.py \
-    tests/test_varlen_attention.py tests/test_attention_choice.py tests/test_grouped_attention.py -s \
+# test_gpu.py last: its final tests make captures fail on purpose (the process must go on eagerly)
+timeout 200 python3 -m pytest -q -p no:cacheprovider -rs tests/test_triton_kernels.py tests/test_varlen_attention.py \
+    tests/test_attention_choice.py tests/test_grouped_attention.py tests/test_gpu.py -s \
     > "$OUT/pytest.log" 2>&1
 echo "pytest exit $? in $((SECONDS - start)) s"; grep -E "max \|varlen|passed|failed|Error" "$OUT/pytest.log" | tail -12
 for shape in qwen2.5-vl-7b qwen2-vl-2b qwen2.5-vl-3b; do

@@ -217,30 +217,6 @@ def test_graph_recompute_on_cuda_does_what_the_dynamic_pass_does(cuda_adapters, 
         torch.testing.assert_close(x1, x2, rtol=1e-5, atol=1e-5)
 
 
-def test_a_capture_that_fails_runs_eagerly_and_says_why():
-    """GraphedCall over a step that reads a value on the host (forbidden while capturing): the capture fails with
-    a warning, the step runs eagerly on that call and every later one, with the results of an eager run."""
-    from livevlm.kernels.cuda_graph import GraphedCall
-
-    x = torch.zeros(4, device="cuda")
-
-    def step() -> torch.Tensor:
-        x.add_(1)
-        return x * float(x.sum().item())  # a host read
-
-    graphed = GraphedCall(step)
-    first = graphed().clone()
-    with pytest.warns(RuntimeWarning, match="capture failed, running eagerly"):
-        second = graphed().clone()
-    third = graphed().clone()
-    assert graphed.failed and graphed.graph is None, graphed.failed
-    assert [t.tolist() for t in (first, second, third)] == [[4.0] * 4, [16.0] * 4, [36.0] * 4]
-    after = GraphedCall(lambda: x * 2)  # the device still captures and replays
-    for _ in range(3):
-        out = after()
-    assert after.graph is not None and out.tolist() == (x * 2).tolist()
-
-
 def test_graph_recompute_and_decode_under_forced_torch_kernels(cuda_adapters, monkeypatch):
     """LIVEVLM_KERNELS=torch with graphs: the fixed ViT pass keeps its sync-free attention (the per-segment torch
     reference would read bounds on the host inside the capture), so both graphs capture and replay."""
@@ -303,3 +279,27 @@ def test_an_encode_whose_capture_fails_runs_eagerly_and_says_why(cuda_adapters, 
     assert len(failed) == 1 and paths == {"graph": 1, failed[0]: 3}, paths  # the graph's eager warm-up, then eager
     for x1, x2 in zip(out["graph"], out["eager"], strict=True):
         torch.testing.assert_close(x1, x2, rtol=1e-5, atol=1e-5)
+
+
+def test_a_capture_that_fails_runs_eagerly_and_says_why():
+    """GraphedCall over a step that reads a value on the host (forbidden while capturing): the capture fails with
+    a warning, the step runs eagerly on that call and every later one, with the results of an eager run."""
+    from livevlm.kernels.cuda_graph import GraphedCall
+
+    x = torch.zeros(4, device="cuda")
+
+    def step() -> torch.Tensor:
+        x.add_(1)
+        return x * float(x.sum().item())  # a host read
+
+    graphed = GraphedCall(step)
+    first = graphed().clone()
+    with pytest.warns(RuntimeWarning, match="capture failed, running eagerly"):
+        second = graphed().clone()
+    third = graphed().clone()
+    assert graphed.failed and graphed.graph is None, graphed.failed
+    assert [t.tolist() for t in (first, second, third)] == [[4.0] * 4, [16.0] * 4, [36.0] * 4]
+    after = GraphedCall(lambda: x * 2)  # the device still captures and replays
+    for _ in range(3):
+        out = after()
+    assert after.graph is not None and out.tolist() == (x * 2).tolist()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import ConfigError
 from ..kernels.cuda_graph import GraphedCall
 
 LIMIT = 4
@@ -37,8 +38,6 @@ class GraphedEncode:
         entry = self._graphs.get(key)
         if entry is None:
             if pixels.device.type != "cuda":
-                from ..errors import ConfigError
-
                 raise ConfigError(f"encode='graph' needs the vision tower on CUDA, it runs on {pixels.device}")
             if len(self._graphs) >= LIMIT:
                 self._graphs.clear()

@@ -135,7 +135,12 @@ class Qwen3VLAdapter(LanguageModelSide):
 
     @torch.inference_mode()
     def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The model's own encode of one temporal patch: (M, D * (1 + k)), main then DeepStack features."""
+        """The model's own encode of one temporal patch: (M, D * (1 + k)), main then DeepStack features. On CUDA
+        it runs in our block loop (`Qwen3VisionRunner`'s `encode`: one varlen attention call per block, no host
+        sync, so `encode="graph"` can capture it), elsewhere as the tower's forward."""
+        runner = self.vision_runner()
+        if runner.varlen:
+            return runner.encode(pixels, grid).to(self.dtype)
         grid_t = torch.tensor([grid], dtype=torch.long, device=self.device)
         out = self.model.model.get_video_features(pixels, grid_t, return_dict=True)
         parts = [out.pooler_output[0], *(f[0] for f in out.deepstack_features)]

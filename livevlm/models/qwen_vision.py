@@ -218,16 +218,22 @@ class QwenVisionRunner:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """The dense encode of one temporal patch through our loop: (M, D) merged tokens in output order, what the
-        tower's forward gives (its layout built once per grid, no state kept). Qwen2-VL / Qwen2.5-VL: Qwen3-VL's
-        DeepStack merge also needs block outputs."""
+        tower's forward gives (its layout built once per grid, no state kept); Qwen3-VL's DeepStack features
+        (the outputs of blocks `taps` through their mergers) side by side with the main ones."""
         layout = self._layouts.get(tuple(grid))
         if layout is None:
             if len(self._layouts) >= 8:  # a stream changes size rarely; a bound keeps odd streams from piling up
                 self._layouts.clear()
             layout = self._layouts[tuple(grid)] = self.layout(grid)
         x = self.embed(pixels, layout)
+        taps = getattr(self, "taps", ())
+        tapped: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks):
             x = self._block(i, blk, x, layout)[0]
+            if i in taps:
+                tapped[i] = x
+        if taps:
+            return self.merge(x, layout, None, taps=[tapped[i] for i in taps])
         return self.merge(x, layout)
 
     def _block(self, i: int, blk: Any, x: torch.Tensor, layout: VisionLayout) -> tuple[torch.Tensor, BlockState]:
