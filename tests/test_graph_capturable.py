@@ -85,12 +85,12 @@ def test_the_fixed_decode_step_never_waits_for_the_device(adapters, frames, fami
     assert all(not found for found in calls), calls
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_the_dense_encode_a_graph_replays_never_waits_for_the_device(adapters, frames, family, monkeypatch):
     """encode='graph' captures the model's dense encode (`VisionEncoder.full`) as the GPU runs it: for the Qwen
     families our block loop with varlen attention (what CUDA chooses; forced here by LIVEVLM_KERNELS=triton on a
-    frame the windows tile, so no Triton kernel runs), for LLaVA-OneVision the tower's own forward. SmolVLM's
-    forward reads values on the host (its capture fails and it encodes eagerly)."""
+    frame the windows tile, so no Triton kernel runs), for SmolVLM its runner's loop (the model's image features
+    pick real images by a boolean mask), for LLaVA-OneVision the tower's own forward."""
     monkeypatch.setenv(kernels.FORCE_ENV, "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     adapter = adapters[family]
@@ -104,20 +104,25 @@ def test_the_dense_encode_a_graph_replays_never_waits_for_the_device(adapters, f
     assert torch.equal(again, eager)
 
 
-def test_qwen3_vl_encodes_in_the_block_loop_as_the_towers_forward_does(adapters, frames, monkeypatch):
-    """Qwen3-VL's dense encode on the varlen path (CUDA's choice; forced by LIVEVLM_KERNELS=triton here): our
-    block loop with the DeepStack mergers over blocks `taps`, against transformers' forward (forced torch)."""
-    adapter = adapters["qwen3_vl"]
+@pytest.mark.parametrize("family", ["qwen3_vl", "smolvlm"])
+def test_the_block_loop_encodes_as_the_models_forward_does(adapters, frames, family, monkeypatch):
+    """Qwen3-VL's and SmolVLM's dense encodes on CUDA's path (forced by LIVEVLM_KERNELS=triton here): our loop
+    (Qwen3-VL with the DeepStack mergers over blocks `taps`; SmolVLM through its runner and head), against
+    transformers' forward (forced torch)."""
+    adapter = adapters[family]
     batch = np.stack([frames[0]] * adapter.frames_per_chunk)
     pixels, grid = adapter.preprocess(batch, adapter.target_size(112, 112))
     monkeypatch.setenv(kernels.FORCE_ENV, "torch")
     reference = adapter.vision_features(pixels, grid)
     monkeypatch.setenv(kernels.FORCE_ENV, "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert adapter.vision_runner().varlen and adapter.vision_runner().taps
-    ours = adapter.vision_features(pixels, grid)
-    assert ours.shape == reference.shape and ours.shape[1] == adapter.model.config.text_config.hidden_size * (
-        1 + len(adapter.vision_runner().taps))  # fmt: skip
+    adapter.vision_features(pixels, grid)  # the first call builds the grid's layout (host data, once)
+    with HostWaits() as waits:
+        ours = adapter.vision_features(pixels, grid)
+    assert not waits.found, dict(waits.found)  # (transformers' forward issues some: it did not run)
+    taps = getattr(adapter.vision_runner(), "taps", ())
+    assert ours.shape == reference.shape and ours.shape[1] == adapter.model.config.text_config.hidden_size * (1 + len(taps))
+    assert family != "qwen3_vl" or taps
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
 
 

@@ -33,6 +33,7 @@ class GraphedEncode:
         self.calls: dict[str, int] = {}
         """Encodes per path taken."""
 
+    @torch.inference_mode()  # the buffers are inference tensors, as the eager encode's outputs are
     def __call__(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         key = (tuple(grid), tuple(pixels.shape), pixels.dtype, pixels.device)
         entry = self._graphs.get(key)

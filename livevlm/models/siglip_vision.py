@@ -147,6 +147,14 @@ class SiglipVisionRunner:
         )
         return self._finish(blk, xr, out.transpose(0, 1), self.linear)
 
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The dense encode of one frame through our loop (embed, every layer, head): (M, D_llm), what the model's
+        image features give, without their host reads (SmolVLM's picks the real images by a boolean mask)."""
+        layout = self.layout(grid)
+        x, _ = self.full(self.embed(pixels, layout), layout)
+        return self.merge(x, layout)
+
     def merge(self, x: torch.Tensor, layout: FrameLayout, units: torch.Tensor | None = None) -> torch.Tensor:
         """The family's head over the last hidden states: (M, D_llm) for the frame (its one merge unit)."""
         if self.post_norm:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelLoadError
+from ..kernels.varlen_attention import VARLEN, vision_choice
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
 from .lm_side import LanguageModelSide, LinearPositions
@@ -118,7 +119,11 @@ class SmolVLMAdapter(LinearPositions, LanguageModelSide):
 
     @torch.inference_mode()
     def vision_features(self, pixels: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The model's own image encode of one frame: ((g / scale)^2, D)."""
+        """The model's own image encode of one frame: ((g / scale)^2, D). On CUDA through the runner's loop
+        (`SiglipVisionRunner.encode`, the same layers and head without the host reads that select real images,
+        so `encode="graph"` can capture it), elsewhere as the model's forward."""
+        if vision_choice(self.device).backend == VARLEN:
+            return self.vision_runner().encode(pixels, grid).to(self.dtype)
         out = self.model.model.get_image_features(pixel_values=pixels[None], return_dict=True)
         return out.pooler_output[0].to(self.dtype)
 
