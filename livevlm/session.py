@@ -38,7 +38,7 @@ from .guards import check_pts
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, check_adapter, load_model
-from .models.graphed_encode import GraphedEncode
+from .models.graphed_encode import EAGER_FOR_ATTENTION, GraphedEncode
 from .prune import build_pruner
 from .questions import QuestionsMixin
 from .records import ChunkText
@@ -277,6 +277,9 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         elif self._vision_layers:  # the pruner reads the encoder's own attention (hiprune)
             embeds, attention = self.adapter.vision_encoder().attention(pixels, grid, self._vision_layers)
             changed = None
+            if self._graphed_encode is not None:  # not replayed: its attention maps are read out
+                calls = self._graphed_encode.calls
+                calls[EAGER_FOR_ATTENTION] = calls.get(EAGER_FOR_ATTENTION, 0) + 1
         else:
             embeds, changed = self._encoder.full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)

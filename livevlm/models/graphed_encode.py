@@ -18,6 +18,9 @@ import torch
 from ..errors import ConfigError
 from ..kernels.cuda_graph import GraphedCall
 
+EAGER_FOR_ATTENTION = "eager: the pruner reads the tower's attention"
+"""The path of encodes an attention-guided pruner (hiprune) needs: they return attention maps, never replayed."""
+
 LIMIT = 4
 """Frame sizes whose graphs are kept at once (a stream changes size rarely; each graph holds its activations)."""
 
