@@ -154,15 +154,14 @@ def ingest(session: Session, frames: list[np.ndarray], sync: Callable[[], None],
     the clip its last frame came from (`labels`): where a ViT cache helps and where it cannot (cuts, pans)."""
     sync()
     t0 = time.perf_counter()
-    vit = 0.0
+    cached = session.config.vit_cache.policy != "none"
     for k, frame in enumerate(frames):
-        if session.push(frame) is not None and by_clip is not None and labels is not None:
-            s = session.stats
+        chunk = session.push(frame)
+        if chunk is not None and by_clip is not None and labels is not None:
             entry = by_clip.setdefault(labels[k], {"chunks": 0, "vit_s": 0.0, "events": {}})
             entry["chunks"] += 1
-            entry["vit_s"] += s.seconds.vit - vit
-            vit = s.seconds.vit
-            event = s.vit_cache.last_event if s.vit_cache is not None else "dense"
+            entry["vit_s"] += chunk.encode_seconds  # (what stats.seconds.vit sums)
+            event = session.stats.vit_cache.last_event if cached else "dense"  # stats copied only when cached
             entry["events"][event] = entry["events"].get(event, 0) + 1
     sync()
     return time.perf_counter() - t0

@@ -278,8 +278,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             embeds, attention = self.adapter.vision_encoder().attention(pixels, grid, self._vision_layers)
             changed = None
             if self._graphed_encode is not None:  # not replayed: its attention maps are read out
-                calls = self._graphed_encode.calls
-                calls[EAGER_FOR_ATTENTION] = calls.get(EAGER_FOR_ATTENTION, 0) + 1
+                self._graphed_encode.record(EAGER_FOR_ATTENTION)
         else:
             embeds, changed = self._encoder.full(pixels, grid), None
         h, w = self.adapter.merged_grid(grid)

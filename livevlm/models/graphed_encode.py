@@ -52,5 +52,9 @@ class GraphedEncode:
         out = call().clone()  # the graph's output is overwritten by the next replay
         if call.failed is not None:
             self.path = f"eager: the graph capture failed, {call.failed}"
-        self.calls[self.path] = self.calls.get(self.path, 0) + 1
+        self.record(self.path)
         return out
+
+    def record(self, path: str) -> None:
+        """Count one encode taken by `path` (also the session's eager ones for an attention-guided pruner)."""
+        self.calls[path] = self.calls.get(path, 0) + 1
