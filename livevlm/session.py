@@ -6,7 +6,8 @@ push(frame) ─► pending (one temporal patch = 2 frames) ─► step():
     1. encode   adapter.preprocess ─► ViT cache (wraps the model's vision encoder) ─► embeds
                 adapter.video_positions ─► VisualChunk(embeds, (t, h, w) positions, [text around it])
     2. prune    the strategy keeps the salient tokens at their original positions
-    3. forward  adapter.forward(kept tokens) on kv.ingest_view(): what the policy lets a chunk attend to
+    3. forward  adapter.extend(kept tokens) on kv.ingest_view(): what the policy lets a chunk attend to
+                (prefill static / graph: on fixed-size buffers, `models.static_prefill`, appended to the view)
     4. commit   kv.commit(view): the store keeps the chunk's KV (tiers, summaries, window)
 ask(question) ─► [no frame yet: wait for a watched source's first, else NoVideoError] ─► kv.snapshot()
     ─► [probe: adapter.question_queries on kv.probe_view(snapshot)] ─► kv.answer_view (one-pass policies:
@@ -39,6 +40,7 @@ from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, check_adapter, load_model
 from .models.graphed_encode import EAGER_FOR_ATTENTION, GraphedEncode
+from .models.static_prefill import ChunkPrefill
 from .prune import build_pruner
 from .questions import QuestionsMixin
 from .records import ChunkText
@@ -85,6 +87,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         if self._graphed_encode is not None:
             encoder = replace(encoder, full=self._graphed_encode, graphed=True)
         self._encoder = encoder
+        self._chunk_prefill = ChunkPrefill(adapter, config.prefill) if config.prefill != "eager" else None
         self._feature_cache = build_feature_cache(config.vit_cache, encoder)
         self._pruner = build_pruner(config.prune)
         self._vision_layers = self._attention_layers()
@@ -188,7 +191,10 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         """Run `embeds` at `positions` on the store's ingestion view and commit their KV to the stream."""
         start = time.perf_counter()
         view = self._kv.ingest_view()
-        self.adapter.forward(embeds, positions, view)
+        if self._chunk_prefill is not None and not commit.get("is_prompt"):
+            self._chunk_prefill(embeds, positions, view)  # fixed shapes (a CUDA graph), appended to the view
+        else:
+            self.adapter.extend(embeds, positions, view)
         self._kv.commit(view, int(embeds.shape[0]), **commit)
         self._stored_end = max(self._stored_end, int(positions.max()) + 1)
         s = self._stats
@@ -245,6 +251,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
                 kernels={op: str(choice) for op, choice in self._kernels().items()},
                 standing=self._standing.stats(),
                 encodes_by_path=dict(self._graphed_encode.calls) if self._graphed_encode is not None else {},
+                prefills_by_path=dict(self._chunk_prefill.calls) if self._chunk_prefill is not None else {},
             )
 
     def _kernels(self) -> dict[str, Any]:

@@ -72,6 +72,10 @@ class SessionConfig:
     encode: str = "eager"
     """How dense vision encodes run: eager, or graph (each frame size's encode replayed as a CUDA graph: CUDA
     only; a ViT cache's full encodes and a pan's too). Not yet measured on a GPU: opt-in."""
+    prefill: str = "eager"
+    """How a chunk's tokens are prefilled at ingestion: eager (the decoder on the store's view), static (on
+    fixed-size buffers, a few shapes; the same KV to rounding), graph (static, replayed as a CUDA graph: CUDA
+    only). Not yet measured on a GPU: opt-in."""
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -99,6 +103,10 @@ class SessionConfig:
             raise ConfigError(f"encode must be one of {', '.join(ENCODE_PATHS)}, got {self.encode!r}")
         if self.encode == "graph" and not self.device.startswith("cuda"):
             raise ConfigError(f"encode='graph' needs a CUDA device (CUDA graphs), got device {self.device!r}")
+        if self.prefill not in PREFILL_PATHS:
+            raise ConfigError(f"prefill must be one of {', '.join(PREFILL_PATHS)}, got {self.prefill!r}")
+        if self.prefill == "graph" and not self.device.startswith("cuda"):
+            raise ConfigError(f"prefill='graph' needs a CUDA device (CUDA graphs), got device {self.device!r}")
         self.vit_cache = resolve_vit_cache(self.vit_cache)
         if self.vit_cache.recompute == "graph" and not self.device.startswith("cuda"):
             raise ConfigError("ViTCacheConfig.recompute='graph' needs a CUDA device (CUDA graphs), "
@@ -120,6 +128,7 @@ def as_session_config(config: object) -> SessionConfig:
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ENCODE_PATHS = ("eager", "graph")
+PREFILL_PATHS = ("eager", "static", "graph")
 _INTEGERS = ("max_frames", "max_new_tokens", "stop_repeats", "max_pixels", "min_pixels")
 _OPTIONAL = ("max_frames", "max_pixels", "min_pixels")
 
@@ -135,7 +144,7 @@ def _check_types(config: SessionConfig) -> None:
         value = getattr(config, name)
         if not (is_int(value) or (value is None and name in _OPTIONAL)):
             raise ConfigError(f"{name} must be an integer{' or None' if name in _OPTIONAL else ''}, got {value!r}")
-    for name in ("device", "dtype", "system_prompt", "decode", "encode"):
+    for name in ("device", "dtype", "system_prompt", "decode", "encode", "prefill"):
         if not isinstance(getattr(config, name), str):
             raise ConfigError(f"{name} must be a string, got {getattr(config, name)!r}")
 
@@ -173,6 +182,9 @@ class SessionStats:
     """encode='graph': dense vision encodes per path, graph, "eager: the graph capture failed, ..." or "eager:
     the pruner reads the tower's attention" (hiprune) (a ViT cache's full encodes and pans included; its partial
     passes are in `vit_cache.recompute`). Empty otherwise."""
+    prefills_by_path: dict[str, int] = field(default_factory=dict)
+    """prefill='static' / 'graph': chunks prefilled per path, the one asked for, "static: the graph capture
+    failed, ..." or "eager: no ... prefill, <why>" (the model cannot). Empty for eager prefills."""
     answers_by_decode: dict[str, int] = field(default_factory=dict)
     """Answers per decode path taken (`SessionConfig.decode`; "dynamic: ..." says why a fixed-shape one was not,
     "static: the graph capture failed, ..." why a graph decode ran its fixed steps eagerly)."""

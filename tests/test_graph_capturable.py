@@ -1,5 +1,5 @@
 """The functions livevlm captures as CUDA graphs (the ViT cache's fixed-shape partial pass, the fixed-shape decode
-step, the dense vision encode) must never make the host wait for the device nor copy host data: inside a capture
+step, the fixed-shape chunk prefill, the dense vision encode) must never make the host wait for the device nor copy host data: inside a capture
 either is an error, and on a GPU the capture would fail (the call then runs eagerly, and says so). Checked here on
 CPU by recording the aten ops each call of the captured function issues (`tests/host_syncs.py`), on the tiny
 families, through the public Session; the replays themselves are tested in tests/test_gpu.py."""
@@ -18,6 +18,7 @@ from livevlm.cache._fixed_recompute import FixedRecompute
 from livevlm.cache.vit_cache import ViTCacheConfig
 from livevlm.models import load_model
 from livevlm.models.static_decode import StaticDecode
+from livevlm.models.static_prefill import StaticPrefill
 from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
 from livevlm.stream import read_frames
 
@@ -82,6 +83,20 @@ def test_the_fixed_decode_step_never_waits_for_the_device(adapters, frames, fami
     finally:
         session.close()
     assert len(tokens) == 6 and len(calls) == 5, (tokens, calls)  # the first token comes from the prefill
+    assert all(not found for found in calls), calls
+
+
+@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "qwen3_vl"])  # refused: DeepStack inputs
+@pytest.mark.parametrize("kv", ["full", BilevelConfig(window=1, top_k=2, memory=1)], ids=["full", "bilevel"])
+def test_the_fixed_chunk_prefill_never_waits_for_the_device(adapters, frames, family, kv, monkeypatch):
+    calls = record_waits(monkeypatch, StaticPrefill)
+    session = Session(adapters[family], SessionConfig(kv=kv, prefill="static", max_pixels=SMALL))
+    try:
+        session.ingest(frames[:8])
+        stats = session.stats
+    finally:
+        session.close()
+    assert stats.chunks >= 4 and stats.prefills_by_path == {"static": stats.chunks} and len(calls) == stats.chunks
     assert all(not found for found in calls), calls
 
 

@@ -19,7 +19,7 @@ from ..cache.vit_cache import RECOMPUTE_PATHS
 from ..generate import DECODE_PATHS
 from ..prune import PRUNERS, parse_prune_spec
 from ..session import SessionConfig
-from ..session_config import ENCODE_PATHS
+from ..session_config import ENCODE_PATHS, PREFILL_PATHS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -31,6 +31,7 @@ SESSION_FLAGS: dict[str, dict[str, Any]] = {
     "max_new_tokens": {},
     "decode": {"choices": DECODE_PATHS},
     "encode": {"choices": ENCODE_PATHS},
+    "prefill": {"choices": PREFILL_PATHS},
 }
 """`SessionConfig` fields every subcommand takes -> argparse extras (type, default, help: from the field)."""
 

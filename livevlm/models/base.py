@@ -91,6 +91,10 @@ class VideoLMAdapter(Protocol):
         position's (L, V) with `all_logits`."""
         ...
 
+    def extend(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> None:
+        """Append (L, D) embeds at `positions` to `cache` without computing logits (ingestion)."""
+        ...
+
     def answer_ids(self, text: str) -> list[int]:
         """Token ids of `text` as an answer, ended by the end-of-turn token (scoring answer choices)."""
         ...

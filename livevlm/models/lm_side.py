@@ -124,6 +124,12 @@ class LanguageModelSide:
         hidden = self._hidden(embeds, positions, cache)
         return self._lm_head(hidden if all_logits else hidden[-1]).float()
 
+    @torch.inference_mode()
+    def extend(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> None:
+        """Append (L, D) embeds at `positions` to `cache`: a chunk's ingestion, which needs its K/V and no
+        logits (the LM head over a 150k vocabulary is skipped)."""
+        self._hidden(embeds, positions, cache)
+
     def _hidden(self, embeds: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """(L, D) final hidden states of the decoder over `cache` (which the forward appends to)."""
         inputs, extra = self._decoder_inputs(embeds)

