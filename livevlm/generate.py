@@ -49,23 +49,31 @@ TokenStep = Callable[[int, int], torch.Tensor]
 """(token, position) -> (vocab,) logits after the model read that token."""
 
 
-def token_step(adapter: Any, cache: Any, budget: int, path: str) -> tuple[TokenStep, str]:
-    """The model call for each answer token after the first, and the path taken: `path`, "dynamic" for a
-    one-token budget (no call), or "dynamic: ..." with the reason the model or cache cannot decode in fixed shapes."""
+def token_step(
+    adapter: Any, cache: Any, budget: int, path: str, buffers: Any = None
+) -> tuple[TokenStep, str, Any]:
+    """The model call for each answer token after the first, the path taken (`path`, "dynamic" for a one-token
+    budget (no call), or "dynamic: ..." with the reason the model or cache cannot decode in fixed shapes) and the
+    fixed decode it steps (None for dynamic): taken from `buffers` (`DecodeBuffers`, given back by the caller
+    with `buffers.release` once the answer is done), or built for this answer alone."""
 
     def dynamic(token: int, position: int) -> torch.Tensor:
         return adapter.forward(adapter.embed_ids([token]), adapter.text_positions(position, 1), cache)
 
     if path == "dynamic" or budget < 2:
-        return dynamic, "dynamic"
+        return dynamic, "dynamic", None
     from .models.lm_side import LanguageModelSide
     from .models.static_decode import StaticDecode, static_decode_refusal
 
     why = "it needs a transformers decoder adapter" if not isinstance(adapter, LanguageModelSide) else None
     why = why or static_decode_refusal(adapter, cache)
     if why is not None:
-        return dynamic, f"dynamic: no {path} decode, {why}"
-    return StaticDecode(adapter, cache, budget, graph=path == "graph").step, path
+        return dynamic, f"dynamic: no {path} decode, {why}", None
+    if buffers is not None:
+        fixed = buffers.acquire(cache, budget)
+    else:
+        fixed = StaticDecode.for_cache(adapter, cache, budget, graph=path == "graph")
+    return fixed.step, path, fixed
 
 
 def decode_tokens(

@@ -251,19 +251,22 @@ class QuestionsMixin:
 
     def _answer(self, state: AskState, suffix: list[int], plan: AnswerPlan) -> Iterator[int]:
         """prefill the question on the selected context, then decode greedily (like gpt-fast's generate)."""
-        prefill, t0, path = 0.0, time.perf_counter(), ""
+        prefill, t0, path, fixed = 0.0, time.perf_counter(), "", None
         try:
             self._check_open()
             logits, cache, next_pos = self._prefill_question(state, suffix)
             prefill, t0 = time.perf_counter() - t0, time.perf_counter()
-            (step_fn, path), cache = token_step(self.adapter, cache, plan.budget, self.config.decode), None
+            step_fn, path, fixed = token_step(self.adapter, cache, plan.budget, self.config.decode, self._decoders)
+            cache = None
             yield from decode_tokens(logits, step_fn, next_pos, plan, self._check_open)
-            path = getattr(getattr(step_fn, "__self__", None), "path", path)  # a fixed decode whose capture failed
+            path = fixed.path if fixed is not None else path  # a fixed decode whose capture failed says so
         except Exception as e:  # the session closed under a running step: say so, not what broke
             if self._closed and not isinstance(e, LivevlmError):
                 raise SessionClosedError("the session was closed while this answer was being decoded") from e
             raise
         finally:
+            if fixed is not None and self._decoders is not None and not self._closed:
+                self._decoders.release(fixed)  # for the next answer of its bucket (its graph replayed)
             with self._lock:
                 s = self._stats
                 s.answer_tokens += plan.produced

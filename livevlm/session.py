@@ -40,6 +40,7 @@ from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, check_adapter, load_model
 from .models.graphed_encode import EAGER_FOR_ATTENTION, GraphedEncode
+from .models.static_decode import DecodeBuffers
 from .models.static_prefill import ChunkPrefill
 from .prune import build_pruner
 from .questions import QuestionsMixin
@@ -88,6 +89,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             encoder = replace(encoder, full=self._graphed_encode, graphed=True)
         self._encoder = encoder
         self._chunk_prefill = ChunkPrefill(adapter, config.prefill) if config.prefill != "eager" else None
+        self._decoders = DecodeBuffers(adapter, config.decode == "graph") if config.decode != "dynamic" else None
         self._feature_cache = build_feature_cache(config.vit_cache, encoder)
         self._pruner = build_pruner(config.prune)
         self._vision_layers = self._attention_layers()
@@ -213,6 +215,9 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             if not self._closed:
                 self._closed = True
                 self._kv.close()
+                for buffers in (self._decoders, self._chunk_prefill):
+                    if buffers is not None:
+                        buffers.clear()  # fixed-shape buffers and their CUDA graphs
             self._chunk_done.notify_all()
         self._standing.cancel_all()  # outside the lock: their threads wake on it
 

@@ -154,11 +154,15 @@ def test_graph_decode_on_cuda_answers_the_tokens_of_the_usual_decode(cuda_adapte
         for f in frames:
             session.push(f)
         tokens[decode] = list(session.ask_ids(QUESTION, max_new_tokens=10))
-        tokens[decode + " again"] = list(session.ask_ids(QUESTION, max_new_tokens=10))  # a second graph, same answer
+        tokens[decode + " again"] = list(session.ask_ids(QUESTION, max_new_tokens=10))  # the same graph replayed, same answer
         paths[decode] = session.stats.answers_by_decode
+        if decode == "graph":
+            (kept,) = session._decoders._idle.values()  # the second answer replayed the first one's graph
+            graphed = kept._graphed
         session.close()
     assert paths == {"dynamic": {"dynamic": 2}, "static": {"static": 2}, "graph": {"graph": 2}}
     assert len(tokens["dynamic"]) == 10 and len(set(map(tuple, tokens.values()))) == 1, tokens
+    assert graphed.graph is not None and graphed.calls == 2 * 9  # 9 steps per answer, one capture
 
 
 def test_graph_decode_answers_in_two_threads_at_once(cuda_adapters, frames):

@@ -92,7 +92,7 @@ def check_steps(adapter, lengths: list[int]) -> None:
 
     per_layer = [past(n) for n in lengths]
     usual_cache = ChunkView(per_layer, len(per_layer))
-    fixed = StaticDecode(adapter, ChunkView(per_layer, len(per_layer)), budget=4)
+    fixed = StaticDecode.for_cache(adapter, ChunkView(per_layer, len(per_layer)), budget=4)
     gap = max(lengths) - lengths[1]
     assert bool(fixed.cache.layers[1].keys[0, :, :gap].eq(0).all())  # the gap before layer 1's past, if any
     for step, token in enumerate([11, 47, 3]):
@@ -115,9 +115,9 @@ def test_a_one_token_budget_and_the_choices_take_no_fixed_buffers(adapters, fram
 
 def test_a_cache_that_cannot_be_fixed_says_why_and_decodes_as_usual(adapters):
     adapter = adapters["qwen2_5_vl"]
-    step, path = token_step(adapter, adapter.new_cache(), 8, "static")  # an empty cache: no past to copy
+    step, path, fixed = token_step(adapter, adapter.new_cache(), 8, "static")  # an empty cache: no past to copy
     assert path == "dynamic: no static decode, it needs a filled cache of (1, heads, tokens, dim) keys per layer"
-    assert step(5, 0).shape == (adapter.vocab_size,)
+    assert fixed is None and step(5, 0).shape == (adapter.vocab_size,)
 
 
 @pytest.mark.parametrize(
@@ -186,3 +186,36 @@ def test_a_model_on_transformers_sdpa_decodes_in_fixed_shapes_when_its_layers_ag
         usual, _ = answer(adapter, frames, "dynamic", kv, 12)
         same, paths = answer(adapter, frames, "static", kv, 12)
         assert paths == {path: 1} and same == usual and len(usual) == 12, kv
+
+
+def test_later_answers_reuse_the_buffers_of_their_bucket(adapters, frames, monkeypatch):
+    """A session keeps its fixed decode buffers between answers (on CUDA with the graph captured over them): later
+    answers whose cache falls in the same bucket build none, an answer decoding while another holds the buffers
+    builds its own, and every answer has the usual decode's tokens."""
+    from livevlm.models import static_decode
+
+    built = []
+    original = static_decode.StaticDecode.__init__
+
+    def counted(self, adapter, past, rows, graph=False):
+        built.append((past, rows))
+        original(self, adapter, past, rows, graph)
+
+    monkeypatch.setattr(static_decode.StaticDecode, "__init__", counted)
+    questions = [QUESTION, "What colour is the bike?", QUESTION]
+    answers = {}
+    for decode in ("dynamic", "static"):
+        session = Session(adapters["qwen2_5_vl"], SessionConfig(decode=decode, max_pixels=SMALL, stop_repeats=0))
+        session.ingest(frames)
+        answers[decode] = [list(session.ask_ids(q, max_new_tokens=12)) for q in questions]
+        held = session.ask_ids(QUESTION, max_new_tokens=12)
+        first = [next(held), next(held), next(held)]  # its fixed decode is in use ...
+        answers[decode].append(list(session.ask_ids(questions[1], max_new_tokens=12)))  # ... so this one builds one
+        answers[decode].append(first + list(held))
+        if decode == "static":
+            assert session.stats.answers_by_decode == {"static": 5}
+            idle = list(session._decoders._idle)
+        session.close()
+    assert answers["static"] == answers["dynamic"] and all(len(a) == 12 for a in answers["dynamic"])
+    assert len(built) == 2 and built[0] == built[1] and idle == [built[0]], built  # one bucket, two buffers
+    assert session._decoders._idle == {}  # closing the session let them go

@@ -17,7 +17,6 @@ forward to rounding (a longer softmax row summing the same terms). What a model 
 
 from __future__ import annotations
 
-import math
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -26,50 +25,22 @@ from transformers.cache_utils import Cache
 
 from ..kernels.attention import sdpa_backends
 from ..kernels.cuda_graph import GraphedCall
-from ..kernels.grouped_attention import GROUPED_SDPA, layer_masks
-from .query_probe import PREFIX as PROBE_PREFIX
-from .static_decode import FixedLayer
-
-ROWS_STEP = 32
-"""New-token rows are rounded up to a multiple of this (a pruner's budget or a timestamp's digits vary them)."""
-PAST_MIN = 256
-PAST_STEPS_PER_DOUBLING = 4
-"""Past capacities: 256 x 2^(k/4) tokens rounded up to a multiple of 64 (at most ~19% padding)."""
-BUCKETS_KEPT = 2
-"""Buckets (buffers and graphs) kept: a growing context moves to the next one and never comes back."""
-
-
-def rows_bucket(n: int) -> int:
-    return max(ROWS_STEP, -(-n // ROWS_STEP) * ROWS_STEP)
-
-
-def past_bucket(n: int) -> int:
-    """The smallest capacity 256 x 2^(k/4) (rounded up to 64) that holds `n` past tokens."""
-    if n <= PAST_MIN:
-        return PAST_MIN
-    k = math.ceil(PAST_STEPS_PER_DOUBLING * math.log2(n / PAST_MIN) - 1e-9)
-    size = -(-math.ceil(PAST_MIN * 2 ** (k / PAST_STEPS_PER_DOUBLING)) // 64) * 64
-    return size if size >= n else size + 64
+from ..kernels.grouped_attention import layer_masks
+from .fixed_shapes import (
+    BUCKETS_KEPT,
+    FixedLayer,
+    fixed_shape_refusal,
+    past_bucket,
+    past_lengths,
+    rows_bucket,
+)
 
 
 def static_prefill_refusal(adapter: Any, embeds: torch.Tensor, lengths: list[int]) -> str | None:
     """Why this chunk cannot be prefilled in fixed shapes (it then runs the usual forward), or None."""
-    text = adapter.model.config.get_text_config()
-    impl = str(getattr(adapter._lm.config, "_attn_implementation", None)).removeprefix(PROBE_PREFIX)
-    if impl not in (GROUPED_SDPA, "sdpa"):
-        return f"it needs SDPA attention (the model runs {impl!r})"
-    if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
-        return "it needs every layer to attend to the whole context (this model has sliding-window layers)"
     if adapter._decoder_inputs(embeds[:1])[1]:
         return "it needs a chunk to enter the decoder as embeddings alone (this model adds extra inputs)"
-    if impl == "sdpa" and len(set(lengths)) > 1:
-        return ("the view's layers hold pasts of different lengths, which transformers' SDPA cannot mask (one "
-                "mask for every layer; livevlm's grouped SDPA reads one per layer)")  # fmt: skip
-    return None
-
-
-def _past_lengths(view: Any) -> list[int]:
-    return [int(layer.keys.shape[2]) if getattr(layer, "keys", None) is not None else 0 for layer in view.layers]
+    return fixed_shape_refusal(adapter, lengths, "the view's")
 
 
 class StaticPrefill:
@@ -141,7 +112,7 @@ class ChunkPrefill:
         """Prefill a chunk's `embeds` at `positions` over `view` (the store's ingestion view), appending to it."""
         from .lm_side import LanguageModelSide
 
-        lengths = _past_lengths(view)
+        lengths = past_lengths(view)
         why = "it needs a transformers decoder adapter" if not isinstance(self.adapter, LanguageModelSide) else None
         why = why or static_prefill_refusal(self.adapter, embeds, lengths)
         if why is not None:
@@ -159,3 +130,6 @@ class ChunkPrefill:
         bucket(embeds, positions, view, lengths)
         failed = bucket.failed
         self.calls[self.path if failed is None else f"static: the graph capture failed, {failed}"] += 1
+
+    def clear(self) -> None:
+        self._buckets.clear()
