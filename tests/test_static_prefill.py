@@ -119,6 +119,12 @@ def test_a_growing_context_moves_through_few_buckets(adapters, frames, monkeypat
     assert len(built) <= 4 and len(buckets) <= static_prefill.BUCKETS_KEPT, built
 
 
+def test_a_graph_prefill_needs_the_model_on_cuda(adapters):
+    """A session given a CPU model with a CUDA config is refused at construction, not at the first chunk."""
+    with pytest.raises(ConfigError, match=r"prefill='graph' needs the language model on CUDA, it runs on cpu"):
+        Session(adapters["qwen2_5_vl"], SessionConfig(device="cuda", prefill="graph", max_pixels=SMALL))
+
+
 def test_bucket_sizes():
     sizes = [past_bucket(n) for n in range(0, 200_000, 97)]
     assert all(s >= n and s % 64 == 0 for s, n in zip(sizes, range(0, 200_000, 97)))
@@ -153,3 +159,35 @@ def test_the_command_line_takes_prefill(capsys):
     assert capsys.readouterr().out.strip() == static != ""
     assert main(["ask", video, "What colour is the circle?", "--prefill", "graph", "--no-progress"]) == 2
     assert "prefill='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("length", [0, 9, 300], ids=["empty", "short", "past-the-first-capacity"])
+def test_a_view_straight_from_the_caller(adapters, length):
+    """Straight on a view (no store): layers holding no past, a few tokens, or more than the first capacity; the
+    appended K/V equal the usual forward's. A view whose layers differ is refused (no store hands one out for
+    ingestion: the usual forward masks every layer alike)."""
+    from livevlm.cache.view import ChunkView
+    from livevlm.models.static_prefill import ChunkPrefill, static_prefill_refusal
+
+    adapter = adapters["qwen2_5_vl"]
+    layout = adapter.kv_layout()
+    g = torch.Generator().manual_seed(0)
+
+    def view(lengths):
+        per_layer = [tuple(torch.randn(1, layout.kv_heads, n, layout.head_dim, generator=g) for _ in "kv") for n in lengths]
+        return ChunkView(per_layer if max(lengths) else None, layout.layers)
+
+    usual = view([length] * layout.layers)
+    fixed = ChunkView([(layer.keys, layer.values) for layer in usual.layers] if length else None, layout.layers)
+    embeds = torch.randn(5, adapter.model.config.get_text_config().hidden_size, generator=g)
+    positions = adapter.text_positions(400, 5)
+    adapter.extend(embeds, positions, usual)
+    prefill = ChunkPrefill(adapter, "static")
+    prefill(embeds, positions, fixed)
+    assert prefill.calls == {"static": 1}
+    for a, b in zip(usual.layers, fixed.layers, strict=True):
+        assert a.keys.shape == b.keys.shape == (1, layout.kv_heads, length + 5, layout.head_dim)
+        torch.testing.assert_close(b.keys, a.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b.values, a.values, rtol=1e-4, atol=1e-4)
+    unequal = static_prefill_refusal(adapter, embeds, [9, 2, 5, 9][: layout.layers])
+    assert unequal == "it needs every layer of the view to hold the same past"

@@ -2,8 +2,9 @@
 
     ChunkPrefill(adapter, path)(embeds, positions, view):
         bucket = (rows >= n new tokens, past >= the view's longest layer)      one StaticPrefill per bucket
-        layer l's past (len_l) -> buffer[l][past - len_l : past]; chunk -> rows [0, n) of the input buffer
-        masks: past columns of layer l, and the new tokens causal among themselves (pad rows see only pad)
+        layer l's past (len tokens) -> buffer[l][past - len : past]; chunk -> rows [0, n) of the input buffer
+        mask: the past's columns (every layer of an ingestion view holds the same past), and the new tokens
+              causal among themselves (pad rows come last: no real row sees one)
         forward(rows tokens, every buffer) writes the new K/V at [past, past + rows) -> the view appends [0, n)
 
 Every chunk of a bucket has the same shapes and reads and writes the same tensors, so on CUDA its forward is
@@ -23,9 +24,9 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from ..errors import ConfigError
 from ..kernels.attention import sdpa_backends
 from ..kernels.cuda_graph import GraphedCall
-from ..kernels.grouped_attention import layer_masks
 from .fixed_shapes import (
     BUCKETS_KEPT,
     FixedLayer,
@@ -40,6 +41,8 @@ def static_prefill_refusal(adapter: Any, embeds: torch.Tensor, lengths: list[int
     """Why this chunk cannot be prefilled in fixed shapes (it then runs the usual forward), or None."""
     if adapter._decoder_inputs(embeds[:1])[1]:
         return "it needs a chunk to enter the decoder as embeddings alone (this model adds extra inputs)"
+    if len(set(lengths)) > 1:  # no store hands out such an ingestion view (the decoder's one mask could not serve)
+        return "it needs every layer of the view to hold the same past"
     return fixed_shape_refusal(adapter, lengths, "the view's")
 
 
@@ -57,11 +60,10 @@ class StaticPrefill:
         self.keys = [torch.zeros(1, kv_heads, capacity, head_dim, dtype=adapter.dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros_like(k) for k in self.keys]
         self.cache = Cache(layers=[FixedLayer(k, v, self.at) for k, v in zip(self.keys, self.values)])
-        column = torch.arange(capacity, device=device)
+        self._column = torch.arange(capacity, device=device)
         row = torch.arange(rows, device=device)
-        self._causal = (column[None] >= past) & (column[None] - past <= row[:, None])  # (rows, capacity)
-        self._column = column
-        self.masks = torch.zeros(layers, 1, 1, rows, capacity, dtype=torch.bool, device=device)
+        self._causal = (self._column[None] >= past) & (self._column[None] - past <= row[:, None])  # (rows, capacity)
+        self.mask = torch.zeros(1, 1, rows, capacity, dtype=torch.bool, device=device)
         self._graphed = GraphedCall(self._run) if graph else None
 
     @property
@@ -76,10 +78,9 @@ class StaticPrefill:
         self.embeds[n:].zero_()
         self.positions[:, :n].copy_(positions)
         self.positions[:, n:].copy_(positions[:, -1:].expand(-1, self.rows - n))
-        starts = torch.tensor([past - length for length in lengths], device=self.at.device)
-        inside = (self._column[None] >= starts[:, None]) & (self._column[None] < past)  # (layers, capacity)
-        torch.logical_or(inside[:, None, :], self._causal[None], out=self.masks[:, 0, 0])
-        for layer, length, keys, values in zip(view.layers, lengths, self.keys, self.values):
+        length = lengths[0]  # every layer's (static_prefill_refusal)
+        torch.logical_or(self._column.ge(past - length) & self._column.lt(past), self._causal, out=self.mask[0, 0])
+        for layer, keys, values in zip(view.layers, self.keys, self.values):
             if length:
                 keys[:, :, past - length : past].copy_(layer.keys)
                 values[:, :, past - length : past].copy_(layer.values)
@@ -92,9 +93,9 @@ class StaticPrefill:
         adapter = self.adapter
         inputs, extra = adapter._decoder_inputs(self.embeds)
         extra[adapter._cache_kwarg] = self.cache
-        with sdpa_backends(self.at.device), layer_masks(self.masks):
+        with sdpa_backends(self.at.device):
             adapter._lm(inputs_embeds=inputs, position_ids=adapter._position_ids(self.positions),
-                        attention_mask=self.masks[0], use_cache=True, **extra)  # fmt: skip
+                        attention_mask=self.mask, use_cache=True, **extra)  # fmt: skip
 
 
 class ChunkPrefill:
@@ -103,6 +104,9 @@ class ChunkPrefill:
     def __init__(self, adapter: Any, path: str) -> None:
         self.adapter, self.path = adapter, path
         self.graph = path == "graph"
+        device = torch.device(getattr(adapter, "device", "cpu"))
+        if self.graph and device.type != "cuda":
+            raise ConfigError(f"prefill='graph' needs the language model on CUDA, it runs on {device}")
         self._buckets: OrderedDict[tuple[int, int], StaticPrefill] = OrderedDict()
         self.calls: Counter[str] = Counter()
         """Chunks prefilled per path: "graph", "static", "static: the graph capture failed, ..." or "eager: ..."
