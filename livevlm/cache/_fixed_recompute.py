@@ -10,8 +10,9 @@ features are the same up to rounding (a matmul over more rows may sum in another
 and dropped, the price of shapes that never change: every chunk of a grid reads and writes the same tensors with
 no host sync, so on CUDA the pass is captured once as a CUDA graph and replayed (`kernels.cuda_graph`): STC found
 its selective recompute slower than a dense encode on a GPU until it did so. The reference state lives in this
-object's buffers (one set per grid): a new reference (a full pass, a restore) is copied in before its first
-partial pass instead of `_own`'s copy.
+object's buffers (one set per grid): a new reference (a restore, the grid's first full pass) is copied in
+before its first partial pass instead of `_own`'s copy; later refreshes of the grid (a cut, age, drift, the end
+of a backoff) run their full pass straight into the buffers (`refresh`), a second captured graph.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ class FixedRecompute:
         self.ref: Any = None
         """The `_Reference` whose tensors are the buffers (a new one is copied in by `adopt`)."""
         self._graphed = GraphedCall(self._run) if graph else None
+        # a Qwen tower attends a full pass's windows in one varlen call on CUDA; off it (forced torch kernels,
+        # flash-attn) it reads the window bounds on the host, which no capture allows: those refreshes run eagerly
+        capturable = getattr(runner, "varlen", True)
+        self._graphed_refresh = GraphedCall(self._refresh) if graph and capturable else None
+        self.pixels: torch.Tensor | None = None
+        self.embed_at_refresh: torch.Tensor | None = None
+        self.refresh_norms: torch.Tensor | None = None
 
     @property
     def captured(self) -> bool:
@@ -42,7 +50,8 @@ class FixedRecompute:
     @property
     def failed(self) -> str | None:
         """Why this grid's graph capture failed (its passes then run eagerly), or None."""
-        return None if self._graphed is None else self._graphed.failed
+        graphs = (self._graphed, self._graphed_refresh)
+        return next((g.failed for g in graphs if g is not None and g.failed is not None), None)
 
     def adopt(self, ref: Any) -> None:
         """Make `ref`'s state live in the buffers: copied in once per reference (replaces `_own`'s copy)."""
@@ -80,6 +89,40 @@ class FixedRecompute:
         self.x.copy_(x)
         changed, counts = self._run() if self._graphed is None else self._graphed()
         return changed.clone(), counts.tolist()
+
+    def refresh(self, pixels: torch.Tensor, x0: torch.Tensor) -> Any:
+        """A full pass of `pixels` (detection embedding `x0`) written straight into the buffers: the adopted
+        reference becomes the new one (its pixels and age are the caller's to set); returns it."""
+        ref = self.ref
+        assert ref is not None and self.x is not None, "adopt a reference first"
+        if self.pixels is None:
+            self.pixels = torch.empty_like(pixels)
+            self.embed_at_refresh = torch.empty_like(x0)
+            self.refresh_norms = torch.empty_like(ref.norms[0])
+        self.pixels.copy_(pixels)
+        self.x.copy_(x0)
+        self._refresh() if self._graphed_refresh is None else self._graphed_refresh()
+        ref.embed_at_refresh, ref.refresh_norms = self.embed_at_refresh, self.refresh_norms
+        return ref
+
+    def _refresh(self) -> None:
+        """What the token cache's full pass records (`_full`), into the buffers: the exact embedding through every
+        block, block 0's reference in the detection embedding, each block's norms, keys / values and merge."""
+        ref, runner, layout, x0 = self.ref, self.runner, self.layout, self.x
+        exact = runner.embed(self.pixels, layout) if hasattr(runner, "detect_embed") else x0
+        x, state = runner.full(exact, layout)
+        taps = getattr(runner, "taps", ())
+        merged = runner.merge(x, layout, None, **({"taps": [state.outputs[i] for i in taps]} if taps else {}))
+        for i in range(runner.depth):
+            source = x0 if i == 0 else state.inputs[i]
+            ref.inputs[i].copy_(source)
+            ref.norms[i].copy_(row_norms(source))
+            ref.outputs[i].copy_(state.outputs[i])
+            for f in dataclasses.fields(ref.blocks[i]):
+                getattr(ref.blocks[i], f.name).copy_(getattr(state.blocks[i], f.name))
+        self.embed_at_refresh.copy_(x0)  # type: ignore[union-attr]
+        self.refresh_norms.copy_(ref.norms[0])  # type: ignore[union-attr]
+        ref.merged.copy_(merged)
 
     def _run(self) -> tuple[torch.Tensor, torch.Tensor]:
         ref, runner, layout = self.ref, self.runner, self.layout
