@@ -172,31 +172,6 @@ def test_the_block_loop_encodes_as_the_models_forward_does(adapters, frames, fam
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("encode", "message"),
-    [
-        ("graph", "encode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'"),
-        ("static", "encode must be one of eager, graph, got 'static'"),
-        (True, "encode must be a string, got True"),
-    ],
-)
-def test_an_impossible_encode_is_refused_at_construction(encode, message):
-    with pytest.raises(ConfigError) as info:
-        SessionConfig(encode=encode)
-    assert str(info.value) == message
-
-
-def test_the_command_line_takes_encode(capsys):
-    from livevlm.assets import sample_video_path
-    from livevlm.cli import main
-
-    video = str(sample_video_path())
-    assert main(["ask", video, "What colour is the circle?", "--encode", "eager", "--no-progress"]) == 0
-    assert capsys.readouterr().out.strip()
-    assert main(["ask", video, "What colour is the circle?", "--encode", "graph", "--no-progress"]) == 2
-    assert "encode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
-
-
 def test_a_graphed_encode_built_by_hand_refuses_cpu_tensors(adapters, frames):
     from livevlm.models.graphed_encode import GraphedEncode
 

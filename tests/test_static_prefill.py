@@ -134,33 +134,6 @@ def test_bucket_sizes():
     assert [rows_bucket(n) for n in (1, 32, 33, 100)] == [32, 32, 64, 128]
 
 
-@pytest.mark.parametrize(
-    ("prefill", "message"),
-    [
-        ("graph", "prefill='graph' needs a CUDA device (CUDA graphs), got device 'cpu'"),
-        ("fixed", "prefill must be one of eager, static, graph, got 'fixed'"),
-        (2, "prefill must be a string, got 2"),
-    ],
-)
-def test_an_impossible_prefill_is_refused_at_construction(prefill, message):
-    with pytest.raises(ConfigError) as info:
-        SessionConfig(prefill=prefill)
-    assert str(info.value) == message
-
-
-def test_the_command_line_takes_prefill(capsys):
-    from livevlm.assets import sample_video_path
-    from livevlm.cli import main
-
-    video = str(sample_video_path())
-    assert main(["ask", video, "What colour is the circle?", "--prefill", "static", "--no-progress"]) == 0
-    static = capsys.readouterr().out.strip()
-    assert main(["ask", video, "What colour is the circle?", "--no-progress"]) == 0
-    assert capsys.readouterr().out.strip() == static != ""
-    assert main(["ask", video, "What colour is the circle?", "--prefill", "graph", "--no-progress"]) == 2
-    assert "prefill='graph' needs a CUDA device (CUDA graphs), got device 'cpu'" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("length", [0, 9, 300], ids=["empty", "short", "past-the-first-capacity"])
 def test_a_view_straight_from_the_caller(adapters, length):
     """Straight on a view (no store): layers holding no past, a few tokens, or more than the first capacity; the
