@@ -194,7 +194,8 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         start = time.perf_counter()
         view = self._kv.ingest_view()
         if self._chunk_prefill is not None and not commit.get("is_prompt"):
-            self._chunk_prefill(embeds, positions, view)  # fixed shapes (a CUDA graph), appended to the view
+            path = self._chunk_prefill(embeds, positions, view)  # fixed shapes (a CUDA graph), appended to the view
+            self._stats.prefills_by_path[path] = self._stats.prefills_by_path.get(path, 0) + 1
         else:
             self.adapter.extend(embeds, positions, view)
         self._kv.commit(view, int(embeds.shape[0]), **commit)
@@ -256,7 +257,8 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
                 kernels={op: str(choice) for op, choice in self._kernels().items()},
                 standing=self._standing.stats(),
                 encodes_by_path=dict(self._graphed_encode.calls) if self._graphed_encode is not None else {},
-                prefills_by_path=dict(self._chunk_prefill.calls) if self._chunk_prefill is not None else {},
+                prefills_by_path=dict(s.prefills_by_path),
+                answers_by_decode=dict(s.answers_by_decode),
             )
 
     def _kernels(self) -> dict[str, Any]:

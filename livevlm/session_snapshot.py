@@ -33,8 +33,9 @@ from .stream import Frame
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-OVERRIDABLE = ("device", "max_new_tokens", "stop_repeats", "max_frames", "decode")
-"""SessionConfig fields `Session.load` may change: none of them changes what the snapshot stored."""
+OVERRIDABLE = ("device", "max_new_tokens", "stop_repeats", "max_frames", "decode", "encode", "prefill")
+"""SessionConfig fields `Session.load` may change: none of them changes what the snapshot stored (the execution
+paths among them: a snapshot saved with CUDA graphs loads on a CPU with encode='eager', prefill='eager')."""
 _STAGES = ("prune", "vit_cache", "kv", "stream", "kernels", "standing", "seconds")
 
 

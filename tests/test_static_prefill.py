@@ -155,12 +155,32 @@ def test_a_view_straight_from_the_caller(adapters, length):
     embeds = torch.randn(5, adapter.model.config.get_text_config().hidden_size, generator=g)
     positions = adapter.text_positions(400, 5)
     adapter.extend(embeds, positions, usual)
-    prefill = ChunkPrefill(adapter, "static")
-    prefill(embeds, positions, fixed)
-    assert prefill.calls == {"static": 1}
+    assert ChunkPrefill(adapter, "static")(embeds, positions, fixed) == "static"
     for a, b in zip(usual.layers, fixed.layers, strict=True):
         assert a.keys.shape == b.keys.shape == (1, layout.kv_heads, length + 5, layout.head_dim)
         torch.testing.assert_close(b.keys, a.keys, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(b.values, a.values, rtol=1e-4, atol=1e-4)
     unequal = static_prefill_refusal(adapter, embeds, [9, 2, 5, 9][: layout.layers])
     assert unequal == "it needs every layer of the view to hold the same past"
+
+
+def test_a_snapshot_keeps_the_prefill_counts_and_a_stats_copy_stays_put(adapters, frames, tmp_path):
+    """`stats.prefills_by_path` is the stream's record: saved with a snapshot, counted on after a restore (whose
+    prefill path may change: it changes nothing stored); a stats copy taken earlier does not change later."""
+    adapter = adapters["qwen2_5_vl"]
+    session = Session(adapter, SessionConfig(prefill="static", max_pixels=SMALL))
+    for frame in frames[:8]:
+        session.push(frame)
+    early = session.stats
+    path = session.save(tmp_path / "snap").path
+    session.close()
+    restored = Session.load(path, adapter)
+    for frame in frames[8:12]:
+        restored.push(frame)
+    assert early.prefills_by_path == {"static": 4} and restored.stats.prefills_by_path == {"static": 6}
+    restored.close()
+    eager = Session.load(path, adapter, prefill="eager", encode="eager")
+    for frame in frames[8:12]:
+        eager.push(frame)
+    assert eager.stats.prefills_by_path == {"static": 4} and eager.config.prefill == "eager"
+    eager.close()

@@ -18,7 +18,7 @@ forward to rounding (a longer softmax row summing the same terms). What a model 
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -99,7 +99,7 @@ class StaticPrefill:
 
 
 class ChunkPrefill:
-    """A session's chunk prefills on `path` (static or graph): a bucket per shape, the paths taken counted."""
+    """A session's chunk prefills on `path` (static or graph): a bucket per shape."""
 
     def __init__(self, adapter: Any, path: str) -> None:
         self.adapter, self.path = adapter, path
@@ -108,21 +108,19 @@ class ChunkPrefill:
         if self.graph and device.type != "cuda":
             raise ConfigError(f"prefill='graph' needs the language model on CUDA, it runs on {device}")
         self._buckets: OrderedDict[tuple[int, int], StaticPrefill] = OrderedDict()
-        self.calls: Counter[str] = Counter()
-        """Chunks prefilled per path: "graph", "static", "static: the graph capture failed, ..." or "eager: ..."
-        (why the fixed shapes were refused)."""
 
-    def __call__(self, embeds: torch.Tensor, positions: torch.Tensor, view: Any) -> None:
-        """Prefill a chunk's `embeds` at `positions` over `view` (the store's ingestion view), appending to it."""
+    def __call__(self, embeds: torch.Tensor, positions: torch.Tensor, view: Any) -> str:
+        """Prefill a chunk's `embeds` at `positions` over `view` (the store's ingestion view), appending to it;
+        returns the path taken: "graph", "static", "static: the graph capture failed, ..." or "eager: no ...
+        prefill, <why>" (the fixed shapes refused)."""
         from .lm_side import LanguageModelSide
 
         lengths = past_lengths(view)
         why = "it needs a transformers decoder adapter" if not isinstance(self.adapter, LanguageModelSide) else None
         why = why or static_prefill_refusal(self.adapter, embeds, lengths)
         if why is not None:
-            self.calls[f"eager: no {self.path} prefill, {why}"] += 1
             self.adapter.extend(embeds, positions, view)
-            return
+            return f"eager: no {self.path} prefill, {why}"
         key = (rows_bucket(int(embeds.shape[0])), past_bucket(max(lengths)))
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -133,7 +131,7 @@ class ChunkPrefill:
         self._buckets.move_to_end(key)
         bucket(embeds, positions, view, lengths)
         failed = bucket.failed
-        self.calls[self.path if failed is None else f"static: the graph capture failed, {failed}"] += 1
+        return self.path if failed is None else f"static: the graph capture failed, {failed}"
 
     def clear(self) -> None:
         self._buckets.clear()
