@@ -63,7 +63,8 @@ class SnapshotMixin:
         `model`: an adapter already loaded, a checkpoint path, or None for the one the saved config names; it must
         be the model the snapshot was taken with (same config and weights, same dtype), else `SnapshotError`.
         `spill_dir`: where a disk tier's spill file goes on this machine. `overrides`: other `OVERRIDABLE`
-        SessionConfig fields (e.g. device="cuda:1"). A corrupt, truncated or other-version snapshot raises
+        SessionConfig fields (e.g. device="cuda:1"), and `vit_recompute` (the ViT cache's `recompute`: a session
+        saved with recompute="graph" loads on a CPU with vit_recompute="static"). A corrupt, truncated or other-version snapshot raises
         `SnapshotError`."""
         manifest = read_manifest(path)
         config = _with_overrides(config_from_json(_section(manifest, "config", path)), spill_dir, overrides)
@@ -195,12 +196,17 @@ def config_from_json(values: dict[str, Any]) -> SessionConfig:
 
 
 def _with_overrides(config: SessionConfig, spill_dir: str | None, overrides: dict[str, Any]) -> SessionConfig:
-    refused = sorted(set(overrides) - set(OVERRIDABLE))
+    refused = sorted(set(overrides) - set(OVERRIDABLE) - {"vit_recompute"})
     if refused:
         raise ConfigError(
             f"a restored session keeps its saved {', '.join(refused)} (what it stored depends on them); "
-            f"Session.load may change only {', '.join(OVERRIDABLE)} and spill_dir"
+            f"Session.load may change only {', '.join(OVERRIDABLE)}, vit_recompute and spill_dir"
         )
+    overrides = dict(overrides)
+    if "vit_recompute" in overrides:  # the ViT cache's own execution path (`ViTCacheConfig.recompute`)
+        vit_cache = config.vit_cache
+        assert isinstance(vit_cache, ViTCacheConfig)  # resolved by SessionConfig
+        overrides["vit_cache"] = dataclasses.replace(vit_cache, recompute=overrides.pop("vit_recompute"))
     config = dataclasses.replace(config, **overrides) if overrides else config
     tiers = getattr(config.kv, "tiers", None)
     if spill_dir is not None and tiers is not None:

@@ -110,6 +110,29 @@ def test_a_restored_session_goes_on_in_fixed_shapes(adapters, frames, tmp_path):
     b.close()
 
 
+def test_a_restored_session_may_take_another_recompute_path(adapters, frames, tmp_path):
+    """`Session.load(..., vit_recompute=)`: the ViT cache's execution path changes nothing stored (a session saved
+    with CUDA graphs loads on a CPU); the chunks after the restore are those of the path it runs now."""
+    adapter = adapters["qwen2_5_vl"]
+    session = Session(adapter, SessionConfig(vit_cache=ViTCacheConfig("balanced", recompute="static"), max_pixels=SMALL))
+    for frame in frames[:9]:
+        session.push(frame)
+    path = session.save(tmp_path / "snap").path
+    session.close()
+    dynamic = Session.load(path, adapter, vit_recompute="dynamic")
+    events = []
+    for frame in frames[9:]:
+        if dynamic.push(frame) is not None:
+            events.append(dynamic.stats.vit_cache.last_event)
+    assert dynamic.config.vit_cache.recompute == "dynamic" and dynamic.stats.vit_cache.recompute == "dynamic"
+    assert "partial" in events, events
+    dynamic.close()
+    with pytest.raises(ConfigError, match="ViTCacheConfig.recompute must be one of dynamic, static, graph, got 'fast'"):
+        Session.load(path, adapter, vit_recompute="fast")
+    with pytest.raises(ConfigError, match="may change only .*prefill, vit_recompute and spill_dir"):
+        Session.load(path, adapter, fps=4.0)
+
+
 def test_mistakes_are_refused_at_construction(adapters):
     with pytest.raises(ConfigError, match="recompute must be one of dynamic, static, graph, got 'fixed'"):
         ViTCacheConfig("balanced", recompute="fixed")

@@ -215,6 +215,7 @@ class TokenRecomputeCache(FeatureCacheBase):
 
     def load_state(self, state: dict[str, Any], device: torch.device | str) -> None:
         super().load_state(state, device)
+        self.stats.recompute = str(self.config.recompute)  # the path this session runs, not the saved one
         pan = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state["backoff"].items()}
         self._pan = _Backoff(**pan)
         saved = state["ref"]
