@@ -99,7 +99,7 @@ def test_chunks_of_varying_sizes_share_a_bucket_of_padded_rows(adapters, frames)
 
 def test_a_growing_context_moves_through_few_buckets(adapters, frames, monkeypatch):
     """The full store grows every chunk; its prefills move up through past capacities of ~19% steps, building
-    each bucket once and keeping at most two."""
+    each bucket once and letting the smaller ones go."""
     built = []
     original = static_prefill.StaticPrefill.__init__
 
@@ -113,10 +113,10 @@ def test_a_growing_context_moves_through_few_buckets(adapters, frames, monkeypat
     for frame in many:
         session.push(frame)
     chunks = session.stats.chunks
-    buckets = session._chunk_prefill._buckets
+    buckets = list(session._chunk_prefill._buckets)
     session.close()
     assert chunks == 24 and built == sorted(set(built)), built  # each built once, in growing order
-    assert len(built) <= 4 and len(buckets) <= static_prefill.BUCKETS_KEPT, built
+    assert len(built) <= 4 and len(buckets) == 1, built  # the smaller ones let go as the context grew
 
 
 def test_a_graph_prefill_needs_the_model_on_cuda(adapters):
@@ -184,3 +184,18 @@ def test_a_snapshot_keeps_the_prefill_counts_and_a_stats_copy_stays_put(adapters
         eager.push(frame)
     assert eager.stats.prefills_by_path == {"static": 4} and eager.config.prefill == "eager"
     eager.close()
+
+
+def test_buffers_of_a_shorter_past_are_let_go():
+    """A growing context never returns to a smaller capacity: keeping its buffers (a whole copy of the past, and
+    on CUDA a graph) would hold memory for nothing. Rows of the same past are kept side by side (two at most)."""
+    from collections import OrderedDict
+
+    from livevlm.models.fixed_shapes import keep_buckets
+
+    kept: OrderedDict = OrderedDict()
+    for key in [(32, 256), (64, 256), (32, 320), (32, 320), (64, 320), (32, 384), (32, 256)]:
+        kept = keep_buckets(kept, key, key)
+    assert list(kept) == [(32, 384), (32, 256)]  # a shorter past asked for again is kept beside the longest
+    kept = keep_buckets(OrderedDict([((32, 256), 1), ((64, 256), 2)]), (96, 256), 3)
+    assert list(kept) == [(64, 256), (96, 256)]

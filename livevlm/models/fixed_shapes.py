@@ -10,6 +10,7 @@ A buffer (and the CUDA graph captured over it) is reused by every later call of 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -34,6 +35,18 @@ def past_bucket(n: int) -> int:
     k = math.ceil(PAST_STEPS_PER_DOUBLING * math.log2(n / PAST_MIN) - 1e-9)
     size = -(-math.ceil(PAST_MIN * 2 ** (k / PAST_STEPS_PER_DOUBLING)) // 64) * 64
     return size if size >= n else size + 64
+
+
+def keep_buckets(
+    kept: OrderedDict[tuple[int, int], Any], key: tuple[int, int], value: Any
+) -> OrderedDict[tuple[int, int], Any]:
+    """`kept` (buffers by (rows, past) bucket) with `value` at `key`, most recent last, without those of a shorter
+    past (a growing context never returns to them: they would hold memory for nothing), at most `BUCKETS_KEPT`."""
+    out = OrderedDict((k, v) for k, v in kept.items() if k != key and k[1] >= key[1])
+    out[key] = value
+    while len(out) > BUCKETS_KEPT:
+        out.popitem(last=False)
+    return out
 
 
 def past_lengths(cache: Any) -> list[int]:

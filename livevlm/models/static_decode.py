@@ -28,9 +28,9 @@ from ..kernels.attention import sdpa_backends
 from ..kernels.cuda_graph import GraphedCall
 from ..kernels.grouped_attention import layer_masks
 from .fixed_shapes import (
-    BUCKETS_KEPT,
     FixedLayer,
     fixed_shape_refusal,
+    keep_buckets,
     past_bucket,
     past_lengths,
     rows_bucket,
@@ -120,25 +120,23 @@ class DecodeBuffers:
 
     def __init__(self, adapter: Any, graph: bool) -> None:
         self.adapter, self.graph = adapter, graph
-        self._idle: OrderedDict[tuple[int, int], StaticDecode] = OrderedDict()
+        self._idle: OrderedDict[tuple[int, int], StaticDecode] = OrderedDict()  # by (rows, past)
         self._lock = threading.Lock()
 
     def acquire(self, cache: Any, budget: int) -> StaticDecode:
         """Buffers of the bucket `cache` and `budget` fall in (an idle one, else new), loaded with `cache`."""
-        key = (past_bucket(max(past_lengths(cache))), rows_bucket(budget))
+        rows, past = rows_bucket(budget), past_bucket(max(past_lengths(cache)))
         with self._lock:
-            decode = self._idle.pop(key, None)
-        decode = decode or StaticDecode(self.adapter, *key, graph=self.graph)
+            decode = self._idle.pop((rows, past), None)
+        decode = decode or StaticDecode(self.adapter, past, rows, graph=self.graph)
         decode.load(cache)
         return decode
 
     def release(self, decode: StaticDecode) -> None:
-        """An answer is done with `decode`: keep it for the next answer of its bucket (the oldest idle one goes)."""
+        """An answer is done with `decode`: keep it for the next answer of its bucket; idle ones of a shorter past
+        go (a growing context never returns to them), and the oldest past `BUCKETS_KEPT`."""
         with self._lock:
-            self._idle[(decode.past, decode.rows)] = decode
-            self._idle.move_to_end((decode.past, decode.rows))
-            while len(self._idle) > BUCKETS_KEPT:
-                self._idle.popitem(last=False)
+            self._idle = keep_buckets(self._idle, (decode.rows, decode.past), decode)
 
     def clear(self) -> None:
         with self._lock:

@@ -28,9 +28,9 @@ from ..errors import ConfigError
 from ..kernels.attention import sdpa_backends
 from ..kernels.cuda_graph import GraphedCall
 from .fixed_shapes import (
-    BUCKETS_KEPT,
     FixedLayer,
     fixed_shape_refusal,
+    keep_buckets,
     past_bucket,
     past_lengths,
     rows_bucket,
@@ -107,7 +107,7 @@ class ChunkPrefill:
         device = torch.device(getattr(adapter, "device", "cpu"))
         if self.graph and device.type != "cuda":
             raise ConfigError(f"prefill='graph' needs the language model on CUDA, it runs on {device}")
-        self._buckets: OrderedDict[tuple[int, int], StaticPrefill] = OrderedDict()
+        self._buckets: OrderedDict[tuple[int, int], StaticPrefill] = OrderedDict()  # (rows, past)
 
     def __call__(self, embeds: torch.Tensor, positions: torch.Tensor, view: Any) -> str:
         """Prefill a chunk's `embeds` at `positions` over `view` (the store's ingestion view), appending to it;
@@ -124,11 +124,8 @@ class ChunkPrefill:
         key = (rows_bucket(int(embeds.shape[0])), past_bucket(max(lengths)))
         bucket = self._buckets.get(key)
         if bucket is None:
-            while len(self._buckets) >= BUCKETS_KEPT:
-                self._buckets.popitem(last=False)
             bucket = StaticPrefill(self.adapter, int(embeds.shape[1]), *key, graph=self.graph)
-            self._buckets[key] = bucket
-        self._buckets.move_to_end(key)
+        self._buckets = keep_buckets(self._buckets, key, bucket)
         bucket(embeds, positions, view, lengths)
         failed = bucket.failed
         return self.path if failed is None else f"static: the graph capture failed, {failed}"
