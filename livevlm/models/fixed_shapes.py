@@ -37,6 +37,16 @@ def past_bucket(n: int) -> int:
     return size if size >= n else size + 64
 
 
+def fitting_bucket(kept: OrderedDict[tuple[int, int], Any], rows: int, past: int) -> tuple[int, int]:
+    """The bucket (rows, past) for a call of `rows` new tokens over `past` past ones: a kept one that holds them
+    with at most one step more of either (so a size that wavers across a boundary settles in the larger bucket
+    instead of rebuilding the smaller one each time), else the exact bucket."""
+    exact = (rows_bucket(rows), past_bucket(past))
+    limit = (exact[0] + ROWS_STEP, past_bucket(exact[1] + 1))
+    fits = [k for k in kept if exact[0] <= k[0] <= limit[0] and exact[1] <= k[1] <= limit[1]]
+    return min(fits, key=lambda k: (k[1], k[0])) if fits else exact
+
+
 def keep_buckets(
     kept: OrderedDict[tuple[int, int], Any], key: tuple[int, int], value: Any
 ) -> OrderedDict[tuple[int, int], Any]:

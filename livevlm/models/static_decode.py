@@ -29,11 +29,10 @@ from ..kernels.cuda_graph import GraphedCall
 from ..kernels.grouped_attention import layer_masks
 from .fixed_shapes import (
     FixedLayer,
+    fitting_bucket,
     fixed_shape_refusal,
     keep_buckets,
-    past_bucket,
     past_lengths,
-    rows_bucket,
 )
 
 
@@ -125,8 +124,8 @@ class DecodeBuffers:
 
     def acquire(self, cache: Any, budget: int) -> StaticDecode:
         """Buffers of the bucket `cache` and `budget` fall in (an idle one, else new), loaded with `cache`."""
-        rows, past = rows_bucket(budget), past_bucket(max(past_lengths(cache)))
         with self._lock:
+            rows, past = fitting_bucket(self._idle, budget, max(past_lengths(cache)))
             decode = self._idle.pop((rows, past), None)
         decode = decode or StaticDecode(self.adapter, past, rows, graph=self.graph)
         decode.load(cache)

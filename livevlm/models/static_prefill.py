@@ -2,6 +2,7 @@
 
     ChunkPrefill(adapter, path)(embeds, positions, view):
         bucket = (rows >= n new tokens, past >= the view's longest layer)      one StaticPrefill per bucket
+                 (a kept one at most a step larger serves: a wavering size does not rebuild)
         layer l's past (len tokens) -> buffer[l][past - len : past]; chunk -> rows [0, n) of the input buffer
         mask: the past's columns (every layer of an ingestion view holds the same past), and the new tokens
               causal among themselves (pad rows come last: no real row sees one)
@@ -29,11 +30,10 @@ from ..kernels.attention import sdpa_backends
 from ..kernels.cuda_graph import GraphedCall
 from .fixed_shapes import (
     FixedLayer,
+    fitting_bucket,
     fixed_shape_refusal,
     keep_buckets,
-    past_bucket,
     past_lengths,
-    rows_bucket,
 )
 
 
@@ -121,7 +121,7 @@ class ChunkPrefill:
         if why is not None:
             self.adapter.extend(embeds, positions, view)
             return f"eager: no {self.path} prefill, {why}"
-        key = (rows_bucket(int(embeds.shape[0])), past_bucket(max(lengths)))
+        key = fitting_bucket(self._buckets, int(embeds.shape[0]), max(lengths))
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = StaticPrefill(self.adapter, int(embeds.shape[1]), *key, graph=self.graph)
