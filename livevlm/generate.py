@@ -62,11 +62,9 @@ def token_step(
 
     if path == "dynamic" or budget < 2:
         return dynamic, "dynamic", None
-    from .models.lm_side import LanguageModelSide
     from .models.static_decode import StaticDecode, static_decode_refusal
 
-    why = "it needs a transformers decoder adapter" if not isinstance(adapter, LanguageModelSide) else None
-    why = why or static_decode_refusal(adapter, cache)
+    why = static_decode_refusal(adapter, cache)
     if why is not None:
         return dynamic, f"dynamic: no {path} decode, {why}", None
     if buffers is not None:

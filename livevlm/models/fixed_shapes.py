@@ -94,19 +94,16 @@ class FixedLayer(CacheLayerMixin):
         return self.keys.shape[2], 0
 
 
-def attention_impl(adapter: Any) -> str:
-    """The decoder's attention implementation, without the query probe's wrapper prefix."""
-    from .query_probe import PREFIX as PROBE_PREFIX
-
-    return str(getattr(adapter._lm.config, "_attn_implementation", None)).removeprefix(PROBE_PREFIX)
-
-
 def fixed_shape_refusal(adapter: Any, lengths: list[int], what: str) -> str | None:
     """Why this model's decoder cannot run on fixed buffers with per-layer masks over `what` (a cache, a view)
     whose layers hold `lengths` past tokens, or None."""
     from ..kernels.grouped_attention import GROUPED_SDPA
+    from .lm_side import LanguageModelSide
+    from .query_probe import PREFIX as PROBE_PREFIX
 
-    impl = attention_impl(adapter)
+    if not isinstance(adapter, LanguageModelSide):
+        return "it needs a transformers decoder adapter"
+    impl = str(getattr(adapter._lm.config, "_attn_implementation", None)).removeprefix(PROBE_PREFIX)
     if impl not in (GROUPED_SDPA, "sdpa"):
         return f"it needs SDPA attention (the model runs {impl!r})"
     text = adapter.model.config.get_text_config()

@@ -40,9 +40,10 @@ def static_decode_refusal(adapter: Any, cache: Any) -> str | None:
     """Why this adapter / cache cannot decode in fixed shapes (the answer then decodes as usual), or None."""
     if not all(getattr(layer, "keys", None) is not None and layer.keys.dim() == 4 for layer in cache.layers):
         return "it needs a filled cache of (1, heads, tokens, dim) keys per layer"
-    if adapter._decoder_inputs(adapter.embed_ids([0]))[1]:
+    why = fixed_shape_refusal(adapter, past_lengths(cache), "its")
+    if why is None and adapter._decoder_inputs(adapter.embed_ids([0]))[1]:
         return "it needs a text token to enter the decoder as one embedding (this model adds extra inputs)"
-    return fixed_shape_refusal(adapter, past_lengths(cache), "its")
+    return why
 
 
 class StaticDecode:

@@ -39,11 +39,12 @@ from .fixed_shapes import (
 
 def static_prefill_refusal(adapter: Any, embeds: torch.Tensor, lengths: list[int]) -> str | None:
     """Why this chunk cannot be prefilled in fixed shapes (it then runs the usual forward), or None."""
-    if adapter._decoder_inputs(embeds[:1])[1]:
-        return "it needs a chunk to enter the decoder as embeddings alone (this model adds extra inputs)"
     if len(set(lengths)) > 1:  # no store hands out such an ingestion view (the decoder's one mask could not serve)
         return "it needs every layer of the view to hold the same past"
-    return fixed_shape_refusal(adapter, lengths, "the view's")
+    why = fixed_shape_refusal(adapter, lengths, "the view's")
+    if why is None and adapter._decoder_inputs(embeds[:1])[1]:
+        return "it needs a chunk to enter the decoder as embeddings alone (this model adds extra inputs)"
+    return why
 
 
 class StaticPrefill:
@@ -113,11 +114,8 @@ class ChunkPrefill:
         """Prefill a chunk's `embeds` at `positions` over `view` (the store's ingestion view), appending to it;
         returns the path taken: "graph", "static", "static: the graph capture failed, ..." or "eager: no ...
         prefill, <why>" (the fixed shapes refused)."""
-        from .lm_side import LanguageModelSide
-
         lengths = past_lengths(view)
-        why = "it needs a transformers decoder adapter" if not isinstance(self.adapter, LanguageModelSide) else None
-        why = why or static_prefill_refusal(self.adapter, embeds, lengths)
+        why = static_prefill_refusal(self.adapter, embeds, lengths)
         if why is not None:
             self.adapter.extend(embeds, positions, view)
             return f"eager: no {self.path} prefill, {why}"
