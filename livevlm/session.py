@@ -39,6 +39,7 @@ from .guards import check_pts
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, check_adapter, load_model
+from .models.devices import upload
 from .models.graphed_encode import EAGER_FOR_ATTENTION, GraphedEncode
 from .models.static_decode import DecodeBuffers
 from .models.static_prefill import ChunkPrefill
@@ -100,7 +101,6 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         self._grid_hw: tuple[int, int] = (0, 0)
         self._no_tokens: torch.Tensor | None = None  # (0, D): the embeds of a patch skipped before the ViT
         self._max_position = -1  # the highest position of any visual token, kept or not
-        self._stored_end = 0  # one past the highest position stored in the KV context
         self._stand_ins = StandIns()  # which stored chunk stands for frames that stored nothing (within=)
         self._stats = SessionStats()
         self._ingestor: Any = None
@@ -171,10 +171,9 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
     def _skip(self, frames: list[Frame], index: int) -> VisualChunk:
         """A patch the pruner refused before the encoder: its positions advance the stream, nothing is stored."""
         h, w = self._grid_hw
-        positions = self.adapter.video_positions(
-            replace(self._place0, index=index, start=self._max_position + 1), h, w
-        )
-        self._max_position = max(self._max_position, int(positions.max()))
+        on_host = self.adapter.video_positions(replace(self._place0, index=index, start=self._max_position + 1), h, w)
+        self._max_position = max(self._max_position, int(on_host.max()))
+        positions = upload(on_host, self.adapter.device)
         self._stand_ins.skipped(tuple(f.pts_seconds for f in frames))
         self._stats.chunks += 1
         self._chunk_done.notify_all()
@@ -199,7 +198,6 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         else:
             self.adapter.extend(embeds, positions, view)
         self._kv.commit(view, int(embeds.shape[0]), **commit)
-        self._stored_end = max(self._stored_end, int(positions.max()) + 1)
         s = self._stats
         s.seconds.prefill += time.perf_counter() - start
         say_when_past_context(s.kv_tokens, self._kv.stats.tokens, self.adapter.max_context, self._kv.name)
@@ -298,12 +296,15 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
         h, w = self.adapter.merged_grid(grid)
         place = replace(self._place0, index=index, start=first)
         before, after = self.adapter.chunk_text_ids(place, tuple(f.pts_seconds for f in frames))
-        positions = self.adapter.video_positions(replace(place, start=first + len(before)), h, w)
+        on_host = self.adapter.video_positions(replace(place, start=first + len(before)), h, w)
+        positions = upload(on_host, self.adapter.device)  # the host reads its copy, never the device's
+        last = int(on_host.max()) if on_host.numel() else -1
         text = None
         if before or after:
-            after_start = int(positions.max()) + 1 if positions.numel() else first + len(before)
+            after_start = last + 1 if on_host.numel() else first + len(before)
             text = ChunkText(self.adapter.embed_ids(before), self.adapter.text_positions(first, len(before)),
                              self.adapter.embed_ids(after), self.adapter.text_positions(after_start, len(after)))
+            last = max(last, after_start + len(after) - 1) if after else last
         chunk = VisualChunk(
             embeds=embeds.to(self.adapter.dtype),
             positions=positions,
@@ -313,6 +314,7 @@ class Session(QuestionsMixin, SourcesMixin, StandingMixin, SnapshotMixin):
             changed=changed,
             text=text,
             attention=attention,
+            known_last=last,
         )
         with self._lock:
             self._grid_hw = chunk.grid_thw[1:]

@@ -151,7 +151,8 @@ def _check_types(config: SessionConfig) -> None:
 
 @dataclass
 class StageSeconds:
-    """Wall time spent per stage since the session started."""
+    """Wall time spent per stage since the session started: on a GPU, the host's time to queue the stage's work
+    (ingestion does not wait for the device; `benchmarks/gpu.py` times the GPU's share with CUDA events)."""
 
     vit: float = 0.0
     prefill: float = 0.0

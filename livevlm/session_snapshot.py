@@ -94,7 +94,7 @@ class SnapshotMixin:
             "pending": [_frame_state(f) for f in s._pending],
             "latest": _frame_state(s._latest) if s._latest is not None else None,
             "frame_shape": s._frame_shape, "size": s._size, "grid_hw": s._grid_hw,
-            "max_position": s._max_position, "stored_end": s._stored_end, "prompt_ids": s._prompt_ids,
+            "max_position": s._max_position, "prompt_ids": s._prompt_ids,
             "place0": dataclasses.astuple(s._place0), "stand_ins": s._stand_ins.state_dict(),
             "stats": {**stats, "seconds": dataclasses.asdict(s._stats.seconds)},
         }  # fmt: skip
@@ -120,7 +120,7 @@ class SnapshotMixin:
         s._frame_shape = tuple(st["frame_shape"]) if st["frame_shape"] is not None else None
         s._size = tuple(st["size"]) if st["size"] is not None else None
         s._grid_hw = tuple(st["grid_hw"])
-        s._max_position, s._stored_end = int(st["max_position"]), int(st["stored_end"])
+        s._max_position = int(st["max_position"])  # older snapshots also hold an unused "stored_end"
         s._prompt_ids = [int(i) for i in st["prompt_ids"]]
         s._place0 = ChunkPlace(*st["place0"])
         s._stand_ins.load_state(st.get("stand_ins"))

@@ -6,6 +6,7 @@ would capture at all."""
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from typing import Any, Self
 
@@ -75,3 +76,50 @@ class HostWaits(TorchDispatchMode):
 
 def _bool_index(indices: Any) -> bool:
     return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices or ())
+
+
+class DeviceWaits(HostWaits):
+    """`HostWaits` for whole loops on CPU standing in for a GPU: counts only the waits on what would live on the
+    device there — the model's weights, what `livevlm.models.devices.upload` sent, and everything computed from
+    either — so a host-side read (`int(positions.max())` of ids built on the host) is not counted and a read of
+    a feature, a score or a device position is. Not seen: tensors made on the device by factory ops
+(`torch.arange(..., device=)`) or from host data (`torch.tensor(..., device=)`: a waiting copy; `upload` it)."""
+
+    def __init__(self, *modules: torch.nn.Module) -> None:
+        super().__init__()
+        self._device: dict[int, dict[int, weakref.ref]] = {}  # storage address -> the tensors marked on it
+        for module in modules:
+            for t in (*module.parameters(), *module.buffers()):
+                self.mark(t)
+
+    def mark(self, t: torch.Tensor) -> torch.Tensor:
+        """Treat `t` (and the views of its storage made from it) as device memory."""
+        self._device.setdefault(t.untyped_storage().data_ptr(), {})[id(t)] = weakref.ref(t)
+        return t
+
+    def _on_device(self, t: Any) -> bool:
+        """A tensor on a marked storage that some marked tensor still holds (a freed address reused by host data
+        is not device memory)."""
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            return False
+        marked = self._device.get(t.untyped_storage().data_ptr(), {})
+        return any(ref() is not None for ref in marked.values())
+
+    def _counting(self, name: str, method: Any) -> Any:
+        def counted(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if self._on_device(tensor):
+                self.found[name] += 1
+            return method(tensor, *args, **kwargs)
+
+        return counted
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if not any(self._on_device(t) for t in tensors):  # host data only: nothing waits
+            return func(*args, **kwargs)
+        out = HostWaits.__torch_dispatch__(self, func, types, args, kwargs)
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.mark(t)
+        return out

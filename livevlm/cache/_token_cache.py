@@ -49,7 +49,7 @@ import torch
 
 from ..errors import ConfigError
 from ..records import VisionEncoder
-from ._change import relative_change, row_norms
+from ._change import ChunkTests, chunk_tests, relative_change, row_norms, select_tokens
 from ._fixed_recompute import FixedRecompute
 from .vit_cache import FeatureCacheBase, ViTCacheConfig
 
@@ -123,15 +123,6 @@ class _Backoff:
     """The last dense chunk's patch embedding (what the probe after a backoff compares with)."""
 
 
-def select_tokens(change: torch.Tensor, threshold: float, cap: int) -> torch.Tensor:
-    """Rows whose change exceeds `threshold`, at most `cap` of them (the largest), in ascending order."""
-    over = change > threshold
-    count = int(over.sum())
-    if count <= cap:
-        return over.nonzero()[:, 0]
-    return torch.topk(change, cap).indices.sort().values
-
-
 class TokenRecomputeCache(FeatureCacheBase):
     """Per-stream partial ViT recompute against per-token, per-block reference state."""
 
@@ -163,9 +154,9 @@ class TokenRecomputeCache(FeatureCacheBase):
         layout = ref.layout if same_grid else self.runner.layout(grid)
         x0 = self._detect_embed(pixels, layout)
         moved = self._moved(x0, layout) if same_grid and c.threshold > 0 else None
-        reason = self._refresh_reason(grid, x0, moved)
-        spread = moved is not None and bool((moved > c.threshold).float().mean() > c.pan_fraction)
-        busy = reason == "cut" or spread
+        tests = self._tests(x0, moved) if moved is not None else None
+        reason = self._refresh_reason(grid, tests)
+        busy = reason == "cut" or (tests is not None and tests.spread)
         pan.busy = pan.busy + 1 if busy else 0
         if pan.busy >= 2 and c.backoff:  # nearly everything moved twice in a row: a pan, back off
             pan.length = min(2 * pan.length, c.backoff_max) if pan.length else c.backoff
@@ -243,26 +234,26 @@ class TokenRecomputeCache(FeatureCacheBase):
         assert ref is not None
         return relative_change(x0 - ref.inputs[0], ref.norms[0])
 
-    def _refresh_reason(
-        self, grid: tuple[int, int, int], x0: torch.Tensor, moved: torch.Tensor | None
-    ) -> str | None:
+    def _tests(self, x0: torch.Tensor, moved: torch.Tensor) -> ChunkTests:
+        ref = self._ref
+        assert ref is not None
+        return chunk_tests(self.config, moved, relative_change(x0 - ref.embed_at_refresh, ref.refresh_norms))
+
+    def _refresh_reason(self, grid: tuple[int, int, int], tests: ChunkTests | None) -> str | None:
         ref, c = self._ref, self.config
         if ref is None:
             return "start"
         if ref.grid != grid:
             return "grid"
-        if c.threshold == 0 or moved is None:  # lossless: all that is not bit-identical is encoded in full
+        if c.threshold == 0 or tests is None:  # lossless: all that is not bit-identical is encoded in full
             return "changed"
-        if (moved > c.cut_change).float().mean() > c.cut_fraction:
+        if tests.cut:
             return "cut"
         if self._pan.pixels is not None:  # the probe after a backoff found reuse: the reference is stale
             return "resume"
         if c.max_age and ref.age >= c.max_age:
             return "age"
-        drift = relative_change(x0 - ref.embed_at_refresh, ref.refresh_norms) > c.threshold
-        if drift.float().mean() > c.drift_limit:
-            return "drift"
-        return None
+        return "drift" if tests.drift else None
 
     def _full(
         self, pixels: torch.Tensor, grid: tuple[int, int, int], layout: Any, x0: torch.Tensor, reason: str

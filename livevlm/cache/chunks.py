@@ -57,7 +57,8 @@ class ChunkStore:
         if self.summaries is not None:  # its open block takes at most a quarter of the host budget
             self.summaries.block = block_for(tiers.cpu_bytes, self.summaries.row_bytes)
         self._warned_host = False
-        self.novelty = array("d")  # per chunk: how much it differs from the chunk before (scoring.novelty)
+        self._novelty = array("d")  # per chunk: how much it differs from the chunk before (scoring.novelty)
+        self._novelty_due: list[torch.Tensor] = []  # the newest chunks' scores, still on the device
         self.alive = bytearray()  # per chunk: 1 while some tier holds its dense KV
         self._last_values: torch.Tensor | None = None
         self.bytes = {"device": 0, "cpu": 0, "disk": 0}
@@ -75,6 +76,16 @@ class ChunkStore:
         with self.lock:
             self.bytes["device"] += nbytes
             self._enforce()
+
+    @property
+    def novelty(self) -> array:
+        """Per chunk: how much it differs from the chunk before (`scoring.novelty`); the scores still on the
+        device are read in one go (once per question, not once per chunk)."""
+        with self.lock:
+            if self._novelty_due:
+                self._novelty.extend(torch.stack(self._novelty_due).tolist())
+                self._novelty_due.clear()
+            return self._novelty
 
     def shape(self, tokens: int) -> tuple[int, ...]:
         layers, heads, dim = self.layout
@@ -94,7 +105,7 @@ class ChunkStore:
                     row = torch.cat([row, representative_keys(kv[:, 0], self.key_reps)], 1)
                 self.summaries.append(row)
             values = kv[:, 1]
-            self.novelty.append(novelty(values, self._last_values))
+            self._novelty_due.append(novelty(values, self._last_values))  # read with the next ones, when needed
             self.alive.append(1)
             self._last_values = values
             self._enforce()
@@ -199,7 +210,7 @@ class ChunkStore:
             self.summaries.load_state(state["summaries"], self._disk_tier)
         self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
         self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
-        self.novelty = array("d", [0.0] * base + [float(x) for x in state["novelty"]])
+        self._novelty, self._novelty_due = array("d", [0.0] * base + [float(x) for x in state["novelty"]]), []
         self.alive = bytearray(rec.tier != "dropped" for rec in self.records)
         last = state["last_values"]
         self._last_values = last.to(self.device) if last is not None else None

@@ -67,16 +67,17 @@ def representative_keys(keys: torch.Tensor, count: int) -> torch.Tensor:
     return reps.permute(0, 2, 1, 3)
 
 
-def novelty(values: torch.Tensor, previous: torch.Tensor | None) -> float:
+def novelty(values: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
     """How much a chunk differs from the one before it, in [0, 2]: 1 - cosine of their values at the same token
-    position (max over tokens; averaged over layers and heads), or of their mean values when sizes differ."""
+    position (max over tokens; averaged over layers and heads), or of their mean values when sizes differ.
+    A 0-dim float32 tensor on the values' device (read on the host when needed: on a GPU a read waits)."""
     if previous is None:
-        return 1.0
+        return torch.ones((), device=values.device)
     a, b = values.float(), previous.float()  # (layers, kv_heads, tokens, dim)
     if a.shape != b.shape:
         a, b = a.mean(2, keepdim=True), b.mean(2, keepdim=True)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)  # (layers, heads, tokens)
-    return float((1 - cos.mean((0, 1))).max())
+    return (1 - cos.mean((0, 1))).max()
 
 
 def chunk_relevance(queries: torch.Tensor, rows: torch.Tensor, kv_heads: int, reps: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 from ..errors import ModelLoadError
 from ..records import VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
+from .devices import upload
 from .lm_side import LanguageModelSide, LinearPositions
 from .loading import processor_config
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize_normalize
@@ -69,7 +70,7 @@ class LlavaOnevisionAdapter(LinearPositions, LanguageModelSide):
 
     def preprocess(self, frames: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """One frame (1, H, W, 3) uint8 -> ((1, 3, S, S) normalized pixels on the device, patch grid (1, g, g))."""
-        return resize_normalize(frames, self.size, self.image_mean, self.image_std).to(self.device), self.grid
+        return upload(resize_normalize(frames, self.size, self.image_mean, self.image_std), self.device), self.grid
 
     def merged_grid(self, grid: tuple[int, int, int]) -> tuple[int, int]:
         return self.pooled
@@ -123,8 +124,8 @@ class LlavaOnevisionAdapter(LinearPositions, LanguageModelSide):
     def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
         """Token embeddings; a video placeholder id becomes the model's learned `image_newline`."""
         embeds = super().embed_ids(ids)
-        newline = torch.tensor(list(ids), device=self.device) == self.video_token_id
-        if bool(newline.any()):
+        rows = [j for j, i in enumerate(ids) if i == self.video_token_id]  # read on the host: no device sync
+        if rows:
             embeds = embeds.clone()
-            embeds[newline] = self.model.model.image_newline.to(embeds.dtype)
+            embeds[upload(torch.tensor(rows), self.device)] = self.model.model.image_newline.to(embeds.dtype)
         return embeds

@@ -15,6 +15,7 @@ import torch
 
 from ..kernels.attention import sdpa_backends
 from ..records import KVLayout
+from .devices import upload
 from .query_probe import enable_query_probe, probe_queries
 
 
@@ -77,7 +78,7 @@ class LanguageModelSide:
 
     def embed_ids(self, ids: Sequence[int]) -> torch.Tensor:
         with torch.inference_mode():
-            return self._embed(torch.tensor(list(ids), dtype=torch.long, device=self.device))
+            return self._embed(upload(torch.tensor(list(ids), dtype=torch.long), self.device))
 
     def decode_text(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -150,8 +151,8 @@ class LinearPositions:
     device: torch.device
 
     def video_positions(self, place: Any, h: int, w: int) -> torch.Tensor:
-        """(1, h*w) positions of a chunk's visual tokens, from `place.start`."""
-        return torch.arange(place.start, place.start + h * w, device=self.device)[None]
+        """(1, h*w) positions of a chunk's visual tokens, from `place.start` (on the host)."""
+        return torch.arange(place.start, place.start + h * w)[None]
 
     def text_positions(self, start: int, count: int) -> torch.Tensor:
         return torch.arange(start, start + count, device=self.device)[None]

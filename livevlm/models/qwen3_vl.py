@@ -31,6 +31,7 @@ import torch
 
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
+from .devices import upload
 from .lm_side import LanguageModelSide
 from .loading import processor_config
 from .preprocess import MAX_ASPECT, VisionGeometry, aspect_error, frames_to_patches
@@ -117,7 +118,7 @@ class Qwen3VLAdapter(LanguageModelSide):
 
     def preprocess(self, frames: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
         pixels, grid = frames_to_patches(frames, self.geometry, size=size)
-        return pixels.to(self.device), (int(grid[0]), int(grid[1]), int(grid[2]))
+        return upload(pixels, self.device), (int(grid[0]), int(grid[1]), int(grid[2]))
 
     def merged_grid(self, grid: tuple[int, int, int]) -> tuple[int, int]:
         return grid[1] // self.merge, grid[2] // self.merge
@@ -150,8 +151,7 @@ class Qwen3VLAdapter(LanguageModelSide):
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
         """(3, h*w): (s, s + row, s + col) from the chunk's first position s, as HF's get_rope_index."""
         hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        pos = torch.stack([torch.zeros(h * w, dtype=torch.long), hh.reshape(-1), ww.reshape(-1)]) + place.start
-        return pos.to(self.device)
+        return torch.stack([torch.zeros(h * w, dtype=torch.long), hh.reshape(-1), ww.reshape(-1)]) + place.start
 
     def text_positions(self, start: int, count: int) -> torch.Tensor:
         return torch.arange(start, start + count, device=self.device).expand(3, -1)

@@ -14,6 +14,7 @@ import torch
 
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
+from .devices import upload
 from .lm_side import LanguageModelSide
 from .preprocess import VisionGeometry, frames_to_patches, target_size
 
@@ -68,7 +69,7 @@ class QwenVLAdapter(LanguageModelSide):
         pixels, grid = frames_to_patches(frames, self.geometry, size=size)
         if grid[0] != 1:
             raise ValueError(f"one chunk is one temporal patch, got grid {grid}")
-        return pixels.to(self.device), (int(grid[0]), int(grid[1]), int(grid[2]))
+        return upload(pixels, self.device), (int(grid[0]), int(grid[1]), int(grid[2]))
 
     def merged_grid(self, grid: tuple[int, int, int]) -> tuple[int, int]:
         return grid[1] // self.merge, grid[2] // self.merge
@@ -115,11 +116,10 @@ class QwenVLAdapter(LanguageModelSide):
         return self._vision_runner
 
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
-        """(3, h*w) M-RoPE ids of chunk `place.index`: the same values HF's get_rope_index gives it."""
+        """(3, h*w) M-RoPE ids of chunk `place.index` (on the host): the same values HF's get_rope_index gives it."""
         t = (torch.tensor(place.index) * self.time_interval(place.seconds_per_chunk)).long()
         hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        pos = torch.stack([t.expand(h * w), hh.reshape(-1), ww.reshape(-1)]) + place.offset
-        return pos.to(self.device)
+        return torch.stack([t.expand(h * w), hh.reshape(-1), ww.reshape(-1)]) + place.offset
 
     def text_positions(self, start: int, count: int) -> torch.Tensor:
         """(3, count) M-RoPE ids of text tokens: the same id on t, h and w, counting up from `start`."""

@@ -25,6 +25,7 @@ from ..errors import ModelLoadError
 from ..kernels.varlen_attention import VARLEN, vision_choice
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
+from .devices import upload
 from .lm_side import LanguageModelSide, LinearPositions
 from .loading import processor_config
 from .preprocess import _check_frames, resize_normalize
@@ -109,7 +110,7 @@ class SmolVLMAdapter(LinearPositions, LanguageModelSide):
         _check_frames(frames)
         first = longest_edge_size(*frames.shape[1:3], self.first_edge)
         frames = resize_frames(resize_frames(frames, first, self.resample), self.size, self.resample)
-        return resize_normalize(frames, self.size, self.image_mean, self.image_std).to(self.device), self.grid
+        return upload(resize_normalize(frames, self.size, self.image_mean, self.image_std), self.device), self.grid
 
     def merged_grid(self, grid: tuple[int, int, int]) -> tuple[int, int]:
         return self.shuffled

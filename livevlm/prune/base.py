@@ -172,7 +172,7 @@ class BasePruner:
             changed = chunk.changed[keep] if chunk.changed is not None else None
             kept = replace(
                 chunk, embeds=embeds, positions=chunk.positions[:, keep], changed=changed, kept_index=keep,
-                attention=None,
+                attention=None, known_last=None,  # the kept rows' highest position is read from them
             )
         s = self.stats
         s.chunks += 1

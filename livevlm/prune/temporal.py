@@ -80,19 +80,18 @@ class TemporalPruner(BasePruner):
             self._ref = torch.zeros_like(x)
             self._has_ref = torch.zeros(n, dtype=torch.bool, device=dev)
         has_ref = self._has_ref
-        sim = torch.ones(n, device=dev)
+        # masks by arithmetic, not boolean indexing: on a GPU an index by a mask waits for the device
         reused = has_ref & ~chunk.changed if chunk.changed is not None else torch.zeros_like(has_ref)
         compare = has_ref & ~reused
-        sim[compare] = (x[compare] * self._ref[compare]).sum(-1)
-        drop = torch.zeros(n, dtype=torch.bool, device=dev)
-        if self.config.drop_reused:
-            drop |= reused
+        sim = torch.where(compare, (x * self._ref).sum(-1), 1.0)
+        drop = reused if self.config.drop_reused else torch.zeros_like(has_ref)
         if self.config.threshold is not None:
-            drop |= has_ref & (sim >= self.config.threshold)
+            drop = drop | (has_ref & (sim >= self.config.threshold))
         new_score = 1.0 - x @ unit_rows(x.mean(0, keepdim=True))[0]  # spatial saliency where nothing was kept
-        score = torch.where(has_ref, 1.0 - sim, new_score)
-        score[drop] = float("-inf")
-        keep = top_k(score, min(k, int((~drop).sum())))
+        score = torch.where(has_ref, 1.0 - sim, new_score).masked_fill_(drop, float("-inf"))
+        droppable = (self.config.drop_reused and chunk.changed is not None) or self.config.threshold is not None
+        left = int((~drop).sum()) if droppable else n  # the kept count sizes the chunk: one read, when it varies
+        keep = top_k(score, min(k, left))
         self._ref[keep] = x[keep]
         has_ref[keep] = True
         return keep
