@@ -23,7 +23,6 @@ from livevlm.prune import parse_prune_spec
 from livevlm.stream import read_frames
 
 SMALL = 64 * 28 * 28
-FIXED_PREFILL = [f for f in TINY_FAMILIES if f != "qwen3_vl"]  # Qwen3-VL prefills eagerly (DeepStack by a mask)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,7 @@ def test_upload_off_cuda_is_to():
     assert devices.upload(t, torch.device("cpu")) is t
 
 
-@pytest.mark.parametrize("family", FIXED_PREFILL)
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_an_uncompressed_chunk_never_waits_for_the_device(adapters, frames, family, waits, monkeypatch):
     """Pixels and positions go up without a wait, the highest position is read from the host's copy, and the
     fixed-shape prefill reads nothing: a chunk of the plain loop issues no wait at all."""

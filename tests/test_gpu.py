@@ -285,7 +285,7 @@ def test_an_attention_guided_pruner_encodes_eagerly_under_encode_graph(cuda_adap
     session.close()
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
 @pytest.mark.parametrize(
     "kv", ["full", BilevelConfig(window=1, top_k=1, memory=1)], ids=["full", "bilevel-one-pass-unequal-layers"]
 )

@@ -117,7 +117,7 @@ def test_the_fixed_decode_step_never_waits_for_the_device(adapters, frames, fami
     assert all(not found for found in calls), calls
 
 
-@pytest.mark.parametrize("family", [f for f in TINY_FAMILIES if f != "qwen3_vl"])  # refused: DeepStack inputs
+@pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize("kv", ["full", BilevelConfig(window=1, top_k=2, memory=1)], ids=["full", "bilevel"])
 def test_the_fixed_chunk_prefill_never_waits_for_the_device(adapters, frames, family, kv, monkeypatch):
     calls = record_waits(monkeypatch, StaticPrefill)

@@ -1,8 +1,8 @@
 """Fixed-shape chunk prefills (`SessionConfig(prefill="static")`, the CPU half of the CUDA-graph prefill): a
 chunk's tokens and its view's past copied into buffers of a few bucketed sizes, pad rows and columns masked out.
 The store must end with the KV of the usual prefill (to rounding) and answers must be token-equal, on every
-family and KV policy; a family the fixed shapes cannot take (Qwen3-VL's DeepStack inputs) prefills as usual and
-says why. The CUDA-graph replay is tested in tests/test_gpu.py; its capturability in test_graph_capturable.py."""
+family and KV policy (Qwen3-VL's DeepStack features ride in the embeddings buffer and are added after the first
+layers by hooks, no mask). The CUDA-graph replay is tested in tests/test_gpu.py; its capturability in test_graph_capturable.py."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ from livevlm.stream import read_frames
 
 SMALL = 16 * 28 * 28  # 16 visual tokens per chunk
 QUESTION = "Describe the video."
-QWEN3_REFUSAL = ("eager: no static prefill, it needs a chunk to enter the decoder as embeddings alone (this model "
-                 "adds extra inputs)")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,7 @@ def test_static_prefill_answers_the_tokens_of_the_usual_prefill(adapters, frames
         usual, eager = run(adapter, frames, "eager", kv=kv)
         fixed, static = run(adapter, frames, "static", kv=kv)
         chunks = static.stats.chunks
-        expected = {QWEN3_REFUSAL if family == "qwen3_vl" else "static": chunks}
+        expected = {"static": chunks}
         assert eager.stats.prefills_by_path == {} and static.stats.prefills_by_path == expected, family
         assert len(usual) == 12 and fixed == usual, family
         assert static.stats.kv_tokens == eager.stats.kv_tokens and static.stats.kv_bytes == eager.stats.kv_bytes
@@ -218,3 +216,34 @@ def test_a_size_wavering_across_a_boundary_settles_in_the_larger_bucket():
         kept = keep_buckets(kept, key, key)
     assert built == [(64, 256), (96, 320)] and list(kept) == [(96, 320)]
     assert fitting_bucket(OrderedDict([((32, 384), 1)]), 10, 200) == (32, 256)  # two steps up: not used
+
+
+def test_layer_additions_add_per_thread_and_only_within():
+    """Qwen3-VL's DeepStack features go in by hooks on the decoder's first layers: inside `adding` the thread's
+    features are added, outside (or in another thread meanwhile) the layers run as they are."""
+    import threading
+
+    from livevlm.models.layer_additions import LayerAdditions
+
+    layers = [torch.nn.Identity(), torch.nn.Identity(), torch.nn.Identity()]
+    additions = LayerAdditions(layers)
+    x = torch.zeros(1, 3, 4)
+    features = torch.arange(3 * 2 * 4, dtype=torch.float32).reshape(3, 2, 4)  # (n, k=2, hidden)
+    seen: dict[str, torch.Tensor] = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def other() -> None:
+        inside.wait()
+        seen["other"] = layers[0](x)  # while the main thread is within `adding`
+        release.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with additions.adding(features):
+        outs = [layer(x) for layer in layers]
+        inside.set()
+        release.wait(10)
+    thread.join()
+    assert torch.equal(outs[0][0], features[:, 0]) and torch.equal(outs[1][0], features[:, 1])
+    assert torch.equal(outs[2], x)  # only the first k layers
+    assert torch.equal(seen["other"], x) and torch.equal(layers[0](x), x)

@@ -16,6 +16,7 @@ import torch
 from ..kernels.attention import sdpa_backends
 from ..records import KVLayout
 from .devices import upload
+from .layer_additions import ADDED_PER_LAYER, LayerAdditions
 from .query_probe import enable_query_probe, probe_queries
 
 
@@ -136,8 +137,20 @@ class LanguageModelSide:
         inputs, extra = self._decoder_inputs(embeds)
         extra[self._cache_kwarg] = cache
         with sdpa_backends(self.device):  # on CUDA no cuDNN SDPA: it plans every new context length
-            out = self._lm(inputs_embeds=inputs, position_ids=self._position_ids(positions), use_cache=True, **extra)
+            out = self._decoder(inputs, extra, position_ids=self._position_ids(positions), use_cache=True)
         return out.last_hidden_state[0]
+
+    def _decoder(self, inputs: torch.Tensor, extra: dict[str, Any], **kwargs: Any) -> Any:
+        """The decoder over `inputs_embeds=inputs` with `_decoder_inputs`' extra inputs: features added after
+        its first layers (`layer_additions`) through hooks, the rest as keyword arguments."""
+        added = extra.pop(ADDED_PER_LAYER, None)
+        if added is None:
+            return self._lm(inputs_embeds=inputs, **extra, **kwargs)
+        additions = getattr(self, "_additions", None)
+        if additions is None:
+            additions = self._additions = LayerAdditions(list(self._lm.layers)[: added.shape[1]])
+        with additions.adding(added):
+            return self._lm(inputs_embeds=inputs, **extra, **kwargs)
 
     def answer_ids(self, text: str) -> list[int]:
         """Token ids of `text` as the start of an answer, ended by the end-of-turn token (for scoring)."""

@@ -12,8 +12,9 @@ timestamps between frames.
 - DeepStack: the tower also returns k features per token (from intermediate blocks) that the decoder adds to
   the hidden states of the visual tokens after its first k layers. We pack them as extra columns of the
   chunk's embeds, (N, D * (1 + k)), so every pruner keeps (and a merging pruner merges) them with the same index
-  as the main features; `_decoder_inputs` unpacks them. Text has no extra columns (zero padding where text sits
-  in a chunk), so nothing is added there, as in HF.
+  as the main features; `_decoder_inputs` unpacks them and hooks add them after those layers to every row
+  (`layer_additions`: HF picks the visual rows by a boolean mask, a device wait). Text has no extra columns
+  (zero padding where text sits in a chunk), so nothing is added there, as in HF.
 - Frames: the HF processor's budget (`size.shortest_edge / longest_edge`) is for a whole clip; a live stream's
   length is unknown, so a chunk is sized as the processor sizes a clip of one temporal patch (per-frame bounds,
   like every family's `min_pixels` / `max_pixels`, are half the checkpoint's clip budget).
@@ -32,6 +33,7 @@ import torch
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
 from .devices import upload
+from .layer_additions import ADDED_PER_LAYER
 from .lm_side import LanguageModelSide
 from .loading import processor_config
 from .preprocess import MAX_ASPECT, VisionGeometry, aspect_error, frames_to_patches
@@ -165,12 +167,8 @@ class Qwen3VLAdapter(LanguageModelSide):
         if embeds.shape[-1] == self.hidden:
             return embeds[None], {}
         n = embeds.shape[0]
-        extra = embeds[:, self.hidden :].reshape(n, self.deepstack, self.hidden)
-        mask = torch.ones(1, n, dtype=torch.bool, device=embeds.device)
-        return embeds[None, :, : self.hidden], {
-            "visual_pos_masks": mask,
-            "deepstack_visual_embeds": list(extra.unbind(1)),
-        }
+        added = embeds[:, self.hidden :].reshape(n, self.deepstack, self.hidden)  # every row: no mask to pick them
+        return embeds[None, :, : self.hidden], {ADDED_PER_LAYER: added}
 
     # -- text -----------------------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:

@@ -108,8 +108,8 @@ class StaticDecode:
         inputs, extra = adapter._decoder_inputs(adapter._embed(self.token))
         extra[adapter._cache_kwarg] = self.cache
         with sdpa_backends(self.at.device), layer_masks(self.masks):
-            out = adapter._lm(inputs_embeds=inputs, position_ids=adapter._position_ids(self.positions),
-                              attention_mask=self.masks[0], use_cache=True, **extra)  # fmt: skip
+            out = adapter._decoder(inputs, extra, position_ids=adapter._position_ids(self.positions),
+                                   attention_mask=self.masks[0], use_cache=True)  # fmt: skip
         self.at.add_(1)
         return adapter._lm_head(out.last_hidden_state[0, -1]).float()
 

@@ -35,6 +35,7 @@ from .fixed_shapes import (
     keep_buckets,
     past_lengths,
 )
+from .layer_additions import ADDED_PER_LAYER
 
 
 def static_prefill_refusal(adapter: Any, embeds: torch.Tensor, lengths: list[int]) -> str | None:
@@ -42,7 +43,7 @@ def static_prefill_refusal(adapter: Any, embeds: torch.Tensor, lengths: list[int
     if len(set(lengths)) > 1:  # no store hands out such an ingestion view (the decoder's one mask could not serve)
         return "it needs every layer of the view to hold the same past"
     why = fixed_shape_refusal(adapter, lengths, "the view's")
-    if why is None and adapter._decoder_inputs(embeds[:1])[1]:
+    if why is None and set(adapter._decoder_inputs(embeds[:1])[1]) - {ADDED_PER_LAYER}:  # added features: buffered
         return "it needs a chunk to enter the decoder as embeddings alone (this model adds extra inputs)"
     return why
 
@@ -95,8 +96,8 @@ class StaticPrefill:
         inputs, extra = adapter._decoder_inputs(self.embeds)
         extra[adapter._cache_kwarg] = self.cache
         with sdpa_backends(self.at.device):
-            adapter._lm(inputs_embeds=inputs, position_ids=adapter._position_ids(self.positions),
-                        attention_mask=self.mask, use_cache=True, **extra)  # fmt: skip
+            adapter._decoder(inputs, extra, position_ids=adapter._position_ids(self.positions),
+                             attention_mask=self.mask, use_cache=True)  # fmt: skip
 
 
 class ChunkPrefill:
