@@ -38,8 +38,8 @@ from .errors import ConfigError, FrameError, SessionClosedError
 from .guards import check_pts
 from .kernels import backend as kernel_backends
 from .kernels.attention import model_attention
+from .kernels.transfer import upload
 from .models import ChunkPlace, VideoLMAdapter, VisualChunk, check_adapter, load_model
-from .models.devices import upload
 from .models.graphed_encode import EAGER_FOR_ATTENTION, GraphedEncode
 from .models.static_decode import DecodeBuffers
 from .models.static_prefill import ChunkPrefill

@@ -80,7 +80,7 @@ def _bool_index(indices: Any) -> bool:
 
 class DeviceWaits(HostWaits):
     """`HostWaits` for whole loops on CPU standing in for a GPU: counts only the waits on what would live on the
-    device there — the model's weights, what `livevlm.models.devices.upload` sent, and everything computed from
+    device there — the model's weights, what `livevlm.kernels.transfer.upload` sent, and everything computed from
     either — so a host-side read (`int(positions.max())` of ids built on the host) is not counted and a read of
     a feature, a score or a device position is. Not seen: tensors made on the device by factory ops
 (`torch.arange(..., device=)`) or from host data (`torch.tensor(..., device=)`: a waiting copy; `upload` it)."""

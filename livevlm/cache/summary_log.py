@@ -14,6 +14,7 @@ each run of `SUMMARY_BLOCK` rows on disk is rewritten as one extent (`Packed`), 
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,6 +22,7 @@ import torch
 
 from ..errors import OutputError
 from ..kernels.quant import from_bytes, to_bytes
+from ..kernels.transfer import download
 from ..records import Blob
 from .disk import DiskTier
 
@@ -60,6 +62,7 @@ class SummaryLog:
         self.count = 0
         self.ram_bytes = 0
         self.disk_bytes = 0
+        self._due: deque[tuple[int, torch.Tensor, Any]] = deque()  # rows copied up, not yet in their block
 
     def _shape(self, rows: int | None = None) -> tuple[int, ...]:
         layers, heads, dim = self.layout
@@ -71,6 +74,8 @@ class SummaryLog:
         return self._blocks_nbytes() // self.block
 
     def append(self, row: torch.Tensor) -> None:
+        """Add the next chunk's row; from a device it is copied up without a wait (`download`) and written into
+        its block when a read needs it (`_settle`): on a GPU a plain copy would wait for the chunk's prefill."""
         i = self.count % self.block
         if i == 0:
             self._blocks.append(torch.zeros(self._shape(1), dtype=self.dtype))
@@ -78,18 +83,30 @@ class SummaryLog:
         blk = self._blocks[-1]
         assert isinstance(blk, torch.Tensor)
         if i == blk.shape[3]:  # the open block is full below `block` rows: double it (amortised, not per row)
+            self._settle()
             grown = torch.zeros(self._shape(min(2 * i, self.block)), dtype=self.dtype)
             grown[:, :, :, :i] = blk
             self.ram_bytes += grown.nbytes - blk.nbytes
-            self._blocks[-1] = blk = grown
-        blk[:, :, :, i] = row.to("cpu", self.dtype)
+            self._blocks[-1] = grown
+        self._due.append((self.count, *download(row)))
         self.count += 1
+
+    def _settle(self, stop: int | None = None) -> None:
+        """Write the copied rows of chunks [0, stop) (all: None) into their blocks, each after its copy is done."""
+        while self._due and (stop is None or self._due[0][0] < stop):
+            index, host, copied = self._due.popleft()
+            if copied is not None:
+                copied.synchronize()
+            blk = self._blocks[index // self.block]
+            assert isinstance(blk, torch.Tensor)
+            blk[:, :, :, index % self.block] = host.to(self.dtype)
 
     def rows(self, start: int, stop: int, disk: DiskTier | None, layers: slice | None = None) -> torch.Tensor:
         """Index rows of chunks [start, stop) as one (layers, width, kv_heads, stop - start, head_dim) host tensor
         (zeros for forgotten chunks); `layers` (a step-1 slice) reads only those layers (a contiguous part of a
         spilled block or packed extent, each read once)."""
         start, stop = max(start, 0), min(stop, self.count)
+        self._settle(stop)
         first, last, _ = (layers or slice(None)).indices(self.layout[0])
         runs: list[list[Any]] = []  # [source tensor, first row, end row]: consecutive rows of one source merged
         extents: dict[int, torch.Tensor] = {}  # packed extents read by this call, by offset
@@ -139,6 +156,7 @@ class SummaryLog:
     def state_dict(self, disk: DiskTier | None) -> dict[str, Any]:
         """Blocks as host tensors (of the open last one a copy of its used rows only) or disk `Blob`s, the
         block size and the counters."""
+        self._settle()
         blocks: list[Any] = []
         packed = self._packed_reader(disk)
         for i, blk in enumerate(self._blocks):
@@ -171,6 +189,7 @@ class SummaryLog:
         """Take a `state_dict`'s blocks (its block size too: a snapshot of an older livevlm has 64-row blocks
         and a whole open one); the host bytes are counted from the tensors loaded."""
         self.block = int(state.get("block", SUMMARY_BLOCK))
+        self._due.clear()
         self._blocks = [
             None if b is None else disk().put(b.read()) if isinstance(b, Blob) else b.to("cpu", self.dtype)
             for b in state["blocks"]
@@ -186,6 +205,7 @@ class SummaryLog:
         spill file has a byte budget, whose oldest rows go block by block."""
         if self._on_disk >= len(self._blocks) - 1:
             return False
+        self._settle()
         blk = self._blocks[self._on_disk]
         assert isinstance(blk, torch.Tensor)
         self._blocks[self._on_disk] = disk.put(to_bytes(blk, 0))
@@ -231,6 +251,7 @@ class SummaryLog:
         """Give up the oldest block in the spill file (its chunks can no longer be scored or stood in for), or
         with `ram`, once none is there, the oldest full block in host RAM (a store with no room on disk);
         False when there is none."""
+        self._settle()
         blk = self._blocks[self.forgotten] if self.forgotten < self._on_disk else None
         if isinstance(blk, Packed):  # its extent goes whole: every block in it with it
             assert disk is not None and blk.slot == 0

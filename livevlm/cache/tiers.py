@@ -11,6 +11,7 @@ tier change and every load happens under the store's lock, so a question may rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -60,6 +61,8 @@ class ChunkRecord:
     """Device tier: the dense KV (layers, 2, kv_heads, tokens, head_dim)."""
     blob: torch.Tensor | None = field(default=None, repr=False)
     """Host tier: `to_bytes` of the KV."""
+    copied: Any = field(default=None, repr=False)
+    """A CUDA event the blob's copy from the device is done at (None: done); the host reads the blob after it."""
     offset: int = -1
     """Disk tier: offset of the blob in the spill file."""
     nbytes: int = 0

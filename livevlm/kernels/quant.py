@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from ._backend import use_triton
+from .transfer import upload
 
 
 def row_bytes(width: int, bits: int) -> int:
@@ -20,10 +21,17 @@ def row_bytes(width: int, bits: int) -> int:
 
 
 def to_bytes(kv: torch.Tensor, bits: int) -> torch.Tensor:
-    """`kv` as a flat uint8 host tensor: raw (bits=0) or [float32 (scale, min) per row | 8/4-bit codes]."""
+    """`kv` as a flat uint8 host tensor: raw (bits=0) or [float32 (scale, min) per row | 8/4-bit codes], computed
+    where `kv` lives (on a GPU, the GPU; `to_bytes_on_device` and `models.devices.download` copy it without
+    waiting)."""
+    return to_bytes_on_device(kv, bits).to("cpu")
+
+
+def to_bytes_on_device(kv: torch.Tensor, bits: int) -> torch.Tensor:
+    """`to_bytes`' flat uint8 tensor, on `kv`'s device."""
     if not bits:
-        return kv.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
-    rows = kv.detach().to("cpu", torch.float32).reshape(-1, kv.shape[-1])
+        return kv.detach().contiguous().view(-1).view(torch.uint8)
+    rows = kv.detach().to(torch.float32).reshape(-1, kv.shape[-1])
     lo = rows.amin(-1, keepdim=True)
     scale = ((rows.amax(-1, keepdim=True) - lo) / (2**bits - 1)).clamp_min(1e-12)
     codes = ((rows - lo) / scale).round_().clamp_(0, 2**bits - 1).to(torch.uint8)
@@ -40,13 +48,13 @@ def from_bytes(
 ) -> torch.Tensor:
     """The inverse of `to_bytes`: a tensor of `shape` and `dtype` on `device`."""
     if not bits:
-        return buf.view(dtype).view(tuple(shape)).to(device)
+        return upload(buf.view(dtype).view(tuple(shape)), device)
     device = torch.device(device)
     if use_triton(device):
         from ._triton_quant import dequantize_triton
 
-        return dequantize_triton(buf.to(device, non_blocking=True), shape, dtype, bits)
-    return dequantize_torch(buf, shape, dtype, bits).to(device)
+        return dequantize_triton(upload(buf, device), shape, dtype, bits)
+    return upload(dequantize_torch(buf, shape, dtype, bits), device)
 
 
 def dequantize_torch(buf: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, bits: int) -> torch.Tensor:

@@ -62,7 +62,7 @@ class VideoLMAdapter(Protocol):
     # positions: the only place they are built
     def video_positions(self, place: ChunkPlace, h: int, w: int) -> torch.Tensor:
         """(P, h*w) position ids of the visual tokens of the chunk at `place` (P = 3 for M-RoPE, 1 for 1-D), in
-        host memory: the session reads their highest value there and uploads them (`devices.upload`) without a
+        host memory: the session reads their highest value there and uploads them (`kernels.transfer.upload`) without a
         device sync."""
         ...
 

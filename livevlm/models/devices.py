@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..errors import ConfigError, DeviceUnavailableError
-
-if TYPE_CHECKING:
-    import torch
 
 
 def available_devices() -> list[str]:
@@ -57,16 +52,3 @@ def check_device(device: str) -> str:
         )
     return device
 
-
-def upload(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """`tensor` (host memory) on `device` without making the host wait for the device.
-
-    A plain `.to("cuda")` from pageable memory synchronises the stream after the copy: the host waits for every
-    kernel queued before it (the last chunk's prefill) and cannot prepare the next chunk meanwhile. Through
-    pinned memory the copy is queued like a kernel; PyTorch's pinned allocator keeps the block until the copy is
-    done. Elsewhere (cpu, or a tensor already on `device`) this is `.to(device)`."""
-    import torch
-
-    if torch.device(device).type != "cuda" or tensor.device.type != "cpu":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)

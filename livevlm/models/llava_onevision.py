@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import ModelLoadError
+from ..kernels.transfer import upload
 from ..records import VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
-from .devices import upload
 from .lm_side import LanguageModelSide, LinearPositions
 from .loading import processor_config
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize_normalize

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from ..kernels.attention import sdpa_backends
+from ..kernels.transfer import upload
 from ..records import KVLayout
-from .devices import upload
 from .layer_additions import ADDED_PER_LAYER, LayerAdditions
 from .query_probe import enable_query_probe, probe_queries
 

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..kernels.transfer import upload
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
-from .devices import upload
 from .layer_additions import ADDED_PER_LAYER
 from .lm_side import LanguageModelSide
 from .loading import processor_config

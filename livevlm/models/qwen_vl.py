@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..kernels.transfer import upload
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
-from .devices import upload
 from .lm_side import LanguageModelSide
 from .preprocess import VisionGeometry, frames_to_patches, target_size
 

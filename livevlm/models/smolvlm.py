@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelLoadError
+from ..kernels.transfer import upload
 from ..kernels.varlen_attention import VARLEN, vision_choice
 from ..records import ChunkPlace, VisionEncoder
 from .base import DEFAULT_SYSTEM_PROMPT
-from .devices import upload
 from .lm_side import LanguageModelSide, LinearPositions
 from .loading import processor_config
 from .preprocess import _check_frames, resize_normalize
