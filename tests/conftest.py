@@ -35,6 +35,16 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def every_tiny_checkpoint(tmp_path_factory) -> dict[str, str]:
+    """A tiny checkpoint of every supported family (`models.tiny.TINY_FAMILIES`), seeded; modules load their own
+    adapters from them (a module may change an adapter's attention function or wrap its methods)."""
+    from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("every-tiny-model")
+    return {f: str(build_tiny_checkpoint(root / f, f, seed=0)) for f in TINY_FAMILIES}
+
+
+@pytest.fixture(scope="session")
 def tiny_adapters(tiny_checkpoints):
     """Adapters loaded from the saved checkpoints with `livevlm.models.load_model` (the user's path)."""
     from livevlm.models import load_model

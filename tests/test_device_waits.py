@@ -21,7 +21,7 @@ from livevlm.cache import BilevelConfig, KVTiers
 from livevlm.cache.vit_cache import ViTCacheConfig
 from livevlm.kernels import transfer
 from livevlm.models import load_model
-from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
+from livevlm.models.tiny import TINY_FAMILIES
 from livevlm.prune import parse_prune_spec
 from livevlm.stream import read_frames
 
@@ -29,9 +29,8 @@ SMALL = 64 * 28 * 28
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("waits")
-    return {f: load_model(str(build_tiny_checkpoint(root / f, f, seed=0)), max_pixels=SMALL) for f in TINY_FAMILIES}
+def adapters(every_tiny_checkpoint) -> dict:
+    return {f: load_model(path, max_pixels=SMALL) for f, path in every_tiny_checkpoint.items()}
 
 
 @pytest.fixture(scope="module")

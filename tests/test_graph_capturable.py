@@ -20,16 +20,15 @@ from livevlm.cache.vit_cache import ViTCacheConfig
 from livevlm.models import load_model
 from livevlm.models.static_decode import StaticDecode
 from livevlm.models.static_prefill import StaticPrefill
-from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
+from livevlm.models.tiny import TINY_FAMILIES
 from livevlm.stream import read_frames
 
 SMALL = 64 * 28 * 28
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("capturable")
-    return {f: load_model(str(build_tiny_checkpoint(root / f, f, seed=0)), max_pixels=SMALL) for f in TINY_FAMILIES}
+def adapters(every_tiny_checkpoint) -> dict:
+    return {f: load_model(path, max_pixels=SMALL) for f, path in every_tiny_checkpoint.items()}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from livevlm import ConfigError, Session, SessionConfig
 from livevlm.cache import BilevelConfig
 from livevlm.models import load_model, static_prefill
 from livevlm.models.fixed_shapes import past_bucket, rows_bucket
-from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
 from livevlm.prune import TemporalConfig
 from livevlm.stream import read_frames
 
@@ -23,10 +22,9 @@ QUESTION = "Describe the video."
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
+def adapters(every_tiny_checkpoint) -> dict:
     """Every family, loaded here: the shared `tiny_adapters` may carry another attention function by now."""
-    root = tmp_path_factory.mktemp("static-prefill")
-    return {f: load_model(str(build_tiny_checkpoint(root / f, f, seed=0)), max_pixels=SMALL) for f in TINY_FAMILIES}
+    return {f: load_model(path, max_pixels=SMALL) for f, path in every_tiny_checkpoint.items()}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from livevlm import ConfigError, Session, SessionConfig
 from livevlm.cache.vit_cache import ViTCacheConfig, build_feature_cache
 from livevlm.models import load_model
 from livevlm.models.preprocess import frames_to_patches
-from livevlm.models.tiny import TINY_FAMILIES, build_tiny_checkpoint
+from livevlm.models.tiny import TINY_FAMILIES
 from livevlm.stream import read_frames
 
 SMALL = 64 * 28 * 28
@@ -30,9 +30,8 @@ def frames() -> list:
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("fixed-recompute")
-    return {f: load_model(str(build_tiny_checkpoint(root / f, f, seed=0)), max_pixels=SMALL) for f in TINY_FAMILIES}
+def adapters(every_tiny_checkpoint) -> dict:
+    return {f: load_model(path, max_pixels=SMALL) for f, path in every_tiny_checkpoint.items()}
 
 
 def pushed(adapter, frames, spec, restore_at: int | None = None, tmp=None) -> tuple[list, list, Session]:
