@@ -29,7 +29,7 @@ import torch
 
 from ..errors import OutputError
 from ..kernels.quant import from_bytes, to_bytes_on_device
-from ..kernels.transfer import download, upload
+from ..kernels.transfer import IN_FLIGHT, done, download, landed, upload
 from ..records import Blob
 from .disk import DiskTier
 from .scoring import novelty, representative_keys, top_salient
@@ -60,6 +60,7 @@ class ChunkStore:
         self._warned_host = False
         self._novelty = array("d")  # per chunk: how much it differs from the chunk before (scoring.novelty)
         self._novelty_due: deque[tuple[torch.Tensor, Any]] = deque()  # newer scores: (host copy, its event)
+        self._staged: deque[ChunkRecord] = deque()  # chunks whose bytes are still on their way to the host tier
         self.alive = bytearray()  # per chunk: 1 while some tier holds its dense KV
         self._last_values: torch.Tensor | None = None
         self.bytes = {"device": 0, "cpu": 0, "disk": 0}
@@ -87,11 +88,9 @@ class ChunkStore:
         """The scores, those of chunks [0, stop) at least read to the host: each was copied there as its chunk
         was added, so reading one of an older chunk waits for nothing queued since."""
         with self.lock:
-            while self._novelty_due and (stop is None or len(self._novelty) < stop):
-                value, copied = self._novelty_due.popleft()
-                if copied is not None:
-                    copied.synchronize()
-                self._novelty.append(float(value))
+            due = self._novelty_due
+            while due and (stop is None or len(self._novelty) < stop or len(due) > IN_FLIGHT or done(due[0][1])):
+                self._novelty.append(float(landed(*due.popleft())))
             return self._novelty
 
     def shape(self, tokens: int) -> tuple[int, ...]:
@@ -113,6 +112,9 @@ class ChunkStore:
                 self.summaries.append(row)
             values = kv[:, 1]
             self._novelty_due.append(download(novelty(values, self._last_values)))  # read when a pick needs it
+            self._novelty_until(0)  # (those whose copy is done)
+            while self._staged and (len(self._staged) > IN_FLIGHT or done(self._staged[0].copied)):
+                _settled(self._staged.popleft())  # chunks moved to the host tier: their bytes into pageable memory
             self.alive.append(1)
             self._last_values = values
             self._enforce()
@@ -220,6 +222,7 @@ class ChunkStore:
         self.bytes = {tier: int(n) for tier, n in state["bytes"].items()}
         self.dropped, self.tokens = int(state["dropped"]), int(state["tokens"])
         self._novelty, self._novelty_due = array("d", [0.0] * base + [float(x) for x in state["novelty"]]), deque()
+        self._staged.clear()
         self.alive = bytearray(rec.tier != "dropped" for rec in self.records)
         last = state["last_values"]
         self._last_values = last.to(self.device) if last is not None else None
@@ -352,6 +355,8 @@ class ChunkStore:
         if to == "cpu":
             rec.blob, rec.copied = download(to_bytes_on_device(rec.kv, self.tiers.cpu_bits))  # type: ignore[arg-type]
             rec.kv = None
+            if rec.copied is not None:
+                self._staged.append(rec)
             rec.nbytes = rec.blob.numel()
             self._check_host_room(rec.nbytes)
         elif to == "disk":
@@ -371,8 +376,9 @@ class ChunkStore:
 
 
 def _settled(rec: ChunkRecord) -> ChunkRecord:
-    """`rec` once its blob's copy from the device is done (the host then may read the bytes)."""
-    if rec.copied is not None:
-        rec.copied.synchronize()
-        rec.copied = None
+    """`rec` once its blob's copy from the device is done, the bytes in pageable memory of their own (the host
+    then may read them)."""
+    if rec.copied is not None and rec.blob is not None:
+        rec.blob = landed(rec.blob, rec.copied)
+    rec.copied = None
     return rec

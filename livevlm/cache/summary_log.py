@@ -22,7 +22,7 @@ import torch
 
 from ..errors import OutputError
 from ..kernels.quant import from_bytes, to_bytes
-from ..kernels.transfer import download
+from ..kernels.transfer import IN_FLIGHT, done, download, landed
 from ..records import Blob
 from .disk import DiskTier
 
@@ -90,16 +90,19 @@ class SummaryLog:
             self._blocks[-1] = grown
         self._due.append((self.count, *download(row)))
         self.count += 1
+        while self._due and (len(self._due) > IN_FLIGHT or done(self._due[0][2])):  # never waits in practice
+            self._settle_one()
 
     def _settle(self, stop: int | None = None) -> None:
         """Write the copied rows of chunks [0, stop) (all: None) into their blocks, each after its copy is done."""
         while self._due and (stop is None or self._due[0][0] < stop):
-            index, host, copied = self._due.popleft()
-            if copied is not None:
-                copied.synchronize()
-            blk = self._blocks[index // self.block]
-            assert isinstance(blk, torch.Tensor)
-            blk[:, :, :, index % self.block] = host.to(self.dtype)
+            self._settle_one()
+
+    def _settle_one(self) -> None:
+        index, host, copied = self._due.popleft()
+        blk = self._blocks[index // self.block]
+        assert isinstance(blk, torch.Tensor)
+        blk[:, :, :, index % self.block] = landed(host, copied).to(self.dtype)
 
     def rows(self, start: int, stop: int, disk: DiskTier | None, layers: slice | None = None) -> torch.Tensor:
         """Index rows of chunks [start, stop) as one (layers, width, kv_heads, stop - start, head_dim) host tensor
